@@ -1,0 +1,29 @@
+"""CIFAR-10 sources, augmentation recipes and loader backends (layer 3)."""
+
+from fastcifar.data.augment import AUGMENTATIONS, build_augmentation, eval_transform
+from fastcifar.data.loaders import AlbumentationsLoader, AugmentedDataset, EvalLoader
+from fastcifar.data.sources import (
+    CLASSES,
+    CifarArrays,
+    cache_dir,
+    channel_stats,
+    load_cifar10,
+    resolve_source,
+    stratified_subset,
+)
+
+__all__ = [
+    "AUGMENTATIONS",
+    "CLASSES",
+    "AlbumentationsLoader",
+    "AugmentedDataset",
+    "CifarArrays",
+    "EvalLoader",
+    "build_augmentation",
+    "cache_dir",
+    "channel_stats",
+    "eval_transform",
+    "load_cifar10",
+    "resolve_source",
+    "stratified_subset",
+]

@@ -1,0 +1,165 @@
+"""Loader backends. Every loader follows one contract (shared/DESIGN.md):
+
+iterating yields ``(images, labels)`` on the training device, images float32
+(N, 3, 32, 32), normalised, in channels_last memory format when asked; labels
+int64 (N,). ``len(loader)`` is the number of batches per epoch.
+
+``AlbumentationsLoader`` is the CPU fallback: each recipe's albumentations
+pipeline runs in torch DataLoader worker processes. ``EvalLoader`` serves the
+test set (normalise only), batched straight from a uint8 tensor.
+
+Reproducibility: ``set_epoch(e)`` makes epoch ``e``'s order and augmentations a
+function of (seed, e) alone, so a resumed run sees the same batches as an
+uninterrupted one (for the same number of workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+_MASK = 2**32 - 1
+
+
+class AugmentedDataset(Dataset):
+    """uint8 HWC images plus labels, passed through an albumentations ``Compose``.
+
+    ``__getitem__`` returns (float32 CHW tensor, int label).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(image=self.images[i])["image"], int(self.labels[i])
+
+    def reseed(self, seed: int) -> None:
+        self.transform.set_random_seed(seed & _MASK)
+
+
+def _worker_init(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    # torch gives each worker base_seed + worker_id, the base drawn from the loader's
+    # generator: a function of the epoch seed, so the augmentation stream is too.
+    info.dataset.reseed(torch.initial_seed())
+
+
+class AlbumentationsLoader:
+    """The CPU fallback: albumentations in DataLoader workers, batches moved to ``device``.
+
+    Args:
+        images: uint8 (N, 32, 32, 3) training images.
+        labels: int64 (N,) labels.
+        transform: an albumentations Compose ending in ToTensorV2.
+        batch_size: images per batch (>= 1).
+        device: where batches are delivered.
+        shuffle: reshuffle every epoch.
+        drop_last: drop the last partial batch.
+        workers: DataLoader worker processes (0 runs the pipeline in this process).
+        channels_last: deliver images in channels_last memory format.
+        seed: base seed for order and augmentation.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        transform,
+        batch_size: int,
+        device: torch.device,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        workers: int = 2,
+        channels_last: bool = False,
+        seed: int = 0,
+    ):
+        self.dataset = AugmentedDataset(images, labels, transform)
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.workers = workers
+        self.channels_last = channels_last
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _epoch_seed(self) -> int:
+        return (self.seed * 1_000_003 + self.epoch * 7919 + 17) & _MASK
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self._epoch_seed())
+        if self.workers == 0:
+            self.dataset.reseed(self._epoch_seed() ^ 0x5EED)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            num_workers=self.workers,
+            worker_init_fn=_worker_init if self.workers else None,
+            generator=gen,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for x, y in loader:
+            yield _to_device(x, y, self.device, self.channels_last)
+
+
+class EvalLoader:
+    """Test-set batches: uint8 images normalised on ``device``, in a fixed order.
+
+    Normalisation is ``(x / 255 - mean) / std`` per channel, the same arithmetic as
+    albumentations' ``Normalize(max_pixel_value=255)``.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        mean: Sequence[float],
+        std: Sequence[float],
+        batch_size: int,
+        device: torch.device,
+        channels_last: bool = False,
+    ):
+        self.device = torch.device(device)
+        self.images = torch.from_numpy(np.ascontiguousarray(images))  # (N, 32, 32, 3) uint8
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.batch_size = batch_size
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        mean, std = self.mean.to(self.device), self.std.to(self.device)
+        for start in range(0, len(self.images), self.batch_size):
+            x = self.images[start : start + self.batch_size].to(self.device, non_blocking=True)
+            x = (x.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+            y = self.labels[start : start + self.batch_size]
+            yield _to_device(x, y, self.device, self.channels_last)
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+    x = x.to(device, non_blocking=True)
+    x = x.contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
+    return x, y.to(device, non_blocking=True)

@@ -1,0 +1,575 @@
+"""The training engine: one run of a recipe, with checkpoints, resume and a run directory.
+
+A run directory (shared/DESIGN.md) holds:
+
+* ``config.json``: the recipe and the run options, written before the first epoch;
+* ``metrics.jsonl``: one JSON object per finished epoch (epoch, lr, train_loss,
+  train_acc, test_loss, test_acc, epoch_time_s, images_per_s); accuracies in percent,
+  losses are the criterion alone (no L1 term), times in seconds;
+* ``last.pt`` (after every epoch) and ``best.pt`` (best test accuracy) checkpoints;
+* ``summary.json``, written only when the run has finished: final and best test
+  accuracy, total time, device, versions. A run without it did not finish.
+
+Checkpoints are written atomically at the end of each epoch, so a run killed at any
+moment loses at most the epoch in progress. Epoch ``e``'s data order, augmentation
+and dropout draw from seeds that depend on (seed, e) alone, so a resumed run sees the
+same batches as an uninterrupted one and finishes with the same metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastcifar.data import (
+    AlbumentationsLoader,
+    EvalLoader,
+    build_augmentation,
+    channel_stats,
+    load_cifar10,
+    stratified_subset,
+)
+from fastcifar.errors import FastCifarError
+from fastcifar.models import MODELS, create_model
+from fastcifar.recipes import Recipe
+
+
+@dataclass
+class RunOptions:
+    """How (not what) a run trains. Saved in config.json next to the recipe."""
+
+    data: str | None = None
+    download: bool = False
+    train_subset: int | None = None  # stratified subset of the training set
+    test_subset: int | None = None  # stratified subset of the test set (quick runs)
+    out: str | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False
+    amp_dtype: str = "auto"  # auto | bfloat16 | float16
+    compile: bool = False
+    channels_last: bool | None = None  # None: on with --amp
+    workers: int | None = None  # DataLoader workers; None: min(cores, 8)
+    compile_backend: str = "inductor"
+
+
+class TrainingDiverged(FastCifarError):
+    """The loss became NaN or inf."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU.
+
+    Raises:
+        FastCifarError: CUDA asked for but not available, or an unknown device string.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FastCifarError(f"unknown device {name!r}: pass auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FastCifarError(
+            f"--device {name} asked for CUDA, but torch sees no GPU: pass --device cpu or auto"
+        )
+    return device
+
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16).
+
+    Without them PyTorch emulates bfloat16 on the CPU, which was measured 5-9x slower
+    than float32 for the s7 model on an AVX2-only machine.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def amp_dtype(device: torch.device, requested: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``--amp``, or None to train in float32.
+
+    ``auto``: bfloat16 where the device runs it natively (Ampere and newer GPUs; CPUs with
+    AVX512-BF16 or AMX), float16 with a gradient scaler on older GPUs such as the T4, and
+    float32 on a CPU without native bfloat16. ``bfloat16``/``float16`` force that dtype.
+    """
+    if requested != "auto":
+        return AMP_DTYPES[requested]
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.bfloat16
+        return torch.float16
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        return None
+    return torch.bfloat16
+
+
+def l1_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum over parameter tensors of mean(|p|), the EVA seeds' "L1" (BN affine included)."""
+    return sum(p.abs().mean() for p in model.parameters() if p.requires_grad)
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+    }
+    try:
+        import albumentations
+
+        out["albumentations"] = albumentations.__version__
+    except ImportError:  # pragma: no cover - a required dependency
+        pass
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if torch.version.cuda:
+        out["cuda"] = torch.version.cuda
+    return out
+
+
+def _is_compile_error(exc: BaseException) -> bool:
+    mod = type(exc).__module__ or ""
+    return mod.startswith(("torch._dynamo", "torch._inductor", "torch._functorch"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+class _Forward:
+    """Calls the compiled model; on a compilation failure says why once and goes eager."""
+
+    def __init__(self, model: nn.Module, compile: bool, backend: str):
+        self.model = model
+        self.compiled = None
+        if compile:
+            self.compiled = torch.compile(model, backend=backend)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None:
+            return self.model(x)
+        try:
+            return self.compiled(x)
+        except Exception as exc:
+            if not _is_compile_error(exc):
+                raise
+            print(f"compile: torch.compile failed ({_first_line(exc)}); continuing eagerly")
+            self.compiled = None
+            return self.model(x)
+
+
+@dataclass
+class RunState:
+    epoch: int = 0  # completed epochs
+    best_acc: float = -1.0
+    metrics: list[dict] = field(default_factory=list)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(out: Path, resume: bool) -> None:
+    """Create ``out`` and prove it writable.
+
+    Raises:
+        FastCifarError: it cannot be written, or it already holds a run and this is no resume.
+    """
+    if not resume and (out / "config.json").exists():
+        raise FastCifarError(
+            f"{out} already holds a run: pass --resume {out} to continue it, or choose "
+            f"another --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise FastCifarError(
+            f"cannot write the output directory {out} ({exc.strerror or exc}): pass --out with "
+            f"a writable path"
+        ) from None
+
+
+class Trainer:
+    """Trains ``recipe`` with ``options`` into ``run_dir``; ``fit()`` runs to the end.
+
+    Construct it only after the inputs were validated: it loads the data (which may
+    raise FastCifarError for a bad source) before it creates anything in ``run_dir``.
+    """
+
+    def __init__(self, recipe: Recipe, options: RunOptions, run_dir: Path, resume: bool = False):
+        self.recipe = recipe.validate()
+        self.options = options
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(options.device)
+        self.amp_dtype = amp_dtype(self.device, options.amp_dtype) if options.amp else None
+        self.amp = self.amp_dtype is not None
+        if options.amp and not self.amp:
+            print(
+                "amp: this CPU has no native bfloat16 (AVX512-BF16/AMX), where autocast runs "
+                "5-9x slower than float32: training in float32 (--amp-dtype bfloat16 forces it)"
+            )
+        self.channels_last = (
+            options.channels_last if options.channels_last is not None else options.amp
+        )
+
+        arrays = load_cifar10(options.data, download=options.download, verbose=True)
+        self.mean, self.std = channel_stats(arrays.train_images)
+        train_x, train_y = arrays.train_images, arrays.train_labels
+        if options.train_subset:
+            idx = stratified_subset(train_y, options.train_subset, seed=recipe.seed)
+            train_x, train_y = train_x[idx], train_y[idx]
+        test_x, test_y = arrays.test_images, arrays.test_labels
+        if options.test_subset:
+            idx = stratified_subset(test_y, options.test_subset, seed=0, flag="--test-subset")
+            test_x, test_y = test_x[idx], test_y[idx]
+        self.arrays = arrays
+
+        workers = options.workers
+        if workers is None:
+            workers = min(os.cpu_count() or 1, 8)
+        self.train_loader = AlbumentationsLoader(
+            train_x,
+            train_y,
+            build_augmentation(recipe.augmentation, self.mean, self.std),
+            batch_size=recipe.batch_size,
+            device=self.device,
+            shuffle=True,
+            drop_last=recipe.drop_last,
+            workers=workers,
+            channels_last=self.channels_last,
+            seed=recipe.seed,
+        )
+        if len(self.train_loader) == 0:
+            raise FastCifarError(
+                f"--batch-size {recipe.batch_size} with drop_last leaves no batch of the "
+                f"{len(train_x)} training images: pass a smaller batch size"
+            )
+        self.test_loader = EvalLoader(
+            test_x,
+            test_y,
+            self.mean,
+            self.std,
+            batch_size=max(recipe.batch_size, 256),
+            device=self.device,
+            channels_last=self.channels_last,
+        )
+
+        torch.manual_seed(recipe.seed)
+        self.model = create_model(recipe.model).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.log_probs = MODELS[recipe.model].outputs == "log_probs"
+        self.optimizer = self._make_optimizer()
+        self.scheduler = self._make_scheduler()
+        use_scaler = self.amp and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.state = RunState()
+        if resume:
+            self._load_checkpoint(self.run_dir / "last.pt")
+        self.forward = _Forward(self.model, options.compile, options.compile_backend)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        r = self.recipe
+        params = self.model.parameters()
+        if r.optimizer == "adam":
+            return torch.optim.Adam(
+                params, lr=r.lr, betas=(r.momentum, 0.999), weight_decay=r.weight_decay
+            )
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+
+    def _make_scheduler(self):
+        r = self.recipe
+        if r.scheduler == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer,
+                max_lr=r.lr,
+                epochs=r.epochs,
+                steps_per_epoch=len(self.train_loader),
+                pct_start=r.pct_start,
+                anneal_strategy=r.anneal_strategy,
+                cycle_momentum=r.cycle_momentum,
+                div_factor=r.div_factor,
+                final_div_factor=r.final_div_factor,
+            )
+        if r.scheduler == "step":
+            return torch.optim.lr_scheduler.StepLR(self.optimizer, r.step_size, r.gamma)
+        if r.scheduler == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="max", factor=r.plateau_factor, patience=r.plateau_patience
+            )
+        return None
+
+    def _criterion(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = out.float()
+        # For log-probabilities cross_entropy equals NLL (log_softmax is idempotent), and it
+        # also applies label smoothing.
+        return F.cross_entropy(out, y, label_smoothing=self.recipe.label_smoothing)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+
+    def _seed_epoch(self, epoch: int) -> None:
+        torch.manual_seed(self.recipe.seed * 100_003 + epoch)
+        self.train_loader.set_epoch(epoch)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "state": asdict(self.state),
+            "recipe": asdict(self.recipe),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    def _load_checkpoint(self, path: Path) -> None:
+        if not path.exists():
+            raise FastCifarError(
+                f"{path.parent} has no last.pt checkpoint (the run stopped before its first "
+                f"epoch ended): start it again without --resume"
+            )
+        try:
+            ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:
+            raise FastCifarError(
+                f"checkpoint {path} does not load ({_first_line(exc)}): start a new run"
+            ) from None
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt["scheduler"] is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = RunState(**ckpt["state"])
+
+    def _save_epoch(self, is_best: bool) -> None:
+        ckpt = self._checkpoint()
+        _atomic_save(ckpt, self.run_dir / "last.pt")
+        if is_best:
+            _atomic_save(ckpt, self.run_dir / "best.pt")
+        lines = "".join(json.dumps(m) + "\n" for m in self.state.metrics)
+        _atomic_write(self.run_dir / "metrics.jsonl", lines)
+
+    # ------------------------------------------------------------------ loops
+
+    def train_epoch(self, epoch: int) -> dict:
+        from tqdm.auto import tqdm
+
+        self.model.train()
+        self._seed_epoch(epoch)
+        loader = self.train_loader
+        steps = len(loader)
+        losses = torch.zeros(steps, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = 0
+        lr = self.optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
+        bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{self.recipe.epochs}",
+            unit="batch",
+            leave=False,
+            mininterval=1.0,
+            disable=None,
+        )
+        for step, (x, y) in enumerate(loader):
+            with self._autocast():
+                out = self.forward(x)
+                loss = self._criterion(out, y)
+                total = loss + self.recipe.l1 * l1_penalty(self.model) if self.recipe.l1 else loss
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+                self.scheduler.step()
+            losses[step] = loss.detach()
+            correct += (out.argmax(1) == y).sum()
+            seen += len(y)
+            if step % 20 == 19 or step == steps - 1:
+                self._check_finite(losses[: step + 1], epoch)
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(
+                    loss=f"{losses[step].item():.3f}",
+                    acc=f"{100 * correct.item() / seen:.1f}",
+                    img_s=f"{seen / elapsed:.0f}",
+                )
+            bar.update(1)
+        bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        return {
+            "lr": lr,
+            "train_loss": float(losses.mean()),
+            "train_acc": 100.0 * correct.item() / seen,
+            "train_time_s": elapsed,
+            "images_per_s": seen / elapsed,
+        }
+
+    def _check_finite(self, losses: torch.Tensor, epoch: int) -> None:
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            step = int(bad[0])
+            value = float(losses[step])
+            raise TrainingDiverged(
+                f"loss became {value} at epoch {epoch + 1}, step {step + 1}: the last good "
+                f"checkpoint ({self.state.epoch} epochs) is kept in {self.run_dir}; lower --lr "
+                f"or try --no-amp"
+            )
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        n = 0
+        for x, y in self.test_loader:
+            with self._autocast():
+                out = self.forward(x)
+            loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+            correct += (out.argmax(1) == y).sum()
+            n += len(y)
+        return {"test_loss": float(loss_sum) / n, "test_acc": 100.0 * correct.item() / n}
+
+    def fit(self) -> dict:
+        """Train the remaining epochs, checkpointing after each; write summary.json.
+
+        Returns:
+            The summary dict.
+
+        Raises:
+            TrainingDiverged: the loss became NaN or inf (the last good checkpoint stays).
+        """
+        r = self.recipe
+        run_start = time.perf_counter()
+        if self.state.epoch:
+            print(f"resume: {self.run_dir} from epoch {self.state.epoch + 1}/{r.epochs}")
+        for epoch in range(self.state.epoch, r.epochs):
+            t0 = time.perf_counter()
+            train = self.train_epoch(epoch)
+            test = self.evaluate()
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.StepLR):
+                self.scheduler.step()
+            elif isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(test["test_acc"])
+            row = {
+                "epoch": epoch + 1,
+                "lr": train["lr"],
+                "train_loss": train["train_loss"],
+                "train_acc": train["train_acc"],
+                "test_loss": test["test_loss"],
+                "test_acc": test["test_acc"],
+                "epoch_time_s": time.perf_counter() - t0,
+                "images_per_s": train["images_per_s"],
+            }
+            self.state.metrics.append(row)
+            self.state.epoch = epoch + 1
+            is_best = test["test_acc"] > self.state.best_acc
+            if is_best:
+                self.state.best_acc = test["test_acc"]
+            self._save_epoch(is_best)
+            print(
+                f"epoch {epoch + 1}/{r.epochs}  lr {train['lr']:.4g}  "
+                f"train loss {train['train_loss']:.4f} acc {train['train_acc']:.2f}%  "
+                f"test loss {test['test_loss']:.4f} acc {test['test_acc']:.2f}%  "
+                f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f} s",
+                flush=True,
+            )
+        return self._write_summary(time.perf_counter() - run_start)
+
+    def _write_summary(self, session_time: float) -> dict:
+        m = self.state.metrics
+        best = max(m, key=lambda row: row["test_acc"])
+        summary = {
+            "recipe": self.recipe.name,
+            "model": self.recipe.model,
+            "epochs": len(m),
+            "final_test_acc": m[-1]["test_acc"],
+            "best_test_acc": best["test_acc"],
+            "best_epoch": best["epoch"],
+            "expected_accuracy": self.recipe.expected_accuracy,
+            "total_time_s": sum(row["epoch_time_s"] for row in m),
+            "last_session_time_s": session_time,
+            "mean_images_per_s": float(np.mean([row["images_per_s"] for row in m])),
+            "device": _device_name(self.device),
+            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp else None,
+            "compiled": self.forward.compiled is not None,
+            "channels_last": self.channels_last,
+            "train_images": len(self.train_loader.dataset),
+            "test_images": len(self.test_loader.labels),
+            "data": self.arrays.source,
+            "versions": versions(),
+        }
+        _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def write_config(run_dir: Path, recipe: Recipe, options: RunOptions) -> None:
+    config = {"recipe": asdict(recipe), "run": asdict(options), "argv": sys.argv[1:]}
+    _atomic_write(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
+
+
+def read_config(run_dir: Path) -> tuple[Recipe, RunOptions]:
+    """The recipe and options a run was started with.
+
+    Raises:
+        FastCifarError: the directory holds no readable config.json.
+    """
+    path = run_dir / "config.json"
+    try:
+        config = json.loads(path.read_text())
+        return Recipe(**config["recipe"]), RunOptions(**config["run"])
+    except FileNotFoundError:
+        raise FastCifarError(
+            f"{run_dir} is not a run directory (no config.json): pass --resume with a "
+            f"directory that fastcifar.train created"
+        ) from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise FastCifarError(f"{path} is not a fastcifar config ({exc}): start a new run") from None

@@ -1,0 +1,65 @@
+"""The seed models (shared/seeds/SPECS.md), built by name.
+
+``create_model(name)`` returns a fresh ``nn.Module`` taking float (N, 3, 32, 32) and
+returning (N, 10): log-probabilities for the EVA/ERA small nets (NLL loss), raw logits
+for the ResNets (cross-entropy). ``MODELS[name].outputs`` says which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from fastcifar.errors import FastCifarError
+from fastcifar.models.resnet import ResNet18, layer_norm
+from fastcifar.models.seeds import C1C2C3C40, S7, AttentionNet, S7Mixed
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model name builds and what the seed says about it."""
+
+    build: Callable[[], nn.Module]
+    params: int  # exact trainable parameter count of the seed
+    outputs: str  # "log_probs" or "logits"
+    cam_layer: str  # default Grad-CAM target: the last convolutional block
+    source: str
+
+
+MODELS: dict[str, ModelInfo] = {
+    "s7": ModelInfo(S7, 99_744, "log_probs", "dilated5A", "EVA6 S7 S7_CNNModel"),
+    "s7_mixed": ModelInfo(S7Mixed, 99_200, "log_probs", "dilated5A", "EVA6 S7 S7_CNNModel_mixed"),
+    "attention": ModelInfo(
+        AttentionNet, 25_680, "log_probs", "convblock3", "EVA8 S9 basic_attn_model"
+    ),
+    "c1c2c3c40": ModelInfo(C1C2C3C40, 178_178, "log_probs", "convblock9", "ERA-V1 S9 CNNModel"),
+    "resnet18": ModelInfo(ResNet18, 11_173_962, "logits", "layer4", "ERA-V1 S11 ResNet18"),
+    "resnet18_ln": ModelInfo(
+        lambda: ResNet18(norm=layer_norm, strides=(1, 1, 2, 2), pool=8),
+        11_173_962,
+        "logits",
+        "layer4",
+        "EVA6 S8 ResNet18 with GroupNorm(1, C)",
+    ),
+}
+
+
+def create_model(name: str) -> nn.Module:
+    """A freshly initialised model by name.
+
+    Raises:
+        FastCifarError: unknown name (the message lists the valid ones).
+    """
+    if name not in MODELS:
+        raise FastCifarError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+    return MODELS[name].build()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, each tensor counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["MODELS", "ModelInfo", "count_parameters", "create_model"]

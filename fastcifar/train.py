@@ -1,0 +1,242 @@
+"""Train a CIFAR-10 recipe: ``python -m fastcifar.train --amp --compile``.
+
+Loads CIFAR-10 (``--data``, ``$FASTCIFAR_DATA`` or the cache directory; ``--download``
+fetches the official set), trains the recipe (default ``s7``) with a progress bar and a
+test evaluation every epoch, and writes the run directory described in
+``fastcifar.engine``. ``--resume RUN_DIR`` continues a stopped run from its last
+completed epoch. Every recipe field has a flag (``--lr``, ``--batch-size``, ...).
+
+Bad input ends the program with one line naming the problem and the fix, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import time
+import types
+import typing
+from pathlib import Path
+
+from fastcifar.engine import RunOptions, Trainer, prepare_run_dir, read_config, write_config
+from fastcifar.errors import FastCifarError, run_cli
+from fastcifar.recipes import DEFAULT_RECIPE, RECIPE_DOCS, RECIPES, get_recipe, overridable_fields
+
+_FIELD_HELP = {
+    "model": "model name (see fastcifar.models.MODELS)",
+    "augmentation": "training augmentation name (see fastcifar.data.AUGMENTATIONS)",
+    "batch_size": "images per training batch (>= 1)",
+    "epochs": "number of epochs (>= 1)",
+    "optimizer": "sgd or adam",
+    "lr": "peak learning rate (OneCycleLR max_lr, else the optimizer's lr)",
+    "momentum": "SGD momentum, or Adam's beta1",
+    "weight_decay": "L2 weight decay through the optimizer",
+    "scheduler": "onecycle (stepped per batch), step, plateau (per epoch) or constant",
+    "pct_start": "OneCycleLR: fraction of steps spent rising to the peak",
+    "div_factor": "OneCycleLR: the start lr is lr / div_factor",
+    "final_div_factor": "OneCycleLR: the final lr is start lr / final_div_factor",
+    "anneal_strategy": "OneCycleLR: cos or linear",
+    "cycle_momentum": "OneCycleLR: cycle momentum between 0.85 and 0.95",
+    "step_size": "StepLR: epochs between decays",
+    "gamma": "StepLR: decay factor",
+    "plateau_factor": "ReduceLROnPlateau (on test accuracy): decay factor",
+    "plateau_patience": "ReduceLROnPlateau: epochs without improvement before a decay",
+    "loss": "nll (for log-probability models) or cross_entropy",
+    "label_smoothing": "label smoothing of the loss, 0 <= x < 1",
+    "l1": "factor of the L1 term: sum over parameter tensors of mean(|p|)",
+    "drop_last": "drop the last partial training batch",
+    "seed": "seed for initialisation, data order and augmentation",
+}
+
+
+def _field_type(field: dataclasses.Field):
+    hints = typing.get_type_hints(type("H", (), {"__annotations__": {"x": field.type}}))
+    t = hints["x"]
+    if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
+        t = next(a for a in typing.get_args(t) if a is not type(None))
+    return t
+
+
+def build_parser() -> argparse.ArgumentParser:
+    recipes = "\n".join(f"  {name:<12} {RECIPE_DOCS[name].splitlines()[0]}" for name in RECIPES)
+    p = argparse.ArgumentParser(
+        prog="python -m fastcifar.train",
+        description="Train a CIFAR-10 classifier from a named recipe.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"recipes (default {DEFAULT_RECIPE}):\n{recipes}",
+    )
+    p.add_argument("--recipe", help=f"recipe name (default {DEFAULT_RECIPE})")
+    p.add_argument(
+        "--data",
+        help="CIFAR-10 source: cifar-10-batches-py directory, image-folder "
+        "tree train/<class>/ test/<class>/, or a .tar/.tar.gz of one "
+        "(default: $FASTCIFAR_DATA, else the cache directory)",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="download the official CIFAR-10 with torchvision when --data holds none",
+    )
+    p.add_argument(
+        "--train-subset",
+        type=int,
+        metavar="N",
+        help="train on a stratified subset of N training images (quick runs)",
+    )
+    p.add_argument(
+        "--test-subset",
+        type=int,
+        metavar="N",
+        help="evaluate on a stratified subset of N test images (quick runs)",
+    )
+    p.add_argument("--out", help="run directory (default runs/<recipe>-<date>-<time>)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its last completed epoch, with its own config",
+    )
+    p.add_argument("--device", help="auto (CUDA if present, default), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mixed precision: bfloat16 autocast where supported (CPU, Ampere and "
+        "newer GPUs), else float16 with a gradient scaler",
+    )
+    p.add_argument(
+        "--amp-dtype",
+        choices=("auto", "bfloat16", "float16"),
+        default="auto",
+        help="autocast dtype with --amp (auto: bfloat16 where native, float16 on "
+        "older GPUs, float32 on a CPU without bfloat16 instructions)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the model; on failure say why and continue eagerly",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels_last memory format (default: on with --amp)",
+    )
+    p.add_argument(
+        "--workers", type=int, help="data loader worker processes (default: cores, at most 8)"
+    )
+    group = p.add_argument_group("recipe fields (override the recipe's value)")
+    for f in overridable_fields():
+        flag = "--" + f.name.replace("_", "-")
+        t = _field_type(f)
+        if t is bool:
+            group.add_argument(
+                flag,
+                dest=f"r_{f.name}",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=_FIELD_HELP.get(f.name),
+            )
+        else:
+            group.add_argument(
+                flag,
+                dest=f"r_{f.name}",
+                type=t,
+                default=None,
+                metavar=f.name.upper(),
+                help=_FIELD_HELP.get(f.name),
+            )
+    return p
+
+
+def _recipe_overrides(args: argparse.Namespace) -> dict:
+    return {
+        f.name: getattr(args, f"r_{f.name}")
+        for f in overridable_fields()
+        if getattr(args, f"r_{f.name}") is not None
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = _recipe_overrides(args)
+    if args.workers is not None and args.workers < 0:
+        raise FastCifarError(f"--workers {args.workers} is negative: pass 0 or more")
+
+    created = False
+    if args.resume:
+        run_dir = Path(args.resume)
+        recipe, options = read_config(run_dir)
+        if args.recipe and args.recipe != recipe.name:
+            raise FastCifarError(
+                f"{run_dir} was made with recipe {recipe.name}, not {args.recipe}: drop "
+                f"--recipe to resume it, or start a new run with another --out"
+            )
+        changed = {k: v for k, v in overrides.items() if getattr(recipe, k) != v}
+        if changed:
+            names = ", ".join("--" + k.replace("_", "-") for k in changed)
+            raise FastCifarError(
+                f"{names} differ from the run being resumed: a resumed run keeps its recipe; "
+                f"start a new run with another --out to change them"
+            )
+        if (run_dir / "summary.json").exists():
+            print(f"{run_dir} has already finished all {recipe.epochs} epochs; nothing to do")
+            return 0
+        if args.device:
+            options.device = args.device
+        if args.workers is not None:
+            options.workers = args.workers
+        prepare_run_dir(run_dir, resume=True)
+    else:
+        recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(**overrides).validate()
+        options = RunOptions(
+            data=args.data,
+            download=args.download,
+            train_subset=args.train_subset,
+            test_subset=args.test_subset,
+            device=args.device or "auto",
+            amp=bool(args.amp),
+            amp_dtype=args.amp_dtype,
+            compile=bool(args.compile),
+            channels_last=args.channels_last,
+            workers=args.workers,
+        )
+        if args.train_subset is not None and args.train_subset < 1:
+            raise FastCifarError(f"--train-subset {args.train_subset} is below 1: pass 1 or more")
+        if args.test_subset is not None and args.test_subset < 1:
+            raise FastCifarError(f"--test-subset {args.test_subset} is below 1: pass 1 or more")
+        run_dir = Path(args.out or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        created = not run_dir.exists()
+        prepare_run_dir(run_dir, resume=False)
+        options.out = str(run_dir)
+
+    try:
+        trainer = Trainer(recipe, options, run_dir, resume=bool(args.resume))
+    except BaseException:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if not args.resume:
+        write_config(run_dir, recipe, options)
+    t = trainer
+    print(
+        f"train: recipe {recipe.name}, model {recipe.model}, {len(t.train_loader.dataset)} train / "
+        f"{len(t.test_loader.labels)} test images, batch {recipe.batch_size}, {recipe.epochs} "
+        f"epochs, device {t.device}, amp {t.amp_dtype if t.amp else 'off'}, "
+        f"channels_last {t.channels_last}, compile {options.compile}, run dir {run_dir}",
+        flush=True,
+    )
+    summary = trainer.fit()
+    expected = f" (seed reported {recipe.expected_accuracy}%)" if recipe.expected_accuracy else ""
+    print(
+        f"done: test accuracy {summary['final_test_acc']:.2f}% final, "
+        f"{summary['best_test_acc']:.2f}% best{expected}; {summary['mean_images_per_s']:.0f} "
+        f"img/s; {summary['total_time_s']:.1f} s; run dir {run_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,78 @@
+"""Shared fixtures: a private array cache, tiny synthetic sources and the real archive."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastcifar.data import CLASSES
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_ARCHIVE = Path(
+    os.environ.get("FASTCIFAR_TEST_DATA", ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Every test (and every CLI it starts) uses one fresh cache directory."""
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("FASTCIFAR_CACHE")
+    os.environ["FASTCIFAR_CACHE"] = str(cache)
+    os.environ.pop("FASTCIFAR_DATA", None)
+    yield cache
+    if old is None:
+        os.environ.pop("FASTCIFAR_CACHE", None)
+    else:
+        os.environ["FASTCIFAR_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def real_archive() -> Path:
+    if not REAL_ARCHIVE.exists():
+        pytest.skip(f"the CIFAR-10 JPEG archive is missing ({REAL_ARCHIVE}); set FASTCIFAR_TEST_DATA")
+    return REAL_ARCHIVE
+
+
+def make_tree(root: Path, per_class: int = 2, suffix: str = ".png", seed: int = 0) -> dict:
+    """An image-folder tree of random 32x32 RGB images; returns {split: (images, labels)}."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split in ("train", "test"):
+        images, labels = [], []
+        for label, cls in enumerate(CLASSES):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(img).save(d / f"{i:04d}{suffix}")
+                images.append(img)
+                labels.append(label)
+        out[split] = (np.stack(images), np.array(labels))
+    return out
+
+
+def make_tar(tree_root: Path, target: Path, arcname: str = "cifar") -> Path:
+    with tarfile.open(target, "w:gz") as tar:
+        tar.add(tree_root, arcname=arcname)
+    return target
+
+
+def run_train(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m fastcifar.train ARGS`` in a subprocess, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "fastcifar.train", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
