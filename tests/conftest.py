@@ -36,7 +36,9 @@ def _private_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def real_archive() -> Path:
     if not REAL_ARCHIVE.exists():
-        pytest.skip(f"the CIFAR-10 JPEG archive is missing ({REAL_ARCHIVE}); set FASTCIFAR_TEST_DATA")
+        pytest.skip(
+            f"the CIFAR-10 JPEG archive is missing ({REAL_ARCHIVE}); set FASTCIFAR_TEST_DATA"
+        )
     return REAL_ARCHIVE
 
 
