@@ -1,15 +1,37 @@
 """Triton kernels (installed as ``fastcifar.kernels``).
 
-Layer 1 of fastcifar: knows nothing of models or training. The depthwise and
-dilated convolution kernels land here (see the kernels issue); until then the
-package only reports whether Triton is importable.
+Layer 1 of fastcifar: knows nothing of models or training.
+
+* ``conv2d``: 3x3 depthwise, small-group and dilated dense convolutions with the
+  semantics of ``torch.nn.functional.conv2d``, differentiable, registered as torch
+  custom ops (``fastcifar::conv2d`` and its gradients).
+* ``is_supported`` / ``check_supported``: whether a configuration runs in Triton.
+* ``fastcifar.kernels.validate``: numerical validation against PyTorch.
+
+On a machine without a GPU the kernels run under the Triton interpreter: set
+``TRITON_INTERPRET=1`` before the first launch (slow; for tests on tiny shapes).
 """
 
 from __future__ import annotations
 
 import importlib.util
 
-__all__ = ["triton_available"]
+from fastcifar.kernels.conv import (
+    SUPPORTED_DTYPES,
+    check_supported,
+    conv2d,
+    is_supported,
+    kernels_can_run,
+)
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "check_supported",
+    "conv2d",
+    "is_supported",
+    "kernels_can_run",
+    "triton_available",
+]
 
 
 def triton_available() -> bool:

@@ -1,0 +1,407 @@
+"""``fastcifar.kernels.conv2d``: Triton 3x3 convolutions with the semantics of
+``torch.nn.functional.conv2d``, registered as torch custom ops with autograd.
+
+Supported (anything else raises ``NotImplementedError`` naming what is not):
+
+* kernel 3x3; weight (COUT, CIN / groups, 3, 3);
+* ``groups == 1`` (dense) with dilation 1, 2 or 3, or small groups with at most 4 input
+  channels per group (depthwise when groups == CIN == COUT, and the s7 seed's
+  groups=32 on 64 channels), dilation 1-3;
+* stride 1 or 2, padding 0..dilation, the same in height and width;
+* input (N, CIN, H, W) on a CUDA device, or on the CPU under ``TRITON_INTERPRET=1``;
+  NCHW or channels_last (channels_last in gives channels_last out);
+* float32, float16, bfloat16 (float32 accumulation) and float64 (float64 accumulation,
+  for gradcheck); input, weight and bias of one dtype.
+
+Forward, input gradient, weight gradient and bias gradient are each a Triton kernel
+(``_conv_triton``); no PyTorch convolution is called. Weight and bias gradients are
+deterministic: per-tile partials summed afterwards in a fixed order, no atomics.
+
+The ops are ``torch.library.custom_op``s with fake (meta) implementations and a
+registered autograd formula, so ``torch.compile(fullgraph=True)`` traces a model that
+uses them without a graph break, also under the Triton interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+__all__ = ["SUPPORTED_DTYPES", "check_supported", "conv2d", "is_supported", "kernels_can_run"]
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+MAX_CIN_PER_GROUP = 4
+
+
+def _pair(v, name: str) -> int:
+    if isinstance(v, int):
+        return v
+    v = tuple(v)
+    if len(v) == 2 and v[0] == v[1]:
+        return int(v[0])
+    if len(v) == 1:
+        return int(v[0])
+    raise NotImplementedError(f"fastcifar.kernels.conv2d: {name}={v} differs between height "
+                              f"and width; only equal values are supported")  # fmt: skip
+
+
+def kernels_can_run(device: torch.device) -> bool:
+    """True where the Triton kernels can launch: a CUDA device, or the CPU when
+    ``TRITON_INTERPRET=1`` was set before the first kernel launch."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def check_supported(
+    input_shape, weight_shape, dtype, device, stride=1, padding=0, dilation=1, groups=1,
+    bias: bool = False,
+) -> None:  # fmt: skip
+    """Raise ``NotImplementedError`` naming the first unsupported part of a configuration."""
+    stride, padding, dilation = (
+        _pair(stride, "stride"),
+        _pair(padding, "padding"),
+        _pair(dilation, "dilation"),
+    )
+    prefix = "fastcifar.kernels.conv2d:"
+    if len(input_shape) != 4 or len(weight_shape) != 4:
+        raise NotImplementedError(f"{prefix} only 4-D input and weight are supported")
+    cin, cout = input_shape[1], weight_shape[0]
+    if tuple(weight_shape[2:]) != (3, 3):
+        raise NotImplementedError(f"{prefix} kernel {tuple(weight_shape[2:])} is not 3x3")
+    if groups < 1 or cin % groups or cout % groups or weight_shape[1] != cin // groups:
+        raise ValueError(
+            f"{prefix} weight {tuple(weight_shape)} does not match input channels {cin} "
+            f"with groups={groups}"
+        )
+    if groups > 1 and cin // groups > MAX_CIN_PER_GROUP:
+        raise NotImplementedError(
+            f"{prefix} groups={groups} gives {cin // groups} input channels per group; "
+            f"at most {MAX_CIN_PER_GROUP} (or groups=1) is supported"
+        )
+    if dilation not in (1, 2, 3):
+        raise NotImplementedError(f"{prefix} dilation {dilation} is not 1, 2 or 3")
+    if stride not in (1, 2):
+        raise NotImplementedError(f"{prefix} stride {stride} is not 1 or 2")
+    if not 0 <= padding <= dilation:
+        raise NotImplementedError(f"{prefix} padding {padding} is outside 0..dilation ({dilation})")
+    if dtype not in SUPPORTED_DTYPES:
+        raise NotImplementedError(f"{prefix} dtype {dtype} is not float32/16, bfloat16 or float64")
+    h, w = input_shape[2], input_shape[3]
+    if h + 2 * padding < 2 * dilation + 1 or w + 2 * padding < 2 * dilation + 1:
+        raise NotImplementedError(
+            f"{prefix} the dilated 3x3 kernel does not fit in a {h}x{w} input with padding "
+            f"{padding}"
+        )
+    if not kernels_can_run(torch.device(device)):
+        raise NotImplementedError(
+            f"{prefix} device {device} cannot run Triton: use a CUDA tensor, or set "
+            f"TRITON_INTERPRET=1 before the first launch to run on the CPU"
+        )
+
+
+def is_supported(input: Tensor, weight: Tensor, stride=1, padding=0, dilation=1, groups=1) -> bool:
+    """Whether ``conv2d`` accepts these tensors and arguments (no exception raised)."""
+    try:
+        check_supported(input.shape, weight.shape, input.dtype, input.device, stride, padding,
+                        dilation, groups)  # fmt: skip
+    except (NotImplementedError, ValueError):
+        return False
+    return input.dtype == weight.dtype
+
+
+def _out_size(size: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - 2 * dilation - 1) // stride + 1
+
+
+def _memory_format(t: Tensor) -> torch.memory_format:
+    """channels_last when ``t`` is laid out so (and not also plain contiguous)."""
+    if (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _acc(dtype: torch.dtype):
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _k():
+    from fastcifar.kernels import _conv_triton
+
+    return _conv_triton
+
+
+_BP, _BC = 64, 32  # pixels and channels per program
+_PIX_PER_PROG = 4096  # pixels summed by one weight-gradient program (a partial)
+
+
+def _blocks(dtype: torch.dtype) -> tuple[bool, int, int]:
+    """(use tl.dot, channel block, inner block). tl.dot needs blocks of 16 or more; float64
+    uses broadcast multiply-add instead (and smaller tiles, to bound registers), and so
+    does bfloat16 under the Triton interpreter, whose tl.dot mis-reads bfloat16 (seen with
+    triton 3.9: relative error 6e9)."""
+    if dtype == torch.float64:
+        return False, 16, 8
+    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        return False, 32, 16
+    return True, 32, 16
+
+
+def _strides(t: Tensor) -> tuple[int, int, int, int]:
+    return tuple(t.stride())  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------- launchers
+
+
+def _forward(x: Tensor, w: Tensor, b: Tensor | None, stride, padding, dilation, groups) -> Tensor:
+    k = _k()
+    n, cin, h, wd = x.shape
+    cout = w.shape[0]
+    ho, wo = _out_size(h, stride, padding, dilation), _out_size(wd, stride, padding, dilation)
+    y = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device,
+                    memory_format=_memory_format(x))  # fmt: skip
+    has_bias = b is not None
+    b_arg = b if has_bias else w
+    acc = _acc(x.dtype)
+    if groups == 1:
+        use_dot, bco, bci = _blocks(x.dtype)
+        grid = (triton_cdiv(n * ho * wo, _BP), triton_cdiv(cout, bco))
+        k.conv_fwd_dense_kernel[grid](
+            x, w, b_arg, y, n, cin, h, wd, cout, ho, wo,
+            *_strides(x), *_strides(w), *_strides(y),
+            S=stride, PAD=padding, D=dilation, HAS_BIAS=has_bias, USE_DOT=use_dot, ACC=acc,
+            BP=_BP, BCO=bco, BCI=bci,
+        )  # fmt: skip
+    else:
+        grid = (triton_cdiv(n * ho * wo, _BP), triton_cdiv(cout, _BC))
+        k.conv_fwd_grouped_kernel[grid](
+            x, w, b_arg, y, n, h, wd, cout, ho, wo, cout // groups,
+            *_strides(x), *_strides(w), *_strides(y),
+            CIN_PG=cin // groups, S=stride, PAD=padding, D=dilation, HAS_BIAS=has_bias,
+            ACC=acc, BP=_BP, BC=_BC,
+        )  # fmt: skip
+    return y
+
+
+def _grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding, dilation, groups):
+    k = _k()
+    n, cin, h, wd = x_shape
+    cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    dx = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=x_format)
+    acc = _acc(dy.dtype)
+    if groups == 1:
+        use_dot, bci, bco = _blocks(dy.dtype)
+        grid = (triton_cdiv(n * h * wd, _BP), triton_cdiv(cin, bci))
+        k.conv_bwd_input_dense_kernel[grid](
+            dy, w, dx, n, cin, h, wd, cout, ho, wo,
+            *_strides(dy), *_strides(w), *_strides(dx),
+            S=stride, PAD=padding, D=dilation, USE_DOT=use_dot, ACC=acc,
+            BP=_BP, BCI=bci, BCO=bco,
+        )  # fmt: skip
+    else:
+        grid = (triton_cdiv(n * h * wd, _BP), triton_cdiv(cin, _BC))
+        k.conv_bwd_input_grouped_kernel[grid](
+            dy, w, dx, n, cin, h, wd, ho, wo, cout // groups,
+            *_strides(dy), *_strides(w), *_strides(dx),
+            CIN_PG=cin // groups, S=stride, PAD=padding, D=dilation, ACC=acc, BP=_BP, BC=_BC,
+        )  # fmt: skip
+    return dx
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, groups):
+    k = _k()
+    n, cin, h, wd = x.shape
+    cout, cin_pg = w_shape[0], w_shape[1]
+    ho, wo = dy.shape[2], dy.shape[3]
+    tiles = triton_cdiv(n * ho * wo, _PIX_PER_PROG)
+    part = torch.empty((tiles, cout, cin_pg, 9), dtype=_acc_dtype(x.dtype), device=x.device)
+    acc = _acc(x.dtype)
+    if groups == 1:
+        use_dot, bco, bci = _blocks(x.dtype)
+        grid = (tiles, triton_cdiv(cout, bco), 9 * triton_cdiv(cin, bci))
+        k.conv_bwd_weight_dense_kernel[grid](
+            dy, x, part, n, cin, h, wd, cout, ho, wo, _PIX_PER_PROG,
+            *_strides(dy), *_strides(x),
+            S=stride, PAD=padding, D=dilation, USE_DOT=use_dot, ACC=acc,
+            BP=_BP, BCO=bco, BCI=bci,
+        )  # fmt: skip
+    else:
+        grid = (tiles, triton_cdiv(cout, _BC), 9 * cin_pg)
+        k.conv_bwd_weight_grouped_kernel[grid](
+            dy, x, part, n, h, wd, cout, ho, wo, cout // groups, _PIX_PER_PROG,
+            *_strides(dy), *_strides(x),
+            CIN_PG=cin_pg, S=stride, PAD=padding, D=dilation, ACC=acc, BP=_BP, BC=_BC,
+        )  # fmt: skip
+    # fixed-order sum of the per-tile partials: deterministic
+    return part.sum(0).view(cout, cin_pg, 3, 3).to(x.dtype)
+
+
+def _grad_bias(dy: Tensor) -> Tensor:
+    k = _k()
+    n, c, ho, wo = dy.shape
+    tiles = triton_cdiv(n * ho * wo, _PIX_PER_PROG)
+    part = torch.empty((tiles, c), dtype=_acc_dtype(dy.dtype), device=dy.device)
+    grid = (tiles, triton_cdiv(c, _BC))
+    k.bias_grad_kernel[grid](
+        dy, part, n, c, ho, wo, _PIX_PER_PROG, *_strides(dy),
+        ACC=_acc(dy.dtype), BP=_BP, BC=_BC,
+    )  # fmt: skip
+    return part.sum(0).to(dy.dtype)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ------------------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op("fastcifar::conv2d", mutates_args=())
+def _conv2d_op(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int,
+) -> Tensor:
+    return _forward(input, weight, bias, stride, padding, dilation, groups)
+
+
+@_conv2d_op.register_fake
+def _(input, weight, bias, stride, padding, dilation, groups):
+    n, _, h, w = input.shape
+    ho, wo = _out_size(h, stride, padding, dilation), _out_size(w, stride, padding, dilation)
+    return torch.empty((n, weight.shape[0], ho, wo), dtype=input.dtype, device=input.device,
+                       memory_format=_memory_format(input))  # fmt: skip
+
+
+@torch.library.custom_op("fastcifar::conv2d_grad_input", mutates_args=())
+def _grad_input_op(
+    grad: Tensor,
+    weight: Tensor,
+    input_shape: list[int],
+    channels_last: bool,
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int,
+) -> Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return _grad_input(grad, weight, input_shape, fmt, stride, padding, dilation, groups)
+
+
+@_grad_input_op.register_fake
+def _(grad, weight, input_shape, channels_last, stride, padding, dilation, groups):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(input_shape, dtype=grad.dtype, device=grad.device, memory_format=fmt)
+
+
+@torch.library.custom_op("fastcifar::conv2d_grad_weight", mutates_args=())
+def _grad_weight_op(
+    grad: Tensor,
+    input: Tensor,
+    weight_shape: list[int],
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int,
+) -> Tensor:
+    return _grad_weight(grad, input, weight_shape, stride, padding, dilation, groups)
+
+
+@_grad_weight_op.register_fake
+def _(grad, input, weight_shape, stride, padding, dilation, groups):
+    return torch.empty(weight_shape, dtype=input.dtype, device=input.device)
+
+
+@torch.library.custom_op("fastcifar::conv2d_grad_bias", mutates_args=())
+def _grad_bias_op(grad: Tensor) -> Tensor:
+    return _grad_bias(grad)
+
+
+@_grad_bias_op.register_fake
+def _(grad):
+    return torch.empty((grad.shape[1],), dtype=grad.dtype, device=grad.device)
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.args = (stride, padding, dilation, groups)
+    ctx.has_bias = bias is not None
+    ctx.channels_last = _memory_format(input) == torch.channels_last
+
+
+def _backward(ctx, grad):
+    input, weight = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.args
+    gi = gw = gb = None
+    if ctx.needs_input_grad[0]:
+        gi = _grad_input_op(grad, weight, list(input.shape), ctx.channels_last, stride, padding,
+                            dilation, groups)  # fmt: skip
+    if ctx.needs_input_grad[1]:
+        gw = _grad_weight_op(grad, input, list(weight.shape), stride, padding, dilation, groups)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        gb = _grad_bias_op(grad)
+    return gi, gw, gb, None, None, None, None
+
+
+_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> Tensor:
+    """``torch.nn.functional.conv2d`` for the supported subset (module docstring), in Triton.
+
+    Args:
+        input: (N, CIN, H, W), NCHW or channels_last, float32/float16/bfloat16/float64.
+        weight: (COUT, CIN / groups, 3, 3), same dtype.
+        bias: (COUT,) or None.
+        stride, padding, dilation: ints or equal pairs.
+        groups: 1, or a value giving at most 4 input channels per group.
+
+    Returns:
+        (N, COUT, HO, WO) with HO = (H + 2 padding - 2 dilation - 1) // stride + 1, the
+        input's dtype and memory format.
+
+    Raises:
+        NotImplementedError: the configuration is outside the supported subset (named).
+        ValueError: the weight does not match the input channels and groups, or the
+            dtypes differ.
+    """
+    stride, padding, dilation = (
+        _pair(stride, "stride"),
+        _pair(padding, "padding"),
+        _pair(dilation, "dilation"),
+    )
+    check_supported(input.shape, weight.shape, input.dtype, input.device, stride, padding,
+                    dilation, groups)  # fmt: skip
+    if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
+        raise ValueError(
+            f"fastcifar.kernels.conv2d: input {input.dtype}, weight {weight.dtype} and bias "
+            f"must share one dtype (under autocast, fastcifar.nn.Conv2d casts them)"
+        )
+    return _conv2d_op(input, weight, bias, stride, padding, dilation, groups)

@@ -1,0 +1,205 @@
+"""fastcifar.kernels.conv2d against a float64 PyTorch reference (Triton interpreter on a CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fastcifar.kernels import check_supported, conv2d, is_supported
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (N, CIN, COUT, H, W, stride, padding, dilation, groups): odd sizes, not multiples of blocks
+DENSE = [
+    (2, 5, 7, 7, 9, 1, 1, 1, 1),
+    (2, 5, 7, 7, 9, 2, 0, 1, 1),
+    (1, 3, 6, 9, 8, 1, 2, 2, 1),
+    (2, 4, 5, 9, 7, 2, 1, 2, 1),
+    (1, 4, 3, 10, 11, 1, 3, 3, 1),
+    (1, 17, 19, 8, 7, 1, 0, 3, 1),
+]
+GROUPED = [
+    (2, 6, 6, 7, 9, 1, 1, 1, 6),  # depthwise
+    (2, 6, 6, 7, 9, 2, 1, 1, 6),
+    (1, 5, 5, 8, 7, 1, 2, 2, 5),
+    (2, 8, 8, 7, 5, 1, 1, 1, 4),  # 2 input channels per group, as s7's grouped layers
+    (1, 9, 6, 6, 7, 2, 0, 1, 3),  # 3 per group, 2 outputs per group
+    (1, 8, 12, 5, 6, 1, 3, 3, 2),  # 4 per group
+    (1, 35, 35, 5, 4, 1, 1, 1, 35),  # more channels than one block
+]
+REPRESENTATIVE = [DENSE[0], DENSE[3], GROUPED[0], GROUPED[4]]
+# norm-wise relative error bounds. float32/float64: accumulation-order noise only.
+EXACT_TOL = {torch.float32: 2e-6, torch.float64: 1e-13}
+UNIT = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+
+
+def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((a.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def make(cfg, dtype, channels_last, bias=True, seed=0):
+    n, cin, cout, h, w, s, p, d, g = cfg
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, h, w, generator=gen).to(DEVICE, dtype)
+    wt = (torch.randn(cout, cin // g, 3, 3, generator=gen) / 3).to(DEVICE, dtype)
+    b = torch.randn(cout, generator=gen).to(DEVICE, dtype) if bias else None
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, wt, b, dict(stride=s, padding=p, dilation=d, groups=g)
+
+
+def run(fn, x, wt, b, kw, gy=None):
+    leaves = [t.detach().requires_grad_() for t in (x, wt, b) if t is not None]
+    xx, ww = leaves[0], leaves[1]
+    bb = leaves[2] if b is not None else None
+    y = fn(xx, ww, bb, **kw)
+    if gy is None:
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y)
+    grads = torch.autograd.grad(y, leaves, gy.to(y.dtype))
+    return y, grads, gy
+
+
+def reference(x, wt, b, kw, gy):
+    up = [t.double() if t is not None else None for t in (x, wt, b)]
+    return run(F.conv2d, *up, kw, gy.double())
+
+
+def check(cfg, dtype, channels_last):
+    x, wt, b, kw = make(cfg, dtype, channels_last)
+    y, grads, gy = run(conv2d, x, wt, b, kw)
+    y_ref, grads_ref, _ = reference(x, wt, b, kw, gy)
+    assert y.shape == y_ref.shape and y.dtype == dtype
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last or y.shape[1] == 1
+    names = ("output", "grad input", "grad weight", "grad bias")
+    ours = [y, *grads]
+    refs = [y_ref, *grads_ref]
+    if dtype in EXACT_TOL:
+        for name, a, r in zip(names, ours, refs, strict=True):
+            assert rel(a, r) < EXACT_TOL[dtype], f"{name}: {rel(a, r):.3e}"
+        return
+    # float16/bfloat16: judged against PyTorch's own error in that dtype on the same inputs
+    y_t, grads_t, _ = run(F.conv2d, x, wt, b, kw, gy)
+    for name, a, t, r in zip(names, ours, [y_t, *grads_t], refs, strict=True):
+        bound = max(3 * rel(t, r), 4 * UNIT[dtype])
+        assert rel(a, r) < bound, f"{name}: ours {rel(a, r):.3e}, torch {rel(t, r):.3e}"
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("cfg", DENSE + GROUPED, ids=str)
+def test_float32_forward_and_gradients(cfg, channels_last):
+    check(cfg, torch.float32, channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("cfg", REPRESENTATIVE, ids=str)
+def test_other_dtypes(cfg, channels_last, dtype):
+    check(cfg, dtype, channels_last)
+
+
+@pytest.mark.parametrize("cfg", [(1, 2, 3, 5, 4, 1, 1, 1, 1), (1, 4, 4, 4, 5, 2, 2, 2, 2)], ids=str)
+def test_gradcheck_float64(cfg):
+    x, wt, b, kw = make(cfg, torch.float64, channels_last=False)
+    leaves = [t.requires_grad_() for t in (x, wt, b)]
+    assert torch.autograd.gradcheck(lambda a, c, d: conv2d(a, c, d, **kw), leaves)
+
+
+@pytest.mark.parametrize("cfg", [DENSE[1], GROUPED[3]], ids=str)
+def test_backward_is_bitwise_deterministic(cfg):
+    x, wt, b, kw = make(cfg, torch.float32, channels_last=True)
+    _, first, gy = run(conv2d, x, wt, b, kw)
+    _, second, _ = run(conv2d, x, wt, b, kw, gy)
+    for a, c in zip(first, second, strict=True):
+        assert torch.equal(a, c)
+
+
+def test_expanded_stride0_gradient():
+    x, wt, b, kw = make(DENSE[0], torch.float32, channels_last=False)
+    leaves = [t.requires_grad_() for t in (x, wt, b)]
+    conv2d(*leaves, **kw).sum().backward()  # the gradient of .sum() is an expanded tensor
+    ours = [t.grad.clone() for t in leaves]
+    ref = [t.detach().double().requires_grad_() for t in (x, wt, b)]
+    F.conv2d(*ref, **kw).sum().backward()
+    for a, r in zip(ours, ref, strict=True):
+        assert rel(a, r.grad) < 2e-6
+
+
+def test_no_bias_and_unused_grads():
+    x, wt, _, kw = make(GROUPED[0], torch.float32, False, bias=False)
+    y = conv2d(x, wt.requires_grad_(), None, **kw)
+    (gw,) = torch.autograd.grad(y.square().sum(), [wt])
+    wr = wt.detach().double().requires_grad_()
+    (gr,) = torch.autograd.grad(F.conv2d(x.double(), wr, None, **kw).square().sum(), [wr])
+    assert rel(gw, gr) < 2e-6
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(wshape=(4, 4, 5, 5)), "not 3x3"),
+        (dict(wshape=(8, 8, 3, 3), cin=16, groups=2), "8 input channels per group"),
+        (dict(dilation=4), "dilation 4 is not 1, 2 or 3"),
+        (dict(stride=3), "stride 3 is not 1 or 2"),
+        (dict(padding=2), "padding 2 is outside 0..dilation"),
+        (dict(stride=(1, 2)), "differs between height and width"),
+        (dict(dtype=torch.int32), "dtype torch.int32"),
+    ],
+)
+def test_unsupported_configurations_are_named(kwargs, match):
+    cin = kwargs.get("cin", 4)
+    wshape = kwargs.get("wshape", (4, cin // kwargs.get("groups", 1), 3, 3))
+    with pytest.raises(NotImplementedError, match=match):
+        check_supported(
+            (1, cin, 8, 8), wshape, kwargs.get("dtype", torch.float32), DEVICE,
+            kwargs.get("stride", 1), kwargs.get("padding", 1), kwargs.get("dilation", 1),
+            kwargs.get("groups", 1),
+        )  # fmt: skip
+
+
+def test_cpu_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(NotImplementedError, match="TRITON_INTERPRET=1"):
+        conv2d(torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3), padding=1)
+    assert not is_supported(torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3))
+
+
+def test_mismatched_dtypes():
+    with pytest.raises(ValueError, match="share one dtype"):
+        conv2d(torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3).double())
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_opcheck(channels_last):
+    for cfg in (DENSE[3], GROUPED[4]):
+        x, wt, b, kw = make(cfg, torch.float32, channels_last)
+        args = (x.requires_grad_(), wt.requires_grad_(), b.requires_grad_(), kw["stride"],
+                kw["padding"], kw["dilation"], kw["groups"])  # fmt: skip
+        torch.library.opcheck(torch.ops.fastcifar.conv2d.default, args)
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w1 = torch.nn.Parameter(torch.randn(6, 1, 3, 3) / 3)
+        self.w2 = torch.nn.Parameter(torch.randn(4, 6, 3, 3) / 3)
+
+    def forward(self, x):
+        x = torch.relu(conv2d(x, self.w1, None, padding=1, groups=6))
+        return conv2d(x, self.w2, None, padding=2, dilation=2).mean((2, 3))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _Tiny().to(DEVICE)
+    x = torch.randn(2, 6, 6, 7, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    eager = model(x)
+    eager.sum().backward()
+    g_eager = model.w1.grad.clone()
+    model.zero_grad()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    out = compiled(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(model.w1.grad, g_eager)
