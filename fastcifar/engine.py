@@ -60,6 +60,7 @@ class RunOptions:
     channels_last: bool | None = None  # None: on with --amp
     workers: int | None = None  # DataLoader workers; None: min(cores, 8)
     compile_backend: str = "inductor"
+    kernels: str = "auto"  # auto | triton | torch
 
 
 class TrainingDiverged(FastCifarError):
@@ -148,6 +149,32 @@ def versions() -> dict[str, str]:
     if torch.version.cuda:
         out["cuda"] = torch.version.cuda
     return out
+
+
+def resolve_kernels(name: str, device: torch.device) -> str:
+    """``auto`` is Triton on CUDA (when triton imports) and PyTorch elsewhere; ``triton`` on
+    a CPU turns on the Triton interpreter (slow, for tests).
+
+    Raises:
+        FastCifarError: an unknown name, or Triton asked for where it cannot run.
+    """
+    from fastcifar.kernels import triton_available
+
+    if name not in ("auto", "triton", "torch"):
+        raise FastCifarError(f"--kernels {name!r} is not valid: choose auto, triton or torch")
+    if name == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if name == "triton":
+        if not triton_available():
+            raise FastCifarError("--kernels triton needs the triton package: pip install triton")
+        if device.type not in ("cuda", "cpu"):
+            raise FastCifarError(
+                f"--kernels triton runs on CUDA or (interpreted) on the CPU, not {device.type}: "
+                f"pass --kernels torch"
+            )
+        if device.type == "cpu":
+            os.environ["TRITON_INTERPRET"] = "1"
+    return name
 
 
 def _is_compile_error(exc: BaseException) -> bool:
@@ -294,6 +321,9 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.log_probs = MODELS[recipe.model].outputs == "log_probs"
+        self.kernels = resolve_kernels(options.kernels, self.device)
+        if self.kernels == "triton":
+            self._use_triton_kernels()
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
         use_scaler = self.amp and self.amp_dtype == torch.float16
@@ -304,6 +334,33 @@ class Trainer:
         self.forward = _Forward(self.model, options.compile, options.compile_backend)
 
     # ------------------------------------------------------------------ set-up
+
+    def _use_triton_kernels(self) -> None:
+        """Validate every distinct conv configuration of the model against PyTorch, print the
+        table, refuse to train on a failure, then swap the supported layers to Triton."""
+        from fastcifar.kernels.validate import (
+            collect_conv_configs,
+            format_table,
+            validate_configs,
+        )
+        from fastcifar.nn import swap_convolutions
+
+        # the real batch on a GPU; 2 images under the (slow) interpreter on a CPU
+        batch = self.recipe.batch_size if self.device.type == "cuda" else 2
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        example = torch.randn(batch, 3, 32, 32, device=self.device).contiguous(memory_format=fmt)
+        configs = collect_conv_configs(self.model, example, self.amp_dtype or torch.float32)
+        results = validate_configs(configs, self.device)
+        print(f"kernels: validating {len(configs)} Triton conv configurations (batch {batch})")
+        print(format_table(results), flush=True)
+        for r in results:
+            if not r.passed:
+                raise FastCifarError(
+                    f"Triton kernel validation failed on layer {r.layers[0]} "
+                    f"({r.config.describe()}): {r.message}; train with --kernels torch"
+                )
+        swapped = swap_convolutions(self.model)
+        print(f"kernels: {len(swapped)} convolutions run in Triton")
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         r = self.recipe
@@ -535,6 +592,7 @@ class Trainer:
             "device": _device_name(self.device),
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp else None,
             "compiled": self.forward.compiled is not None,
+            "kernels": self.kernels,
             "channels_last": self.channels_last,
             "train_images": len(self.train_loader.dataset),
             "test_images": len(self.test_loader.labels),

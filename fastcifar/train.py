@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, help="data loader worker processes (default: cores, at most 8)"
     )
+    p.add_argument(
+        "--kernels",
+        choices=("auto", "triton", "torch"),
+        default=None,
+        help="convolutions: triton (our kernels, validated against PyTorch before training), "
+        "torch, or auto (triton on CUDA, torch elsewhere); triton on a CPU uses the Triton "
+        "interpreter (slow, for tests)",
+    )
     group = p.add_argument_group("recipe fields (override the recipe's value)")
     for f in overridable_fields():
         flag = "--" + f.name.replace("_", "-")
@@ -202,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             compile=bool(args.compile),
             channels_last=args.channels_last,
             workers=args.workers,
+            kernels=args.kernels or "auto",
         )
         if args.train_subset is not None and args.train_subset < 1:
             raise FastCifarError(f"--train-subset {args.train_subset} is below 1: pass 1 or more")
@@ -225,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         f"train: recipe {recipe.name}, model {recipe.model}, {len(t.train_loader.dataset)} train / "
         f"{len(t.test_loader.labels)} test images, batch {recipe.batch_size}, {recipe.epochs} "
         f"epochs, device {t.device}, amp {t.amp_dtype if t.amp else 'off'}, "
-        f"channels_last {t.channels_last}, compile {options.compile}, run dir {run_dir}",
+        f"channels_last {t.channels_last}, compile {options.compile}, kernels {t.kernels}, "
+        f"run dir {run_dir}",
         flush=True,
     )
     summary = trainer.fit()

@@ -140,8 +140,16 @@ def _k():
     return _conv_triton
 
 
-_BP, _BC = 64, 32  # pixels and channels per program
-_PIX_PER_PROG = 4096  # pixels summed by one weight-gradient program (a partial)
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _tiles() -> tuple[int, int, int]:
+    """(pixels per program, channels per program, pixels summed by one weight-gradient
+    program). The interpreter runs each program in Python, so it gets fewer, larger ones."""
+    if _interpreted():
+        return 512, 64, 8192
+    return 64, 32, 4096
 
 
 def _blocks(dtype: torch.dtype) -> tuple[bool, int, int]:
@@ -151,8 +159,8 @@ def _blocks(dtype: torch.dtype) -> tuple[bool, int, int]:
     triton 3.9: relative error 6e9)."""
     if dtype == torch.float64:
         return False, 16, 8
-    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
-        return False, 32, 16
+    if _interpreted():
+        return dtype != torch.bfloat16, 64, 32
     return True, 32, 16
 
 
@@ -165,6 +173,7 @@ def _strides(t: Tensor) -> tuple[int, int, int, int]:
 
 def _forward(x: Tensor, w: Tensor, b: Tensor | None, stride, padding, dilation, groups) -> Tensor:
     k = _k()
+    bp, bc, ppp = _tiles()
     n, cin, h, wd = x.shape
     cout = w.shape[0]
     ho, wo = _out_size(h, stride, padding, dilation), _out_size(wd, stride, padding, dilation)
@@ -175,45 +184,46 @@ def _forward(x: Tensor, w: Tensor, b: Tensor | None, stride, padding, dilation, 
     acc = _acc(x.dtype)
     if groups == 1:
         use_dot, bco, bci = _blocks(x.dtype)
-        grid = (triton_cdiv(n * ho * wo, _BP), triton_cdiv(cout, bco))
+        grid = (triton_cdiv(n * ho * wo, bp), triton_cdiv(cout, bco))
         k.conv_fwd_dense_kernel[grid](
             x, w, b_arg, y, n, cin, h, wd, cout, ho, wo,
             *_strides(x), *_strides(w), *_strides(y),
             S=stride, PAD=padding, D=dilation, HAS_BIAS=has_bias, USE_DOT=use_dot, ACC=acc,
-            BP=_BP, BCO=bco, BCI=bci,
+            BP=bp, BCO=bco, BCI=bci,
         )  # fmt: skip
     else:
-        grid = (triton_cdiv(n * ho * wo, _BP), triton_cdiv(cout, _BC))
+        grid = (triton_cdiv(n * ho * wo, bp), triton_cdiv(cout, bc))
         k.conv_fwd_grouped_kernel[grid](
             x, w, b_arg, y, n, h, wd, cout, ho, wo, cout // groups,
             *_strides(x), *_strides(w), *_strides(y),
             CIN_PG=cin // groups, S=stride, PAD=padding, D=dilation, HAS_BIAS=has_bias,
-            ACC=acc, BP=_BP, BC=_BC,
+            ACC=acc, BP=bp, BC=bc,
         )  # fmt: skip
     return y
 
 
 def _grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding, dilation, groups):
     k = _k()
+    bp, bc, ppp = _tiles()
     n, cin, h, wd = x_shape
     cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     dx = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=x_format)
     acc = _acc(dy.dtype)
     if groups == 1:
         use_dot, bci, bco = _blocks(dy.dtype)
-        grid = (triton_cdiv(n * h * wd, _BP), triton_cdiv(cin, bci))
+        grid = (triton_cdiv(n * h * wd, bp), triton_cdiv(cin, bci))
         k.conv_bwd_input_dense_kernel[grid](
             dy, w, dx, n, cin, h, wd, cout, ho, wo,
             *_strides(dy), *_strides(w), *_strides(dx),
             S=stride, PAD=padding, D=dilation, USE_DOT=use_dot, ACC=acc,
-            BP=_BP, BCI=bci, BCO=bco,
+            BP=bp, BCI=bci, BCO=bco,
         )  # fmt: skip
     else:
-        grid = (triton_cdiv(n * h * wd, _BP), triton_cdiv(cin, _BC))
+        grid = (triton_cdiv(n * h * wd, bp), triton_cdiv(cin, bc))
         k.conv_bwd_input_grouped_kernel[grid](
             dy, w, dx, n, cin, h, wd, ho, wo, cout // groups,
             *_strides(dy), *_strides(w), *_strides(dx),
-            CIN_PG=cin // groups, S=stride, PAD=padding, D=dilation, ACC=acc, BP=_BP, BC=_BC,
+            CIN_PG=cin // groups, S=stride, PAD=padding, D=dilation, ACC=acc, BP=bp, BC=bc,
         )  # fmt: skip
     return dx
 
@@ -224,27 +234,28 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, groups):
     k = _k()
+    bp, bc, ppp = _tiles()
     n, cin, h, wd = x.shape
     cout, cin_pg = w_shape[0], w_shape[1]
     ho, wo = dy.shape[2], dy.shape[3]
-    tiles = triton_cdiv(n * ho * wo, _PIX_PER_PROG)
+    tiles = triton_cdiv(n * ho * wo, ppp)
     part = torch.empty((tiles, cout, cin_pg, 9), dtype=_acc_dtype(x.dtype), device=x.device)
     acc = _acc(x.dtype)
     if groups == 1:
         use_dot, bco, bci = _blocks(x.dtype)
         grid = (tiles, triton_cdiv(cout, bco), 9 * triton_cdiv(cin, bci))
         k.conv_bwd_weight_dense_kernel[grid](
-            dy, x, part, n, cin, h, wd, cout, ho, wo, _PIX_PER_PROG,
+            dy, x, part, n, cin, h, wd, cout, ho, wo, ppp,
             *_strides(dy), *_strides(x),
             S=stride, PAD=padding, D=dilation, USE_DOT=use_dot, ACC=acc,
-            BP=_BP, BCO=bco, BCI=bci,
+            BP=bp, BCO=bco, BCI=bci,
         )  # fmt: skip
     else:
-        grid = (tiles, triton_cdiv(cout, _BC), 9 * cin_pg)
+        grid = (tiles, triton_cdiv(cout, bc), 9 * cin_pg)
         k.conv_bwd_weight_grouped_kernel[grid](
-            dy, x, part, n, h, wd, cout, ho, wo, cout // groups, _PIX_PER_PROG,
+            dy, x, part, n, h, wd, cout, ho, wo, cout // groups, ppp,
             *_strides(dy), *_strides(x),
-            CIN_PG=cin_pg, S=stride, PAD=padding, D=dilation, ACC=acc, BP=_BP, BC=_BC,
+            CIN_PG=cin_pg, S=stride, PAD=padding, D=dilation, ACC=acc, BP=bp, BC=bc,
         )  # fmt: skip
     # fixed-order sum of the per-tile partials: deterministic
     return part.sum(0).view(cout, cin_pg, 3, 3).to(x.dtype)
@@ -252,13 +263,14 @@ def _grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, grou
 
 def _grad_bias(dy: Tensor) -> Tensor:
     k = _k()
+    bp, bc, ppp = _tiles()
     n, c, ho, wo = dy.shape
-    tiles = triton_cdiv(n * ho * wo, _PIX_PER_PROG)
+    tiles = triton_cdiv(n * ho * wo, ppp)
     part = torch.empty((tiles, c), dtype=_acc_dtype(dy.dtype), device=dy.device)
-    grid = (tiles, triton_cdiv(c, _BC))
+    grid = (tiles, triton_cdiv(c, bc))
     k.bias_grad_kernel[grid](
-        dy, part, n, c, ho, wo, _PIX_PER_PROG, *_strides(dy),
-        ACC=_acc(dy.dtype), BP=_BP, BC=_BC,
+        dy, part, n, c, ho, wo, ppp, *_strides(dy),
+        ACC=_acc(dy.dtype), BP=bp, BC=bc,
     )  # fmt: skip
     return part.sum(0).to(dy.dtype)
 
