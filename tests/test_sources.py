@@ -1,6 +1,7 @@
 import os
 import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,3 +228,32 @@ def test_real_archive(real_archive):
     np.testing.assert_allclose(std, (0.2470, 0.2435, 0.2616), atol=3e-3)
     again = load_cifar10(real_archive)  # from the cache
     np.testing.assert_array_equal(again.test_images[:50], a.test_images[:50])
+
+
+def test_download_failure_is_one_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, root, train=True, download=False):
+            assert download and root == str(tmp_path / "dl")
+            raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    with pytest.raises(FastCifarError, match="could not download CIFAR-10 .*--data"):
+        load_cifar10(tmp_path / "dl", download=True, cache=tmp_path / "c")
+
+
+def test_download_then_load_the_batches(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    written = make_tree(tmp_path / "tree", per_class=1)
+
+    class FakeDownload:  # stands in for the network: leaves what torchvision leaves
+        def __init__(self, root, train=True, download=False):
+            _write_batches(Path(root), written)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeDownload)
+    a = load_cifar10(tmp_path / "dl", download=True, cache=tmp_path / "c")
+    np.testing.assert_array_equal(a.train_images, written["train"][0])
