@@ -5,6 +5,8 @@ Layer 1 of fastcifar: knows nothing of models or training.
 * ``conv2d``: 3x3 depthwise, small-group and dilated dense convolutions with the
   semantics of ``torch.nn.functional.conv2d``, differentiable, registered as torch
   custom ops (``fastcifar::conv2d`` and its gradients).
+* ``depthwise_separable_conv2d``: fused 3x3 depthwise -> (ReLU) -> 1x1 pointwise whose
+  forward and backward never write the depthwise output (opt-in).
 * ``is_supported`` / ``check_supported``: whether a configuration runs in Triton.
 * ``fastcifar.kernels.validate``: numerical validation against PyTorch.
 
@@ -23,11 +25,13 @@ from fastcifar.kernels.conv import (
     is_supported,
     kernels_can_run,
 )
+from fastcifar.kernels.dwsep import depthwise_separable_conv2d
 
 __all__ = [
     "SUPPORTED_DTYPES",
     "check_supported",
     "conv2d",
+    "depthwise_separable_conv2d",
     "is_supported",
     "kernels_can_run",
     "triton_available",

@@ -379,3 +379,306 @@ def bias_grad_kernel(
         )
         acc += tl.sum(dyt.to(ACC), axis=0)
     tl.store(part_ptr + pid_t * C + offs_c, acc, mask=mask_c)
+
+
+# ----------------------------------------------------------------------------------------
+# Fused depthwise-separable convolution: 3x3 depthwise (stride S, padding PAD, dilation D),
+# optional ReLU, then 1x1 pointwise. The depthwise output ("mid", (N, C, HO, WO)) lives
+# only in registers: the forward recomputes it per tile, the backward recomputes it (and
+# its gradient) where needed, so it is never written to memory.
+
+
+@triton.jit
+def _dw_tile(
+    x_ptr, wd_ptr, n, oh, ow, mask_p, offs_c, mask_c, H, W,
+    sxn, sxc, sxh, sxw, swc, swh, sww,
+    S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr, RELU: tl.constexpr,
+    ACC: tl.constexpr, BP: tl.constexpr, BCM: tl.constexpr,
+):  # fmt: skip
+    # depthwise 3x3 at output pixels (n, oh, ow) [BP] for channels offs_c [BCM] -> [BP, BCM]
+    mid = tl.zeros([BP, BCM], dtype=ACC)
+    for kh in tl.static_range(3):
+        for kw in tl.static_range(3):
+            ih = oh * S - PAD + kh * D
+            iw = ow * S - PAD + kw * D
+            ok = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            xt = tl.load(
+                x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + offs_c[None, :] * sxc,
+                mask=ok[:, None] & mask_c[None, :],
+                other=0.0,
+            )
+            wv = tl.load(wd_ptr + offs_c * swc + kh * swh + kw * sww, mask=mask_c, other=0.0)
+            mid += xt.to(ACC) * wv.to(ACC)[None, :]
+    if RELU:
+        mid = tl.maximum(mid, 0.0)
+    return mid
+
+
+@triton.jit
+def dwsep_fwd_kernel(
+    x_ptr,  # input (N, C, H, W)
+    wd_ptr,  # depthwise weight (C, 1, 3, 3)
+    wp_ptr,  # pointwise weight (COUT, C, 1, 1)
+    y_ptr,  # output (N, COUT, HO, WO)
+    N, C, H, W, COUT, HO, WO,
+    sxn, sxc, sxh, sxw,
+    swc, swh, sww,
+    spo, spc,
+    syn, syc, syh, syw,
+    S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr, RELU: tl.constexpr,
+    USE_DOT: tl.constexpr, ACC: tl.constexpr,
+    BP: tl.constexpr, BCM: tl.constexpr, BCO: tl.constexpr,
+):  # fmt: skip
+    pid_p = tl.program_id(0)
+    pid_o = tl.program_id(1)
+    offs_p = pid_p * BP + tl.arange(0, BP)
+    offs_o = pid_o * BCO + tl.arange(0, BCO)
+    mask_p = offs_p < N * HO * WO
+    mask_o = offs_o < COUT
+    n = offs_p // (HO * WO)
+    rem = offs_p % (HO * WO)
+    oh = rem // WO
+    ow = rem % WO
+    acc = tl.zeros([BP, BCO], dtype=ACC)
+    for c0 in range(0, C, BCM):
+        offs_c = c0 + tl.arange(0, BCM)
+        mask_c = offs_c < C
+        mid = _dw_tile(
+            x_ptr,
+            wd_ptr,
+            n,
+            oh,
+            ow,
+            mask_p,
+            offs_c,
+            mask_c,
+            H,
+            W,
+            sxn,
+            sxc,
+            sxh,
+            sxw,
+            swc,
+            swh,
+            sww,
+            S,
+            PAD,
+            D,
+            RELU,
+            ACC,
+            BP,
+            BCM,
+        )
+        wp = tl.load(
+            wp_ptr + offs_c[:, None] * spc + offs_o[None, :] * spo,
+            mask=mask_c[:, None] & mask_o[None, :],
+            other=0.0,
+        )  # [BCM, BCO]
+        if USE_DOT:
+            acc += tl.dot(mid.to(wp.dtype), wp, input_precision="ieee").to(ACC)
+        else:
+            acc += tl.sum(mid[:, :, None] * wp.to(ACC)[None, :, :], axis=1)
+    y_off = n * syn + oh * syh + ow * syw
+    tl.store(
+        y_ptr + y_off[:, None] + offs_o[None, :] * syc,
+        acc.to(y_ptr.dtype.element_ty),
+        mask=mask_p[:, None] & mask_o[None, :],
+    )
+
+
+@triton.jit
+def _grad_mid_tile(
+    dy_ptr, wp_ptr, n, oh, ow, mask_p, offs_c, mask_c, COUT,
+    sdn, sdc, sdh, sdw, spo, spc,
+    USE_DOT: tl.constexpr, ACC: tl.constexpr, BP: tl.constexpr, BCM: tl.constexpr,
+    BCO: tl.constexpr,
+):  # fmt: skip
+    # gradient of mid at pixels (n, oh, ow): dy [BP, COUT] @ wp^T [COUT, BCM] -> [BP, BCM]
+    g = tl.zeros([BP, BCM], dtype=ACC)
+    d_off = n * sdn + oh * sdh + ow * sdw
+    for o0 in range(0, COUT, BCO):
+        offs_o = o0 + tl.arange(0, BCO)
+        mask_o = offs_o < COUT
+        dyt = tl.load(
+            dy_ptr + d_off[:, None] + offs_o[None, :] * sdc,
+            mask=mask_p[:, None] & mask_o[None, :],
+            other=0.0,
+        )
+        wpt = tl.load(
+            wp_ptr + offs_o[:, None] * spo + offs_c[None, :] * spc,
+            mask=mask_o[:, None] & mask_c[None, :],
+            other=0.0,
+        )  # [BCO, BCM]
+        if USE_DOT:
+            g += tl.dot(dyt, wpt, input_precision="ieee").to(ACC)
+        else:
+            g += tl.sum(dyt.to(ACC)[:, :, None] * wpt.to(ACC)[None, :, :], axis=1)
+    return g
+
+
+@triton.jit
+def dwsep_bwd_weights_kernel(
+    x_ptr, wd_ptr, wp_ptr, dy_ptr,
+    pd_ptr,  # partial grad of the depthwise weight (T, C, 9), ACC dtype
+    pp_ptr,  # partial grad of the pointwise weight (T, COUT, C), ACC dtype
+    N, C, H, W, COUT, HO, WO, PIX_PER_PROG,
+    sxn, sxc, sxh, sxw,
+    swc, swh, sww,
+    spo, spc,
+    sdn, sdc, sdh, sdw,
+    S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr, RELU: tl.constexpr,
+    USE_DOT: tl.constexpr, ACC: tl.constexpr,
+    BP: tl.constexpr, BCM: tl.constexpr, BCO: tl.constexpr,
+):  # fmt: skip
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_c = pid_c * BCM + tl.arange(0, BCM)
+    mask_c = offs_c < C
+    total = N * HO * WO
+    start = pid_t * PIX_PER_PROG
+    end = tl.minimum(start + PIX_PER_PROG, total)
+    gwd = tl.zeros([16, BCM], dtype=ACC)  # 9 taps, padded to a power of two
+    taps = tl.arange(0, 16)
+    for p0 in range(start, end, BP):
+        offs_p = p0 + tl.arange(0, BP)
+        mask_p = offs_p < total
+        n = offs_p // (HO * WO)
+        rem = offs_p % (HO * WO)
+        oh = rem // WO
+        ow = rem % WO
+        mid = _dw_tile(
+            x_ptr,
+            wd_ptr,
+            n,
+            oh,
+            ow,
+            mask_p,
+            offs_c,
+            mask_c,
+            H,
+            W,
+            sxn,
+            sxc,
+            sxh,
+            sxw,
+            swc,
+            swh,
+            sww,
+            S,
+            PAD,
+            D,
+            RELU,
+            ACC,
+            BP,
+            BCM,
+        )
+        g = _grad_mid_tile(dy_ptr, wp_ptr, n, oh, ow, mask_p, offs_c, mask_c, COUT,
+                           sdn, sdc, sdh, sdw, spo, spc, USE_DOT, ACC, BP, BCM, BCO)  # fmt: skip
+        if RELU:
+            g = tl.where(mid > 0, g, 0.0)
+        # pointwise weight: mid^T [BCM, BP] @ dy [BP, BCO], accumulated into this tile's partial
+        d_off = n * sdn + oh * sdh + ow * sdw
+        for o0 in range(0, COUT, BCO):
+            offs_o = o0 + tl.arange(0, BCO)
+            mask_o = offs_o < COUT
+            dyt = tl.load(
+                dy_ptr + d_off[:, None] + offs_o[None, :] * sdc,
+                mask=mask_p[:, None] & mask_o[None, :],
+                other=0.0,
+            )
+            if USE_DOT:
+                part = tl.dot(tl.trans(mid.to(dyt.dtype)), dyt, input_precision="ieee").to(ACC)
+            else:
+                part = tl.sum(mid[:, :, None] * dyt.to(ACC)[:, None, :], axis=0)
+            # this program's own slice of the zero-initialised partials: no other writer
+            ptr = pp_ptr + pid_t * COUT * C + offs_o[None, :] * C + offs_c[:, None]
+            msk = mask_c[:, None] & mask_o[None, :]
+            tl.store(ptr, tl.load(ptr, mask=msk, other=0.0) + part, mask=msk)
+        # depthwise weight: per tap, sum over pixels of g * x(shifted)
+        for kh in tl.static_range(3):
+            for kw in tl.static_range(3):
+                ih = oh * S - PAD + kh * D
+                iw = ow * S - PAD + kw * D
+                ok = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                xt = tl.load(
+                    x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + offs_c[None, :] * sxc,
+                    mask=ok[:, None] & mask_c[None, :],
+                    other=0.0,
+                )
+                s = tl.sum(g * xt.to(ACC), axis=0)  # [BCM]
+                gwd += tl.where((taps == kh * 3 + kw)[:, None], s[None, :], 0.0)
+    out = pd_ptr + pid_t * C * 9 + offs_c[None, :] * 9 + taps[:, None]
+    tl.store(out, gwd, mask=(taps < 9)[:, None] & mask_c[None, :])
+
+
+@triton.jit
+def dwsep_bwd_input_kernel(
+    x_ptr, wd_ptr, wp_ptr, dy_ptr,
+    dx_ptr,  # grad of input (N, C, H, W)
+    N, C, H, W, COUT, HO, WO,
+    sxn, sxc, sxh, sxw,
+    swc, swh, sww,
+    spo, spc,
+    sdn, sdc, sdh, sdw,
+    sgn, sgc, sgh, sgw,
+    S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr, RELU: tl.constexpr,
+    USE_DOT: tl.constexpr, ACC: tl.constexpr,
+    BP: tl.constexpr, BCM: tl.constexpr, BCO: tl.constexpr,
+):  # fmt: skip
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_p = pid_p * BP + tl.arange(0, BP)
+    offs_c = pid_c * BCM + tl.arange(0, BCM)
+    mask_p = offs_p < N * H * W
+    mask_c = offs_c < C
+    n = offs_p // (H * W)
+    rem = offs_p % (H * W)
+    ih = rem // W
+    iw = rem % W
+    acc = tl.zeros([BP, BCM], dtype=ACC)
+    for kh in tl.static_range(3):
+        for kw in tl.static_range(3):
+            th = ih + PAD - kh * D
+            tw = iw + PAD - kw * D
+            ths = tl.where(th >= 0, th, 0)
+            tws = tl.where(tw >= 0, tw, 0)
+            oh = ths // S
+            ow = tws // S
+            ok = mask_p & (th >= 0) & (tw >= 0) & (ths % S == 0) & (tws % S == 0)
+            ok = ok & (oh < HO) & (ow < WO)
+            # the gradient of mid at the output pixel this tap reaches, recomputed
+            g = _grad_mid_tile(
+                dy_ptr,
+                wp_ptr,
+                n,
+                oh,
+                ow,
+                ok,
+                offs_c,
+                mask_c,
+                COUT,
+                sdn,
+                sdc,
+                sdh,
+                sdw,
+                spo,
+                spc,
+                USE_DOT,
+                ACC,
+                BP,
+                BCM,
+                BCO,
+            )
+            if RELU:
+                mid = _dw_tile(x_ptr, wd_ptr, n, oh, ow, ok, offs_c, mask_c, H, W,
+                               sxn, sxc, sxh, sxw, swc, swh, sww, S, PAD, D, RELU, ACC, BP,
+                               BCM)  # fmt: skip
+                g = tl.where(mid > 0, g, 0.0)
+            wv = tl.load(wd_ptr + offs_c * swc + kh * swh + kw * sww, mask=mask_c, other=0.0)
+            acc += g * wv.to(ACC)[None, :]
+    g_off = n * sgn + ih * sgh + iw * sgw
+    tl.store(
+        dx_ptr + g_off[:, None] + offs_c[None, :] * sgc,
+        acc.to(dx_ptr.dtype.element_ty),
+        mask=mask_p[:, None] & mask_c[None, :],
+    )

@@ -1,0 +1,177 @@
+"""``fastcifar.kernels.depthwise_separable_conv2d``: a fused 3x3 depthwise -> (ReLU) -> 1x1
+pointwise convolution whose forward and backward never write the depthwise output.
+
+Semantics (bias-free, as every seed's separable block)::
+
+    mid = conv2d(x, w_dw, stride=stride, padding=padding, dilation=dilation, groups=C)
+    mid = relu(mid) if relu else mid
+    y = conv2d(mid, w_pw)
+
+Shapes: x (N, C, H, W), NCHW or channels_last; w_dw (C, 1, 3, 3); w_pw (COUT, C, 1, 1);
+y (N, COUT, HO, WO) in x's memory format and dtype (float32/16, bfloat16, float64).
+
+The forward computes ``mid`` tile by tile in registers and feeds it straight into the
+pointwise product. The backward recomputes ``mid`` and its gradient (``dy @ w_pw``) where
+it needs them: one kernel produces both weight gradients as per-tile partials (summed
+afterwards in a fixed order: deterministic), another the input gradient, recomputing the
+gradient of ``mid`` at the output pixel each of the nine taps reaches. This trades
+recomputation for memory traffic; it is not the default anywhere until a GPU benchmark
+shows it faster (the seeds put ReLU and BatchNorm between the two convolutions, so their
+blocks need the BatchNorm statistics of ``mid`` first; this op covers blocks without).
+
+Raises ``NotImplementedError`` for configurations outside the depthwise subset of
+``fastcifar.kernels.conv2d`` (stride 1-2, dilation 1-3, padding 0..dilation).
+"""
+
+from __future__ import annotations
+
+import torch
+from fastcifar.kernels.conv import (
+    _acc,
+    _acc_dtype,
+    _blocks,
+    _k,
+    _memory_format,
+    _out_size,
+    _strides,
+    _tiles,
+    check_supported,
+    triton_cdiv,
+)
+from torch import Tensor
+
+__all__ = ["depthwise_separable_conv2d"]
+
+
+def _wd_strides(w: Tensor) -> tuple[int, int, int]:
+    s = w.stride()
+    return s[0], s[2], s[3]
+
+
+def _wp_strides(w: Tensor) -> tuple[int, int]:
+    s = w.stride()
+    return s[0], s[1]
+
+
+def _forward(x, wd, wp, stride, padding, dilation, relu):
+    k = _k()
+    bp, _, _ = _tiles()
+    use_dot, bco, bcm = _blocks(x.dtype)
+    n, c, h, w = x.shape
+    cout = wp.shape[0]
+    ho, wo = _out_size(h, stride, padding, dilation), _out_size(w, stride, padding, dilation)
+    y = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device,
+                    memory_format=_memory_format(x))  # fmt: skip
+    grid = (triton_cdiv(n * ho * wo, bp), triton_cdiv(cout, bco))
+    k.dwsep_fwd_kernel[grid](
+        x, wd, wp, y, n, c, h, w, cout, ho, wo,
+        *_strides(x), *_wd_strides(wd), *_wp_strides(wp), *_strides(y),
+        S=stride, PAD=padding, D=dilation, RELU=relu, USE_DOT=use_dot, ACC=_acc(x.dtype),
+        BP=bp, BCM=bcm, BCO=bco,
+    )  # fmt: skip
+    return y
+
+
+def _backward(dy, x, wd, wp, stride, padding, dilation, relu):
+    k = _k()
+    bp, _, ppp = _tiles()
+    use_dot, bco, bcm = _blocks(x.dtype)
+    n, c, h, w = x.shape
+    cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    tiles = triton_cdiv(n * ho * wo, ppp)
+    acc_dtype = _acc_dtype(x.dtype)
+    part_dw = torch.empty((tiles, c, 9), dtype=acc_dtype, device=x.device)
+    part_pw = torch.zeros((tiles, cout, c), dtype=acc_dtype, device=x.device)
+    common = dict(S=stride, PAD=padding, D=dilation, RELU=relu, USE_DOT=use_dot,
+                  ACC=_acc(x.dtype), BP=bp, BCM=bcm, BCO=bco)  # fmt: skip
+    k.dwsep_bwd_weights_kernel[(tiles, triton_cdiv(c, bcm))](
+        x, wd, wp, dy, part_dw, part_pw, n, c, h, w, cout, ho, wo, ppp,
+        *_strides(x), *_wd_strides(wd), *_wp_strides(wp), *_strides(dy), **common,
+    )  # fmt: skip
+    dx = torch.empty_like(x, memory_format=_memory_format(x))
+    k.dwsep_bwd_input_kernel[(triton_cdiv(n * h * w, bp), triton_cdiv(c, bcm))](
+        x, wd, wp, dy, dx, n, c, h, w, cout, ho, wo,
+        *_strides(x), *_wd_strides(wd), *_wp_strides(wp), *_strides(dy), *_strides(dx),
+        **common,
+    )  # fmt: skip
+    g_wd = part_dw.sum(0).view(c, 1, 3, 3).to(x.dtype)
+    g_wp = part_pw.sum(0).view(cout, c, 1, 1).to(x.dtype)
+    return dx, g_wd, g_wp
+
+
+@torch.library.custom_op("fastcifar::dwsep_conv2d", mutates_args=())
+def _dwsep_op(
+    input: Tensor, w_dw: Tensor, w_pw: Tensor, stride: int, padding: int, dilation: int,
+    relu: bool,
+) -> Tensor:  # fmt: skip
+    return _forward(input, w_dw, w_pw, stride, padding, dilation, relu)
+
+
+@_dwsep_op.register_fake
+def _(input, w_dw, w_pw, stride, padding, dilation, relu):
+    n, _, h, w = input.shape
+    ho, wo = _out_size(h, stride, padding, dilation), _out_size(w, stride, padding, dilation)
+    return torch.empty((n, w_pw.shape[0], ho, wo), dtype=input.dtype, device=input.device,
+                       memory_format=_memory_format(input))  # fmt: skip
+
+
+@torch.library.custom_op("fastcifar::dwsep_conv2d_backward", mutates_args=())
+def _dwsep_backward_op(
+    grad: Tensor, input: Tensor, w_dw: Tensor, w_pw: Tensor, stride: int, padding: int,
+    dilation: int, relu: bool,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    return _backward(grad, input, w_dw, w_pw, stride, padding, dilation, relu)
+
+
+@_dwsep_backward_op.register_fake
+def _(grad, input, w_dw, w_pw, stride, padding, dilation, relu):
+    dx = torch.empty(input.shape, dtype=input.dtype, device=input.device,
+                     memory_format=_memory_format(input))  # fmt: skip
+    return (
+        dx,
+        torch.empty(w_dw.shape, dtype=input.dtype, device=input.device),
+        torch.empty(w_pw.shape, dtype=input.dtype, device=input.device),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    input, w_dw, w_pw, stride, padding, dilation, relu = inputs
+    ctx.save_for_backward(input, w_dw, w_pw)
+    ctx.args = (stride, padding, dilation, relu)
+
+
+def _autograd_backward(ctx, grad):
+    input, w_dw, w_pw = ctx.saved_tensors
+    dx, g_dw, g_pw = _dwsep_backward_op(grad, input, w_dw, w_pw, *ctx.args)
+    return dx, g_dw, g_pw, None, None, None, None
+
+
+_dwsep_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def depthwise_separable_conv2d(
+    input: Tensor,
+    w_dw: Tensor,
+    w_pw: Tensor,
+    stride: int = 1,
+    padding: int = 1,
+    dilation: int = 1,
+    relu: bool = False,
+) -> Tensor:
+    """Fused depthwise 3x3 -> optional ReLU -> pointwise 1x1 (module docstring).
+
+    Raises:
+        NotImplementedError: an unsupported configuration, named.
+        ValueError: weight shapes that do not match the input, or mixed dtypes.
+    """
+    c = input.shape[1]
+    if input.dim() != 4 or w_dw.shape[:2] != (c, 1) or tuple(w_pw.shape[1:]) != (c, 1, 1):
+        raise ValueError(
+            f"depthwise_separable_conv2d: w_dw {tuple(w_dw.shape)} must be ({c}, 1, 3, 3) and "
+            f"w_pw {tuple(w_pw.shape)} (COUT, {c}, 1, 1)"
+        )
+    check_supported(input.shape, w_dw.shape, input.dtype, input.device, stride, padding,
+                    dilation, groups=c)  # fmt: skip
+    if not input.dtype == w_dw.dtype == w_pw.dtype:
+        raise ValueError("depthwise_separable_conv2d: input and weights must share one dtype")
+    return _dwsep_op(input, w_dw, w_pw, stride, padding, dilation, relu)
