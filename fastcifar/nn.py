@@ -8,6 +8,12 @@ configuration alone; nothing is decided by catching errors.
 
 ``swap_convolutions(model)`` replaces a model's supported ``nn.Conv2d`` layers in place
 by ``Conv2d`` sharing the same parameters (weights kept).
+
+``FusedConvReLUBN`` runs a seed's Conv -> ReLU -> BatchNorm block (``Sequential`` of the
+three) with one Triton kernel for the convolution, the ReLU and the batch statistics,
+then one elementwise pass for the normalisation; ``fuse_conv_relu_bn(model)`` converts a
+model's supported blocks in place, keeping their children, parameters and state-dict keys.
+Opt-in: it becomes a default only where a GPU benchmark shows it faster.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import torch
 from torch import nn
 
 from fastcifar.kernels import conv2d as triton_conv2d
+from fastcifar.kernels.conv_bn import conv2d_relu_stats
 
 
 def config_supported(conv: nn.Conv2d) -> bool:
@@ -27,6 +34,16 @@ def config_supported(conv: nn.Conv2d) -> bool:
         return False
     cin_pg = conv.in_channels // conv.groups
     return s in (1, 2) and d in (1, 2, 3) and 0 <= p <= d and (conv.groups == 1 or cin_pg <= 4)
+
+
+def _autocast_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """Cast to the autocast dtype when autocast is on (the kernels take one dtype)."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    return x, weight, bias
 
 
 class Conv2d(nn.Conv2d):
@@ -45,12 +62,7 @@ class Conv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.uses_triton:
             return super().forward(x)
-        weight, bias = self.weight, self.bias
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
-            dtype = torch.get_autocast_dtype(device_type)
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
+        x, weight, bias = _autocast_args(x, self.weight, self.bias)
         return triton_conv2d(
             x, weight, bias, self.stride[0], self.padding[0], self.dilation[0], self.groups
         )
@@ -81,4 +93,67 @@ def swap_convolutions(model: nn.Module) -> list[str]:
     return swapped
 
 
-__all__ = ["Conv2d", "config_supported", "swap_convolutions"]
+class FusedConvReLUBN(nn.Sequential):
+    """``Sequential(conv, ReLU, BatchNorm2d)`` computed as Triton conv + ReLU + batch
+    statistics in one kernel, then ``y * scale + shift`` per channel.
+
+    Same children, parameters, buffers and state-dict keys as the block it replaces; same
+    training-mode semantics as PyTorch's BatchNorm2d (biased variance to normalise,
+    unbiased variance into ``running_var``, ``momentum`` or the cumulative average when
+    it is None). Input (N, CIN, H, W), NCHW or channels_last.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn = self[0], self[2]
+        x, weight, bias = _autocast_args(x, conv.weight, conv.bias)
+        args = (conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
+        y, mean, var = conv2d_relu_stats(x, weight, bias, *args, relu=True)
+        use_batch_stats = bn.training or not bn.track_running_stats
+        if bn.training and bn.track_running_stats:
+            with torch.no_grad():
+                bn.num_batches_tracked += 1
+                m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+                count = y.numel() // y.shape[1]
+                bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), m)
+                unbiased = var * count / max(count - 1, 1)
+                bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), m)
+        if not use_batch_stats:
+            mean, var = bn.running_mean, bn.running_var
+        scale = torch.rsqrt(var + bn.eps)
+        if bn.affine:
+            scale = scale * bn.weight
+        shift = -mean * scale + (bn.bias if bn.affine else 0)
+        shape = (1, -1, 1, 1)
+        return y * scale.view(shape).to(y.dtype) + shift.view(shape).to(y.dtype)
+
+
+def _is_crb(m: nn.Module) -> bool:
+    return (
+        type(m) is nn.Sequential
+        and len(m) == 3
+        and isinstance(m[0], nn.Conv2d)
+        and config_supported(m[0])
+        and type(m[1]) is nn.ReLU
+        and type(m[2]) is nn.BatchNorm2d
+    )
+
+
+def fuse_conv_relu_bn(model: nn.Module) -> list[str]:
+    """Turn every supported ``Sequential(Conv2d, ReLU, BatchNorm2d)`` of ``model`` into a
+    ``FusedConvReLUBN`` in place (children and state-dict keys unchanged). Returns the
+    qualified names converted."""
+    fused = []
+    for name, m in model.named_modules():
+        if _is_crb(m):
+            m.__class__ = FusedConvReLUBN
+            fused.append(name)
+    return fused
+
+
+__all__ = [
+    "Conv2d",
+    "FusedConvReLUBN",
+    "config_supported",
+    "fuse_conv_relu_bn",
+    "swap_convolutions",
+]

@@ -7,6 +7,8 @@ Layer 1 of fastcifar: knows nothing of models or training.
   custom ops (``fastcifar::conv2d`` and its gradients).
 * ``depthwise_separable_conv2d``: fused 3x3 depthwise -> (ReLU) -> 1x1 pointwise whose
   forward and backward never write the depthwise output (opt-in).
+* ``conv2d_relu_stats``: the convolution with ReLU and BatchNorm-statistics epilogues
+  (``fastcifar.nn.FusedConvReLUBN`` builds the seeds' Conv-ReLU-BN block on it; opt-in).
 * ``is_supported`` / ``check_supported``: whether a configuration runs in Triton.
 * ``fastcifar.kernels.validate``: numerical validation against PyTorch.
 
@@ -25,12 +27,14 @@ from fastcifar.kernels.conv import (
     is_supported,
     kernels_can_run,
 )
+from fastcifar.kernels.conv_bn import conv2d_relu_stats
 from fastcifar.kernels.dwsep import depthwise_separable_conv2d
 
 __all__ = [
     "SUPPORTED_DTYPES",
     "check_supported",
     "conv2d",
+    "conv2d_relu_stats",
     "depthwise_separable_conv2d",
     "is_supported",
     "kernels_can_run",

@@ -20,6 +20,32 @@ import triton.language as tl
 
 
 @triton.jit
+def _epilogue(
+    acc, y_ptr, stats_ptr, pid_p, n, oh, ow, offs_co, mask_p, mask_co, COUT,
+    syn, syc, syh, syw, RELU: tl.constexpr, STATS: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    # optional ReLU, the store, and optional BatchNorm statistics of what was stored:
+    # per program and channel the sum and the sum of squared deviations from the tile's
+    # own mean (combined on the host with Chan's formula: no cancellation, deterministic)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    out = acc.to(y_ptr.dtype.element_ty)
+    y_off = n * syn + oh * syh + ow * syw
+    valid = mask_p[:, None] & mask_co[None, :]
+    tl.store(y_ptr + y_off[:, None] + offs_co[None, :] * syc, out, mask=valid)
+    if STATS:
+        v = tl.where(valid, out.to(ACC), 0.0)
+        count = tl.sum(mask_p.to(ACC), axis=0)
+        total = tl.sum(v, axis=0)
+        mean = total / tl.maximum(count, 1.0)
+        dev = tl.where(valid, v - mean[None, :], 0.0)
+        m2 = tl.sum(dev * dev, axis=0)
+        base = stats_ptr + pid_p * COUT * 2 + offs_co * 2
+        tl.store(base, total, mask=mask_co)
+        tl.store(base + 1, m2, mask=mask_co)
+
+
+@triton.jit
 def conv_fwd_dense_kernel(
     x_ptr,  # input (N, CIN, H, W), any strides
     w_ptr,  # weight (COUT, CIN, 3, 3), any strides
@@ -32,6 +58,8 @@ def conv_fwd_dense_kernel(
     S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, ACC: tl.constexpr,
     BP: tl.constexpr, BCO: tl.constexpr, BCI: tl.constexpr,
+    stats_ptr,  # (pixel programs, COUT, 2) partial (sum, M2) when STATS, else a dummy
+    RELU: tl.constexpr, STATS: tl.constexpr,
 ):  # fmt: skip
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -69,12 +97,8 @@ def conv_fwd_dense_kernel(
                     acc += tl.sum(xt.to(ACC)[:, :, None] * wt.to(ACC)[None, :, :], axis=1)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_co, mask=mask_co, other=0.0).to(ACC)[None, :]
-    y_off = n * syn + oh * syh + ow * syw
-    tl.store(
-        y_ptr + y_off[:, None] + offs_co[None, :] * syc,
-        acc.to(y_ptr.dtype.element_ty),
-        mask=mask_p[:, None] & mask_co[None, :],
-    )
+    _epilogue(acc, y_ptr, stats_ptr, pid_p, n, oh, ow, offs_co, mask_p, mask_co, COUT,
+              syn, syc, syh, syw, RELU, STATS, ACC)  # fmt: skip
 
 
 @triton.jit
@@ -89,6 +113,8 @@ def conv_fwd_grouped_kernel(
     syn, syc, syh, syw,
     CIN_PG: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+    stats_ptr,  # (pixel programs, COUT, 2) partial (sum, M2) when STATS, else a dummy
+    RELU: tl.constexpr, STATS: tl.constexpr,
 ):  # fmt: skip
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -121,12 +147,8 @@ def conv_fwd_grouped_kernel(
                 acc += xt.to(ACC) * wv.to(ACC)[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_co, mask=mask_co, other=0.0).to(ACC)[None, :]
-    y_off = n * syn + oh * syh + ow * syw
-    tl.store(
-        y_ptr + y_off[:, None] + offs_co[None, :] * syc,
-        acc.to(y_ptr.dtype.element_ty),
-        mask=mask_p[:, None] & mask_co[None, :],
-    )
+    _epilogue(acc, y_ptr, stats_ptr, pid_p, n, oh, ow, offs_co, mask_p, mask_co, COUT,
+              syn, syc, syh, syw, RELU, STATS, ACC)  # fmt: skip
 
 
 @triton.jit

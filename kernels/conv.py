@@ -171,7 +171,12 @@ def _strides(t: Tensor) -> tuple[int, int, int, int]:
 # ------------------------------------------------------------------------- launchers
 
 
-def _forward(x: Tensor, w: Tensor, b: Tensor | None, stride, padding, dilation, groups) -> Tensor:
+def _forward(
+    x: Tensor, w: Tensor, b: Tensor | None, stride, padding, dilation, groups,
+    relu: bool = False, stats: bool = False,
+) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """The output (N, COUT, HO, WO), ReLU applied if asked, and with ``stats`` the
+    per-program BatchNorm partials (programs, COUT, 2): (sum, sum of squared deviations)."""
     k = _k()
     bp, bc, ppp = _tiles()
     n, cin, h, wd = x.shape
@@ -182,24 +187,29 @@ def _forward(x: Tensor, w: Tensor, b: Tensor | None, stride, padding, dilation, 
     has_bias = b is not None
     b_arg = b if has_bias else w
     acc = _acc(x.dtype)
+    programs = triton_cdiv(n * ho * wo, bp)
+    part = None
+    if stats:
+        part = torch.empty((programs, cout, 2), dtype=_acc_dtype(x.dtype), device=x.device)
+    epilogue = dict(stats_ptr=part if stats else y, RELU=relu, STATS=stats)
     if groups == 1:
         use_dot, bco, bci = _blocks(x.dtype)
-        grid = (triton_cdiv(n * ho * wo, bp), triton_cdiv(cout, bco))
+        grid = (programs, triton_cdiv(cout, bco))
         k.conv_fwd_dense_kernel[grid](
             x, w, b_arg, y, n, cin, h, wd, cout, ho, wo,
             *_strides(x), *_strides(w), *_strides(y),
             S=stride, PAD=padding, D=dilation, HAS_BIAS=has_bias, USE_DOT=use_dot, ACC=acc,
-            BP=bp, BCO=bco, BCI=bci,
+            BP=bp, BCO=bco, BCI=bci, **epilogue,
         )  # fmt: skip
     else:
-        grid = (triton_cdiv(n * ho * wo, bp), triton_cdiv(cout, bc))
+        grid = (programs, triton_cdiv(cout, bc))
         k.conv_fwd_grouped_kernel[grid](
             x, w, b_arg, y, n, h, wd, cout, ho, wo, cout // groups,
             *_strides(x), *_strides(w), *_strides(y),
             CIN_PG=cin // groups, S=stride, PAD=padding, D=dilation, HAS_BIAS=has_bias,
-            ACC=acc, BP=bp, BC=bc,
+            ACC=acc, BP=bp, BC=bc, **epilogue,
         )  # fmt: skip
-    return y
+    return y, part
 
 
 def _grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding, dilation, groups):
@@ -292,7 +302,7 @@ def _conv2d_op(
     dilation: int,
     groups: int,
 ) -> Tensor:
-    return _forward(input, weight, bias, stride, padding, dilation, groups)
+    return _forward(input, weight, bias, stride, padding, dilation, groups)[0]
 
 
 @_conv2d_op.register_fake

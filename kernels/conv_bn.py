@@ -1,0 +1,130 @@
+"""``conv2d_relu_stats``: the Triton 3x3 convolution with a ReLU and a BatchNorm-statistics
+epilogue, for the seeds' Conv -> ReLU -> BatchNorm blocks.
+
+One kernel computes the convolution, applies the ReLU, stores the result and, from the
+values it just stored, the per-channel batch mean and (biased) variance that a training
+BatchNorm needs: the separate ReLU pass and the statistics pass over the activation are
+saved. Statistics are combined from per-program partials (sum and sum of squared
+deviations from the program's own mean; Chan et al., "Updating formulae and a pairwise
+algorithm for computing sample variances", 1979) in a fixed order: deterministic.
+
+Shapes: input (N, CIN, H, W) NCHW or channels_last; weight and groups as
+``fastcifar.kernels.conv2d``; returns y (N, COUT, HO, WO) in the input's dtype and memory
+format, mean and var (COUT,) in float32 (float64 for float64 input). Differentiable in
+input, weight and bias through y, mean and var.
+"""
+
+from __future__ import annotations
+
+import torch
+from fastcifar.kernels.conv import (
+    _forward,
+    _grad_bias_op,
+    _grad_input_op,
+    _grad_weight_op,
+    _memory_format,
+    _out_size,
+    _pair,
+    _tiles,
+    check_supported,
+)
+from torch import Tensor
+
+__all__ = ["conv2d_relu_stats"]
+
+
+def _combine(part: Tensor, pixels: int, block: int) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance per channel from (programs, C, 2) partials."""
+    programs = part.shape[0]
+    counts = torch.full((programs,), float(block), dtype=part.dtype, device=part.device)
+    counts[-1] = pixels - block * (programs - 1)
+    sums, m2 = part[..., 0], part[..., 1]
+    mean = sums.sum(0) / pixels
+    tile_mean = sums / counts[:, None]
+    m2_total = m2.sum(0) + (counts[:, None] * (tile_mean - mean) ** 2).sum(0)
+    return mean, m2_total / pixels
+
+
+@torch.library.custom_op("fastcifar::conv2d_relu_stats", mutates_args=())
+def _op(
+    input: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int,
+    dilation: int, groups: int, relu: bool,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    y, part = _forward(input, weight, bias, stride, padding, dilation, groups, relu, stats=True)
+    mean, var = _combine(part, y.shape[0] * y.shape[2] * y.shape[3], _tiles()[0])
+    return y, mean, var
+
+
+@_op.register_fake
+def _(input, weight, bias, stride, padding, dilation, groups, relu):
+    n, _, h, w = input.shape
+    cout = weight.shape[0]
+    ho, wo = _out_size(h, stride, padding, dilation), _out_size(w, stride, padding, dilation)
+    y = torch.empty((n, cout, ho, wo), dtype=input.dtype, device=input.device,
+                    memory_format=_memory_format(input))  # fmt: skip
+    stat = torch.float64 if input.dtype == torch.float64 else torch.float32
+    return y, input.new_empty((cout,), dtype=stat), input.new_empty((cout,), dtype=stat)
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, relu = inputs
+    y, mean, _ = output
+    ctx.save_for_backward(input, weight, y, mean)
+    ctx.args = (stride, padding, dilation, groups)
+    ctx.relu = relu
+    ctx.has_bias = bias is not None
+    ctx.channels_last = _memory_format(input) == torch.channels_last
+
+
+def _backward(ctx, gy, gmean, gvar):
+    input, weight, y, mean = ctx.saved_tensors
+    pixels = y.shape[0] * y.shape[2] * y.shape[3]
+    g = gy.float() if gy is not None else torch.zeros_like(y, dtype=torch.float32)
+    if input.dtype == torch.float64:
+        g = g.double()
+    if gmean is not None:  # d mean / d y = 1 / M
+        g = g + (gmean / pixels).view(1, -1, 1, 1)
+    if gvar is not None:  # d var / d y = 2 (y - mean) / M
+        g = g + (2 * gvar / pixels).view(1, -1, 1, 1) * (y.to(g.dtype) - mean.view(1, -1, 1, 1))
+    if ctx.relu:
+        g = g * (y > 0)
+    g = g.to(y.dtype)
+    gi = gw = gb = None
+    if ctx.needs_input_grad[0]:
+        gi = _grad_input_op(g, weight, list(input.shape), ctx.channels_last, *ctx.args)
+    if ctx.needs_input_grad[1]:
+        gw = _grad_weight_op(g, input, list(weight.shape), *ctx.args)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        gb = _grad_bias_op(g)
+    return gi, gw, gb, None, None, None, None, None
+
+
+_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def conv2d_relu_stats(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    relu: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, mean, var): y = relu(conv2d(...)) (or without the ReLU), and y's per-channel
+    batch mean and biased variance over (N, HO, WO), as training BatchNorm uses them.
+
+    Raises:
+        NotImplementedError / ValueError: as ``fastcifar.kernels.conv2d``.
+    """
+    stride, padding, dilation = (
+        _pair(stride, "stride"),
+        _pair(padding, "padding"),
+        _pair(dilation, "dilation"),
+    )
+    check_supported(input.shape, weight.shape, input.dtype, input.device, stride, padding,
+                    dilation, groups)  # fmt: skip
+    if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
+        raise ValueError("conv2d_relu_stats: input, weight and bias must share one dtype")
+    return _op(input, weight, bias, stride, padding, dilation, groups, relu)

@@ -1,0 +1,134 @@
+"""The conv + ReLU + BatchNorm-statistics epilogue and the fused Conv-ReLU-BN block."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fastcifar.kernels.conv_bn import conv2d_relu_stats
+from torch import nn
+
+from fastcifar.models import create_model
+from fastcifar.nn import FusedConvReLUBN, fuse_conv_relu_bn
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# (N, CIN, COUT, H, W, stride, padding, dilation, groups)
+CONFIGS = [
+    (2, 5, 7, 7, 9, 1, 1, 1, 1),
+    (3, 4, 6, 9, 7, 1, 0, 2, 1),
+    (2, 6, 6, 7, 9, 2, 1, 1, 6),
+    (2, 8, 8, 6, 5, 1, 1, 1, 4),
+]
+
+
+def rel(a, r):
+    return ((a.double() - r).norm() / r.norm().clamp_min(1e-300)).item()
+
+
+def reference(x, w, b, s, p, d, g, relu):
+    y = F.conv2d(x, w, b, s, p, d, g)
+    if relu:
+        y = F.relu(y)
+    return y, y.mean((0, 2, 3)), y.var((0, 2, 3), unbiased=False)
+
+
+def make(cfg, dtype, channels_last):
+    n, cin, cout, h, w, s, p, d, g = cfg
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, cin, h, w, generator=gen).to(DEVICE, dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    wt = (torch.randn(cout, cin // g, 3, 3, generator=gen) / 3).to(DEVICE, dtype)
+    b = torch.randn(cout, generator=gen).to(DEVICE, dtype)
+    return (x, wt, b), (s, p, d, g)
+
+
+def run(fn, tensors, args, relu, seeds=(1, 2, 3)):
+    leaves = [t.detach().requires_grad_() for t in tensors]
+    y, mean, var = fn(*leaves, *args, relu)
+    # a loss that uses all three outputs, so the statistics' gradients are checked too
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    gy = torch.randn(y.shape, generator=gens[0]).to(y)
+    loss = (y * gy).sum() + (mean * torch.randn(mean.shape, generator=gens[1]).to(mean)).sum()
+    loss = loss + (var * torch.randn(var.shape, generator=gens[2]).to(var)).sum()
+    return [y, mean, var, *torch.autograd.grad(loss, leaves)]
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+def test_matches_conv_relu_and_batch_statistics(cfg, channels_last, relu):
+    tensors, args = make(cfg, torch.float32, channels_last)
+    ours = run(conv2d_relu_stats, tensors, args, relu)
+    ref = run(reference, [t.double() for t in tensors], args, relu)
+    assert ours[0].is_contiguous(memory_format=torch.channels_last) == channels_last
+    names = ("y", "mean", "var", "grad input", "grad weight", "grad bias")
+    for name, a, r in zip(names, ours, ref, strict=True):
+        assert rel(a, r) < 5e-6, f"{name}: {rel(a, r):.2e}"
+
+
+def test_gradcheck_float64():
+    tensors, args = make((1, 2, 3, 5, 4, 1, 1, 1, 1), torch.float64, False)
+    leaves = [t.requires_grad_() for t in tensors]
+
+    def fn(x, w, b):
+        y, mean, var = conv2d_relu_stats(x, w, b, *args, relu=True)
+        return y, mean, var
+
+    assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
+
+
+def test_opcheck_channels_last():
+    tensors, args = make(CONFIGS[2], torch.float32, True)
+    leaves = tuple(t.requires_grad_() for t in tensors)
+    torch.library.opcheck(torch.ops.fastcifar.conv2d_relu_stats.default, (*leaves, *args, True))
+
+
+def crb(cin, cout, **kw):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, bias=False, **kw), nn.ReLU(), nn.BatchNorm2d(cout))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_fused_block_matches_the_unfused_block(momentum):
+    torch.manual_seed(0)
+    ref = crb(4, 6, padding=1, groups=2).to(DEVICE)
+    ref[2].momentum = momentum
+    with torch.no_grad():
+        ref[2].weight.uniform_(0.5, 1.5)
+        ref[2].bias.uniform_(-0.5, 0.5)
+    fused = copy.deepcopy(ref)
+    fused.__class__ = FusedConvReLUBN
+    for step in range(2):  # two steps: running statistics move twice
+        x = torch.randn(3, 4, 7, 9, device=DEVICE).contiguous(memory_format=torch.channels_last)
+        xs = [x.clone().requires_grad_() for _ in range(2)]
+        out_ref, out = ref(xs[0]), fused(xs[1])
+        gy = torch.randn_like(out_ref)
+        out_ref.backward(gy)
+        out.backward(gy)
+        assert rel(out, out_ref.double()) < 1e-5, step
+        assert rel(xs[1].grad, xs[0].grad.double()) < 1e-5
+        for (name, p), q in zip(ref.named_parameters(), fused.parameters(), strict=True):
+            assert rel(q.grad, p.grad.double()) < 1e-4, name
+    for buf in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(fused[2], buf), getattr(ref[2], buf))
+    ref.eval()
+    fused.eval()
+    x = torch.randn(2, 4, 7, 9, device=DEVICE)
+    torch.testing.assert_close(fused(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fuse_s7_keeps_state_dict_and_output():
+    torch.manual_seed(0)
+    model = create_model("s7").to(DEVICE)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    keys = list(model.state_dict())
+    expected = model(x)
+    ref_state = copy.deepcopy(model.state_dict())
+    model.load_state_dict(ref_state)
+    fused = fuse_conv_relu_bn(model)
+    assert len(fused) == 17 and "pool1" in fused and "pool3" not in fused
+    assert list(model.state_dict()) == keys
+    model.load_state_dict(ref_state)  # undo the running-stat updates of the first pass
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
