@@ -61,6 +61,7 @@ class RunOptions:
     workers: int | None = None  # DataLoader workers; None: min(cores, 8)
     compile_backend: str = "inductor"
     kernels: str = "auto"  # auto | triton | torch
+    tensorboard: bool = False  # log scalars (and, at evaluation, figures) to RUN_DIR/tensorboard
 
 
 class TrainingDiverged(FastCifarError):
@@ -214,6 +215,7 @@ class RunState:
     epoch: int = 0  # completed epochs
     best_acc: float = -1.0
     metrics: list[dict] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)  # the learning rate of every step
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -324,6 +326,8 @@ class Trainer:
         self.kernels = resolve_kernels(options.kernels, self.device)
         if self.kernels == "triton":
             self._use_triton_kernels()
+        if recipe.lr_find and not resume:
+            self._find_lr()
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
         use_scaler = self.amp and self.amp_dtype == torch.float16
@@ -332,6 +336,11 @@ class Trainer:
         if resume:
             self._load_checkpoint(self.run_dir / "last.pt")
         self.forward = _Forward(self.model, options.compile, options.compile_backend)
+        self.tensorboard = None
+        if options.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     # ------------------------------------------------------------------ set-up
 
@@ -361,6 +370,16 @@ class Trainer:
                 )
         swapped = swap_convolutions(self.model)
         print(f"kernels: {len(swapped)} convolutions run in Triton")
+
+    def _find_lr(self) -> None:
+        """The recipe asks for its peak lr from an LR range test first (as seed 003 did)."""
+        from fastcifar.lr_find import range_test
+
+        result = range_test(self.model, self._make_optimizer(), self._criterion,
+                            self.train_loader, self.device)  # fmt: skip
+        print(f"lr_find: suggested lr {result.suggested_lr:.4g} (steepest descent); the recipe "
+              f"uses it as its peak lr")  # fmt: skip
+        self.recipe = self.recipe.replace(lr=float(result.suggested_lr))
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         r = self.recipe
@@ -446,6 +465,13 @@ class Trainer:
             _atomic_save(ckpt, self.run_dir / "best.pt")
         lines = "".join(json.dumps(m) + "\n" for m in self.state.metrics)
         _atomic_write(self.run_dir / "metrics.jsonl", lines)
+        _atomic_write(self.run_dir / "lr.json", json.dumps(self.state.lrs))
+        if self.tensorboard is not None:
+            row = self.state.metrics[-1]
+            for key, value in row.items():
+                if key != "epoch":
+                    self.tensorboard.add_scalar(key, value, row["epoch"])
+            self.tensorboard.flush()
 
     # ------------------------------------------------------------------ loops
 
@@ -474,6 +500,7 @@ class Trainer:
                 out = self.forward(x)
                 loss = self._criterion(out, y)
                 total = loss + self.recipe.l1 * l1_penalty(self.model) if self.recipe.l1 else loss
+            self.state.lrs.append(self.optimizer.param_groups[0]["lr"])
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)

@@ -51,6 +51,7 @@ class Recipe:
     l1: float = 0.0  # factor of sum over parameter tensors of mean(|p|), as the EVA seeds
     drop_last: bool = False
     seed: int = 1
+    lr_find: bool = False  # run an LR range test first and use its suggestion as lr
     expected_accuracy: float | None = None  # the seed's reported test accuracy, percent
 
     def validate(self) -> Recipe:

@@ -48,6 +48,7 @@ _FIELD_HELP = {
     "l1": "factor of the L1 term: sum over parameter tensors of mean(|p|)",
     "drop_last": "drop the last partial training batch",
     "seed": "seed for initialisation, data order and augmentation",
+    "lr_find": "run an LR range test (torch-lr-finder) first and train with its suggested lr",
 }
 
 
@@ -135,6 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
         "torch, or auto (triton on CUDA, torch elsewhere); triton on a CPU uses the Triton "
         "interpreter (slow, for tests)",
     )
+    p.add_argument(
+        "--evaluate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after training, write the evaluation figures and report.html into "
+        "the run directory (python -m fastcifar.evaluate; default on)",
+    )
+    p.add_argument(
+        "--cam-layers",
+        help="comma-separated Grad-CAM layers for the evaluation "
+        "(default: the model's last convolutional block)",
+    )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="log scalars, the misclassified grid and the CAMs to RUN_DIR/tensorboard",
+    )
     group = p.add_argument_group("recipe fields (override the recipe's value)")
     for f in overridable_fields():
         flag = "--" + f.name.replace("_", "-")
@@ -211,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             channels_last=args.channels_last,
             workers=args.workers,
             kernels=args.kernels or "auto",
+            tensorboard=args.tensorboard,
         )
         if args.train_subset is not None and args.train_subset < 1:
             raise FastCifarError(f"--train-subset {args.train_subset} is below 1: pass 1 or more")
@@ -228,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if not args.resume:
-        write_config(run_dir, recipe, options)
+        write_config(run_dir, trainer.recipe, options)
     t = trainer
     print(
         f"train: recipe {recipe.name}, model {recipe.model}, {len(t.train_loader.dataset)} train / "
@@ -239,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     summary = trainer.fit()
+    if args.evaluate:
+        from fastcifar.evaluate import evaluate_run
+
+        layers = args.cam_layers.split(",") if args.cam_layers else None
+        evaluate_run(run_dir, cam_layers=layers, device=str(trainer.device))
+        print(f"evaluation: figures and report in {run_dir / 'report.html'}")
     expected = f" (seed reported {recipe.expected_accuracy}%)" if recipe.expected_accuracy else ""
     print(
         f"done: test accuracy {summary['final_test_acc']:.2f}% final, "

@@ -76,6 +76,7 @@ def test_killed_run_resumes_to_the_same_metrics(real_archive, tmp_path):
     args = [
         "--recipe", "c1c2c3c40", "--data", str(real_archive), "--train-subset", "300",
         "--test-subset", "100", "--epochs", "3", "--batch-size", "50", "--workers", "1",
+        "--no-evaluate",
     ]  # fmt: skip
     straight = tmp_path / "straight"
     r = run_train(*args, "--out", str(straight))
