@@ -375,8 +375,14 @@ class Trainer:
         """The recipe asks for its peak lr from an LR range test first (as seed 003 did)."""
         from fastcifar.lr_find import range_test
 
-        result = range_test(self.model, self._make_optimizer(), self._criterion,
-                            self.train_loader, self.device)  # fmt: skip
+        result = range_test(
+            self.model,
+            self._make_optimizer(),
+            self._criterion,
+            self.train_loader,
+            self.device,
+            num_iter=self.recipe.lr_find_iters,
+        )  # fmt: skip
         print(f"lr_find: suggested lr {result.suggested_lr:.4g} (steepest descent); the recipe "
               f"uses it as its peak lr")  # fmt: skip
         self.recipe = self.recipe.replace(lr=float(result.suggested_lr))

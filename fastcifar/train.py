@@ -49,6 +49,7 @@ _FIELD_HELP = {
     "drop_last": "drop the last partial training batch",
     "seed": "seed for initialisation, data order and augmentation",
     "lr_find": "run an LR range test (torch-lr-finder) first and train with its suggested lr",
+    "lr_find_iters": "steps of that LR range test (default 200, as seed 003)",
 }
 
 

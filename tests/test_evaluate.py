@@ -160,3 +160,12 @@ def test_lr_range_test_restores_model_and_optimizer(tmp_path):
         assert torch.equal(v, before[k]), k
     assert optimizer.state_dict()["param_groups"][0]["lr"] == opt_before
     assert not optimizer.state_dict()["state"]
+
+
+def test_recipe_can_ask_for_the_lr_finder_first(tmp_path, capsys):
+    make_tree(tmp_path / "tree", per_class=2)
+    recipe = get_recipe("c1c2c3c40").replace(batch_size=10, lr_find=True, lr_find_iters=20)
+    t = Trainer(recipe, RunOptions(data=str(tmp_path / "tree"), workers=0, device="cpu"), tmp_path)
+    assert "lr_find: suggested lr" in capsys.readouterr().out
+    assert t.recipe.lr != recipe.lr and 1e-6 <= t.recipe.lr <= 0.9
+    assert t.optimizer.param_groups[0]["lr"] == t.recipe.lr  # StepLR starts at the found lr
