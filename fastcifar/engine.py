@@ -34,6 +34,7 @@ from torch import nn
 from fastcifar.data import (
     AlbumentationsLoader,
     EvalLoader,
+    GpuLoader,
     build_augmentation,
     channel_stats,
     load_cifar10,
@@ -61,6 +62,7 @@ class RunOptions:
     workers: int | None = None  # DataLoader workers; None: min(cores, 8)
     compile_backend: str = "inductor"
     kernels: str = "auto"  # auto | triton | torch
+    loader: str = "auto"  # auto | gpu | albumentations
     tensorboard: bool = False  # log scalars (and, at evaluation, figures) to RUN_DIR/tensorboard
 
 
@@ -178,6 +180,28 @@ def resolve_kernels(name: str, device: torch.device) -> str:
     return name
 
 
+def resolve_loader(name: str, augmentation: str, device: torch.device) -> str:
+    """``auto`` is the GPU-resident loader on CUDA for augmentations it implements, else the
+    albumentations CPU loader. ``gpu`` also runs on the CPU (batched tensor ops).
+
+    Raises:
+        FastCifarError: an unknown name, or ``gpu`` for an augmentation it lacks.
+    """
+    from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS
+
+    if name not in ("auto", "gpu", "albumentations"):
+        raise FastCifarError(f"--loader {name!r} is not valid: choose auto, gpu or albumentations")
+    if name == "gpu" and augmentation not in GPU_AUGMENTATIONS:
+        raise FastCifarError(
+            f"--loader gpu does not implement augmentation {augmentation!r} (only "
+            f"{', '.join(GPU_AUGMENTATIONS)}): use --loader albumentations"
+        )
+    if name == "auto":
+        gpu = device.type == "cuda" and augmentation in GPU_AUGMENTATIONS
+        return "gpu" if gpu else "albumentations"
+    return name
+
+
 def _is_compile_error(exc: BaseException) -> bool:
     mod = type(exc).__module__ or ""
     return mod.startswith(("torch._dynamo", "torch._inductor", "torch._functorch"))
@@ -210,12 +234,48 @@ class _Forward:
             return self.model(x)
 
 
+def _ema_avg(decay: float):
+    """EMA with a warm-up: step n uses min(decay, (1 + n) / (10 + n)), so a short run is
+    not dominated by the initial weights (the warm-up form of TensorFlow's
+    ExponentialMovingAverage with num_updates)."""
+
+    def avg(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        return averaged * d + current * (1.0 - d)
+
+    return avg
+
+
+class _Timer:
+    """Seconds between construction and ``stop()``: CUDA events on a GPU (what the GPU
+    spent, queued work included), the wall clock elsewhere."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.end = torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.cuda:
+            self.end.record()
+            self.end.synchronize()
+            return self.start.elapsed_time(self.end) / 1000.0
+        return time.perf_counter() - self.t0
+
+
 @dataclass
 class RunState:
     epoch: int = 0  # completed epochs
     best_acc: float = -1.0
     metrics: list[dict] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)  # the learning rate of every step
+    train_time_s: float = 0.0  # training loops only, device-timed (no evaluation)
+    compile_time_s: float = 0.0  # warm-up before the timed epochs
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -291,18 +351,26 @@ class Trainer:
         workers = options.workers
         if workers is None:
             workers = min(os.cpu_count() or 1, 8)
-        self.train_loader = AlbumentationsLoader(
-            train_x,
-            train_y,
-            build_augmentation(recipe.augmentation, self.mean, self.std),
-            batch_size=recipe.batch_size,
-            device=self.device,
-            shuffle=True,
-            drop_last=recipe.drop_last,
-            workers=workers,
-            channels_last=self.channels_last,
-            seed=recipe.seed,
-        )
+        self.loader_name = resolve_loader(options.loader, recipe.augmentation, self.device)
+        if self.loader_name == "gpu":
+            self.train_loader = GpuLoader(
+                train_x, train_y, recipe.augmentation, self.mean, self.std,
+                batch_size=recipe.batch_size, device=self.device, shuffle=True,
+                drop_last=recipe.drop_last, channels_last=self.channels_last, seed=recipe.seed,
+            )  # fmt: skip
+        else:
+            self.train_loader = AlbumentationsLoader(
+                train_x,
+                train_y,
+                build_augmentation(recipe.augmentation, self.mean, self.std),
+                batch_size=recipe.batch_size,
+                device=self.device,
+                shuffle=True,
+                drop_last=recipe.drop_last,
+                workers=workers,
+                channels_last=self.channels_last,
+                seed=recipe.seed,
+            )
         if len(self.train_loader) == 0:
             raise FastCifarError(
                 f"--batch-size {recipe.batch_size} with drop_last leaves no batch of the "
@@ -320,6 +388,8 @@ class Trainer:
 
         torch.manual_seed(recipe.seed)
         self.model = create_model(recipe.model).to(self.device)
+        if hasattr(self.model, "init_whitening"):
+            self.model.init_whitening(train_x, self.mean, self.std)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.log_probs = MODELS[recipe.model].outputs == "log_probs"
@@ -330,6 +400,11 @@ class Trainer:
             self._find_lr()
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
+        self.ema = None
+        if recipe.ema:
+            from torch.optim.swa_utils import AveragedModel
+
+            self.ema = AveragedModel(self.model, avg_fn=_ema_avg(recipe.ema), use_buffers=True)
         use_scaler = self.amp and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.state = RunState()
@@ -394,7 +469,8 @@ class Trainer:
             return torch.optim.Adam(
                 params, lr=r.lr, betas=(r.momentum, 0.999), weight_decay=r.weight_decay
             )
-        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
+                               weight_decay=r.weight_decay)  # fmt: skip
 
     def _make_scheduler(self):
         r = self.recipe
@@ -434,8 +510,11 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _checkpoint(self) -> dict:
+        evaluated = self.ema.module if self.ema is not None else self.model
         return {
-            "model": self.model.state_dict(),
+            "model": evaluated.state_dict(),  # the weights evaluated (the EMA when used)
+            "train_model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
@@ -457,7 +536,9 @@ class Trainer:
             raise FastCifarError(
                 f"checkpoint {path} does not load ({_first_line(exc)}): start a new run"
             ) from None
-        self.model.load_state_dict(ckpt["model"])
+        self.model.load_state_dict(ckpt["train_model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt["scheduler"] is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -481,6 +562,55 @@ class Trainer:
 
     # ------------------------------------------------------------------ loops
 
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns (criterion loss, model output)."""
+        with self._autocast():
+            out = self.forward(x)
+            loss = self._criterion(out, y)
+            total = loss + self.recipe.l1 * l1_penalty(self.model) if self.recipe.l1 else loss
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+            self.scheduler.step()
+        return loss, out
+
+    def warm_up(self, steps: int = 3) -> float:
+        """Run ``steps`` training steps and one evaluation batch so torch.compile builds its
+        graphs before the timed epochs, then restore model, optimizer, schedule, scaler
+        and EMA exactly. Returns the seconds it took (the compile time, mostly)."""
+        import copy
+
+        saved = copy.deepcopy(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "scaler": self.scaler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+            }
+        )
+        start = time.perf_counter()
+        self.model.train()
+        self._seed_epoch(self.state.epoch)
+        for _, (x, y) in zip(range(steps), self.train_loader, strict=False):
+            self._train_step(x, y)
+        self.evaluate(max_batches=1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
+        return seconds
+
     def train_epoch(self, epoch: int) -> dict:
         from tqdm.auto import tqdm
 
@@ -501,18 +631,10 @@ class Trainer:
             mininterval=1.0,
             disable=None,
         )
+        timer = _Timer(self.device)
         for step, (x, y) in enumerate(loader):
-            with self._autocast():
-                out = self.forward(x)
-                loss = self._criterion(out, y)
-                total = loss + self.recipe.l1 * l1_penalty(self.model) if self.recipe.l1 else loss
             self.state.lrs.append(self.optimizer.param_groups[0]["lr"])
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
-                self.scheduler.step()
+            loss, out = self._train_step(x, y)
             losses[step] = loss.detach()
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
@@ -526,8 +648,7 @@ class Trainer:
                 )
             bar.update(1)
         bar.close()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self.state.train_time_s += timer.stop()
         elapsed = time.perf_counter() - start
         return {
             "lr": lr,
@@ -549,14 +670,20 @@ class Trainer:
             )
 
     @torch.no_grad()
-    def evaluate(self) -> dict:
+    def evaluate(self, max_batches: int | None = None) -> dict:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         n = 0
-        for x, y in self.test_loader:
+        model = self.ema.module.eval() if self.ema is not None else None
+        for i, (x, y) in enumerate(self.test_loader):
+            if max_batches is not None and i >= max_batches:
+                break
             with self._autocast():
-                out = self.forward(x)
+                out = model(x) if model is not None else self.forward(x)
+                if self.recipe.tta:  # the mirror image's logits, averaged
+                    flipped = model(x.flip(-1)) if model is not None else self.forward(x.flip(-1))
+                    out = (out.float() + flipped.float()) / 2
             loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
             correct += (out.argmax(1) == y).sum()
             n += len(y)
@@ -575,6 +702,9 @@ class Trainer:
         run_start = time.perf_counter()
         if self.state.epoch:
             print(f"resume: {self.run_dir} from epoch {self.state.epoch + 1}/{r.epochs}")
+        if self.options.compile and self.state.epoch < r.epochs:
+            self.state.compile_time_s += self.warm_up()
+            print(f"compile: warm-up took {self.state.compile_time_s:.1f} s (not timed)")
         for epoch in range(self.state.epoch, r.epochs):
             t0 = time.perf_counter()
             train = self.train_epoch(epoch)
@@ -620,6 +750,9 @@ class Trainer:
             "best_epoch": best["epoch"],
             "expected_accuracy": self.recipe.expected_accuracy,
             "total_time_s": sum(row["epoch_time_s"] for row in m),
+            "train_time_s": self.state.train_time_s,
+            "compile_time_s": self.state.compile_time_s,
+            "loader": self.loader_name,
             "last_session_time_s": session_time,
             "mean_images_per_s": float(np.mean([row["images_per_s"] for row in m])),
             "device": _device_name(self.device),

@@ -88,11 +88,15 @@ def eager_float32_copy(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted class (N,), true labels (N,)) over a loader."""
+def predict(model: nn.Module, loader, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted class (N,), true labels (N,)) over a loader; with ``tta`` the logits of
+    each image and its mirror image are averaged, as the training run evaluated."""
     preds, labels = [], []
     for x, y in loader:
-        preds.append(model(x.float()).argmax(1).cpu())
+        out = model(x.float())
+        if tta:
+            out = (out + model(x.float().flip(-1))) / 2
+        preds.append(out.argmax(1).cpu())
         labels.append(y.cpu())
     return torch.cat(preds).numpy(), torch.cat(labels).numpy()
 
@@ -257,7 +261,7 @@ def evaluate_run(
         idx = stratified_subset(test_y, options.test_subset, seed=0, flag="--test-subset")
         test_x, test_y = test_x[idx], test_y[idx]
     loader = EvalLoader(test_x, test_y, mean, std, batch_size=500, device=torch.device(device))
-    preds, labels = predict(model, loader)
+    preds, labels = predict(model, loader, tta=recipe.tta)
     cm = confusion_matrix(preds, labels)
     per_class = {
         c: (100.0 * cm[i, i] / cm[i].sum()) if cm[i].sum() else None for i, c in enumerate(CLASSES)

@@ -32,6 +32,9 @@ _FIELD_HELP = {
     "optimizer": "sgd or adam",
     "lr": "peak learning rate (OneCycleLR max_lr, else the optimizer's lr)",
     "momentum": "SGD momentum, or Adam's beta1",
+    "nesterov": "SGD with Nesterov momentum",
+    "ema": "weight averaging: EMA decay per step (0 off); evaluation uses the averaged weights",
+    "tta": "test-time augmentation: average the logits of each image and its mirror image",
     "weight_decay": "L2 weight decay through the optimizer",
     "scheduler": "onecycle (stepped per batch), step, plateau (per epoch) or constant",
     "pct_start": "OneCycleLR: fraction of steps spent rising to the peak",
@@ -125,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="channels_last memory format (default: on with --amp)",
+    )
+    p.add_argument(
+        "--loader",
+        choices=("auto", "gpu", "albumentations"),
+        default=None,
+        help="training loader: gpu (data set resident on the device, batched flip/"
+        "translate/cutout), albumentations (CPU workers), or auto (gpu on CUDA when "
+        "the recipe's augmentation allows, else albumentations)",
     )
     p.add_argument(
         "--workers", type=int, help="data loader worker processes (default: cores, at most 8)"
@@ -231,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             kernels=args.kernels or "auto",
             tensorboard=args.tensorboard,
+            loader=args.loader or "auto",
         )
         if args.train_subset is not None and args.train_subset < 1:
             raise FastCifarError(f"--train-subset {args.train_subset} is below 1: pass 1 or more")
@@ -265,6 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         layers = args.cam_layers.split(",") if args.cam_layers else None
         evaluate_run(run_dir, cam_layers=layers, device=str(trainer.device))
         print(f"evaluation: figures and report in {run_dir / 'report.html'}")
+    if recipe.name.startswith("speedrun"):
+        print(
+            f"speedrun: {summary['train_time_s']:.2f} s of training on {summary['device']} "
+            f"(timed with {'CUDA events' if trainer.device.type == 'cuda' else 'the wall clock'}"
+            f"; compile warm-up {summary['compile_time_s']:.1f} s, data loading and per-epoch "
+            f"evaluation excluded); final test accuracy {summary['final_test_acc']:.2f}%"
+        )
     expected = f" (seed reported {recipe.expected_accuracy}%)" if recipe.expected_accuracy else ""
     print(
         f"done: test accuracy {summary['final_test_acc']:.2f}% final, "

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fastcifar import FastCifarError
-from fastcifar.models import MODELS, count_parameters, create_model
+from fastcifar.models import MODELS, SEED_MODELS, count_parameters, create_model
 
 EXPECTED = {
     "s7": 99_744,
@@ -11,11 +11,13 @@ EXPECTED = {
     "c1c2c3c40": 178_178,
     "resnet18": 11_173_962,
     "resnet18_ln": 11_173_962,
+    "speedrun94": 1_972_480,  # not a seed; trainable parameters (the whitening is frozen)
 }
 
 
 def test_every_seed_model_is_listed():
     assert set(MODELS) == set(EXPECTED)
+    assert set(SEED_MODELS) == set(EXPECTED) - {"speedrun94"}
 
 
 @pytest.mark.parametrize("name", EXPECTED)

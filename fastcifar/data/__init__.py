@@ -1,6 +1,7 @@
 """CIFAR-10 sources, augmentation recipes and loader backends (layer 3)."""
 
 from fastcifar.data.augment import AUGMENTATIONS, build_augmentation, eval_transform
+from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS, GpuLoader
 from fastcifar.data.loaders import AlbumentationsLoader, AugmentedDataset, EvalLoader
 from fastcifar.data.sources import (
     CLASSES,
@@ -19,6 +20,8 @@ __all__ = [
     "AugmentedDataset",
     "CifarArrays",
     "EvalLoader",
+    "GPU_AUGMENTATIONS",
+    "GpuLoader",
     "build_augmentation",
     "cache_dir",
     "channel_stats",

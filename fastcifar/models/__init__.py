@@ -15,6 +15,7 @@ from torch import nn
 from fastcifar.errors import FastCifarError
 from fastcifar.models.resnet import ResNet18, layer_norm
 from fastcifar.models.seeds import C1C2C3C40, S7, AttentionNet, S7Mixed
+from fastcifar.models.speedrun import SpeedrunNet
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,12 @@ MODELS: dict[str, ModelInfo] = {
         "layer4",
         "EVA6 S8 ResNet18 with GroupNorm(1, C)",
     ),
+    # not a seed: the speed-run network (trainable parameters; the whitening is frozen)
+    "speedrun94": ModelInfo(
+        SpeedrunNet, 1_972_480, "logits", "block3", "fastcifar speed-run network (airbench-style)"
+    ),
 }
+SEED_MODELS = ("s7", "s7_mixed", "attention", "c1c2c3c40", "resnet18", "resnet18_ln")
 
 
 def create_model(name: str) -> nn.Module:
@@ -62,4 +68,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODELS", "ModelInfo", "count_parameters", "create_model"]
+__all__ = ["MODELS", "SEED_MODELS", "ModelInfo", "count_parameters", "create_model"]
