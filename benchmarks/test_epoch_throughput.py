@@ -1,0 +1,86 @@
+"""Epoch throughput for every recipe, the seeds' way and fastcifar's, on the same machine.
+
+* ``seeds``: eager, float32, NCHW, PyTorch convolutions, the albumentations DataLoader.
+* ``fastcifar``: --amp, channels_last, torch.compile, the Triton kernels (on CUDA) and the
+  GPU-resident loader where the recipe allows it (``auto`` choices of fastcifar.train).
+
+Warm-up (compilation) is timed separately (``extra_info['warmup_s']``) from the
+steady-state epochs the benchmark measures. Sizes: CPU-sized by default (128 training
+images, one timed epoch, so CI can run it); ``FASTCIFAR_BENCH_FULL=1`` (``scripts/bench.sh --full``)
+uses the whole training set. On a CPU-sized run torch.compile uses the ``aot_eager``
+backend to keep CI short (recorded in ``extra_info['compile_backend']``); full runs use
+inductor. GPU epochs are timed with CUDA events (the trainer synchronises).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastcifar.engine import RunOptions, Trainer
+from fastcifar.recipes import RECIPES
+
+FULL = os.environ.get("FASTCIFAR_BENCH_FULL") == "1"
+IMAGES = None if FULL else 128
+DATA = os.environ.get(
+    "FASTCIFAR_DATA", str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz")
+)
+
+
+def _options(config: str) -> RunOptions:
+    cuda = torch.cuda.is_available()
+    common = dict(data=DATA, train_subset=IMAGES, test_subset=100, workers=None if FULL else 2)
+    if config == "seeds":
+        return RunOptions(
+            **common,
+            amp=False,
+            compile=False,
+            channels_last=False,
+            kernels="torch",
+            loader="albumentations",
+        )
+    return RunOptions(
+        **common,
+        amp=True,
+        compile=True,
+        channels_last=True,
+        kernels="auto",
+        loader="auto",
+        compile_backend="inductor" if FULL or cuda else "aot_eager",
+    )
+
+
+@pytest.mark.parametrize("config", ["seeds", "fastcifar"])
+@pytest.mark.parametrize("recipe_name", list(RECIPES))
+def test_epoch(benchmark, tmp_path, recipe_name, config):
+    if not Path(DATA).exists():
+        pytest.skip(f"CIFAR-10 not found at {DATA}: set FASTCIFAR_DATA")
+    recipe = RECIPES[recipe_name]
+    if not FULL:
+        recipe = recipe.replace(batch_size=min(recipe.batch_size, 64))
+    opts = _options(config)
+    t = Trainer(recipe, opts, tmp_path)
+    warmup = t.warm_up() if opts.compile else 0.0
+    t.train_epoch(0)  # first epoch: loader start-up, remaining lazy initialisation
+    benchmark.pedantic(lambda: t.train_epoch(0), rounds=3 if FULL else 1, iterations=1)
+    images = len(t.train_loader.dataset)
+    seconds = benchmark.stats.stats.median
+    benchmark.extra_info.update(
+        recipe=recipe_name,
+        config=config,
+        images=images,
+        batch_size=recipe.batch_size,
+        images_per_s=images / seconds,
+        seconds_per_epoch_50k=50_000 / (images / seconds),
+        warmup_s=warmup,
+        device=str(t.device),
+        amp=str(t.amp_dtype) if t.amp else "off",
+        channels_last=t.channels_last,
+        compiled=t.forward.compiled is not None,
+        compile_backend=opts.compile_backend if opts.compile else None,
+        kernels=t.kernels,
+        loader=t.loader_name,
+    )
