@@ -180,26 +180,42 @@ def resolve_kernels(name: str, device: torch.device) -> str:
     return name
 
 
-def resolve_loader(name: str, augmentation: str, device: torch.device) -> str:
-    """``auto`` is the GPU-resident loader on CUDA for augmentations it implements, else the
-    albumentations CPU loader. ``gpu`` also runs on the CPU (batched tensor ops).
+def resolve_loader(name: str, augmentation: str, device: torch.device) -> tuple[str, str]:
+    """(backend, why). ``auto``: on CUDA the GPU-resident loader where the recipe's
+    augmentation is made only of what it implements (the fastest path), else DALI when
+    it is installed; the albumentations CPU loader otherwise. ``gpu`` and ``dali`` also
+    run on the CPU (``dali`` CPU-only, ``device_id=None``).
 
     Raises:
-        FastCifarError: an unknown name, or ``gpu`` for an augmentation it lacks.
+        FastCifarError: an unknown name, a backend that lacks the augmentation, or
+            ``dali`` without DALI installed.
     """
+    from fastcifar.data.dali_loader import DALI_AUGMENTATIONS, dali_available
     from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS
 
-    if name not in ("auto", "gpu", "albumentations"):
-        raise FastCifarError(f"--loader {name!r} is not valid: choose auto, gpu or albumentations")
+    if name not in ("auto", "gpu", "dali", "albumentations"):
+        raise FastCifarError(
+            f"--loader {name!r} is not valid: choose auto, gpu, dali or albumentations"
+        )
     if name == "gpu" and augmentation not in GPU_AUGMENTATIONS:
         raise FastCifarError(
             f"--loader gpu does not implement augmentation {augmentation!r} (only "
-            f"{', '.join(GPU_AUGMENTATIONS)}): use --loader albumentations"
+            f"{', '.join(GPU_AUGMENTATIONS)}): use --loader dali or albumentations"
         )
-    if name == "auto":
-        gpu = device.type == "cuda" and augmentation in GPU_AUGMENTATIONS
-        return "gpu" if gpu else "albumentations"
-    return name
+    if name == "dali" and not dali_available():
+        raise FastCifarError(
+            "--loader dali needs NVIDIA DALI: pip install 'fastcifar[dali]' (or "
+            "nvidia-dali-cuda130), or use --loader albumentations"
+        )
+    if name != "auto":
+        return name, "asked for with --loader"
+    if device.type != "cuda":
+        return "albumentations", "no GPU: albumentations in CPU workers"
+    if augmentation in GPU_AUGMENTATIONS:
+        return "gpu", f"augmentation {augmentation!r} runs as batched tensor ops on the GPU"
+    if dali_available() and augmentation in DALI_AUGMENTATIONS:
+        return "dali", "a GPU and DALI are present"
+    return "albumentations", "DALI is not installed (pip install 'fastcifar[dali]')"
 
 
 def _is_compile_error(exc: BaseException) -> bool:
@@ -351,8 +367,18 @@ class Trainer:
         workers = options.workers
         if workers is None:
             workers = min(os.cpu_count() or 1, 8)
-        self.loader_name = resolve_loader(options.loader, recipe.augmentation, self.device)
-        if self.loader_name == "gpu":
+        self.loader_name, why = resolve_loader(options.loader, recipe.augmentation, self.device)
+        print(f"loader: {self.loader_name} ({why})")
+        if self.loader_name == "dali":
+            from fastcifar.data.dali_loader import DaliLoader
+
+            self.train_loader = DaliLoader(
+                train_x, train_y, recipe.augmentation, self.mean, self.std,
+                batch_size=recipe.batch_size, device=self.device, shuffle=True,
+                drop_last=recipe.drop_last, channels_last=self.channels_last, seed=recipe.seed,
+                threads=workers or 1,
+            )  # fmt: skip
+        elif self.loader_name == "gpu":
             self.train_loader = GpuLoader(
                 train_x, train_y, recipe.augmentation, self.mean, self.std,
                 batch_size=recipe.batch_size, device=self.device, shuffle=True,

@@ -92,11 +92,19 @@ def test_same_seed_same_batches_and_every_epoch_reshuffles():
     assert not all(torch.equal(p, q) for p, q in zip(first, [y for _, y in a], strict=True))
 
 
-def test_loader_choice():
+def test_loader_choice(monkeypatch):
+    import fastcifar.data.dali_loader as dl
+
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_loader("auto", "flip_translate", cuda) == "gpu"
-    assert resolve_loader("auto", "s7", cuda) == "albumentations"
-    assert resolve_loader("auto", "flip_translate", cpu) == "albumentations"
-    assert resolve_loader("gpu", "flip_translate", cpu) == "gpu"
+    assert resolve_loader("auto", "flip_translate", cuda)[0] == "gpu"
+    assert resolve_loader("auto", "flip_translate", cpu)[0] == "albumentations"
+    assert resolve_loader("gpu", "flip_translate", cpu)[0] == "gpu"
+    monkeypatch.setattr(dl, "dali_available", lambda: True)
+    assert resolve_loader("auto", "s7", cuda) == ("dali", "a GPU and DALI are present")
+    monkeypatch.setattr(dl, "dali_available", lambda: False)
+    backend, why = resolve_loader("auto", "s7", cuda)
+    assert backend == "albumentations" and "pip install" in why
+    with pytest.raises(FastCifarError, match="--loader dali needs NVIDIA DALI: pip install"):
+        resolve_loader("dali", "s7", cpu)
     with pytest.raises(FastCifarError, match="does not implement augmentation 's7'"):
         resolve_loader("gpu", "s7", cpu)

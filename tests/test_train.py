@@ -282,3 +282,28 @@ def test_help_explains_every_flag():
                  "--train-subset", "--out", "--seed", "--device", "--amp", "--no-amp",
                  "--compile", "--no-compile", "--channels-last", "--resume"):  # fmt: skip
         assert flag in r.stdout, flag
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_no_worker_processes(real_archive, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastcifar.train", "--data", str(real_archive), "--train-subset",
+         "2000", "--test-subset", "100", "--epochs", "3", "--batch-size", "20", "--workers", "2",
+         "--no-evaluate", "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def workers() -> list[str]:
+        ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        return [line for line in ps.splitlines() if str(out) in line and "ps -eo" not in line]
+
+    deadline = time.time() + 120
+    while time.time() < deadline and len(workers()) < 3:  # the trainer and its 2 workers
+        time.sleep(0.2)
+    assert len(workers()) >= 3, "the data loader workers never started"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    time.sleep(1)
+    assert workers() == []

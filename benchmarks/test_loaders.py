@@ -1,0 +1,111 @@
+"""Loader throughput per backend and recipe: the loader alone, and inside a training step.
+
+Images per second in ``extra_info['images_per_s']``. CPU-sized by default (512 images for
+the loader alone; the in-step benchmark on s7 and speedrun94 only); full size with
+``FASTCIFAR_BENCH_FULL=1`` (``scripts/bench.sh --full``), every recipe. Goals on an H100 or
+H200 (issue 4): DALI at least 100,000 images/s with the heaviest recipe, and under 5 % of
+the step time of every recipe (compare ``loader_alone`` with ``in_step``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastcifar.data import AlbumentationsLoader, GpuLoader, build_augmentation
+from fastcifar.data.dali_loader import DALI_AUGMENTATIONS, DaliLoader, dali_available
+from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS
+from fastcifar.engine import RunOptions, Trainer
+from fastcifar.recipes import RECIPES
+
+FULL = os.environ.get("FASTCIFAR_BENCH_FULL") == "1"
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+DATA = os.environ.get(
+    "FASTCIFAR_DATA", str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz")
+)
+
+
+def _supported(backend: str, aug: str) -> bool:
+    if backend == "gpu":
+        return aug in GPU_AUGMENTATIONS
+    if backend == "dali":
+        return dali_available() and aug in DALI_AUGMENTATIONS
+    return True
+
+
+def _make(backend: str, aug: str, images, labels, batch: int):
+    common = dict(batch_size=batch, device=DEVICE, channels_last=True)
+    if backend == "gpu":
+        return GpuLoader(images, labels, aug, MEAN, STD, **common)
+    if backend == "dali":
+        return DaliLoader(images, labels, aug, MEAN, STD, threads=os.cpu_count() or 2, **common)
+    pipe = build_augmentation(aug, MEAN, STD)
+    return AlbumentationsLoader(images, labels, pipe, workers=os.cpu_count() or 2, **common)
+
+
+@pytest.mark.parametrize("backend", ["albumentations", "dali", "gpu"])
+@pytest.mark.parametrize("recipe_name", list(RECIPES))
+def test_loader_alone(benchmark, backend, recipe_name):
+    recipe = RECIPES[recipe_name]
+    if not _supported(backend, recipe.augmentation):
+        pytest.skip(f"{backend} does not implement {recipe.augmentation!r} (or is not installed)")
+    n = 50_000 if FULL else 512
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    loader = _make(backend, recipe.augmentation, images, rng.integers(0, 10, n), 512)
+
+    def epoch():
+        for _batch in loader:
+            pass
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+
+    epoch()  # warm-up: worker start, pipeline build
+    benchmark.pedantic(epoch, rounds=3 if FULL else 1, iterations=1)
+    benchmark.extra_info.update(
+        backend=backend,
+        recipe=recipe_name,
+        images=n,
+        device=str(DEVICE),
+        images_per_s=n / benchmark.stats.stats.median,
+        gb_per_s=n * 3 * 32 * 32 * 4 / benchmark.stats.stats.median / 1e9,  # float32 written
+    )
+
+
+@pytest.mark.parametrize("backend", ["albumentations", "dali", "gpu"])
+@pytest.mark.parametrize("recipe_name", list(RECIPES) if FULL else ["s7", "speedrun94"])
+def test_in_step(benchmark, tmp_path, backend, recipe_name):
+    recipe = RECIPES[recipe_name]
+    if not _supported(backend, recipe.augmentation):
+        pytest.skip(f"{backend} does not implement {recipe.augmentation!r} (or is not installed)")
+    if not Path(DATA).exists():
+        pytest.skip(f"CIFAR-10 not found at {DATA}: set FASTCIFAR_DATA")
+    if not FULL:
+        recipe = recipe.replace(batch_size=64)
+    opts = RunOptions(
+        data=DATA,
+        train_subset=None if FULL else 128,
+        test_subset=100,
+        amp=True,
+        channels_last=True,
+        loader=backend,
+    )
+    t = Trainer(recipe, opts, tmp_path)
+    t.train_epoch(0)
+    start = time.perf_counter()
+    benchmark.pedantic(lambda: t.train_epoch(0), rounds=2 if FULL else 1, iterations=1)
+    images = len(t.train_loader.dataset)
+    benchmark.extra_info.update(
+        backend=backend,
+        recipe=recipe_name,
+        images=images,
+        device=str(DEVICE),
+        images_per_s=images / benchmark.stats.stats.median,
+        wall_s=time.perf_counter() - start,
+    )

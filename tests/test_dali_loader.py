@@ -1,0 +1,170 @@
+"""The DALI backend (CPU-only here, ``device_id=None``): same recipe semantics as the
+albumentations fallback, measured on test images within sampling error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install .[dali])")
+
+from fastcifar.data import AlbumentationsLoader, GpuLoader, build_augmentation  # noqa: E402
+from fastcifar.data.dali_loader import DALI_AUGMENTATIONS, DaliLoader  # noqa: E402
+
+MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+N = 600
+
+
+def draw(backend: str, aug: str, img: np.ndarray, n: int = N, seed: int = 0) -> np.ndarray:
+    images = np.repeat(img[None], n, 0)
+    labels = np.arange(n) % 10
+    if backend == "dali":
+        ld = DaliLoader(images, labels, aug, MEAN, STD, 200, "cpu", shuffle=False, seed=seed)
+    elif backend == "gpu":
+        ld = GpuLoader(images, labels, aug, MEAN, STD, 200, "cpu", shuffle=False, seed=seed)
+    else:
+        pipe = build_augmentation(aug, MEAN, STD)
+        ld = AlbumentationsLoader(images, labels, pipe, 200, "cpu", shuffle=False, workers=0,
+                                  seed=seed)  # fmt: skip
+    return torch.cat([x for x, _ in ld]).numpy()
+
+
+def gray_image() -> np.ndarray:
+    return np.full((32, 32, 3), 100, np.uint8)
+
+
+def coords_image() -> np.ndarray:
+    x = np.arange(32, dtype=np.uint8) * 8
+    return np.stack(np.broadcast_arrays(x[None, :], x[:, None], np.uint8(128)), -1).astype(np.uint8)
+
+
+def norm(value) -> np.ndarray:
+    return (np.asarray(value, dtype=np.float64) / 255 - np.array(MEAN)) / np.array(STD)
+
+
+def hole_pixels(out: np.ndarray, fill) -> np.ndarray:
+    hit = np.all(np.abs(out - np.asarray(fill).reshape(1, 3, 1, 1)) < 2e-3, axis=1)
+    return hit.reshape(len(out), -1).sum(1)
+
+
+def close(p: float, q: float, n: int = N) -> bool:
+    """Two rates equal within four standard errors of their difference."""
+    sd = np.sqrt(max(p * (1 - p), q * (1 - q), 0.01) * 2 / n)
+    return abs(p - q) < 4 * sd
+
+
+def test_contract_and_every_augmentation_runs():
+    for aug in DALI_AUGMENTATIONS:
+        ld = DaliLoader(np.repeat(gray_image()[None], 70, 0), np.arange(70) % 10, aug, MEAN,
+                        STD, 32, "cpu", channels_last=True)  # fmt: skip
+        batches = list(ld)
+        assert len(ld) == len(batches) == 3 and len(batches[-1][0]) == 6
+        x, y = batches[0]
+        assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+        assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_normalisation_is_the_same():
+    a = draw("dali", "none", coords_image(), n=4)
+    b = draw("albumentations", "none", coords_image(), n=4)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "aug,fill",
+    [
+        ("s7", MEAN),
+        ("c1c2c3c40", norm([0, 0, 0])),
+        ("resnet18_ln", norm([round(255 * m) for m in MEAN])),
+    ],
+)
+def test_one_hole_inside_the_image_at_the_same_rate_and_fill(aug, fill):
+    rates = {}
+    for backend in ("dali", "albumentations"):
+        holes = hole_pixels(draw(backend, aug, gray_image()), fill)
+        assert set(np.unique(holes)) <= {0, 256}, backend
+        rates[backend] = (holes == 256).mean()
+    assert close(rates["dali"], rates["albumentations"]) and close(rates["dali"], 0.5), rates
+
+
+@pytest.mark.parametrize("aug", ["attention", "resnet18"])
+def test_clipped_cutout_has_the_same_size_distribution(aug):
+    stats = {}
+    for backend in ("dali", "albumentations"):
+        holes = hole_pixels(draw(backend, aug, gray_image()), [0.0, 0.0, 0.0])
+        stats[backend] = ((holes == 256).mean(), ((holes > 0) & (holes < 256)).mean(),
+                          (holes == 0).mean())  # fmt: skip
+    for d, a in zip(stats["dali"], stats["albumentations"], strict=True):
+        assert close(d, a), stats
+
+
+def test_attention_pad_fill_is_the_mean_and_shows_as_often():
+    rates = {}
+    for backend in ("dali", "albumentations"):
+        out = draw(backend, "attention", gray_image())
+        pad = np.all(np.abs(out - np.array(MEAN).reshape(1, 3, 1, 1)) < 2e-3, axis=1)
+        rates[backend] = pad.reshape(len(out), -1).any(1).mean()
+    assert close(rates["dali"], rates["albumentations"]) and rates["dali"] > 0.9
+
+
+@pytest.mark.parametrize("aug,rate", [("s7", 0.5), ("resnet18", 0.2)])
+def test_to_gray_rate(aug, rate):
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[..., 0] = 200  # pure red: gray output has (nearly) equal channels
+    rates = {}
+    for backend in ("dali", "albumentations"):
+        out = draw(backend, aug, img) * np.array(STD).reshape(1, 3, 1, 1)
+        out = out + np.array(MEAN).reshape(1, 3, 1, 1)
+        centre = out[:, :, 12:20, 12:20].mean((2, 3))
+        gray = np.ptp(centre, axis=1) < 0.05
+        rates[backend] = gray.mean()
+    assert close(rates["dali"], rates["albumentations"]) and close(rates["dali"], rate), rates
+
+
+def _decode(out: np.ndarray):
+    px = (out * np.array(STD).reshape(1, 3, 1, 1) + np.array(MEAN).reshape(1, 3, 1, 1)) * 255 / 8
+    flipped = px[:, 0, 16, 17] - px[:, 0, 16, 15] < 0
+    return flipped, np.round(px[:, 1, 16, 16]).astype(int) - 16
+
+
+@pytest.mark.parametrize("aug,pad", [("flip_translate", 2), ("resnet18_ln", 4)])
+def test_flip_rate_and_crop_offsets(aug, pad):
+    results = {}
+    backends = ("dali", "albumentations", "gpu") if aug == "flip_translate" else (
+        "dali", "albumentations")  # fmt: skip
+    for backend in backends:
+        flipped, dy = _decode(draw(backend, aug, coords_image()))
+        counts = np.bincount(dy + pad, minlength=2 * pad + 1)[: 2 * pad + 1] / N
+        results[backend] = (flipped.mean(), counts)
+    for backend, (flip_rate, counts) in results.items():
+        expected_flip = 0.5 if aug == "flip_translate" else 0.0
+        assert abs(flip_rate - expected_flip) < 0.08, (backend, flip_rate)
+        if aug == "flip_translate":  # resnet18_ln's rotation moves the centre pixel too
+            assert np.all(np.abs(counts - 1 / (2 * pad + 1)) < 0.06), (backend, counts)
+
+
+def test_same_seed_same_batches_and_epochs_reshuffle():
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(64) % 10
+    a = DaliLoader(images, labels, "s7", MEAN, STD, 32, "cpu", seed=5)
+    b = DaliLoader(images, labels, "s7", MEAN, STD, 32, "cpu", seed=5)
+    (xa, ya), (xb, yb) = next(iter(a)), next(iter(b))
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    a.set_epoch(1)
+    xa1, ya1 = next(iter(a))
+    assert not torch.equal(ya1, ya)
+
+
+def test_trainer_trains_with_dali(tmp_path, capsys):
+    from fastcifar.engine import RunOptions, Trainer
+    from fastcifar.recipes import get_recipe
+    from tests.conftest import make_tree
+
+    make_tree(tmp_path / "tree", per_class=3)
+    recipe = get_recipe("attention").replace(epochs=1, batch_size=10)
+    opts = RunOptions(data=str(tmp_path / "tree"), workers=1, device="cpu", loader="dali")
+    t = Trainer(recipe, opts, tmp_path)
+    assert "loader: dali (asked for with --loader)" in capsys.readouterr().out
+    summary = t.fit()
+    assert summary["loader"] == "dali" and summary["train_images"] == 30
