@@ -367,6 +367,7 @@ class Trainer:
         workers = options.workers
         if workers is None:
             workers = min(os.cpu_count() or 1, 8)
+        image_dtype = self.amp_dtype or torch.float32  # loaders deliver the AMP dtype
         self.loader_name, why = resolve_loader(options.loader, recipe.augmentation, self.device)
         print(f"loader: {self.loader_name} ({why})")
         if self.loader_name == "dali":
@@ -376,13 +377,14 @@ class Trainer:
                 train_x, train_y, recipe.augmentation, self.mean, self.std,
                 batch_size=recipe.batch_size, device=self.device, shuffle=True,
                 drop_last=recipe.drop_last, channels_last=self.channels_last, seed=recipe.seed,
-                threads=workers or 1,
+                threads=workers or 1, dtype=image_dtype,
             )  # fmt: skip
         elif self.loader_name == "gpu":
             self.train_loader = GpuLoader(
                 train_x, train_y, recipe.augmentation, self.mean, self.std,
                 batch_size=recipe.batch_size, device=self.device, shuffle=True,
                 drop_last=recipe.drop_last, channels_last=self.channels_last, seed=recipe.seed,
+                dtype=image_dtype,
             )  # fmt: skip
         else:
             self.train_loader = AlbumentationsLoader(
@@ -396,6 +398,7 @@ class Trainer:
                 workers=workers,
                 channels_last=self.channels_last,
                 seed=recipe.seed,
+                dtype=image_dtype,
             )
         if len(self.train_loader) == 0:
             raise FastCifarError(

@@ -168,3 +168,34 @@ def test_trainer_trains_with_dali(tmp_path, capsys):
     assert "loader: dali (asked for with --loader)" in capsys.readouterr().out
     summary = t.fit()
     assert summary["loader"] == "dali" and summary["train_images"] == 30
+
+
+def _line_angles(out: np.ndarray) -> np.ndarray:
+    """Angle in degrees of the bright line through the centre of each image, fitted over the
+    central 20x20 pixels (away from any border handling)."""
+    bright = out * np.array(STD).reshape(1, 3, 1, 1) + np.array(MEAN).reshape(1, 3, 1, 1)
+    bright = bright.mean(1)[:, 6:26, 6:26]
+    angles = []
+    for img in bright:
+        ys, xs = np.nonzero(img > 0.5)
+        if len(xs) < 10 or np.ptp(xs) < 5:
+            angles.append(np.nan)  # the hole erased the line: no estimate
+            continue
+        slope = np.polyfit(xs, ys, 1)[0]
+        angles.append(np.degrees(np.arctan(slope)))
+    return np.abs(np.array(angles))
+
+
+def test_rotation_and_scale_range_of_shift_scale_rotate():
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[15:17] = 255  # a horizontal line through the centre
+    stats = {}
+    for backend in ("dali", "albumentations"):
+        angles = _line_angles(draw(backend, "c1c2c3c40", img))
+        angles = angles[~np.isnan(angles)]
+        rotated = angles > 1.5
+        stats[backend] = (rotated.mean(), angles[rotated].mean(), angles.max(), len(angles))
+    (rd, md, xd, nd), (ra, ma, xa, na) = stats["dali"], stats["albumentations"]
+    assert close(rd, ra, min(nd, na)) and close(rd, 0.5 * (1 - 1.5 / 45), nd), stats
+    assert abs(md - ma) < 4 and 18 < md < 28, stats  # uniform over 1.5..45 degrees: mean 23
+    assert 40 < xd <= 46 and 40 < xa <= 46, stats

@@ -34,6 +34,8 @@ def test_contract_shapes_dtypes_layout_and_length():
     assert x.dtype == torch.float32 and x.shape == (64, 3, 32, 32)
     assert x.is_contiguous(memory_format=torch.channels_last) and y.dtype == torch.int64
     assert len(loader(n=250, batch=64, drop_last=True)) == 3
+    x, _ = next(iter(loader(n=64, batch=64, dtype=torch.bfloat16)))
+    assert x.dtype == torch.bfloat16  # the AMP dtype, handed over ready
 
 
 def _decode(x: torch.Tensor):

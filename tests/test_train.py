@@ -149,7 +149,8 @@ def test_amp_bfloat16_channels_last(tiny_tree, tmp_path):
     recipe = get_recipe("c1c2c3c40").replace(epochs=1, batch_size=20)
     t = Trainer(recipe, _options(tiny_tree, amp=True, amp_dtype="bfloat16"), tmp_path)
     x, y = next(iter(t.train_loader))
-    assert x.is_contiguous(memory_format=torch.channels_last) and x.dtype == torch.float32
+    # the loader hands over the AMP dtype, channels_last
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.dtype == torch.bfloat16
     assert y.dtype == torch.int64
     with t._autocast():
         assert t.model(x).dtype == torch.bfloat16

@@ -228,7 +228,8 @@ class _EpochSource:
 
 
 class DaliLoader:
-    """NVIDIA DALI loader; arguments as ``AlbumentationsLoader`` plus ``threads``.
+    """NVIDIA DALI loader; arguments as ``AlbumentationsLoader`` plus ``threads`` and
+    ``dtype`` (the images' dtype on delivery: the AMP dtype; default float32).
 
     Runs on the GPU when ``device`` is CUDA, else CPU-only (``device_id=None``).
     """
@@ -247,8 +248,10 @@ class DaliLoader:
         channels_last: bool = False,
         seed: int = 0,
         threads: int = 2,
+        dtype: torch.dtype = torch.float32,
     ):
         _require_dali()
+        self.dtype = dtype
         if augmentation not in DALI_AUGMENTATIONS:
             raise FastCifarError(
                 f"--loader dali does not implement augmentation {augmentation!r}: use "
@@ -307,7 +310,7 @@ class DaliLoader:
             images, labels = p.run()
             if self.device.type == "cuda":
                 images = images.as_cpu()  # a copy back; DALI's torch plugin avoids it
-            x = torch.from_numpy(np.asarray(images.as_array())).to(self.device)
+            x = torch.from_numpy(np.asarray(images.as_array())).to(self.device, self.dtype)
             y = torch.from_numpy(np.asarray(labels.as_array()).reshape(-1)).to(self.device)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -7,8 +7,9 @@ hole of the data set's mean colour, centre uniform over the image, clipped at th
 border). Everything runs on the training device in the loader's own generator, so a
 seed reproduces the same batches; every epoch reshuffles.
 
-Yields ``(images, labels)``: float32 (N, 3, 32, 32) normalised, channels_last when asked,
-and int64 labels, on the device (the loader contract of shared/DESIGN.md).
+Yields ``(images, labels)``: images (N, 3, 32, 32) normalised, in ``dtype`` (the AMP
+dtype; default float32), channels_last when asked, and int64 labels, on the device (the
+loader contract of shared/DESIGN.md).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class GpuLoader:
         augmentation: a name in ``GPU_AUGMENTATIONS``.
         mean, std: per-channel statistics in [0, 1] units, for normalisation.
         batch_size, device, shuffle, drop_last, channels_last, seed: as the other loaders.
+        dtype: the images' dtype on delivery (the AMP dtype; default float32).
     """
 
     def __init__(
@@ -92,8 +94,10 @@ class GpuLoader:
         drop_last: bool = False,
         channels_last: bool = False,
         seed: int = 0,
+        dtype: torch.dtype = torch.float32,
     ):
         self.device = torch.device(device)
+        self.dtype = dtype
         self.aug = GPU_AUGMENTATIONS[augmentation]
         # (N, 3, 32, 32) uint8 on the device: 150 MiB for the training set
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
@@ -133,6 +137,5 @@ class GpuLoader:
             x = batch_translate(x, self.aug.translate, gen)
             if self.aug.cutout:
                 x = batch_cutout(x, self.aug.cutout, fill, gen)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[idx]
+            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+            yield x.to(self.dtype).contiguous(memory_format=fmt), self.labels[idx]

@@ -66,6 +66,7 @@ class AlbumentationsLoader:
         workers: DataLoader worker processes (0 runs the pipeline in this process).
         channels_last: deliver images in channels_last memory format.
         seed: base seed for order and augmentation.
+        dtype: the images' dtype on delivery (the AMP dtype; default float32).
     """
 
     def __init__(
@@ -80,8 +81,10 @@ class AlbumentationsLoader:
         workers: int = 2,
         channels_last: bool = False,
         seed: int = 0,
+        dtype: torch.dtype = torch.float32,
     ):
         self.dataset = AugmentedDataset(images, labels, transform)
+        self.dtype = dtype
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.shuffle = shuffle
@@ -117,7 +120,8 @@ class AlbumentationsLoader:
             persistent_workers=False,
         )
         for x, y in loader:
-            yield _to_device(x, y, self.device, self.channels_last)
+            x, y = _to_device(x, y, self.device, self.channels_last)
+            yield x.to(self.dtype), y
 
 
 class EvalLoader:
