@@ -353,6 +353,7 @@ class Trainer:
         )
 
         arrays = load_cifar10(options.data, download=options.download, verbose=True)
+        options.data = arrays.source  # config.json records the resolved source
         self.mean, self.std = channel_stats(arrays.train_images)
         train_x, train_y = arrays.train_images, arrays.train_labels
         if options.train_subset:

@@ -193,6 +193,10 @@ def plot_curves(metrics: list[dict], path: Path):
     b.set_xlabel("epoch")
     b.set_ylabel("accuracy (%)")
     b.legend()
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in (a, b):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -241,6 +245,7 @@ def evaluate_run(
     cam_layers: list[str] | None = None,
     device: str = "cpu",
     tensorboard: bool | None = None,
+    data: str | None = None,
 ) -> dict:
     """Write the evaluation files listed in the module docstring; return eval.json's dict.
 
@@ -255,7 +260,7 @@ def evaluate_run(
         raise FastCifarError(f"--misclassified {n_misclassified} is below 1: pass 1 or more")
     model, ckpt = load_model(run_dir, device=device)
     mean, std = ckpt["mean"], ckpt["std"]
-    arrays = load_cifar10(options.data)
+    arrays = load_cifar10(data or options.data)
     test_x, test_y = arrays.test_images, arrays.test_labels
     if options.test_subset:
         idx = stratified_subset(test_y, options.test_subset, seed=0, flag="--test-subset")
@@ -418,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         "layer1,layer2,layer3,layer4 (default: the last convolutional block)",
     )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--data", help="CIFAR-10 source (default: the one the run trained on)")
     p.add_argument(
         "--tensorboard",
         action=argparse.BooleanOptionalAction,
@@ -429,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         [x.strip() for x in args.cam_layers.split(",") if x.strip()] if args.cam_layers else None
     )
     result = evaluate_run(
-        Path(args.run_dir), args.misclassified, layers, args.device, args.tensorboard
+        Path(args.run_dir), args.misclassified, layers, args.device, args.tensorboard, args.data
     )
     print(
         f"test accuracy {result['test_acc']:.2f} % on {result['test_images']} images; "

@@ -67,6 +67,7 @@ def test_cli_trains_s7_on_real_data(real_archive, tmp_path):
     assert "torch" in summary["versions"] and summary["device"].startswith("cpu")
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"]["name"] == "s7" and config["recipe"]["batch_size"] == 50
+    assert config["run"]["data"] == str(real_archive.resolve())  # the resolved source
     ckpt = torch.load(out / "last.pt", weights_only=False)
     assert ckpt["state"]["epoch"] == 2
 
