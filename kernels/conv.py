@@ -370,21 +370,49 @@ def _setup_context(ctx, inputs, output):
     ctx.channels_last = _memory_format(input) == torch.channels_last
 
 
-def _backward(ctx, grad):
-    input, weight = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.args
+def conv_grads(ctx, grad: Tensor, input: Tensor, weight: Tensor):
+    """(grad input, grad weight, grad bias) of a 3x3 convolution for ``grad`` of its
+    output, as ``ctx.needs_input_grad`` asks; ``ctx`` carries ``args`` (stride, padding,
+    dilation, groups), ``has_bias`` and ``channels_last``. Shared by every op built on the
+    convolution."""
     gi = gw = gb = None
     if ctx.needs_input_grad[0]:
-        gi = _grad_input_op(grad, weight, list(input.shape), ctx.channels_last, stride, padding,
-                            dilation, groups)  # fmt: skip
+        gi = _grad_input_op(grad, weight, list(input.shape), ctx.channels_last, *ctx.args)
     if ctx.needs_input_grad[1]:
-        gw = _grad_weight_op(grad, input, list(weight.shape), stride, padding, dilation, groups)
+        gw = _grad_weight_op(grad, input, list(weight.shape), *ctx.args)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         gb = _grad_bias_op(grad)
-    return gi, gw, gb, None, None, None, None
+    return gi, gw, gb
+
+
+def _backward(ctx, grad):
+    input, weight = ctx.saved_tensors
+    return (*conv_grads(ctx, grad, input, weight), None, None, None, None)
 
 
 _conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def prepare_args(input, weight, bias, stride, padding, dilation, groups) -> tuple[int, int, int]:
+    """Check a call of a convolution op and return (stride, padding, dilation) as ints.
+
+    Raises:
+        NotImplementedError: an unsupported configuration (named).
+        ValueError: shapes that do not match, or dtypes that differ.
+    """
+    stride, padding, dilation = (
+        _pair(stride, "stride"),
+        _pair(padding, "padding"),
+        _pair(dilation, "dilation"),
+    )
+    check_supported(input.shape, weight.shape, input.dtype, input.device, stride, padding,
+                    dilation, groups)  # fmt: skip
+    if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
+        raise ValueError(
+            f"fastcifar.kernels.conv2d: input {input.dtype}, weight {weight.dtype} and bias "
+            f"must share one dtype (under autocast, fastcifar.nn.Conv2d casts them)"
+        )
+    return stride, padding, dilation
 
 
 def conv2d(
@@ -414,16 +442,6 @@ def conv2d(
         ValueError: the weight does not match the input channels and groups, or the
             dtypes differ.
     """
-    stride, padding, dilation = (
-        _pair(stride, "stride"),
-        _pair(padding, "padding"),
-        _pair(dilation, "dilation"),
-    )
-    check_supported(input.shape, weight.shape, input.dtype, input.device, stride, padding,
-                    dilation, groups)  # fmt: skip
-    if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
-        raise ValueError(
-            f"fastcifar.kernels.conv2d: input {input.dtype}, weight {weight.dtype} and bias "
-            f"must share one dtype (under autocast, fastcifar.nn.Conv2d casts them)"
-        )
+    stride, padding, dilation = prepare_args(input, weight, bias, stride, padding, dilation,
+                                             groups)  # fmt: skip
     return _conv2d_op(input, weight, bias, stride, padding, dilation, groups)

@@ -19,14 +19,11 @@ from __future__ import annotations
 import torch
 from fastcifar.kernels.conv import (
     _forward,
-    _grad_bias_op,
-    _grad_input_op,
-    _grad_weight_op,
     _memory_format,
     _out_size,
-    _pair,
     _tiles,
-    check_supported,
+    conv_grads,
+    prepare_args,
 )
 from torch import Tensor
 
@@ -70,7 +67,7 @@ def _setup_context(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation, groups, relu = inputs
     y, mean, _ = output
     ctx.save_for_backward(input, weight, y, mean)
-    ctx.args = (stride, padding, dilation, groups)
+    ctx.args = (stride, padding, dilation, groups)  # what conv_grads reads
     ctx.relu = relu
     ctx.has_bias = bias is not None
     ctx.channels_last = _memory_format(input) == torch.channels_last
@@ -89,14 +86,7 @@ def _backward(ctx, gy, gmean, gvar):
     if ctx.relu:
         g = g * (y > 0)
     g = g.to(y.dtype)
-    gi = gw = gb = None
-    if ctx.needs_input_grad[0]:
-        gi = _grad_input_op(g, weight, list(input.shape), ctx.channels_last, *ctx.args)
-    if ctx.needs_input_grad[1]:
-        gw = _grad_weight_op(g, input, list(weight.shape), *ctx.args)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        gb = _grad_bias_op(g)
-    return gi, gw, gb, None, None, None, None, None
+    return (*conv_grads(ctx, g, input, weight), None, None, None, None, None)
 
 
 _op.register_autograd(_backward, setup_context=_setup_context)
@@ -118,13 +108,6 @@ def conv2d_relu_stats(
     Raises:
         NotImplementedError / ValueError: as ``fastcifar.kernels.conv2d``.
     """
-    stride, padding, dilation = (
-        _pair(stride, "stride"),
-        _pair(padding, "padding"),
-        _pair(dilation, "dilation"),
-    )
-    check_supported(input.shape, weight.shape, input.dtype, input.device, stride, padding,
-                    dilation, groups)  # fmt: skip
-    if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
-        raise ValueError("conv2d_relu_stats: input, weight and bias must share one dtype")
+    stride, padding, dilation = prepare_args(input, weight, bias, stride, padding, dilation,
+                                             groups)  # fmt: skip
     return _op(input, weight, bias, stride, padding, dilation, groups, relu)

@@ -34,6 +34,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from fastcifar.data.loaders import EpochLoader
 from fastcifar.errors import FastCifarError
 
 #: augmentations the DALI backend implements (every recipe's)
@@ -227,7 +228,7 @@ class _EpochSource:
         return [self.images[j] for j in idx], [self.labels[j : j + 1] for j in idx]
 
 
-class DaliLoader:
+class DaliLoader(EpochLoader):
     """NVIDIA DALI loader; arguments as ``AlbumentationsLoader`` plus ``threads`` and
     ``dtype`` (the images' dtype on delivery: the AMP dtype; default float32).
 
@@ -269,17 +270,10 @@ class DaliLoader:
         self.seed, self.threads = seed, threads
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
     def _pipeline(self):
         from nvidia.dali import fn, pipeline_def
 
-        epoch_seed = (self.seed * 1_000_003 + self.epoch * 7919 + 31) % (2**31 - 1)
+        epoch_seed = self.epoch_seed(31)
         rng = np.random.default_rng(epoch_seed)
         n = len(self.images)
         order = rng.permutation(n) if self.shuffle else np.arange(n)

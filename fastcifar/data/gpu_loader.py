@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fastcifar.data.loaders import EpochLoader
+
 
 @dataclass(frozen=True)
 class GpuAugmentation:
@@ -70,7 +72,7 @@ def batch_cutout(x: torch.Tensor, size: int, fill: torch.Tensor, gen) -> torch.T
     return torch.where(hole.unsqueeze(1), fill.view(1, -1, 1, 1).to(x.dtype), x)
 
 
-class GpuLoader:
+class GpuLoader(EpochLoader):
     """Device-resident CIFAR-10 with batched augmentation; see the module docstring.
 
     Args:
@@ -113,16 +115,9 @@ class GpuLoader:
         self.epoch = 0
         self.dataset = self.images  # len(loader.dataset) is the number of images
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator(device=self.device)
-        gen.manual_seed((self.seed * 1_000_003 + self.epoch * 7919 + 29) & (2**63 - 1))
+        gen.manual_seed(self.epoch_seed(29))
         n = len(self.images)
         if self.shuffle:
             order = torch.randperm(n, device=self.device, generator=gen)

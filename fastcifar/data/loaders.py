@@ -45,6 +45,29 @@ class AugmentedDataset(Dataset):
         self.transform.set_random_seed(seed & _MASK)
 
 
+class EpochLoader:
+    """What every training loader shares: ``set_epoch``, ``len()`` (batches per epoch,
+    from ``dataset``, ``batch_size`` and ``drop_last``) and per-epoch seeds that depend on
+    (seed, epoch) alone."""
+
+    dataset: object
+    batch_size: int
+    drop_last: bool
+    seed: int
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch_seed(self, salt: int = 0) -> int:
+        """A seed for this epoch (``salt`` separates a loader's streams), below 2**31."""
+        return (self.seed * 1_000_003 + self.epoch * 7919 + salt) % (2**31 - 1)
+
+
 def _worker_init(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     # torch gives each worker base_seed + worker_id, the base drawn from the loader's
@@ -52,7 +75,7 @@ def _worker_init(worker_id: int) -> None:
     info.dataset.reseed(torch.initial_seed())
 
 
-class AlbumentationsLoader:
+class AlbumentationsLoader(EpochLoader):
     """The CPU fallback: albumentations in DataLoader workers, batches moved to ``device``.
 
     Args:
@@ -94,20 +117,10 @@ class AlbumentationsLoader:
         self.seed = seed
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def _epoch_seed(self) -> int:
-        return (self.seed * 1_000_003 + self.epoch * 7919 + 17) & _MASK
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(self._epoch_seed())
+        gen = torch.Generator().manual_seed(self.epoch_seed(17))
         if self.workers == 0:
-            self.dataset.reseed(self._epoch_seed() ^ 0x5EED)
+            self.dataset.reseed(self.epoch_seed(0x5EED))
         loader = DataLoader(
             self.dataset,
             batch_size=self.batch_size,
