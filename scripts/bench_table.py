@@ -12,6 +12,14 @@ import platform
 import sys
 
 
+def _fmt(value, spec: str = ".3g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
 def main(path: str) -> int:
     with open(path) as f:
         data = json.load(f)
@@ -35,21 +43,18 @@ def main(path: str) -> int:
     for b in data.get("benchmarks", []):
         info = b.get("extra_info", {})
         ips = info.get("images_per_s")
-        gbs = info.get("gb_per_s")
-        frac = info.get("copy_fraction")
-        notes = ", ".join(
-            f"{k}={info[k]}"
-            for k in ("config", "amp", "compiled", "kernels", "loader", "warmup_s")
-            if k in info
-        )
-        print(
-            f"| {b['name']} | {b['stats']['median']:.4g} | {ips:.0f} | "
-            if ips
-            else f"| {b['name']} | {b['stats']['median']:.4g} | - | ",
-            end="",
-        )
-        print(f"{gbs:.1f} | {frac:.2f} | {notes} |" if gbs else f"- | - | {notes} |")
-        if "recipe" in info and ips:
+        keys = ("backend", "config", "amp", "compiled", "kernels", "loader", "warmup_s")
+        notes = ", ".join(f"{k}={_fmt(info[k])}" for k in keys if k in info)
+        cells = [
+            b["name"],
+            f"{b['stats']['median']:.4g}",
+            _fmt(ips, ".0f"),
+            _fmt(info.get("gb_per_s"), ".1f"),
+            _fmt(info.get("copy_fraction"), ".2f"),
+            notes,
+        ]
+        print("| " + " | ".join(cells) + " |")
+        if "recipe" in info and "config" in info and ips:
             ratios.setdefault(info["recipe"], {})[info["config"]] = ips
     if ratios:
         print("\n| recipe | seeds images/s | fastcifar images/s | speed-up |")
