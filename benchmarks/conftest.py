@@ -6,15 +6,6 @@ import pytest
 import torch
 
 
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (none found)")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
-
-
 @pytest.fixture(scope="session")
 def copy_bandwidth() -> float:
     """Measured device-to-device copy bandwidth in GB/s (read + write bytes), 1 GiB buffers."""

@@ -78,17 +78,6 @@ def make_tar(tree_root: Path, target: Path, arcname: str = "cifar") -> Path:
     return target
 
 
-def pytest_collection_modifyitems(config, items):
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (none found)")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
-
-
 def run_train(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python -m fastcifar.train ARGS`` in a subprocess, as a user would run it."""
     return subprocess.run(
