@@ -20,6 +20,37 @@ import triton.language as tl
 
 
 @triton.jit
+def _pixel_coords(offs_p, H, W):
+    # flattened pixel index over (N, H, W) -> (n, row, col)
+    n = offs_p // (H * W)
+    rem = offs_p % (H * W)
+    return n, rem // W, rem % W
+
+
+@triton.jit
+def _tap_source(oh, ow, mask_p, kh, kw, H, W, S: tl.constexpr, PAD: tl.constexpr,
+                D: tl.constexpr):  # fmt: skip
+    # the input pixel tap (kh, kw) of output pixel (oh, ow) reads, and whether it lies inside
+    ih = oh * S - PAD + kh * D
+    iw = ow * S - PAD + kw * D
+    return ih, iw, mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+
+
+@triton.jit
+def _tap_target(ih, iw, mask_p, kh, kw, HO, WO, S: tl.constexpr, PAD: tl.constexpr,
+                D: tl.constexpr):  # fmt: skip
+    # the output pixel whose tap (kh, kw) reads input pixel (ih, iw), and whether one exists
+    th = ih + PAD - kh * D
+    tw = iw + PAD - kw * D
+    ths = tl.where(th >= 0, th, 0)
+    tws = tl.where(tw >= 0, tw, 0)
+    oh = ths // S
+    ow = tws // S
+    ok = mask_p & (th >= 0) & (tw >= 0) & (ths % S == 0) & (tws % S == 0)
+    return oh, ow, ok & (oh < HO) & (ow < WO)
+
+
+@triton.jit
 def _epilogue(
     acc, y_ptr, stats_ptr, pid_p, n, oh, ow, offs_co, mask_p, mask_co, COUT,
     syn, syc, syh, syw, RELU: tl.constexpr, STATS: tl.constexpr, ACC: tl.constexpr,
@@ -67,16 +98,11 @@ def conv_fwd_dense_kernel(
     offs_co = pid_c * BCO + tl.arange(0, BCO)
     mask_p = offs_p < N * HO * WO
     mask_co = offs_co < COUT
-    n = offs_p // (HO * WO)
-    rem = offs_p % (HO * WO)
-    oh = rem // WO
-    ow = rem % WO
+    n, oh, ow = _pixel_coords(offs_p, HO, WO)
     acc = tl.zeros([BP, BCO], dtype=ACC)
     for kh in tl.static_range(3):
         for kw in tl.static_range(3):
-            ih = oh * S - PAD + kh * D
-            iw = ow * S - PAD + kw * D
-            ok = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, S, PAD, D)
             x_base = n * sxn + ih * sxh + iw * sxw
             for ci0 in range(0, CIN, BCI):
                 offs_ci = ci0 + tl.arange(0, BCI)
@@ -122,17 +148,12 @@ def conv_fwd_grouped_kernel(
     offs_co = pid_c * BC + tl.arange(0, BC)
     mask_p = offs_p < N * HO * WO
     mask_co = offs_co < COUT
-    n = offs_p // (HO * WO)
-    rem = offs_p % (HO * WO)
-    oh = rem // WO
-    ow = rem % WO
+    n, oh, ow = _pixel_coords(offs_p, HO, WO)
     group = offs_co // COUT_PG
     acc = tl.zeros([BP, BC], dtype=ACC)
     for kh in tl.static_range(3):
         for kw in tl.static_range(3):
-            ih = oh * S - PAD + kh * D
-            iw = ow * S - PAD + kw * D
-            ok = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, S, PAD, D)
             x_base = n * sxn + ih * sxh + iw * sxw
             for ci in tl.static_range(CIN_PG):
                 cin = group * CIN_PG + ci
@@ -170,21 +191,11 @@ def conv_bwd_input_dense_kernel(
     offs_ci = pid_c * BCI + tl.arange(0, BCI)
     mask_p = offs_p < N * H * W
     mask_ci = offs_ci < CIN
-    n = offs_p // (H * W)
-    rem = offs_p % (H * W)
-    ih = rem // W
-    iw = rem % W
+    n, ih, iw = _pixel_coords(offs_p, H, W)
     acc = tl.zeros([BP, BCI], dtype=ACC)
     for kh in tl.static_range(3):
         for kw in tl.static_range(3):
-            th = ih + PAD - kh * D
-            tw = iw + PAD - kw * D
-            ths = tl.where(th >= 0, th, 0)
-            tws = tl.where(tw >= 0, tw, 0)
-            oh = ths // S
-            ow = tws // S
-            ok = mask_p & (th >= 0) & (tw >= 0) & (ths % S == 0) & (tws % S == 0)
-            ok = ok & (oh < HO) & (ow < WO)
+            oh, ow, ok = _tap_target(ih, iw, mask_p, kh, kw, HO, WO, S, PAD, D)
             d_base = n * sdn + oh * sdh + ow * sdw
             for co0 in range(0, COUT, BCO):
                 offs_co = co0 + tl.arange(0, BCO)
@@ -229,23 +240,13 @@ def conv_bwd_input_grouped_kernel(
     offs_ci = pid_c * BC + tl.arange(0, BC)
     mask_p = offs_p < N * H * W
     mask_ci = offs_ci < CIN
-    n = offs_p // (H * W)
-    rem = offs_p % (H * W)
-    ih = rem // W
-    iw = rem % W
+    n, ih, iw = _pixel_coords(offs_p, H, W)
     group = offs_ci // CIN_PG
     ci_local = offs_ci % CIN_PG
     acc = tl.zeros([BP, BC], dtype=ACC)
     for kh in tl.static_range(3):
         for kw in tl.static_range(3):
-            th = ih + PAD - kh * D
-            tw = iw + PAD - kw * D
-            ths = tl.where(th >= 0, th, 0)
-            tws = tl.where(tw >= 0, tw, 0)
-            oh = ths // S
-            ow = tws // S
-            ok = mask_p & (th >= 0) & (tw >= 0) & (ths % S == 0) & (tws % S == 0)
-            ok = ok & (oh < HO) & (ow < WO)
+            oh, ow, ok = _tap_target(ih, iw, mask_p, kh, kw, HO, WO, S, PAD, D)
             d_base = n * sdn + oh * sdh + ow * sdw
             for j in range(COUT_PG):
                 co = group * COUT_PG + j
@@ -296,13 +297,8 @@ def conv_bwd_weight_dense_kernel(
     for p0 in range(start, end, BP):
         offs_p = p0 + tl.arange(0, BP)
         mask_p = offs_p < total
-        n = offs_p // (HO * WO)
-        rem = offs_p % (HO * WO)
-        oh = rem // WO
-        ow = rem % WO
-        ih = oh * S - PAD + kh * D
-        iw = ow * S - PAD + kw * D
-        ok = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        n, oh, ow = _pixel_coords(offs_p, HO, WO)
+        ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, S, PAD, D)
         dyt = tl.load(
             dy_ptr + (n * sdn + oh * sdh + ow * sdw)[None, :] + offs_co[:, None] * sdc,
             mask=mask_p[None, :] & mask_co[:, None],
@@ -349,13 +345,8 @@ def conv_bwd_weight_grouped_kernel(
     for p0 in range(start, end, BP):
         offs_p = p0 + tl.arange(0, BP)
         mask_p = offs_p < total
-        n = offs_p // (HO * WO)
-        rem = offs_p % (HO * WO)
-        oh = rem // WO
-        ow = rem % WO
-        ih = oh * S - PAD + kh * D
-        iw = ow * S - PAD + kw * D
-        ok = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        n, oh, ow = _pixel_coords(offs_p, HO, WO)
+        ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, S, PAD, D)
         dyt = tl.load(
             dy_ptr + (n * sdn + oh * sdh + ow * sdw)[:, None] + offs_co[None, :] * sdc,
             mask=mask_p[:, None] & mask_co[None, :],
@@ -390,10 +381,7 @@ def bias_grad_kernel(
     for p0 in range(start, end, BP):
         offs_p = p0 + tl.arange(0, BP)
         mask_p = offs_p < total
-        n = offs_p // (HO * WO)
-        rem = offs_p % (HO * WO)
-        oh = rem // WO
-        ow = rem % WO
+        n, oh, ow = _pixel_coords(offs_p, HO, WO)
         dyt = tl.load(
             dy_ptr + (n * sdn + oh * sdh + ow * sdw)[:, None] + offs_c[None, :] * sdc,
             mask=mask_p[:, None] & mask_c[None, :],
@@ -421,9 +409,7 @@ def _dw_tile(
     mid = tl.zeros([BP, BCM], dtype=ACC)
     for kh in tl.static_range(3):
         for kw in tl.static_range(3):
-            ih = oh * S - PAD + kh * D
-            iw = ow * S - PAD + kw * D
-            ok = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, S, PAD, D)
             xt = tl.load(
                 x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + offs_c[None, :] * sxc,
                 mask=ok[:, None] & mask_c[None, :],
@@ -457,10 +443,7 @@ def dwsep_fwd_kernel(
     offs_o = pid_o * BCO + tl.arange(0, BCO)
     mask_p = offs_p < N * HO * WO
     mask_o = offs_o < COUT
-    n = offs_p // (HO * WO)
-    rem = offs_p % (HO * WO)
-    oh = rem // WO
-    ow = rem % WO
+    n, oh, ow = _pixel_coords(offs_p, HO, WO)
     acc = tl.zeros([BP, BCO], dtype=ACC)
     for c0 in range(0, C, BCM):
         offs_c = c0 + tl.arange(0, BCM)
@@ -564,10 +547,7 @@ def dwsep_bwd_weights_kernel(
     for p0 in range(start, end, BP):
         offs_p = p0 + tl.arange(0, BP)
         mask_p = offs_p < total
-        n = offs_p // (HO * WO)
-        rem = offs_p % (HO * WO)
-        oh = rem // WO
-        ow = rem % WO
+        n, oh, ow = _pixel_coords(offs_p, HO, WO)
         mid = _dw_tile(
             x_ptr,
             wd_ptr,
@@ -619,9 +599,7 @@ def dwsep_bwd_weights_kernel(
         # depthwise weight: per tap, sum over pixels of g * x(shifted)
         for kh in tl.static_range(3):
             for kw in tl.static_range(3):
-                ih = oh * S - PAD + kh * D
-                iw = ow * S - PAD + kw * D
-                ok = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, S, PAD, D)
                 xt = tl.load(
                     x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + offs_c[None, :] * sxc,
                     mask=ok[:, None] & mask_c[None, :],
@@ -653,21 +631,11 @@ def dwsep_bwd_input_kernel(
     offs_c = pid_c * BCM + tl.arange(0, BCM)
     mask_p = offs_p < N * H * W
     mask_c = offs_c < C
-    n = offs_p // (H * W)
-    rem = offs_p % (H * W)
-    ih = rem // W
-    iw = rem % W
+    n, ih, iw = _pixel_coords(offs_p, H, W)
     acc = tl.zeros([BP, BCM], dtype=ACC)
     for kh in tl.static_range(3):
         for kw in tl.static_range(3):
-            th = ih + PAD - kh * D
-            tw = iw + PAD - kw * D
-            ths = tl.where(th >= 0, th, 0)
-            tws = tl.where(tw >= 0, tw, 0)
-            oh = ths // S
-            ow = tws // S
-            ok = mask_p & (th >= 0) & (tw >= 0) & (ths % S == 0) & (tws % S == 0)
-            ok = ok & (oh < HO) & (ow < WO)
+            oh, ow, ok = _tap_target(ih, iw, mask_p, kh, kw, HO, WO, S, PAD, D)
             # the gradient of mid at the output pixel this tap reaches, recomputed
             g = _grad_mid_tile(
                 dy_ptr,
