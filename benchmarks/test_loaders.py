@@ -39,6 +39,14 @@ def _supported(backend: str, aug: str) -> bool:
     return True
 
 
+def _recipe_for(backend: str, recipe_name: str):
+    """The recipe, or a skip naming why ``backend`` cannot run it."""
+    recipe = RECIPES[recipe_name]
+    if not _supported(backend, recipe.augmentation):
+        pytest.skip(f"{backend} does not implement {recipe.augmentation!r} (or is not installed)")
+    return recipe
+
+
 def _make(backend: str, aug: str, images, labels, batch: int):
     common = dict(batch_size=batch, device=DEVICE, channels_last=True)
     if backend == "gpu":
@@ -52,9 +60,7 @@ def _make(backend: str, aug: str, images, labels, batch: int):
 @pytest.mark.parametrize("backend", ["albumentations", "dali", "gpu"])
 @pytest.mark.parametrize("recipe_name", list(RECIPES))
 def test_loader_alone(benchmark, backend, recipe_name):
-    recipe = RECIPES[recipe_name]
-    if not _supported(backend, recipe.augmentation):
-        pytest.skip(f"{backend} does not implement {recipe.augmentation!r} (or is not installed)")
+    recipe = _recipe_for(backend, recipe_name)
     n = 50_000 if FULL else 512
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
@@ -81,9 +87,7 @@ def test_loader_alone(benchmark, backend, recipe_name):
 @pytest.mark.parametrize("backend", ["albumentations", "dali", "gpu"])
 @pytest.mark.parametrize("recipe_name", list(RECIPES) if FULL else ["s7", "speedrun94"])
 def test_in_step(benchmark, tmp_path, backend, recipe_name):
-    recipe = RECIPES[recipe_name]
-    if not _supported(backend, recipe.augmentation):
-        pytest.skip(f"{backend} does not implement {recipe.augmentation!r} (or is not installed)")
+    recipe = _recipe_for(backend, recipe_name)
     if not Path(DATA).exists():
         pytest.skip(f"CIFAR-10 not found at {DATA}: set FASTCIFAR_DATA")
     if not FULL:

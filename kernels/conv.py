@@ -128,6 +128,15 @@ def _memory_format(t: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def empty_output(x: Tensor, cout: int, stride: int, padding: int, dilation: int) -> Tensor:
+    """The uninitialised (N, COUT, HO, WO) output of a 3x3 convolution of ``x``, in ``x``'s
+    dtype, device and memory format (what the ops and their fake implementations return)."""
+    n, _, h, w = x.shape
+    ho, wo = _out_size(h, stride, padding, dilation), _out_size(w, stride, padding, dilation)
+    return torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device,
+                       memory_format=_memory_format(x))  # fmt: skip
+
+
 def _acc(dtype: torch.dtype):
     import triton.language as tl
 
@@ -181,9 +190,8 @@ def _forward(
     bp, bc, ppp = _tiles()
     n, cin, h, wd = x.shape
     cout = w.shape[0]
-    ho, wo = _out_size(h, stride, padding, dilation), _out_size(wd, stride, padding, dilation)
-    y = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device,
-                    memory_format=_memory_format(x))  # fmt: skip
+    y = empty_output(x, cout, stride, padding, dilation)
+    ho, wo = y.shape[2], y.shape[3]
     has_bias = b is not None
     b_arg = b if has_bias else w
     acc = _acc(x.dtype)
@@ -307,10 +315,7 @@ def _conv2d_op(
 
 @_conv2d_op.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups):
-    n, _, h, w = input.shape
-    ho, wo = _out_size(h, stride, padding, dilation), _out_size(w, stride, padding, dilation)
-    return torch.empty((n, weight.shape[0], ho, wo), dtype=input.dtype, device=input.device,
-                       memory_format=_memory_format(input))  # fmt: skip
+    return empty_output(input, weight.shape[0], stride, padding, dilation)
 
 
 @torch.library.custom_op("fastcifar::conv2d_grad_input", mutates_args=())

@@ -20,9 +20,9 @@ import torch
 from fastcifar.kernels.conv import (
     _forward,
     _memory_format,
-    _out_size,
     _tiles,
     conv_grads,
+    empty_output,
     prepare_args,
 )
 from torch import Tensor
@@ -54,11 +54,8 @@ def _op(
 
 @_op.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups, relu):
-    n, _, h, w = input.shape
     cout = weight.shape[0]
-    ho, wo = _out_size(h, stride, padding, dilation), _out_size(w, stride, padding, dilation)
-    y = torch.empty((n, cout, ho, wo), dtype=input.dtype, device=input.device,
-                    memory_format=_memory_format(input))  # fmt: skip
+    y = empty_output(input, cout, stride, padding, dilation)
     stat = torch.float64 if input.dtype == torch.float64 else torch.float32
     return y, input.new_empty((cout,), dtype=stat), input.new_empty((cout,), dtype=stat)
 

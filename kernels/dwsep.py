@@ -32,10 +32,10 @@ from fastcifar.kernels.conv import (
     _blocks,
     _k,
     _memory_format,
-    _out_size,
     _strides,
     _tiles,
     check_supported,
+    empty_output,
     triton_cdiv,
 )
 from torch import Tensor
@@ -59,9 +59,8 @@ def _forward(x, wd, wp, stride, padding, dilation, relu):
     use_dot, bco, bcm = _blocks(x.dtype)
     n, c, h, w = x.shape
     cout = wp.shape[0]
-    ho, wo = _out_size(h, stride, padding, dilation), _out_size(w, stride, padding, dilation)
-    y = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device,
-                    memory_format=_memory_format(x))  # fmt: skip
+    y = empty_output(x, cout, stride, padding, dilation)
+    ho, wo = y.shape[2], y.shape[3]
     grid = (triton_cdiv(n * ho * wo, bp), triton_cdiv(cout, bco))
     k.dwsep_fwd_kernel[grid](
         x, wd, wp, y, n, c, h, w, cout, ho, wo,
@@ -109,10 +108,7 @@ def _dwsep_op(
 
 @_dwsep_op.register_fake
 def _(input, w_dw, w_pw, stride, padding, dilation, relu):
-    n, _, h, w = input.shape
-    ho, wo = _out_size(h, stride, padding, dilation), _out_size(w, stride, padding, dilation)
-    return torch.empty((n, w_pw.shape[0], ho, wo), dtype=input.dtype, device=input.device,
-                       memory_format=_memory_format(input))  # fmt: skip
+    return empty_output(input, w_pw.shape[0], stride, padding, dilation)
 
 
 @torch.library.custom_op("fastcifar::dwsep_conv2d_backward", mutates_args=())
