@@ -62,7 +62,7 @@ class RunOptions:
     workers: int | None = None  # DataLoader workers; None: min(cores, 8)
     compile_backend: str = "inductor"
     kernels: str = "auto"  # auto | triton | torch
-    loader: str = "auto"  # auto | gpu | albumentations
+    loader: str = "auto"  # auto | gpu | dali | albumentations
     tensorboard: bool = False  # log scalars (and, at evaluation, figures) to RUN_DIR/tensorboard
 
 
@@ -90,6 +90,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+# The choices of --amp-dtype, --kernels and --loader: the parser and the engine share them.
+AMP_DTYPE_CHOICES = ("auto", *AMP_DTYPES)
+KERNEL_CHOICES = ("auto", "triton", "torch")
+LOADER_CHOICES = ("auto", "gpu", "dali", "albumentations")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -163,8 +167,10 @@ def resolve_kernels(name: str, device: torch.device) -> str:
     """
     from fastcifar.kernels import triton_available
 
-    if name not in ("auto", "triton", "torch"):
-        raise FastCifarError(f"--kernels {name!r} is not valid: choose auto, triton or torch")
+    if name not in KERNEL_CHOICES:
+        raise FastCifarError(
+            f"--kernels {name!r} is not valid: choose one of {', '.join(KERNEL_CHOICES)}"
+        )
     if name == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "torch"
     if name == "triton":
@@ -193,9 +199,9 @@ def resolve_loader(name: str, augmentation: str, device: torch.device) -> tuple[
     from fastcifar.data.dali_loader import DALI_AUGMENTATIONS, dali_available
     from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS
 
-    if name not in ("auto", "gpu", "dali", "albumentations"):
+    if name not in LOADER_CHOICES:
         raise FastCifarError(
-            f"--loader {name!r} is not valid: choose auto, gpu, dali or albumentations"
+            f"--loader {name!r} is not valid: choose one of {', '.join(LOADER_CHOICES)}"
         )
     if name == "gpu" and augmentation not in GPU_AUGMENTATIONS:
         raise FastCifarError(

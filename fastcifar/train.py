@@ -20,7 +20,16 @@ import types
 import typing
 from pathlib import Path
 
-from fastcifar.engine import RunOptions, Trainer, prepare_run_dir, read_config, write_config
+from fastcifar.engine import (
+    AMP_DTYPE_CHOICES,
+    KERNEL_CHOICES,
+    LOADER_CHOICES,
+    RunOptions,
+    Trainer,
+    prepare_run_dir,
+    read_config,
+    write_config,
+)
 from fastcifar.errors import FastCifarError, run_cli
 from fastcifar.recipes import DEFAULT_RECIPE, RECIPE_DOCS, RECIPES, get_recipe, overridable_fields
 
@@ -112,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--amp-dtype",
-        choices=("auto", "bfloat16", "float16"),
+        choices=AMP_DTYPE_CHOICES,
         default="auto",
         help="autocast dtype with --amp (auto: bfloat16 where native, float16 on "
         "older GPUs, float32 on a CPU without bfloat16 instructions)",
@@ -131,18 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--loader",
-        choices=("auto", "gpu", "albumentations"),
+        choices=LOADER_CHOICES,
         default=None,
         help="training loader: gpu (data set resident on the device, batched flip/"
-        "translate/cutout), albumentations (CPU workers), or auto (gpu on CUDA when "
-        "the recipe's augmentation allows, else albumentations)",
+        "translate/cutout), dali (NVIDIA DALI pipeline, GPU or CPU-only), albumentations "
+        "(CPU workers), or auto (gpu on CUDA when the recipe's augmentation allows, else "
+        "dali when installed, else albumentations)",
     )
     p.add_argument(
         "--workers", type=int, help="data loader worker processes (default: cores, at most 8)"
     )
     p.add_argument(
         "--kernels",
-        choices=("auto", "triton", "torch"),
+        choices=KERNEL_CHOICES,
         default=None,
         help="convolutions: triton (our kernels, validated against PyTorch before training), "
         "torch, or auto (triton on CUDA, torch elsewhere); triton on a CPU uses the Triton "
@@ -293,5 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli() -> int:
+    """The ``fastcifar-train`` console script: bad input ends in one line, exit 2."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -27,6 +27,19 @@ from __future__ import annotations
 import os
 
 import torch
+from fastcifar.kernels.launch import (
+    MAX_INT32_ELEMENTS,
+    acc_dtype,
+    cdiv,
+    empty_output,
+    launch,
+    memory_format,
+    out_size,
+    partial_pixels,
+    strides,
+    tiles,
+    tl_acc,
+)
 from torch import Tensor
 
 __all__ = ["SUPPORTED_DTYPES", "check_supported", "conv2d", "is_supported", "kernels_can_run"]
@@ -96,6 +109,14 @@ def check_supported(
             f"{prefix} the dilated 3x3 kernel does not fit in a {h}x{w} input with padding "
             f"{padding}"
         )
+    n = input_shape[0]
+    ho, wo = out_size(h, stride, padding, dilation), out_size(w, stride, padding, dilation)
+    for what, elements in (("input", n * cin * h * w), ("output", n * cout * ho * wo)):
+        if elements >= MAX_INT32_ELEMENTS:
+            raise NotImplementedError(
+                f"{prefix} the {what} has {elements:,} elements, past the kernels' int32 "
+                f"offsets (2**31): split the batch into chunks below that"
+            )
     if not kernels_can_run(torch.device(device)):
         raise NotImplementedError(
             f"{prefix} device {device} cannot run Triton: use a CUDA tensor, or set "
@@ -113,68 +134,10 @@ def is_supported(input: Tensor, weight: Tensor, stride=1, padding=0, dilation=1,
     return input.dtype == weight.dtype
 
 
-def _out_size(size: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - 2 * dilation - 1) // stride + 1
-
-
-def _memory_format(t: Tensor) -> torch.memory_format:
-    """channels_last when ``t`` is laid out so (and not also plain contiguous)."""
-    if (
-        t.dim() == 4
-        and not t.is_contiguous()
-        and t.is_contiguous(memory_format=torch.channels_last)
-    ):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def empty_output(x: Tensor, cout: int, stride: int, padding: int, dilation: int) -> Tensor:
-    """The uninitialised (N, COUT, HO, WO) output of a 3x3 convolution of ``x``, in ``x``'s
-    dtype, device and memory format (what the ops and their fake implementations return)."""
-    n, _, h, w = x.shape
-    ho, wo = _out_size(h, stride, padding, dilation), _out_size(w, stride, padding, dilation)
-    return torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device,
-                       memory_format=_memory_format(x))  # fmt: skip
-
-
-def _acc(dtype: torch.dtype):
-    import triton.language as tl
-
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _k():
     from fastcifar.kernels import _conv_triton
 
     return _conv_triton
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _tiles() -> tuple[int, int, int]:
-    """(pixels per program, channels per program, pixels summed by one weight-gradient
-    program). The interpreter runs each program in Python, so it gets fewer, larger ones."""
-    if _interpreted():
-        return 512, 64, 8192
-    return 64, 32, 4096
-
-
-def _blocks(dtype: torch.dtype) -> tuple[bool, int, int]:
-    """(use tl.dot, channel block, inner block). tl.dot needs blocks of 16 or more; float64
-    uses broadcast multiply-add instead (and smaller tiles, to bound registers), and so
-    does bfloat16 under the Triton interpreter, whose tl.dot mis-reads bfloat16 (seen with
-    triton 3.9: relative error 6e9)."""
-    if dtype == torch.float64:
-        return False, 16, 8
-    if _interpreted():
-        return dtype != torch.bfloat16, 64, 32
-    return True, 32, 16
-
-
-def _strides(t: Tensor) -> tuple[int, int, int, int]:
-    return tuple(t.stride())  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------- launchers
@@ -183,97 +146,99 @@ def _strides(t: Tensor) -> tuple[int, int, int, int]:
 def _forward(
     x: Tensor, w: Tensor, b: Tensor | None, stride, padding, dilation, groups,
     relu: bool = False, stats: bool = False,
-) -> tuple[Tensor, Tensor | None]:  # fmt: skip
-    """The output (N, COUT, HO, WO), ReLU applied if asked, and with ``stats`` the
-    per-program BatchNorm partials (programs, COUT, 2): (sum, sum of squared deviations)."""
+) -> tuple[Tensor, Tensor | None, int]:  # fmt: skip
+    """The output (N, COUT, HO, WO), ReLU applied if asked; with ``stats`` the per-program
+    BatchNorm partials (programs, COUT, 2): (sum, sum of squared deviations), else None;
+    and the pixels per program (every program's count but the last's)."""
     k = _k()
-    bp, bc, ppp = _tiles()
+    t = tiles(x.dtype, "dense" if groups == 1 else "grouped")
     n, cin, h, wd = x.shape
     cout = w.shape[0]
     y = empty_output(x, cout, stride, padding, dilation)
     ho, wo = y.shape[2], y.shape[3]
     has_bias = b is not None
     b_arg = b if has_bias else w
-    acc = _acc(x.dtype)
-    programs = triton_cdiv(n * ho * wo, bp)
+    programs = cdiv(n * ho * wo, t.block_p)
     part = None
     if stats:
-        part = torch.empty((programs, cout, 2), dtype=_acc_dtype(x.dtype), device=x.device)
+        part = torch.empty((programs, cout, 2), dtype=acc_dtype(x.dtype), device=x.device)
     epilogue = dict(stats_ptr=part if stats else y, RELU=relu, STATS=stats)
     if groups == 1:
-        use_dot, bco, bci = _blocks(x.dtype)
-        grid = (programs, triton_cdiv(cout, bco))
-        k.conv_fwd_dense_kernel[grid](
+        launch(
+            k.conv_fwd_dense_kernel, (programs, cdiv(cout, t.block_n)),
             x, w, b_arg, y, n, cin, h, wd, cout, ho, wo,
-            *_strides(x), *_strides(w), *_strides(y),
-            S=stride, PAD=padding, D=dilation, HAS_BIAS=has_bias, USE_DOT=use_dot, ACC=acc,
-            BP=bp, BCO=bco, BCI=bci, **epilogue,
+            *strides(x), *strides(w), *strides(y),
+            S=stride, PAD=padding, D=dilation, HAS_BIAS=has_bias, USE_DOT=t.use_dot,
+            ACC=tl_acc(x.dtype), BP=t.block_p, BCO=t.block_n, BCI=t.block_k, **epilogue,
+            **t.launch_options,
         )  # fmt: skip
     else:
-        grid = (programs, triton_cdiv(cout, bc))
-        k.conv_fwd_grouped_kernel[grid](
+        launch(
+            k.conv_fwd_grouped_kernel, (programs, cdiv(cout, t.block_c)),
             x, w, b_arg, y, n, h, wd, cout, ho, wo, cout // groups,
-            *_strides(x), *_strides(w), *_strides(y),
+            *strides(x), *strides(w), *strides(y),
             CIN_PG=cin // groups, S=stride, PAD=padding, D=dilation, HAS_BIAS=has_bias,
-            ACC=acc, BP=bp, BC=bc, **epilogue,
+            ACC=tl_acc(x.dtype), BP=t.block_p, BC=t.block_c, **epilogue, **t.launch_options,
         )  # fmt: skip
-    return y, part
+    return y, part, t.block_p
 
 
 def _grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding, dilation, groups):
     k = _k()
-    bp, bc, ppp = _tiles()
+    t = tiles(dy.dtype, "dense" if groups == 1 else "grouped")
     n, cin, h, wd = x_shape
     cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     dx = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=x_format)
-    acc = _acc(dy.dtype)
+    programs = cdiv(n * h * wd, t.block_p)
     if groups == 1:
-        use_dot, bci, bco = _blocks(dy.dtype)
-        grid = (triton_cdiv(n * h * wd, bp), triton_cdiv(cin, bci))
-        k.conv_bwd_input_dense_kernel[grid](
+        launch(
+            k.conv_bwd_input_dense_kernel, (programs, cdiv(cin, t.block_n)),
             dy, w, dx, n, cin, h, wd, cout, ho, wo,
-            *_strides(dy), *_strides(w), *_strides(dx),
-            S=stride, PAD=padding, D=dilation, USE_DOT=use_dot, ACC=acc,
-            BP=bp, BCI=bci, BCO=bco,
+            *strides(dy), *strides(w), *strides(dx),
+            S=stride, PAD=padding, D=dilation, USE_DOT=t.use_dot, ACC=tl_acc(dy.dtype),
+            BP=t.block_p, BCI=t.block_n, BCO=t.block_k, **t.launch_options,
         )  # fmt: skip
     else:
-        grid = (triton_cdiv(n * h * wd, bp), triton_cdiv(cin, bc))
-        k.conv_bwd_input_grouped_kernel[grid](
+        launch(
+            k.conv_bwd_input_grouped_kernel, (programs, cdiv(cin, t.block_c)),
             dy, w, dx, n, cin, h, wd, ho, wo, cout // groups,
-            *_strides(dy), *_strides(w), *_strides(dx),
-            CIN_PG=cin // groups, S=stride, PAD=padding, D=dilation, ACC=acc, BP=bp, BC=bc,
+            *strides(dy), *strides(w), *strides(dx),
+            CIN_PG=cin // groups, S=stride, PAD=padding, D=dilation, ACC=tl_acc(dy.dtype),
+            BP=t.block_p, BC=t.block_c, **t.launch_options,
         )  # fmt: skip
     return dx
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, groups):
     k = _k()
-    bp, bc, ppp = _tiles()
+    t = tiles(x.dtype, "dense" if groups == 1 else "grouped")
     n, cin, h, wd = x.shape
     cout, cin_pg = w_shape[0], w_shape[1]
     ho, wo = dy.shape[2], dy.shape[3]
-    tiles = triton_cdiv(n * ho * wo, ppp)
-    part = torch.empty((tiles, cout, cin_pg, 9), dtype=_acc_dtype(x.dtype), device=x.device)
-    acc = _acc(x.dtype)
+    total = n * ho * wo
     if groups == 1:
-        use_dot, bco, bci = _blocks(x.dtype)
-        grid = (tiles, triton_cdiv(cout, bco), 9 * triton_cdiv(cin, bci))
-        k.conv_bwd_weight_dense_kernel[grid](
+        other = cdiv(cout, t.block_n) * 9 * cdiv(cin, t.block_k)
+    else:
+        other = cdiv(cout, t.block_c) * 9 * cin_pg
+    ppp = partial_pixels(total, other, t, x.device)
+    parts = cdiv(total, ppp)
+    part = torch.empty((parts, cout, cin_pg, 9), dtype=acc_dtype(x.dtype), device=x.device)
+    if groups == 1:
+        launch(
+            k.conv_bwd_weight_dense_kernel,
+            (parts, cdiv(cout, t.block_n), 9 * cdiv(cin, t.block_k)),
             dy, x, part, n, cin, h, wd, cout, ho, wo, ppp,
-            *_strides(dy), *_strides(x),
-            S=stride, PAD=padding, D=dilation, USE_DOT=use_dot, ACC=acc,
-            BP=bp, BCO=bco, BCI=bci,
+            *strides(dy), *strides(x),
+            S=stride, PAD=padding, D=dilation, USE_DOT=t.use_dot, ACC=tl_acc(x.dtype),
+            BP=t.block_p, BCO=t.block_n, BCI=t.block_k, **t.launch_options,
         )  # fmt: skip
     else:
-        grid = (tiles, triton_cdiv(cout, bc), 9 * cin_pg)
-        k.conv_bwd_weight_grouped_kernel[grid](
+        launch(
+            k.conv_bwd_weight_grouped_kernel, (parts, cdiv(cout, t.block_c), 9 * cin_pg),
             dy, x, part, n, h, wd, cout, ho, wo, cout // groups, ppp,
-            *_strides(dy), *_strides(x),
-            CIN_PG=cin_pg, S=stride, PAD=padding, D=dilation, ACC=acc, BP=bp, BC=bc,
+            *strides(dy), *strides(x),
+            CIN_PG=cin_pg, S=stride, PAD=padding, D=dilation, ACC=tl_acc(x.dtype),
+            BP=t.block_p, BC=t.block_c, **t.launch_options,
         )  # fmt: skip
     # fixed-order sum of the per-tile partials: deterministic
     return part.sum(0).view(cout, cin_pg, 3, 3).to(x.dtype)
@@ -281,20 +246,18 @@ def _grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, grou
 
 def _grad_bias(dy: Tensor) -> Tensor:
     k = _k()
-    bp, bc, ppp = _tiles()
+    t = tiles(dy.dtype, "grouped")  # per-channel sums: elementwise, like the grouped kernels
     n, c, ho, wo = dy.shape
-    tiles = triton_cdiv(n * ho * wo, ppp)
-    part = torch.empty((tiles, c), dtype=_acc_dtype(dy.dtype), device=dy.device)
-    grid = (tiles, triton_cdiv(c, bc))
-    k.bias_grad_kernel[grid](
-        dy, part, n, c, ho, wo, ppp, *_strides(dy),
-        ACC=_acc(dy.dtype), BP=bp, BC=bc,
+    total = n * ho * wo
+    ppp = partial_pixels(total, cdiv(c, t.block_c), t, dy.device)
+    parts = cdiv(total, ppp)
+    part = torch.empty((parts, c), dtype=acc_dtype(dy.dtype), device=dy.device)
+    launch(
+        k.bias_grad_kernel, (parts, cdiv(c, t.block_c)),
+        dy, part, n, c, ho, wo, ppp, *strides(dy),
+        ACC=tl_acc(dy.dtype), BP=t.block_p, BC=t.block_c, **t.launch_options,
     )  # fmt: skip
     return part.sum(0).to(dy.dtype)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 # ------------------------------------------------------------------------- custom ops
@@ -372,7 +335,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(input, weight)
     ctx.args = (stride, padding, dilation, groups)
     ctx.has_bias = bias is not None
-    ctx.channels_last = _memory_format(input) == torch.channels_last
+    ctx.channels_last = memory_format(input) == torch.channels_last
 
 
 def conv_grads(ctx, grad: Tensor, input: Tensor, weight: Tensor):

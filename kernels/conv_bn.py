@@ -17,14 +17,8 @@ input, weight and bias through y, mean and var.
 from __future__ import annotations
 
 import torch
-from fastcifar.kernels.conv import (
-    _forward,
-    _memory_format,
-    _tiles,
-    conv_grads,
-    empty_output,
-    prepare_args,
-)
+from fastcifar.kernels.conv import _forward, conv_grads, prepare_args
+from fastcifar.kernels.launch import empty_output, memory_format
 from torch import Tensor
 
 __all__ = ["conv2d_relu_stats"]
@@ -47,8 +41,9 @@ def _op(
     input: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int,
     dilation: int, groups: int, relu: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    y, part = _forward(input, weight, bias, stride, padding, dilation, groups, relu, stats=True)
-    mean, var = _combine(part, y.shape[0] * y.shape[2] * y.shape[3], _tiles()[0])
+    y, part, block = _forward(input, weight, bias, stride, padding, dilation, groups, relu,
+                              stats=True)  # fmt: skip
+    mean, var = _combine(part, y.shape[0] * y.shape[2] * y.shape[3], block)
     return y, mean, var
 
 
@@ -67,7 +62,7 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (stride, padding, dilation, groups)  # what conv_grads reads
     ctx.relu = relu
     ctx.has_bias = bias is not None
-    ctx.channels_last = _memory_format(input) == torch.channels_last
+    ctx.channels_last = memory_format(input) == torch.channels_last
 
 
 def _backward(ctx, gy, gmean, gvar):

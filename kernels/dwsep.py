@@ -26,21 +26,27 @@ Raises ``NotImplementedError`` for configurations outside the depthwise subset o
 from __future__ import annotations
 
 import torch
-from fastcifar.kernels.conv import (
-    _acc,
-    _acc_dtype,
-    _blocks,
-    _k,
-    _memory_format,
-    _strides,
-    _tiles,
-    check_supported,
+from fastcifar.kernels.conv import check_supported
+from fastcifar.kernels.launch import (
+    acc_dtype,
+    cdiv,
     empty_output,
-    triton_cdiv,
+    launch,
+    memory_format,
+    partial_pixels,
+    strides,
+    tiles,
+    tl_acc,
 )
 from torch import Tensor
 
 __all__ = ["depthwise_separable_conv2d"]
+
+
+def _k():
+    from fastcifar.kernels import _conv_triton
+
+    return _conv_triton
 
 
 def _wd_strides(w: Tensor) -> tuple[int, int, int]:
@@ -54,43 +60,44 @@ def _wp_strides(w: Tensor) -> tuple[int, int]:
 
 
 def _forward(x, wd, wp, stride, padding, dilation, relu):
-    k = _k()
-    bp, _, _ = _tiles()
-    use_dot, bco, bcm = _blocks(x.dtype)
+    t = tiles(x.dtype, "dwsep")
     n, c, h, w = x.shape
     cout = wp.shape[0]
     y = empty_output(x, cout, stride, padding, dilation)
     ho, wo = y.shape[2], y.shape[3]
-    grid = (triton_cdiv(n * ho * wo, bp), triton_cdiv(cout, bco))
-    k.dwsep_fwd_kernel[grid](
+    launch(
+        _k().dwsep_fwd_kernel, (cdiv(n * ho * wo, t.block_p), cdiv(cout, t.block_n)),
         x, wd, wp, y, n, c, h, w, cout, ho, wo,
-        *_strides(x), *_wd_strides(wd), *_wp_strides(wp), *_strides(y),
-        S=stride, PAD=padding, D=dilation, RELU=relu, USE_DOT=use_dot, ACC=_acc(x.dtype),
-        BP=bp, BCM=bcm, BCO=bco,
+        *strides(x), *_wd_strides(wd), *_wp_strides(wp), *strides(y),
+        S=stride, PAD=padding, D=dilation, RELU=relu, USE_DOT=t.use_dot, ACC=tl_acc(x.dtype),
+        BP=t.block_p, BCM=t.block_k, BCO=t.block_n, **t.launch_options,
     )  # fmt: skip
     return y
 
 
 def _backward(dy, x, wd, wp, stride, padding, dilation, relu):
     k = _k()
-    bp, _, ppp = _tiles()
-    use_dot, bco, bcm = _blocks(x.dtype)
+    t = tiles(x.dtype, "dwsep")
     n, c, h, w = x.shape
     cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
-    tiles = triton_cdiv(n * ho * wo, ppp)
-    acc_dtype = _acc_dtype(x.dtype)
-    part_dw = torch.empty((tiles, c, 9), dtype=acc_dtype, device=x.device)
-    part_pw = torch.zeros((tiles, cout, c), dtype=acc_dtype, device=x.device)
-    common = dict(S=stride, PAD=padding, D=dilation, RELU=relu, USE_DOT=use_dot,
-                  ACC=_acc(x.dtype), BP=bp, BCM=bcm, BCO=bco)  # fmt: skip
-    k.dwsep_bwd_weights_kernel[(tiles, triton_cdiv(c, bcm))](
+    c_blocks = cdiv(c, t.block_k)
+    ppp = partial_pixels(n * ho * wo, c_blocks, t, x.device)
+    parts = cdiv(n * ho * wo, ppp)
+    part_dw = torch.empty((parts, c, 9), dtype=acc_dtype(x.dtype), device=x.device)
+    part_pw = torch.zeros((parts, cout, c), dtype=acc_dtype(x.dtype), device=x.device)
+    common = dict(S=stride, PAD=padding, D=dilation, RELU=relu, USE_DOT=t.use_dot,
+                  ACC=tl_acc(x.dtype), BP=t.block_p, BCM=t.block_k, BCO=t.block_n,
+                  **t.launch_options)  # fmt: skip
+    launch(
+        k.dwsep_bwd_weights_kernel, (parts, c_blocks),
         x, wd, wp, dy, part_dw, part_pw, n, c, h, w, cout, ho, wo, ppp,
-        *_strides(x), *_wd_strides(wd), *_wp_strides(wp), *_strides(dy), **common,
+        *strides(x), *_wd_strides(wd), *_wp_strides(wp), *strides(dy), **common,
     )  # fmt: skip
-    dx = torch.empty_like(x, memory_format=_memory_format(x))
-    k.dwsep_bwd_input_kernel[(triton_cdiv(n * h * w, bp), triton_cdiv(c, bcm))](
+    dx = torch.empty_like(x, memory_format=memory_format(x))
+    launch(
+        k.dwsep_bwd_input_kernel, (cdiv(n * h * w, t.block_p), c_blocks),
         x, wd, wp, dy, dx, n, c, h, w, cout, ho, wo,
-        *_strides(x), *_wd_strides(wd), *_wp_strides(wp), *_strides(dy), *_strides(dx),
+        *strides(x), *_wd_strides(wd), *_wp_strides(wp), *strides(dy), *strides(dx),
         **common,
     )  # fmt: skip
     g_wd = part_dw.sum(0).view(c, 1, 3, 3).to(x.dtype)
@@ -122,7 +129,7 @@ def _dwsep_backward_op(
 @_dwsep_backward_op.register_fake
 def _(grad, input, w_dw, w_pw, stride, padding, dilation, relu):
     dx = torch.empty(input.shape, dtype=input.dtype, device=input.device,
-                     memory_format=_memory_format(input))  # fmt: skip
+                     memory_format=memory_format(input))  # fmt: skip
     return (
         dx,
         torch.empty(w_dw.shape, dtype=input.dtype, device=input.device),

@@ -1,0 +1,245 @@
+"""What every op family's launcher shares: tile sizes, the ``tl.dot`` policy, grid and
+partial-sum sizing, tensor layout helpers, and the one place a kernel is launched.
+
+Tile sizes live here and nowhere else (``Tiles``):
+
+* ``GPU_TILES[family]`` is what a CUDA launch of a dense, grouped or fused
+  depthwise-separable kernel uses, and what ``scripts/aot_check.py`` compiles for
+  sm_80/sm_90 (why each size: the comment at ``GPU_TILES``). 4 warps and 3 pipeline
+  stages everywhere (triton's defaults, written out so the AOT compile uses them).
+* ``INTERPRETER_TILES`` is what ``TRITON_INTERPRET=1`` uses by default: the interpreter
+  runs each program in Python, so fewer, larger programs are much faster there.
+  ``gpu_tiles()`` makes the interpreter run ``GPU_TILES`` instead, so the exact GPU
+  configuration is executed and tested on a CPU (tiny shapes).
+* float64 (gradcheck only) uses broadcast multiply-add instead of ``tl.dot`` and
+  smaller channel blocks, to bound registers.
+
+``launch(kernel, grid, *args, **meta)`` is how every launcher starts a kernel. Inside
+``record_launches()`` it records the call instead of running it: the AOT check calls
+the real launchers with ``meta`` tensors and compiles exactly what they would launch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "GPU_TILES",
+    "INTERPRETER_TILES",
+    "Launch",
+    "FAMILIES",
+    "Tiles",
+    "acc_dtype",
+    "cdiv",
+    "empty_output",
+    "gpu_tiles",
+    "interpreted",
+    "launch",
+    "memory_format",
+    "out_size",
+    "partial_pixels",
+    "record_launches",
+    "strides",
+    "tiles",
+    "tl_acc",
+]
+
+# Streaming multiprocessors assumed when no CUDA device says otherwise (H100 SXM: 132);
+# weight-gradient splits aim at >= 2 programs per SM.
+DEFAULT_SM_COUNT = 132
+PROGRAMS_PER_SM = 2
+# Every int32 offset a kernel computes must stay below this; larger tensors are refused.
+MAX_INT32_ELEMENTS = 2**31
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Block sizes and launch options of the convolution kernels.
+
+    block_p: output pixels (flattened n, oh, ow) per program; the input gradient's
+        programs take input pixels. Also the pixel step of the weight-gradient loop.
+    block_c: channels per program of the grouped/depthwise kernels (elementwise math).
+    block_n: output channels per program of the dense kernels (``tl.dot``'s N).
+    block_k: channels reduced per ``tl.dot`` step (``tl.dot``'s K, at least 16).
+    pixels_per_partial: most pixels one weight-gradient program sums into its partial
+        (fewer where that leaves the GPU under-filled: ``partial_pixels``).
+    use_dot: ``tl.dot`` for the channel reductions (False: broadcast multiply-add).
+    num_warps, num_stages: triton launch options.
+    """
+
+    block_p: int
+    block_c: int
+    block_n: int
+    block_k: int
+    pixels_per_partial: int
+    use_dot: bool = True
+    num_warps: int = 4
+    num_stages: int = 3
+
+    @property
+    def launch_options(self) -> dict[str, int]:
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages}
+
+
+# Per kernel family. Chosen from the sm_90 AOT compile (scripts/aot_check.py; table in
+# benchmarks/RESULTS.md), not yet from GPU timings:
+# * dense: tl.dot tiles of 64 pixels x 32 output channels, K = 16 (no spills; bfloat16
+#   72-128 registers);
+# * grouped (depthwise, small groups, the bias gradient): 32 pixels x 16 channels of
+#   elementwise math. 64 x 32 tiles needed 128 registers for a plain depthwise forward
+#   and spilled 460-1,270 bytes with the ReLU + statistics epilogue; 32 x 16 needs 56
+#   and 128 (31 % -> 56 % occupancy for the plain forward);
+# * dwsep (fused depthwise-separable): 32 pixels x 16 depthwise channels, 32 output
+#   channels per tl.dot; 64-pixel tiles spilled ~500 bytes in the bfloat16 backward.
+GPU_TILES = {
+    "dense": Tiles(block_p=64, block_c=32, block_n=32, block_k=16, pixels_per_partial=4096),
+    "grouped": Tiles(block_p=32, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
+    "dwsep": Tiles(block_p=32, block_c=16, block_n=32, block_k=16, pixels_per_partial=4096),
+}
+FAMILIES = tuple(GPU_TILES)
+INTERPRETER_TILES = Tiles(block_p=512, block_c=64, block_n=64, block_k=32, pixels_per_partial=8192)
+
+_force_gpu_tiles = False
+
+
+def interpreted() -> bool:
+    """True when triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@contextlib.contextmanager
+def gpu_tiles() -> Iterator[None]:
+    """Run ``GPU_TILES`` under the interpreter too (tests of the GPU configuration)."""
+    global _force_gpu_tiles
+    old, _force_gpu_tiles = _force_gpu_tiles, True
+    try:
+        yield
+    finally:
+        _force_gpu_tiles = old
+
+
+def tiles(dtype: torch.dtype, family: str = "dense") -> Tiles:
+    """The tile configuration of kernel ``family`` (``FAMILIES``) for a launch in
+    ``dtype`` here: ``GPU_TILES[family]`` on a GPU, ``INTERPRETER_TILES`` under the
+    interpreter unless ``gpu_tiles()`` is in force.
+
+    float64 takes broadcast multiply-add with 16 x 8 channel blocks. bfloat16 under the
+    interpreter does too: triton's interpreter mis-reads bfloat16 in ``tl.dot`` (seen
+    with triton 3.9: relative error 6e9); float16 and float32 keep ``tl.dot`` there.
+    """
+    if family not in GPU_TILES:
+        raise ValueError(f"unknown kernel family {family!r}: one of {', '.join(FAMILIES)}")
+    gpu = _force_gpu_tiles or not interpreted()
+    base = GPU_TILES[family] if gpu else INTERPRETER_TILES
+    if dtype == torch.float64:
+        return replace(base, block_n=16, block_k=8, use_dot=False)
+    if interpreted() and dtype == torch.bfloat16:
+        return replace(base, use_dot=False)
+    return base
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division (programs needed to cover ``a`` items ``b`` at a time)."""
+    return -(-a // b)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return DEFAULT_SM_COUNT
+
+
+def partial_pixels(total: int, other_programs: int, t: Tiles, device: torch.device) -> int:
+    """Pixels per weight-gradient program: ``t.pixels_per_partial``, halved (down to
+    ``t.block_p``) while the grid, ``cdiv(total, pixels) * other_programs`` programs,
+    would give fewer than ``PROGRAMS_PER_SM`` per SM. Depends only on the shape and the
+    device, so the fixed-order sum of partials stays deterministic."""
+    pixels = t.pixels_per_partial
+    want = PROGRAMS_PER_SM * _sm_count(torch.device(device))
+    while pixels > t.block_p and cdiv(total, pixels) * other_programs < want:
+        pixels //= 2
+    return max(pixels, t.block_p)
+
+
+def tl_acc(dtype: torch.dtype):
+    """The triton accumulator dtype for inputs of ``dtype`` (float64 or float32)."""
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The torch dtype of partial sums for inputs of ``dtype`` (float64 or float32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def strides(t: Tensor) -> tuple[int, int, int, int]:
+    """The four element strides (n, c, h, w) of a 4-D tensor."""
+    return tuple(t.stride())  # type: ignore[return-value]
+
+
+def memory_format(t: Tensor) -> torch.memory_format:
+    """channels_last when ``t`` is laid out so (and not also plain contiguous)."""
+    if (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def out_size(size: int, stride: int, padding: int, dilation: int) -> int:
+    """Output height or width of a 3x3 convolution (``torch.nn.Conv2d``'s formula)."""
+    return (size + 2 * padding - 2 * dilation - 1) // stride + 1
+
+
+def empty_output(x: Tensor, cout: int, stride: int, padding: int, dilation: int) -> Tensor:
+    """The uninitialised (N, COUT, HO, WO) output of a 3x3 convolution of ``x``, in ``x``'s
+    dtype, device and memory format (what the ops and their fake implementations return)."""
+    n, _, h, w = x.shape
+    ho, wo = out_size(h, stride, padding, dilation), out_size(w, stride, padding, dilation)
+    return torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device,
+                       memory_format=memory_format(x))  # fmt: skip
+
+
+# ------------------------------------------------------------------------ launching
+
+
+@dataclass
+class Launch:
+    """One recorded kernel launch: the ``@triton.jit`` function, grid, arguments."""
+
+    kernel: Any
+    grid: tuple[int, ...]
+    args: tuple
+    meta: dict
+
+
+_recorder: list[Launch] | None = None
+
+
+@contextlib.contextmanager
+def record_launches() -> Iterator[list[Launch]]:
+    """Record launches instead of running them (the launchers may get ``meta`` tensors)."""
+    global _recorder
+    old, _recorder = _recorder, []
+    try:
+        yield _recorder
+    finally:
+        _recorder = old
+
+
+def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
+    """``kernel[grid](*args, **meta)``, or recorded inside ``record_launches()``."""
+    if _recorder is not None:
+        _recorder.append(Launch(kernel, tuple(grid), args, meta))
+        return
+    kernel[grid](*args, **meta)

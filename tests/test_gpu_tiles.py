@@ -1,0 +1,128 @@
+"""The exact GPU tile configuration (``GPU_TILES``: the block sizes, ``tl.dot`` path and
+weight-gradient split a CUDA launch uses) executed under the interpreter, on tiny shapes,
+for every kernel; plus the int32-offset guard and the grid-filling weight-gradient split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fastcifar.kernels import check_supported, conv2d_relu_stats, depthwise_separable_conv2d
+from fastcifar.kernels.launch import GPU_TILES, gpu_tiles, partial_pixels, record_launches, tiles
+
+from tests.test_kernels import check, make, rel
+
+# Shapes larger than one GPU tile (at most 64 pixels, 32 channels) so that several programs, a
+# partial last tile and several channel blocks are all exercised.
+DENSE = (2, 37, 35, 9, 8, 1, 1, 1, 1)
+DENSE_STRIDED_DILATED = (1, 20, 33, 11, 10, 2, 2, 2, 1)
+DEPTHWISE = (3, 40, 40, 7, 6, 1, 1, 1, 40)
+GROUPED = (2, 66, 66, 6, 7, 2, 3, 3, 33)  # 2 input channels per group, stride 2, dilation 3
+
+
+@pytest.fixture(autouse=True)
+def _gpu_tiles():
+    with gpu_tiles():
+        yield
+
+
+def test_gpu_tiles_are_in_force():
+    for family, t in GPU_TILES.items():
+        assert tiles(torch.float16, family) == t
+        assert tiles(torch.float32, family).use_dot
+    assert not tiles(torch.float64).use_dot
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("cfg", [DENSE, DENSE_STRIDED_DILATED, DEPTHWISE, GROUPED], ids=str)
+def test_conv2d_forward_and_gradients(cfg, dtype):
+    # float16 takes the tl.dot path of the dense kernels with the GPU's 16-wide K blocks
+    check(cfg, dtype, channels_last=True)
+
+
+def test_conv2d_nchw_float32():
+    check(DENSE, torch.float32, channels_last=False)
+    check(DEPTHWISE, torch.float32, channels_last=False)
+
+
+@pytest.mark.parametrize("cfg", [DENSE, DEPTHWISE], ids=str)
+def test_relu_stats_epilogue(cfg):
+    x, wt, b, kw = make(cfg, torch.float32, channels_last=True)
+    y, mean, var = conv2d_relu_stats(x, wt, b, **kw)
+    ref = F.relu(F.conv2d(x.double(), wt.double(), b.double(), **kw))
+    assert rel(y, ref) < 2e-6
+    assert rel(mean, ref.mean((0, 2, 3))) < 2e-6
+    assert rel(var, ref.var((0, 2, 3), unbiased=False)) < 2e-6
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_depthwise_separable(dtype, relu):
+    g = torch.Generator().manual_seed(0)
+    x = (
+        torch.randn(2, 36, 7, 9, generator=g)
+        .to(dtype)
+        .contiguous(memory_format=torch.channels_last)
+    )
+    wd = (torch.randn(36, 1, 3, 3, generator=g) / 3).to(dtype)
+    wp = (torch.randn(34, 36, 1, 1, generator=g) / 6).to(dtype)
+    gy = torch.randn(2, 34, 7, 9, generator=g).to(dtype)
+
+    def fwd_bwd(fn, tensors):
+        leaves = [t.detach().requires_grad_() for t in tensors]
+        y = fn(*leaves)
+        return [y, *torch.autograd.grad(y, leaves, gy.to(y.dtype))]
+
+    def unfused(a, d, p):
+        mid = F.conv2d(a, d, None, 1, 1, 1, a.shape[1])
+        return F.conv2d(F.relu(mid) if relu else mid, p)
+
+    ours = fwd_bwd(lambda a, d, p: depthwise_separable_conv2d(a, d, p, 1, 1, 1, relu), (x, wd, wp))
+    ref = fwd_bwd(unfused, [t.double() for t in (x, wd, wp)])
+    if dtype == torch.float32:
+        for a, r in zip(ours, ref, strict=True):
+            assert rel(a, r) < 5e-6
+    else:
+        torch_own = fwd_bwd(unfused, (x.float(), wd.float(), wp.float()))  # fp32 compute
+        for a, t, r in zip(ours, torch_own, ref, strict=True):
+            assert rel(a, r) < max(3 * rel(t.to(dtype), r), 4 * 2.0**-11)
+
+
+def test_weight_gradient_split_fills_the_gpu():
+    # the seeds' smallest map: C=64, 8x8, batch 512 -> 32,768 pixels
+    t = GPU_TILES["grouped"]  # on the CPU, partial_pixels assumes an H100's 132 SMs
+    grouped_other = 2 * 9  # two 32-channel blocks x 9 taps
+    pixels = partial_pixels(512 * 64, grouped_other, t, torch.device("cpu"))
+    assert pixels < t.pixels_per_partial and pixels % t.block_p == 0
+    assert -(-512 * 64 // pixels) * grouped_other >= 2 * 132
+    # a large map keeps the full split, and the split never goes below one pixel block
+    assert partial_pixels(512 * 32 * 32, 9 * 8, t, torch.device("cpu")) == t.pixels_per_partial
+    assert partial_pixels(10, 1, t, torch.device("cpu")) == t.block_p
+
+
+def test_launches_record_the_gpu_configuration():
+    from fastcifar.kernels import conv
+
+    x = torch.empty(512, 64, 8, 8, device="meta").contiguous(memory_format=torch.channels_last)
+    w = torch.empty(64, 1, 3, 3, device="meta")
+    with record_launches() as launches:
+        conv._grad_weight(torch.empty_like(x), x, w.shape, 1, 1, 1, 64)
+    (la,) = launches
+    t = GPU_TILES["grouped"]
+    assert la.meta["BP"] == t.block_p and la.meta["BC"] == t.block_c
+    assert la.meta["num_warps"] == t.num_warps
+    assert la.grid[0] * la.grid[1] * la.grid[2] >= 2 * 132
+
+
+@pytest.mark.parametrize(
+    "input_shape,weight_shape,what",
+    [
+        ((2**16, 64, 32, 32), (64, 64, 3, 3), "input"),  # 2**32 elements in
+        ((2**14, 16, 64, 64), (512, 16, 3, 3), "output"),  # 2**26 in, 2**35 out
+    ],
+)
+def test_int32_offsets_are_guarded_by_shape(input_shape, weight_shape, what):
+    with pytest.raises(NotImplementedError, match=f"the {what} has .* int32 offsets"):
+        check_supported(input_shape, weight_shape, torch.bfloat16, "cuda", padding=1)
+    # just below the limit is accepted (no allocation: shapes only)
+    check_supported((2**15 - 1, 64, 32, 32), (64, 64, 3, 3), torch.bfloat16, "cuda", padding=1)
