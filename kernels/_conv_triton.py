@@ -6,7 +6,7 @@ stride-0 (expanded) gradients all work without copies. Accumulation is float32
 (float64 for float64 inputs); results are cast to the output's dtype on store.
 
 Index conventions: ``P`` is the flattened (n, oh, ow) output pixel (or (n, ih, iw)
-input pixel for the input gradient); ``S``, ``PAD``, ``D`` are stride, padding and
+input pixel for the input gradient); ``STRIDE``, ``PADDING``, ``DILATION`` are stride, padding and
 dilation; the 3x3 taps are ``kh, kw``; ``CIN_PG``/``COUT_PG`` are channels per group.
 
 Weight gradients are deterministic: each program sums over its own fixed range of
@@ -28,32 +28,33 @@ def _pixel_coords(offs_p, H, W):
 
 
 @triton.jit
-def _tap_source(oh, ow, mask_p, kh, kw, H, W, S: tl.constexpr, PAD: tl.constexpr,
-                D: tl.constexpr):  # fmt: skip
+def _tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE: tl.constexpr, PADDING: tl.constexpr,
+                DILATION: tl.constexpr):  # fmt: skip
     # the input pixel tap (kh, kw) of output pixel (oh, ow) reads, and whether it lies inside
-    ih = oh * S - PAD + kh * D
-    iw = ow * S - PAD + kw * D
+    ih = oh * STRIDE - PADDING + kh * DILATION
+    iw = ow * STRIDE - PADDING + kw * DILATION
     return ih, iw, mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
 
 
 @triton.jit
-def _tap_target(ih, iw, mask_p, kh, kw, HO, WO, S: tl.constexpr, PAD: tl.constexpr,
-                D: tl.constexpr):  # fmt: skip
+def _tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE: tl.constexpr, PADDING: tl.constexpr,
+                DILATION: tl.constexpr):  # fmt: skip
     # the output pixel whose tap (kh, kw) reads input pixel (ih, iw), and whether one exists
-    th = ih + PAD - kh * D
-    tw = iw + PAD - kw * D
+    th = ih + PADDING - kh * DILATION
+    tw = iw + PADDING - kw * DILATION
     ths = tl.where(th >= 0, th, 0)
     tws = tl.where(tw >= 0, tw, 0)
-    oh = ths // S
-    ow = tws // S
-    ok = mask_p & (th >= 0) & (tw >= 0) & (ths % S == 0) & (tws % S == 0)
+    oh = ths // STRIDE
+    ow = tws // STRIDE
+    ok = mask_p & (th >= 0) & (tw >= 0) & (ths % STRIDE == 0) & (tws % STRIDE == 0)
     return oh, ow, ok & (oh < HO) & (ow < WO)
 
 
 @triton.jit
 def _epilogue(
     acc, y_ptr, stats_ptr, pid_p, n, oh, ow, offs_co, mask_p, mask_co, COUT,
-    syn, syc, syh, syw, RELU: tl.constexpr, STATS: tl.constexpr, ACC: tl.constexpr,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    RELU: tl.constexpr, STATS: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     # optional ReLU, the store, and optional BatchNorm statistics of what was stored:
     # per program and channel the sum and the sum of squared deviations from the tile's
@@ -61,9 +62,9 @@ def _epilogue(
     if RELU:
         acc = tl.maximum(acc, 0.0)
     out = acc.to(y_ptr.dtype.element_ty)
-    y_off = n * syn + oh * syh + ow * syw
+    y_off = n * stride_yn + oh * stride_yh + ow * stride_yw
     valid = mask_p[:, None] & mask_co[None, :]
-    tl.store(y_ptr + y_off[:, None] + offs_co[None, :] * syc, out, mask=valid)
+    tl.store(y_ptr + y_off[:, None] + offs_co[None, :] * stride_yc, out, mask=valid)
     if STATS:
         v = tl.where(valid, out.to(ACC), 0.0)
         count = tl.sum(mask_p.to(ACC), axis=0)
@@ -83,37 +84,49 @@ def conv_fwd_dense_kernel(
     b_ptr,  # bias (COUT,) or a dummy when HAS_BIAS is false
     y_ptr,  # output (N, COUT, HO, WO), any strides
     N, CIN, H, W, COUT, HO, WO,
-    sxn, sxc, sxh, sxw,
-    swo, swi, swh, sww,
-    syn, syc, syh, syw,
-    S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wo, stride_wi, stride_wh, stride_ww,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, ACC: tl.constexpr,
-    BP: tl.constexpr, BCO: tl.constexpr, BCI: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_COUT: tl.constexpr, BLOCK_CIN: tl.constexpr,
     stats_ptr,  # (pixel programs, COUT, 2) partial (sum, M2) when STATS, else a dummy
     RELU: tl.constexpr, STATS: tl.constexpr,
 ):  # fmt: skip
+    """Dense 3x3 forward, y = conv2d(x, w) + b, optional ReLU / BatchNorm-statistics epilogue.
+
+    x (N, CIN, H, W), w (COUT, CIN, 3, 3), y (N, COUT, HO, WO): any strides (NCHW or
+    channels_last), one dtype (float32/16, bfloat16, float64); accumulation in ``ACC``.
+    Grid: (cdiv(N*HO*WO, BLOCK_P), cdiv(COUT, BLOCK_COUT)); each program computes a
+    BLOCK_P x BLOCK_COUT output tile, reducing BLOCK_CIN input channels per step per tap
+    (``tl.dot`` when USE_DOT).
+    """
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_p = pid_p * BP + tl.arange(0, BP)
-    offs_co = pid_c * BCO + tl.arange(0, BCO)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_co = pid_c * BLOCK_COUT + tl.arange(0, BLOCK_COUT)
     mask_p = offs_p < N * HO * WO
     mask_co = offs_co < COUT
     n, oh, ow = _pixel_coords(offs_p, HO, WO)
-    acc = tl.zeros([BP, BCO], dtype=ACC)
+    acc = tl.zeros([BLOCK_P, BLOCK_COUT], dtype=ACC)
     for kh in tl.static_range(3):
         for kw in tl.static_range(3):
-            ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, S, PAD, D)
-            x_base = n * sxn + ih * sxh + iw * sxw
-            for ci0 in range(0, CIN, BCI):
-                offs_ci = ci0 + tl.arange(0, BCI)
+            ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE, PADDING, DILATION)
+            x_base = n * stride_xn + ih * stride_xh + iw * stride_xw
+            for ci0 in range(0, CIN, BLOCK_CIN):
+                offs_ci = ci0 + tl.arange(0, BLOCK_CIN)
                 mask_ci = offs_ci < CIN
                 xt = tl.load(
-                    x_ptr + x_base[:, None] + offs_ci[None, :] * sxc,
+                    x_ptr + x_base[:, None] + offs_ci[None, :] * stride_xc,
                     mask=ok[:, None] & mask_ci[None, :],
                     other=0.0,
                 )
                 wt = tl.load(
-                    w_ptr + offs_co[None, :] * swo + offs_ci[:, None] * swi + kh * swh + kw * sww,
+                    w_ptr
+                    + offs_co[None, :] * stride_wo
+                    + offs_ci[:, None] * stride_wi
+                    + kh * stride_wh
+                    + kw * stride_ww,
                     mask=mask_ci[:, None] & mask_co[None, :],
                     other=0.0,
                 )
@@ -124,7 +137,7 @@ def conv_fwd_dense_kernel(
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_co, mask=mask_co, other=0.0).to(ACC)[None, :]
     _epilogue(acc, y_ptr, stats_ptr, pid_p, n, oh, ow, offs_co, mask_p, mask_co, COUT,
-              syn, syc, syh, syw, RELU, STATS, ACC)  # fmt: skip
+              stride_yn, stride_yc, stride_yh, stride_yw, RELU, STATS, ACC)  # fmt: skip
 
 
 @triton.jit
@@ -134,42 +147,50 @@ def conv_fwd_grouped_kernel(
     b_ptr,  # bias (COUT,) or dummy
     y_ptr,  # output (N, COUT, HO, WO)
     N, H, W, COUT, HO, WO, COUT_PG,
-    sxn, sxc, sxh, sxw,
-    swo, swi, swh, sww,
-    syn, syc, syh, syw,
-    CIN_PG: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr,
-    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wo, stride_wi, stride_wh, stride_ww,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    CIN_PG: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     stats_ptr,  # (pixel programs, COUT, 2) partial (sum, M2) when STATS, else a dummy
     RELU: tl.constexpr, STATS: tl.constexpr,
 ):  # fmt: skip
+    """Grouped 3x3 forward (depthwise when CIN_PG == COUT_PG == 1), elementwise math.
+
+    x (N, COUT/COUT_PG*CIN_PG, H, W), w (COUT, CIN_PG, 3, 3), y (N, COUT, HO, WO): any
+    strides, one dtype; accumulation in ``ACC``. Grid: (cdiv(N*HO*WO, BLOCK_P),
+    cdiv(COUT, BLOCK_C)); epilogue as the dense kernel.
+    """
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_p = pid_p * BP + tl.arange(0, BP)
-    offs_co = pid_c * BC + tl.arange(0, BC)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_co = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_p = offs_p < N * HO * WO
     mask_co = offs_co < COUT
     n, oh, ow = _pixel_coords(offs_p, HO, WO)
     group = offs_co // COUT_PG
-    acc = tl.zeros([BP, BC], dtype=ACC)
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
     for kh in tl.static_range(3):
         for kw in tl.static_range(3):
-            ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, S, PAD, D)
-            x_base = n * sxn + ih * sxh + iw * sxw
+            ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE, PADDING, DILATION)
+            x_base = n * stride_xn + ih * stride_xh + iw * stride_xw
             for ci in tl.static_range(CIN_PG):
                 cin = group * CIN_PG + ci
                 xt = tl.load(
-                    x_ptr + x_base[:, None] + cin[None, :] * sxc,
+                    x_ptr + x_base[:, None] + cin[None, :] * stride_xc,
                     mask=ok[:, None] & mask_co[None, :],
                     other=0.0,
                 )
                 wv = tl.load(
-                    w_ptr + offs_co * swo + ci * swi + kh * swh + kw * sww, mask=mask_co, other=0.0
+                    w_ptr + offs_co * stride_wo + ci * stride_wi + kh * stride_wh + kw * stride_ww,
+                    mask=mask_co,
+                    other=0.0,
                 )
                 acc += xt.to(ACC) * wv.to(ACC)[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_co, mask=mask_co, other=0.0).to(ACC)[None, :]
     _epilogue(acc, y_ptr, stats_ptr, pid_p, n, oh, ow, offs_co, mask_p, mask_co, COUT,
-              syn, syc, syh, syw, RELU, STATS, ACC)  # fmt: skip
+              stride_yn, stride_yc, stride_yh, stride_yw, RELU, STATS, ACC)  # fmt: skip
 
 
 @triton.jit
@@ -178,35 +199,45 @@ def conv_bwd_input_dense_kernel(
     w_ptr,  # weight (COUT, CIN, 3, 3)
     dx_ptr,  # grad of input (N, CIN, H, W)
     N, CIN, H, W, COUT, HO, WO,
-    sdn, sdc, sdh, sdw,
-    swo, swi, swh, sww,
-    sxn, sxc, sxh, sxw,
-    S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    stride_wo, stride_wi, stride_wh, stride_ww,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr,
     USE_DOT: tl.constexpr, ACC: tl.constexpr,
-    BP: tl.constexpr, BCI: tl.constexpr, BCO: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_CIN: tl.constexpr, BLOCK_COUT: tl.constexpr,
 ):  # fmt: skip
+    """Dense 3x3 input gradient: dx = conv_transpose2d(dy, w).
+
+    dy (N, COUT, HO, WO) any strides (stride-0 expanded too), w (COUT, CIN, 3, 3),
+    dx (N, CIN, H, W): one dtype. Grid: (cdiv(N*H*W, BLOCK_P), cdiv(CIN, BLOCK_CIN));
+    each input pixel gathers the output pixels whose taps read it.
+    """
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_p = pid_p * BP + tl.arange(0, BP)
-    offs_ci = pid_c * BCI + tl.arange(0, BCI)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_ci = pid_c * BLOCK_CIN + tl.arange(0, BLOCK_CIN)
     mask_p = offs_p < N * H * W
     mask_ci = offs_ci < CIN
     n, ih, iw = _pixel_coords(offs_p, H, W)
-    acc = tl.zeros([BP, BCI], dtype=ACC)
+    acc = tl.zeros([BLOCK_P, BLOCK_CIN], dtype=ACC)
     for kh in tl.static_range(3):
         for kw in tl.static_range(3):
-            oh, ow, ok = _tap_target(ih, iw, mask_p, kh, kw, HO, WO, S, PAD, D)
-            d_base = n * sdn + oh * sdh + ow * sdw
-            for co0 in range(0, COUT, BCO):
-                offs_co = co0 + tl.arange(0, BCO)
+            oh, ow, ok = _tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE, PADDING, DILATION)
+            d_base = n * stride_dyn + oh * stride_dyh + ow * stride_dyw
+            for co0 in range(0, COUT, BLOCK_COUT):
+                offs_co = co0 + tl.arange(0, BLOCK_COUT)
                 mask_co = offs_co < COUT
                 dyt = tl.load(
-                    dy_ptr + d_base[:, None] + offs_co[None, :] * sdc,
+                    dy_ptr + d_base[:, None] + offs_co[None, :] * stride_dyc,
                     mask=ok[:, None] & mask_co[None, :],
                     other=0.0,
                 )
                 wt = tl.load(
-                    w_ptr + offs_co[:, None] * swo + offs_ci[None, :] * swi + kh * swh + kw * sww,
+                    w_ptr
+                    + offs_co[:, None] * stride_wo
+                    + offs_ci[None, :] * stride_wi
+                    + kh * stride_wh
+                    + kw * stride_ww,
                     mask=mask_co[:, None] & mask_ci[None, :],
                     other=0.0,
                 )
@@ -214,9 +245,9 @@ def conv_bwd_input_dense_kernel(
                     acc += tl.dot(dyt, wt, input_precision="ieee").to(ACC)
                 else:
                     acc += tl.sum(dyt.to(ACC)[:, :, None] * wt.to(ACC)[None, :, :], axis=1)
-    x_off = n * sxn + ih * sxh + iw * sxw
+    x_off = n * stride_xn + ih * stride_xh + iw * stride_xw
     tl.store(
-        dx_ptr + x_off[:, None] + offs_ci[None, :] * sxc,
+        dx_ptr + x_off[:, None] + offs_ci[None, :] * stride_xc,
         acc.to(dx_ptr.dtype.element_ty),
         mask=mask_p[:, None] & mask_ci[None, :],
     )
@@ -228,40 +259,47 @@ def conv_bwd_input_grouped_kernel(
     w_ptr,  # weight (COUT, CIN_PG, 3, 3)
     dx_ptr,  # grad of input (N, CIN, H, W)
     N, CIN, H, W, HO, WO, COUT_PG,
-    sdn, sdc, sdh, sdw,
-    swo, swi, swh, sww,
-    sxn, sxc, sxh, sxw,
-    CIN_PG: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr,
-    ACC: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    stride_wo, stride_wi, stride_wh, stride_ww,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    CIN_PG: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
+    """Grouped 3x3 input gradient (depthwise included), elementwise math.
+
+    dy (N, COUT, HO, WO), w (COUT, CIN_PG, 3, 3), dx (N, CIN, H, W): any strides, one
+    dtype. Grid: (cdiv(N*H*W, BLOCK_P), cdiv(CIN, BLOCK_C)).
+    """
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_p = pid_p * BP + tl.arange(0, BP)
-    offs_ci = pid_c * BC + tl.arange(0, BC)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_ci = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_p = offs_p < N * H * W
     mask_ci = offs_ci < CIN
     n, ih, iw = _pixel_coords(offs_p, H, W)
     group = offs_ci // CIN_PG
     ci_local = offs_ci % CIN_PG
-    acc = tl.zeros([BP, BC], dtype=ACC)
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
     for kh in tl.static_range(3):
         for kw in tl.static_range(3):
-            oh, ow, ok = _tap_target(ih, iw, mask_p, kh, kw, HO, WO, S, PAD, D)
-            d_base = n * sdn + oh * sdh + ow * sdw
+            oh, ow, ok = _tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE, PADDING, DILATION)
+            d_base = n * stride_dyn + oh * stride_dyh + ow * stride_dyw
             for j in range(COUT_PG):
                 co = group * COUT_PG + j
                 dyt = tl.load(
-                    dy_ptr + d_base[:, None] + co[None, :] * sdc,
+                    dy_ptr + d_base[:, None] + co[None, :] * stride_dyc,
                     mask=ok[:, None] & mask_ci[None, :],
                     other=0.0,
                 )
                 wv = tl.load(
-                    w_ptr + co * swo + ci_local * swi + kh * swh + kw * sww, mask=mask_ci, other=0.0
+                    w_ptr + co * stride_wo + ci_local * stride_wi + kh * stride_wh + kw * stride_ww,
+                    mask=mask_ci,
+                    other=0.0,
                 )
                 acc += dyt.to(ACC) * wv.to(ACC)[None, :]
-    x_off = n * sxn + ih * sxh + iw * sxw
+    x_off = n * stride_xn + ih * stride_xh + iw * stride_xw
     tl.store(
-        dx_ptr + x_off[:, None] + offs_ci[None, :] * sxc,
+        dx_ptr + x_off[:, None] + offs_ci[None, :] * stride_xc,
         acc.to(dx_ptr.dtype.element_ty),
         mask=mask_p[:, None] & mask_ci[None, :],
     )
@@ -272,43 +310,54 @@ def conv_bwd_weight_dense_kernel(
     dy_ptr,  # grad of output (N, COUT, HO, WO)
     x_ptr,  # input (N, CIN, H, W)
     part_ptr,  # partials (T, COUT, CIN, 9), contiguous, ACC dtype
-    N, CIN, H, W, COUT, HO, WO, PIX_PER_PROG,
-    sdn, sdc, sdh, sdw,
-    sxn, sxc, sxh, sxw,
-    S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr,
+    N, CIN, H, W, COUT, HO, WO, PIXELS_PER_PARTIAL,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr,
     USE_DOT: tl.constexpr, ACC: tl.constexpr,
-    BP: tl.constexpr, BCO: tl.constexpr, BCI: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_COUT: tl.constexpr, BLOCK_CIN: tl.constexpr,
 ):  # fmt: skip
+    """Dense 3x3 weight gradient, as per-program partials (summed on the host in order).
+
+    dy (N, COUT, HO, WO), x (N, CIN, H, W): any strides, one dtype; part (T, COUT, CIN, 9)
+    contiguous in ``ACC``. Grid: (T = cdiv(N*HO*WO, PIXELS_PER_PARTIAL),
+    cdiv(COUT, BLOCK_COUT), 9 * cdiv(CIN, BLOCK_CIN)): pixel range, output-channel block,
+    tap x input-channel block.
+    """
     pid_t = tl.program_id(0)  # pixel range
     pid_co = tl.program_id(1)
     pid_z = tl.program_id(2)  # tap * ci_blocks + ci block
-    n_ci_blocks = tl.cdiv(CIN, BCI)
+    n_ci_blocks = tl.cdiv(CIN, BLOCK_CIN)
     tap = pid_z // n_ci_blocks
     kh = tap // 3
     kw = tap % 3
-    offs_co = pid_co * BCO + tl.arange(0, BCO)
-    offs_ci = (pid_z % n_ci_blocks) * BCI + tl.arange(0, BCI)
+    offs_co = pid_co * BLOCK_COUT + tl.arange(0, BLOCK_COUT)
+    offs_ci = (pid_z % n_ci_blocks) * BLOCK_CIN + tl.arange(0, BLOCK_CIN)
     mask_co = offs_co < COUT
     mask_ci = offs_ci < CIN
     total = N * HO * WO
-    acc = tl.zeros([BCO, BCI], dtype=ACC)
-    start = pid_t * PIX_PER_PROG
-    end = tl.minimum(start + PIX_PER_PROG, total)
-    for p0 in range(start, end, BP):
-        offs_p = p0 + tl.arange(0, BP)
+    acc = tl.zeros([BLOCK_COUT, BLOCK_CIN], dtype=ACC)
+    start = pid_t * PIXELS_PER_PARTIAL
+    end = tl.minimum(start + PIXELS_PER_PARTIAL, total)
+    for p0 in range(start, end, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < total
         n, oh, ow = _pixel_coords(offs_p, HO, WO)
-        ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, S, PAD, D)
+        ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE, PADDING, DILATION)
         dyt = tl.load(
-            dy_ptr + (n * sdn + oh * sdh + ow * sdw)[None, :] + offs_co[:, None] * sdc,
+            dy_ptr
+            + (n * stride_dyn + oh * stride_dyh + ow * stride_dyw)[None, :]
+            + offs_co[:, None] * stride_dyc,
             mask=mask_p[None, :] & mask_co[:, None],
             other=0.0,
-        )  # [BCO, BP]
+        )  # [BLOCK_COUT, BLOCK_P]
         xt = tl.load(
-            x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + offs_ci[None, :] * sxc,
+            x_ptr
+            + (n * stride_xn + ih * stride_xh + iw * stride_xw)[:, None]
+            + offs_ci[None, :] * stride_xc,
             mask=ok[:, None] & mask_ci[None, :],
             other=0.0,
-        )  # [BP, BCI]
+        )  # [BLOCK_P, BLOCK_CIN]
         if USE_DOT:
             acc += tl.dot(dyt, xt, input_precision="ieee").to(ACC)
         else:
@@ -322,12 +371,17 @@ def conv_bwd_weight_grouped_kernel(
     dy_ptr,  # grad of output (N, COUT, HO, WO)
     x_ptr,  # input (N, CIN, H, W)
     part_ptr,  # partials (T, COUT, CIN_PG, 9), contiguous, ACC dtype
-    N, H, W, COUT, HO, WO, COUT_PG, PIX_PER_PROG,
-    sdn, sdc, sdh, sdw,
-    sxn, sxc, sxh, sxw,
-    CIN_PG: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr,
-    ACC: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+    N, H, W, COUT, HO, WO, COUT_PG, PIXELS_PER_PARTIAL,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    CIN_PG: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
+    """Grouped 3x3 weight gradient (depthwise included), per-program partials.
+
+    dy (N, COUT, HO, WO), x (N, CIN, H, W): any strides, one dtype; part
+    (T, COUT, CIN_PG, 9) contiguous in ``ACC``. Grid: (T, cdiv(COUT, BLOCK_C), 9 * CIN_PG).
+    """
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_z = tl.program_id(2)  # tap * CIN_PG + ci
@@ -335,25 +389,29 @@ def conv_bwd_weight_grouped_kernel(
     ci = pid_z % CIN_PG
     kh = tap // 3
     kw = tap % 3
-    offs_co = pid_c * BC + tl.arange(0, BC)
+    offs_co = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_co = offs_co < COUT
     cin = (offs_co // COUT_PG) * CIN_PG + ci
     total = N * HO * WO
-    acc = tl.zeros([BC], dtype=ACC)
-    start = pid_t * PIX_PER_PROG
-    end = tl.minimum(start + PIX_PER_PROG, total)
-    for p0 in range(start, end, BP):
-        offs_p = p0 + tl.arange(0, BP)
+    acc = tl.zeros([BLOCK_C], dtype=ACC)
+    start = pid_t * PIXELS_PER_PARTIAL
+    end = tl.minimum(start + PIXELS_PER_PARTIAL, total)
+    for p0 in range(start, end, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < total
         n, oh, ow = _pixel_coords(offs_p, HO, WO)
-        ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, S, PAD, D)
+        ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE, PADDING, DILATION)
         dyt = tl.load(
-            dy_ptr + (n * sdn + oh * sdh + ow * sdw)[:, None] + offs_co[None, :] * sdc,
+            dy_ptr
+            + (n * stride_dyn + oh * stride_dyh + ow * stride_dyw)[:, None]
+            + offs_co[None, :] * stride_dyc,
             mask=mask_p[:, None] & mask_co[None, :],
             other=0.0,
         )
         xt = tl.load(
-            x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + cin[None, :] * sxc,
+            x_ptr
+            + (n * stride_xn + ih * stride_xh + iw * stride_xw)[:, None]
+            + cin[None, :] * stride_xc,
             mask=ok[:, None] & mask_co[None, :],
             other=0.0,
         )
@@ -366,24 +424,31 @@ def conv_bwd_weight_grouped_kernel(
 def bias_grad_kernel(
     dy_ptr,  # grad of output (N, C, HO, WO)
     part_ptr,  # partials (T, C), contiguous, ACC dtype
-    N, C, HO, WO, PIX_PER_PROG,
-    sdn, sdc, sdh, sdw,
-    ACC: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+    N, C, HO, WO, PIXELS_PER_PARTIAL,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
+    """Bias gradient: per-channel sums of dy over (N, HO, WO), per-program partials.
+
+    dy (N, C, HO, WO) any strides; part (T, C) contiguous in ``ACC``.
+    Grid: (T = cdiv(N*HO*WO, PIXELS_PER_PARTIAL), cdiv(C, BLOCK_C)).
+    """
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_c = pid_c * BC + tl.arange(0, BC)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     total = N * HO * WO
-    acc = tl.zeros([BC], dtype=ACC)
-    start = pid_t * PIX_PER_PROG
-    end = tl.minimum(start + PIX_PER_PROG, total)
-    for p0 in range(start, end, BP):
-        offs_p = p0 + tl.arange(0, BP)
+    acc = tl.zeros([BLOCK_C], dtype=ACC)
+    start = pid_t * PIXELS_PER_PARTIAL
+    end = tl.minimum(start + PIXELS_PER_PARTIAL, total)
+    for p0 in range(start, end, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < total
         n, oh, ow = _pixel_coords(offs_p, HO, WO)
         dyt = tl.load(
-            dy_ptr + (n * sdn + oh * sdh + ow * sdw)[:, None] + offs_c[None, :] * sdc,
+            dy_ptr
+            + (n * stride_dyn + oh * stride_dyh + ow * stride_dyw)[:, None]
+            + offs_c[None, :] * stride_dyc,
             mask=mask_p[:, None] & mask_c[None, :],
             other=0.0,
         )
@@ -392,7 +457,8 @@ def bias_grad_kernel(
 
 
 # ----------------------------------------------------------------------------------------
-# Fused depthwise-separable convolution: 3x3 depthwise (stride S, padding PAD, dilation D),
+# Fused depthwise-separable convolution: 3x3 depthwise (stride STRIDE, padding PADDING, dilation
+# DILATION),
 # optional ReLU, then 1x1 pointwise. The depthwise output ("mid", (N, C, HO, WO)) lives
 # only in registers: the forward recomputes it per tile, the backward recomputes it (and
 # its gradient) where needed, so it is never written to memory.
@@ -401,21 +467,28 @@ def bias_grad_kernel(
 @triton.jit
 def _dw_tile(
     x_ptr, wd_ptr, n, oh, ow, mask_p, offs_c, mask_c, H, W,
-    sxn, sxc, sxh, sxw, swc, swh, sww,
-    S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr, RELU: tl.constexpr,
-    ACC: tl.constexpr, BP: tl.constexpr, BCM: tl.constexpr,
+    stride_xn, stride_xc, stride_xh, stride_xw, stride_wc, stride_wh, stride_ww,
+    STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr, RELU: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CMID: tl.constexpr,
 ):  # fmt: skip
-    # depthwise 3x3 at output pixels (n, oh, ow) [BP] for channels offs_c [BCM] -> [BP, BCM]
-    mid = tl.zeros([BP, BCM], dtype=ACC)
+    # depthwise 3x3 at output pixels (n, oh, ow) [BLOCK_P] for channels offs_c [BLOCK_CMID] ->
+    # [BLOCK_P, BLOCK_CMID]
+    mid = tl.zeros([BLOCK_P, BLOCK_CMID], dtype=ACC)
     for kh in tl.static_range(3):
         for kw in tl.static_range(3):
-            ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, S, PAD, D)
+            ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE, PADDING, DILATION)
             xt = tl.load(
-                x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + offs_c[None, :] * sxc,
+                x_ptr
+                + (n * stride_xn + ih * stride_xh + iw * stride_xw)[:, None]
+                + offs_c[None, :] * stride_xc,
                 mask=ok[:, None] & mask_c[None, :],
                 other=0.0,
             )
-            wv = tl.load(wd_ptr + offs_c * swc + kh * swh + kw * sww, mask=mask_c, other=0.0)
+            wv = tl.load(
+                wd_ptr + offs_c * stride_wc + kh * stride_wh + kw * stride_ww,
+                mask=mask_c,
+                other=0.0,
+            )
             mid += xt.to(ACC) * wv.to(ACC)[None, :]
     if RELU:
         mid = tl.maximum(mid, 0.0)
@@ -429,63 +502,46 @@ def dwsep_fwd_kernel(
     wp_ptr,  # pointwise weight (COUT, C, 1, 1)
     y_ptr,  # output (N, COUT, HO, WO)
     N, C, H, W, COUT, HO, WO,
-    sxn, sxc, sxh, sxw,
-    swc, swh, sww,
-    spo, spc,
-    syn, syc, syh, syw,
-    S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr, RELU: tl.constexpr,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wc, stride_wh, stride_ww,
+    stride_po, stride_pc,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr, RELU: tl.constexpr,
     USE_DOT: tl.constexpr, ACC: tl.constexpr,
-    BP: tl.constexpr, BCM: tl.constexpr, BCO: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_CMID: tl.constexpr, BLOCK_COUT: tl.constexpr,
 ):  # fmt: skip
+    """Fused depthwise 3x3 -> (ReLU) -> pointwise 1x1 forward; mid stays in registers.
+
+    x (N, C, H, W), w_dw (C, 1, 3, 3), w_pw (COUT, C, 1, 1), y (N, COUT, HO, WO): any
+    strides, one dtype. Grid: (cdiv(N*HO*WO, BLOCK_P), cdiv(COUT, BLOCK_COUT)); each
+    program recomputes BLOCK_CMID depthwise channels at a time and feeds ``tl.dot``.
+    """
     pid_p = tl.program_id(0)
     pid_o = tl.program_id(1)
-    offs_p = pid_p * BP + tl.arange(0, BP)
-    offs_o = pid_o * BCO + tl.arange(0, BCO)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_o = pid_o * BLOCK_COUT + tl.arange(0, BLOCK_COUT)
     mask_p = offs_p < N * HO * WO
     mask_o = offs_o < COUT
     n, oh, ow = _pixel_coords(offs_p, HO, WO)
-    acc = tl.zeros([BP, BCO], dtype=ACC)
-    for c0 in range(0, C, BCM):
-        offs_c = c0 + tl.arange(0, BCM)
+    acc = tl.zeros([BLOCK_P, BLOCK_COUT], dtype=ACC)
+    for c0 in range(0, C, BLOCK_CMID):
+        offs_c = c0 + tl.arange(0, BLOCK_CMID)
         mask_c = offs_c < C
-        mid = _dw_tile(
-            x_ptr,
-            wd_ptr,
-            n,
-            oh,
-            ow,
-            mask_p,
-            offs_c,
-            mask_c,
-            H,
-            W,
-            sxn,
-            sxc,
-            sxh,
-            sxw,
-            swc,
-            swh,
-            sww,
-            S,
-            PAD,
-            D,
-            RELU,
-            ACC,
-            BP,
-            BCM,
-        )
+        mid = _dw_tile(x_ptr, wd_ptr, n, oh, ow, mask_p, offs_c, mask_c, H, W, stride_xn,
+                       stride_xc, stride_xh, stride_xw, stride_wc, stride_wh, stride_ww,
+                       STRIDE, PADDING, DILATION, RELU, ACC, BLOCK_P, BLOCK_CMID)  # fmt: skip
         wp = tl.load(
-            wp_ptr + offs_c[:, None] * spc + offs_o[None, :] * spo,
+            wp_ptr + offs_c[:, None] * stride_pc + offs_o[None, :] * stride_po,
             mask=mask_c[:, None] & mask_o[None, :],
             other=0.0,
-        )  # [BCM, BCO]
+        )  # [BLOCK_CMID, BLOCK_COUT]
         if USE_DOT:
             acc += tl.dot(mid.to(wp.dtype), wp, input_precision="ieee").to(ACC)
         else:
             acc += tl.sum(mid[:, :, None] * wp.to(ACC)[None, :, :], axis=1)
-    y_off = n * syn + oh * syh + ow * syw
+    y_off = n * stride_yn + oh * stride_yh + ow * stride_yw
     tl.store(
-        y_ptr + y_off[:, None] + offs_o[None, :] * syc,
+        y_ptr + y_off[:, None] + offs_o[None, :] * stride_yc,
         acc.to(y_ptr.dtype.element_ty),
         mask=mask_p[:, None] & mask_o[None, :],
     )
@@ -494,26 +550,27 @@ def dwsep_fwd_kernel(
 @triton.jit
 def _grad_mid_tile(
     dy_ptr, wp_ptr, n, oh, ow, mask_p, offs_c, mask_c, COUT,
-    sdn, sdc, sdh, sdw, spo, spc,
-    USE_DOT: tl.constexpr, ACC: tl.constexpr, BP: tl.constexpr, BCM: tl.constexpr,
-    BCO: tl.constexpr,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_po, stride_pc,
+    USE_DOT: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CMID: tl.constexpr,
+    BLOCK_COUT: tl.constexpr,
 ):  # fmt: skip
-    # gradient of mid at pixels (n, oh, ow): dy [BP, COUT] @ wp^T [COUT, BCM] -> [BP, BCM]
-    g = tl.zeros([BP, BCM], dtype=ACC)
-    d_off = n * sdn + oh * sdh + ow * sdw
-    for o0 in range(0, COUT, BCO):
-        offs_o = o0 + tl.arange(0, BCO)
+    # gradient of mid at pixels (n, oh, ow): dy [BLOCK_P, COUT] @ wp^T [COUT, BLOCK_CMID] ->
+    # [BLOCK_P, BLOCK_CMID]
+    g = tl.zeros([BLOCK_P, BLOCK_CMID], dtype=ACC)
+    d_off = n * stride_dyn + oh * stride_dyh + ow * stride_dyw
+    for o0 in range(0, COUT, BLOCK_COUT):
+        offs_o = o0 + tl.arange(0, BLOCK_COUT)
         mask_o = offs_o < COUT
         dyt = tl.load(
-            dy_ptr + d_off[:, None] + offs_o[None, :] * sdc,
+            dy_ptr + d_off[:, None] + offs_o[None, :] * stride_dyc,
             mask=mask_p[:, None] & mask_o[None, :],
             other=0.0,
         )
         wpt = tl.load(
-            wp_ptr + offs_o[:, None] * spo + offs_c[None, :] * spc,
+            wp_ptr + offs_o[:, None] * stride_po + offs_c[None, :] * stride_pc,
             mask=mask_o[:, None] & mask_c[None, :],
             other=0.0,
-        )  # [BCO, BCM]
+        )  # [BLOCK_COUT, BLOCK_CMID]
         if USE_DOT:
             g += tl.dot(dyt, wpt, input_precision="ieee").to(ACC)
         else:
@@ -526,65 +583,49 @@ def dwsep_bwd_weights_kernel(
     x_ptr, wd_ptr, wp_ptr, dy_ptr,
     pd_ptr,  # partial grad of the depthwise weight (T, C, 9), ACC dtype
     pp_ptr,  # partial grad of the pointwise weight (T, COUT, C), ACC dtype
-    N, C, H, W, COUT, HO, WO, PIX_PER_PROG,
-    sxn, sxc, sxh, sxw,
-    swc, swh, sww,
-    spo, spc,
-    sdn, sdc, sdh, sdw,
-    S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr, RELU: tl.constexpr,
+    N, C, H, W, COUT, HO, WO, PIXELS_PER_PARTIAL,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wc, stride_wh, stride_ww,
+    stride_po, stride_pc,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr, RELU: tl.constexpr,
     USE_DOT: tl.constexpr, ACC: tl.constexpr,
-    BP: tl.constexpr, BCM: tl.constexpr, BCO: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_CMID: tl.constexpr, BLOCK_COUT: tl.constexpr,
 ):  # fmt: skip
+    """Fused depthwise-separable backward: both weight gradients as per-program partials.
+
+    x (N, C, H, W), dy (N, COUT, HO, WO): any strides, one dtype; pd (T, C, 9) and
+    pp (T, COUT, C, zero-initialised) contiguous in ``ACC``. Grid: (T, cdiv(C, BLOCK_CMID)).
+    """
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_c = pid_c * BCM + tl.arange(0, BCM)
+    offs_c = pid_c * BLOCK_CMID + tl.arange(0, BLOCK_CMID)
     mask_c = offs_c < C
     total = N * HO * WO
-    start = pid_t * PIX_PER_PROG
-    end = tl.minimum(start + PIX_PER_PROG, total)
-    gwd = tl.zeros([16, BCM], dtype=ACC)  # 9 taps, padded to a power of two
+    start = pid_t * PIXELS_PER_PARTIAL
+    end = tl.minimum(start + PIXELS_PER_PARTIAL, total)
+    gwd = tl.zeros([16, BLOCK_CMID], dtype=ACC)  # 9 taps, padded to a power of two
     taps = tl.arange(0, 16)
-    for p0 in range(start, end, BP):
-        offs_p = p0 + tl.arange(0, BP)
+    for p0 in range(start, end, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < total
         n, oh, ow = _pixel_coords(offs_p, HO, WO)
-        mid = _dw_tile(
-            x_ptr,
-            wd_ptr,
-            n,
-            oh,
-            ow,
-            mask_p,
-            offs_c,
-            mask_c,
-            H,
-            W,
-            sxn,
-            sxc,
-            sxh,
-            sxw,
-            swc,
-            swh,
-            sww,
-            S,
-            PAD,
-            D,
-            RELU,
-            ACC,
-            BP,
-            BCM,
-        )
+        mid = _dw_tile(x_ptr, wd_ptr, n, oh, ow, mask_p, offs_c, mask_c, H, W, stride_xn,
+                       stride_xc, stride_xh, stride_xw, stride_wc, stride_wh, stride_ww,
+                       STRIDE, PADDING, DILATION, RELU, ACC, BLOCK_P, BLOCK_CMID)  # fmt: skip
         g = _grad_mid_tile(dy_ptr, wp_ptr, n, oh, ow, mask_p, offs_c, mask_c, COUT,
-                           sdn, sdc, sdh, sdw, spo, spc, USE_DOT, ACC, BP, BCM, BCO)  # fmt: skip
+                           stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_po, stride_pc,
+                           USE_DOT, ACC, BLOCK_P, BLOCK_CMID, BLOCK_COUT)  # fmt: skip
         if RELU:
             g = tl.where(mid > 0, g, 0.0)
-        # pointwise weight: mid^T [BCM, BP] @ dy [BP, BCO], accumulated into this tile's partial
-        d_off = n * sdn + oh * sdh + ow * sdw
-        for o0 in range(0, COUT, BCO):
-            offs_o = o0 + tl.arange(0, BCO)
+        # pointwise weight: mid^T [BLOCK_CMID, BLOCK_P] @ dy [BLOCK_P, BLOCK_COUT], accumulated into
+        # this tile's partial
+        d_off = n * stride_dyn + oh * stride_dyh + ow * stride_dyw
+        for o0 in range(0, COUT, BLOCK_COUT):
+            offs_o = o0 + tl.arange(0, BLOCK_COUT)
             mask_o = offs_o < COUT
             dyt = tl.load(
-                dy_ptr + d_off[:, None] + offs_o[None, :] * sdc,
+                dy_ptr + d_off[:, None] + offs_o[None, :] * stride_dyc,
                 mask=mask_p[:, None] & mask_o[None, :],
                 other=0.0,
             )
@@ -599,13 +640,15 @@ def dwsep_bwd_weights_kernel(
         # depthwise weight: per tap, sum over pixels of g * x(shifted)
         for kh in tl.static_range(3):
             for kw in tl.static_range(3):
-                ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, S, PAD, D)
+                ih, iw, ok = _tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE, PADDING, DILATION)
                 xt = tl.load(
-                    x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + offs_c[None, :] * sxc,
+                    x_ptr
+                    + (n * stride_xn + ih * stride_xh + iw * stride_xw)[:, None]
+                    + offs_c[None, :] * stride_xc,
                     mask=ok[:, None] & mask_c[None, :],
                     other=0.0,
                 )
-                s = tl.sum(g * xt.to(ACC), axis=0)  # [BCM]
+                s = tl.sum(g * xt.to(ACC), axis=0)  # [BLOCK_CMID]
                 gwd += tl.where((taps == kh * 3 + kw)[:, None], s[None, :], 0.0)
     out = pd_ptr + pid_t * C * 9 + offs_c[None, :] * 9 + taps[:, None]
     tl.store(out, gwd, mask=(taps < 9)[:, None] & mask_c[None, :])
@@ -616,59 +659,52 @@ def dwsep_bwd_input_kernel(
     x_ptr, wd_ptr, wp_ptr, dy_ptr,
     dx_ptr,  # grad of input (N, C, H, W)
     N, C, H, W, COUT, HO, WO,
-    sxn, sxc, sxh, sxw,
-    swc, swh, sww,
-    spo, spc,
-    sdn, sdc, sdh, sdw,
-    sgn, sgc, sgh, sgw,
-    S: tl.constexpr, PAD: tl.constexpr, D: tl.constexpr, RELU: tl.constexpr,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wc, stride_wh, stride_ww,
+    stride_po, stride_pc,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr, RELU: tl.constexpr,
     USE_DOT: tl.constexpr, ACC: tl.constexpr,
-    BP: tl.constexpr, BCM: tl.constexpr, BCO: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_CMID: tl.constexpr, BLOCK_COUT: tl.constexpr,
 ):  # fmt: skip
+    """Fused depthwise-separable backward: the input gradient, recomputing mid's gradient
+    (and mid itself, for the ReLU mask) at the output pixel each tap reaches.
+
+    x, dx (N, C, H, W), dy (N, COUT, HO, WO): any strides, one dtype.
+    Grid: (cdiv(N*H*W, BLOCK_P), cdiv(C, BLOCK_CMID)).
+    """
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_p = pid_p * BP + tl.arange(0, BP)
-    offs_c = pid_c * BCM + tl.arange(0, BCM)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = pid_c * BLOCK_CMID + tl.arange(0, BLOCK_CMID)
     mask_p = offs_p < N * H * W
     mask_c = offs_c < C
     n, ih, iw = _pixel_coords(offs_p, H, W)
-    acc = tl.zeros([BP, BCM], dtype=ACC)
+    acc = tl.zeros([BLOCK_P, BLOCK_CMID], dtype=ACC)
     for kh in tl.static_range(3):
         for kw in tl.static_range(3):
-            oh, ow, ok = _tap_target(ih, iw, mask_p, kh, kw, HO, WO, S, PAD, D)
+            oh, ow, ok = _tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE, PADDING, DILATION)
             # the gradient of mid at the output pixel this tap reaches, recomputed
-            g = _grad_mid_tile(
-                dy_ptr,
-                wp_ptr,
-                n,
-                oh,
-                ow,
-                ok,
-                offs_c,
-                mask_c,
-                COUT,
-                sdn,
-                sdc,
-                sdh,
-                sdw,
-                spo,
-                spc,
-                USE_DOT,
-                ACC,
-                BP,
-                BCM,
-                BCO,
-            )
+            g = _grad_mid_tile(dy_ptr, wp_ptr, n, oh, ow, ok, offs_c, mask_c, COUT,
+                               stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_po,
+                               stride_pc, USE_DOT, ACC, BLOCK_P, BLOCK_CMID,
+                               BLOCK_COUT)  # fmt: skip
             if RELU:
                 mid = _dw_tile(x_ptr, wd_ptr, n, oh, ow, ok, offs_c, mask_c, H, W,
-                               sxn, sxc, sxh, sxw, swc, swh, sww, S, PAD, D, RELU, ACC, BP,
-                               BCM)  # fmt: skip
+                               stride_xn, stride_xc, stride_xh, stride_xw, stride_wc, stride_wh,
+                               stride_ww, STRIDE, PADDING, DILATION, RELU, ACC, BLOCK_P,
+                               BLOCK_CMID)  # fmt: skip
                 g = tl.where(mid > 0, g, 0.0)
-            wv = tl.load(wd_ptr + offs_c * swc + kh * swh + kw * sww, mask=mask_c, other=0.0)
+            wv = tl.load(
+                wd_ptr + offs_c * stride_wc + kh * stride_wh + kw * stride_ww,
+                mask=mask_c,
+                other=0.0,
+            )
             acc += g * wv.to(ACC)[None, :]
-    g_off = n * sgn + ih * sgh + iw * sgw
+    g_off = n * stride_dxn + ih * stride_dxh + iw * stride_dxw
     tl.store(
-        dx_ptr + g_off[:, None] + offs_c[None, :] * sgc,
+        dx_ptr + g_off[:, None] + offs_c[None, :] * stride_dxc,
         acc.to(dx_ptr.dtype.element_ty),
         mask=mask_p[:, None] & mask_c[None, :],
     )

@@ -168,8 +168,9 @@ def _forward(
             k.conv_fwd_dense_kernel, (programs, cdiv(cout, t.block_n)),
             x, w, b_arg, y, n, cin, h, wd, cout, ho, wo,
             *strides(x), *strides(w), *strides(y),
-            S=stride, PAD=padding, D=dilation, HAS_BIAS=has_bias, USE_DOT=t.use_dot,
-            ACC=tl_acc(x.dtype), BP=t.block_p, BCO=t.block_n, BCI=t.block_k, **epilogue,
+            STRIDE=stride, PADDING=padding, DILATION=dilation, HAS_BIAS=has_bias, USE_DOT=t.use_dot,
+            ACC=tl_acc(x.dtype), BLOCK_P=t.block_p, BLOCK_COUT=t.block_n, BLOCK_CIN=t.block_k,
+            **epilogue,
             **t.launch_options,
         )  # fmt: skip
     else:
@@ -177,8 +178,10 @@ def _forward(
             k.conv_fwd_grouped_kernel, (programs, cdiv(cout, t.block_c)),
             x, w, b_arg, y, n, h, wd, cout, ho, wo, cout // groups,
             *strides(x), *strides(w), *strides(y),
-            CIN_PG=cin // groups, S=stride, PAD=padding, D=dilation, HAS_BIAS=has_bias,
-            ACC=tl_acc(x.dtype), BP=t.block_p, BC=t.block_c, **epilogue, **t.launch_options,
+            CIN_PG=cin // groups, STRIDE=stride, PADDING=padding, DILATION=dilation,
+            HAS_BIAS=has_bias,
+            ACC=tl_acc(x.dtype), BLOCK_P=t.block_p, BLOCK_C=t.block_c, **epilogue,
+            **t.launch_options,
         )  # fmt: skip
     return y, part, t.block_p
 
@@ -195,16 +198,18 @@ def _grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding, dilat
             k.conv_bwd_input_dense_kernel, (programs, cdiv(cin, t.block_n)),
             dy, w, dx, n, cin, h, wd, cout, ho, wo,
             *strides(dy), *strides(w), *strides(dx),
-            S=stride, PAD=padding, D=dilation, USE_DOT=t.use_dot, ACC=tl_acc(dy.dtype),
-            BP=t.block_p, BCI=t.block_n, BCO=t.block_k, **t.launch_options,
+            STRIDE=stride, PADDING=padding, DILATION=dilation, USE_DOT=t.use_dot,
+            ACC=tl_acc(dy.dtype),
+            BLOCK_P=t.block_p, BLOCK_CIN=t.block_n, BLOCK_COUT=t.block_k, **t.launch_options,
         )  # fmt: skip
     else:
         launch(
             k.conv_bwd_input_grouped_kernel, (programs, cdiv(cin, t.block_c)),
             dy, w, dx, n, cin, h, wd, ho, wo, cout // groups,
             *strides(dy), *strides(w), *strides(dx),
-            CIN_PG=cin // groups, S=stride, PAD=padding, D=dilation, ACC=tl_acc(dy.dtype),
-            BP=t.block_p, BC=t.block_c, **t.launch_options,
+            CIN_PG=cin // groups, STRIDE=stride, PADDING=padding, DILATION=dilation,
+            ACC=tl_acc(dy.dtype),
+            BLOCK_P=t.block_p, BLOCK_C=t.block_c, **t.launch_options,
         )  # fmt: skip
     return dx
 
@@ -220,25 +225,26 @@ def _grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, grou
         other = cdiv(cout, t.block_n) * 9 * cdiv(cin, t.block_k)
     else:
         other = cdiv(cout, t.block_c) * 9 * cin_pg
-    ppp = partial_pixels(total, other, t, x.device)
-    parts = cdiv(total, ppp)
+    pixels_per_partial = partial_pixels(total, other, t, x.device)
+    parts = cdiv(total, pixels_per_partial)
     part = torch.empty((parts, cout, cin_pg, 9), dtype=acc_dtype(x.dtype), device=x.device)
     if groups == 1:
         launch(
             k.conv_bwd_weight_dense_kernel,
             (parts, cdiv(cout, t.block_n), 9 * cdiv(cin, t.block_k)),
-            dy, x, part, n, cin, h, wd, cout, ho, wo, ppp,
+            dy, x, part, n, cin, h, wd, cout, ho, wo, pixels_per_partial,
             *strides(dy), *strides(x),
-            S=stride, PAD=padding, D=dilation, USE_DOT=t.use_dot, ACC=tl_acc(x.dtype),
-            BP=t.block_p, BCO=t.block_n, BCI=t.block_k, **t.launch_options,
+            STRIDE=stride, PADDING=padding, DILATION=dilation, USE_DOT=t.use_dot,
+            ACC=tl_acc(x.dtype),
+            BLOCK_P=t.block_p, BLOCK_COUT=t.block_n, BLOCK_CIN=t.block_k, **t.launch_options,
         )  # fmt: skip
     else:
         launch(
             k.conv_bwd_weight_grouped_kernel, (parts, cdiv(cout, t.block_c), 9 * cin_pg),
-            dy, x, part, n, h, wd, cout, ho, wo, cout // groups, ppp,
+            dy, x, part, n, h, wd, cout, ho, wo, cout // groups, pixels_per_partial,
             *strides(dy), *strides(x),
-            CIN_PG=cin_pg, S=stride, PAD=padding, D=dilation, ACC=tl_acc(x.dtype),
-            BP=t.block_p, BC=t.block_c, **t.launch_options,
+            CIN_PG=cin_pg, STRIDE=stride, PADDING=padding, DILATION=dilation, ACC=tl_acc(x.dtype),
+            BLOCK_P=t.block_p, BLOCK_C=t.block_c, **t.launch_options,
         )  # fmt: skip
     # fixed-order sum of the per-tile partials: deterministic
     return part.sum(0).view(cout, cin_pg, 3, 3).to(x.dtype)
@@ -249,13 +255,13 @@ def _grad_bias(dy: Tensor) -> Tensor:
     t = tiles(dy.dtype, "grouped")  # per-channel sums: elementwise, like the grouped kernels
     n, c, ho, wo = dy.shape
     total = n * ho * wo
-    ppp = partial_pixels(total, cdiv(c, t.block_c), t, dy.device)
-    parts = cdiv(total, ppp)
+    pixels_per_partial = partial_pixels(total, cdiv(c, t.block_c), t, dy.device)
+    parts = cdiv(total, pixels_per_partial)
     part = torch.empty((parts, c), dtype=acc_dtype(dy.dtype), device=dy.device)
     launch(
         k.bias_grad_kernel, (parts, cdiv(c, t.block_c)),
-        dy, part, n, c, ho, wo, ppp, *strides(dy),
-        ACC=tl_acc(dy.dtype), BP=t.block_p, BC=t.block_c, **t.launch_options,
+        dy, part, n, c, ho, wo, pixels_per_partial, *strides(dy),
+        ACC=tl_acc(dy.dtype), BLOCK_P=t.block_p, BLOCK_C=t.block_c, **t.launch_options,
     )  # fmt: skip
     return part.sum(0).to(dy.dtype)
 

@@ -69,8 +69,9 @@ def _forward(x, wd, wp, stride, padding, dilation, relu):
         _k().dwsep_fwd_kernel, (cdiv(n * ho * wo, t.block_p), cdiv(cout, t.block_n)),
         x, wd, wp, y, n, c, h, w, cout, ho, wo,
         *strides(x), *_wd_strides(wd), *_wp_strides(wp), *strides(y),
-        S=stride, PAD=padding, D=dilation, RELU=relu, USE_DOT=t.use_dot, ACC=tl_acc(x.dtype),
-        BP=t.block_p, BCM=t.block_k, BCO=t.block_n, **t.launch_options,
+        STRIDE=stride, PADDING=padding, DILATION=dilation, RELU=relu, USE_DOT=t.use_dot,
+        ACC=tl_acc(x.dtype), BLOCK_P=t.block_p, BLOCK_CMID=t.block_k, BLOCK_COUT=t.block_n,
+        **t.launch_options,
     )  # fmt: skip
     return y
 
@@ -81,16 +82,16 @@ def _backward(dy, x, wd, wp, stride, padding, dilation, relu):
     n, c, h, w = x.shape
     cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     c_blocks = cdiv(c, t.block_k)
-    ppp = partial_pixels(n * ho * wo, c_blocks, t, x.device)
-    parts = cdiv(n * ho * wo, ppp)
+    pixels_per_partial = partial_pixels(n * ho * wo, c_blocks, t, x.device)
+    parts = cdiv(n * ho * wo, pixels_per_partial)
     part_dw = torch.empty((parts, c, 9), dtype=acc_dtype(x.dtype), device=x.device)
     part_pw = torch.zeros((parts, cout, c), dtype=acc_dtype(x.dtype), device=x.device)
-    common = dict(S=stride, PAD=padding, D=dilation, RELU=relu, USE_DOT=t.use_dot,
-                  ACC=tl_acc(x.dtype), BP=t.block_p, BCM=t.block_k, BCO=t.block_n,
-                  **t.launch_options)  # fmt: skip
+    common = dict(STRIDE=stride, PADDING=padding, DILATION=dilation, RELU=relu,
+                  USE_DOT=t.use_dot, ACC=tl_acc(x.dtype), BLOCK_P=t.block_p,
+                  BLOCK_CMID=t.block_k, BLOCK_COUT=t.block_n, **t.launch_options)  # fmt: skip
     launch(
         k.dwsep_bwd_weights_kernel, (parts, c_blocks),
-        x, wd, wp, dy, part_dw, part_pw, n, c, h, w, cout, ho, wo, ppp,
+        x, wd, wp, dy, part_dw, part_pw, n, c, h, w, cout, ho, wo, pixels_per_partial,
         *strides(x), *_wd_strides(wd), *_wp_strides(wp), *strides(dy), **common,
     )  # fmt: skip
     dx = torch.empty_like(x, memory_format=memory_format(x))

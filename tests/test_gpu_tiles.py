@@ -109,7 +109,7 @@ def test_launches_record_the_gpu_configuration():
         conv._grad_weight(torch.empty_like(x), x, w.shape, 1, 1, 1, 64)
     (la,) = launches
     t = GPU_TILES["grouped"]
-    assert la.meta["BP"] == t.block_p and la.meta["BC"] == t.block_c
+    assert la.meta["BLOCK_P"] == t.block_p and la.meta["BLOCK_C"] == t.block_c
     assert la.meta["num_warps"] == t.num_warps
     assert la.grid[0] * la.grid[1] * la.grid[2] >= 2 * 132
 
