@@ -43,6 +43,7 @@ from fastcifar.data import (
 from fastcifar.errors import FastCifarError
 from fastcifar.models import MODELS, create_model
 from fastcifar.recipes import Recipe
+from fastcifar.rundir import atomic_save, atomic_write, load_checkpoint
 
 
 @dataclass
@@ -300,41 +301,6 @@ class RunState:
     compile_time_s: float = 0.0  # warm-up before the timed epochs
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def prepare_run_dir(out: Path, resume: bool) -> None:
-    """Create ``out`` and prove it writable.
-
-    Raises:
-        FastCifarError: it cannot be written, or it already holds a run and this is no resume.
-    """
-    if not resume and (out / "config.json").exists():
-        raise FastCifarError(
-            f"{out} already holds a run: pass --resume {out} to continue it, or choose "
-            f"another --out"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise FastCifarError(
-            f"cannot write the output directory {out} ({exc.strerror or exc}): pass --out with "
-            f"a writable path"
-        ) from None
-
-
 class Trainer:
     """Trains ``recipe`` with ``options`` into ``run_dir``; ``fit()`` runs to the end.
 
@@ -566,12 +532,7 @@ class Trainer:
                 f"{path.parent} has no last.pt checkpoint (the run stopped before its first "
                 f"epoch ended): start it again without --resume"
             )
-        try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:
-            raise FastCifarError(
-                f"checkpoint {path} does not load ({_first_line(exc)}): start a new run"
-            ) from None
+        ckpt = load_checkpoint(path, self.device, "start a new run (drop --resume)")
         self.model.load_state_dict(ckpt["train_model"])
         if self.ema is not None:
             self.ema.load_state_dict(ckpt["ema"])
@@ -583,12 +544,12 @@ class Trainer:
 
     def _save_epoch(self, is_best: bool) -> None:
         ckpt = self._checkpoint()
-        _atomic_save(ckpt, self.run_dir / "last.pt")
+        atomic_save(ckpt, self.run_dir / "last.pt")
         if is_best:
-            _atomic_save(ckpt, self.run_dir / "best.pt")
+            atomic_save(ckpt, self.run_dir / "best.pt")
         lines = "".join(json.dumps(m) + "\n" for m in self.state.metrics)
-        _atomic_write(self.run_dir / "metrics.jsonl", lines)
-        _atomic_write(self.run_dir / "lr.json", json.dumps(self.state.lrs))
+        atomic_write(self.run_dir / "metrics.jsonl", lines)
+        atomic_write(self.run_dir / "lr.json", json.dumps(self.state.lrs))
         if self.tensorboard is not None:
             row = self.state.metrics[-1]
             for key, value in row.items():
@@ -801,7 +762,7 @@ class Trainer:
             "data": self.arrays.source,
             "versions": versions(),
         }
-        _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
 
@@ -813,7 +774,7 @@ def _device_name(device: torch.device) -> str:
 
 def write_config(run_dir: Path, recipe: Recipe, options: RunOptions) -> None:
     config = {"recipe": asdict(recipe), "run": asdict(options), "argv": sys.argv[1:]}
-    _atomic_write(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
 
 
 def read_config(run_dir: Path) -> tuple[Recipe, RunOptions]:

@@ -36,6 +36,7 @@ from torch import nn
 from fastcifar.data import CLASSES, EvalLoader, build_augmentation, load_cifar10, stratified_subset
 from fastcifar.errors import FastCifarError, run_cli
 from fastcifar.models import MODELS, create_model
+from fastcifar.rundir import load_checkpoint
 
 
 def _plt():
@@ -61,12 +62,15 @@ def load_model(run_dir: Path, checkpoint: str = "last.pt", device="cpu") -> tupl
         raise FastCifarError(
             f"{run_dir} has no {checkpoint}: evaluate a run directory after its first epoch"
         )
+    ckpt = load_checkpoint(path, device, "train the run again or pass another run directory")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
         model = create_model(ckpt["recipe"]["model"])
         model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError, OSError) as exc:
-        raise FastCifarError(f"{path} does not load ({exc}): train the run again") from None
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise FastCifarError(
+            f"checkpoint {path} does not fit its model ({type(exc).__name__}): train the run "
+            f"again or pass another run directory"
+        ) from None
     return model.float().to(device).eval(), ckpt
 
 

@@ -26,12 +26,12 @@ from fastcifar.engine import (
     LOADER_CHOICES,
     RunOptions,
     Trainer,
-    prepare_run_dir,
     read_config,
     write_config,
 )
 from fastcifar.errors import FastCifarError, run_cli
 from fastcifar.recipes import DEFAULT_RECIPE, RECIPE_DOCS, RECIPES, get_recipe, overridable_fields
+from fastcifar.rundir import prepare_run_dir
 
 _FIELD_HELP = {
     "model": "model name (see fastcifar.models.MODELS)",

@@ -77,6 +77,7 @@ class Row:
     num_warps: int = 0
     num_stages: int = 0
     occupancy: float = 1.0
+    worst: str = ""  # the configuration with the most spill bytes, else registers
     errors: list[str] = field(default_factory=list)
 
 
@@ -111,6 +112,7 @@ def record(configs, dtypes) -> list:
     with launch.record_launches() as launches:
         for dtype in dtypes:
             for xs, ws, s, p, d, g, cl in configs:
+                first = len(launches)
                 x, w = meta(xs, dtype, cl), meta(ws, dtype)
                 b = meta((ws[0],), dtype)
                 fmt = torch.channels_last if cl else torch.contiguous_format
@@ -126,6 +128,10 @@ def record(configs, dtypes) -> list:
                     for relu in (False, True):
                         y2 = dwsep._forward(x, w, wp, s, p, d, relu)
                         dwsep._backward(torch.empty_like(y2), x, w, wp, s, p, d, relu)
+                label = (f"{xs[1]}->{ws[0]} {xs[2]}x{xs[3]} g{g} s{s} p{p} d{d} "
+                         f"{'cl' if cl else 'nchw'}")  # fmt: skip
+                for la in launches[first:]:
+                    la.meta_label = label
     return launches
 
 
@@ -191,7 +197,7 @@ def dtype_of(la) -> str:
     return {v: k for k, v in DTYPES.items()}[first.dtype]
 
 
-_JOBS: list[tuple] = []  # (kernel name, dtype, arch, compile arguments), for the workers
+_JOBS: list[tuple] = []  # (kernel, dtype, arch, compile arguments, config label), for workers
 
 
 def _compile_job(i: int) -> dict:
@@ -202,14 +208,20 @@ def _compile_job(i: int) -> dict:
         return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"}
 
 
-def run(quick: bool, archs: list[int], workers: int) -> tuple[list[Row], int, int, int]:
-    dtypes = list(DTYPES.values())
-    launches = record(conv_configs(quick), dtypes)
+def run(
+    quick: bool, archs: list[int], workers: int, dtypes: list[str] | None = None,
+    kernels: str | None = None,
+) -> tuple[list[Row], int, int, int]:  # fmt: skip
+    launches = record(conv_configs(quick), [DTYPES[d] for d in dtypes or DTYPES])
+    if kernels:
+        launches = [la for la in launches if re.search(kernels, la.kernel.__name__)]
     unique: dict[str, tuple] = {}
     for arch in archs:
         for la in launches:
             key, job = specialise(la, arch)
-            unique.setdefault(key, (la.kernel.__name__, dtype_of(la), arch, job))
+            unique.setdefault(
+                key, (la.kernel.__name__, dtype_of(la), arch, job, getattr(la, "meta_label", ""))
+            )
     _JOBS[:] = unique.values()
     if workers > 1:
         ctx = multiprocessing.get_context("fork")
@@ -219,7 +231,7 @@ def run(quick: bool, archs: list[int], workers: int) -> tuple[list[Row], int, in
         results = [_compile_job(i) for i in range(len(_JOBS))]
     rows: dict[tuple, Row] = {}
     compiled = failed = spilling = 0
-    for (name, dt, arch, _), r in zip(_JOBS, results, strict=True):
+    for (name, dt, arch, _, label), r in zip(_JOBS, results, strict=True):
         row = rows.setdefault((name, dt, arch), Row(name, dt, arch))
         if "error" in r:
             row.failed += 1
@@ -229,6 +241,8 @@ def run(quick: bool, archs: list[int], workers: int) -> tuple[list[Row], int, in
         compiled += 1
         row.compiles += 1
         spilling += r["spill"] > 0
+        if (r["spill"], r["registers"]) > (row.spill, row.registers):
+            row.worst = label
         row.registers = max(row.registers, r["registers"])
         row.spill = max(row.spill, r["spill"])
         row.shared = max(row.shared, r["shared"])
@@ -271,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default=None, help="comma-separated SM versions (default 80,90)")
     ap.add_argument("--markdown", help="also write the table to this Markdown file")
     ap.add_argument("--json", help="also write the rows to this JSON file")
+    ap.add_argument("--dtypes", help="comma-separated subset of bf16,fp16,fp32 (default all)")
+    ap.add_argument("--kernels", help="only kernels whose name matches this regular expression")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="compiler processes (default: one per core)")  # fmt: skip
     args = ap.parse_args(argv)
@@ -286,7 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aot_check: unknown arch {bad}: choose from {sorted(SM_LIMITS)}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    rows, compiled, failed, spilling = run(args.quick, archs, max(1, args.workers))
+    dtypes = args.dtypes.split(",") if args.dtypes else None
+    if dtypes and not set(dtypes) <= set(DTYPES):
+        print(f"aot_check: unknown dtype in {dtypes}: choose from {list(DTYPES)}", file=sys.stderr)
+        return 2
+    rows, compiled, failed, spilling = run(args.quick, archs, max(1, args.workers), dtypes,
+                                           args.kernels)  # fmt: skip
     table = markdown(rows)
     print(f"triton {triton.__version__}, torch {torch.__version__}, batch {BATCH}, "
           f"{'quick' if args.quick else 'full'}, {time.perf_counter() - start:.0f} s")  # fmt: skip
@@ -296,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED {r.kernel} {r.dtype} sm_{r.arch}: {e}")
     bad_spills = [r for r in rows if r.spill and r.dtype in LOW_PRECISION]
     for r in bad_spills:
-        print(f"SPILLS {r.kernel} {r.dtype} sm_{r.arch}: {r.spill} bytes")
+        print(f"SPILLS {r.kernel} {r.dtype} sm_{r.arch}: {r.spill} bytes (worst: {r.worst})")
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table + "\n")
