@@ -1,6 +1,6 @@
 """The training engine: one run of a recipe, with checkpoints, resume and a run directory.
 
-A run directory (shared/DESIGN.md) holds:
+A run directory (docs/DESIGN.md) holds:
 
 * ``config.json``: the recipe and the run options, written before the first epoch;
 * ``metrics.jsonl``: one JSON object per finished epoch (epoch, lr, train_loss,
@@ -65,6 +65,27 @@ class RunOptions:
     kernels: str = "auto"  # auto | triton | torch
     loader: str = "auto"  # auto | gpu | dali | albumentations
     tensorboard: bool = False  # log scalars (and, at evaluation, figures) to RUN_DIR/tensorboard
+
+
+def criterion(loss: str, label_smoothing: float = 0.0):
+    """The training loss of ``Recipe.loss``, computed in float32: a function of
+    (output (N, 10), labels (N,) int64) -> scalar mean loss.
+
+    * ``nll``: ``F.nll_loss`` on a model's log-probabilities (the EVA/ERA seeds end in
+      log_softmax); with label smoothing, ``F.cross_entropy``, which equals smoothed NLL on
+      log-probabilities (log_softmax of log-probabilities is the identity);
+    * ``cross_entropy``: ``F.cross_entropy`` on logits (the ResNets, the speed run).
+
+    Raises:
+        ValueError: an unknown loss name (recipes validate it before this).
+    """
+    if loss == "nll":
+        if label_smoothing:
+            return lambda out, y: F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+        return lambda out, y: F.nll_loss(out.float(), y)
+    if loss == "cross_entropy":
+        return lambda out, y: F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+    raise ValueError(f"unknown loss {loss!r}: nll or cross_entropy")
 
 
 class TrainingDiverged(FastCifarError):
@@ -497,10 +518,7 @@ class Trainer:
         return None
 
     def _criterion(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = out.float()
-        # For log-probabilities cross_entropy equals NLL (log_softmax is idempotent), and it
-        # also applies label smoothing.
-        return F.cross_entropy(out, y, label_smoothing=self.recipe.label_smoothing)
+        return criterion(self.recipe.loss, self.recipe.label_smoothing)(out, y)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)

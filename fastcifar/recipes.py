@@ -1,4 +1,4 @@
-"""Named training recipes, one per seed model (shared/seeds/SPECS.md).
+"""Named training recipes, one per seed model (docs/SEEDS.md).
 
 A ``Recipe`` holds everything that decides what a run learns: model, augmentation,
 optimizer, schedule, loss and regularisation, batch size and epochs. Every field

@@ -10,7 +10,8 @@ Layer 1 of fastcifar: knows nothing of models or training.
 * ``conv2d_relu_stats``: the convolution with ReLU and BatchNorm-statistics epilogues
   (``fastcifar.nn.FusedConvReLUBN`` builds the seeds' Conv-ReLU-BN block on it; opt-in).
 * ``is_supported`` / ``check_supported``: whether a configuration runs in Triton.
-* ``fastcifar.kernels.validate``: numerical validation against PyTorch.
+* ``fastcifar.kernels.validate``: numerical validation against PyTorch (its command is
+  ``python -m fastcifar.validate``, in the layer above).
 
 On a machine without a GPU the kernels run under the Triton interpreter: set
 ``TRITON_INTERPRET=1`` before the first launch (slow; for tests on tiny shapes).

@@ -216,7 +216,7 @@ def _grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding, dilat
 
 def _grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, groups):
     k = _k()
-    t = tiles(x.dtype, "dense" if groups == 1 else "grouped")
+    t = tiles(x.dtype, "dense" if groups == 1 else "reduce")
     n, cin, h, wd = x.shape
     cout, cin_pg = w_shape[0], w_shape[1]
     ho, wo = dy.shape[2], dy.shape[3]
@@ -252,7 +252,7 @@ def _grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, grou
 
 def _grad_bias(dy: Tensor) -> Tensor:
     k = _k()
-    t = tiles(dy.dtype, "grouped")  # per-channel sums: elementwise, like the grouped kernels
+    t = tiles(dy.dtype, "reduce")
     n, c, ho, wo = dy.shape
     total = n * ho * wo
     pixels_per_partial = partial_pixels(total, cdiv(c, t.block_c), t, dy.device)

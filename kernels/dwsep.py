@@ -78,28 +78,31 @@ def _forward(x, wd, wp, stride, padding, dilation, relu):
 
 def _backward(dy, x, wd, wp, stride, padding, dilation, relu):
     k = _k()
-    t = tiles(x.dtype, "dwsep")
     n, c, h, w = x.shape
     cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
-    c_blocks = cdiv(c, t.block_k)
-    pixels_per_partial = partial_pixels(n * ho * wo, c_blocks, t, x.device)
+    strided = (*strides(x), *_wd_strides(wd), *_wp_strides(wp), *strides(dy))
+
+    def meta(t):
+        return dict(STRIDE=stride, PADDING=padding, DILATION=dilation, RELU=relu,
+                    USE_DOT=t.use_dot, ACC=tl_acc(x.dtype), BLOCK_P=t.block_p,
+                    BLOCK_CMID=t.block_k, BLOCK_COUT=t.block_n, **t.launch_options)  # fmt: skip
+
+    tw = tiles(x.dtype, "dwsep_weights")
+    c_blocks = cdiv(c, tw.block_k)
+    pixels_per_partial = partial_pixels(n * ho * wo, c_blocks, tw, x.device)
     parts = cdiv(n * ho * wo, pixels_per_partial)
     part_dw = torch.empty((parts, c, 9), dtype=acc_dtype(x.dtype), device=x.device)
     part_pw = torch.zeros((parts, cout, c), dtype=acc_dtype(x.dtype), device=x.device)
-    common = dict(STRIDE=stride, PADDING=padding, DILATION=dilation, RELU=relu,
-                  USE_DOT=t.use_dot, ACC=tl_acc(x.dtype), BLOCK_P=t.block_p,
-                  BLOCK_CMID=t.block_k, BLOCK_COUT=t.block_n, **t.launch_options)  # fmt: skip
     launch(
         k.dwsep_bwd_weights_kernel, (parts, c_blocks),
         x, wd, wp, dy, part_dw, part_pw, n, c, h, w, cout, ho, wo, pixels_per_partial,
-        *strides(x), *_wd_strides(wd), *_wp_strides(wp), *strides(dy), **common,
+        *strided, **meta(tw),
     )  # fmt: skip
+    ti = tiles(x.dtype, "dwsep")
     dx = torch.empty_like(x, memory_format=memory_format(x))
     launch(
-        k.dwsep_bwd_input_kernel, (cdiv(n * h * w, t.block_p), c_blocks),
-        x, wd, wp, dy, dx, n, c, h, w, cout, ho, wo,
-        *strides(x), *_wd_strides(wd), *_wp_strides(wp), *strides(dy), *strides(dx),
-        **common,
+        k.dwsep_bwd_input_kernel, (cdiv(n * h * w, ti.block_p), cdiv(c, ti.block_k)),
+        x, wd, wp, dy, dx, n, c, h, w, cout, ho, wo, *strided, *strides(dx), **meta(ti),
     )  # fmt: skip
     g_wd = part_dw.sum(0).view(c, 1, 3, 3).to(x.dtype)
     g_wp = part_pw.sum(0).view(cout, c, 1, 1).to(x.dtype)

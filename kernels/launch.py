@@ -88,20 +88,35 @@ class Tiles:
         return {"num_warps": self.num_warps, "num_stages": self.num_stages}
 
 
-# Per kernel family. Chosen from the sm_90 AOT compile (scripts/aot_check.py; table in
-# benchmarks/RESULTS.md), not yet from GPU timings:
-# * dense: tl.dot tiles of 64 pixels x 32 output channels, K = 16 (no spills; bfloat16
-#   72-128 registers);
-# * grouped (depthwise, small groups, the bias gradient): 32 pixels x 16 channels of
-#   elementwise math. 64 x 32 tiles needed 128 registers for a plain depthwise forward
-#   and spilled 460-1,270 bytes with the ReLU + statistics epilogue; 32 x 16 needs 56
-#   and 128 (31 % -> 56 % occupancy for the plain forward);
-# * dwsep (fused depthwise-separable): 32 pixels x 16 depthwise channels, 32 output
-#   channels per tl.dot; 64-pixel tiles spilled ~500 bytes in the bfloat16 backward.
+# Per kernel family, chosen from sm_80/sm_90 AOT compiles (scripts/aot_check.py; the
+# table and the variants tried are in benchmarks/RESULTS.md), not yet from GPU timings:
+# * dense: tl.dot tiles of 64 pixels x 32 output channels, K = 16 (no spills);
+# * grouped (depthwise and small-group forward and input gradient): 16 pixels x 16
+#   channels of elementwise math, 4 warps: 48-66 registers, no spills, 44-62 %
+#   occupancy. 32 x 16 spilled up to 374 bytes on sm_90 with the ReLU + statistics
+#   epilogue (s7's groups=32 layer, float16); 64 x 32 needed 128 registers for a plain
+#   depthwise forward;
+# * reduce (grouped weight gradient, bias gradient: sums over pixels): 32 pixels x 16
+#   channels per step, 4 warps: about 40 registers, 75 % occupancy;
+# * dwsep (fused depthwise-separable forward and input gradient): 32 pixels x 16
+#   depthwise channels, 32 output channels per tl.dot, 8 warps, 1 stage: 120-210
+#   registers, no spills (4 warps, 3 stages: 246-255 registers, 8-20 bytes spilled);
+# * dwsep_weights (its weight gradients): 16 pixels x 16 x 16, 4 warps: 140-158
+#   registers, no spills (32 x 16 x 32 spilled 12-56 bytes in every variant tried).
 GPU_TILES = {
     "dense": Tiles(block_p=64, block_c=32, block_n=32, block_k=16, pixels_per_partial=4096),
-    "grouped": Tiles(block_p=32, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
-    "dwsep": Tiles(block_p=32, block_c=16, block_n=32, block_k=16, pixels_per_partial=4096),
+    "grouped": Tiles(block_p=16, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
+    "reduce": Tiles(block_p=32, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
+    "dwsep": Tiles(
+        block_p=32,
+        block_c=16,
+        block_n=32,
+        block_k=16,
+        pixels_per_partial=4096,
+        num_warps=8,
+        num_stages=1,
+    ),
+    "dwsep_weights": Tiles(block_p=16, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
 }
 FAMILIES = tuple(GPU_TILES)
 INTERPRETER_TILES = Tiles(block_p=512, block_c=64, block_n=64, block_k=32, pixels_per_partial=8192)

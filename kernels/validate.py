@@ -12,16 +12,12 @@ convolution in the same dtype, both against a float64 PyTorch reference, and jud
   inputs, or below 4 units of roundoff, whichever is larger (weight gradients sum over
   N*H*W terms, so element-wise bounds would be wrong).
 
-``python -m fastcifar.kernels.validate --model NAME`` does this for a fastcifar model
-and prints the table; without a GPU it turns on the Triton interpreter (slow: it uses
-batch 2 unless ``--batch`` says otherwise).
+``python -m fastcifar.validate --model NAME`` (the command, in the layer above) does this
+for a fastcifar model and prints ``format_table``'s table.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -187,50 +183,3 @@ def format_table(results: list[ValidationResult]) -> str:
         "errors: norm-wise relative to a float64 reference, Triton/PyTorch in the same dtype"
     )
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m fastcifar.kernels.validate",
-        description="Validate the Triton convolutions on every distinct conv configuration "
-        "of a model against PyTorch, forward and backward.",
-    )
-    p.add_argument("--model", default="s7", help="model name (default s7)")
-    p.add_argument("--batch", type=int, help="batch size (default 128 on CUDA, 2 on the CPU)")
-    p.add_argument("--dtype", default="float32",
-                   choices=("float32", "float16", "bfloat16", "float64"))  # fmt: skip
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="channels_last memory format (default on)")  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto, cuda or cpu (interpreter)")
-    args = p.parse_args(argv)
-    from fastcifar.errors import FastCifarError
-    from fastcifar.models import create_model
-
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
-    if device.type == "cpu":
-        os.environ["TRITON_INTERPRET"] = "1"
-    batch = args.batch or (128 if device.type == "cuda" else 2)
-    if batch < 1:
-        raise FastCifarError(f"--batch {batch} is below 1: pass 1 or more")
-    dtype = getattr(torch, args.dtype)
-    model = create_model(args.model).to(device)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    example = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-    configs = collect_conv_configs(model.to(memory_format=fmt), example, dtype)
-    results = validate_configs(configs, device)
-    print(f"{args.model}: {len(configs)} distinct Triton conv configurations, batch {batch}, "
-          f"device {device}")  # fmt: skip
-    print(format_table(results))
-    failed = [r for r in results if not r.passed]
-    if failed:
-        print(f"FAILED: {failed[0].layers[0]}: {failed[0].message}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    from fastcifar.errors import run_cli
-
-    sys.exit(run_cli(main))

@@ -6,7 +6,7 @@ recorded and the next stage runs:
 1. ``environment``: GPU name, driver, SM clock, memory, versions, and the measured
    device-to-device copy bandwidth (GB/s, read + write bytes of a 1 GiB copy);
 2. ``cuda_tests``: the ``cuda``-marked tests (``pytest -m cuda tests``);
-3. ``validation``: ``python -m fastcifar.kernels.validate`` for every model, bfloat16;
+3. ``validation``: ``python -m fastcifar.validate`` for every model, bfloat16;
 4. ``kernel_bench``: ``benchmarks/test_conv_kernels.py`` (ours vs cuDNN vs
    torch.compile: ms, GB/s, fraction of the copy bandwidth);
 5. ``loader_bench``: ``benchmarks/test_loaders.py`` (images/s per backend and recipe,
@@ -127,10 +127,7 @@ def stages(out: Path, quick: bool, data: str) -> list[tuple[str, list[list[str]]
         ),  # fmt: skip
         (
             "validation",
-            [
-                [py, "-m", "fastcifar.kernels.validate", "--model", m, "--dtype", "bfloat16"]
-                for m in MODELS
-            ],
+            [[py, "-m", "fastcifar.validate", "--model", m, "--dtype", "bfloat16"] for m in MODELS],
             {},
         ),  # fmt: skip
         (

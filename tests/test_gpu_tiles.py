@@ -89,9 +89,10 @@ def test_depthwise_separable(dtype, relu):
 
 
 def test_weight_gradient_split_fills_the_gpu():
-    # the seeds' smallest map: C=64, 8x8, batch 512 -> 32,768 pixels
-    t = GPU_TILES["grouped"]  # on the CPU, partial_pixels assumes an H100's 132 SMs
-    grouped_other = 2 * 9  # two 32-channel blocks x 9 taps
+    # a depthwise weight gradient at C=32, 8x8, batch 512: 32,768 pixels; 4,096 pixels a
+    # program would launch 8 x 2 x 9 = 144 programs for 132 SMs
+    t = GPU_TILES["reduce"]  # on the CPU, partial_pixels assumes an H100's 132 SMs
+    grouped_other = -(-32 // t.block_c) * 9  # channel blocks x 9 taps
     pixels = partial_pixels(512 * 64, grouped_other, t, torch.device("cpu"))
     assert pixels < t.pixels_per_partial and pixels % t.block_p == 0
     assert -(-512 * 64 // pixels) * grouped_other >= 2 * 132
@@ -103,12 +104,12 @@ def test_weight_gradient_split_fills_the_gpu():
 def test_launches_record_the_gpu_configuration():
     from fastcifar.kernels import conv
 
-    x = torch.empty(512, 64, 8, 8, device="meta").contiguous(memory_format=torch.channels_last)
-    w = torch.empty(64, 1, 3, 3, device="meta")
+    x = torch.empty(512, 32, 8, 8, device="meta").contiguous(memory_format=torch.channels_last)
+    w = torch.empty(32, 1, 3, 3, device="meta")
     with record_launches() as launches:
         conv._grad_weight(torch.empty_like(x), x, w.shape, 1, 1, 1, 64)
     (la,) = launches
-    t = GPU_TILES["grouped"]
+    t = GPU_TILES["reduce"]
     assert la.meta["BLOCK_P"] == t.block_p and la.meta["BLOCK_C"] == t.block_c
     assert la.meta["num_warps"] == t.num_warps
     assert la.grid[0] * la.grid[1] * la.grid[2] >= 2 * 132

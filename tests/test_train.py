@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -180,7 +181,37 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tiny_tree, 
     assert len(read_metrics(tmp_path)) == 1
 
 
-def test_label_smoothing_and_l1_reach_the_loss(tiny_tree, tmp_path):
+def test_l1_penalty_value_gradient_and_step(tiny_tree, tmp_path):
+    from fastcifar.engine import l1_penalty
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    value = l1_penalty(model)
+    expected = sum(p.detach().abs().mean() for p in model.parameters())
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    for p in model.parameters():  # d/dp mean(|p|) = sign(p) / numel
+        torch.testing.assert_close(p.grad, p.detach().sign() / p.numel())
+
+    # one training step: the L1 term adds exactly lr * l1 * sign(p) / numel to the update
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    deltas, start = {}, None
+    for l1 in (0.0, 0.5):
+        recipe = get_recipe("s7").replace(l1=l1, batch_size=8)
+        t = Trainer(recipe, _options(tiny_tree), tmp_path / f"l1-{l1}")
+        if start is None:
+            start = copy.deepcopy(t.model.state_dict())
+        t.model.load_state_dict(start)  # both runs start from the same weights
+        w0 = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+        lr = t.optimizer.param_groups[0]["lr"]
+        torch.manual_seed(1)  # the same dropout masks
+        t._train_step(x, y)
+        deltas[l1] = {n: p.detach() - w0[n] for n, p in t.model.named_parameters()}
+    name, w = next((n, w) for n, w in w0.items() if w.dim() == 4)
+    extra = deltas[0.5][name] - deltas[0.0][name]
+    torch.testing.assert_close(extra, -lr * 0.5 * w.sign() / w.numel(), rtol=1e-3, atol=1e-7)
+
+
+def test_label_smoothing_reaches_the_loss(tiny_tree, tmp_path):
     recipe = get_recipe("s7").replace(label_smoothing=0.1)
     t = Trainer(recipe, _options(tiny_tree), tmp_path)
     logp = torch.log_softmax(torch.randn(4, 10), 1)
@@ -309,3 +340,22 @@ def test_ctrl_c_leaves_no_worker_processes(real_archive, tmp_path):
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     time.sleep(1)
     assert workers() == []
+
+
+def test_recipe_loss_drives_the_criterion():
+    from fastcifar.engine import criterion
+
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(6, 10, generator=gen)  # not log-probabilities: NLL and CE differ
+    y = torch.randint(0, 10, (6,), generator=gen)
+    nll, ce = criterion("nll")(scores, y), criterion("cross_entropy")(scores, y)
+    assert torch.allclose(nll, torch.nn.functional.nll_loss(scores, y))
+    assert torch.allclose(ce, torch.nn.functional.cross_entropy(scores, y))
+    assert not torch.allclose(nll, ce)
+    # on log-probabilities, smoothed NLL is smoothed cross-entropy
+    logp = scores.log_softmax(1)
+    smoothed = criterion("nll", 0.1)(logp, y)
+    by_hand = 0.9 * torch.nn.functional.nll_loss(logp, y) + 0.1 * (-logp.mean(1)).mean()
+    assert torch.allclose(smoothed, by_hand, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown loss"):
+        criterion("hinge")

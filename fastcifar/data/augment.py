@@ -18,7 +18,7 @@ tests turn those warnings into errors. The 1.x transforms the seeds used map to 
   the hole's centre is then uniform over the image and the hole is clipped, as before.
 * ``value=`` / ``fill_value=`` -> ``fill=``.
 
-Sources: SPECS.md (the seeds' real pipelines) and the albumentations 2.0.8 signatures.
+Sources: docs/SEEDS.md (the seeds' real pipelines) and the albumentations 2.0.8 signatures.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def s7_train(mean: Stats, std: Stats) -> A.Compose:
     """EVA6 S7 (and S7 mixed): flip, shift-scale-rotate, to-gray, normalise, one 16x16 hole.
 
     The hole comes after Normalize and is filled with the channel *means* as numbers, so in
-    normalised units it holds (0.491, 0.482, 0.447), as the seed's did (SPECS.md section 1).
+    normalised units it holds (0.491, 0.482, 0.447), as the seed's did (docs/SEEDS.md section 1).
     """
     return A.Compose(
         [
@@ -95,7 +95,7 @@ def s7_train(mean: Stats, std: Stats) -> A.Compose:
 def attention_train(mean: Stats, std: Stats) -> A.Compose:
     """EVA8 S9: rotate +-5 deg, normalise, pad to 40 and random crop 32, Cutout 16x16 (p 0.5).
 
-    The seed README lists the rotation; the function its run called had none (SPECS.md
+    The seed README lists the rotation; the function its run called had none (docs/SEEDS.md
     section 2): the README's pipeline is followed. The pad and the cutout come after
     Normalize and fill with the channel means' raw values (pad) and 0 (cutout), as the seed.
     """
@@ -122,7 +122,7 @@ def c1c2c3c40_train(mean: Stats, std: Stats) -> A.Compose:
     """ERA-V1 S9: flip, shift-scale-rotate (defaults), one black 16x16 hole (p 0.5), normalise.
 
     The seed filled the hole with the fractional means on the uint8 image, which cast to 0:
-    the hole was black, so it is filled with 0 before Normalize here (SPECS.md section 3).
+    the hole was black, so it is filled with 0 before Normalize here (docs/SEEDS.md section 3).
     """
     return A.Compose(
         [
@@ -141,7 +141,7 @@ def resnet18_train(mean: Stats, std: Stats) -> A.Compose:
     The seed ran Normalize first, so its jitter and to-gray worked on normalised floats,
     which albumentations assumes lie in [0, 1]; here they run on the uint8 image as
     intended, then Normalize. The cutout is the seed's pad-to-64, one 16x16 hole of 0,
-    centre-crop-32: it may fall partly or wholly outside the image (SPECS.md section 4).
+    centre-crop-32: it may fall partly or wholly outside the image (docs/SEEDS.md section 4).
     """
     return A.Compose(
         [
@@ -163,7 +163,7 @@ def resnet18_ln_train(mean: Stats, std: Stats) -> A.Compose:
     """EVA6 S8: reflect-pad 4 + random crop, rotate +-5 deg, one 16x16 hole of the mean colour.
 
     The hole is filled with mean x 255 on the uint8 image before Normalize, i.e. with the
-    data set's mean colour (SPECS.md section 5, the run-time recipe).
+    data set's mean colour (docs/SEEDS.md section 5, the run-time recipe).
     """
     return A.Compose(
         [

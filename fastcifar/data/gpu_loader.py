@@ -9,7 +9,7 @@ seed reproduces the same batches; every epoch reshuffles.
 
 Yields ``(images, labels)``: images (N, 3, 32, 32) normalised, in ``dtype`` (the AMP
 dtype; default float32), channels_last when asked, and int64 labels, on the device (the
-loader contract of shared/DESIGN.md).
+loader contract of docs/DESIGN.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Loader backends. Every loader follows one contract (shared/DESIGN.md):
+"""Loader backends. Every loader follows one contract (docs/DESIGN.md):
 
 iterating yields ``(images, labels)`` on the training device, images float32
 (N, 3, 32, 32), normalised, in channels_last memory format when asked; labels

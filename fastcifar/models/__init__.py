@@ -1,4 +1,4 @@
-"""The seed models (shared/seeds/SPECS.md), built by name.
+"""The seed models (docs/SEEDS.md), built by name.
 
 ``create_model(name)`` returns a fresh ``nn.Module`` taking float (N, 3, 32, 32) and
 returning (N, 10): log-probabilities for the EVA/ERA small nets (NLL loss), raw logits

@@ -4,9 +4,10 @@ Input float (N, 3, 32, 32), NCHW or channels_last; output raw logits (N, 10) for
 CrossEntropyLoss (no softmax). Convolutions are bias-free; the head is
 Linear(512, 10) with bias. 11,173,962 parameters either way.
 
-* ``resnet18``: BatchNorm, stage strides 1-2-2-2, avg_pool2d(4) (ERA-V1 S11, SPECS.md section 4).
+* ``resnet18``: BatchNorm, stage strides 1-2-2-2, avg_pool2d(4) (ERA-V1 S11,
+  docs/SEEDS.md section 4).
 * ``resnet18_ln``: GroupNorm(1, C) in every norm position ("LayerNorm" in the seed), stage
-  strides 1-1-2-2, avg_pool2d(8) (EVA6 S8, SPECS.md section 5).
+  strides 1-1-2-2, avg_pool2d(8) (EVA6 S8, docs/SEEDS.md section 5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The small seed models, layer by layer as shared/seeds/SPECS.md records them.
+"""The small seed models, layer by layer as docs/SEEDS.md records them.
 
 All take float input (N, 3, 32, 32) (NCHW or channels_last) and return
 log-probabilities (N, 10) (``log_softmax``), matched to an NLL loss as the seeds
@@ -142,7 +142,7 @@ class AttentionNet(nn.Module):
     The seed repository called one shared block four times (20,304 real parameters); its
     README's 25,680 is torchsummary counting the shared weights again at every call. Four
     independent blocks with separate K/Q/V/Out projections reach 25,680 honestly
-    (SPECS.md, section 2).
+    (docs/SEEDS.md, section 2).
     """
 
     def __init__(self):
