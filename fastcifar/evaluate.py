@@ -256,7 +256,7 @@ def evaluate_run(
     Raises:
         FastCifarError: not a run directory, no checkpoint, an unknown CAM layer.
     """
-    from fastcifar.engine import read_config
+    from fastcifar.rundir import read_config
 
     run_dir = Path(run_dir)
     recipe, options = read_config(run_dir)

@@ -8,19 +8,33 @@ checkpoints read so that a file from elsewhere cannot run code.
   unpickling allows; anything else, a truncated file or no checkpoint at all ends in
   one ``FastCifarError`` line naming the file.
 * ``prepare_run_dir``: create the directory and prove it writable.
+* ``RunOptions``, ``write_config`` / ``read_config``: ``config.json``, the recipe and the
+  options a run was started with (the layout: docs/DESIGN.md, "Run directory").
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from fastcifar.errors import FastCifarError
+from fastcifar.recipes import Recipe
 
-__all__ = ["atomic_save", "atomic_write", "load_checkpoint", "prepare_run_dir"]
+__all__ = [
+    "RunOptions",
+    "atomic_save",
+    "atomic_write",
+    "load_checkpoint",
+    "prepare_run_dir",
+    "read_config",
+    "write_config",
+]
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -79,3 +93,48 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
             f"cannot write the output directory {out} ({exc.strerror or exc}): pass --out with "
             f"a writable path"
         ) from None
+
+
+@dataclass
+class RunOptions:
+    """How (not what) a run trains. Saved in config.json next to the recipe."""
+
+    data: str | None = None
+    download: bool = False
+    train_subset: int | None = None  # stratified subset of the training set
+    test_subset: int | None = None  # stratified subset of the test set (quick runs)
+    out: str | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False
+    amp_dtype: str = "auto"  # auto | bfloat16 | float16
+    compile: bool = False
+    channels_last: bool | None = None  # None: on with --amp
+    workers: int | None = None  # DataLoader workers; None: min(cores, 8)
+    compile_backend: str = "inductor"
+    kernels: str = "auto"  # auto | triton | torch
+    loader: str = "auto"  # auto | gpu | dali | albumentations
+    tensorboard: bool = False  # log scalars (and, at evaluation, figures) to RUN_DIR/tensorboard
+
+
+def write_config(run_dir: Path, recipe: Recipe, options: RunOptions) -> None:
+    config = {"recipe": asdict(recipe), "run": asdict(options), "argv": sys.argv[1:]}
+    atomic_write(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
+
+
+def read_config(run_dir: Path) -> tuple[Recipe, RunOptions]:
+    """The recipe and options a run was started with.
+
+    Raises:
+        FastCifarError: the directory holds no readable config.json.
+    """
+    path = run_dir / "config.json"
+    try:
+        config = json.loads(path.read_text())
+        return Recipe(**config["recipe"]), RunOptions(**config["run"])
+    except FileNotFoundError:
+        raise FastCifarError(
+            f"{run_dir} is not a run directory (no config.json): pass --resume with a "
+            f"directory that fastcifar.train created"
+        ) from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise FastCifarError(f"{path} is not a fastcifar config ({exc}): start a new run") from None

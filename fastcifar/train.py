@@ -20,18 +20,12 @@ import types
 import typing
 from pathlib import Path
 
-from fastcifar.engine import (
-    AMP_DTYPE_CHOICES,
-    KERNEL_CHOICES,
-    LOADER_CHOICES,
-    RunOptions,
-    Trainer,
-    read_config,
-    write_config,
-)
+from fastcifar.data.factory import LOADER_CHOICES
+from fastcifar.engine import Trainer
 from fastcifar.errors import FastCifarError, run_cli
 from fastcifar.recipes import DEFAULT_RECIPE, RECIPE_DOCS, RECIPES, get_recipe, overridable_fields
-from fastcifar.rundir import prepare_run_dir
+from fastcifar.rundir import RunOptions, prepare_run_dir, read_config, write_config
+from fastcifar.runtime import AMP_DTYPE_CHOICES, KERNEL_CHOICES
 
 _FIELD_HELP = {
     "model": "model name (see fastcifar.models.MODELS)",
@@ -270,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if not args.resume:
-        write_config(run_dir, trainer.recipe, options)
+        write_config(run_dir, trainer.recipe, trainer.options)
     t = trainer
     print(
         f"train: recipe {recipe.name}, model {recipe.model}, {len(t.train_loader.dataset)} train / "

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastcifar import engine
+from fastcifar import rundir
 from fastcifar.engine import RunOptions, Trainer
 from fastcifar.errors import run_cli
 from fastcifar.evaluate import main as evaluate_main
@@ -110,7 +110,7 @@ def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         Path(path).write_bytes(b"partial")  # the process dies part-way through the write
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine.torch, "save", dies_half_way)
+    monkeypatch.setattr(rundir.torch, "save", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         t._save_epoch(is_best=True)
     assert (run / "last.pt").read_bytes() == good

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastcifar import engine
-from fastcifar.engine import AMP_DTYPE_CHOICES, KERNEL_CHOICES, LOADER_CHOICES
+from fastcifar import runtime
+from fastcifar.data import factory
+from fastcifar.data.factory import LOADER_CHOICES
 from fastcifar.errors import FastCifarError
+from fastcifar.runtime import AMP_DTYPE_CHOICES, KERNEL_CHOICES
 from fastcifar.train import build_parser
 from tests.conftest import ROOT, run_train
 
@@ -42,7 +44,7 @@ def test_parser_offers_exactly_the_engines_choices(flag, shared):
 def test_each_loader_choice_parses_and_resolves(choice):
     args = build_parser().parse_args(["--loader", choice])
     assert args.loader == choice
-    backend, why = engine.resolve_loader(args.loader, "flip_translate", torch.device("cpu"))
+    backend, why = factory.resolve_loader(args.loader, "flip_translate", torch.device("cpu"))
     assert backend in LOADER_CHOICES and backend != "auto" and why
     if choice != "auto":
         assert backend == choice
@@ -53,25 +55,25 @@ def test_each_kernel_choice_parses_and_resolves(choice, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "1"))
     args = build_parser().parse_args(["--kernels", choice])
     assert args.kernels == choice
-    resolved = engine.resolve_kernels(args.kernels, torch.device("cpu"))
+    resolved = runtime.resolve_kernels(args.kernels, torch.device("cpu"))
     assert resolved == ("torch" if choice == "auto" else choice)
 
 
 @pytest.mark.parametrize("choice", AMP_DTYPE_CHOICES)
 def test_each_amp_dtype_choice_parses_and_resolves(choice):
     args = build_parser().parse_args(["--amp-dtype", choice])
-    got = engine.amp_dtype(torch.device("cpu"), args.amp_dtype)
+    got = runtime.amp_dtype(torch.device("cpu"), args.amp_dtype)
     if choice == "auto":
         assert got in (None, torch.bfloat16)
     else:
-        assert got == engine.AMP_DTYPES[choice]
+        assert got == runtime.AMP_DTYPES[choice]
 
 
 def test_unknown_choices_are_refused_by_the_engine_too():
     with pytest.raises(FastCifarError, match="choose one of auto, gpu, dali, albumentations"):
-        engine.resolve_loader("nope", "s7", torch.device("cpu"))
+        factory.resolve_loader("nope", "s7", torch.device("cpu"))
     with pytest.raises(FastCifarError, match="choose one of auto, triton, torch"):
-        engine.resolve_kernels("nope", torch.device("cpu"))
+        runtime.resolve_kernels("nope", torch.device("cpu"))
 
 
 def _installed_script() -> Path:

@@ -11,11 +11,13 @@ from PIL import Image
 from torch import nn
 
 from fastcifar import FastCifarError
+from fastcifar.components import build_components
 from fastcifar.engine import RunOptions, Trainer
 from fastcifar.evaluate import confusion_matrix, evaluate_run, grad_cam, misclassified
-from fastcifar.lr_find import range_test
+from fastcifar.lr_range import range_test
 from fastcifar.models import create_model
 from fastcifar.nn import swap_convolutions
+from fastcifar.optim import make_optimizer
 from fastcifar.receptive import receptive_field_table
 from fastcifar.recipes import get_recipe
 from fastcifar.summary import main as summary_main
@@ -147,16 +149,18 @@ def test_summary_cli(capsys):
 def test_lr_range_test_restores_model_and_optimizer(tmp_path):
     make_tree(tmp_path / "tree", per_class=2)
     recipe = get_recipe("c1c2c3c40").replace(batch_size=10)
-    t = Trainer(recipe, RunOptions(data=str(tmp_path / "tree"), workers=0, device="cpu"), tmp_path)
-    optimizer = t._make_optimizer()
-    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    c = build_components(recipe, RunOptions(data=str(tmp_path / "tree"), workers=0,
+                                            device="cpu"), with_test=False)  # fmt: skip
+    assert c.test_loader is None
+    optimizer = make_optimizer(c.model.parameters(), recipe)
+    before = {k: v.clone() for k, v in c.model.state_dict().items()}
     opt_before = optimizer.state_dict()["param_groups"][0]["lr"]
-    result = range_test(t.model, optimizer, t._criterion, t.train_loader, t.device,
+    result = range_test(c.model, optimizer, c.criterion, c.train_loader, c.device,
                         num_iter=12, plot=tmp_path / "lr.png")  # fmt: skip
     assert 1e-6 <= result.suggested_lr <= 0.9 and len(result.lrs) == 12
     assert result.lrs[-1] > result.lrs[0] * 1e4  # exponential sweep
     assert (tmp_path / "lr.png").exists()
-    for k, v in t.model.state_dict().items():
+    for k, v in c.model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert optimizer.state_dict()["param_groups"][0]["lr"] == opt_before
     assert not optimizer.state_dict()["state"]

@@ -8,8 +8,8 @@ import torch
 
 from fastcifar import FastCifarError
 from fastcifar.data import AlbumentationsLoader, GpuLoader, build_augmentation
+from fastcifar.data.factory import resolve_loader
 from fastcifar.data.gpu_loader import batch_cutout, batch_flip, batch_translate
-from fastcifar.engine import resolve_loader
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

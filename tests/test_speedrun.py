@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastcifar.engine import RunOptions, Trainer, _ema_avg
+from fastcifar.engine import RunOptions, Trainer
 from fastcifar.models.speedrun import SpeedrunNet
+from fastcifar.optim import ema_avg as _ema_avg
 from fastcifar.recipes import get_recipe
 from tests.conftest import make_tree, run_train
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastcifar.engine import RunOptions, Trainer, TrainingDiverged, write_config
+from fastcifar.engine import RunOptions, Trainer, TrainingDiverged
 from fastcifar.errors import run_cli
 from fastcifar.recipes import get_recipe
+from fastcifar.rundir import write_config
 from fastcifar.train import main
 from tests.conftest import ROOT, make_tar, make_tree, run_train
 
@@ -182,7 +183,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tiny_tree, 
 
 
 def test_l1_penalty_value_gradient_and_step(tiny_tree, tmp_path):
-    from fastcifar.engine import l1_penalty
+    from fastcifar.optim import l1_penalty
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
     value = l1_penalty(model)
@@ -343,7 +344,7 @@ def test_ctrl_c_leaves_no_worker_processes(real_archive, tmp_path):
 
 
 def test_recipe_loss_drives_the_criterion():
-    from fastcifar.engine import criterion
+    from fastcifar.optim import criterion
 
     gen = torch.Generator().manual_seed(0)
     scores = torch.randn(6, 10, generator=gen)  # not log-probabilities: NLL and CE differ

@@ -1,0 +1,128 @@
+"""What a run is built from, in one place for the engine and the LR range test:
+``build_components(recipe, options)`` resolves the device, AMP dtype and memory format,
+loads the data, builds the training loader the options choose and the test loader,
+creates the model (Triton kernels validated and swapped in when chosen) and the loss.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastcifar.data import EvalLoader, channel_stats, load_cifar10, stratified_subset
+from fastcifar.data.factory import make_train_loader, resolve_loader
+from fastcifar.errors import FastCifarError
+from fastcifar.models import create_model
+from fastcifar.optim import criterion
+from fastcifar.recipes import Recipe
+from fastcifar.rundir import RunOptions
+from fastcifar.runtime import amp_dtype, resolve_device, resolve_kernels
+
+__all__ = ["Components", "build_components"]
+
+
+@dataclass
+class Components:
+    """What a run is built from (``build_components``): where it computes, its data and
+    loaders, its model (Triton kernels swapped in when chosen) and its loss."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: float32
+    channels_last: bool
+    arrays: object  # fastcifar.data.CifarArrays
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    train_images: np.ndarray
+    loader_name: str
+    train_loader: object
+    test_loader: EvalLoader | None
+    model: nn.Module
+    kernels: str
+    criterion: object
+
+
+def build_components(recipe: Recipe, options: RunOptions, with_test: bool = True) -> Components:
+    """Device and AMP policy, the data (subsets applied), the training loader chosen by
+    ``options.loader``, the test loader (unless ``with_test`` is False), the model on the
+    device (channels_last, whitening initialised, Triton kernels validated and swapped in
+    when ``options.kernels`` resolves to triton) and the recipe's criterion. Prints one
+    line per choice made. ``Trainer`` and the LR range test both start here.
+
+    Raises:
+        FastCifarError: bad data, a loader or kernel choice that cannot run here, or a
+            kernel validation failure.
+    """
+    device = resolve_device(options.device)
+    dtype = amp_dtype(device, options.amp_dtype) if options.amp else None
+    if options.amp and dtype is None:
+        print(
+            "amp: this CPU has no native bfloat16 (AVX512-BF16/AMX), where autocast runs "
+            "5-9x slower than float32: training in float32 (--amp-dtype bfloat16 forces it)"
+        )
+    channels_last = options.channels_last if options.channels_last is not None else options.amp
+
+    arrays = load_cifar10(options.data, download=options.download, verbose=True)
+    mean, std = channel_stats(arrays.train_images)
+    train_x, train_y = arrays.train_images, arrays.train_labels
+    if options.train_subset:
+        idx = stratified_subset(train_y, options.train_subset, seed=recipe.seed)
+        train_x, train_y = train_x[idx], train_y[idx]
+
+    workers = options.workers if options.workers is not None else min(os.cpu_count() or 1, 8)
+    loader_name, why = resolve_loader(options.loader, recipe.augmentation, device)
+    print(f"loader: {loader_name} ({why})")
+    train_loader = make_train_loader(
+        loader_name, train_x, train_y, recipe.augmentation, mean, std, recipe.batch_size,
+        device, recipe.drop_last, channels_last, recipe.seed, workers,
+        dtype or torch.float32,  # loaders deliver the AMP dtype
+    )  # fmt: skip
+    test_loader = None
+    if with_test:
+        test_x, test_y = arrays.test_images, arrays.test_labels
+        if options.test_subset:
+            idx = stratified_subset(test_y, options.test_subset, seed=0, flag="--test-subset")
+            test_x, test_y = test_x[idx], test_y[idx]
+        test_loader = EvalLoader(test_x, test_y, mean, std, batch_size=max(recipe.batch_size, 256),
+                                 device=device, channels_last=channels_last)  # fmt: skip
+
+    torch.manual_seed(recipe.seed)
+    model = create_model(recipe.model).to(device)
+    if hasattr(model, "init_whitening"):
+        model.init_whitening(train_x, mean, std)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    kernels = resolve_kernels(options.kernels, device)
+    if kernels == "triton":
+        _use_triton_kernels(model, recipe.batch_size, device, channels_last, dtype)
+    return Components(
+        device, dtype, channels_last, arrays, mean, std, train_x, loader_name, train_loader,
+        test_loader, model, kernels, criterion(recipe.loss, recipe.label_smoothing),
+    )  # fmt: skip
+
+
+def _use_triton_kernels(model: nn.Module, batch: int, device, channels_last: bool, dtype) -> None:
+    """Validate every distinct conv configuration of ``model`` against PyTorch, print the
+    table, refuse to train on a failure, then swap the supported layers to Triton."""
+    from fastcifar.kernels import validate
+    from fastcifar.nn import swap_convolutions
+
+    # the real batch on a GPU; 2 images under the (slow) interpreter on a CPU
+    batch = batch if device.type == "cuda" else 2
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    example = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    configs = validate.collect_conv_configs(model, example, dtype or torch.float32)
+    results = validate.validate_configs(configs, device)
+    print(f"kernels: validating {len(configs)} Triton conv configurations (batch {batch})")
+    print(validate.format_table(results), flush=True)
+    for r in results:
+        if not r.passed:
+            raise FastCifarError(
+                f"Triton kernel validation failed on layer {r.layers[0]} "
+                f"({r.config.describe()}): {r.message}; train with --kernels torch"
+            )
+    swapped = swap_convolutions(model)
+    print(f"kernels: {len(swapped)} convolutions run in Triton")

@@ -1,0 +1,96 @@
+"""The loader factory: which training loader backend runs (``resolve_loader``) and its
+construction (``make_train_loader``, ``make_test_loader``).
+
+The choices of ``--loader`` are ``LOADER_CHOICES``; the parser in ``fastcifar.train``
+offers exactly them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fastcifar.data.augment import build_augmentation
+from fastcifar.data.gpu_loader import GpuLoader
+from fastcifar.data.loaders import AlbumentationsLoader
+from fastcifar.errors import FastCifarError
+
+LOADER_CHOICES = ("auto", "gpu", "dali", "albumentations")
+
+
+def resolve_loader(name: str, augmentation: str, device: torch.device) -> tuple[str, str]:
+    """(backend, why). ``auto``: on CUDA the GPU-resident loader where the recipe's
+    augmentation is made only of what it implements (the fastest path), else DALI when
+    it is installed; the albumentations CPU loader otherwise. ``gpu`` and ``dali`` also
+    run on the CPU (``dali`` CPU-only, ``device_id=None``).
+
+    Raises:
+        FastCifarError: an unknown name, a backend that lacks the augmentation, or
+            ``dali`` without DALI installed.
+    """
+    from fastcifar.data.dali_loader import DALI_AUGMENTATIONS, dali_available
+    from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS
+
+    if name not in LOADER_CHOICES:
+        raise FastCifarError(
+            f"--loader {name!r} is not valid: choose one of {', '.join(LOADER_CHOICES)}"
+        )
+    if name == "gpu" and augmentation not in GPU_AUGMENTATIONS:
+        raise FastCifarError(
+            f"--loader gpu does not implement augmentation {augmentation!r} (only "
+            f"{', '.join(GPU_AUGMENTATIONS)}): use --loader dali or albumentations"
+        )
+    if name == "dali" and not dali_available():
+        raise FastCifarError(
+            "--loader dali needs NVIDIA DALI: pip install 'fastcifar[dali]' (or "
+            "nvidia-dali-cuda130), or use --loader albumentations"
+        )
+    if name != "auto":
+        return name, "asked for with --loader"
+    if device.type != "cuda":
+        return "albumentations", "no GPU: albumentations in CPU workers"
+    if augmentation in GPU_AUGMENTATIONS:
+        return "gpu", f"augmentation {augmentation!r} runs as batched tensor ops on the GPU"
+    if dali_available() and augmentation in DALI_AUGMENTATIONS:
+        return "dali", "a GPU and DALI are present"
+    return "albumentations", "DALI is not installed (pip install 'fastcifar[dali]')"
+
+
+def make_train_loader(
+    backend: str, images: np.ndarray, labels: np.ndarray, augmentation: str, mean, std,
+    batch_size: int, device: torch.device, drop_last: bool, channels_last: bool, seed: int,
+    workers: int, dtype: torch.dtype,
+):  # fmt: skip
+    """The training loader of ``backend`` (``resolve_loader``'s answer) over uint8 images
+    (N, 32, 32, 3) and int64 labels (N,): batches of normalised images on ``device`` in
+    ``dtype`` (channels_last when asked) and labels, reshuffled every epoch.
+
+    Raises:
+        FastCifarError: the batch size with drop_last leaves no batch.
+    """
+    if backend == "dali":
+        from fastcifar.data.dali_loader import DaliLoader
+
+        loader = DaliLoader(
+            images, labels, augmentation, mean, std, batch_size=batch_size, device=device,
+            shuffle=True, drop_last=drop_last, channels_last=channels_last, seed=seed,
+            threads=workers or 1, dtype=dtype,
+        )  # fmt: skip
+    elif backend == "gpu":
+        loader = GpuLoader(
+            images, labels, augmentation, mean, std, batch_size=batch_size, device=device,
+            shuffle=True, drop_last=drop_last, channels_last=channels_last, seed=seed,
+            dtype=dtype,
+        )  # fmt: skip
+    else:
+        loader = AlbumentationsLoader(
+            images, labels, build_augmentation(augmentation, mean, std), batch_size=batch_size,
+            device=device, shuffle=True, drop_last=drop_last, workers=workers,
+            channels_last=channels_last, seed=seed, dtype=dtype,
+        )  # fmt: skip
+    if len(loader) == 0:
+        raise FastCifarError(
+            f"--batch-size {batch_size} with drop_last leaves no batch of the {len(images)} "
+            f"training images: pass a smaller batch size"
+        )
+    return loader

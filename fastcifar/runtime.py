@@ -1,0 +1,187 @@
+"""Where and how a run computes: device, AMP dtype policy, kernel choice, torch.compile
+with an eager fallback, a device timer, and the versions a summary records.
+
+The choices of ``--amp-dtype`` and ``--kernels`` are the tuples here; the parser in
+``fastcifar.train`` offers exactly them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastcifar.errors import FastCifarError
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+# The choices of --amp-dtype and --kernels: the parser offers exactly these.
+AMP_DTYPE_CHOICES = ("auto", *AMP_DTYPES)
+KERNEL_CHOICES = ("auto", "triton", "torch")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU.
+
+    Raises:
+        FastCifarError: CUDA asked for but not available, or an unknown device string.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FastCifarError(f"unknown device {name!r}: pass auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FastCifarError(
+            f"--device {name} asked for CUDA, but torch sees no GPU: pass --device cpu or auto"
+        )
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16).
+
+    Without them PyTorch emulates bfloat16 on the CPU, which was measured 5-9x slower
+    than float32 for the s7 model on an AVX2-only machine.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def amp_dtype(device: torch.device, requested: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``--amp``, or None to train in float32.
+
+    ``auto``: bfloat16 where the device runs it natively (Ampere and newer GPUs; CPUs with
+    AVX512-BF16 or AMX), float16 with a gradient scaler on older GPUs such as the T4, and
+    float32 on a CPU without native bfloat16. ``bfloat16``/``float16`` force that dtype.
+    """
+    if requested != "auto":
+        return AMP_DTYPES[requested]
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.bfloat16
+        return torch.float16
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        return None
+    return torch.bfloat16
+
+
+def resolve_kernels(name: str, device: torch.device) -> str:
+    """``auto`` is Triton on CUDA (when triton imports) and PyTorch elsewhere; ``triton`` on
+    a CPU turns on the Triton interpreter (slow, for tests).
+
+    Raises:
+        FastCifarError: an unknown name, or Triton asked for where it cannot run.
+    """
+    from fastcifar.kernels import triton_available
+
+    if name not in KERNEL_CHOICES:
+        raise FastCifarError(
+            f"--kernels {name!r} is not valid: choose one of {', '.join(KERNEL_CHOICES)}"
+        )
+    if name == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if name == "triton":
+        if not triton_available():
+            raise FastCifarError("--kernels triton needs the triton package: pip install triton")
+        if device.type not in ("cuda", "cpu"):
+            raise FastCifarError(
+                f"--kernels triton runs on CUDA or (interpreted) on the CPU, not {device.type}: "
+                f"pass --kernels torch"
+            )
+        if device.type == "cpu":
+            os.environ["TRITON_INTERPRET"] = "1"
+    return name
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+    }
+    try:
+        import albumentations
+
+        out["albumentations"] = albumentations.__version__
+    except ImportError:  # pragma: no cover - a required dependency
+        pass
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if torch.version.cuda:
+        out["cuda"] = torch.version.cuda
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _is_compile_error(exc: BaseException) -> bool:
+    mod = type(exc).__module__ or ""
+    return mod.startswith(("torch._dynamo", "torch._inductor", "torch._functorch"))
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+class CompiledForward:
+    """Calls the compiled model; on a compilation failure says why once and goes eager."""
+
+    def __init__(self, model: nn.Module, compile: bool, backend: str):
+        self.model = model
+        self.compiled = None
+        if compile:
+            self.compiled = torch.compile(model, backend=backend)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None:
+            return self.model(x)
+        try:
+            return self.compiled(x)
+        except Exception as exc:
+            if not _is_compile_error(exc):
+                raise
+            print(f"compile: torch.compile failed ({first_line(exc)}); continuing eagerly")
+            self.compiled = None
+            return self.model(x)
+
+
+class Timer:
+    """Seconds between construction and ``stop()``: CUDA events on a GPU (what the GPU
+    spent, queued work included), the wall clock elsewhere."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.end = torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.cuda:
+            self.end.record()
+            self.end.synchronize()
+            return self.start.elapsed_time(self.end) / 1000.0
+        return time.perf_counter() - self.t0
