@@ -19,6 +19,13 @@ Checked against the seeds' hand calculations: ``s7`` reaches 61 (the seed README
 value) and ``c1c2c3c40`` 59 with its final 4x4 average pool (the seed's table), where the
 field is counted in input pixels and may exceed the 32-pixel image: it is the theoretical
 field, padding included, as the seeds count it.
+
+Why not torchscan (0.2.0, read for this): its ``summary(..., receptive_field=True)``
+gives each module's own receptive field, stride and padding from module hooks, so
+functional pooling (``F.max_pool2d`` in the seeds' forward methods) is invisible to it and
+the composition across layers, through a residual shortcut, is not traced; the
+per-layer formula is the same (``k_eff = d (k - 1) + 1``). The layer summary itself comes
+from torchinfo (``fastcifar.summary``).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def test_cache_is_used_and_a_changed_source_decodes_again(tmp_path, monkeypatch)
     def boom(path):
         raise AssertionError("decoded again although the cache was valid")
 
-    monkeypatch.setattr(sources, "_read_archive", boom)
+    monkeypatch.setattr(sources, "read_archive", boom)
     second = load_cifar10(archive, cache=tmp_path / "c")
     np.testing.assert_array_equal(first.train_images, second.train_images)
 

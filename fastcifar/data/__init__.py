@@ -3,9 +3,8 @@
 from fastcifar.data.augment import AUGMENTATIONS, build_augmentation, eval_transform
 from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS, GpuLoader
 from fastcifar.data.loaders import AlbumentationsLoader, AugmentedDataset, EvalLoader
+from fastcifar.data.readers import CLASSES, CifarArrays
 from fastcifar.data.sources import (
-    CLASSES,
-    CifarArrays,
     cache_dir,
     channel_stats,
     load_cifar10,

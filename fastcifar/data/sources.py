@@ -20,59 +20,26 @@ source is decoded again, an unchanged one loads in well under a second.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import pickle
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fastcifar.data.readers import (
+    CifarArrays,
+    download_cifar10,
+    find_batches_dir,
+    find_tree_root,
+    is_tar,
+    read_archive,
+    read_batches,
+    read_tree,
+)
 from fastcifar.errors import FastCifarError
 
-#: The official CIFAR-10 class names, in label order 0..9.
-CLASSES: tuple[str, ...] = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
-SPLITS = ("train", "test")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-BATCHES_DIR = "cifar-10-batches-py"
 _CACHE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class CifarArrays:
-    """CIFAR-10 in memory.
-
-    Attributes:
-        train_images: uint8 array (50000, 32, 32, 3), HWC, RGB.
-        train_labels: int64 array (50000,), values 0..9 in ``CLASSES`` order.
-        test_images: uint8 array (10000, 32, 32, 3).
-        test_labels: int64 array (10000,).
-        source: the resolved source path the arrays came from.
-    """
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    source: str
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return CLASSES
 
 
 def cache_dir() -> Path:
@@ -120,8 +87,8 @@ def load_cifar10(
             f"data path {path} does not exist: pass --data with a CIFAR-10 directory or "
             f".tar/.tar.gz archive, or add --download to fetch the official set there"
         )
-    if download and _find_batches_dir(path) is None and not _is_image_tree_or_archive(path):
-        _download(path)
+    if download and find_batches_dir(path) is None and not _is_image_tree_or_archive(path):
+        download_cifar10(path)
 
     kind, fingerprint = _identify(path)
     cache = Path(cache) if cache is not None else cache_dir()
@@ -146,11 +113,11 @@ def load_cifar10(
     if verbose:
         print(f"data: decoding {path} ({kind}) once; later starts load the cached arrays")
     if kind == "batches":
-        arrays = _read_batches(path)
+        arrays = read_batches(path)
     elif kind == "archive":
-        arrays = _read_archive(path)
+        arrays = read_archive(path)
     else:
-        arrays = _read_tree(path)
+        arrays = read_tree(path)
     _write_cache(cached, arrays)
     return arrays
 
@@ -158,36 +125,14 @@ def load_cifar10(
 # --------------------------------------------------------------------------- identify
 
 
-def _find_batches_dir(path: Path) -> Path | None:
-    if not path.is_dir():
-        return None
-    if (path / "data_batch_1").is_file():
-        return path
-    if (path / BATCHES_DIR / "data_batch_1").is_file():
-        return path / BATCHES_DIR
-    return None
-
-
-def _find_tree_root(path: Path) -> Path | None:
-    """The folder that holds train/ or test/: ``path`` itself or its only subfolder."""
-    if not path.is_dir():
-        return None
-    if any((path / s).is_dir() for s in SPLITS):
-        return path
-    subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    if len(subdirs) == 1 and any((subdirs[0] / s).is_dir() for s in SPLITS):
-        return subdirs[0]
-    return None
-
-
 def _is_image_tree_or_archive(path: Path) -> bool:
-    return (path.is_file() and tarfile.is_tarfile(path)) or _find_tree_root(path) is not None
+    return (path.is_file() and tarfile.is_tarfile(path)) or find_tree_root(path) is not None
 
 
 def _identify(path: Path) -> tuple[str, str]:
     """(kind, fingerprint) of a source; the fingerprint changes when its content does."""
     if path.is_file():
-        if not _is_tar(path):
+        if not is_tar(path):
             raise FastCifarError(
                 f"{path} is not a CIFAR-10 source: pass a cifar-10-batches-py directory, "
                 f"an image-folder tree with train/<class>/ and test/<class>/, or a .tar/.tar.gz "
@@ -195,10 +140,10 @@ def _identify(path: Path) -> tuple[str, str]:
             )
         st = path.stat()
         return "archive", f"{st.st_size}:{st.st_mtime_ns}"
-    batches = _find_batches_dir(path)
+    batches = find_batches_dir(path)
     if batches is not None:
         return "batches", _dir_fingerprint(batches)
-    root = _find_tree_root(path)
+    root = find_tree_root(path)
     if root is not None:
         return "tree", _dir_fingerprint(root)
     raise FastCifarError(
@@ -206,13 +151,6 @@ def _identify(path: Path) -> tuple[str, str]:
         f"train/ and test/ folders; pass one of those, a .tar/.tar.gz of the image tree, "
         f"or add --download to fetch the official set"
     )
-
-
-def _is_tar(path: Path) -> bool:
-    try:
-        return tarfile.is_tarfile(path)
-    except OSError:
-        return False
 
 
 def _dir_fingerprint(root: Path) -> str:
@@ -227,170 +165,6 @@ def _dir_fingerprint(root: Path) -> str:
 
 
 # --------------------------------------------------------------------------- readers
-
-
-def _download(path: Path) -> None:
-    from torchvision.datasets import CIFAR10
-
-    path.mkdir(parents=True, exist_ok=True)
-    print(f"data: downloading the official CIFAR-10 into {path}")
-    try:
-        CIFAR10(root=str(path), train=True, download=True)
-    except Exception as exc:  # network errors come in many types
-        raise FastCifarError(
-            f"could not download CIFAR-10 into {path} ({type(exc).__name__}: {exc}); "
-            f"check the network connection, or pass --data with a local copy"
-        ) from None
-
-
-def _read_batches(path: Path) -> CifarArrays:
-    """The official python batches: pickled dicts with ``data`` (N, 3072) uint8 rows
-    (R, G, B planes of 32x32) and ``labels`` (layout from the CIFAR-10 page)."""
-    batches = _find_batches_dir(path)
-    assert batches is not None
-    names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-    out = {}
-    for split in SPLITS:
-        images, labels = [], []
-        for name in names[split]:
-            f = batches / name
-            if not f.is_file():
-                raise FastCifarError(
-                    f"{batches} has no {name}: the batches directory is incomplete; delete it "
-                    f"and run again with --download"
-                )
-            try:
-                with open(f, "rb") as fh:
-                    entry = pickle.load(fh, encoding="latin1")
-                data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-                lab = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
-            except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as exc:
-                raise FastCifarError(
-                    f"{f} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc}): delete "
-                    f"{batches} and run again with --download"
-                ) from None
-            if len(lab) != len(data) or lab.min() < 0 or lab.max() >= len(CLASSES):
-                raise FastCifarError(
-                    f"{f} has labels that do not match its images: delete {batches} and run "
-                    f"again with --download"
-                )
-            images.append(data.transpose(0, 2, 3, 1))
-            labels.append(lab)
-        out[split] = (np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels))
-    return CifarArrays(*out["train"], *out["test"], str(path))
-
-
-def _read_tree(path: Path) -> CifarArrays:
-    root = _find_tree_root(path)
-    assert root is not None
-    out = {}
-    for split in SPLITS:
-        split_dir = root / split
-        if not split_dir.is_dir():
-            raise FastCifarError(
-                f"{root} has no {split}/ folder: an image-folder tree needs both "
-                f"train/<class>/ and test/<class>/"
-            )
-        _check_class_dirs(split_dir.name, [p.name for p in split_dir.iterdir() if p.is_dir()], root)
-        items: list[tuple[str, int, bytes]] = []
-        for label, cls in enumerate(CLASSES):
-            files = sorted(
-                p for p in (split_dir / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not files:
-                raise FastCifarError(
-                    f"{split_dir / cls} holds no .png or .jpg images: every class folder "
-                    f"needs its images"
-                )
-            items.extend((str(f), label, f.read_bytes()) for f in files)
-        out[split] = _decode(items)
-    return CifarArrays(*out["train"], *out["test"], str(path))
-
-
-def _read_archive(path: Path) -> CifarArrays:
-    members: dict[str, dict[str, list[tuple[str, bytes]]]] = {s: {} for s in SPLITS}
-    try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                parts = member.name.split("/")
-                if len(parts) < 3 or not parts[-1].lower().endswith(IMAGE_SUFFIXES):
-                    continue
-                split, cls, name = parts[-3], parts[-2], parts[-1]
-                if split not in members:
-                    continue
-                f = tar.extractfile(member)
-                assert f is not None
-                members[split].setdefault(cls, []).append((name, f.read()))
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise FastCifarError(
-            f"archive {path} is truncated or corrupt ({type(exc).__name__}: {exc}): "
-            f"download or copy it again"
-        ) from None
-
-    out = {}
-    for split in SPLITS:
-        if not members[split]:
-            raise FastCifarError(
-                f"archive {path} has no {split}/<class>/ images: a CIFAR-10 archive needs "
-                f"train/<class>/ and test/<class>/ folders of PNG or JPEG files"
-            )
-        _check_class_dirs(split, list(members[split]), path)
-        items = [
-            (f"{path}:{split}/{cls}/{name}", label, data)
-            for label, cls in enumerate(CLASSES)
-            for name, data in sorted(members[split][cls])
-        ]
-        out[split] = _decode(items)
-    return CifarArrays(*out["train"], *out["test"], str(path))
-
-
-def _check_class_dirs(split: str, names: Iterable[str], where: Path) -> None:
-    names = set(names)
-    missing = [c for c in CLASSES if c not in names]
-    unknown = sorted(n for n in names if n not in CLASSES and not n.startswith("."))
-    if missing:
-        raise FastCifarError(
-            f"{where}: {split}/ has no folder for class {', '.join(missing)}: CIFAR-10 needs "
-            f"one folder per class ({', '.join(CLASSES)})"
-        )
-    if unknown:
-        raise FastCifarError(
-            f"{where}: {split}/ has folders that are no CIFAR-10 class ({', '.join(unknown)}): "
-            f"remove them or rename them to one of {', '.join(CLASSES)}"
-        )
-
-
-def _decode(items: list[tuple[str, int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
-    """Decode (name, label, encoded bytes) into uint8 (N, 32, 32, 3) and int64 (N,)."""
-    images = np.empty((len(items), 32, 32, 3), dtype=np.uint8)
-    labels = np.empty(len(items), dtype=np.int64)
-    for i, (_name, label, img) in enumerate(_decode_iter(items)):
-        images[i] = img
-        labels[i] = label
-    return images, labels
-
-
-def _decode_iter(items: list[tuple[str, int, bytes]]) -> Iterator[tuple[str, int, np.ndarray]]:
-    from PIL import Image, UnidentifiedImageError
-
-    for name, label, data in items:
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                mode, size = im.mode, im.size
-                arr = np.asarray(im)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise FastCifarError(
-                f"image {name} does not decode ({exc}): replace or delete the file"
-            ) from None
-        if mode != "RGB" or size != (32, 32):
-            raise FastCifarError(
-                f"image {name} is {size[0]}x{size[1]} {mode}, not 32x32 RGB: CIFAR-10 images "
-                f"must be 32x32 RGB; convert or remove the file"
-            )
-        yield name, label, arr
 
 
 def _write_cache(target: Path, arrays: CifarArrays) -> None:
