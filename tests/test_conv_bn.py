@@ -12,8 +12,8 @@ from torch import nn
 
 from fastcifar.models import create_model
 from fastcifar.nn import FusedConvReLUBN, fuse_conv_relu_bn
+from tests.kernel_helpers import DEVICE, conv_inputs, rel
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (N, CIN, COUT, H, W, stride, padding, dilation, groups)
 CONFIGS = [
     (2, 5, 7, 7, 9, 1, 1, 1, 1),
@@ -21,10 +21,6 @@ CONFIGS = [
     (2, 6, 6, 7, 9, 2, 1, 1, 6),
     (2, 8, 8, 6, 5, 1, 1, 1, 4),
 ]
-
-
-def rel(a, r):
-    return ((a.double() - r).norm() / r.norm().clamp_min(1e-300)).item()
 
 
 def reference(x, w, b, s, p, d, g, relu):
@@ -35,14 +31,7 @@ def reference(x, w, b, s, p, d, g, relu):
 
 
 def make(cfg, dtype, channels_last):
-    n, cin, cout, h, w, s, p, d, g = cfg
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(n, cin, h, w, generator=gen).to(DEVICE, dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    wt = (torch.randn(cout, cin // g, 3, 3, generator=gen) / 3).to(DEVICE, dtype)
-    b = torch.randn(cout, generator=gen).to(DEVICE, dtype)
-    return (x, wt, b), (s, p, d, g)
+    return conv_inputs(cfg, dtype, channels_last), tuple(cfg[5:])
 
 
 def run(fn, tensors, args, relu, seeds=(1, 2, 3)):

@@ -104,11 +104,19 @@ def test_grad_cam_on_resnet_layers_leaves_the_model_alone():
 
 
 def test_grad_cam_on_a_triton_model_uses_an_eager_copy():
+    torch.manual_seed(0)
+    plain = create_model("s7").eval()
     model = create_model("s7")
+    model.load_state_dict(plain.state_dict())
     swap_convolutions(model)
-    maps = grad_cam(model, torch.randn(2, 3, 32, 32), [3, 4], "dilated5A")
+    images = torch.randn(2, 3, 32, 32)
+    maps = grad_cam(model, images, [3, 4], "dilated5A")
     assert maps.shape == (2, 32, 32)
     assert model.dilated5A[0].uses_triton  # the model itself is unchanged
+    # the same weights on PyTorch's convolutions give the same CAMs
+    reference = grad_cam(plain, images, [3, 4], "dilated5A")
+    assert reference.std() > 0  # a real map, not a constant
+    np.testing.assert_allclose(maps, reference, atol=1e-4)
 
 
 def test_receptive_fields_match_the_seeds():

@@ -79,6 +79,20 @@ def test_flip_and_translate_primitives():
     assert torch.equal(batch_translate(x, 0, gen), x)
     t = batch_translate(x, 1, gen)
     assert t.shape == x.shape
+    # each image is the reflect-padded original cropped at one offset in [0, 2]^2: find it
+    big = torch.arange(400 * 3 * 8 * 8, dtype=torch.float32).view(400, 3, 8, 8)
+    out = batch_translate(big, 2, torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(big, (2, 2, 2, 2), mode="reflect")
+    offsets = []
+    for i in range(len(big)):
+        hits = [(dy, dx) for dy in range(5) for dx in range(5)
+                if torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8])]  # fmt: skip
+        assert len(hits) == 1, f"image {i} is no crop of its padded self"
+        offsets.append(hits[0])
+    dys, dxs = zip(*offsets, strict=True)
+    assert set(dys) == set(range(5)) and set(dxs) == set(range(5))  # every offset occurs
+    counts = torch.bincount(torch.tensor(dys), minlength=5).float()
+    assert counts.min() > 0.6 * counts.mean()  # roughly uniform (400 draws, 5 values)
     f = batch_flip(x.repeat(50, 1, 1, 1), gen)
     same = (f == x.repeat(50, 1, 1, 1)).flatten(1).all(1).float().mean()
     assert 0.3 < same < 0.7

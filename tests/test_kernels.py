@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from fastcifar.kernels import check_supported, conv2d, is_supported
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from tests.kernel_helpers import DEVICE, conv_inputs, low_precision_bound, rel
 
 # (N, CIN, COUT, H, W, stride, padding, dilation, groups): odd sizes, not multiples of blocks
 DENSE = [
@@ -30,21 +30,12 @@ GROUPED = [
 REPRESENTATIVE = [DENSE[0], DENSE[3], GROUPED[0], GROUPED[4]]
 # norm-wise relative error bounds. float32/float64: accumulation-order noise only.
 EXACT_TOL = {torch.float32: 2e-6, torch.float64: 1e-13}
-UNIT = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
-
-
-def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((a.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
 def make(cfg, dtype, channels_last, bias=True, seed=0):
-    n, cin, cout, h, w, s, p, d, g = cfg
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, cin, h, w, generator=gen).to(DEVICE, dtype)
-    wt = (torch.randn(cout, cin // g, 3, 3, generator=gen) / 3).to(DEVICE, dtype)
-    b = torch.randn(cout, generator=gen).to(DEVICE, dtype) if bias else None
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    """(x, weight, bias, conv2d keyword arguments) for ``cfg``."""
+    s, p, d, g = cfg[5:]
+    x, wt, b = conv_inputs(cfg, dtype, channels_last, bias, seed)
     return x, wt, b, dict(stride=s, padding=p, dilation=d, groups=g)
 
 
@@ -80,7 +71,7 @@ def check(cfg, dtype, channels_last):
     # float16/bfloat16: judged against PyTorch's own error in that dtype on the same inputs
     y_t, grads_t, _ = run(F.conv2d, x, wt, b, kw, gy)
     for name, a, t, r in zip(names, ours, [y_t, *grads_t], refs, strict=True):
-        bound = max(3 * rel(t, r), 4 * UNIT[dtype])
+        bound = low_precision_bound(rel(t, r), dtype)
         assert rel(a, r) < bound, f"{name}: ours {rel(a, r):.3e}, torch {rel(t, r):.3e}"
 
 

@@ -11,8 +11,7 @@ from fastcifar.models import create_model
 from fastcifar.nn import Conv2d, config_supported, swap_convolutions
 from fastcifar.recipes import get_recipe
 from tests.conftest import make_tree
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from tests.kernel_helpers import DEVICE
 
 
 @pytest.mark.parametrize(

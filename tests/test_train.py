@@ -128,6 +128,22 @@ def _options(tree: Path, **kw) -> RunOptions:
 def test_compiled_training_traces_and_trains(tiny_tree, tmp_path):
     recipe = get_recipe("s7").replace(epochs=1, batch_size=20)
     t = Trainer(recipe, _options(tiny_tree, compile=True, compile_backend="aot_eager"), tmp_path)
+    # the compiled forward equals the eager one, and so do one step's gradients
+    t.model.eval()  # no dropout: the two passes must see the same function
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 3])
+    grads = []
+    for fn in (t.model, t.forward):
+        t.model.zero_grad()
+        out = fn(x)
+        t._criterion(out, y).backward()
+        grads.append((out.detach(), [p.grad.clone() for p in t.model.parameters()]))
+    assert t.forward.compiled is not None  # the compiled path ran, not the eager fallback
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-5)
+    for g_compiled, g_eager in zip(grads[1][1], grads[0][1], strict=True):
+        torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-6)
+    t.model.zero_grad()
+    t.model.train()
     summary = t.fit()
     assert summary["compiled"] is True
     assert t.forward.compiled is not None
