@@ -185,3 +185,21 @@ class Timer:
             self.end.synchronize()
             return self.start.elapsed_time(self.end) / 1000.0
         return time.perf_counter() - self.t0
+
+
+def copy_bandwidth_gb_s(device="cuda", nbytes: int = 2**30, reps: int = 20) -> float:
+    """Measured device-to-device copy bandwidth in GB/s (bytes read + bytes written per
+    second) of ``nbytes`` uint8 buffers, after 3 warm-up copies, timed with CUDA events:
+    the reference the kernel benchmarks express their bandwidth against."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1e3 / reps
+    return 2 * nbytes / seconds / 1e9

@@ -83,17 +83,9 @@ def environment() -> dict:
         env.update(zip(query.replace(".", "_").split(","), values, strict=True))
     except (OSError, subprocess.SubprocessError, IndexError, ValueError) as e:
         env["nvidia_smi"] = f"unavailable: {e}"
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(20):
-        dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize()
-    env["copy_bandwidth_gb_s"] = round(2 * src.numel() * 20 / (start.elapsed_time(end) / 1e3) / 1e9)
+    from fastcifar.runtime import copy_bandwidth_gb_s
+
+    env["copy_bandwidth_gb_s"] = round(copy_bandwidth_gb_s("cuda"))
     return env
 
 
