@@ -95,6 +95,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.epoch_end_hooks = [self.checkpoint_hook, self.tensorboard_hook, self.console_hook]
 
     # ------------------------------------------------------------------ set-up
 
@@ -156,7 +157,13 @@ class Trainer:
         self._restore_training_state(ckpt)
         self.state = RunState(**ckpt["state"])
 
-    def _save_epoch(self, is_best: bool) -> None:
+    # ------------------------------------------------------------------ end-of-epoch hooks
+    # Each takes the epoch's metrics row and whether it is the best so far; ``fit`` calls
+    # ``self.epoch_end_hooks`` in order (checkpoints first, so the console line follows a
+    # completed save).
+
+    def checkpoint_hook(self, row: dict, is_best: bool) -> None:
+        """last.pt (and best.pt), metrics.jsonl and lr.json, each written atomically."""
         ckpt = self._checkpoint()
         atomic_save(ckpt, self.run_dir / "last.pt")
         if is_best:
@@ -164,12 +171,25 @@ class Trainer:
         lines = "".join(json.dumps(m) + "\n" for m in self.state.metrics)
         atomic_write(self.run_dir / "metrics.jsonl", lines)
         atomic_write(self.run_dir / "lr.json", json.dumps(self.state.lrs))
-        if self.tensorboard is not None:
-            row = self.state.metrics[-1]
-            for key, value in row.items():
-                if key != "epoch":
-                    self.tensorboard.add_scalar(key, value, row["epoch"])
-            self.tensorboard.flush()
+
+    def tensorboard_hook(self, row: dict, is_best: bool) -> None:
+        """The row's scalars to RUN_DIR/tensorboard (with ``--tensorboard``)."""
+        if self.tensorboard is None:
+            return
+        for key, value in row.items():
+            if key != "epoch":
+                self.tensorboard.add_scalar(key, value, row["epoch"])
+        self.tensorboard.flush()
+
+    def console_hook(self, row: dict, is_best: bool) -> None:
+        """One line per epoch on the console."""
+        print(
+            f"epoch {row['epoch']}/{self.recipe.epochs}  lr {row['lr']:.4g}  "
+            f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%  "
+            f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}%  "
+            f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f} s",
+            flush=True,
+        )
 
     # ------------------------------------------------------------------ loops
 
@@ -319,14 +339,8 @@ class Trainer:
             is_best = test["test_acc"] > self.state.best_acc
             if is_best:
                 self.state.best_acc = test["test_acc"]
-            self._save_epoch(is_best)
-            print(
-                f"epoch {epoch + 1}/{r.epochs}  lr {train['lr']:.4g}  "
-                f"train loss {train['train_loss']:.4f} acc {train['train_acc']:.2f}%  "
-                f"test loss {test['test_loss']:.4f} acc {test['test_acc']:.2f}%  "
-                f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f} s",
-                flush=True,
-            )
+            for hook in self.epoch_end_hooks:
+                hook(row, is_best)
         return self._write_summary(time.perf_counter() - run_start)
 
     def _write_summary(self, session_time: float) -> dict:

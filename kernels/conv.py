@@ -14,7 +14,7 @@ Supported (anything else raises ``NotImplementedError`` naming what is not):
   for gradcheck); input, weight and bias of one dtype.
 
 Forward, input gradient, weight gradient and bias gradient are each a Triton kernel
-(``_conv_triton``); no PyTorch convolution is called. Weight and bias gradients are
+(``conv_kernels``); no PyTorch convolution is called. Weight and bias gradients are
 deterministic: per-tile partials summed afterwards in a fixed order, no atomics.
 
 The ops are ``torch.library.custom_op``s with fake (meta) implementations and a
@@ -135,15 +135,16 @@ def is_supported(input: Tensor, weight: Tensor, stride=1, padding=0, dilation=1,
 
 
 def _k():
-    from fastcifar.kernels import _conv_triton
+    # imported at the first launch: triton is a Linux-only dependency
+    from fastcifar.kernels import conv_kernels
 
-    return _conv_triton
+    return conv_kernels
 
 
 # ------------------------------------------------------------------------- launchers
 
 
-def _forward(
+def launch_forward(
     x: Tensor, w: Tensor, b: Tensor | None, stride, padding, dilation, groups,
     relu: bool = False, stats: bool = False,
 ) -> tuple[Tensor, Tensor | None, int]:  # fmt: skip
@@ -186,7 +187,7 @@ def _forward(
     return y, part, t.block_p
 
 
-def _grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding, dilation, groups):
+def launch_grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding, dilation, groups):
     k = _k()
     t = tiles(dy.dtype, "dense" if groups == 1 else "grouped")
     n, cin, h, wd = x_shape
@@ -214,7 +215,7 @@ def _grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding, dilat
     return dx
 
 
-def _grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, groups):
+def launch_grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, groups):
     k = _k()
     t = tiles(x.dtype, "dense" if groups == 1 else "reduce")
     n, cin, h, wd = x.shape
@@ -250,7 +251,7 @@ def _grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, grou
     return part.sum(0).view(cout, cin_pg, 3, 3).to(x.dtype)
 
 
-def _grad_bias(dy: Tensor) -> Tensor:
+def launch_grad_bias(dy: Tensor) -> Tensor:
     k = _k()
     t = tiles(dy.dtype, "reduce")
     n, c, ho, wo = dy.shape
@@ -279,7 +280,7 @@ def _conv2d_op(
     dilation: int,
     groups: int,
 ) -> Tensor:
-    return _forward(input, weight, bias, stride, padding, dilation, groups)[0]
+    return launch_forward(input, weight, bias, stride, padding, dilation, groups)[0]
 
 
 @_conv2d_op.register_fake
@@ -299,7 +300,7 @@ def _grad_input_op(
     groups: int,
 ) -> Tensor:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return _grad_input(grad, weight, input_shape, fmt, stride, padding, dilation, groups)
+    return launch_grad_input(grad, weight, input_shape, fmt, stride, padding, dilation, groups)
 
 
 @_grad_input_op.register_fake
@@ -318,7 +319,7 @@ def _grad_weight_op(
     dilation: int,
     groups: int,
 ) -> Tensor:
-    return _grad_weight(grad, input, weight_shape, stride, padding, dilation, groups)
+    return launch_grad_weight(grad, input, weight_shape, stride, padding, dilation, groups)
 
 
 @_grad_weight_op.register_fake
@@ -328,7 +329,7 @@ def _(grad, input, weight_shape, stride, padding, dilation, groups):
 
 @torch.library.custom_op("fastcifar::conv2d_grad_bias", mutates_args=())
 def _grad_bias_op(grad: Tensor) -> Tensor:
-    return _grad_bias(grad)
+    return launch_grad_bias(grad)
 
 
 @_grad_bias_op.register_fake

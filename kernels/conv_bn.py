@@ -17,7 +17,7 @@ input, weight and bias through y, mean and var.
 from __future__ import annotations
 
 import torch
-from fastcifar.kernels.conv import _forward, conv_grads, prepare_args
+from fastcifar.kernels.conv import conv_grads, launch_forward, prepare_args
 from fastcifar.kernels.launch import empty_output, memory_format
 from torch import Tensor
 
@@ -41,7 +41,7 @@ def _op(
     input: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int,
     dilation: int, groups: int, relu: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    y, part, block = _forward(input, weight, bias, stride, padding, dilation, groups, relu,
+    y, part, block = launch_forward(input, weight, bias, stride, padding, dilation, groups, relu,
                               stats=True)  # fmt: skip
     mean, var = _combine(part, y.shape[0] * y.shape[2] * y.shape[3], block)
     return y, mean, var

@@ -44,9 +44,10 @@ __all__ = ["depthwise_separable_conv2d"]
 
 
 def _k():
-    from fastcifar.kernels import _conv_triton
+    # imported at the first launch: triton is a Linux-only dependency
+    from fastcifar.kernels import dwsep_kernels
 
-    return _conv_triton
+    return dwsep_kernels
 
 
 def _wd_strides(w: Tensor) -> tuple[int, int, int]:
@@ -59,7 +60,7 @@ def _wp_strides(w: Tensor) -> tuple[int, int]:
     return s[0], s[1]
 
 
-def _forward(x, wd, wp, stride, padding, dilation, relu):
+def launch_forward(x, wd, wp, stride, padding, dilation, relu):
     t = tiles(x.dtype, "dwsep")
     n, c, h, w = x.shape
     cout = wp.shape[0]
@@ -76,7 +77,7 @@ def _forward(x, wd, wp, stride, padding, dilation, relu):
     return y
 
 
-def _backward(dy, x, wd, wp, stride, padding, dilation, relu):
+def launch_backward(dy, x, wd, wp, stride, padding, dilation, relu):
     k = _k()
     n, c, h, w = x.shape
     cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
@@ -114,7 +115,7 @@ def _dwsep_op(
     input: Tensor, w_dw: Tensor, w_pw: Tensor, stride: int, padding: int, dilation: int,
     relu: bool,
 ) -> Tensor:  # fmt: skip
-    return _forward(input, w_dw, w_pw, stride, padding, dilation, relu)
+    return launch_forward(input, w_dw, w_pw, stride, padding, dilation, relu)
 
 
 @_dwsep_op.register_fake
@@ -127,7 +128,7 @@ def _dwsep_backward_op(
     grad: Tensor, input: Tensor, w_dw: Tensor, w_pw: Tensor, stride: int, padding: int,
     dilation: int, relu: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    return _backward(grad, input, w_dw, w_pw, stride, padding, dilation, relu)
+    return launch_backward(grad, input, w_dw, w_pw, stride, padding, dilation, relu)
 
 
 @_dwsep_backward_op.register_fake

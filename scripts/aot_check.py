@@ -116,18 +116,18 @@ def record(configs, dtypes) -> list:
                 x, w = meta(xs, dtype, cl), meta(ws, dtype)
                 b = meta((ws[0],), dtype)
                 fmt = torch.channels_last if cl else torch.contiguous_format
-                y, _, _ = conv._forward(x, w, b, s, p, d, g)
-                conv._forward(x, w, None, s, p, d, g)
-                conv._forward(x, w, b, s, p, d, g, relu=True, stats=True)
+                y, _, _ = conv.launch_forward(x, w, b, s, p, d, g)
+                conv.launch_forward(x, w, None, s, p, d, g)
+                conv.launch_forward(x, w, b, s, p, d, g, relu=True, stats=True)
                 dy = torch.empty_like(y)
-                conv._grad_input(dy, w, xs, fmt, s, p, d, g)
-                conv._grad_weight(dy, x, ws, s, p, d, g)
-                conv._grad_bias(dy)
+                conv.launch_grad_input(dy, w, xs, fmt, s, p, d, g)
+                conv.launch_grad_weight(dy, x, ws, s, p, d, g)
+                conv.launch_grad_bias(dy)
                 if g == xs[1] == ws[0]:  # depthwise: the fused separable op, C -> C
                     wp = meta((ws[0], ws[0], 1, 1), dtype)
                     for relu in (False, True):
-                        y2 = dwsep._forward(x, w, wp, s, p, d, relu)
-                        dwsep._backward(torch.empty_like(y2), x, w, wp, s, p, d, relu)
+                        y2 = dwsep.launch_forward(x, w, wp, s, p, d, relu)
+                        dwsep.launch_backward(torch.empty_like(y2), x, w, wp, s, p, d, relu)
                 label = (f"{xs[1]}->{ws[0]} {xs[2]}x{xs[3]} g{g} s{s} p{p} d{d} "
                          f"{'cl' if cl else 'nchw'}")  # fmt: skip
                 for la in launches[first:]:

@@ -103,7 +103,7 @@ def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     run.mkdir()
     t = Trainer(recipe, opts, run)
     t.train_epoch(0)
-    t._save_epoch(is_best=True)
+    t.checkpoint_hook({}, is_best=True)
     good = (run / "last.pt").read_bytes()
 
     def dies_half_way(obj, path):
@@ -112,6 +112,6 @@ def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rundir.torch, "save", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
-        t._save_epoch(is_best=True)
+        t.checkpoint_hook({}, is_best=True)
     assert (run / "last.pt").read_bytes() == good
     assert torch.load(run / "last.pt", weights_only=True)["state"]["epoch"] >= 0

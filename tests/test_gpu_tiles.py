@@ -108,7 +108,7 @@ def test_launches_record_the_gpu_configuration():
     x = torch.empty(512, 32, 8, 8, device="meta").contiguous(memory_format=torch.channels_last)
     w = torch.empty(32, 1, 3, 3, device="meta")
     with record_launches() as launches:
-        conv._grad_weight(torch.empty_like(x), x, w.shape, 1, 1, 1, 64)
+        conv.launch_grad_weight(torch.empty_like(x), x, w.shape, 1, 1, 1, 64)
     (la,) = launches
     t = GPU_TILES["reduce"]
     assert la.meta["BLOCK_P"] == t.block_p and la.meta["BLOCK_C"] == t.block_c
