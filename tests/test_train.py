@@ -70,7 +70,7 @@ def test_cli_trains_s7_on_real_data(real_archive, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"]["name"] == "s7" and config["recipe"]["batch_size"] == 50
     assert config["run"]["data"] == str(real_archive.resolve())  # the resolved source
-    ckpt = torch.load(out / "last.pt", weights_only=False)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["state"]["epoch"] == 2
 
 
@@ -193,7 +193,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tiny_tree, 
     t._criterion = criterion
     with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2, step 3"):
         t.fit()
-    assert torch.load(tmp_path / "last.pt", weights_only=False)["state"]["epoch"] == 1
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["state"]["epoch"] == 1
     assert not (tmp_path / "summary.json").exists()
     assert len(read_metrics(tmp_path)) == 1
 
