@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -36,7 +35,6 @@ class Components:
     arrays: object  # fastcifar.data.CifarArrays
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    train_images: np.ndarray
     loader_name: str
     train_loader: object
     test_loader: EvalLoader | None
@@ -99,7 +97,7 @@ def build_components(recipe: Recipe, options: RunOptions, with_test: bool = True
     if kernels == "triton":
         _use_triton_kernels(model, recipe.batch_size, device, channels_last, dtype)
     return Components(
-        device, dtype, channels_last, arrays, mean, std, train_x, loader_name, train_loader,
+        device, dtype, channels_last, arrays, mean, std, loader_name, train_loader,
         test_loader, model, kernels, criterion(recipe.loss, recipe.label_smoothing),
     )  # fmt: skip
 
