@@ -1,8 +1,9 @@
 """Epoch throughput for every recipe, the seeds' way and fastcifar's, on the same machine.
 
 * ``seeds``: eager, float32, NCHW, PyTorch convolutions, the albumentations DataLoader.
-* ``fastcifar``: --amp, channels_last, torch.compile, the Triton kernels (on CUDA) and the
-  GPU-resident loader where the recipe allows it (``auto`` choices of fastcifar.train).
+* ``fastcifar``: --amp, channels_last, torch.compile, the measured kernel dispatch (on
+  CUDA) and the GPU-resident loader where the recipe allows it (``auto`` choices of
+  fastcifar.train).
 
 Warm-up (compilation) is timed separately (``extra_info['warmup_s']``) from the
 steady-state epochs the benchmark measures. Sizes: CPU-sized by default (128 training

@@ -33,6 +33,7 @@ class Components:
     amp_dtype: torch.dtype | None  # None: float32
     channels_last: bool
     arrays: object  # fastcifar.data.CifarArrays
+    train_images: object  # uint8 (N, 32, 32, 3), the training images after --train-subset
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     loader_name: str
@@ -41,20 +42,28 @@ class Components:
     model: nn.Module
     kernels: str
     criterion: object
+    kernel_dispatch: list[dict]  # --kernels auto on CUDA: fastcifar.dispatch's decisions
 
 
-def build_components(recipe: Recipe, options: RunOptions, with_test: bool = True) -> Components:
+def build_components(
+    recipe: Recipe, options: RunOptions, with_test: bool = True, init_whitening: bool = True
+) -> Components:
     """Device and AMP policy, the data (subsets applied), the training loader chosen by
     ``options.loader``, the test loader (unless ``with_test`` is False), the model on the
-    device (channels_last, whitening initialised, Triton kernels validated and swapped in
-    when ``options.kernels`` resolves to triton) and the recipe's criterion. Prints one
-    line per choice made. ``Trainer`` and the LR range test both start here.
+    device (channels_last, whitening initialised unless ``init_whitening`` is False, Triton
+    kernels validated and swapped in when ``options.kernels`` resolves to triton) and the
+    recipe's criterion. Prints one line per choice made. ``Trainer`` (which initialises
+    the whitening itself, inside the timed span) and the LR range test both start here.
+    On CUDA it turns on ``torch.backends.cudnn.benchmark`` (CIFAR shapes are fixed, so the
+    fastest cuDNN algorithm is searched once per shape).
 
     Raises:
         FastCifarError: bad data, a loader or kernel choice that cannot run here, or a
             kernel validation failure.
     """
     device = resolve_device(options.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     dtype = amp_dtype(device, options.amp_dtype) if options.amp else None
     if options.amp and dtype is None:
         print(
@@ -89,34 +98,47 @@ def build_components(recipe: Recipe, options: RunOptions, with_test: bool = True
 
     torch.manual_seed(recipe.seed)
     model = create_model(recipe.model).to(device)
-    if hasattr(model, "init_whitening"):
-        model.init_whitening(train_x, mean, std)
+    if init_whitening and hasattr(model, "init_whitening"):
+        model.init_whitening(train_x[: recipe.whiten_images], mean, std)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     kernels = resolve_kernels(options.kernels, device)
+    dispatch = []
     if kernels == "triton":
         _use_triton_kernels(model, recipe.batch_size, device, channels_last, dtype)
+    elif kernels == "auto":
+        dispatch = _dispatch_kernels(model, recipe.batch_size, device, channels_last, dtype)
     return Components(
-        device, dtype, channels_last, arrays, mean, std, loader_name, train_loader,
-        test_loader, model, kernels, criterion(recipe.loss, recipe.label_smoothing),
+        device, dtype, channels_last, arrays, train_x, mean, std, loader_name, train_loader,
+        test_loader, model, kernels, criterion(recipe.loss, recipe.label_smoothing), dispatch,
     )  # fmt: skip
 
 
-def _use_triton_kernels(model: nn.Module, batch: int, device, channels_last: bool, dtype) -> None:
-    """Validate every distinct conv configuration of ``model`` against PyTorch, print the
-    table, refuse to train on a failure, then swap the supported layers to Triton."""
-    from fastcifar.kernels import validate
-    from fastcifar.nn import swap_convolutions
-
+def _example(batch: int, device, channels_last: bool) -> torch.Tensor:
     # the real batch on a GPU; 2 images under the (slow) interpreter on a CPU
     batch = batch if device.type == "cuda" else 2
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    example = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    return torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+
+
+def _validate(model: nn.Module, example: torch.Tensor, device, dtype) -> list:
+    """Validate every distinct conv configuration of ``model`` against PyTorch and print
+    the table; returns the results."""
+    from fastcifar.kernels import validate
+
     configs = validate.collect_conv_configs(model, example, dtype or torch.float32)
     results = validate.validate_configs(configs, device)
-    print(f"kernels: validating {len(configs)} Triton conv configurations (batch {batch})")
+    print(f"kernels: validating {len(configs)} Triton conv configurations (batch {len(example)})")
     print(validate.format_table(results), flush=True)
-    for r in results:
+    return results
+
+
+def _use_triton_kernels(model: nn.Module, batch: int, device, channels_last: bool, dtype) -> None:
+    """--kernels triton: validate, refuse to train on a failure, then swap every supported
+    layer to Triton."""
+    from fastcifar.nn import swap_convolutions
+
+    for r in _validate(model, _example(batch, device, channels_last), device, dtype):
         if not r.passed:
             raise FastCifarError(
                 f"Triton kernel validation failed on layer {r.layers[0]} "
@@ -124,3 +146,29 @@ def _use_triton_kernels(model: nn.Module, batch: int, device, channels_last: boo
             )
     swapped = swap_convolutions(model)
     print(f"kernels: {len(swapped)} convolutions run in Triton")
+
+
+def _dispatch_kernels(
+    model: nn.Module, batch: int, device, channels_last: bool, dtype, timer=None, cache=None,
+    env: str | None = None,
+) -> list[dict]:  # fmt: skip
+    """--kernels auto on CUDA: validate, then time Triton against PyTorch for every
+    configuration and fusable block that passed (``fastcifar.dispatch``), print the table
+    and swap in the winners. Returns the decisions as records for config.json."""
+    from fastcifar import dispatch
+
+    example = _example(batch, device, channels_last)
+    failed = {r.config for r in _validate(model, example, device, dtype) if not r.passed}
+    kwargs = {"timer": timer} if timer is not None else {}
+    decisions = dispatch.decide(model, example, dtype or torch.float32, device, cache=cache,
+                                env=env, exclude=failed, **kwargs)  # fmt: skip
+    changed = dispatch.apply(model, decisions)
+    print("kernels: auto, measured (forward + backward, Triton against PyTorch):")
+    print(dispatch.format_table(decisions))
+    print(
+        f"kernels: {len(changed['conv'])} convolutions in Triton, "
+        f"{len(changed['conv_relu_bn'])} conv+ReLU+BN and {len(changed['dwsep'])} depthwise-"
+        f"separable blocks fused; the rest PyTorch's",
+        flush=True,
+    )
+    return dispatch.as_records(decisions)

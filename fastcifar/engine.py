@@ -4,11 +4,17 @@ A run directory (docs/DESIGN.md) holds:
 
 * ``config.json``: the recipe and the run options, written before the first epoch;
 * ``metrics.jsonl``: one JSON object per finished epoch (epoch, lr, train_loss,
-  train_acc, test_loss, test_acc, epoch_time_s, images_per_s); accuracies in percent,
-  losses are the criterion alone (no L1 term), times in seconds;
+  train_acc, test_loss, test_acc, epoch_time_s, images_per_s; the last epoch of a recipe
+  with TTA adds tta_test_loss, tta_test_acc); accuracies in percent, losses are the
+  criterion's mean per image (no L1 term), times in seconds;
 * ``last.pt`` (after every epoch) and ``best.pt`` (best test accuracy) checkpoints;
 * ``summary.json``, written only when the run has finished: final and best test
   accuracy, total time, device, versions. A run without it did not finish.
+
+The timed span (``summary.json``'s ``timed_span_s``) is the speed records': the
+whitening layer's initialisation, the training loops and the final TTA evaluation, timed
+with CUDA events on a GPU (the wall clock elsewhere), after a compile warm-up reported
+apart (``compile_time_s``); per-epoch evaluation is outside it.
 
 Checkpoints are written atomically at the end of each epoch, so a run killed at any
 moment loses at most the epoch in progress. Epoch ``e``'s data order, augmentation
@@ -32,7 +38,14 @@ import torch.nn.functional as F
 from fastcifar.components import build_components
 from fastcifar.errors import FastCifarError
 from fastcifar.lr_range import range_test
-from fastcifar.optim import l1_penalty, make_ema, make_optimizer, make_schedule
+from fastcifar.optim import (
+    l1_penalty,
+    make_ema,
+    make_optimizer,
+    make_schedule,
+    total_steps,
+    whiten_bias_steps,
+)
 from fastcifar.recipes import Recipe
 from fastcifar.rundir import RunOptions, atomic_save, atomic_write, load_checkpoint
 from fastcifar.runtime import (
@@ -41,6 +54,7 @@ from fastcifar.runtime import (
     device_name,
     versions,
 )
+from fastcifar.tta import tta_logits
 
 __all__ = ["RunOptions", "RunState", "Trainer", "TrainingDiverged"]
 
@@ -56,6 +70,8 @@ class RunState:
     metrics: list[dict] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)  # the learning rate of every step
     train_time_s: float = 0.0  # training loops only, device-timed (no evaluation)
+    whiten_time_s: float = 0.0  # whitening initialisation, device-timed
+    tta_time_s: float = 0.0  # the final TTA evaluation, device-timed
     compile_time_s: float = 0.0  # warm-up before the timed epochs
 
 
@@ -69,27 +85,42 @@ class Trainer:
     def __init__(self, recipe: Recipe, options: RunOptions, run_dir: Path, resume: bool = False):
         self.recipe = recipe.validate()
         self.run_dir = Path(run_dir)
-        c = build_components(self.recipe, options)
+        c = build_components(self.recipe, options, init_whitening=False)
         # the options as run: config.json records the resolved data source
         self.options = dataclasses.replace(options, data=c.arrays.source)
         self.device, self.amp_dtype, self.channels_last = c.device, c.amp_dtype, c.channels_last
         self.amp = self.amp_dtype is not None
         self.arrays, self.mean, self.std = c.arrays, c.mean, c.std
+        self.train_images = c.train_images
         self.loader_name, self.train_loader, self.test_loader = (
             c.loader_name, c.train_loader, c.test_loader
         )  # fmt: skip
         self.model, self.kernels, self._criterion = c.model, c.kernels, c.criterion
+        self.kernel_dispatch = c.kernel_dispatch
         if self.recipe.lr_find and not resume:
             self._find_lr()
-        self.optimizer = make_optimizer(self.model.parameters(), self.recipe)
-        self.schedule = make_schedule(self.optimizer, self.recipe, len(self.train_loader))
+        steps = len(self.train_loader)
+        self.total_steps = total_steps(self.recipe, steps)
+        self.whiten_bias_steps = whiten_bias_steps(self.recipe, steps)
+        self._set_whiten_bias_trainable(0)
+        self.optimizer = make_optimizer(self.model, self.recipe)
+        self.schedule = make_schedule(self.optimizer, self.recipe, steps)
         self.ema = make_ema(self.model, self.recipe.ema)
         use_scaler = self.amp and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.state = RunState()
         if resume:
             self._load_checkpoint(self.run_dir / "last.pt")
-        self.forward = CompiledForward(self.model, options.compile, options.compile_backend)
+        r = self.recipe
+        self.forward = CompiledForward(
+            self.model, options.compile, options.compile_backend, r.compile_mode
+        )
+        # training: forward + loss as one compiled graph (--compile-step), else the compiled
+        # model and an eager loss
+        self.forward_loss = CompiledForward(
+            self._forward_loss, options.compile and r.compile_step, options.compile_backend,
+            r.compile_mode,
+        )  # fmt: skip
         self.tensorboard = None
         if options.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -102,7 +133,7 @@ class Trainer:
     def _find_lr(self) -> None:
         """The recipe asks for its peak lr from an LR range test first (as seed 003 did)."""
         result = range_test(
-            self.model, make_optimizer(self.model.parameters(), self.recipe), self._criterion,
+            self.model, make_optimizer(self.model, self.recipe), self._criterion,
             self.train_loader, self.device, num_iter=self.recipe.lr_find_iters,
         )  # fmt: skip
         print(f"lr_find: suggested lr {result.suggested_lr:.4g} (steepest descent); the recipe "
@@ -111,6 +142,30 @@ class Trainer:
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+
+    def _set_whiten_bias_trainable(self, step: int) -> None:
+        """The whitening bias (speed-run nets) trains for its first ``whiten_bias_steps``
+        optimizer steps, then is frozen (no gradient at all, as the record detaches it)."""
+        whiten = getattr(self.model, "whiten", None)
+        if whiten is not None and whiten.bias is not None:
+            trains = step < self.whiten_bias_steps
+            if whiten.bias.requires_grad != trains:
+                whiten.bias.requires_grad_(trains)
+
+    def _init_whitening(self) -> None:
+        """Whitening filters from the first ``whiten_images`` training images, timed (the
+        record counts it): from the device-resident copy when the loader keeps one."""
+        if not hasattr(self.model, "init_whitening"):
+            return
+        n = self.recipe.whiten_images
+        resident = getattr(self.train_loader, "images", None)
+        if isinstance(resident, torch.Tensor) and resident.ndim == 4:  # (N, 3, 32, 32) uint8
+            images = resident[:n].permute(0, 2, 3, 1)
+        else:
+            images = self.train_images[:n]
+        timer = Timer(self.device)
+        self.model.init_whitening(images, self.mean, self.std)
+        self.state.whiten_time_s += timer.stop()
 
     def _seed_epoch(self, epoch: int) -> None:
         torch.manual_seed(self.recipe.seed * 100_003 + epoch)
@@ -187,24 +242,32 @@ class Trainer:
             f"epoch {row['epoch']}/{self.recipe.epochs}  lr {row['lr']:.4g}  "
             f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%  "
             f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}%  "
-            f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f} s",
+            + (f"TTA acc {row['tta_test_acc']:.2f}%  " if "tta_test_acc" in row else "")
+            + f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f} s",
             flush=True,
         )
 
     # ------------------------------------------------------------------ loops
 
+    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean criterion loss, output) of the model on a batch: one graph with
+        --compile-step."""
+        out = self.model(x) if self.forward_loss.compiled is not None else self.forward(x)
+        return self._criterion(out, y), out
+
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step; returns (criterion loss, model output)."""
+        """One optimizer step; returns (mean criterion loss, model output)."""
         with self._autocast():
-            out = self.forward(x)
-            loss = self._criterion(out, y)
-            total = loss + self.recipe.l1 * l1_penalty(self.model) if self.recipe.l1 else loss
+            loss, out = self.forward_loss(x, y)
+            total = loss * len(y) if self.recipe.loss_reduction == "sum" else loss
+            if self.recipe.l1:
+                total = total + self.recipe.l1 * l1_penalty(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
+            self.ema.update(self.model)
         self.schedule.after_step()
         return loss, out
 
@@ -216,9 +279,15 @@ class Trainer:
         start = time.perf_counter()
         self.model.train()
         self._seed_epoch(self.state.epoch)
-        for _, (x, y) in zip(range(steps), self.train_loader, strict=False):
+        step = len(self.state.lrs)
+        for i, (x, y) in zip(range(steps), self.train_loader, strict=False):
+            if self.whiten_bias_steps and i == steps - 1:  # the graph without its gradient
+                self._set_whiten_bias_trainable(self.whiten_bias_steps)
             self._train_step(x, y)
+        self._set_whiten_bias_trainable(step)
         self.evaluate(max_batches=1)
+        if self.recipe.tta != "none":
+            self.evaluate(tta=True)  # the final evaluation's shapes
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
@@ -231,7 +300,8 @@ class Trainer:
         self.model.train()
         self._seed_epoch(epoch)
         loader = self.train_loader
-        steps = len(loader)
+        first = len(self.state.lrs)  # optimizer steps taken before this epoch
+        steps = min(len(loader), self.total_steps - first)  # --last-epoch-fraction
         losses = torch.zeros(steps, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
@@ -246,7 +316,8 @@ class Trainer:
             disable=None,
         )
         timer = Timer(self.device)
-        for step, (x, y) in enumerate(loader):
+        for step, (x, y) in zip(range(steps), loader, strict=False):
+            self._set_whiten_bias_trainable(first + step)
             self.state.lrs.append(self.optimizer.param_groups[0]["lr"])
             loss, out = self._train_step(x, y)
             losses[step] = loss.detach()
@@ -284,24 +355,27 @@ class Trainer:
             )
 
     @torch.no_grad()
-    def evaluate(self, max_batches: int | None = None) -> dict:
+    def evaluate(self, max_batches: int | None = None, tta: bool = False) -> dict:
+        """Test loss (mean per image) and accuracy (percent) of the evaluated weights (the
+        EMA's when used): single view, or with ``tta`` the recipe's TTA (``tta``,
+        ``tta_fraction``; ``fastcifar.tta``) over the whole test set."""
         self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        n = 0
-        model = self.ema.module.eval() if self.ema is not None else None
+        forward = self.ema.module.eval() if self.ema is not None else self.forward
+        xs, ys = [], []
         for i, (x, y) in enumerate(self.test_loader):
             if max_batches is not None and i >= max_batches:
                 break
-            with self._autocast():
-                out = model(x) if model is not None else self.forward(x)
-                if self.recipe.tta:  # the mirror image's logits, averaged
-                    flipped = model(x.flip(-1)) if model is not None else self.forward(x.flip(-1))
-                    out = (out.float() + flipped.float()) / 2
-            loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
-            correct += (out.argmax(1) == y).sum()
-            n += len(y)
-        return {"test_loss": float(loss_sum) / n, "test_acc": 100.0 * correct.item() / n}
+            xs.append(x)
+            ys.append(y)
+        x, y = torch.cat(xs), torch.cat(ys)
+        mode = self.recipe.tta if tta else "none"
+        with self._autocast():
+            out = tta_logits(forward, x, mode, self.recipe.tta_fraction,
+                             batch_size=self.test_loader.batch_size)  # fmt: skip
+        loss = F.cross_entropy(out, y, reduction="sum")
+        correct = (out.argmax(1) == y).sum()
+        n = len(y)
+        return {"test_loss": float(loss) / n, "test_acc": 100.0 * correct.item() / n}
 
     def fit(self) -> dict:
         """Train the remaining epochs, checkpointing after each; write summary.json.
@@ -319,9 +393,17 @@ class Trainer:
         if self.options.compile and self.state.epoch < r.epochs:
             self.state.compile_time_s += self.warm_up()
             print(f"compile: warm-up took {self.state.compile_time_s:.1f} s (not timed)")
+        if self.state.epoch == 0:
+            self._init_whitening()
         for epoch in range(self.state.epoch, r.epochs):
             t0 = time.perf_counter()
             train = self.train_epoch(epoch)
+            final_tta = {}
+            if epoch == r.epochs - 1 and r.tta != "none":
+                timer = Timer(self.device)
+                final = self.evaluate(tta=True)
+                self.state.tta_time_s += timer.stop()
+                final_tta = {"tta_test_loss": final["test_loss"], "tta_test_acc": final["test_acc"]}
             test = self.evaluate()
             self.schedule.after_epoch(test["test_acc"])
             row = {
@@ -333,6 +415,7 @@ class Trainer:
                 "test_acc": test["test_acc"],
                 "epoch_time_s": time.perf_counter() - t0,
                 "images_per_s": train["images_per_s"],
+                **final_tta,
             }
             self.state.metrics.append(row)
             self.state.epoch = epoch + 1
@@ -350,12 +433,20 @@ class Trainer:
             "recipe": self.recipe.name,
             "model": self.recipe.model,
             "epochs": len(m),
-            "final_test_acc": m[-1]["test_acc"],
+            "final_test_acc": m[-1].get("tta_test_acc", m[-1]["test_acc"]),
+            "final_test_acc_single_view": m[-1]["test_acc"],
+            "tta": self.recipe.tta,
             "best_test_acc": best["test_acc"],
             "best_epoch": best["epoch"],
             "expected_accuracy": self.recipe.expected_accuracy,
             "total_time_s": sum(row["epoch_time_s"] for row in m),
             "train_time_s": self.state.train_time_s,
+            "whiten_time_s": self.state.whiten_time_s,
+            "tta_time_s": self.state.tta_time_s,
+            # the records' timed span: whitening + training loops + final TTA
+            "timed_span_s": self.state.whiten_time_s
+            + self.state.train_time_s
+            + self.state.tta_time_s,
             "compile_time_s": self.state.compile_time_s,
             "loader": self.loader_name,
             "last_session_time_s": session_time,

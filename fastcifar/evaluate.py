@@ -106,7 +106,7 @@ def evaluate_run(
         idx = stratified_subset(test_y, options.test_subset, seed=0, flag="--test-subset")
         test_x, test_y = test_x[idx], test_y[idx]
     loader = EvalLoader(test_x, test_y, mean, std, batch_size=500, device=torch.device(device))
-    preds, labels = predict(model, loader, tta=recipe.tta)
+    preds, labels = predict(model, loader, recipe.tta, recipe.tta_fraction)
     cm = confusion_matrix(preds, labels)
     per_class = {
         c: (100.0 * cm[i, i] / cm[i].sum()) if cm[i].sum() else None for i, c in enumerate(CLASSES)

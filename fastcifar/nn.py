@@ -23,6 +23,7 @@ from torch import nn
 
 from fastcifar.kernels import conv2d as triton_conv2d
 from fastcifar.kernels.conv_bn import conv2d_relu_stats
+from fastcifar.kernels.dwsep import depthwise_separable_conv2d
 
 
 def config_supported(conv: nn.Conv2d) -> bool:
@@ -78,8 +79,9 @@ class Conv2d(nn.Conv2d):
         return new
 
 
-def swap_convolutions(model: nn.Module) -> list[str]:
-    """Replace every supported ``nn.Conv2d`` in ``model`` by ``Conv2d``, in place.
+def swap_convolutions(model: nn.Module, only: set[str] | None = None) -> list[str]:
+    """Replace every supported ``nn.Conv2d`` in ``model`` (or those of them named in
+    ``only``) by ``Conv2d``, in place.
 
     The parameters are shared, not copied: optimizers built before or after see the same
     tensors, and state dicts keep their keys. Returns the qualified names swapped.
@@ -87,9 +89,12 @@ def swap_convolutions(model: nn.Module) -> list[str]:
     swapped = []
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
+            qualified = f"{parent_name}.{name}" if parent_name else name
+            if only is not None and qualified not in only:
+                continue
             if type(child) is nn.Conv2d and config_supported(child):
                 setattr(parent, name, Conv2d.from_conv(child))
-                swapped.append(f"{parent_name}.{name}" if parent_name else name)
+                swapped.append(qualified)
     return swapped
 
 
@@ -127,7 +132,8 @@ class FusedConvReLUBN(nn.Sequential):
         return y * scale.view(shape).to(y.dtype) + shift.view(shape).to(y.dtype)
 
 
-def _is_crb(m: nn.Module) -> bool:
+def is_conv_relu_bn(m: nn.Module) -> bool:
+    """Whether ``m`` is a ``Sequential(Conv2d, ReLU, BatchNorm2d)`` the fused kernel covers."""
     return (
         type(m) is nn.Sequential
         and len(m) == 3
@@ -138,14 +144,63 @@ def _is_crb(m: nn.Module) -> bool:
     )
 
 
-def fuse_conv_relu_bn(model: nn.Module) -> list[str]:
-    """Turn every supported ``Sequential(Conv2d, ReLU, BatchNorm2d)`` of ``model`` into a
-    ``FusedConvReLUBN`` in place (children and state-dict keys unchanged). Returns the
-    qualified names converted."""
+def fuse_conv_relu_bn(model: nn.Module, only: set[str] | None = None) -> list[str]:
+    """Turn every supported ``Sequential(Conv2d, ReLU, BatchNorm2d)`` of ``model`` (or those
+    named in ``only``) into a ``FusedConvReLUBN`` in place (children and state-dict keys
+    unchanged). Returns the qualified names converted."""
     fused = []
     for name, m in model.named_modules():
-        if _is_crb(m):
+        if is_conv_relu_bn(m) and (only is None or name in only):
             m.__class__ = FusedConvReLUBN
+            fused.append(name)
+    return fused
+
+
+class FusedDepthwiseSeparable(nn.Sequential):
+    """``Sequential(depthwise 3x3 conv, [ReLU], pointwise 1x1 conv)``, both bias-free,
+    computed by ``fastcifar.kernels.depthwise_separable_conv2d``: the depthwise output is
+    never written to memory. Same children, parameters and state-dict keys as the block it
+    replaces. Input (N, C, H, W), NCHW or channels_last; output (N, COUT, HO, WO)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dw, pw = self[0], self[-1]
+        x, w_dw, _ = _autocast_args(x, dw.weight, None)
+        _, w_pw, _ = _autocast_args(x, pw.weight, None)
+        relu = len(self) == 3
+        return depthwise_separable_conv2d(
+            x, w_dw, w_pw, dw.stride[0], dw.padding[0], dw.dilation[0], relu
+        )
+
+
+def is_depthwise_separable(m: nn.Module) -> bool:
+    """Whether ``m`` is a bias-free ``Sequential(depthwise 3x3, [ReLU], pointwise 1x1)`` the
+    fused depthwise-separable kernel covers."""
+    if type(m) is not nn.Sequential or len(m) not in (2, 3):
+        return False
+    dw, pw = m[0], m[-1]
+    return (
+        isinstance(dw, nn.Conv2d)
+        and config_supported(dw)
+        and dw.groups == dw.in_channels == dw.out_channels
+        and dw.bias is None
+        and isinstance(pw, nn.Conv2d)
+        and pw.kernel_size == (1, 1)
+        and pw.stride == (1, 1)
+        and pw.groups == 1
+        and pw.bias is None
+        and pw.in_channels == dw.out_channels
+        and (len(m) == 2 or type(m[1]) is nn.ReLU)
+    )
+
+
+def fuse_depthwise_separable(model: nn.Module, only: set[str] | None = None) -> list[str]:
+    """Turn every bias-free ``Sequential(depthwise 3x3, [ReLU], pointwise 1x1)`` of
+    ``model`` (or those named in ``only``) into a ``FusedDepthwiseSeparable`` in place.
+    Returns the qualified names converted."""
+    fused = []
+    for name, m in model.named_modules():
+        if is_depthwise_separable(m) and (only is None or name in only):
+            m.__class__ = FusedDepthwiseSeparable
             fused.append(name)
     return fused
 
@@ -153,7 +208,11 @@ def fuse_conv_relu_bn(model: nn.Module) -> list[str]:
 __all__ = [
     "Conv2d",
     "FusedConvReLUBN",
+    "FusedDepthwiseSeparable",
     "config_supported",
     "fuse_conv_relu_bn",
+    "fuse_depthwise_separable",
+    "is_conv_relu_bn",
+    "is_depthwise_separable",
     "swap_convolutions",
 ]

@@ -4,12 +4,15 @@ schedule (with when it steps), and the EMA of the weights.
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastcifar.muon import NS_COEFFICIENTS, Muon
 from fastcifar.recipes import Recipe
 
 
@@ -39,29 +42,121 @@ def l1_penalty(model: nn.Module) -> torch.Tensor:
     return sum(p.abs().mean() for p in model.parameters() if p.requires_grad)
 
 
-def ema_avg(decay: float):
-    """EMA with a warm-up: step n uses min(decay, (1 + n) / (10 + n)), so a short run is
-    not dominated by the initial weights (the warm-up form of TensorFlow's
-    ExponentialMovingAverage with num_updates)."""
+class EMA:
+    """Exponential moving average of a model's parameters and floating-point buffers.
 
-    def avg(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        return averaged * d + current * (1.0 - d)
+    Step ``n`` (from 0) uses the decay ``min(decay, (1 + n) / (10 + n))``, so a short run
+    is not dominated by the initial weights (the warm-up form of TensorFlow's
+    ExponentialMovingAverage with num_updates). The step counter is a tensor on the
+    model's device and the update is made of device operations only, so ``update`` never
+    synchronises with the host (``torch.optim.swa_utils.AveragedModel`` keeps its counter
+    on the CPU and, with a Python ``avg_fn``, reads it back for every tensor).
 
-    return avg
+    Attributes:
+        module: the averaged copy (evaluate it; its parameters do not require grad).
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+        device = next(iter(model.state_dict().values())).device
+        self.num_updates = torch.zeros((), dtype=torch.float32, device=device)
+
+    @staticmethod
+    def _tensors(model: nn.Module) -> list[torch.Tensor]:
+        return list(model.parameters()) + list(model.buffers())
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average towards ``model``'s current weights (integer buffers copied)."""
+        n = self.num_updates
+        weight = 1.0 - torch.clamp((1.0 + n) / (10.0 + n), max=self.decay)  # device tensor
+        for avg, cur in zip(self._tensors(self.module), self._tensors(model), strict=True):
+            if avg.is_floating_point():
+                avg.lerp_(cur.detach(), weight.to(avg.dtype))
+            else:
+                avg.copy_(cur)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.num_updates.copy_(state["num_updates"])
 
 
-def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
-    """The recipe's optimizer over ``params``: Adam (betas (momentum, 0.999)) or SGD
-    (momentum, Nesterov where set), with the recipe's lr and weight decay."""
+def muon_param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
+    """The record's four groups of trainable parameters, each named (``"name"``):
+
+    * ``filters``: 4-D convolution weights -> Muon (lr ``recipe.lr``, momentum
+      ``recipe.momentum``, decoupled weight decay ``recipe.muon_weight_decay``);
+    * ``whiten_bias``: the whitening layer's bias -> SGD, lr ``bias_lr``, its own schedule;
+    * ``biases``: every other vector (BatchNorm biases) -> SGD, lr ``bias_lr``;
+    * ``head``: 2-D weights (the linear head) -> SGD, lr ``head_lr``.
+
+    SGD groups use Nesterov momentum ``sgd_momentum`` and L2 weight decay
+    ``weight_decay / lr`` of the group, the record's parametrisation (a decay per step
+    proportional to the scheduled lr, whatever the group's lr). Empty groups are left out.
+    """
     r = recipe
+    named = {"filters": [], "whiten_bias": [], "biases": [], "head": []}
+    for name, p in model.named_parameters():
+        if not p.requires_grad and name != "whiten.bias":
+            continue
+        if p.ndim == 4:
+            named["filters"].append(p)
+        elif name == "whiten.bias":
+            named["whiten_bias"].append(p)
+        elif p.ndim == 2:
+            named["head"].append(p)
+        else:
+            named["biases"].append(p)
+    bias_lr, head_lr = r.bias_lr or r.lr, r.head_lr or r.lr
+    sgd = dict(muon=False, momentum=r.sgd_momentum, nesterov=True)
+    groups = [
+        dict(name="filters", params=named["filters"], lr=r.lr, momentum=r.momentum,
+             nesterov=r.nesterov, weight_decay=r.muon_weight_decay, muon=True),
+        dict(name="whiten_bias", params=named["whiten_bias"], lr=bias_lr,
+             weight_decay=r.weight_decay / bias_lr, **sgd),
+        dict(name="biases", params=named["biases"], lr=bias_lr,
+             weight_decay=r.weight_decay / bias_lr, **sgd),
+        dict(name="head", params=named["head"], lr=head_lr,
+             weight_decay=r.weight_decay / head_lr, **sgd),
+    ]  # fmt: skip
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``model``'s trainable parameters: Adam (betas
+    (momentum, 0.999)), SGD (momentum, Nesterov where set), or ``muon`` (``Muon`` on the
+    convolution filters and SGD on the rest, ``muon_param_groups``)."""
+    r = recipe
+    if r.optimizer == "muon":
+        return Muon(
+            muon_param_groups(model, r), ns_steps=r.muon_ns_steps,
+            ns_coefficients=NS_COEFFICIENTS[r.muon_ns], renorm_every=r.muon_renorm_every,
+            batched=r.muon_batched,
+        )  # fmt: skip
+    params = [p for p in model.parameters() if p.requires_grad]
     if r.optimizer == "adam":
         return torch.optim.Adam(
             params, lr=r.lr, betas=(r.momentum, 0.999), weight_decay=r.weight_decay
         )
     return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
                            weight_decay=r.weight_decay)  # fmt: skip
+
+
+def total_steps(recipe: Recipe, steps_per_epoch: int) -> int:
+    """Optimizer steps of a run: ``epochs - 1`` full epochs and ``ceil(last_epoch_fraction
+    * steps_per_epoch)`` steps of the last one."""
+    last = math.ceil(recipe.last_epoch_fraction * steps_per_epoch - 1e-9)
+    return (recipe.epochs - 1) * steps_per_epoch + max(1, last)
+
+
+def whiten_bias_steps(recipe: Recipe, steps_per_epoch: int) -> int:
+    """Steps during which the whitening bias trains (``ceil(whiten_bias_epochs * steps)``)."""
+    return math.ceil(recipe.whiten_bias_epochs * steps_per_epoch - 1e-9)
 
 
 @dataclass
@@ -94,16 +189,32 @@ class Schedule:
 def make_schedule(
     optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int
 ) -> Schedule:
-    """The recipe's schedule: OneCycleLR (per step), StepLR (per epoch), ReduceLROnPlateau
-    on the test accuracy (per epoch), or a constant learning rate."""
+    """The recipe's schedule: OneCycleLR (per step; every group peaks at its own lr),
+    ``linear`` (per step: ``lr x (1 - step / total_steps)``, no warm-up, the record's; a
+    group named ``whiten_bias`` decays to 0 over ``whiten_bias_steps`` instead), StepLR
+    (per epoch), ReduceLROnPlateau on the test accuracy (per epoch), or a constant lr."""
     r = recipe
     if r.scheduler == "onecycle":
         return Schedule(torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=r.lr, epochs=r.epochs, steps_per_epoch=steps_per_epoch,
-            pct_start=r.pct_start, anneal_strategy=r.anneal_strategy,
-            cycle_momentum=r.cycle_momentum, div_factor=r.div_factor,
-            final_div_factor=r.final_div_factor,
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], epochs=r.epochs,
+            steps_per_epoch=steps_per_epoch, pct_start=r.pct_start,
+            anneal_strategy=r.anneal_strategy, cycle_momentum=r.cycle_momentum,
+            div_factor=r.div_factor, final_div_factor=r.final_div_factor,
         ), "step")  # fmt: skip
+    if r.scheduler == "linear":
+        total = total_steps(r, steps_per_epoch)
+        bias_steps = max(1, whiten_bias_steps(r, steps_per_epoch))
+
+        def decay(step: int) -> float:
+            return max(0.0, 1.0 - step / total)
+
+        def bias_decay(step: int) -> float:
+            return max(0.0, 1.0 - step / bias_steps)
+
+        lambdas = [
+            bias_decay if g.get("name") == "whiten_bias" else decay for g in optimizer.param_groups
+        ]
+        return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas), "step")
     if r.scheduler == "step":
         return Schedule(torch.optim.lr_scheduler.StepLR(optimizer, r.step_size, r.gamma), "epoch")
     if r.scheduler == "plateau":
@@ -113,11 +224,8 @@ def make_schedule(
     return Schedule(None, "never")
 
 
-def make_ema(model: nn.Module, decay: float):
-    """An ``AveragedModel`` of ``model`` (buffers averaged too) with ``ema_avg(decay)``,
-    or None when ``decay`` is 0."""
+def make_ema(model: nn.Module, decay: float) -> EMA | None:
+    """An ``EMA`` of ``model`` with ``decay``, or None when ``decay`` is 0."""
     if not decay:
         return None
-    from torch.optim.swa_utils import AveragedModel
-
-    return AveragedModel(model, avg_fn=ema_avg(decay), use_buffers=True)
+    return EMA(model, decay)

@@ -116,8 +116,14 @@ class RunOptions:
     tensorboard: bool = False  # log scalars (and, at evaluation, figures) to RUN_DIR/tensorboard
 
 
-def write_config(run_dir: Path, recipe: Recipe, options: RunOptions) -> None:
+def write_config(
+    run_dir: Path, recipe: Recipe, options: RunOptions, kernel_dispatch: list[dict] | None = None
+) -> None:
+    """``config.json``: the recipe, the run options, the command line and, with
+    ``--kernels auto`` on CUDA, the measured kernel choices (``fastcifar.dispatch``)."""
     config = {"recipe": asdict(recipe), "run": asdict(options), "argv": sys.argv[1:]}
+    if kernel_dispatch:
+        config["kernel_dispatch"] = kernel_dispatch
     atomic_write(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
 
 
@@ -130,7 +136,10 @@ def read_config(run_dir: Path) -> tuple[Recipe, RunOptions]:
     path = run_dir / "config.json"
     try:
         config = json.loads(path.read_text())
-        return Recipe(**config["recipe"]), RunOptions(**config["run"])
+        recipe = config["recipe"]
+        if isinstance(recipe.get("tta"), bool):  # before 0.2: tta was flip on/off
+            recipe["tta"] = "flip" if recipe["tta"] else "none"
+        return Recipe(**recipe), RunOptions(**config["run"])
     except FileNotFoundError:
         raise FastCifarError(
             f"{run_dir} is not a run directory (no config.json): pass --resume with a "

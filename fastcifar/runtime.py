@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from fastcifar.errors import FastCifarError
 
@@ -75,8 +74,10 @@ def amp_dtype(device: torch.device, requested: str = "auto") -> torch.dtype | No
 
 
 def resolve_kernels(name: str, device: torch.device) -> str:
-    """``auto`` is Triton on CUDA (when triton imports) and PyTorch elsewhere; ``triton`` on
-    a CPU turns on the Triton interpreter (slow, for tests).
+    """``auto`` stays ``auto`` on CUDA when triton imports (each convolution configuration
+    then measured, Triton against cuDNN: ``fastcifar.dispatch``) and is PyTorch elsewhere,
+    without timing (the interpreter is for tests); ``triton`` forces our kernels (on a CPU
+    it turns on the Triton interpreter: slow, for tests); ``torch`` forces PyTorch's.
 
     Raises:
         FastCifarError: an unknown name, or Triton asked for where it cannot run.
@@ -88,7 +89,7 @@ def resolve_kernels(name: str, device: torch.device) -> str:
             f"--kernels {name!r} is not valid: choose one of {', '.join(KERNEL_CHOICES)}"
         )
     if name == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        return "auto" if device.type == "cuda" and triton_available() else "torch"
     if name == "triton":
         if not triton_available():
             raise FastCifarError("--kernels triton needs the triton package: pip install triton")
@@ -145,25 +146,35 @@ def first_line(exc: BaseException) -> str:
 
 
 class CompiledForward:
-    """Calls the compiled model; on a compilation failure says why once and goes eager."""
+    """Calls ``fn`` (a model, or any function of tensors) compiled with torch.compile; on
+    a compilation failure says why once and goes on eagerly.
 
-    def __init__(self, model: nn.Module, compile: bool, backend: str):
-        self.model = model
+    Args:
+        fn: the module or function.
+        compile: compile it (False: call ``fn`` as it is).
+        backend: torch.compile backend (``inductor``; the tests use ``aot_eager``).
+        mode: torch.compile mode (``default``, ``max-autotune``, ...); only inductor has modes,
+            so it is ignored for other backends.
+    """
+
+    def __init__(self, fn, compile: bool, backend: str, mode: str = "default"):
+        self.model = fn
         self.compiled = None
         if compile:
-            self.compiled = torch.compile(model, backend=backend)
+            kwargs = {"mode": mode} if backend == "inductor" and mode != "default" else {}
+            self.compiled = torch.compile(fn, backend=backend, **kwargs)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *args):
         if self.compiled is None:
-            return self.model(x)
+            return self.model(*args)
         try:
-            return self.compiled(x)
+            return self.compiled(*args)
         except Exception as exc:
             if not _is_compile_error(exc):
                 raise
             print(f"compile: torch.compile failed ({first_line(exc)}); continuing eagerly")
             self.compiled = None
-            return self.model(x)
+            return self.model(*args)
 
 
 class Timer:

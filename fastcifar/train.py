@@ -32,14 +32,31 @@ _FIELD_HELP = {
     "augmentation": "training augmentation name (see fastcifar.data.AUGMENTATIONS)",
     "batch_size": "images per training batch (>= 1)",
     "epochs": "number of epochs (>= 1)",
-    "optimizer": "sgd or adam",
-    "lr": "peak learning rate (OneCycleLR max_lr, else the optimizer's lr)",
-    "momentum": "SGD momentum, or Adam's beta1",
+    "optimizer": "sgd, adam, or muon (Muon on the conv filters, Nesterov SGD on the rest)",
+    "lr": "peak learning rate (OneCycleLR max_lr, else the optimizer's lr; muon: the filters')",
+    "momentum": "SGD momentum, Adam's beta1, or (muon) the filters' Muon momentum",
+    "bias_lr": "muon: SGD lr of the biases (BatchNorm, whitening); 0 means --lr",
+    "head_lr": "muon: SGD lr of the linear head; 0 means --lr",
+    "sgd_momentum": "muon: Nesterov momentum of the SGD groups",
+    "muon_weight_decay": "muon: decoupled weight decay of the filters, p *= 1 - lr x wd per step",
+    "muon_ns_steps": "muon: Newton-Schulz iterations per step",
+    "muon_ns": "muon: Newton-Schulz coefficients, record or hiverge",
+    "muon_renorm_every": "muon: rescale filters to norm sqrt(C_out) every N steps (0 never)",
+    "muon_batched": "muon: one batched Newton-Schulz over zero-padded filters",
+    "loss_reduction": "mean or sum of the loss over the batch (sum: the record's; lr scales)",
+    "last_epoch_fraction": "train only this fraction of the last epoch's steps (0 < x <= 1)",
+    "tta_fraction": "TTA only on this least-confident fraction of the test images",
+    "whiten_images": "whitening nets: training images the patch covariance is taken over",
+    "whiten_bias_epochs": "whitening nets: epochs the whitening bias trains (then frozen)",
+    "compile_mode": "torch.compile mode with --compile: default, max-autotune, ...",
+    "compile_step": "with --compile, compile forward + loss as one graph (not only the model)",
     "nesterov": "SGD with Nesterov momentum",
     "ema": "weight averaging: EMA decay per step (0 off); evaluation uses the averaged weights",
-    "tta": "test-time augmentation: average the logits of each image and its mirror image",
-    "weight_decay": "L2 weight decay through the optimizer",
-    "scheduler": "onecycle (stepped per batch), step, plateau (per epoch) or constant",
+    "tta": "test-time augmentation after the last epoch: none, flip (2 views), or "
+    "flip_translate (6 views: mirror x {0, +-1 px})",
+    "weight_decay": "L2 weight decay through the optimizer (muon: each SGD group gets it / its lr)",
+    "scheduler": "onecycle, linear (1 -> 0, no warm-up; both per batch), step, plateau (per "
+    "epoch) or constant",
     "pct_start": "OneCycleLR: fraction of steps spent rising to the peak",
     "div_factor": "OneCycleLR: the start lr is lr / div_factor",
     "final_div_factor": "OneCycleLR: the final lr is start lr / final_div_factor",
@@ -149,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=KERNEL_CHOICES,
         default=None,
         help="convolutions: triton (our kernels, validated against PyTorch before training), "
-        "torch, or auto (triton on CUDA, torch elsewhere); triton on a CPU uses the Triton "
-        "interpreter (slow, for tests)",
+        "torch, or auto (on CUDA: each conv configuration and fusable block timed, Triton "
+        "against cuDNN, the faster kept, cached per GPU/driver/versions; torch elsewhere); "
+        "triton on a CPU uses the Triton interpreter (slow, for tests)",
     )
     p.add_argument(
         "--evaluate",
@@ -264,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if not args.resume:
-        write_config(run_dir, trainer.recipe, trainer.options)
+        write_config(run_dir, trainer.recipe, trainer.options, trainer.kernel_dispatch)
     t = trainer
     print(
         f"train: recipe {recipe.name}, model {recipe.model}, {len(t.train_loader.dataset)} train / "
@@ -283,10 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluation: figures and report in {run_dir / 'report.html'}")
     if recipe.name.startswith("speedrun"):
         print(
-            f"speedrun: {summary['train_time_s']:.2f} s of training on {summary['device']} "
-            f"(timed with {'CUDA events' if trainer.device.type == 'cuda' else 'the wall clock'}"
-            f"; compile warm-up {summary['compile_time_s']:.1f} s, data loading and per-epoch "
-            f"evaluation excluded); final test accuracy {summary['final_test_acc']:.2f}%"
+            f"speedrun: {summary['timed_span_s']:.2f} s on {summary['device']} (whitening "
+            f"{summary['whiten_time_s']:.2f} + training {summary['train_time_s']:.2f} + final "
+            f"TTA {summary['tta_time_s']:.2f}; timed with "
+            f"{'CUDA events' if trainer.device.type == 'cuda' else 'the wall clock'}; compile "
+            f"warm-up {summary['compile_time_s']:.1f} s and per-epoch evaluation excluded); "
+            f"final test accuracy {summary['final_test_acc']:.2f}%"
         )
     expected = f" (seed reported {recipe.expected_accuracy}%)" if recipe.expected_accuracy else ""
     print(

@@ -196,7 +196,7 @@ def speedrun_figures(out: Path) -> dict:
         f = speedrun_dir(out) / f"seed{i}" / "summary.json"
         if f.exists():
             s = json.loads(f.read_text())
-            runs.append({"seed": i, "accuracy": s["final_test_acc"], "seconds": s["train_time_s"]})
+            runs.append({"seed": i, "accuracy": s["final_test_acc"], "seconds": s["timed_span_s"]})
     if not runs:
         return {"runs": []}
     acc, sec = [r["accuracy"] for r in runs], [r["seconds"] for r in runs]

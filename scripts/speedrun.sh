@@ -1,25 +1,18 @@
 #!/usr/bin/env bash
-# Run the speedrun94 recipe N times and report mean and standard deviation of the final
-# test accuracy and of the training time (device events; compile warm-up, data loading
-# and per-epoch evaluation excluded).
-#   scripts/speedrun.sh N [extra fastcifar.train flags, e.g. --data PATH]
+# Run a speed-run recipe with seeds 1..N on every visible GPU (fastcifar.sweep) and report,
+# over the runs, the mean, standard deviation and 95 % interval of the final test accuracy
+# and of the timed span (whitening + training + final TTA, CUDA events on a GPU; compile
+# warm-up and per-epoch evaluation excluded), and the fraction of runs at or above 94 %.
+#   scripts/speedrun.sh N [RECIPE] [extra flags: fastcifar.sweep's or fastcifar.train's]
+# RECIPE defaults to speedrun94. The sweep goes to runs/sweep-RECIPE-DATE (sweep.json,
+# sweep.md); pass --out DIR to resume one (finished runs are not repeated).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-n=${1:?usage: scripts/speedrun.sh N [train flags]}
+n=${1:?usage: scripts/speedrun.sh N [RECIPE] [flags]}
 shift
-stamp=$(date +%Y%m%d-%H%M%S)
-for i in $(seq 1 "$n"); do
-  python -m fastcifar.train --recipe speedrun94 --amp --compile --no-evaluate \
-    --seed "$i" --out "runs/speedrun-$stamp-$i" "$@"
-done
-python - "$stamp" "$n" <<'PY'
-import json, statistics, sys
-stamp, n = sys.argv[1], int(sys.argv[2])
-runs = [json.load(open(f"runs/speedrun-{stamp}-{i}/summary.json")) for i in range(1, n + 1)]
-acc = [r["final_test_acc"] for r in runs]
-sec = [r["train_time_s"] for r in runs]
-sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
-print(f"speedrun94 x{n} on {runs[0]['device']}: accuracy {statistics.mean(acc):.2f} +- "
-      f"{sd(acc):.2f} %, time {statistics.mean(sec):.2f} +- {sd(sec):.2f} s "
-      f"(>= 94 %: {sum(a >= 94 for a in acc)}/{n})")
-PY
+recipe=speedrun94
+if [[ $# -gt 0 && $1 != -* ]]; then
+  recipe=$1
+  shift
+fi
+exec python -m fastcifar.sweep --recipe "$recipe" --seeds "$n" --target 94 --amp --compile "$@"

@@ -160,7 +160,7 @@ def test_lr_range_test_restores_model_and_optimizer(tmp_path):
     c = build_components(recipe, RunOptions(data=str(tmp_path / "tree"), workers=0,
                                             device="cpu"), with_test=False)  # fmt: skip
     assert c.test_loader is None
-    optimizer = make_optimizer(c.model.parameters(), recipe)
+    optimizer = make_optimizer(c.model, recipe)
     before = {k: v.clone() for k, v in c.model.state_dict().items()}
     opt_before = optimizer.state_dict()["param_groups"][0]["lr"]
     result = range_test(c.model, optimizer, c.criterion, c.train_loader, c.device,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fastcifar.data.augment import build_augmentation
+from fastcifar.data.augment import AUGMENTATIONS, build_augmentation
 from fastcifar.data.gpu_loader import GpuLoader
 from fastcifar.data.loaders import AlbumentationsLoader
 from fastcifar.errors import FastCifarError
@@ -21,8 +21,9 @@ LOADER_CHOICES = ("auto", "gpu", "dali", "albumentations")
 def resolve_loader(name: str, augmentation: str, device: torch.device) -> tuple[str, str]:
     """(backend, why). ``auto``: on CUDA the GPU-resident loader where the recipe's
     augmentation is made only of what it implements (the fastest path), else DALI when
-    it is installed; the albumentations CPU loader otherwise. ``gpu`` and ``dali`` also
-    run on the CPU (``dali`` CPU-only, ``device_id=None``).
+    it is installed; the albumentations CPU loader otherwise. An augmentation that only
+    the gpu loader implements (the alternating flip) always gets it, on a CPU too.
+    ``gpu`` and ``dali`` also run on the CPU (``dali`` CPU-only, ``device_id=None``).
 
     Raises:
         FastCifarError: an unknown name, a backend that lacks the augmentation, or
@@ -40,6 +41,11 @@ def resolve_loader(name: str, augmentation: str, device: torch.device) -> tuple[
             f"--loader gpu does not implement augmentation {augmentation!r} (only "
             f"{', '.join(GPU_AUGMENTATIONS)}): use --loader dali or albumentations"
         )
+    if name in ("albumentations", "dali") and augmentation not in AUGMENTATIONS:
+        raise FastCifarError(
+            f"--loader {name} does not implement augmentation {augmentation!r} (the gpu "
+            f"loader's alone): use --loader gpu, which also runs on a CPU"
+        )
     if name == "dali" and not dali_available():
         raise FastCifarError(
             "--loader dali needs NVIDIA DALI: pip install 'fastcifar[dali]' (or "
@@ -47,6 +53,8 @@ def resolve_loader(name: str, augmentation: str, device: torch.device) -> tuple[
         )
     if name != "auto":
         return name, "asked for with --loader"
+    if augmentation not in AUGMENTATIONS:
+        return "gpu", f"augmentation {augmentation!r} exists only as batched tensor ops"
     if device.type != "cuda":
         return "albumentations", "no GPU: albumentations in CPU workers"
     if augmentation in GPU_AUGMENTATIONS:

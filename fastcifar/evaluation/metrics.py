@@ -1,4 +1,4 @@
-"""Test-set metrics of a model: predictions (optionally with flip TTA), the confusion
+"""Test-set metrics of a model: predictions (with the recipe's TTA), the confusion
 matrix, and which misclassified images to show."""
 
 from __future__ import annotations
@@ -7,21 +7,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastcifar.tta import tta_logits
+
 __all__ = ["confusion_matrix", "misclassified", "predict"]
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted class (N,), true labels (N,)) over a loader; with ``tta`` the logits of
-    each image and its mirror image are averaged, as the training run evaluated."""
-    preds, labels = [], []
+def predict(
+    model: nn.Module, loader, tta: str = "none", tta_fraction: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted class (N,), true labels (N,)) over a loader, with the recipe's test-time
+    augmentation (``fastcifar.tta``: ``none``, ``flip``, ``flip_translate``) as the training
+    run's final evaluation."""
+    xs, labels = [], []
     for x, y in loader:
-        out = model(x.float())
-        if tta:
-            out = (out + model(x.float().flip(-1))) / 2
-        preds.append(out.argmax(1).cpu())
+        xs.append(x.float())
         labels.append(y.cpu())
-    return torch.cat(preds).numpy(), torch.cat(labels).numpy()
+    logits = tta_logits(model, torch.cat(xs), tta, tta_fraction, batch_size=loader.batch_size)
+    return logits.argmax(1).cpu().numpy(), torch.cat(labels).numpy()
 
 
 def confusion_matrix(preds: np.ndarray, labels: np.ndarray, k: int = 10) -> np.ndarray:

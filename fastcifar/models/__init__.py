@@ -44,9 +44,17 @@ MODELS: dict[str, ModelInfo] = {
         "layer4",
         "EVA6 S8 ResNet18 with GroupNorm(1, C)",
     ),
-    # not a seed: the speed-run network (trainable parameters; the whitening is frozen)
+    # not seeds: the speed-run networks (trainable parameters: whitening weights and
+    # BatchNorm weights are frozen)
     "speedrun94": ModelInfo(
-        SpeedrunNet, 1_972_480, "logits", "block3", "fastcifar speed-run network (airbench-style)"
+        SpeedrunNet, 1_971_352, "logits", "block3", "cifar10-airbench airbench94_muon network"
+    ),
+    "speedrun94_silu": ModelInfo(
+        lambda: SpeedrunNet(act=nn.SiLU, bn_momentum=1 - 0.5566),
+        1_971_352,
+        "logits",
+        "block3",
+        "Hiverge cifar10-speedrun network (SiLU blocks)",
     ),
 }
 SEED_MODELS = ("s7", "s7_mixed", "attention", "c1c2c3c40", "resnet18", "resnet18_ln")

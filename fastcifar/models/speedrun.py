@@ -1,17 +1,27 @@
-"""``speedrun94``: a small residual-free network in the style of the public CIFAR-10 speed
-records (Keller Jordan's cifar10-airbench, after David Page's and tysam-code's work).
+"""``speedrun94``: the network of the CIFAR-10 speed record cifar10-airbench
+``airbench94_muon.py`` (Keller Jordan, after David Page's and tysam-code's work), written
+here from its published description.
 
 Layout, input float (N, 3, 32, 32), output logits (N, 10)::
 
-    whiten   2x2 conv 3 -> 24, no padding, frozen: patch-whitening weights computed from
-             the training images (eigenvectors of the 2x2x3 patch covariance, scaled by
-             1 / sqrt(eigenvalue + eps), with their negatives), then GELU      32 -> 31
-    block 1  conv3x3 24 -> 64, maxpool 2, BN, GELU, conv3x3 64 -> 64, BN, GELU   -> 15
-    block 2  conv3x3 64 -> 256, maxpool 2, BN, GELU, conv3x3, BN, GELU           -> 7
-    block 3  conv3x3 256 -> 256, maxpool 2, BN, GELU, conv3x3, BN, GELU          -> 3
-    head     maxpool 3, flatten, Linear(256, 10, no bias), logits x 1/9
+    whiten   2x2 conv 3 -> 24, no padding; weights frozen: the eigenvectors of the
+             uncentred 2x2x3 patch second-moment matrix X^T X / n, scaled by
+             1 / sqrt(eigenvalue + 5e-4), and their negatives; bias trainable (the
+             recipe trains it for its first epochs only); then GELU            32 -> 31
+    block 1  conv3x3 24 -> 64, maxpool 2, BN, act, conv3x3 64 -> 64, BN, act    -> 15
+    block 2  conv3x3 64 -> 256, maxpool 2, BN, act, conv3x3, BN, act            -> 7
+    block 3  conv3x3 256 -> 256, maxpool 2, BN, act, conv3x3, BN, act           -> 3
+    head     maxpool 3, flatten, Linear(256, 10, no bias), logits / 256
 
-Call ``init_whitening(train_images)`` once before training (the trainer does it).
+Initialisation: each 3x3 convolution's first C_in filters are the identity (dirac), the
+rest PyTorch's default; the head's weights are rescaled to standard deviation 1.
+BatchNorm: weights frozen at 1, eps 1e-12, running-statistics momentum 0.4 (PyTorch's
+convention: the new batch's share), computed in float32 under autocast. ``act`` is GELU
+(``speedrun94``) or SiLU with BatchNorm momentum 0.4434 (``speedrun94_silu``, the Hiverge
+cifar10-speedrun's variant).
+
+Call ``init_whitening(images, mean, std)`` before training (the trainer does it inside the
+timed span, as the record).
 """
 
 from __future__ import annotations
@@ -21,48 +31,94 @@ import torch
 from torch import nn
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
+class FrozenScaleBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose weight stays 1 (not trained); the bias trains."""
+
+    def __init__(self, channels: int, momentum: float = 0.4, eps: float = 1e-12):
+        super().__init__(channels, eps=eps, momentum=momentum)
+        self.weight.requires_grad_(False)
+
+
+class DiracConv(nn.Conv2d):
+    """3x3 convolution, padding 1, no bias; the first C_in filters start as the identity."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, 3, padding=1, bias=False)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        with torch.no_grad():
+            nn.init.dirac_(self.weight[: min(self.in_channels, self.out_channels)])
+
+
+def _block(cin: int, cout: int, act: type[nn.Module], bn_momentum: float) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        DiracConv(cin, cout),
         nn.MaxPool2d(2),
-        nn.BatchNorm2d(cout, momentum=0.4),
-        nn.GELU(),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout, momentum=0.4),
-        nn.GELU(),
+        FrozenScaleBatchNorm(cout, momentum=bn_momentum),
+        act(),
+        DiracConv(cout, cout),
+        FrozenScaleBatchNorm(cout, momentum=bn_momentum),
+        act(),
     )
 
 
 class SpeedrunNet(nn.Module):
-    def __init__(self, widths: tuple[int, int, int] = (64, 256, 256), whiten_width: int = 24):
+    """The record's network; see the module docstring.
+
+    Args:
+        widths: channels of the three blocks.
+        whiten_width: channels of the whitening layer (twice the 12 patch dimensions).
+        act: the blocks' activation (GELU in the record, SiLU in the Hiverge variant).
+        bn_momentum: BatchNorm running-statistics momentum (PyTorch convention).
+    """
+
+    def __init__(
+        self,
+        widths: tuple[int, int, int] = (64, 256, 256),
+        whiten_width: int = 24,
+        act: type[nn.Module] = nn.GELU,
+        bn_momentum: float = 0.4,
+    ):
         super().__init__()
         self.whiten = nn.Conv2d(3, whiten_width, 2, bias=True)
         self.whiten.weight.requires_grad_(False)
-        self.whiten.bias.requires_grad_(False)
+        nn.init.zeros_(self.whiten.bias)
         self.act = nn.GELU()
-        self.block1 = _block(whiten_width, widths[0])
-        self.block2 = _block(widths[0], widths[1])
-        self.block3 = _block(widths[1], widths[2])
+        self.block1 = _block(whiten_width, widths[0], act, bn_momentum)
+        self.block2 = _block(widths[0], widths[1], act, bn_momentum)
+        self.block3 = _block(widths[1], widths[2], act, bn_momentum)
         self.pool = nn.MaxPool2d(3)
         self.head = nn.Linear(widths[2], 10, bias=False)
-        self.scale = 1 / 9
+        with torch.no_grad():
+            self.head.weight.div_(self.head.weight.std())
+        self.scale = 1.0 / widths[2]
 
     @torch.no_grad()
-    def init_whitening(self, images: np.ndarray, mean, std, eps: float = 5e-4) -> None:
-        """Set the frozen 2x2 whitening filters from uint8 training images (N, 32, 32, 3)
-        normalised with ``mean``/``std`` (the loader's normalisation)."""
+    def init_whitening(self, images, mean, std, eps: float = 5e-4) -> None:
+        """Set the frozen 2x2 whitening filters from training images.
+
+        Args:
+            images: uint8 (N, 32, 32, 3), NumPy or a tensor on any device (all are used:
+                pass the first ``whiten_images`` of the training set).
+            mean, std: per-channel statistics in [0, 1] units (the loader's normalisation).
+            eps: added to each eigenvalue before the inverse square root (the record's).
+        """
         device = self.whiten.weight.device
-        x = torch.from_numpy(np.ascontiguousarray(images[:5000])).permute(0, 3, 1, 2).float()
-        x = (x / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-        patches = x.unfold(2, 2, 1).unfold(3, 2, 1)  # (N, 3, 31, 31, 2, 2)
-        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()
-        cov = torch.cov(patches.T)
-        eigvals, eigvecs = torch.linalg.eigh(cov)
-        filters = (eigvecs.T / torch.sqrt(eigvals + eps)[:, None]).view(12, 3, 2, 2)
+        x = torch.as_tensor(np.asarray(images) if isinstance(images, np.ndarray) else images)
+        x = x.to(device).permute(0, 3, 1, 2).float() / 255
+        m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        x = (x - m) / s
+        k = self.whiten.kernel_size[0]
+        patches = x.unfold(2, k, 1).unfold(3, k, 1)  # (N, 3, 31, 31, k, k)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k)
+        moment = patches.T @ patches / len(patches)  # uncentred, as the record
+        eigvals, eigvecs = torch.linalg.eigh(moment)
+        filters = (eigvecs.T / torch.sqrt(eigvals + eps)[:, None]).view(-1, 3, k, k)
         half = self.whiten.out_channels // 2
-        weight = torch.cat([filters[-half:], -filters[-half:]]).float()
-        self.whiten.weight.copy_(weight.to(device))
-        self.whiten.bias.zero_()
+        weight = torch.cat([filters[-half:], -filters[-half:]])
+        self.whiten.weight.copy_(weight.to(self.whiten.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.whiten(x))

@@ -1,0 +1,273 @@
+"""Measured kernel dispatch: what ``--kernels auto`` does on CUDA.
+
+For each distinct convolution configuration a model meets (input shape, weight shape,
+stride, padding, dilation, groups, bias, dtype, memory format:
+``fastcifar.kernels.validate.collect_conv_configs``) and each block a fused kernel covers
+(``Sequential(Conv2d, ReLU, BatchNorm2d)``, ``Sequential(depthwise 3x3, [ReLU],
+pointwise 1x1)``), forward + backward is timed on the device both ways, Triton and
+PyTorch (cuDNN; for a block, its unfused sequence), at first use, as
+``torch.backends.cudnn.benchmark`` times cuDNN's own algorithms; the faster side wins.
+A user who keeps the default never trains slower than with PyTorch's convolutions
+(up to timing noise: a tie goes to PyTorch).
+
+Decisions are cached in ``<cache>/kernel_dispatch.json`` (``fastcifar.data.cache_dir``)
+under the environment (GPU name, driver, torch, triton) and the configuration: the same
+model on the same machine is measured once; a new driver or version measures again.
+``format_table`` prints them (configuration, Triton ms, PyTorch ms, choice); the run
+records them in config.json (``kernel_dispatch``).
+
+Timing is a function ``timer(runner) -> milliseconds`` (``cuda_timer`` by default: CUDA
+events, median of 10 after 3 warm-ups); tests pass a fake one, so everything but the
+timing itself runs on a CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastcifar.kernels.validate import ConvConfig, collect_conv_configs
+from fastcifar.nn import (
+    FusedConvReLUBN,
+    FusedDepthwiseSeparable,
+    fuse_conv_relu_bn,
+    fuse_depthwise_separable,
+    is_conv_relu_bn,
+    is_depthwise_separable,
+    swap_convolutions,
+)
+from fastcifar.rundir import atomic_write
+
+__all__ = ["Decision", "DispatchCache", "Runner", "apply", "cuda_timer", "decide", "format_table"]
+
+KINDS = ("conv", "conv_relu_bn", "dwsep")
+
+
+@dataclass
+class Runner:
+    """One side of one comparison: ``fn()`` runs forward + backward once."""
+
+    kind: str  # conv | conv_relu_bn | dwsep
+    side: str  # triton | torch
+    config: str
+    fn: Callable[[], None]
+
+
+@dataclass
+class Decision:
+    kind: str
+    config: str  # ConvConfig.describe() of the (first) convolution
+    layers: list[str] = field(default_factory=list)  # conv layers, or the blocks
+    triton_ms: float | None = None  # None: not timed (failed validation)
+    torch_ms: float | None = None
+    choice: str = "torch"
+    cached: bool = False
+
+
+Timer = Callable[[Runner], float]
+
+
+def cuda_timer(runner: Runner, warmup: int = 3, reps: int = 10) -> float:
+    """Median milliseconds of ``runner.fn()`` over ``reps`` calls, each timed with CUDA
+    events after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        runner.fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        runner.fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def environment_key(device: torch.device) -> str:
+    """GPU name, driver, torch and triton versions: what a cached timing is valid for."""
+    import triton
+
+    driver = "unknown"
+    with contextlib.suppress(AttributeError, RuntimeError):
+        driver = str(torch._C._cuda_getDriverVersion())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return f"{name} | driver {driver} | torch {torch.__version__} | triton {triton.__version__}"
+
+
+class DispatchCache:
+    """Timings per (environment, kind, configuration) in a JSON file, written atomically."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self.data = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            self.data = {}  # a missing or damaged cache is only a cost, never an error
+
+    def get(self, env: str, kind: str, config: str) -> dict | None:
+        return self.data.get(env, {}).get(f"{kind} {config}")
+
+    def put(self, env: str, kind: str, config: str, triton_ms: float, torch_ms: float) -> None:
+        entry = {"triton_ms": triton_ms, "torch_ms": torch_ms}
+        self.data.setdefault(env, {})[f"{kind} {config}"] = entry
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+
+
+def default_cache() -> DispatchCache:
+    from fastcifar.data.sources import cache_dir
+
+    return DispatchCache(cache_dir() / "kernel_dispatch.json")
+
+
+# ---------------------------------------------------------------------- runners
+
+
+def _inputs(cfg: ConvConfig, device, requires_grad: bool = True) -> torch.Tensor:
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    x = torch.randn(cfg.input_shape, device=device, dtype=cfg.dtype)
+    return x.contiguous(memory_format=fmt).requires_grad_(requires_grad)
+
+
+def _conv_runner(cfg: ConvConfig, side: str, device) -> Runner:
+    from fastcifar.kernels import conv2d as triton_conv2d
+
+    state = {}
+
+    def fn():
+        if not state:  # built at the first call: a fake timer never allocates
+            state["x"] = _inputs(cfg, device)
+            state["w"] = torch.randn(cfg.weight_shape, device=device, dtype=cfg.dtype,
+                                     requires_grad=True)  # fmt: skip
+            state["b"] = (torch.zeros(cfg.weight_shape[0], device=device, dtype=cfg.dtype,
+                                      requires_grad=True) if cfg.bias else None)  # fmt: skip
+        conv = triton_conv2d if side == "triton" else F.conv2d
+        y = conv(state["x"], state["w"], state["b"], cfg.stride, cfg.padding, cfg.dilation,
+                 cfg.groups)  # fmt: skip
+        y.backward(torch.ones_like(y))
+
+    return Runner("conv", side, cfg.describe(), fn)
+
+
+def _block_runner(kind: str, block: nn.Module, cfg: ConvConfig, side: str, device) -> Runner:
+    state = {}
+
+    def fn():
+        if not state:
+            copied = copy.deepcopy(block).to(device).train()
+            if side == "torch":
+                copied.__class__ = nn.Sequential
+            elif kind == "conv_relu_bn":
+                copied.__class__ = FusedConvReLUBN
+            else:
+                copied.__class__ = FusedDepthwiseSeparable
+            if cfg.channels_last:
+                copied = copied.to(memory_format=torch.channels_last)
+            state["block"], state["x"] = copied.to(cfg.dtype), _inputs(cfg, device)
+        y = state["block"](state["x"])
+        y.backward(torch.ones_like(y))
+
+    return Runner(kind, side, cfg.describe(), fn)
+
+
+# ---------------------------------------------------------------------- decisions
+
+
+def _blocks(model: nn.Module, configs: dict[ConvConfig, list[str]]):
+    """(kind, block name, block, config of its first conv) for every fusable block."""
+    conv_config = {layer: cfg for cfg, layers in configs.items() for layer in layers}
+    for name, m in model.named_modules():
+        for kind, test in (("conv_relu_bn", is_conv_relu_bn),
+                           ("dwsep", is_depthwise_separable)):  # fmt: skip
+            first = f"{name}.0" if name else "0"
+            if test(m) and first in conv_config:
+                yield kind, name, m, conv_config[first]
+
+
+def decide(
+    model: nn.Module,
+    example: torch.Tensor,
+    dtype: torch.dtype,
+    device: torch.device,
+    timer: Timer = cuda_timer,
+    cache: DispatchCache | None = None,
+    env: str | None = None,
+    exclude: set[ConvConfig] = frozenset(),
+) -> list[Decision]:
+    """Measure (or read from ``cache``) every convolution configuration and fusable block
+    of ``model`` met by ``example`` (N, 3, 32, 32) in ``dtype``; configurations in
+    ``exclude`` (failed validation) stay on PyTorch without timing. The cache is saved."""
+    cache = cache if cache is not None else default_cache()
+    env = env or environment_key(device)
+    configs = collect_conv_configs(model, example, dtype)
+    items = [("conv", layers, cfg, None) for cfg, layers in configs.items()]
+    merged: dict[tuple[str, ConvConfig], list] = {}
+    for kind, name, block, cfg in _blocks(model, configs):
+        merged.setdefault((kind, cfg), [kind, [], cfg, block])[1].append(name)
+    items += [tuple(v) for v in merged.values()]
+    decisions = []
+    for kind, layers, cfg, block in items:
+        d = Decision(kind, cfg.describe(), list(layers))
+        if cfg in exclude:
+            d.choice = "torch (failed validation)"
+            decisions.append(d)
+            continue
+        hit = cache.get(env, kind, d.config)
+        if hit is None:
+            if kind == "conv":
+                runners = [_conv_runner(cfg, side, device) for side in ("triton", "torch")]
+            else:
+                runners = [_block_runner(kind, block, cfg, s, device) for s in ("triton", "torch")]
+            hit = {"triton_ms": timer(runners[0]), "torch_ms": timer(runners[1])}
+            cache.put(env, kind, d.config, hit["triton_ms"], hit["torch_ms"])
+        else:
+            d.cached = True
+        d.triton_ms, d.torch_ms = hit["triton_ms"], hit["torch_ms"]
+        d.choice = "triton" if d.triton_ms < d.torch_ms else "torch"
+        decisions.append(d)
+    cache.save()
+    return decisions
+
+
+def apply(model: nn.Module, decisions: list[Decision]) -> dict[str, list[str]]:
+    """Swap in what won: fused blocks first (their convolutions run inside the fused
+    kernel), then single Triton convolutions outside them. Returns the names changed per
+    kind."""
+    wins = {kind: {n for d in decisions if d.kind == kind and d.choice == "triton"
+                   for n in d.layers} for kind in KINDS}  # fmt: skip
+    fused_crb = fuse_conv_relu_bn(model, only=wins["conv_relu_bn"])
+    fused_dwsep = fuse_depthwise_separable(model, only=wins["dwsep"])
+    inside = {f"{b}.{i}" if b else str(i) for b in fused_crb + fused_dwsep for i in range(3)}
+    convs = swap_convolutions(model, only=wins["conv"] - inside)
+    return {"conv": convs, "conv_relu_bn": fused_crb, "dwsep": fused_dwsep}
+
+
+def format_table(decisions: list[Decision]) -> str:
+    """One line per decision: kind, configuration, Triton ms, PyTorch ms, choice, layers."""
+    head = f"{'kind':<13} {'configuration':<44} {'triton ms':>10} {'torch ms':>10}  choice"
+    lines = [head, "-" * len(head)]
+    for d in decisions:
+        cached = " (cached)" if d.cached else ""
+        ms = [f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in (d.triton_ms, d.torch_ms)]
+        more = ", ..." if len(d.layers) > 3 else ""
+        lines.append(
+            f"{d.kind:<13} {d.config:<44} {ms[0]} {ms[1]}  {d.choice}{cached}  "
+            f"[{', '.join(d.layers[:3])}{more}]"
+        )
+    return "\n".join(lines)
+
+
+def as_records(decisions: list[Decision]) -> list[dict]:
+    """The decisions as JSON-ready dicts (config.json's ``kernel_dispatch``)."""
+    return [asdict(d) for d in decisions]

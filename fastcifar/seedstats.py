@@ -1,0 +1,136 @@
+"""Statistics over runs of one recipe with different seeds, as speed records report them.
+
+``python -m fastcifar.seedstats DIR [--target 94]`` reads every ``DIR/*/summary.json``
+(finished runs only) and prints, and writes as ``DIR/sweep.json`` and ``DIR/sweep.md``
+(as ``fastcifar.sweep`` does at its end):
+per run the final test accuracy (percent, with the recipe's TTA) and the timed span
+(seconds: whitening + training + final TTA); over the runs the mean, the sample standard
+deviation, a 95 % confidence interval of the mean (Student's t with n - 1 degrees of
+freedom, ``scipy.stats.t``), and the fraction of runs at or above the target accuracy.
+
+Bad input (no finished run under DIR) ends in one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from fastcifar.errors import FastCifarError, run_cli
+
+__all__ = ["describe", "format_markdown", "load_runs", "summarise", "write_report"]
+
+
+def describe(values: list[float]) -> dict:
+    """{n, mean, std, ci95_low, ci95_high} of ``values``: sample standard deviation, and
+    the 95 % t-interval of the mean (both 0-width for a single value)."""
+    from scipy.stats import t
+
+    n = len(values)
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if n > 1 else 0.0
+    half = t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else 0.0
+    return {"n": n, "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
+
+
+def load_runs(sweep_dir: Path) -> list[dict]:
+    """{run, seed, accuracy, seconds, device} of each finished run under ``sweep_dir``
+    (a directory holding summary.json and config.json), sorted by directory name."""
+    runs = []
+    for summary_path in sorted(Path(sweep_dir).glob("*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        config = json.loads((summary_path.parent / "config.json").read_text())
+        runs.append({
+            "run": summary_path.parent.name,
+            "seed": config["recipe"]["seed"],
+            "accuracy": summary["final_test_acc"],
+            "seconds": summary.get("timed_span_s", summary["train_time_s"]),
+            "device": summary["device"],
+        })  # fmt: skip
+    return runs
+
+
+def summarise(runs: list[dict], target: float) -> dict:
+    """Accuracy and seconds described over ``runs``, and the fraction at or above
+    ``target`` percent."""
+    accuracy = describe([r["accuracy"] for r in runs])
+    reached = sum(r["accuracy"] >= target for r in runs)
+    return {
+        "runs": runs,
+        "target": target,
+        "accuracy": accuracy,
+        "seconds": describe([r["seconds"] for r in runs]),
+        "reached": reached,
+        "fraction_reached": reached / len(runs),
+        "devices": sorted({r["device"] for r in runs}),
+    }
+
+
+def format_markdown(stats: dict, title: str) -> str:
+    a, s = stats["accuracy"], stats["seconds"]
+    lines = [
+        f"# {title}",
+        "",
+        f"{a['n']} runs on {', '.join(stats['devices'])}.",
+        "",
+        "| | mean | std | 95 % interval of the mean |",
+        "|---|---|---|---|",
+        f"| accuracy (%) | {a['mean']:.3f} | {a['std']:.3f} | "
+        f"{a['ci95_low']:.3f} - {a['ci95_high']:.3f} |",
+        f"| seconds | {s['mean']:.3f} | {s['std']:.3f} | "
+        f"{s['ci95_low']:.3f} - {s['ci95_high']:.3f} |",
+        "",
+        f"At or above {stats['target']} %: {stats['reached']}/{a['n']} "
+        f"({100 * stats['fraction_reached']:.0f} %).",
+        "",
+        "| run | seed | accuracy (%) | seconds |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['run']} | {r['seed']} | {r['accuracy']:.2f} | {r['seconds']:.3f} |"
+        for r in stats["runs"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(sweep_dir: Path, stats: dict, title: str) -> None:
+    """``sweep.json`` (``stats``) and ``sweep.md`` (``format_markdown``) in ``sweep_dir``."""
+    from fastcifar.rundir import atomic_write
+
+    atomic_write(sweep_dir / "sweep.json", json.dumps(stats, indent=2) + "\n")
+    atomic_write(sweep_dir / "sweep.md", format_markdown(stats, title))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m fastcifar.seedstats",
+        description="Mean, deviation and 95 %% interval over the finished runs under DIR.",
+    )
+    p.add_argument("dir", help="directory whose subdirectories are run directories")
+    p.add_argument("--target", type=float, default=94.0, help="accuracy target, percent")
+    args = p.parse_args(argv)
+    sweep_dir = Path(args.dir)
+    runs = load_runs(sweep_dir)
+    if not runs:
+        raise FastCifarError(
+            f"{sweep_dir} holds no finished run (no */summary.json): pass the directory the "
+            f"runs were written under"
+        )
+    stats = summarise(runs, args.target)
+    write_report(sweep_dir, stats, f"{sweep_dir.name}: {len(runs)} seeds")
+    a, s = stats["accuracy"], stats["seconds"]
+    print(
+        f"{len(runs)} runs: accuracy {a['mean']:.2f} +- {a['std']:.2f} % (95 % interval "
+        f"{a['ci95_low']:.2f}-{a['ci95_high']:.2f}), time {s['mean']:.3f} +- {s['std']:.3f} s "
+        f"(95 % interval {s['ci95_low']:.3f}-{s['ci95_high']:.3f}); >= {args.target} %: "
+        f"{stats['reached']}/{len(runs)}; written to {sweep_dir / 'sweep.md'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

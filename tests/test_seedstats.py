@@ -1,0 +1,82 @@
+"""Statistics over seeds (fastcifar.seedstats) and scripts/speedrun.sh end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from fastcifar.seedstats import describe, load_runs, summarise
+from tests.conftest import ROOT, make_tree
+
+
+def test_describe_gives_the_t_interval_by_hand():
+    d = describe([93.8, 94.0, 94.2])
+    assert d["mean"] == pytest.approx(94.0) and d["std"] == pytest.approx(0.2)
+    half = 4.302653 * 0.2 / 3**0.5  # t(0.975, 2 degrees of freedom) = 4.3027
+    assert d["ci95_low"] == pytest.approx(94.0 - half, abs=1e-5)
+    assert d["ci95_high"] == pytest.approx(94.0 + half, abs=1e-5)
+    one = describe([93.0])
+    assert (one["std"], one["ci95_low"], one["ci95_high"]) == (0.0, 93.0, 93.0)
+
+
+def _fake_run(root, name, seed, acc, seconds):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"recipe": {"seed": seed}, "run": {}}))
+    (d / "summary.json").write_text(json.dumps(
+        {"final_test_acc": acc, "timed_span_s": seconds, "train_time_s": 0, "device": "X"}
+    ))  # fmt: skip
+
+
+def test_summary_counts_runs_at_the_target_and_skips_unfinished_ones(tmp_path):
+    for i, acc in enumerate([93.9, 94.0, 94.1], start=1):
+        _fake_run(tmp_path, f"seed-{i}", i, acc, 2.0 + i / 10)
+    (tmp_path / "seed-4").mkdir()  # unfinished: no summary.json
+    runs = load_runs(tmp_path)
+    assert [r["seed"] for r in runs] == [1, 2, 3]
+    stats = summarise(runs, 94.0)
+    assert stats["reached"] == 2 and stats["fraction_reached"] == pytest.approx(2 / 3)
+    assert stats["seconds"]["mean"] == pytest.approx(2.2)
+
+
+def test_seedstats_without_runs_says_so_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "fastcifar.seedstats", str(tmp_path)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and "no finished run" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_speedrun_script_runs_seeds_reports_and_resumes(tmp_path):
+    """The issue's 3-seed sweep at tiny size, through scripts/speedrun.sh (a thin call of
+    fastcifar.sweep): three run directories, sweep.json from them; with the last run
+    unfinished, the same command runs only that one again."""
+    make_tree(tmp_path / "tree", per_class=4)
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    cmd = ["bash", str(ROOT / "scripts/speedrun.sh"), "3", "speedrun94", "--out", str(sweep),
+           "--gpus", "none", "--data", str(tmp_path / "tree"), "--epochs", "1",
+           "--batch-size", "16", "--device", "cpu", "--workers", "0", "--no-compile",
+           "--no-amp", "--whiten-images", "20"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "3 to run" in r.stdout and "sweep: 3 runs: accuracy" in r.stdout
+    stats = json.loads((sweep / "sweep.json").read_text())
+    assert [run["seed"] for run in stats["runs"]] == [1, 2, 3]
+    accs = [json.loads((sweep / f"seed-{i}" / "summary.json").read_text())["final_test_acc"]
+            for i in (1, 2, 3)]  # fmt: skip
+    assert stats["accuracy"]["mean"] == pytest.approx(sum(accs) / 3)
+    assert stats["accuracy"]["std"] == pytest.approx(statistics.stdev(accs))
+    assert "95 % interval" in (sweep / "sweep.md").read_text()
+    # killed during seed 3, before its first checkpoint: only seed 3 runs again
+    for name in ("summary.json", "last.pt", "metrics.jsonl"):
+        (sweep / "seed-3" / name).unlink(missing_ok=True)
+    stamp = (sweep / "seed-1" / "summary.json").stat().st_mtime_ns
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "1 to run" in r.stdout and "sweep: 3 runs" in r.stdout
+    assert (sweep / "seed-1" / "summary.json").stat().st_mtime_ns == stamp
+    assert (sweep / "seed-3" / "summary.json").exists()
