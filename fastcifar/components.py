@@ -14,6 +14,7 @@ from torch import nn
 
 from fastcifar.data import EvalLoader, channel_stats, load_cifar10, stratified_subset
 from fastcifar.data.factory import make_train_loader, resolve_loader
+from fastcifar.distributed import SINGLE, World, per_rank_batch
 from fastcifar.errors import FastCifarError
 from fastcifar.models import create_model
 from fastcifar.optim import criterion
@@ -46,7 +47,11 @@ class Components:
 
 
 def build_components(
-    recipe: Recipe, options: RunOptions, with_test: bool = True, init_whitening: bool = True
+    recipe: Recipe,
+    options: RunOptions,
+    with_test: bool = True,
+    init_whitening: bool = True,
+    world: World = SINGLE,
 ) -> Components:
     """Device and AMP policy, the data (subsets applied), the training loader chosen by
     ``options.loader``, the test loader (unless ``with_test`` is False), the model on the
@@ -57,11 +62,18 @@ def build_components(
     On CUDA it turns on ``torch.backends.cudnn.benchmark`` (CIFAR shapes are fixed, so the
     fastest cuDNN algorithm is searched once per shape).
 
+    Under torchrun (``world``, ``fastcifar.distributed``) each rank computes on GPU
+    ``local_rank`` (or the CPU), its training loader is sharded and holds its share of the
+    recipe's global batch; every rank validates its own GPU's kernels.
+
     Raises:
-        FastCifarError: bad data, a loader or kernel choice that cannot run here, or a
-            kernel validation failure.
+        FastCifarError: bad data, a loader or kernel choice that cannot run here, a kernel
+            validation failure, or a global batch that does not divide among the ranks.
     """
     device = resolve_device(options.device)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    batch_size = per_rank_batch(recipe.batch_size, world)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     dtype = amp_dtype(device, options.amp_dtype) if options.amp else None
@@ -83,9 +95,10 @@ def build_components(
     loader_name, why = resolve_loader(options.loader, recipe.augmentation, device)
     print(f"loader: {loader_name} ({why})")
     train_loader = make_train_loader(
-        loader_name, train_x, train_y, recipe.augmentation, mean, std, recipe.batch_size,
+        loader_name, train_x, train_y, recipe.augmentation, mean, std, batch_size,
         device, recipe.drop_last, channels_last, recipe.seed, workers,
         dtype or torch.float32,  # loaders deliver the AMP dtype
+        world.rank, world.size,
     )  # fmt: skip
     test_loader = None
     if with_test:
@@ -105,9 +118,9 @@ def build_components(
     kernels = resolve_kernels(options.kernels, device)
     dispatch = []
     if kernels == "triton":
-        _use_triton_kernels(model, recipe.batch_size, device, channels_last, dtype)
+        _use_triton_kernels(model, batch_size, device, channels_last, dtype)
     elif kernels == "auto":
-        dispatch = _dispatch_kernels(model, recipe.batch_size, device, channels_last, dtype)
+        dispatch = _dispatch_kernels(model, batch_size, device, channels_last, dtype)
     return Components(
         device, dtype, channels_last, arrays, train_x, mean, std, loader_name, train_loader,
         test_loader, model, kernels, criterion(recipe.loss, recipe.label_smoothing), dispatch,

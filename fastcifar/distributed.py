@@ -22,7 +22,17 @@ import torch.distributed as dist
 
 from fastcifar.errors import FastCifarError
 
-__all__ = ["World", "all_reduce_", "broadcast_buffers", "init_from_env", "per_rank_batch"]
+__all__ = [
+    "SINGLE",
+    "World",
+    "all_reduce_",
+    "barrier",
+    "broadcast_buffers",
+    "broadcast_object",
+    "init_from_env",
+    "per_rank_batch",
+    "shutdown",
+]
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,9 @@ class World:
     def is_main(self) -> bool:
         """Rank 0: the one process that writes the run directory and prints."""
         return self.rank == 0
+
+
+SINGLE = World()  # a plain ``python -m fastcifar.train``: rank 0 of 1
 
 
 def launched_by_torchrun() -> bool:
@@ -104,6 +117,15 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         for b in module.buffers():
             dist.broadcast(b, 0)
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` (any picklable value) on every rank; ``obj`` in a single process."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
 
 
 def barrier() -> None:

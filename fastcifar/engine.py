@@ -34,8 +34,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fastcifar.components import build_components
+from fastcifar.distributed import (
+    SINGLE,
+    World,
+    all_reduce_,
+    broadcast_buffers,
+    broadcast_object,
+)
 from fastcifar.errors import FastCifarError
 from fastcifar.lr_range import range_test
 from fastcifar.optim import (
@@ -69,6 +77,7 @@ class RunState:
     best_acc: float = -1.0
     metrics: list[dict] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)  # the learning rate of every step
+    step_losses: list[float] = field(default_factory=list)  # every step's loss (all ranks)
     train_time_s: float = 0.0  # training loops only, device-timed (no evaluation)
     whiten_time_s: float = 0.0  # whitening initialisation, device-timed
     tta_time_s: float = 0.0  # the final TTA evaluation, device-timed
@@ -82,10 +91,18 @@ class Trainer:
     raise FastCifarError for a bad source) before it creates anything in ``run_dir``.
     """
 
-    def __init__(self, recipe: Recipe, options: RunOptions, run_dir: Path, resume: bool = False):
+    def __init__(
+        self,
+        recipe: Recipe,
+        options: RunOptions,
+        run_dir: Path,
+        resume: bool = False,
+        world: World = SINGLE,
+    ):
         self.recipe = recipe.validate()
         self.run_dir = Path(run_dir)
-        c = build_components(self.recipe, options, init_whitening=False)
+        self.world = world
+        c = build_components(self.recipe, options, init_whitening=False, world=world)
         # the options as run: config.json records the resolved data source
         self.options = dataclasses.replace(options, data=c.arrays.source)
         self.device, self.amp_dtype, self.channels_last = c.device, c.amp_dtype, c.channels_last
@@ -97,6 +114,8 @@ class Trainer:
         )  # fmt: skip
         self.model, self.kernels, self._criterion = c.model, c.kernels, c.criterion
         self.kernel_dispatch = c.kernel_dispatch
+        if options.sync_bn:
+            self.model = self._sync_batchnorm(self.model)
         if self.recipe.lr_find and not resume:
             self._find_lr()
         steps = len(self.train_loader)
@@ -111,10 +130,18 @@ class Trainer:
         self.state = RunState()
         if resume:
             self._load_checkpoint(self.run_dir / "last.pt")
+        # what the training step calls: the model, or under torchrun the model in
+        # DistributedDataParallel (gradients averaged over ranks during backward)
+        self.train_model = self._data_parallel(self.model) if world.distributed else self.model
         r = self.recipe
         self.forward = CompiledForward(
-            self.model, options.compile, options.compile_backend, r.compile_mode
+            self.train_model, options.compile, options.compile_backend, r.compile_mode
         )
+        self.eval_forward = self.forward
+        if world.distributed:  # evaluation needs no gradient synchronisation
+            self.eval_forward = CompiledForward(
+                self.model, options.compile, options.compile_backend, r.compile_mode
+            )
         # training: forward + loss as one compiled graph (--compile-step), else the compiled
         # model and an eager loss
         self.forward_loss = CompiledForward(
@@ -130,6 +157,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
 
+    def _sync_batchnorm(self, model: nn.Module) -> nn.Module:
+        """--sync-bn: BatchNorm statistics over the global batch (PyTorch's SyncBatchNorm;
+        CUDA only). Off by default: the record holders train with per-GPU statistics."""
+        if self.device.type != "cuda":
+            raise FastCifarError(
+                "--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm runs on GPUs only): drop "
+                "--sync-bn on the CPU"
+            )
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    def _data_parallel(self, model: nn.Module) -> nn.Module:
+        """``model`` in DistributedDataParallel on this rank's device. A whitening bias that
+        stops training mid-run gets no gradient from then on, so DDP must expect unused
+        parameters."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(
+            model,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=self.whiten_bias_steps > 0,
+        )
+
     def _find_lr(self) -> None:
         """The recipe asks for its peak lr from an LR range test first (as seed 003 did)."""
         result = range_test(
@@ -138,7 +187,8 @@ class Trainer:
         )  # fmt: skip
         print(f"lr_find: suggested lr {result.suggested_lr:.4g} (steepest descent); the recipe "
               f"uses it as its peak lr")  # fmt: skip
-        self.recipe = self.recipe.replace(lr=float(result.suggested_lr))
+        # every rank tested on its own shard: all take rank 0's answer
+        self.recipe = self.recipe.replace(lr=broadcast_object(float(result.suggested_lr)))
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
@@ -226,6 +276,7 @@ class Trainer:
         lines = "".join(json.dumps(m) + "\n" for m in self.state.metrics)
         atomic_write(self.run_dir / "metrics.jsonl", lines)
         atomic_write(self.run_dir / "lr.json", json.dumps(self.state.lrs))
+        atomic_write(self.run_dir / "losses.json", json.dumps(self.state.step_losses))
 
     def tensorboard_hook(self, row: dict, is_best: bool) -> None:
         """The row's scalars to RUN_DIR/tensorboard (with ``--tensorboard``)."""
@@ -252,14 +303,18 @@ class Trainer:
     def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean criterion loss, output) of the model on a batch: one graph with
         --compile-step."""
-        out = self.model(x) if self.forward_loss.compiled is not None else self.forward(x)
+        step_compiled = self.forward_loss.compiled is not None
+        out = self.train_model(x) if step_compiled else self.forward(x)
         return self._criterion(out, y), out
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; returns (mean criterion loss, model output)."""
         with self._autocast():
             loss, out = self.forward_loss(x, y)
-            total = loss * len(y) if self.recipe.loss_reduction == "sum" else loss
+            if self.recipe.loss_reduction == "sum":  # over the global batch: DDP averages
+                total = loss * (len(y) * self.world.size)
+            else:
+                total = loss
             if self.recipe.l1:
                 total = total + self.recipe.l1 * l1_penalty(self.model)
         self.optimizer.zero_grad(set_to_none=True)
@@ -335,15 +390,21 @@ class Trainer:
         bar.close()
         self.state.train_time_s += timer.stop()
         elapsed = time.perf_counter() - start
+        # over all ranks: each step's loss is the mean of the ranks' (equal) shares
+        losses = all_reduce_(losses, "mean")
+        counts = all_reduce_(torch.stack([correct, torch.tensor(seen, device=self.device)]))
+        self.state.step_losses.extend(losses.tolist())
         return {
             "lr": lr,
             "train_loss": float(losses.mean()),
-            "train_acc": 100.0 * correct.item() / seen,
+            "train_acc": 100.0 * int(counts[0]) / int(counts[1]),
             "train_time_s": elapsed,
-            "images_per_s": seen / elapsed,
+            "images_per_s": int(counts[1]) / elapsed,
         }
 
     def _check_finite(self, losses: torch.Tensor, epoch: int) -> None:
+        """Stop every rank together when any rank's loss is NaN or inf."""
+        losses = all_reduce_(losses.clone(), "mean")
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             step = int(bad[0])
@@ -360,7 +421,10 @@ class Trainer:
         EMA's when used): single view, or with ``tta`` the recipe's TTA (``tta``,
         ``tta_fraction``; ``fastcifar.tta``) over the whole test set."""
         self.model.eval()
-        forward = self.ema.module.eval() if self.ema is not None else self.forward
+        broadcast_buffers(self.model)  # rank 0's BatchNorm statistics everywhere
+        if self.ema is not None:
+            broadcast_buffers(self.ema.module)
+        forward = self.ema.module.eval() if self.ema is not None else self.eval_forward
         xs, ys = [], []
         for i, (x, y) in enumerate(self.test_loader):
             if max_batches is not None and i >= max_batches:
@@ -422,8 +486,9 @@ class Trainer:
             is_best = test["test_acc"] > self.state.best_acc
             if is_best:
                 self.state.best_acc = test["test_acc"]
-            for hook in self.epoch_end_hooks:
-                hook(row, is_best)
+            if self.world.is_main:  # rank 0 alone writes the run directory and prints
+                for hook in self.epoch_end_hooks:
+                    hook(row, is_best)
         return self._write_summary(time.perf_counter() - run_start)
 
     def _write_summary(self, session_time: float) -> dict:
@@ -457,9 +522,11 @@ class Trainer:
             "kernels": self.kernels,
             "channels_last": self.channels_last,
             "train_images": len(self.train_loader.dataset),
+            "world_size": self.world.size,
             "test_images": len(self.test_loader.labels),
             "data": self.arrays.source,
             "versions": versions(),
         }
-        atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if self.world.is_main:
+            atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary

@@ -114,6 +114,8 @@ class RunOptions:
     kernels: str = "auto"  # auto | triton | torch
     loader: str = "auto"  # auto | gpu | dali | albumentations
     tensorboard: bool = False  # log scalars (and, at evaluation, figures) to RUN_DIR/tensorboard
+    world_size: int = 1  # data-parallel processes (torchrun); a resume needs the same
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA)
 
 
 def write_config(

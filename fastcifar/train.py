@@ -6,6 +6,10 @@ test evaluation every epoch, and writes the run directory described in
 ``fastcifar.engine``. ``--resume RUN_DIR`` continues a stopped run from its last
 completed epoch. Every recipe field has a flag (``--lr``, ``--batch-size``, ...).
 
+Under ``torchrun --nproc_per_node N -m fastcifar.train ...`` it trains data-parallel
+(``fastcifar.distributed``): the recipe's batch is the global batch, rank 0 writes the
+run directory, and ``--resume`` needs the same number of processes.
+
 Bad input ends the program with one line naming the problem and the fix, exit status 2.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import sys
 import time
@@ -20,6 +25,7 @@ import types
 import typing
 from pathlib import Path
 
+from fastcifar import distributed
 from fastcifar.data.factory import LOADER_CHOICES
 from fastcifar.engine import Trainer
 from fastcifar.errors import FastCifarError, run_cli
@@ -171,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
         "triton on a CPU uses the Triton interpreter (slow, for tests)",
     )
     p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, "
+        "CUDA only); off by default, as the speed records train with per-GPU statistics",
+    )
+    p.add_argument(
         "--evaluate",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -224,7 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     overrides = _recipe_overrides(args)
     if args.workers is not None and args.workers < 0:
         raise FastCifarError(f"--workers {args.workers} is negative: pass 0 or more")
+    # under torchrun: join the process group; rank 0 alone prints and writes
+    world = distributed.init_from_env(args.device or "auto")
+    if not world.is_main:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    try:
+        return _train(args, overrides, world)
+    finally:
+        distributed.shutdown()
 
+
+def _train(args: argparse.Namespace, overrides: dict, world: distributed.World) -> int:
     created = False
     if args.resume:
         run_dir = Path(args.resume)
@@ -248,7 +270,16 @@ def main(argv: list[str] | None = None) -> int:
             options.device = args.device
         if args.workers is not None:
             options.workers = args.workers
-        prepare_run_dir(run_dir, resume=True)
+        if options.world_size != world.size:
+            raise FastCifarError(
+                f"{run_dir} was trained by {options.world_size} process(es), this is "
+                f"{world.size}: resume it with torchrun --nproc_per_node {options.world_size}"
+                if options.world_size > 1 else
+                f"{run_dir} was trained by 1 process, this is {world.size}: resume it "
+                f"without torchrun"
+            )  # fmt: skip
+        if world.is_main:
+            prepare_run_dir(run_dir, resume=True)
     else:
         recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(**overrides).validate()
         options = RunOptions(
@@ -265,23 +296,28 @@ def main(argv: list[str] | None = None) -> int:
             kernels=args.kernels or "auto",
             tensorboard=args.tensorboard,
             loader=args.loader or "auto",
+            world_size=world.size,
+            sync_bn=args.sync_bn,
         )
         if args.train_subset is not None and args.train_subset < 1:
             raise FastCifarError(f"--train-subset {args.train_subset} is below 1: pass 1 or more")
         if args.test_subset is not None and args.test_subset < 1:
             raise FastCifarError(f"--test-subset {args.test_subset} is below 1: pass 1 or more")
-        run_dir = Path(args.out or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        default = f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(args.out or distributed.broadcast_object(default))  # one name for all
         created = not run_dir.exists()
-        prepare_run_dir(run_dir, resume=False)
+        if world.is_main:
+            prepare_run_dir(run_dir, resume=False)
         options.out = str(run_dir)
+    distributed.barrier()  # the run directory exists before any rank goes on
 
     try:
-        trainer = Trainer(recipe, options, run_dir, resume=bool(args.resume))
+        trainer = Trainer(recipe, options, run_dir, resume=bool(args.resume), world=world)
     except BaseException:
-        if created:
+        if created and world.is_main:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    if not args.resume:
+    if not args.resume and world.is_main:
         write_config(run_dir, trainer.recipe, trainer.options, trainer.kernel_dispatch)
     t = trainer
     print(
@@ -293,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     summary = trainer.fit()
+    if not world.is_main:
+        return 0
     if args.evaluate:
         from fastcifar.evaluate import evaluate_run
 

@@ -221,16 +221,16 @@ def build_graph(name: str, images, mean: Sequence[float], std: Sequence[float]):
 
 
 class _EpochSource:
-    """External source: one epoch's batches in a fixed order, then StopIteration."""
+    """External source: one epoch's batches (index arrays, this rank's share of every
+    step), then StopIteration."""
 
-    def __init__(self, images, labels, order, batch_size, steps):
-        self.images, self.labels, self.order = images, labels, order
-        self.batch_size, self.steps, self.i = batch_size, steps, 0
+    def __init__(self, images, labels, batches):
+        self.images, self.labels, self.batches, self.i = images, labels, batches, 0
 
     def __call__(self):
-        if self.i >= self.steps:
+        if self.i >= len(self.batches):
             raise StopIteration
-        idx = self.order[self.i * self.batch_size : (self.i + 1) * self.batch_size]
+        idx = self.batches[self.i]
         self.i += 1
         return [self.images[j] for j in idx], [self.labels[j : j + 1] for j in idx]
 
@@ -281,16 +281,17 @@ class DaliLoader(EpochLoader):
         from nvidia.dali import fn, pipeline_def
 
         epoch_seed = self.epoch_seed(31)
-        rng = np.random.default_rng(epoch_seed)
+        rng = np.random.default_rng(epoch_seed)  # the same order on every rank
         n = len(self.images)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
-        source = _EpochSource(self.images, self.labels, order, self.batch_size, len(self))
+        batches = [g[part] for g, part in self.global_batches(order)]
+        source = _EpochSource(self.images, self.labels, batches)
         gpu = self.device.type == "cuda"
 
         @pipeline_def(
             batch_size=self.batch_size,
             num_threads=self.threads,
-            seed=epoch_seed,
+            seed=epoch_seed + 1_000 * self.rank,  # each rank its own augmentation stream
             device_id=(self.device.index or 0) if gpu else None,
         )
         def pipe():

@@ -67,11 +67,13 @@ def resolve_loader(name: str, augmentation: str, device: torch.device) -> tuple[
 def make_train_loader(
     backend: str, images: np.ndarray, labels: np.ndarray, augmentation: str, mean, std,
     batch_size: int, device: torch.device, drop_last: bool, channels_last: bool, seed: int,
-    workers: int, dtype: torch.dtype,
+    workers: int, dtype: torch.dtype, rank: int = 0, world_size: int = 1,
 ):  # fmt: skip
     """The training loader of ``backend`` (``resolve_loader``'s answer) over uint8 images
     (N, 32, 32, 3) and int64 labels (N,): batches of normalised images on ``device`` in
-    ``dtype`` (channels_last when asked) and labels, reshuffled every epoch.
+    ``dtype`` (channels_last when asked) and labels, reshuffled every epoch. With
+    ``world_size`` > 1, ``batch_size`` is this rank's share of each step and the loader is
+    sharded (``EpochLoader.shard``).
 
     Raises:
         FastCifarError: the batch size with drop_last leaves no batch.
@@ -96,9 +98,10 @@ def make_train_loader(
             device=device, shuffle=True, drop_last=drop_last, workers=workers,
             channels_last=channels_last, seed=seed, dtype=dtype,
         )  # fmt: skip
+    loader.shard(rank, world_size)
     if len(loader) == 0:
         raise FastCifarError(
-            f"--batch-size {batch_size} with drop_last leaves no batch of the {len(images)} "
-            f"training images: pass a smaller batch size"
+            f"--batch-size {batch_size * world_size} with drop_last leaves no batch of the "
+            f"{len(images)} training images: pass a smaller batch size"
         )
     return loader

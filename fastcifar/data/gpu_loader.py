@@ -56,19 +56,14 @@ def alternating_flip_mask(base: torch.Tensor, epoch: int) -> torch.Tensor:
     return base ^ bool(epoch % 2)
 
 
-def batch_jitter(x: torch.Tensor, brightness: float, contrast: float, gen) -> torch.Tensor:
-    """``(x + U(-brightness, brightness)) * U(1 - contrast, 1 + contrast)``, one draw per
-    image of (B, C, H, W) (the Hiverge cifar10-speedrun's colour jitter)."""
-    b = x.shape[0]
-    shift = (torch.rand(b, 1, 1, 1, device=x.device, generator=gen) * 2 - 1) * brightness
-    scale = (torch.rand(b, 1, 1, 1, device=x.device, generator=gen) * 2 - 1) * contrast + 1
-    return (x + shift) * scale
+# Each augmentation draws its random parameters for a whole global batch (``*_params``) and
+# applies them to any part of it (``apply_*``): data-parallel ranks draw the same numbers
+# and apply their own part, so N ranks see exactly the augmentation one process would.
 
 
-def batch_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Flip each image of (B, C, H, W) left-right with probability 0.5."""
-    mask = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
-    return flip_where(x, mask)
+def flip_params(n: int, device, gen: torch.Generator) -> torch.Tensor:
+    """bool (n,): flip with probability 0.5."""
+    return torch.rand(n, device=device, generator=gen) < 0.5
 
 
 def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -76,15 +71,19 @@ def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def batch_translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Reflect-pad (B, C, H, W) by ``pad`` and crop each image back at a random offset in
-    [0, 2 pad] on both axes (independently per image)."""
+def translate_params(n: int, pad: int, device, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dy, dx) int64 (n,): crop offsets in [0, 2 pad] of the padded image."""
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=device, generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=device, generator=gen)
+    return dy, dx
+
+
+def apply_translate(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor):
+    """Reflect-pad (B, C, H, W) by ``pad`` and crop image i back at offset (dy[i], dx[i])."""
     if pad == 0:
         return x
     b, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=gen)
     rows = (dy[:, None] + torch.arange(h, device=x.device)).view(b, 1, h, 1)
     cols = (dx[:, None] + torch.arange(w, device=x.device)).view(b, 1, 1, w)
     bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
@@ -92,17 +91,56 @@ def batch_translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Te
     return padded[bi, ci, rows, cols]
 
 
-def batch_cutout(x: torch.Tensor, size: int, fill: torch.Tensor, gen) -> torch.Tensor:
-    """One ``size`` x ``size`` hole per image, centre uniform over the image, clipped at the
-    border, filled with ``fill`` (C,)."""
-    b, _, h, w = x.shape
-    cy = torch.randint(0, h, (b, 1, 1), device=x.device, generator=gen)
-    cx = torch.randint(0, w, (b, 1, 1), device=x.device, generator=gen)
+def cutout_params(n: int, h: int, w: int, device, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cy, cx) int64 (n,): hole centres, uniform over the image."""
+    cy = torch.randint(0, h, (n,), device=device, generator=gen)
+    cx = torch.randint(0, w, (n,), device=device, generator=gen)
+    return cy, cx
+
+
+def apply_cutout(x, size: int, fill: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor):
+    """One ``size`` x ``size`` hole per image centred at (cy, cx), clipped at the border,
+    filled with ``fill`` (C,)."""
+    _, _, h, w = x.shape
+    cy, cx = cy.view(-1, 1, 1), cx.view(-1, 1, 1)
     ys = torch.arange(h, device=x.device).view(1, h, 1)
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     half = size // 2
     hole = (ys >= cy - half) & (ys < cy - half + size) & (xs >= cx - half) & (xs < cx - half + size)
     return torch.where(hole.unsqueeze(1), fill.view(1, -1, 1, 1).to(x.dtype), x)
+
+
+def jitter_params(n: int, brightness: float, contrast: float, device, gen):
+    """(shift, scale) float (n, 1, 1, 1): U(-brightness, brightness), U(1 - c, 1 + c)."""
+    shift = (torch.rand(n, 1, 1, 1, device=device, generator=gen) * 2 - 1) * brightness
+    scale = (torch.rand(n, 1, 1, 1, device=device, generator=gen) * 2 - 1) * contrast + 1
+    return shift, scale
+
+
+def batch_jitter(x: torch.Tensor, brightness: float, contrast: float, gen) -> torch.Tensor:
+    """``(x + U(-brightness, brightness)) * U(1 - contrast, 1 + contrast)``, one draw per
+    image of (B, C, H, W) (the Hiverge cifar10-speedrun's colour jitter)."""
+    shift, scale = jitter_params(len(x), brightness, contrast, x.device, gen)
+    return (x + shift) * scale
+
+
+def batch_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Flip each image of (B, C, H, W) left-right with probability 0.5."""
+    return flip_where(x, flip_params(len(x), x.device, gen))
+
+
+def batch_translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Reflect-pad (B, C, H, W) by ``pad`` and crop each image back at a random offset in
+    [0, 2 pad] on both axes (independently per image)."""
+    if pad == 0:
+        return x
+    return apply_translate(x, pad, *translate_params(len(x), pad, x.device, gen))
+
+
+def batch_cutout(x: torch.Tensor, size: int, fill: torch.Tensor, gen) -> torch.Tensor:
+    """One ``size`` x ``size`` hole per image, centre uniform over the image, clipped at the
+    border, filled with ``fill`` (C,)."""
+    return apply_cutout(x, size, fill, *cutout_params(len(x), *x.shape[-2:], x.device, gen))
 
 
 class GpuLoader(EpochLoader):
@@ -164,20 +202,30 @@ class GpuLoader(EpochLoader):
         else:
             order = torch.arange(n, device=self.device)
         fill = torch.zeros(3, device=self.device)  # the mean colour, once normalised
-        flips = None
-        if self.aug.flip == "alternating":
-            flips = alternating_flip_mask(self.base_flips(), self.epoch)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+        aug, dev = self.aug, self.device
+        base = self.base_flips() if aug.flip == "alternating" else None
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        for g, part in self.global_batches(order):
+            # parameters for the global batch, in a fixed order; this rank applies its part
+            n = len(g)
+            flips = None
+            if base is not None:
+                flips = alternating_flip_mask(base[g], self.epoch)
+            elif aug.flip == "random":
+                flips = flip_params(n, dev, gen)
+            shifts = translate_params(n, aug.translate, dev, gen) if aug.translate else None
+            holes = cutout_params(n, *self.images.shape[-2:], dev, gen) if aug.cutout else None
+            jitter = None
+            if aug.brightness or aug.contrast:
+                jitter = jitter_params(n, aug.brightness, aug.contrast, dev, gen)
+            idx = g[part]
             x = (self.images[idx].float() / 255.0 - self.mean) / self.std
             if flips is not None:
-                x = flip_where(x, flips[idx])
-            elif self.aug.flip == "random":
-                x = batch_flip(x, gen)
-            x = batch_translate(x, self.aug.translate, gen)
-            if self.aug.cutout:
-                x = batch_cutout(x, self.aug.cutout, fill, gen)
-            if self.aug.brightness or self.aug.contrast:
-                x = batch_jitter(x, self.aug.brightness, self.aug.contrast, gen)
-            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+                x = flip_where(x, flips[part])
+            if shifts is not None:
+                x = apply_translate(x, aug.translate, shifts[0][part], shifts[1][part])
+            if holes is not None:
+                x = apply_cutout(x, aug.cutout, fill, holes[0][part], holes[1][part])
+            if jitter is not None:
+                x = (x + jitter[0][part]) * jitter[1][part]
             yield x.to(self.dtype).contiguous(memory_format=fmt), self.labels[idx]

@@ -46,22 +46,53 @@ class AugmentedDataset(Dataset):
 
 
 class EpochLoader:
-    """What every training loader shares: ``set_epoch``, ``len()`` (batches per epoch,
-    from ``dataset``, ``batch_size`` and ``drop_last``) and per-epoch seeds that depend on
-    (seed, epoch) alone."""
+    """What every training loader shares: ``set_epoch``, ``len()`` (steps per epoch, from
+    ``dataset``, ``batch_size``, ``drop_last`` and the number of ranks), per-epoch seeds
+    that depend on (seed, epoch) alone, and sharding across data-parallel ranks.
+
+    Sharding (``shard(rank, world_size)``): ``batch_size`` is this rank's share of a step;
+    the epoch's order is the same on every rank (it depends on (seed, epoch) alone), cut
+    into global batches of ``batch_size * world_size`` images, and rank r takes the r-th
+    part of each: no image is seen twice in an epoch across ranks, and only ``drop_last``
+    drops any. A last partial global batch is split as evenly as it goes
+    (``torch.tensor_split``); one smaller than the number of ranks is dropped, since a rank
+    cannot take an empty step.
+    """
 
     dataset: object
     batch_size: int
     drop_last: bool
     seed: int
     epoch: int = 0
+    rank: int = 0
+    world_size: int = 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def shard(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
     def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, batch = len(self.dataset), self.batch_size * self.world_size
+        if self.drop_last:
+            return n // batch
+        full, rest = divmod(n, batch)
+        return full + (rest >= self.world_size)
+
+    def global_batches(self, order):
+        """(global batch indices, this rank's slice of them) for every step of the epoch;
+        ``order`` is the epoch's permutation (a tensor or an array)."""
+        batch = self.batch_size * self.world_size
+        for i in range(len(self)):
+            g = order[i * batch : (i + 1) * batch]
+            if len(g) == batch:
+                start = self.rank * self.batch_size
+                yield g, slice(start, start + self.batch_size)
+            else:  # the last partial batch, split as evenly as it goes
+                sizes = [len(c) for c in torch.tensor_split(torch.arange(len(g)), self.world_size)]
+                start = sum(sizes[: self.rank])
+                yield g, slice(start, start + sizes[self.rank])
 
     def epoch_seed(self, salt: int = 0) -> int:
         """A seed for this epoch (``salt`` separates a loader's streams), below 2**31."""
@@ -120,15 +151,16 @@ class AlbumentationsLoader(EpochLoader):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.epoch_seed(17))
         if self.workers == 0:
-            self.dataset.reseed(self.epoch_seed(0x5EED))
+            self.dataset.reseed(self.epoch_seed(0x5EED) + self.rank)
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        batches = [g[part].tolist() for g, part in self.global_batches(order)]
         loader = DataLoader(
             self.dataset,
-            batch_size=self.batch_size,
-            shuffle=self.shuffle,
-            drop_last=self.drop_last,
+            batch_sampler=batches,  # this rank's share of every step
             num_workers=self.workers,
             worker_init_fn=_worker_init if self.workers else None,
-            generator=gen,
+            generator=torch.Generator().manual_seed(self.epoch_seed(19) + 7 * self.rank),
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )

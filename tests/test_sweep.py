@@ -1,4 +1,5 @@
-"""Statistics over seeds (fastcifar.seedstats) and scripts/speedrun.sh end to end."""
+"""Seed sweeps: the statistics (fastcifar.seedstats), the GPU list and resume rules of
+fastcifar.sweep, and scripts/speedrun.sh (a thin call of it) end to end."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import sys
 
 import pytest
 
+from fastcifar.errors import FastCifarError
 from fastcifar.seedstats import describe, load_runs, summarise
+from fastcifar.sweep import gpu_list, run_command
 from tests.conftest import ROOT, make_tree
 
 
@@ -80,3 +83,30 @@ def test_speedrun_script_runs_seeds_reports_and_resumes(tmp_path):
     assert "1 to run" in r.stdout and "sweep: 3 runs" in r.stdout
     assert (sweep / "seed-1" / "summary.json").stat().st_mtime_ns == stamp
     assert (sweep / "seed-3" / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("spec", "count", "expected"),
+    [("all", 0, [None]), ("all", 3, ["0", "1", "2"]), ("none", 3, [None]), ("2", 3, ["0", "1"]),
+     ("0,2", 3, ["0", "2"])],
+)  # fmt: skip
+def test_gpu_list(spec, count, expected, monkeypatch):
+    monkeypatch.setattr("torch.cuda.device_count", lambda: count)
+    assert gpu_list(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["5", "0,7", "x"])
+def test_gpu_list_refuses_what_the_machine_lacks(spec, monkeypatch):
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 3)
+    with pytest.raises(FastCifarError, match="--gpus"):
+        gpu_list(spec)
+
+
+def test_a_run_with_a_checkpoint_is_resumed_not_restarted(tmp_path):
+    fresh = run_command("speedrun94", 4, tmp_path / "seed-4", ["--epochs", "2"])
+    assert fresh[-5:] == ["--out", str(tmp_path / "seed-4"), "--no-evaluate", "--epochs", "2"]
+    (tmp_path / "seed-4").mkdir()
+    (tmp_path / "seed-4" / "config.json").write_text("{}")
+    (tmp_path / "seed-4" / "last.pt").write_bytes(b"")
+    resumed = run_command("speedrun94", 4, tmp_path / "seed-4", ["--epochs", "2"])
+    assert resumed[-3:] == ["--resume", str(tmp_path / "seed-4"), "--no-evaluate"]
