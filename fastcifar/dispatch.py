@@ -174,9 +174,12 @@ def _block_runner(kind: str, block: nn.Module, cfg: ConvConfig, side: str, devic
                 copied.__class__ = FusedDepthwiseSeparable
             if cfg.channels_last:
                 copied = copied.to(memory_format=torch.channels_last)
-            state["block"], state["x"] = copied.to(cfg.dtype), _inputs(cfg, device)
-        y = state["block"](state["x"])
-        y.backward(torch.ones_like(y))
+            state["block"], state["x"] = copied, _inputs(cfg, device)
+        # as training runs it: float32 parameters, 16-bit compute under autocast
+        low = cfg.dtype in (torch.float16, torch.bfloat16)
+        with torch.autocast(torch.device(device).type, dtype=cfg.dtype, enabled=low):
+            y = state["block"](state["x"])
+        y.float().sum().backward()
 
     return Runner(kind, side, cfg.describe(), fn)
 

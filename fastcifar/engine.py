@@ -122,7 +122,8 @@ class Trainer:
         self.total_steps = total_steps(self.recipe, steps)
         self.whiten_bias_steps = whiten_bias_steps(self.recipe, steps)
         self._set_whiten_bias_trainable(0)
-        self.optimizer = make_optimizer(self.model, self.recipe)
+        backend = options.compile_backend if options.compile else None
+        self.optimizer = make_optimizer(self.model, self.recipe, compile_backend=backend)
         self.schedule = make_schedule(self.optimizer, self.recipe, steps)
         self.ema = make_ema(self.model, self.recipe.ema)
         use_scaler = self.amp and self.amp_dtype == torch.float16

@@ -78,6 +78,8 @@ class Muon(torch.optim.Optimizer):
             (1: every step, the record; 0: never).
         batched: orthogonalise all filters of a group in one batched iteration over
             zero-padded matrices (one launch per matrix product instead of one per filter).
+        compile_backend: torch.compile the Newton-Schulz iteration with this backend (the
+            record compiles it; ``None``: eager).
 
     Raises:
         ValueError: a Muon group holds a parameter that is not 4-D (or 2-D), or an option
@@ -96,6 +98,7 @@ class Muon(torch.optim.Optimizer):
         ns_dtype: torch.dtype = torch.bfloat16,
         renorm_every: int = 1,
         batched: bool = False,
+        compile_backend: str | None = None,
     ):
         if lr < 0 or momentum < 0 or weight_decay < 0 or ns_steps < 1 or renorm_every < 0:
             raise ValueError("Muon: lr, momentum, weight_decay, renorm_every >= 0, ns_steps >= 1")
@@ -105,6 +108,9 @@ class Muon(torch.optim.Optimizer):
             batched=batched, step=0,
         )  # fmt: skip
         self.ns_dtype = ns_dtype
+        self._newton_schulz = newton_schulz
+        if compile_backend:
+            self._newton_schulz = torch.compile(newton_schulz, backend=compile_backend)
         super().__init__(params, defaults)
         for group in self.param_groups:
             if group["muon"]:
@@ -169,13 +175,14 @@ class Muon(torch.optim.Optimizer):
                   dtype=self.ns_dtype)  # fmt: skip
         mats = [u.reshape(len(u), -1) for u in updates]
         if not group["batched"] or len(mats) == 1:
-            return [newton_schulz(g, **kw).view_as(u) for g, u in zip(mats, updates, strict=True)]
+            ns = self._newton_schulz
+            return [ns(g, **kw).view_as(u) for g, u in zip(mats, updates, strict=True)]
         rows = max(g.shape[0] for g in mats)
         cols = max(g.shape[1] for g in mats)
         stacked = torch.stack(
             [F.pad(g, (0, cols - g.shape[1], 0, rows - g.shape[0])) for g in mats]
         )
-        out = newton_schulz(stacked, **kw)
+        out = self._newton_schulz(stacked, **kw)
         return [
             out[i, : g.shape[0], : g.shape[1]].reshape(u.shape)
             for i, (g, u) in enumerate(zip(mats, updates, strict=True))

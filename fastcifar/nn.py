@@ -148,12 +148,18 @@ def fuse_conv_relu_bn(model: nn.Module, only: set[str] | None = None) -> list[st
     """Turn every supported ``Sequential(Conv2d, ReLU, BatchNorm2d)`` of ``model`` (or those
     named in ``only``) into a ``FusedConvReLUBN`` in place (children and state-dict keys
     unchanged). Returns the qualified names converted."""
-    fused = []
+    return _convert_blocks(model, is_conv_relu_bn, FusedConvReLUBN, only)
+
+
+def _convert_blocks(model: nn.Module, test, cls: type, only: set[str] | None) -> list[str]:
+    """Give every block of ``model`` that passes ``test`` (and is named in ``only``, when
+    given) the class ``cls`` in place; returns their qualified names."""
+    converted = []
     for name, m in model.named_modules():
-        if is_conv_relu_bn(m) and (only is None or name in only):
-            m.__class__ = FusedConvReLUBN
-            fused.append(name)
-    return fused
+        if test(m) and (only is None or name in only):
+            m.__class__ = cls
+            converted.append(name)
+    return converted
 
 
 class FusedDepthwiseSeparable(nn.Sequential):
@@ -197,12 +203,7 @@ def fuse_depthwise_separable(model: nn.Module, only: set[str] | None = None) -> 
     """Turn every bias-free ``Sequential(depthwise 3x3, [ReLU], pointwise 1x1)`` of
     ``model`` (or those named in ``only``) into a ``FusedDepthwiseSeparable`` in place.
     Returns the qualified names converted."""
-    fused = []
-    for name, m in model.named_modules():
-        if is_depthwise_separable(m) and (only is None or name in only):
-            m.__class__ = FusedDepthwiseSeparable
-            fused.append(name)
-    return fused
+    return _convert_blocks(model, is_depthwise_separable, FusedDepthwiseSeparable, only)
 
 
 __all__ = [

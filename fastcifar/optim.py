@@ -127,16 +127,19 @@ def muon_param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, recipe: Recipe, compile_backend: str | None = None
+) -> torch.optim.Optimizer:
     """The recipe's optimizer over ``model``'s trainable parameters: Adam (betas
     (momentum, 0.999)), SGD (momentum, Nesterov where set), or ``muon`` (``Muon`` on the
-    convolution filters and SGD on the rest, ``muon_param_groups``)."""
+    convolution filters and SGD on the rest, ``muon_param_groups``; its Newton-Schulz
+    iteration compiled with ``compile_backend`` when given, as the record does)."""
     r = recipe
     if r.optimizer == "muon":
         return Muon(
             muon_param_groups(model, r), ns_steps=r.muon_ns_steps,
             ns_coefficients=NS_COEFFICIENTS[r.muon_ns], renorm_every=r.muon_renorm_every,
-            batched=r.muon_batched,
+            batched=r.muon_batched, compile_backend=compile_backend,
         )  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
     if r.optimizer == "adam":

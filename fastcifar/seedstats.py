@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fastcifar.errors import FastCifarError, run_cli
 
-__all__ = ["describe", "format_markdown", "load_runs", "summarise", "write_report"]
+__all__ = ["describe", "format_markdown", "load_runs", "one_line", "summarise", "write_report"]
 
 
 def describe(values: list[float]) -> dict:
@@ -97,6 +97,17 @@ def format_markdown(stats: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def one_line(stats: dict, sweep_dir: Path) -> str:
+    """The report in one console line."""
+    a, s, n = stats["accuracy"], stats["seconds"], stats["accuracy"]["n"]
+    return (
+        f"{n} runs: accuracy {a['mean']:.2f} +- {a['std']:.2f} % (95 % interval "
+        f"{a['ci95_low']:.2f}-{a['ci95_high']:.2f}), time {s['mean']:.3f} +- {s['std']:.3f} s "
+        f"(95 % interval {s['ci95_low']:.3f}-{s['ci95_high']:.3f}); >= {stats['target']} %: "
+        f"{stats['reached']}/{n}; written to {Path(sweep_dir) / 'sweep.md'}"
+    )
+
+
 def write_report(sweep_dir: Path, stats: dict, title: str) -> None:
     """``sweep.json`` (``stats``) and ``sweep.md`` (``format_markdown``) in ``sweep_dir``."""
     from fastcifar.rundir import atomic_write
@@ -122,13 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     stats = summarise(runs, args.target)
     write_report(sweep_dir, stats, f"{sweep_dir.name}: {len(runs)} seeds")
-    a, s = stats["accuracy"], stats["seconds"]
-    print(
-        f"{len(runs)} runs: accuracy {a['mean']:.2f} +- {a['std']:.2f} % (95 % interval "
-        f"{a['ci95_low']:.2f}-{a['ci95_high']:.2f}), time {s['mean']:.3f} +- {s['std']:.3f} s "
-        f"(95 % interval {s['ci95_low']:.3f}-{s['ci95_high']:.3f}); >= {args.target} %: "
-        f"{stats['reached']}/{len(runs)}; written to {sweep_dir / 'sweep.md'}"
-    )
+    print(one_line(stats, sweep_dir))
     return 0
 
 

@@ -31,7 +31,7 @@ from queue import Empty, Queue
 
 from fastcifar.errors import FastCifarError, run_cli
 from fastcifar.recipes import RECIPES, get_recipe
-from fastcifar.seedstats import load_runs, summarise, write_report
+from fastcifar.seedstats import load_runs, one_line, summarise, write_report
 
 __all__ = ["gpu_list", "main", "run_command"]
 
@@ -157,13 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FastCifarError(f"no run of {out} finished: see the seed-K.log files there")
     stats = summarise(runs, target)
     write_report(out, stats, f"{recipe.name}: {len(runs)} seeds")
-    a, s = stats["accuracy"], stats["seconds"]
-    print(
-        f"sweep: {len(runs)} runs: accuracy {a['mean']:.2f} +- {a['std']:.2f} % (95 % "
-        f"interval {a['ci95_low']:.2f}-{a['ci95_high']:.2f}), {s['mean']:.3f} +- "
-        f"{s['std']:.3f} s; >= {target} %: {stats['reached']}/{len(runs)}; "
-        f"{out / 'sweep.md'}"
-    )
+    print(f"sweep: {one_line(stats, out)}")
     return 1 if failed else 0
 
 

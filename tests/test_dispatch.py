@@ -166,3 +166,29 @@ def test_fused_depthwise_separable_module_matches_the_unfused_block(relu, monkey
     (gx,) = torch.autograd.grad(out.sum(), x)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(gx, gx_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_block_runners_run_forward_and_backward_on_the_cpu(monkeypatch):
+    # the real runners (what cuda_timer calls), once each, under the interpreter
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = Net()
+    example = torch.randn(2, 3, 32, 32)
+    configs = dispatch.collect_conv_configs(model, example, torch.float32)
+    blocks = list(dispatch._blocks(model, configs))
+    assert {kind for kind, *_ in blocks} == {"conv_relu_bn", "dwsep"}
+    for kind, _, block, cfg in blocks:
+        for side in ("triton", "torch"):
+            dispatch._block_runner(kind, block, cfg, side, "cpu").fn()
+    cfg = next(iter(configs))
+    for side in ("triton", "torch"):
+        dispatch._conv_runner(cfg, side, "cpu").fn()
+    assert type(model.crb) is nn.Sequential  # the model itself is left as it was
+
+
+def test_config_json_records_the_dispatch(tmp_path):
+    from fastcifar.recipes import get_recipe
+    from fastcifar.rundir import RunOptions, write_config
+
+    records = [{"kind": "conv", "config": "dense 3->8", "choice": "torch"}]
+    write_config(tmp_path, get_recipe("s7"), RunOptions(), records)
+    assert json.loads((tmp_path / "config.json").read_text())["kernel_dispatch"] == records

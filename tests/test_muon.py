@@ -128,3 +128,19 @@ def test_the_sync_detector_catches_a_read_back_and_a_host_counter():
     counter = torch.zeros((), dtype=torch.long)  # AveragedModel's n_averaged, on the CPU
     with pytest.raises(AssertionError, match="CPU tensor mixed"):
         assert_no_host_sync(lambda: x.mul(counter.to(x.device)).add(counter))
+
+
+def test_compiled_newton_schulz_steps_as_the_eager_one():
+    gen = torch.Generator().manual_seed(5)
+    init = [torch.randn(16, 8, 3, 3, generator=gen), torch.randn(8, 8, 3, 3, generator=gen)]
+    grads = [torch.randn_like(w) for w in init]
+    out = []
+    for backend in (None, "aot_eager"):
+        params = [torch.nn.Parameter(w.clone()) for w in init]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        Muon([{"params": params}], lr=0.1, ns_dtype=torch.float32,
+             compile_backend=backend).step()  # fmt: skip
+        out.append(params)
+    for a, b in zip(*out, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
