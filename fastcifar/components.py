@@ -17,6 +17,7 @@ from fastcifar.data.factory import make_train_loader, resolve_loader
 from fastcifar.distributed import SINGLE, World, per_rank_batch
 from fastcifar.errors import FastCifarError
 from fastcifar.models import create_model
+from fastcifar.models.speedrun import whitening_indices
 from fastcifar.optim import criterion
 from fastcifar.recipes import Recipe
 from fastcifar.rundir import RunOptions
@@ -112,7 +113,8 @@ def build_components(
     torch.manual_seed(recipe.seed)
     model = create_model(recipe.model).to(device)
     if init_whitening and hasattr(model, "init_whitening"):
-        model.init_whitening(train_x[: recipe.whiten_images], mean, std)
+        idx = whitening_indices(len(train_x), recipe.whiten_images, recipe.seed)
+        model.init_whitening(train_x[idx.numpy()], mean, std)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     kernels = resolve_kernels(options.kernels, device)

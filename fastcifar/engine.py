@@ -46,6 +46,7 @@ from fastcifar.distributed import (
 )
 from fastcifar.errors import FastCifarError
 from fastcifar.lr_range import range_test
+from fastcifar.models.speedrun import whitening_indices
 from fastcifar.optim import (
     l1_penalty,
     make_ema,
@@ -204,17 +205,18 @@ class Trainer:
                 whiten.bias.requires_grad_(trains)
 
     def _init_whitening(self) -> None:
-        """Whitening filters from the first ``whiten_images`` training images, timed (the
-        record counts it): from the device-resident copy when the loader keeps one."""
+        """Whitening filters from ``whiten_images`` training images (a seeded sample,
+        ``whitening_indices``), timed (the record counts it): from the device-resident copy
+        when the loader keeps one."""
         if not hasattr(self.model, "init_whitening"):
             return
-        n = self.recipe.whiten_images
+        timer = Timer(self.device)
+        idx = whitening_indices(len(self.train_images), self.recipe.whiten_images, self.recipe.seed)
         resident = getattr(self.train_loader, "images", None)
         if isinstance(resident, torch.Tensor) and resident.ndim == 4:  # (N, 3, 32, 32) uint8
-            images = resident[:n].permute(0, 2, 3, 1)
+            images = resident[idx.to(resident.device)].permute(0, 2, 3, 1)
         else:
-            images = self.train_images[:n]
-        timer = Timer(self.device)
+            images = self.train_images[idx.numpy()]
         self.model.init_whitening(images, self.mean, self.std)
         self.state.whiten_time_s += timer.stop()
 

@@ -12,7 +12,7 @@ import torch
 
 from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS, GpuAugmentation, GpuLoader
 from fastcifar.engine import RunOptions, Trainer
-from fastcifar.models.speedrun import SpeedrunNet
+from fastcifar.models.speedrun import SpeedrunNet, whitening_indices
 from fastcifar.optim import EMA
 from fastcifar.recipes import get_recipe
 from tests.conftest import make_tree, run_train
@@ -35,6 +35,26 @@ def test_whitening_layer_whitens_patches_uncentred():
     torch.testing.assert_close(moment, torch.eye(12, dtype=torch.float64), atol=0.02, rtol=0)
     torch.testing.assert_close(net.whiten.weight[12:], -net.whiten.weight[:12])
     assert not net.whiten.weight.requires_grad and net.whiten.bias.requires_grad
+
+
+def test_whitening_sample_mixes_the_classes_of_a_class_sorted_source():
+    labels = np.repeat(np.arange(10), 5000)  # the JPEG copy's order: class by class
+    idx = whitening_indices(len(labels), 5000, seed=1)
+    assert len(set(idx.tolist())) == 5000
+    assert np.bincount(labels[idx.numpy()], minlength=10).min() > 400  # not one class
+    assert torch.equal(idx, whitening_indices(len(labels), 5000, seed=1))  # seeded
+
+
+def test_trainer_whitens_from_the_seeded_sample(tmp_path):
+    make_tree(tmp_path / "tree", per_class=4)
+    recipe = get_recipe("speedrun94").replace(epochs=1, batch_size=16, whiten_images=12)
+    t = Trainer(recipe, RunOptions(data=str(tmp_path / "tree"), workers=0, device="cpu",
+                                   loader="gpu"), tmp_path)  # fmt: skip
+    t._init_whitening()
+    expected = SpeedrunNet()
+    idx = whitening_indices(len(t.train_images), 12, recipe.seed)
+    expected.init_whitening(t.train_images[idx.numpy()], t.mean, t.std)
+    torch.testing.assert_close(t.model.whiten.weight, expected.whiten.weight)
 
 
 def test_record_initialisation_dirac_frozen_batchnorm_head_scale():

@@ -31,6 +31,15 @@ import torch
 from torch import nn
 
 
+def whitening_indices(num_images: int, n: int, seed: int) -> torch.Tensor:
+    """Which ``n`` of ``num_images`` training images the whitening is computed from: a
+    sample drawn with ``seed`` (int64 (min(n, num_images),), on the CPU). The record takes
+    the first 5,000 of the official training set, whose order mixes the classes; sources
+    stored class by class (image trees, the JPEG copy) would whiten from one class."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_images, generator=gen)[:n]
+
+
 class FrozenScaleBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose weight stays 1 (not trained); the bias trains."""
 
@@ -100,7 +109,7 @@ class SpeedrunNet(nn.Module):
 
         Args:
             images: uint8 (N, 32, 32, 3), NumPy or a tensor on any device (all are used:
-                pass the first ``whiten_images`` of the training set).
+                pass ``whiten_images`` of the training set, ``whitening_indices``).
             mean, std: per-channel statistics in [0, 1] units (the loader's normalisation).
             eps: added to each eigenvalue before the inverse square root (the record's).
         """
