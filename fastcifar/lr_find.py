@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                       workers=args.workers, kernels="torch")  # fmt: skip
     c = build_components(recipe, opts, with_test=False)
     result = range_test(
-        c.model, make_optimizer(c.model.parameters(), recipe), c.criterion, c.train_loader,
+        c.model, make_optimizer(c.model, recipe), c.criterion, c.train_loader,
         c.device, args.start_lr, args.end_lr, args.num_iter, plot=Path(args.out),
     )  # fmt: skip
     print(f"{recipe.name}: suggested lr {result.suggested_lr:.4g}; plot {args.out}")

@@ -181,3 +181,14 @@ def test_recipe_can_ask_for_the_lr_finder_first(tmp_path, capsys):
     assert "lr_find: suggested lr" in capsys.readouterr().out
     assert t.recipe.lr != recipe.lr and 1e-6 <= t.recipe.lr <= 0.9
     assert t.optimizer.param_groups[0]["lr"] == t.recipe.lr  # StepLR starts at the found lr
+
+
+def test_lr_find_command_plots_and_suggests(tmp_path, capsys):
+    from fastcifar.lr_find import main as lr_find_main
+
+    make_tree(tmp_path / "tree", per_class=2)
+    plot = tmp_path / "lr.png"
+    assert lr_find_main(["--recipe", "c1c2c3c40", "--data", str(tmp_path / "tree"),
+                         "--num-iter", "6", "--device", "cpu", "--workers", "0",
+                         "--out", str(plot)]) == 0  # fmt: skip
+    assert "c1c2c3c40: suggested lr" in capsys.readouterr().out and plot.stat().st_size > 0
