@@ -117,13 +117,6 @@ def jitter_params(n: int, brightness: float, contrast: float, device, gen):
     return shift, scale
 
 
-def batch_jitter(x: torch.Tensor, brightness: float, contrast: float, gen) -> torch.Tensor:
-    """``(x + U(-brightness, brightness)) * U(1 - contrast, 1 + contrast)``, one draw per
-    image of (B, C, H, W) (the Hiverge cifar10-speedrun's colour jitter)."""
-    shift, scale = jitter_params(len(x), brightness, contrast, x.device, gen)
-    return (x + shift) * scale
-
-
 def batch_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Flip each image of (B, C, H, W) left-right with probability 0.5."""
     return flip_where(x, flip_params(len(x), x.device, gen))
