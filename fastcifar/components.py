@@ -165,25 +165,31 @@ def _use_triton_kernels(model: nn.Module, batch: int, device, channels_last: boo
 
 def _dispatch_kernels(
     model: nn.Module, batch: int, device, channels_last: bool, dtype, timer=None, cache=None,
-    env: str | None = None,
+    env: str | None = None, validate=None,
 ) -> list[dict]:  # fmt: skip
     """--kernels auto on CUDA: validate, then time Triton against PyTorch for every
-    configuration and fusable block that passed (``fastcifar.dispatch``), print the table
-    and swap in the winners. Returns the decisions as records for config.json."""
+    configuration and fusable block that passed (``fastcifar.dispatch``; fused blocks
+    validated first), swap in the winners, run one training step of a copy to put back on
+    PyTorch any layer whose kernels fail there (``fastcifar.kernel_guard.trial_step``),
+    and print the table. Returns the decisions as records for config.json."""
     from fastcifar import dispatch
+    from fastcifar.kernel_guard import trial_step
 
     example = _example(batch, device, channels_last)
     failed = {r.config for r in _validate(model, example, device, dtype) if not r.passed}
     kwargs = {"timer": timer} if timer is not None else {}
+    kwargs.update({"validate": validate} if validate is not None else {})
     decisions = dispatch.decide(model, example, dtype or torch.float32, device, cache=cache,
                                 env=env, exclude=failed, **kwargs)  # fmt: skip
     changed = dispatch.apply(model, decisions)
+    reverted = trial_step(model, example, dtype or torch.float32)
+    dispatch.mark_reverted(decisions, reverted)
     print("kernels: auto, measured (forward + backward, Triton against PyTorch):")
     print(dispatch.format_table(decisions))
+    n = {kind: len([x for x in names if x not in reverted]) for kind, names in changed.items()}
     print(
-        f"kernels: {len(changed['conv'])} convolutions in Triton, "
-        f"{len(changed['conv_relu_bn'])} conv+ReLU+BN and {len(changed['dwsep'])} depthwise-"
-        f"separable blocks fused; the rest PyTorch's",
+        f"kernels: {n['conv']} convolutions in Triton, {n['conv_relu_bn']} conv+ReLU+BN and "
+        f"{n['dwsep']} depthwise-separable blocks fused; the rest PyTorch's",
         flush=True,
     )
     return dispatch.as_records(decisions)

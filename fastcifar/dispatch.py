@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastcifar.kernel_guard import is_triton_failure, run_block, validate_block
 from fastcifar.kernels.validate import ConvConfig, collect_conv_configs
 from fastcifar.nn import (
     FusedConvReLUBN,
@@ -46,6 +47,7 @@ from fastcifar.nn import (
     swap_convolutions,
 )
 from fastcifar.rundir import atomic_write
+from fastcifar.runtime import first_line
 
 __all__ = ["Decision", "DispatchCache", "Runner", "apply", "cuda_timer", "decide", "format_table"]
 
@@ -93,14 +95,23 @@ def cuda_timer(runner: Runner, warmup: int = 3, reps: int = 10) -> float:
 
 
 def environment_key(device: torch.device) -> str:
-    """GPU name, driver, torch and triton versions: what a cached timing is valid for."""
+    """GPU name, architecture, driver (CUDA) or HIP version (ROCm), torch and triton
+    versions: what a cached timing is valid for. Under PyTorch's ROCm build the device is
+    "cuda" too; its architecture is ``gcnArchName`` (gfx942, ...), its driver the HIP
+    runtime."""
     import triton
 
-    driver = "unknown"
-    with contextlib.suppress(AttributeError, RuntimeError):
-        driver = str(torch._C._cuda_getDriverVersion())
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    return f"{name} | driver {driver} | torch {torch.__version__} | triton {triton.__version__}"
+    from fastcifar.kernels.targets import target_of
+
+    name, arch, driver = device.type, "", "unknown"
+    if device.type == "cuda":
+        name, arch = torch.cuda.get_device_name(device), f" ({target_of(device)})"
+        if torch.version.hip:
+            driver = f"hip {torch.version.hip}"
+        else:
+            with contextlib.suppress(AttributeError, RuntimeError):
+                driver = f"driver {torch._C._cuda_getDriverVersion()}"
+    return f"{name}{arch} | {driver} | torch {torch.__version__} | triton {triton.__version__}"
 
 
 class DispatchCache:
@@ -176,10 +187,7 @@ def _block_runner(kind: str, block: nn.Module, cfg: ConvConfig, side: str, devic
                 copied = copied.to(memory_format=torch.channels_last)
             state["block"], state["x"] = copied, _inputs(cfg, device)
         # as training runs it: float32 parameters, 16-bit compute under autocast
-        low = cfg.dtype in (torch.float16, torch.bfloat16)
-        with torch.autocast(torch.device(device).type, dtype=cfg.dtype, enabled=low):
-            y = state["block"](state["x"])
-        y.float().sum().backward()
+        run_block(state["block"], state["x"], cfg.dtype)
 
     return Runner(kind, side, cfg.describe(), fn)
 
@@ -207,10 +215,16 @@ def decide(
     cache: DispatchCache | None = None,
     env: str | None = None,
     exclude: set[ConvConfig] = frozenset(),
+    validate: Callable[..., str] = validate_block,
+    report: Callable[[str], None] = print,
 ) -> list[Decision]:
     """Measure (or read from ``cache``) every convolution configuration and fusable block
     of ``model`` met by ``example`` (N, 3, 32, 32) in ``dtype``; configurations in
-    ``exclude`` (failed validation) stay on PyTorch without timing. The cache is saved."""
+    ``exclude`` (failed validation) stay on PyTorch without timing. Fused blocks are
+    validated on ``device`` first (``validate``, ``fastcifar.kernel_guard.validate_block``);
+    one that fails, or a Triton side that fails to compile or launch while it is timed,
+    stays on PyTorch with one ``report`` line and its reason in the table. The cache is
+    saved."""
     cache = cache if cache is not None else default_cache()
     env = env or environment_key(device)
     configs = collect_conv_configs(model, example, dtype)
@@ -222,25 +236,44 @@ def decide(
     decisions = []
     for kind, layers, cfg, block in items:
         d = Decision(kind, cfg.describe(), list(layers))
+        decisions.append(d)
         if cfg in exclude:
             d.choice = "torch (failed validation)"
-            decisions.append(d)
             continue
         hit = cache.get(env, kind, d.config)
-        if hit is None:
-            if kind == "conv":
-                runners = [_conv_runner(cfg, side, device) for side in ("triton", "torch")]
-            else:
-                runners = [_block_runner(kind, block, cfg, s, device) for s in ("triton", "torch")]
-            hit = {"triton_ms": timer(runners[0]), "torch_ms": timer(runners[1])}
-            cache.put(env, kind, d.config, hit["triton_ms"], hit["torch_ms"])
-        else:
+        if hit is not None:
             d.cached = True
+        else:
+            hit, why = _measure(kind, block, cfg, device, timer, validate)
+            if why:  # stays on PyTorch, untimed or half-timed; not cached: a fix may come
+                d.choice = f"torch ({why})"
+                report(f"kernels: {kind} {d.config} stays on PyTorch: {why}")
+                continue
+            cache.put(env, kind, d.config, hit["triton_ms"], hit["torch_ms"])
         d.triton_ms, d.torch_ms = hit["triton_ms"], hit["torch_ms"]
         d.choice = "triton" if d.triton_ms < d.torch_ms else "torch"
-        decisions.append(d)
     cache.save()
     return decisions
+
+
+def _measure(kind, block, cfg, device, timer, validate) -> tuple[dict | None, str]:
+    """Time Triton against PyTorch for one configuration or block: ({"triton_ms",
+    "torch_ms"}, "") or (None, why Triton cannot be used here): a fused block that fails
+    ``validate`` on this device, or a Triton side that fails to compile or launch."""
+    if kind != "conv":
+        failed = validate(kind, block, cfg, device)
+        if failed:
+            return None, f"failed validation: {failed}"
+        runners = [_block_runner(kind, block, cfg, s, device) for s in ("triton", "torch")]
+    else:
+        runners = [_conv_runner(cfg, side, device) for side in ("triton", "torch")]
+    try:
+        triton_ms = timer(runners[0])
+    except Exception as exc:
+        if not is_triton_failure(exc):
+            raise
+        return None, f"Triton failed: {first_line(exc)}"
+    return {"triton_ms": triton_ms, "torch_ms": timer(runners[1])}, ""
 
 
 def apply(model: nn.Module, decisions: list[Decision]) -> dict[str, list[str]]:
@@ -254,6 +287,19 @@ def apply(model: nn.Module, decisions: list[Decision]) -> dict[str, list[str]]:
     inside = {f"{b}.{i}" if b else str(i) for b in fused_crb + fused_dwsep for i in range(3)}
     convs = swap_convolutions(model, only=wins["conv"] - inside)
     return {"conv": convs, "conv_relu_bn": fused_crb, "dwsep": fused_dwsep}
+
+
+def mark_reverted(decisions: list[Decision], reverted: dict[str, str]) -> None:
+    """Record in ``decisions`` the layers ``kernel_guard.trial_step`` put back on PyTorch
+    ({name: error}) in the choice of their decision."""
+    for d in decisions:
+        gone = [n for n in d.layers if n in reverted]
+        if not gone or d.choice != "triton":
+            continue
+        if len(gone) == len(d.layers):
+            d.choice = f"torch (failed at the first step: {reverted[gone[0]]})"
+        else:
+            d.choice = f"triton; {', '.join(gone)} on PyTorch (failed at the first step)"
 
 
 def format_table(decisions: list[Decision]) -> str:

@@ -4,7 +4,9 @@
 configurations the kernels support (3x3; groups == 1 with dilation 1-3, or at most 4
 input channels per group; stride 1-2; padding 0..dilation; zero padding mode) and
 PyTorch's convolution otherwise. The choice is made once, at construction, from the
-configuration alone; nothing is decided by catching errors.
+configuration alone; nothing is decided by catching errors here (``--kernels auto``
+puts a layer whose kernels fail on this GPU back on PyTorch: ``revert_to_torch``, called
+by ``fastcifar.kernel_guard``).
 
 ``swap_convolutions(model)`` replaces a model's supported ``nn.Conv2d`` layers in place
 by ``Conv2d`` sharing the same parameters (weights kept).
@@ -206,6 +208,24 @@ def fuse_depthwise_separable(model: nn.Module, only: set[str] | None = None) -> 
     return _convert_blocks(model, is_depthwise_separable, FusedDepthwiseSeparable, only)
 
 
+def runs_triton(m: nn.Module) -> bool:
+    """Whether module ``m`` itself runs Triton kernels: a ``Conv2d`` on its Triton path or
+    a fused block."""
+    return isinstance(m, (FusedConvReLUBN, FusedDepthwiseSeparable)) or (
+        isinstance(m, Conv2d) and m.uses_triton
+    )
+
+
+def revert_to_torch(m: nn.Module) -> None:
+    """Put a Triton layer or fused block back on PyTorch in place (parameters, buffers and
+    state-dict keys unchanged): a ``Conv2d`` takes ``nn.Conv2d``'s path, a fused block
+    becomes the plain ``Sequential`` it was. Anything else is left as it is."""
+    if isinstance(m, Conv2d):
+        m.uses_triton = False
+    elif isinstance(m, (FusedConvReLUBN, FusedDepthwiseSeparable)):
+        m.__class__ = nn.Sequential
+
+
 __all__ = [
     "Conv2d",
     "FusedConvReLUBN",
@@ -215,5 +235,7 @@ __all__ = [
     "fuse_depthwise_separable",
     "is_conv_relu_bn",
     "is_depthwise_separable",
+    "revert_to_torch",
+    "runs_triton",
     "swap_convolutions",
 ]

@@ -58,13 +58,20 @@ def cpu_has_native_bf16() -> bool:
 def amp_dtype(device: torch.device, requested: str = "auto") -> torch.dtype | None:
     """The autocast dtype for ``--amp``, or None to train in float32.
 
-    ``auto``: bfloat16 where the device runs it natively (Ampere and newer GPUs; CPUs with
-    AVX512-BF16 or AMX), float16 with a gradient scaler on older GPUs such as the T4, and
-    float32 on a CPU without native bfloat16. ``bfloat16``/``float16`` force that dtype.
+    ``auto``: bfloat16 where the device runs it natively (NVIDIA sm_80 and newer, AMD
+    Instinct gfx90a/gfx942 under ROCm: ``fastcifar.kernels.targets``; CPUs with
+    AVX512-BF16 or AMX), float16 with a gradient scaler on older GPUs (T4 sm_75, V100
+    sm_70), and float32 on a CPU without native bfloat16. ``bfloat16``/``float16`` force
+    that dtype (bfloat16 on sm_75 runs, emulated in float32 arithmetic, and slowly).
     """
     if requested != "auto":
         return AMP_DTYPES[requested]
     if device.type == "cuda":
+        from fastcifar.kernels.targets import TARGETS, target_of
+
+        target = TARGETS.get(target_of(device))
+        if target is not None:
+            return torch.bfloat16 if "bf16" in target.dtypes else torch.float16
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return torch.bfloat16
         return torch.float16

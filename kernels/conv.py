@@ -144,6 +144,14 @@ def _k():
 # ------------------------------------------------------------------------- launchers
 
 
+def family(cin: int, groups: int) -> str:
+    """The tile family of a forward or input-gradient launch: ``dense`` (groups == 1),
+    ``depthwise`` (one input channel per group), else ``grouped``."""
+    if groups == 1:
+        return "dense"
+    return "depthwise" if cin == groups else "grouped"
+
+
 def launch_forward(
     x: Tensor, w: Tensor, b: Tensor | None, stride, padding, dilation, groups,
     relu: bool = False, stats: bool = False,
@@ -152,7 +160,7 @@ def launch_forward(
     BatchNorm partials (programs, COUT, 2): (sum, sum of squared deviations), else None;
     and the pixels per program (every program's count but the last's)."""
     k = _k()
-    t = tiles(x.dtype, "dense" if groups == 1 else "grouped")
+    t = tiles(x.dtype, family(x.shape[1], groups))
     n, cin, h, wd = x.shape
     cout = w.shape[0]
     y = empty_output(x, cout, stride, padding, dilation)
@@ -189,7 +197,7 @@ def launch_forward(
 
 def launch_grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding, dilation, groups):
     k = _k()
-    t = tiles(dy.dtype, "dense" if groups == 1 else "grouped")
+    t = tiles(dy.dtype, family(x_shape[1], groups))
     n, cin, h, wd = x_shape
     cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     dx = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=x_format)

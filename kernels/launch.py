@@ -22,6 +22,7 @@ the real launchers with ``meta`` tensors and compiles exactly what they would la
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -33,11 +34,14 @@ from torch import Tensor
 __all__ = [
     "GPU_TILES",
     "INTERPRETER_TILES",
+    "TARGET_TILES",
     "Launch",
     "FAMILIES",
     "Tiles",
     "acc_dtype",
     "cdiv",
+    "compile_target",
+    "current_target",
     "empty_output",
     "gpu_tiles",
     "interpreted",
@@ -88,27 +92,37 @@ class Tiles:
         return {"num_warps": self.num_warps, "num_stages": self.num_stages}
 
 
-# Per kernel family, chosen from sm_80/sm_90 AOT compiles (scripts/aot_check.py; the
-# table and the variants tried are in benchmarks/RESULTS.md), not yet from GPU timings:
-# * dense: tl.dot tiles of 64 pixels x 32 output channels, K = 16 (no spills);
-# * grouped (depthwise and small-group forward and input gradient): 16 pixels x 16
-#   channels of elementwise math, 4 warps: 48-66 registers, no spills, 44-62 %
-#   occupancy. 32 x 16 spilled up to 374 bytes on sm_90 with the ReLU + statistics
-#   epilogue (s7's groups=32 layer, float16); 64 x 32 needed 128 registers for a plain
-#   depthwise forward;
-# * reduce (grouped weight gradient, bias gradient: sums over pixels): 32 pixels x 16
-#   channels per step, 4 warps: about 40 registers, 75 % occupancy;
-# * dwsep (fused depthwise-separable forward and input gradient): 32 pixels x 16
-#   depthwise channels, 32 output channels per tl.dot, 8 warps, 1 stage: 120-210
-#   registers, no spills (4 warps, 3 stages: 246-255 registers, 8-20 bytes spilled);
+# Per kernel family, chosen from AOT compiles for every target (scripts/aot_check.py; the
+# tables and the variants tried are in benchmarks/RESULTS.md), not yet from GPU timings.
+# A channels_last 16-bit stencil is fast only with wide global loads: triton gives each
+# thread BLOCK_P * BLOCK_C / (32 * num_warps) elements, contiguous along the channels, so
+# 8 channels per thread are one 128-bit load and 2 (the old 16 x 16 tiles) one 32-bit load.
+# * dense: tl.dot tiles of 64 pixels x 32 output channels, K = 16 (no spills; 128-bit
+#   activation and channels_last weight loads where the channels are multiples of 16);
+# * depthwise (forward and input gradient, one channel per group): 128 pixels x 8
+#   channels, 4 warps: 8 channels per thread, 128-bit loads of the input, 96 registers,
+#   31 % occupancy on sm_90, no spills (16 x 16: 32-bit loads, 40-78 registers; 64 x 16:
+#   128-bit, 101 registers, 25 %; 64 x 8: 64-bit, 64 registers, 50 %);
+# * grouped (2-4 input channels per group, forward and input gradient): 16 pixels x 16
+#   channels, 4 warps: 48-78 registers, no spills. An output channel reads its group's
+#   channels, not its own, so these loads gather 16 bits at a time at any tile (128 x 8
+#   took 255 registers); 32 x 16 spilled 374 bytes on sm_90 with the ReLU + statistics
+#   epilogue (s7's groups=32 layer, float16);
+# * reduce (grouped weight gradient, bias gradient: sums over pixels): 128 pixels x 8
+#   channels per step, 4 warps: 128-bit loads, 32 registers, 100 % (32 x 16: 64-bit);
+# * dwsep (fused depthwise-separable forward and input gradient): 64 pixels x 16
+#   depthwise channels, 32 output channels per tl.dot, 8 warps, 1 stage: 64-bit input
+#   loads (4 channels per thread), 140-172 registers, no spills (32 x 16: 32-bit loads,
+#   111-164 registers; 128 x 8: 128-bit but the input gradient spills 488 bytes);
 # * dwsep_weights (its weight gradients): 16 pixels x 16 x 16, 4 warps: 140-158
 #   registers, no spills (32 x 16 x 32 spilled 12-56 bytes in every variant tried).
 GPU_TILES = {
     "dense": Tiles(block_p=64, block_c=32, block_n=32, block_k=16, pixels_per_partial=4096),
+    "depthwise": Tiles(block_p=128, block_c=8, block_n=16, block_k=16, pixels_per_partial=4096),
     "grouped": Tiles(block_p=16, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
-    "reduce": Tiles(block_p=32, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
+    "reduce": Tiles(block_p=128, block_c=8, block_n=16, block_k=16, pixels_per_partial=4096),
     "dwsep": Tiles(
-        block_p=32,
+        block_p=64,
         block_c=16,
         block_n=32,
         block_k=16,
@@ -119,9 +133,30 @@ GPU_TILES = {
     "dwsep_weights": Tiles(block_p=16, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
 }
 FAMILIES = tuple(GPU_TILES)
+# Per target (``fastcifar.kernels.targets``), the families whose compiles there called for
+# other tiles than GPU_TILES, each with its reason. Empty entries use GPU_TILES.
+# AMD CDNA wavefronts have 64 lanes, not 32: the same tile spreads over twice the lanes
+# and each gets half the channels, so its loads halve in width. Half the warps restore 8
+# channels (128 bits) per lane (gfx942 compiles, bfloat16): depthwise 2 warps, 72-97
+# VGPRs, 50-88 % (4 warps: 64-bit); reduce 2 warps; dwsep 4 warps, 114-175 VGPRs, 64-bit
+# (8 warps: 32-bit); dwsep_weights 1 warp, 171 VGPRs, 128-bit (4 warps: 32-bit).
+_CDNA_TILES = {
+    "depthwise": replace(GPU_TILES["depthwise"], num_warps=2),
+    "reduce": replace(GPU_TILES["reduce"], num_warps=2),
+    "dwsep": replace(GPU_TILES["dwsep"], num_warps=4),
+    "dwsep_weights": replace(GPU_TILES["dwsep_weights"], num_warps=1),
+}
+TARGET_TILES: dict[str, dict[str, Tiles]] = {
+    # sm_75 (T4): the fused depthwise-separable input gradient spills 512 bytes at 64 x 16
+    # in float16 (255 registers); 32 x 16 fits in 252 without spilling (32-bit loads)
+    "sm_75": {"dwsep": replace(GPU_TILES["dwsep"], block_p=32)},
+    "gfx90a": _CDNA_TILES,
+    "gfx942": _CDNA_TILES,
+}
 INTERPRETER_TILES = Tiles(block_p=512, block_c=64, block_n=64, block_k=32, pixels_per_partial=8192)
 
 _force_gpu_tiles = False
+_compile_target: str | None = None
 
 
 def interpreted() -> bool:
@@ -140,10 +175,40 @@ def gpu_tiles() -> Iterator[None]:
         _force_gpu_tiles = old
 
 
+@contextlib.contextmanager
+def compile_target(name: str | None) -> Iterator[None]:
+    """Launch (or record) with target ``name``'s tiles (``TARGET_TILES``) whatever GPU is
+    present: the AOT check records each target's launches this way."""
+    global _compile_target
+    old, _compile_target = _compile_target, name
+    try:
+        yield
+    finally:
+        _compile_target = old
+
+
+@functools.cache
+def _device_target(index: int) -> str | None:
+    from fastcifar.kernels.targets import target_of
+
+    return target_of(torch.device("cuda", index))
+
+
+def current_target() -> str | None:
+    """The target whose tiles a launch uses: ``compile_target``'s, else the current CUDA
+    device's (``sm_90``, ``gfx942``, ...), else None (CPU, interpreter)."""
+    if _compile_target is not None:
+        return _compile_target
+    if interpreted() or not torch.cuda.is_available():
+        return None
+    return _device_target(torch.cuda.current_device())
+
+
 def tiles(dtype: torch.dtype, family: str = "dense") -> Tiles:
     """The tile configuration of kernel ``family`` (``FAMILIES``) for a launch in
-    ``dtype`` here: ``GPU_TILES[family]`` on a GPU, ``INTERPRETER_TILES`` under the
-    interpreter unless ``gpu_tiles()`` is in force.
+    ``dtype`` here: on a GPU ``TARGET_TILES[target][family]`` where the current target
+    has an entry, else ``GPU_TILES[family]``; ``INTERPRETER_TILES`` under the interpreter
+    unless ``gpu_tiles()`` (or ``compile_target``) is in force.
 
     float64 takes broadcast multiply-add with 16 x 8 channel blocks. bfloat16 under the
     interpreter does too: triton's interpreter mis-reads bfloat16 in ``tl.dot`` (seen
@@ -151,8 +216,10 @@ def tiles(dtype: torch.dtype, family: str = "dense") -> Tiles:
     """
     if family not in GPU_TILES:
         raise ValueError(f"unknown kernel family {family!r}: one of {', '.join(FAMILIES)}")
-    gpu = _force_gpu_tiles or not interpreted()
-    base = GPU_TILES[family] if gpu else INTERPRETER_TILES
+    gpu = _force_gpu_tiles or _compile_target is not None or not interpreted()
+    target = current_target() if gpu else None
+    base = TARGET_TILES.get(target, {}).get(family, GPU_TILES[family]) if gpu else None
+    base = base or INTERPRETER_TILES
     if dtype == torch.float64:
         return replace(base, block_n=16, block_k=8, use_dot=False)
     if interpreted() and dtype == torch.bfloat16:

@@ -1,35 +1,64 @@
-"""Ahead-of-time compile of every Triton kernel for real NVIDIA targets, without a GPU.
+"""Ahead-of-time compile of every Triton kernel for every GPU target, without a GPU, and
+what the compiled code says about speed.
 
-    python scripts/aot_check.py [--quick] [--arch 80,90] [--markdown FILE] [--json FILE]
+    python scripts/aot_check.py [--quick] [--arch 75,80,86,89,90,100,120,gfx90a,gfx942]
+                                [--dtypes bf16,fp16] [--kernels REGEX] [--markdown F] [--json F]
 
 The launchers of ``fastcifar.kernels`` are called with ``meta`` tensors inside
-``fastcifar.kernels.launch.record_launches()``: they compute their grids, tile sizes
-and launch options exactly as on CUDA (``GPU_TILES``), and each launch is recorded
-instead of run. Each distinct launch is then specialised as triton's own launcher does
-(``create_function_from_signature`` + ``JITFunction._pack_args``: int and pointer
-arguments divisible by 16, ints equal to 1 made constant) and compiled with
-``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` down to a cubin
-by the ptxas inside the triton wheel. Registers and spills come from the ptxas ``-v``
-log (``TRITON_DUMP_PTXAS_LOG=1``, a fresh cache so ptxas really runs), shared memory
-and launch options from the compiled kernel's metadata.
+``fastcifar.kernels.launch.record_launches()`` and ``launch.compile_target(name)``: they
+compute their grids, tile sizes and launch options exactly as on that target, and each
+launch is recorded instead of run. Each distinct launch is then specialised as triton's
+own launcher does (``create_function_from_signature`` + ``JITFunction._pack_args``: int
+and pointer arguments divisible by 16, ints equal to 1 made constant) and compiled with
+``triton.compile(ASTSource(...), target=GPUTarget(...))``: NVIDIA targets down to a cubin
+by the ptxas inside the triton wheel, AMD targets down to an hsaco by its LLVM.
+
+Per compile it reads:
+
+* registers, spills, shared memory: NVIDIA from the ptxas ``-v`` log
+  (``TRITON_DUMP_PTXAS_LOG=1``, a fresh cache so ptxas really runs) and the metadata;
+  AMD from the ISA's ``.vgpr_count``, ``; ScratchSize:`` (spill bytes per lane) and LDS;
+* occupancy: NVIDIA estimated from registers, shared memory and warps against the
+  target's per-SM limits (``fastcifar.kernels.targets``); AMD the compiler's own waves
+  per SIMD out of 8;
+* global memory access widths: NVIDIA's SASS (``cuobjdump -sass``, also in the wheel):
+  ``LDG``/``LDGSTS``/``STG`` and their width suffix (``.128``, ``.64``, ``.U16``, none =
+  32 bits); AMD's ISA: ``global_``/``buffer_`` ``load``/``store`` and their width
+  (``dwordx4`` = 128 bits, ``ushort`` = 16, ...). Counts are of instructions in the
+  compiled code (a loop body counts once), not of executed loads;
+* tensor-core instructions: ``HMMA`` (sm_75-sm_89, sm_120), ``HGMMA`` (sm_90 wgmma),
+  ``UTC*MMA`` (sm_100 tcgen05), ``v_mfma`` (CDNA), for kernels that call ``tl.dot``.
 
 Cases: every distinct 3x3 convolution configuration of the six seed models and the
-speed-run net at batch 512, in bfloat16, float16 and float32, NCHW and channels_last,
-plus stride 2, dilation 3 and grouped extras; for each, the forward (with and without
-bias, and with the ReLU + BatchNorm-statistics epilogue), input, weight and bias
-gradients, and for depthwise ones the fused depthwise-separable forward and backward.
-``--quick``: channels_last only, sm_90 only (every dtype).
+speed-run net at batch 512, in each dtype the target trains in (``Target.dtypes``: no
+bfloat16 on sm_75 unless ``--dtypes`` asks), channels_last (weights channels_last too, as
+``model.to(memory_format=torch.channels_last)`` makes them) and NCHW, plus stride 2,
+dilation 3 and grouped extras; for each, the forward (with and without bias, and with the
+ReLU + BatchNorm-statistics epilogue), input, weight and bias gradients, and for
+depthwise ones the fused depthwise-separable forward and backward. ``--quick``:
+channels_last and 16-bit dtypes only (sm_75: float16), on sm_75, sm_90 and gfx942 unless
+``--arch`` says otherwise.
 
-Prints one row per (kernel, dtype, arch) with the worst case over its compiles:
-registers per thread, spill bytes, shared memory bytes, num_warps, num_stages and an
-occupancy estimate (resident warps per SM / 64, from registers, shared memory and
-warps, per NVIDIA's occupancy rules for sm_80/sm_90); then ``N compiled, F failed,
-S spilling``. Exits 1 on a failed compile or on spills in a bfloat16/float16 kernel.
+Prints one row per (kernel, dtype, target) with the worst case over its compiles, then
+the findings:
+
+* ``NARROW``: a 16-bit channels_last kernel, at channel counts that are multiples of
+  16, none of whose global loads is 64 bits or wider (its activation stream moves 2 or 4
+  bytes per load instruction). A narrow filter load beside wide activation loads is not
+  a finding: a depthwise filter's 9 taps lie together per channel, so neighbouring
+  channels' weights are 9 elements apart;
+* ``NO-TC``: a 16-bit kernel that calls ``tl.dot`` compiled without tensor-core
+  instructions;
+* ``SPILLS``: a 16-bit kernel that spills registers.
+
+Last line ``N compiled, F failed, S spilling``. Exits 1 on a failed compile or a 16-bit
+spill (the other findings are explained in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import contextlib
 import io
@@ -37,6 +66,8 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,12 +78,10 @@ import torch
 BATCH = 512
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LOW_PRECISION = ("bf16", "fp16")
-# Per-SM limits (CUDA C Programming Guide, "Compute capabilities" table) for the estimate.
-SM_LIMITS = {
-    80: dict(regs=65536, warps=64, blocks=32, smem=167936),
-    90: dict(regs=65536, warps=64, blocks=32, smem=233472),
-}
-RESERVED_SMEM_PER_BLOCK = 1024  # bytes the runtime reserves per block (sm_80 and later)
+ALL_TARGETS = "75,80,86,89,90,100,120,gfx90a,gfx942"
+QUICK_TARGETS = "75,90,gfx942"
+RESERVED_SMEM_PER_BLOCK = 1024  # bytes the CUDA runtime reserves per block (sm_80 and later)
+NARROW_BITS = 64  # a commonest global load below this in a 16-bit kernel is a finding
 
 # configurations beyond the models': (name, CIN, COUT, H, stride, padding, dilation, groups)
 EXTRA = [
@@ -68,7 +97,7 @@ EXTRA = [
 class Row:
     kernel: str
     dtype: str
-    arch: int
+    target: str
     compiles: int = 0
     failed: int = 0
     registers: int = 0
@@ -78,6 +107,19 @@ class Row:
     num_stages: int = 0
     occupancy: float = 1.0
     worst: str = ""  # the configuration with the most spill bytes, else registers
+    # global memory accesses of the compile with the most narrow loads (see Access)
+    loads: int = 0
+    load_widest: int = 0
+    load_common: int = 0
+    stores: int = 0
+    store_widest: int = 0
+    narrow_loads: int = -1
+    narrow_worst: str = ""  # the compile the load columns describe: most narrow loads,
+    narrow_worst_wide: bool = False  # preferring one where wide loads are possible
+    eligible: int = 0  # channels_last compiles with channels in multiples of 8
+    narrow: int = 0  # of those, how many load nothing as wide as NARROW_BITS
+    calls_dot: bool = False
+    tensor_cores: bool = True  # every compile of a tl.dot kernel used them
     errors: list[str] = field(default_factory=list)
 
 
@@ -101,19 +143,20 @@ def conv_configs(quick: bool) -> list[tuple]:
             for shape, w, s, p, d, g in sorted(found) for cl in layouts]  # fmt: skip
 
 
-def record(configs, dtypes) -> list:
-    """Every launch the launchers make for these configurations, on ``meta`` tensors."""
+def record(configs, dtypes, target: str | None = None) -> list:
+    """Every launch the launchers make for these configurations on ``target`` (its tile
+    entries), on ``meta`` tensors; channels_last configurations get channels_last weights."""
     from fastcifar.kernels import conv, dwsep, launch
 
     def meta(shape, dtype, cl=False):
         t = torch.empty(shape, dtype=dtype, device="meta")
         return t.contiguous(memory_format=torch.channels_last) if cl else t
 
-    with launch.record_launches() as launches:
+    with launch.record_launches() as launches, launch.compile_target(target):
         for dtype in dtypes:
             for xs, ws, s, p, d, g, cl in configs:
                 first = len(launches)
-                x, w = meta(xs, dtype, cl), meta(ws, dtype)
+                x, w = meta(xs, dtype, cl), meta(ws, dtype, cl)
                 b = meta((ws[0],), dtype)
                 fmt = torch.channels_last if cl else torch.contiguous_format
                 y, _, _ = conv.launch_forward(x, w, b, s, p, d, g)
@@ -124,43 +167,123 @@ def record(configs, dtypes) -> list:
                 conv.launch_grad_weight(dy, x, ws, s, p, d, g)
                 conv.launch_grad_bias(dy)
                 if g == xs[1] == ws[0]:  # depthwise: the fused separable op, C -> C
-                    wp = meta((ws[0], ws[0], 1, 1), dtype)
+                    wp = meta((ws[0], ws[0], 1, 1), dtype, cl)
                     for relu in (False, True):
                         y2 = dwsep.launch_forward(x, w, wp, s, p, d, relu)
                         dwsep.launch_backward(torch.empty_like(y2), x, w, wp, s, p, d, relu)
                 label = (f"{xs[1]}->{ws[0]} {xs[2]}x{xs[3]} g{g} s{s} p{p} d{d} "
                          f"{'cl' if cl else 'nchw'}")  # fmt: skip
+                # wide (64/128-bit) loads are possible where every tensor's channels are
+                # contiguous and come in multiples of 16 (triton proves alignment from
+                # strides divisible by 16)
+                wide = cl and xs[1] % 16 == 0 and ws[0] % 16 == 0
                 for la in launches[first:]:
-                    la.meta_label = label
+                    la.meta_label, la.wide_possible = label, wide
     return launches
 
 
-_PTXAS_REGS = re.compile(r"Used (\d+) registers")
-_PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
-
-
-def specialise(la, arch: int) -> tuple[str, tuple]:
-    """(key, compile arguments) of one recorded launch for ``sm_<arch>``, specialised as
-    triton's launcher does; launches with equal keys compile to the same cubin."""
+def _gpu_target(target):
     from triton.backends.compiler import GPUTarget
+
+    return GPUTarget(target.backend, target.arch, target.warp_size)
+
+
+def specialise(la, target) -> tuple[str, tuple]:
+    """(key, compile arguments) of one recorded launch for ``target`` (a ``Target``),
+    specialised as triton's launcher does; launches with equal keys compile to the same
+    binary."""
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
 
     fn = la.kernel
-    target = GPUTarget("cuda", arch, 32)
-    backend = make_backend(target)
+    gpu_target = _gpu_target(target)
+    backend = make_backend(gpu_target)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     kwargs = dict(la.meta)
     bound, specialization, options = binder(*la.args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(
         backend, kwargs, bound, specialization, options
     )
-    key = f"{fn.__name__}|{arch}|{signature}|{constexprs}|{attrs}|{options.__dict__}"
-    return key, (fn, target, options, signature, constexprs, attrs)
+    key = f"{fn.__name__}|{target.name}|{signature}|{constexprs}|{attrs}|{options.__dict__}"
+    return key, (fn, gpu_target, options, signature, constexprs, attrs)
+
+
+# ------------------------------------------------------------------ reading the binaries
+
+_PTXAS_REGS = re.compile(r"Used (\d+) registers")
+_PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+_SASS_OP = re.compile(r"^\s*/\*[0-9a-f]+\*/\s*(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)", re.M)
+_AMD_MEM = re.compile(r"^\s*(?:global|buffer)_(load|store)_(?:lds_)?(\w+)", re.M)
+_AMD_WIDTH = {"byte": 8, "ubyte": 8, "sbyte": 8, "short": 16, "ushort": 16, "sshort": 16,
+              "b16": 16, "u16": 16, "i16": 16, "d16": 16, "dword": 32, "b32": 32,
+              "dwordx2": 64, "b64": 64, "dwordx3": 96, "b96": 96, "dwordx4": 128,
+              "b128": 128}  # fmt: skip
+
+
+def sass_width(opcode: str) -> int:
+    """Bits moved per lane by a SASS global load/store opcode (``LDG.E.128`` -> 128,
+    ``LDG.E.U16`` -> 16, ``LDG.E`` -> 32)."""
+    parts = opcode.split(".")[1:]
+    for p in parts:
+        if p in ("128", "64"):
+            return int(p)
+        if p in ("U16", "S16"):
+            return 16
+        if p in ("U8", "S8"):
+            return 8
+    return 32
+
+
+def amd_width(suffix: str) -> int:
+    """Bits per lane of an AMD ``global_``/``buffer_`` load/store suffix (``dwordx4`` ->
+    128, ``ushort`` -> 16, ``short_d16_hi`` -> 16)."""
+    head = suffix.split("_")[0]
+    return _AMD_WIDTH.get(head, 16 if "d16" in suffix else 32)
+
+
+def access_stats(loads: list[int], stores: list[int], tensor_ops: int) -> dict:
+    """Counts and widths of a binary's global loads and stores (bits per lane each)."""
+    common = collections.Counter(loads).most_common(1)
+    return dict(loads=len(loads), load_widest=max(loads, default=0),
+                load_common=common[0][0] if common else 0,
+                narrow_loads=sum(b < NARROW_BITS for b in loads), stores=len(stores),
+                store_widest=max(stores, default=0), tensor_ops=tensor_ops)  # fmt: skip
+
+
+def read_sass(sass: str) -> dict:
+    """Global memory access widths and tensor-core instructions of a SASS listing."""
+    ops = _SASS_OP.findall(sass)
+    loads = [sass_width(o) for o in ops if o.startswith(("LDG.", "LDGSTS")) or o == "LDG"]
+    stores = [sass_width(o) for o in ops if o.startswith("STG")]
+    return access_stats(loads, stores, sum("MMA" in o.split(".")[0] for o in ops))
+
+
+def read_amdgcn(asm: str) -> dict:
+    """Global/buffer memory access widths and MFMA/WMMA instructions of AMD GCN assembly."""
+    mem = _AMD_MEM.findall(asm)
+    loads = [amd_width(s) for kind, s in mem if kind == "load"]
+    stores = [amd_width(s) for kind, s in mem if kind == "store"]
+    tensor = len(re.findall(r"^\s*v_(?:mfma|smfmac|wmma)\w*", asm, re.M))
+    return access_stats(loads, stores, tensor)
+
+
+def _disassemble(cubin: bytes) -> str:
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+    tool = tool if os.path.exists(tool) else shutil.which("cuobjdump")
+    if not tool:
+        raise RuntimeError("cuobjdump not found (it ships inside the triton wheel)")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([tool, "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
 
 
 def compile_one(fn, target, options, signature, constexprs, attrs) -> dict:
-    """Compile to a cubin; registers, spills (ptxas -v log), shared memory, options."""
+    """Compile to a cubin (NVIDIA) or hsaco (AMD); registers, spills, shared memory,
+    launch options, the compiler's occupancy (AMD) and the global access widths."""
     import triton
     from triton.compiler import ASTSource
 
@@ -169,27 +292,53 @@ def compile_one(fn, target, options, signature, constexprs, attrs) -> dict:
         compiled = triton.compile(
             ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
         )
+    md = compiled.metadata
+    out = dict(shared=int(md.shared), num_warps=int(md.num_warps),
+               num_stages=int(md.num_stages), waves=None)  # fmt: skip
+    if target.backend == "hip":
+        asm = compiled.asm["amdgcn"]
+        vgprs = re.search(r"; TotalNumVgprs: (\d+)", asm) or re.search(r"; NumVgprs: (\d+)", asm)
+        scratch = re.search(r"; ScratchSize: (\d+)", asm)
+        waves = re.search(r"; Occupancy: (\d+)", asm)
+        if not vgprs:
+            raise RuntimeError(f"no register count in the ISA of {fn.__name__}")
+        out.update(registers=int(vgprs.group(1)), spill=int(scratch.group(1)) if scratch else 0,
+                   waves=int(waves.group(1)) if waves else None, **read_amdgcn(asm))  # fmt: skip
+        return out
     text = log.getvalue()
     regs = [int(m) for m in _PTXAS_REGS.findall(text)]
     spills = [int(a) + int(b) for a, b in _PTXAS_SPILL.findall(text)]
     if not regs:
         raise RuntimeError(f"no ptxas -v log captured for {fn.__name__}")
-    md = compiled.metadata
-    return dict(registers=max(regs), spill=max(spills, default=0), shared=int(md.shared),
-                num_warps=int(md.num_warps), num_stages=int(md.num_stages))  # fmt: skip
+    out.update(registers=max(regs), spill=max(spills, default=0),
+               **read_sass(_disassemble(compiled.asm["cubin"])))  # fmt: skip
+    return out
 
 
-def occupancy(arch: int, registers: int, shared: int, num_warps: int) -> float:
-    """Resident warps per SM / max warps, limited by registers, shared memory, warps."""
-    lim = SM_LIMITS[arch]
+def occupancy(target, registers: int, shared: int, num_warps: int, waves=None) -> float:
+    """Resident warps per SM / the SM's maximum, limited by registers, shared memory,
+    warps and blocks (NVIDIA's occupancy rules, the target's limits); for AMD the
+    compiler's waves per SIMD / 8 (``waves``), else the same estimate from VGPRs and LDS.
+    ``target`` is a ``Target`` or its name."""
+    from fastcifar.kernels.targets import TARGETS
+
+    t = TARGETS[target] if isinstance(target, str) else target
+    if t.family == "amd":
+        if waves is not None:
+            return min(waves, t.warps) / t.warps
+        per_simd = t.regs // max(-(-registers // 8) * 8, 1)  # VGPRs in granules of 8
+        simds = 4
+        groups = t.smem // max(shared, 1) if shared else t.blocks
+        resident = min(per_simd * simds, groups * num_warps, t.warps * simds)
+        return resident / (t.warps * simds)
     regs_per_warp = -(-registers * 32 // 256) * 256  # allocated in units of 256 per warp
     blocks = min(
-        lim["blocks"],
-        lim["warps"] // num_warps,
-        lim["regs"] // max(regs_per_warp * num_warps, 1),
-        lim["smem"] // (shared + RESERVED_SMEM_PER_BLOCK),
+        t.blocks,
+        t.warps // num_warps,
+        t.regs // max(regs_per_warp * num_warps, 1),
+        t.smem // (shared + RESERVED_SMEM_PER_BLOCK),
     )
-    return blocks * num_warps / lim["warps"]
+    return blocks * num_warps / t.warps
 
 
 def dtype_of(la) -> str:
@@ -197,7 +346,15 @@ def dtype_of(la) -> str:
     return {v: k for k, v in DTYPES.items()}[first.dtype]
 
 
-_JOBS: list[tuple] = []  # (kernel, dtype, arch, compile arguments, config label), for workers
+def calls_dot(la) -> bool:
+    """Whether this launch takes a ``tl.dot`` path (its kernel calls tl.dot and its
+    ``USE_DOT`` flag, where it has one, is on)."""
+    return "tl.dot" in la.kernel.src and la.meta.get("USE_DOT", True) is not False
+
+
+# (kernel, dtype, target, compile args, config label, calls tl.dot, wide loads possible),
+# for the compiler workers
+_JOBS: list[tuple] = []
 
 
 def _compile_job(i: int) -> dict:
@@ -208,20 +365,39 @@ def _compile_job(i: int) -> dict:
         return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"}
 
 
+def parse_targets(spec: str) -> list:
+    """``Target``s from a comma-separated list (``75``, ``sm_90``, ``gfx942``).
+
+    Raises:
+        ValueError: an unknown target, naming the known ones.
+    """
+    from fastcifar.kernels.targets import TARGETS
+
+    out = []
+    for tok in spec.split(","):
+        tok = tok.strip()
+        name = f"sm_{tok}" if tok.isdigit() else tok
+        if name not in TARGETS:
+            raise ValueError(f"unknown target {tok!r}: choose from {', '.join(TARGETS)}")
+        out.append(TARGETS[name])
+    return out
+
+
 def run(
-    quick: bool, archs: list[int], workers: int, dtypes: list[str] | None = None,
+    quick: bool, targets: list, workers: int, dtypes: list[str] | None = None,
     kernels: str | None = None,
 ) -> tuple[list[Row], int, int, int]:  # fmt: skip
-    launches = record(conv_configs(quick), [DTYPES[d] for d in dtypes or DTYPES])
-    if kernels:
-        launches = [la for la in launches if re.search(kernels, la.kernel.__name__)]
+    configs = conv_configs(quick)
     unique: dict[str, tuple] = {}
-    for arch in archs:
+    for target in targets:
+        names = dtypes or [d for d in target.dtypes if not quick or d in LOW_PRECISION]
+        launches = record(configs, [DTYPES[d] for d in names], target.name)
+        if kernels:
+            launches = [la for la in launches if re.search(kernels, la.kernel.__name__)]
         for la in launches:
-            key, job = specialise(la, arch)
-            unique.setdefault(
-                key, (la.kernel.__name__, dtype_of(la), arch, job, getattr(la, "meta_label", ""))
-            )
+            key, job = specialise(la, target)
+            unique.setdefault(key, (la.kernel.__name__, dtype_of(la), target.name, job,
+                                    la.meta_label, calls_dot(la), la.wide_possible))  # fmt: skip
     _JOBS[:] = unique.values()
     if workers > 1:
         ctx = multiprocessing.get_context("fork")
@@ -229,10 +405,16 @@ def run(
             results = list(pool.map(_compile_job, range(len(_JOBS))))
     else:
         results = [_compile_job(i) for i in range(len(_JOBS))]
+    return summarise(_JOBS, results)
+
+
+def summarise(jobs, results) -> tuple[list[Row], int, int, int]:
+    """Rows per (kernel, dtype, target), worst case over their compiles; the counts of
+    compiled, failed and spilling binaries."""
     rows: dict[tuple, Row] = {}
     compiled = failed = spilling = 0
-    for (name, dt, arch, _, label), r in zip(_JOBS, results, strict=True):
-        row = rows.setdefault((name, dt, arch), Row(name, dt, arch))
+    for (name, dt, target, _, label, dot, wide), r in zip(jobs, results, strict=True):
+        row = rows.setdefault((name, dt, target), Row(name, dt, target))
         if "error" in r:
             row.failed += 1
             failed += 1
@@ -247,24 +429,61 @@ def run(
         row.spill = max(row.spill, r["spill"])
         row.shared = max(row.shared, r["shared"])
         row.num_warps, row.num_stages = r["num_warps"], r["num_stages"]
-        occ = occupancy(arch, r["registers"], r["shared"], r["num_warps"])
+        occ = occupancy(target, r["registers"], r["shared"], r["num_warps"], r["waves"])
         row.occupancy = min(row.occupancy, occ)
-    ordered = sorted(rows.values(), key=lambda r: (r.kernel, r.dtype, r.arch))
+        if wide:  # only where wide loads are possible is a narrow one a finding
+            row.eligible += 1
+            row.narrow += r["load_widest"] < NARROW_BITS
+        if (wide, r["narrow_loads"]) > (row.narrow_worst_wide, row.narrow_loads):
+            row.narrow_loads, row.narrow_worst, row.narrow_worst_wide = (
+                r["narrow_loads"],
+                label,
+                wide,
+            )
+            for k in ("loads", "load_widest", "load_common", "stores", "store_widest"):
+                setattr(row, k, r[k])
+        if dot:
+            row.calls_dot = True
+            row.tensor_cores = row.tensor_cores and r["tensor_ops"] > 0
+    ordered = sorted(rows.values(), key=lambda r: (r.kernel, r.dtype, r.target))
     return ordered, compiled, failed, spilling
+
+
+def findings(rows: list[Row]) -> list[str]:
+    """One line per 16-bit finding: spills, narrow channels_last loads, tl.dot without
+    tensor cores."""
+    out = []
+    for r in rows:
+        if r.dtype not in LOW_PRECISION or not r.compiles:
+            continue
+        where = f"{r.kernel} {r.dtype} {r.target}"
+        if r.spill:
+            out.append(f"SPILLS {where}: {r.spill} bytes (worst: {r.worst})")
+        if r.narrow:
+            out.append(f"NARROW {where}: {r.narrow} of {r.eligible} channels_last compiles "
+                       f"load nothing {NARROW_BITS} bits or wider; worst {r.narrow_worst}: "
+                       f"{r.narrow_loads} of {r.loads} loads narrow")  # fmt: skip
+        if r.calls_dot and not r.tensor_cores:
+            out.append(f"NO-TC {where}: tl.dot compiled without tensor-core instructions")
+    return out
 
 
 def markdown(rows: list[Row]) -> str:
     out = [
-        "| kernel | dtype | arch | compiles | registers | spill B | shared B | warps | "
-        "stages | occupancy |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| kernel | dtype | target | compiles | registers | spill B | shared B | warps | "
+        "stages | occupancy | loads (widest/commonest bits) | stores (widest) | "
+        "tensor cores |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         occ = f"{r.occupancy:.0%}" if r.compiles else "-"
+        tc = ("yes" if r.tensor_cores else "**no**") if r.calls_dot else "-"
         out.append(
-            f"| {r.kernel} | {r.dtype} | sm_{r.arch} | {r.compiles}"
+            f"| {r.kernel} | {r.dtype} | {r.target} | {r.compiles}"
             f"{f' ({r.failed} failed)' if r.failed else ''} | {r.registers} | {r.spill} | "
-            f"{r.shared} | {r.num_warps} | {r.num_stages} | {occ} |"
+            f"{r.shared} | {r.num_warps} | {r.num_stages} | {occ} | "
+            f"{r.loads} ({r.load_widest}/{r.load_common}) | {r.stores} ({r.store_widest}) | "
+            f"{tc} |"
         )
     return "\n".join(out)
 
@@ -281,11 +500,14 @@ def prepare_environment() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="channels_last and sm_90 only")
-    ap.add_argument("--arch", default=None, help="comma-separated SM versions (default 80,90)")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"channels_last, 16-bit; {QUICK_TARGETS} unless --arch")  # fmt: skip
+    ap.add_argument("--arch", default=None,
+                    help=f"comma-separated targets (default {ALL_TARGETS})")  # fmt: skip
     ap.add_argument("--markdown", help="also write the table to this Markdown file")
     ap.add_argument("--json", help="also write the rows to this JSON file")
-    ap.add_argument("--dtypes", help="comma-separated subset of bf16,fp16,fp32 (default all)")
+    ap.add_argument("--dtypes", help="comma-separated subset of bf16,fp16,fp32 for every "
+                    "target (default: the dtypes each target trains in)")  # fmt: skip
     ap.add_argument("--kernels", help="only kernels whose name matches this regular expression")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="compiler processes (default: one per core)")  # fmt: skip
@@ -296,28 +518,29 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("aot_check: triton is not installed (pip install triton)", file=sys.stderr)
         return 2
-    archs = [int(a) for a in (args.arch or ("90" if args.quick else "80,90")).split(",")]
-    bad = [a for a in archs if a not in SM_LIMITS]
-    if bad:
-        print(f"aot_check: unknown arch {bad}: choose from {sorted(SM_LIMITS)}", file=sys.stderr)
+    try:
+        targets = parse_targets(args.arch or (QUICK_TARGETS if args.quick else ALL_TARGETS))
+    except ValueError as e:
+        print(f"aot_check: {e}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     dtypes = args.dtypes.split(",") if args.dtypes else None
     if dtypes and not set(dtypes) <= set(DTYPES):
         print(f"aot_check: unknown dtype in {dtypes}: choose from {list(DTYPES)}", file=sys.stderr)
         return 2
-    rows, compiled, failed, spilling = run(args.quick, archs, max(1, args.workers), dtypes,
+    rows, compiled, failed, spilling = run(args.quick, targets, max(1, args.workers), dtypes,
                                            args.kernels)  # fmt: skip
     table = markdown(rows)
     print(f"triton {triton.__version__}, torch {torch.__version__}, batch {BATCH}, "
-          f"{'quick' if args.quick else 'full'}, {time.perf_counter() - start:.0f} s")  # fmt: skip
+          f"{'quick' if args.quick else 'full'}, targets {','.join(t.name for t in targets)}, "
+          f"{time.perf_counter() - start:.0f} s")  # fmt: skip
     print(table)
     for r in rows:
         for e in r.errors[:3]:
-            print(f"FAILED {r.kernel} {r.dtype} sm_{r.arch}: {e}")
-    bad_spills = [r for r in rows if r.spill and r.dtype in LOW_PRECISION]
-    for r in bad_spills:
-        print(f"SPILLS {r.kernel} {r.dtype} sm_{r.arch}: {r.spill} bytes (worst: {r.worst})")
+            print(f"FAILED {r.kernel} {r.dtype} {r.target}: {e}")
+    found = findings(rows)
+    for line in found:
+        print(line)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table + "\n")
@@ -325,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump([r.__dict__ for r in rows], f, indent=1)
     print(f"{compiled} compiled, {failed} failed, {spilling} spilling")
+    bad_spills = [line for line in found if line.startswith("SPILLS")]
     return 1 if failed or bad_spills else 0
 
 

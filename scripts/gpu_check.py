@@ -1,4 +1,8 @@
-"""Check and measure a CUDA GPU in one command: ``scripts/gpu_check.sh OUT_DIR [--quick]``.
+"""Check and measure a GPU in one command: ``scripts/gpu_check.sh OUT_DIR [--quick]``.
+
+NVIDIA GPUs, and AMD GPUs under PyTorch's ROCm build (which calls them "cuda" too): the
+environment then reads ``rocm-smi`` instead of ``nvidia-smi``, and the validation runs in
+the dtype the GPU trains in.
 
 Stages, each in its own process with its own time limit; a failure or a time-out is
 recorded and the next stage runs:
@@ -6,7 +10,8 @@ recorded and the next stage runs:
 1. ``environment``: GPU name, driver, SM clock, memory, versions, and the measured
    device-to-device copy bandwidth (GB/s, read + write bytes of a 1 GiB copy);
 2. ``cuda_tests``: the ``cuda``-marked tests (``pytest -m cuda tests``);
-3. ``validation``: ``python -m fastcifar.validate`` for every model, bfloat16;
+3. ``validation``: ``python -m fastcifar.validate`` for every model, in the dtype the GPU
+   trains in (bfloat16; float16 on sm_75 and older);
 4. ``kernel_bench``: ``benchmarks/test_conv_kernels.py`` (ours vs cuDNN vs
    torch.compile: ms, GB/s, fraction of the copy bandwidth);
 5. ``loader_bench``: ``benchmarks/test_loaders.py`` (images/s per backend and recipe,
@@ -56,37 +61,61 @@ LIMITS = {
 def environment() -> dict:
     """GPU, driver, clocks, memory, versions and measured copy bandwidth (in-process)."""
     import torch
+    from fastcifar.kernels.targets import target_of
 
     props = torch.cuda.get_device_properties(0)
     env = {
         "gpu": props.name,
+        "target": target_of("cuda:0"),
+        "train_dtype": train_dtype(),
         "memory_gib": round(props.total_memory / 2**30, 1),
         "sm_count": props.multi_processor_count,
         "capability": f"{props.major}.{props.minor}",
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),
+        "hip": torch.version.hip,
+        "cudnn_or_miopen": torch.backends.cudnn.version(),
     }
     for name in ("triton", "torchvision", "nvidia.dali", "albumentations"):
         try:
             env[name.replace("nvidia.", "")] = __import__(name, fromlist=["x"]).__version__
         except ImportError:
             env[name.replace("nvidia.", "")] = None
-    query = "driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit"
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout.splitlines()[0]  # fmt: skip
-        values = [v.strip() for v in out.split(",")]
-        env.update(zip(query.replace(".", "_").split(","), values, strict=True))
-    except (OSError, subprocess.SubprocessError, IndexError, ValueError) as e:
-        env["nvidia_smi"] = f"unavailable: {e}"
+    env.update(smi_figures(bool(torch.version.hip)))
     from fastcifar.runtime import copy_bandwidth_gb_s
 
     env["copy_bandwidth_gb_s"] = round(copy_bandwidth_gb_s("cuda"))
     return env
+
+
+def train_dtype() -> str:
+    """What ``--amp`` trains in on GPU 0 (``fastcifar.runtime.amp_dtype``'s policy):
+    bfloat16 where the GPU computes it natively, float16 elsewhere (sm_75 and older)."""
+    import torch
+
+    from fastcifar.runtime import amp_dtype
+
+    return str(amp_dtype(torch.device("cuda", 0))).replace("torch.", "")
+
+
+def smi_figures(rocm: bool) -> dict:
+    """Driver, clocks and power limit from ``nvidia-smi`` (NVIDIA) or ``rocm-smi`` (AMD);
+    where the tool is missing or fails, one entry saying so."""
+    if rocm:
+        cmd = ["rocm-smi", "--showdriverversion", "--showclocks", "--showmaxpower", "--json"]
+    else:
+        query = "driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit"
+        cmd = ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True).stdout
+        if rocm:  # {"card0": {...}, "system": {...}}: every figure, flattened
+            data = json.loads(out)
+            return {k: v for card in data.values() for k, v in card.items()}
+        values = [v.strip() for v in out.splitlines()[0].split(",")]
+        return dict(zip(query.replace(".", "_").split(","), values, strict=True))
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError) as e:
+        return {cmd[0].replace("-", "_"): f"unavailable: {e}"}
 
 
 def _bench_figures(path: Path) -> list[dict]:
@@ -100,8 +129,11 @@ def _bench_figures(path: Path) -> list[dict]:
     ]
 
 
-def stages(out: Path, quick: bool, data: str) -> list[tuple[str, list[list[str]], dict]]:
-    """(name, commands, extra environment) for every subprocess stage."""
+def stages(
+    out: Path, quick: bool, data: str, dtype: str = "bfloat16"
+) -> list[tuple[str, list[list[str]], dict]]:
+    """(name, commands, extra environment) for every subprocess stage; the validation runs
+    in ``dtype``, what the GPU trains in (``train_dtype``)."""
     py = sys.executable
     bench = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-columns=median"]
     full = {"FASTCIFAR_BENCH_FULL": "0" if quick else "1", "FASTCIFAR_DATA": data}
@@ -119,7 +151,7 @@ def stages(out: Path, quick: bool, data: str) -> list[tuple[str, list[list[str]]
         ),  # fmt: skip
         (
             "validation",
-            [[py, "-m", "fastcifar.validate", "--model", m, "--dtype", "bfloat16"] for m in MODELS],
+            [[py, "-m", "fastcifar.validate", "--model", m, "--dtype", dtype] for m in MODELS],
             {},
         ),  # fmt: skip
         (
@@ -247,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU visible to torch (torch.cuda.is_available() is False): "
-              "run it on a machine with an NVIDIA GPU", file=sys.stderr)  # fmt: skip
+              "run it on a machine with an NVIDIA GPU (or an AMD one with PyTorch's ROCm "
+              "build)", file=sys.stderr)  # fmt: skip
         return 2
     data = args.data or next((str(p) for p in DEFAULT_DATA if p.exists()), None)
     if data is None:
@@ -269,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             status = f"failed ({type(e).__name__}: {e})"
         report["stages"].append({"stage": "environment", "status": status,
                                  "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
-        for name, commands, env in stages(out, args.quick, data):
+        for name, commands, env in stages(out, args.quick, data, train_dtype()):
             result = run_stage(name, commands, env, LIMITS[name][col], log)
             bench = out / f"{name}.json"
             if bench.exists():

@@ -52,7 +52,8 @@ def _decide(tmp_path, timer, env="GPU X | driver 1 | torch 2.11 | triton 3.6"):
     cache = dispatch.DispatchCache(tmp_path / "kernel_dispatch.json")
     example = torch.randn(4, 3, 32, 32)
     decisions = dispatch.decide(model, example, torch.float32, torch.device("cpu"),
-                                timer=timer, cache=cache, env=env)  # fmt: skip
+                                timer=timer, cache=cache, env=env,
+                                validate=lambda *a: "")  # fmt: skip
     return model, decisions
 
 
@@ -124,7 +125,7 @@ def test_failed_validation_stays_on_pytorch_untimed(tmp_path):
     timer = FakeTimer(triton_wins={"dilated"})
     decisions = dispatch.decide(model, example, torch.float32, torch.device("cpu"), timer=timer,
                                 cache=dispatch.DispatchCache(tmp_path / "c.json"), env="e",
-                                exclude={bad})  # fmt: skip
+                                exclude={bad}, validate=lambda *a: "")  # fmt: skip
     d = next(d for d in decisions if " d2 " in d.config)
     assert d.choice.startswith("torch") and d.triton_ms is None
     assert all(" d2 " not in c[2] for c in timer.calls if c[0] == "conv")
@@ -136,7 +137,8 @@ def test_table_is_printed_and_returned_for_config_json(tmp_path, monkeypatch, ca
     model = Net()
     cache = dispatch.DispatchCache(tmp_path / "c.json")
     records = _dispatch_kernels(model, 4, torch.device("cpu"), False, None,
-                                timer=FakeTimer({"dilated"}), cache=cache, env="e")  # fmt: skip
+                                timer=FakeTimer({"dilated"}), cache=cache, env="e",
+                                validate=lambda *a: "")  # fmt: skip
     out = capsys.readouterr().out
     assert "triton ms" in out and "torch ms" in out and "choice" in out
     assert "kernels: 1 convolutions in Triton" in out

@@ -1,6 +1,7 @@
-"""The exact GPU tile configuration (``GPU_TILES``: the block sizes, ``tl.dot`` path and
-weight-gradient split a CUDA launch uses) executed under the interpreter, on tiny shapes,
-for every kernel; plus the int32-offset guard and the grid-filling weight-gradient split."""
+"""The exact GPU tile configuration (``GPU_TILES``, and each target's own entries in
+``TARGET_TILES``: the block sizes, ``tl.dot`` path and weight-gradient split a GPU launch
+uses) executed under the interpreter, on tiny shapes, for every kernel; plus the
+int32-offset guard and the grid-filling weight-gradient split."""
 
 from __future__ import annotations
 
@@ -8,16 +9,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fastcifar.kernels import check_supported, conv2d_relu_stats, depthwise_separable_conv2d
-from fastcifar.kernels.launch import GPU_TILES, gpu_tiles, partial_pixels, record_launches, tiles
+from fastcifar.kernels.launch import (
+    GPU_TILES,
+    TARGET_TILES,
+    compile_target,
+    gpu_tiles,
+    partial_pixels,
+    record_launches,
+    tiles,
+)
 
 from tests.kernel_helpers import low_precision_bound, rel
 from tests.test_kernels import check, make
 
-# Shapes larger than one GPU tile (at most 64 pixels, 32 channels) so that several programs, a
-# partial last tile and several channel blocks are all exercised.
+# Shapes larger than one GPU tile (at most 128 pixels, 32 channels) so that several
+# programs, a partial last tile and several channel blocks are all exercised.
 DENSE = (2, 37, 35, 9, 8, 1, 1, 1, 1)
 DENSE_STRIDED_DILATED = (1, 20, 33, 11, 10, 2, 2, 2, 1)
-DEPTHWISE = (3, 40, 40, 7, 6, 1, 1, 1, 40)
+DEPTHWISE = (3, 20, 20, 9, 7, 1, 1, 1, 20)  # 189 pixels, 3 blocks of 8 channels
 GROUPED = (2, 66, 66, 6, 7, 2, 3, 3, 33)  # 2 input channels per group, stride 2, dilation 3
 
 
@@ -59,6 +68,21 @@ def test_relu_stats_epilogue(cfg):
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_depthwise_separable(dtype, relu):
+    check_depthwise_separable(dtype, relu)
+
+
+@pytest.mark.parametrize("target", sorted(TARGET_TILES))
+def test_each_targets_own_tiles_compute_the_same(target):
+    # a target's tile entries (launch.TARGET_TILES) run under the interpreter too
+    with compile_target(target):
+        for family, t in TARGET_TILES[target].items():
+            assert tiles(torch.float16, family) == t
+        for cfg in (DENSE, DEPTHWISE, GROUPED):
+            check(cfg, torch.float16, channels_last=True)
+        check_depthwise_separable(torch.float16, relu=True)
+
+
+def check_depthwise_separable(dtype, relu):
     g = torch.Generator().manual_seed(0)
     x = (
         torch.randn(2, 36, 7, 9, generator=g)
@@ -90,10 +114,10 @@ def test_depthwise_separable(dtype, relu):
 
 
 def test_weight_gradient_split_fills_the_gpu():
-    # a depthwise weight gradient at C=32, 8x8, batch 512: 32,768 pixels; 4,096 pixels a
+    # a depthwise weight gradient at C=16, 8x8, batch 512: 32,768 pixels; 4,096 pixels a
     # program would launch 8 x 2 x 9 = 144 programs for 132 SMs
     t = GPU_TILES["reduce"]  # on the CPU, partial_pixels assumes an H100's 132 SMs
-    grouped_other = -(-32 // t.block_c) * 9  # channel blocks x 9 taps
+    grouped_other = -(-16 // t.block_c) * 9  # channel blocks x 9 taps
     pixels = partial_pixels(512 * 64, grouped_other, t, torch.device("cpu"))
     assert pixels < t.pixels_per_partial and pixels % t.block_p == 0
     assert -(-512 * 64 // pixels) * grouped_other >= 2 * 132

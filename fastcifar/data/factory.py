@@ -21,7 +21,8 @@ LOADER_CHOICES = ("auto", "gpu", "dali", "albumentations")
 def resolve_loader(name: str, augmentation: str, device: torch.device) -> tuple[str, str]:
     """(backend, why). ``auto``: on CUDA the GPU-resident loader where the recipe's
     augmentation is made only of what it implements (the fastest path), else DALI when
-    it is installed; the albumentations CPU loader otherwise. An augmentation that only
+    it is installed (NVIDIA only: DALI has no ROCm build); the albumentations CPU loader
+    otherwise. An augmentation that only
     the gpu loader implements (the alternating flip) always gets it, on a CPU too.
     ``gpu`` and ``dali`` also run on the CPU (``dali`` CPU-only, ``device_id=None``).
 
@@ -46,6 +47,11 @@ def resolve_loader(name: str, augmentation: str, device: torch.device) -> tuple[
             f"--loader {name} does not implement augmentation {augmentation!r} (the gpu "
             f"loader's alone): use --loader gpu, which also runs on a CPU"
         )
+    if name == "dali" and device.type == "cuda" and torch.version.hip:
+        raise FastCifarError(
+            "--loader dali runs on NVIDIA GPUs only (DALI has no ROCm build): use --loader "
+            "gpu or albumentations"
+        )
     if name == "dali" and not dali_available():
         raise FastCifarError(
             "--loader dali needs NVIDIA DALI: pip install 'fastcifar[dali]' (or "
@@ -59,6 +65,8 @@ def resolve_loader(name: str, augmentation: str, device: torch.device) -> tuple[
         return "albumentations", "no GPU: albumentations in CPU workers"
     if augmentation in GPU_AUGMENTATIONS:
         return "gpu", f"augmentation {augmentation!r} runs as batched tensor ops on the GPU"
+    if torch.version.hip:
+        return "albumentations", "ROCm GPU: DALI has no ROCm build, albumentations in CPU workers"
     if dali_available() and augmentation in DALI_AUGMENTATIONS:
         return "dali", "a GPU and DALI are present"
     return "albumentations", "DALI is not installed (pip install 'fastcifar[dali]')"
