@@ -7,17 +7,27 @@ creates the model (Triton kernels validated and swapped in when chosen) and the 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from fastcifar.data import EvalLoader, channel_stats, load_cifar10, stratified_subset
+from fastcifar.data import (
+    CifarArrays,
+    EvalLoader,
+    channel_stats,
+    eval_split,
+    load_cifar10,
+    stratified_subset,
+)
 from fastcifar.data.factory import make_train_loader, resolve_loader
+from fastcifar.data.loaders import EpochLoader
 from fastcifar.distributed import SINGLE, World, per_rank_batch
 from fastcifar.errors import FastCifarError
 from fastcifar.models import create_model
-from fastcifar.models.speedrun import whitening_indices
+from fastcifar.models.speedrun import init_whitening_from
 from fastcifar.optim import criterion
 from fastcifar.recipes import Recipe
 from fastcifar.rundir import RunOptions
@@ -34,16 +44,16 @@ class Components:
     device: torch.device
     amp_dtype: torch.dtype | None  # None: float32
     channels_last: bool
-    arrays: object  # fastcifar.data.CifarArrays
-    train_images: object  # uint8 (N, 32, 32, 3), the training images after --train-subset
+    arrays: CifarArrays
+    train_images: np.ndarray  # uint8 (N, 32, 32, 3), the training images after --train-subset
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     loader_name: str
-    train_loader: object
+    train_loader: EpochLoader
     test_loader: EvalLoader | None
     model: nn.Module
     kernels: str
-    criterion: object
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> loss
     kernel_dispatch: list[dict]  # --kernels auto on CUDA: fastcifar.dispatch's decisions
 
 
@@ -103,18 +113,14 @@ def build_components(
     )  # fmt: skip
     test_loader = None
     if with_test:
-        test_x, test_y = arrays.test_images, arrays.test_labels
-        if options.test_subset:
-            idx = stratified_subset(test_y, options.test_subset, seed=0, flag="--test-subset")
-            test_x, test_y = test_x[idx], test_y[idx]
+        test_x, test_y = eval_split(arrays, options.test_subset)
         test_loader = EvalLoader(test_x, test_y, mean, std, batch_size=max(recipe.batch_size, 256),
                                  device=device, channels_last=channels_last)  # fmt: skip
 
     torch.manual_seed(recipe.seed)
     model = create_model(recipe.model).to(device)
-    if init_whitening and hasattr(model, "init_whitening"):
-        idx = whitening_indices(len(train_x), recipe.whiten_images, recipe.seed)
-        model.init_whitening(train_x[idx.numpy()], mean, std)
+    if init_whitening:
+        init_whitening_from(model, train_x, recipe.whiten_images, recipe.seed, mean, std)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     kernels = resolve_kernels(options.kernels, device)

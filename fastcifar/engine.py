@@ -1,15 +1,8 @@
 """The training engine: one run of a recipe, with checkpoints, resume and a run directory.
 
-A run directory (docs/DESIGN.md) holds:
-
-* ``config.json``: the recipe and the run options, written before the first epoch;
-* ``metrics.jsonl``: one JSON object per finished epoch (epoch, lr, train_loss,
-  train_acc, test_loss, test_acc, epoch_time_s, images_per_s; the last epoch of a recipe
-  with TTA adds tta_test_loss, tta_test_acc); accuracies in percent, losses are the
-  criterion's mean per image (no L1 term), times in seconds;
-* ``last.pt`` (after every epoch) and ``best.pt`` (best test accuracy) checkpoints;
-* ``summary.json``, written only when the run has finished: final and best test
-  accuracy, total time, device, versions. A run without it did not finish.
+What a run directory holds, file by file, is written once: docs/DESIGN.md, "Run
+directory". ``summary.json`` is written only when the run has finished: a run without it
+did not finish.
 
 The timed span (``summary.json``'s ``timed_span_s``) is the speed records': the
 whitening layer's initialisation, the training loops and the final TTA evaluation, timed
@@ -45,8 +38,9 @@ from fastcifar.distributed import (
     broadcast_object,
 )
 from fastcifar.errors import FastCifarError
+from fastcifar.loggers import EpochLogger, default_loggers
 from fastcifar.lr_range import range_test
-from fastcifar.models.speedrun import whitening_indices
+from fastcifar.models.speedrun import init_whitening_from
 from fastcifar.optim import (
     l1_penalty,
     make_ema,
@@ -99,6 +93,7 @@ class Trainer:
         run_dir: Path,
         resume: bool = False,
         world: World = SINGLE,
+        loggers: list[EpochLogger] | None = None,
     ):
         self.recipe = recipe.validate()
         self.run_dir = Path(run_dir)
@@ -150,12 +145,10 @@ class Trainer:
             self._forward_loss, options.compile and r.compile_step, options.compile_backend,
             r.compile_mode,
         )  # fmt: skip
-        self.tensorboard = None
-        if options.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
-        self.epoch_end_hooks = [self.checkpoint_hook, self.tensorboard_hook, self.console_hook]
+        # rank 0 reports: the console, TensorBoard (fastcifar.loggers), or the caller's
+        if loggers is None and world.is_main:
+            loggers = default_loggers(r.epochs, self.run_dir, options.tensorboard)
+        self.loggers = list(loggers or [])
 
     # ------------------------------------------------------------------ set-up
 
@@ -208,17 +201,12 @@ class Trainer:
         """Whitening filters from ``whiten_images`` training images (a seeded sample,
         ``whitening_indices``), timed (the record counts it): from the device-resident copy
         when the loader keeps one."""
-        if not hasattr(self.model, "init_whitening"):
-            return
         timer = Timer(self.device)
-        idx = whitening_indices(len(self.train_images), self.recipe.whiten_images, self.recipe.seed)
         resident = getattr(self.train_loader, "images", None)
-        if isinstance(resident, torch.Tensor) and resident.ndim == 4:  # (N, 3, 32, 32) uint8
-            images = resident[idx.to(resident.device)].permute(0, 2, 3, 1)
-        else:
-            images = self.train_images[idx.numpy()]
-        self.model.init_whitening(images, self.mean, self.std)
-        self.state.whiten_time_s += timer.stop()
+        images = resident if isinstance(resident, torch.Tensor) else self.train_images
+        r = self.recipe
+        if init_whitening_from(self.model, images, r.whiten_images, r.seed, self.mean, self.std):
+            self.state.whiten_time_s += timer.stop()
 
     def _seed_epoch(self, epoch: int) -> None:
         torch.manual_seed(self.recipe.seed * 100_003 + epoch)
@@ -265,13 +253,11 @@ class Trainer:
         self._restore_training_state(ckpt)
         self.state = RunState(**ckpt["state"])
 
-    # ------------------------------------------------------------------ end-of-epoch hooks
-    # Each takes the epoch's metrics row and whether it is the best so far; ``fit`` calls
-    # ``self.epoch_end_hooks`` in order (checkpoints first, so the console line follows a
-    # completed save).
+    # ------------------------------------------------------------------ end of an epoch
 
     def checkpoint_hook(self, row: dict, is_best: bool) -> None:
-        """last.pt (and best.pt), metrics.jsonl and lr.json, each written atomically."""
+        """last.pt (and best.pt), metrics.jsonl, lr.json and losses.json, each written
+        atomically; ``fit`` calls it before the loggers, so a logged epoch is saved."""
         ckpt = self._checkpoint()
         atomic_save(ckpt, self.run_dir / "last.pt")
         if is_best:
@@ -280,26 +266,6 @@ class Trainer:
         atomic_write(self.run_dir / "metrics.jsonl", lines)
         atomic_write(self.run_dir / "lr.json", json.dumps(self.state.lrs))
         atomic_write(self.run_dir / "losses.json", json.dumps(self.state.step_losses))
-
-    def tensorboard_hook(self, row: dict, is_best: bool) -> None:
-        """The row's scalars to RUN_DIR/tensorboard (with ``--tensorboard``)."""
-        if self.tensorboard is None:
-            return
-        for key, value in row.items():
-            if key != "epoch":
-                self.tensorboard.add_scalar(key, value, row["epoch"])
-        self.tensorboard.flush()
-
-    def console_hook(self, row: dict, is_best: bool) -> None:
-        """One line per epoch on the console."""
-        print(
-            f"epoch {row['epoch']}/{self.recipe.epochs}  lr {row['lr']:.4g}  "
-            f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%  "
-            f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}%  "
-            + (f"TTA acc {row['tta_test_acc']:.2f}%  " if "tta_test_acc" in row else "")
-            + f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f} s",
-            flush=True,
-        )
 
     # ------------------------------------------------------------------ loops
 
@@ -490,8 +456,9 @@ class Trainer:
             if is_best:
                 self.state.best_acc = test["test_acc"]
             if self.world.is_main:  # rank 0 alone writes the run directory and prints
-                for hook in self.epoch_end_hooks:
-                    hook(row, is_best)
+                self.checkpoint_hook(row, is_best)
+                for logger in self.loggers:
+                    logger.on_epoch_end(row, is_best)
         return self._write_summary(time.perf_counter() - run_start)
 
     def _write_summary(self, session_time: float) -> dict:

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastcifar.data import CLASSES, EvalLoader, load_cifar10, stratified_subset
+from fastcifar.data import CLASSES, EvalLoader, eval_split, load_cifar10
 from fastcifar.errors import FastCifarError, run_cli
 from fastcifar.evaluation.cam import grad_cam, overlay
 from fastcifar.evaluation.figures import (
@@ -101,10 +101,7 @@ def evaluate_run(
     model, ckpt = load_model(run_dir, device=device)
     mean, std = ckpt["mean"], ckpt["std"]
     arrays = load_cifar10(data or options.data)
-    test_x, test_y = arrays.test_images, arrays.test_labels
-    if options.test_subset:
-        idx = stratified_subset(test_y, options.test_subset, seed=0, flag="--test-subset")
-        test_x, test_y = test_x[idx], test_y[idx]
+    test_x, test_y = eval_split(arrays, options.test_subset)
     loader = EvalLoader(test_x, test_y, mean, std, batch_size=500, device=torch.device(device))
     preds, labels = predict(model, loader, recipe.tta, recipe.tta_fraction)
     cm = confusion_matrix(preds, labels)

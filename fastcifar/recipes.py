@@ -12,7 +12,7 @@ can be overridden on the command line (``--batch-size 256``, ``--lr 0.1``,
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastcifar.data.augment import AUGMENTATIONS
 from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS
@@ -28,55 +28,125 @@ LOSS_REDUCTIONS = ("mean", "sum")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def option(
+    default=dataclasses.MISSING, help: str = "", choices: tuple | None = None,
+    metavar: str | None = None, flag: bool = True,
+):  # fmt: skip
+    """A dataclass field with its command-line help (and choices, metavar) in its
+    metadata: the one place a ``Recipe`` or ``RunOptions`` field is described;
+    ``fastcifar.train`` builds its flags from them (``flag=False``: no flag)."""
+    metadata = {"help": help, "choices": choices, "metavar": metavar, "flag": flag}
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A training recipe. Units: lr per optimizer step; step_size in epochs."""
 
-    name: str
-    model: str
-    augmentation: str
-    batch_size: int = 128
-    epochs: int = 20
-    optimizer: str = "sgd"  # sgd | adam | muon (Muon on conv filters, SGD on the rest)
-    lr: float = 0.1  # muon: the filters' lr
-    momentum: float = 0.9  # SGD momentum; Adam's beta1; muon: the filters' momentum
-    nesterov: bool = False  # SGD Nesterov momentum
-    weight_decay: float = 0.0  # L2 through the optimizer; muon: SGD groups get this / their lr
-    bias_lr: float = 0.0  # muon: SGD lr of the biases (BatchNorm, whitening); 0: lr
-    head_lr: float = 0.0  # muon: SGD lr of the linear head; 0: lr
-    sgd_momentum: float = 0.85  # muon: Nesterov momentum of the SGD groups
-    muon_weight_decay: float = 0.0  # muon: decoupled decay of the filters per step (x lr)
-    muon_ns_steps: int = 3  # muon: Newton-Schulz iterations
-    muon_ns: str = "record"  # muon: Newton-Schulz coefficients, record | hiverge
-    muon_renorm_every: int = 1  # muon: filters rescaled to norm sqrt(C_out) every k steps
-    muon_batched: bool = False  # muon: one batched Newton-Schulz over zero-padded filters
-    scheduler: str = "constant"  # onecycle, linear (per step) | step, plateau (epoch) | constant
-    pct_start: float = 0.3  # OneCycleLR
-    div_factor: float = 25.0  # OneCycleLR: start lr = lr / div_factor
-    final_div_factor: float = 1e4  # OneCycleLR: end lr = start lr / final_div_factor
-    anneal_strategy: str = "cos"  # OneCycleLR: cos | linear
-    cycle_momentum: bool = True  # OneCycleLR: cycle momentum 0.95 -> 0.85 -> 0.95
-    step_size: int = 6  # StepLR, epochs
-    gamma: float = 0.2  # StepLR factor
-    plateau_factor: float = 0.2  # ReduceLROnPlateau on test accuracy (mode max)
-    plateau_patience: int = 3
-    loss: str = "cross_entropy"  # nll (model gives log-probabilities) | cross_entropy (logits)
-    loss_reduction: str = "mean"  # mean | sum over the batch (the record's; lr scales with it)
-    label_smoothing: float = 0.0
-    l1: float = 0.0  # factor of sum over parameter tensors of mean(|p|), as the EVA seeds
-    drop_last: bool = False
-    last_epoch_fraction: float = 1.0  # train only this fraction of the last epoch's steps
-    seed: int = 1
-    lr_find: bool = False  # run an LR range test first and use its suggestion as lr
-    lr_find_iters: int = 200  # steps of that test, 1e-6 -> 0.9 exponentially (seed 003: 200)
-    ema: float = 0.0  # weight averaging: EMA decay per step (0: off); evaluation uses the EMA
-    tta: str = "none"  # test-time augmentation after the last epoch: none | flip | flip_translate
-    tta_fraction: float = 1.0  # TTA only on this least-confident fraction of the test images
-    whiten_images: int = 5000  # whitening models: training images its covariance is taken over
-    whiten_bias_epochs: float = 0.0  # whitening models: epochs the whitening bias trains
-    compile_mode: str = "default"  # torch.compile mode with --compile (inductor)
-    compile_step: bool = False  # --compile: compile forward + loss as one graph, not the model
-    expected_accuracy: float | None = None  # the seed's reported test accuracy, percent
+    name: str = option(help="the recipe's name (--recipe)")
+    model: str = option(help="model name (see fastcifar.models.MODELS)", choices=tuple(MODELS))
+    augmentation: str = option(
+        help="training augmentation name (see fastcifar.data.AUGMENTATIONS)",
+        choices=tuple({**AUGMENTATIONS, **GPU_AUGMENTATIONS}),
+    )
+    batch_size: int = option(128, "images per training batch (>= 1)")
+    epochs: int = option(20, "number of epochs (>= 1)")
+    optimizer: str = option(
+        "sgd",
+        "sgd, adam, or muon (Muon on the conv filters, Nesterov SGD on the rest)",
+        choices=OPTIMIZERS,
+    )
+    lr: float = option(
+        0.1, "peak learning rate (OneCycleLR max_lr, else the optimizer's lr; muon: the filters')"
+    )
+    momentum: float = option(
+        0.9, "SGD momentum, Adam's beta1, or (muon) the filters' Muon momentum"
+    )
+    nesterov: bool = option(False, "SGD with Nesterov momentum")
+    weight_decay: float = option(
+        0.0, "L2 weight decay through the optimizer (muon: each SGD group gets it / its lr)"
+    )
+    bias_lr: float = option(0.0, "muon: SGD lr of the biases (BatchNorm, whitening); 0 means --lr")
+    head_lr: float = option(0.0, "muon: SGD lr of the linear head; 0 means --lr")
+    sgd_momentum: float = option(0.85, "muon: Nesterov momentum of the SGD groups")
+    muon_weight_decay: float = option(
+        0.0, "muon: decoupled weight decay of the filters, p *= 1 - lr x wd per step"
+    )
+    muon_ns_steps: int = option(3, "muon: Newton-Schulz iterations per step")
+    muon_ns: str = option(
+        "record",
+        "muon: Newton-Schulz coefficients, record or hiverge",
+        choices=tuple(NS_COEFFICIENTS),
+    )
+    muon_renorm_every: int = option(
+        1, "muon: rescale filters to norm sqrt(C_out) every N steps (0 never)"
+    )
+    muon_batched: bool = option(False, "muon: one batched Newton-Schulz over zero-padded filters")
+    scheduler: str = option(
+        "constant",
+        "onecycle, linear (1 -> 0, no warm-up; both per batch), step, plateau (per epoch) "
+        "or constant",
+        choices=SCHEDULERS,
+    )
+    pct_start: float = option(0.3, "OneCycleLR: fraction of steps spent rising to the peak")
+    div_factor: float = option(25.0, "OneCycleLR: the start lr is lr / div_factor")
+    final_div_factor: float = option(1e4, "OneCycleLR: the final lr is start lr / final_div_factor")
+    anneal_strategy: str = option("cos", "OneCycleLR: cos or linear", choices=("cos", "linear"))
+    cycle_momentum: bool = option(True, "OneCycleLR: cycle momentum between 0.85 and 0.95")
+    step_size: int = option(6, "StepLR: epochs between decays")
+    gamma: float = option(0.2, "StepLR: decay factor")
+    plateau_factor: float = option(0.2, "ReduceLROnPlateau (on test accuracy): decay factor")
+    plateau_patience: int = option(
+        3, "ReduceLROnPlateau: epochs without improvement before a decay"
+    )
+    loss: str = option(
+        "cross_entropy", "nll (for log-probability models) or cross_entropy", choices=LOSSES
+    )
+    loss_reduction: str = option(
+        "mean",
+        "mean or sum of the loss over the batch (sum: the record's; lr scales)",
+        choices=LOSS_REDUCTIONS,
+    )
+    label_smoothing: float = option(0.0, "label smoothing of the loss, 0 <= x < 1")
+    l1: float = option(0.0, "factor of the L1 term: sum over parameter tensors of mean(|p|)")
+    drop_last: bool = option(False, "drop the last partial training batch")
+    last_epoch_fraction: float = option(
+        1.0, "train only this fraction of the last epoch's steps (0 < x <= 1)"
+    )
+    seed: int = option(1, "seed for initialisation, data order and augmentation")
+    lr_find: bool = option(
+        False, "run an LR range test (torch-lr-finder) first and train with its suggested lr"
+    )
+    lr_find_iters: int = option(200, "steps of that LR range test (default 200, as seed 003)")
+    ema: float = option(
+        0.0, "weight averaging: EMA decay per step (0 off); evaluation uses the averaged weights"
+    )
+    tta: str = option(
+        "none",
+        "test-time augmentation after the last epoch: none, flip (2 views), or "
+        "flip_translate (6 views: mirror x {0, +-1 px})",
+        choices=TTA_MODES,
+    )
+    tta_fraction: float = option(
+        1.0, "TTA only on this least-confident fraction of the test images"
+    )
+    whiten_images: int = option(
+        5000, "whitening nets: training images the patch covariance is taken over"
+    )
+    whiten_bias_epochs: float = option(
+        0.0, "whitening nets: epochs the whitening bias trains (then frozen)"
+    )
+    compile_mode: str = option(
+        "default",
+        "torch.compile mode with --compile: default, max-autotune, ...",
+        choices=COMPILE_MODES,
+    )
+    compile_step: bool = option(
+        False, "with --compile, compile forward + loss as one graph (not only the model)"
+    )
+    expected_accuracy: float | None = option(
+        None, "the seed's reported test accuracy, percent (None: not claimed)"
+    )
 
     def validate(self) -> Recipe:
         """Check every field; return self.
@@ -84,28 +154,15 @@ class Recipe:
         Raises:
             FastCifarError: a value out of range or an unknown name, with the valid choices.
         """
-        known = {**AUGMENTATIONS, **GPU_AUGMENTATIONS}
-        if self.model not in MODELS:
-            raise FastCifarError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
-        if self.augmentation not in known:
-            raise FastCifarError(
-                f"unknown augmentation {self.augmentation!r}: choose one of {', '.join(known)}"
-            )
-        for field, choices in (
-            ("optimizer", OPTIMIZERS),
-            ("scheduler", SCHEDULERS),
-            ("loss", LOSSES),
-            ("loss_reduction", LOSS_REDUCTIONS),
-            ("anneal_strategy", ("cos", "linear")),
-            ("muon_ns", tuple(NS_COEFFICIENTS)),
-            ("tta", TTA_MODES),
-            ("compile_mode", COMPILE_MODES),
-        ):
-            if getattr(self, field) not in choices:
-                raise FastCifarError(
-                    f"--{field.replace('_', '-')} {getattr(self, field)!r} is not valid: "
-                    f"choose one of {', '.join(choices)}"
-                )
+        for f in dataclasses.fields(self):  # every field with choices in its metadata
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices is not None and value not in choices:
+                what = {"model": "model", "augmentation": "augmentation"}.get(f.name)
+                shown = f"unknown {what} {value!r}" if what else (
+                    f"--{f.name.replace('_', '-')} {value!r} is not valid"
+                )  # fmt: skip
+                raise FastCifarError(f"{shown}: choose one of {', '.join(choices)}")
         if self.batch_size < 1:
             raise FastCifarError(f"--batch-size {self.batch_size} is below 1: pass 1 or more")
         if self.epochs < 1:

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import torch
 
+from fastcifar.data.factory import LOADER_CHOICES
 from fastcifar.errors import FastCifarError
-from fastcifar.recipes import Recipe
+from fastcifar.recipes import Recipe, option
+from fastcifar.runtime import AMP_DTYPE_CHOICES, KERNEL_CHOICES
 
 __all__ = [
     "RunOptions",
@@ -99,23 +101,73 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
 class RunOptions:
     """How (not what) a run trains. Saved in config.json next to the recipe."""
 
-    data: str | None = None
-    download: bool = False
-    train_subset: int | None = None  # stratified subset of the training set
-    test_subset: int | None = None  # stratified subset of the test set (quick runs)
-    out: str | None = None
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = False
-    amp_dtype: str = "auto"  # auto | bfloat16 | float16
-    compile: bool = False
-    channels_last: bool | None = None  # None: on with --amp
-    workers: int | None = None  # DataLoader workers; None: min(cores, 8)
-    compile_backend: str = "inductor"
-    kernels: str = "auto"  # auto | triton | torch
-    loader: str = "auto"  # auto | gpu | dali | albumentations
-    tensorboard: bool = False  # log scalars (and, at evaluation, figures) to RUN_DIR/tensorboard
-    world_size: int = 1  # data-parallel processes (torchrun); a resume needs the same
-    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA)
+    data: str | None = option(
+        None,
+        "CIFAR-10 source: cifar-10-batches-py directory, image-folder tree train/<class>/ "
+        "test/<class>/, or a .tar/.tar.gz of one (default: $FASTCIFAR_DATA, else the cache "
+        "directory)",
+    )
+    download: bool = option(
+        False, "download the official CIFAR-10 with torchvision when --data holds none"
+    )
+    train_subset: int | None = option(
+        None, "train on a stratified subset of N training images (quick runs)", metavar="N"
+    )
+    test_subset: int | None = option(
+        None, "evaluate on a stratified subset of N test images (quick runs)", metavar="N"
+    )
+    out: str | None = option(None, "run directory (default runs/<recipe>-<date>-<time>)")
+    device: str = option("auto", "auto (CUDA if present), cpu, cuda or cuda:N")
+    amp: bool = option(
+        False,
+        "mixed precision: bfloat16 autocast where the device runs it natively (CPUs with "
+        "bfloat16 instructions, NVIDIA Ampere and newer, AMD Instinct), else float16 with a "
+        "gradient scaler (T4) or float32 (other CPUs)",
+    )
+    amp_dtype: str = option(
+        "auto",
+        "autocast dtype with --amp (auto: bfloat16 where native, float16 on older GPUs, "
+        "float32 on a CPU without bfloat16 instructions)",
+        choices=AMP_DTYPE_CHOICES,
+    )
+    compile: bool = option(
+        False, "torch.compile the model; on failure say why and continue eagerly"
+    )
+    channels_last: bool | None = option(
+        None, "channels_last memory format (default: on with --amp)"
+    )
+    workers: int | None = option(None, "data loader worker processes (default: cores, at most 8)")
+    compile_backend: str = option(
+        "inductor", "torch.compile backend (inductor; the tests use aot_eager)", flag=False
+    )
+    kernels: str = option(
+        "auto",
+        "convolutions: triton (our kernels, validated against PyTorch before training), "
+        "torch, or auto (on a GPU: each conv configuration and fusable block timed, Triton "
+        "against cuDNN, the faster kept, cached per GPU/driver/versions; a Triton failure "
+        "falls back to PyTorch; torch elsewhere); triton on a CPU uses the Triton "
+        "interpreter (slow, for tests)",
+        choices=KERNEL_CHOICES,
+    )
+    loader: str = option(
+        "auto",
+        "training loader: gpu (data set resident on the device, batched flip/translate/"
+        "cutout), dali (NVIDIA DALI pipeline, GPU or CPU-only), albumentations (CPU "
+        "workers), or auto (gpu on a GPU when the recipe's augmentation allows, else dali "
+        "when installed on an NVIDIA GPU, else albumentations)",
+        choices=LOADER_CHOICES,
+    )
+    tensorboard: bool = option(
+        False, "log scalars, the misclassified grid and the CAMs to RUN_DIR/tensorboard"
+    )
+    world_size: int = option(
+        1, "data-parallel processes (torchrun); a resume needs the same", flag=False
+    )
+    sync_bn: bool = option(
+        False,
+        "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA "
+        "only); off by default, as the speed records train with per-GPU statistics",
+    )
 
 
 def write_config(

@@ -26,60 +26,11 @@ import typing
 from pathlib import Path
 
 from fastcifar import distributed
-from fastcifar.data.factory import LOADER_CHOICES
 from fastcifar.engine import Trainer
 from fastcifar.errors import FastCifarError, run_cli
+from fastcifar.loggers import default_loggers
 from fastcifar.recipes import DEFAULT_RECIPE, RECIPE_DOCS, RECIPES, get_recipe, overridable_fields
 from fastcifar.rundir import RunOptions, prepare_run_dir, read_config, write_config
-from fastcifar.runtime import AMP_DTYPE_CHOICES, KERNEL_CHOICES
-
-_FIELD_HELP = {
-    "model": "model name (see fastcifar.models.MODELS)",
-    "augmentation": "training augmentation name (see fastcifar.data.AUGMENTATIONS)",
-    "batch_size": "images per training batch (>= 1)",
-    "epochs": "number of epochs (>= 1)",
-    "optimizer": "sgd, adam, or muon (Muon on the conv filters, Nesterov SGD on the rest)",
-    "lr": "peak learning rate (OneCycleLR max_lr, else the optimizer's lr; muon: the filters')",
-    "momentum": "SGD momentum, Adam's beta1, or (muon) the filters' Muon momentum",
-    "bias_lr": "muon: SGD lr of the biases (BatchNorm, whitening); 0 means --lr",
-    "head_lr": "muon: SGD lr of the linear head; 0 means --lr",
-    "sgd_momentum": "muon: Nesterov momentum of the SGD groups",
-    "muon_weight_decay": "muon: decoupled weight decay of the filters, p *= 1 - lr x wd per step",
-    "muon_ns_steps": "muon: Newton-Schulz iterations per step",
-    "muon_ns": "muon: Newton-Schulz coefficients, record or hiverge",
-    "muon_renorm_every": "muon: rescale filters to norm sqrt(C_out) every N steps (0 never)",
-    "muon_batched": "muon: one batched Newton-Schulz over zero-padded filters",
-    "loss_reduction": "mean or sum of the loss over the batch (sum: the record's; lr scales)",
-    "last_epoch_fraction": "train only this fraction of the last epoch's steps (0 < x <= 1)",
-    "tta_fraction": "TTA only on this least-confident fraction of the test images",
-    "whiten_images": "whitening nets: training images the patch covariance is taken over",
-    "whiten_bias_epochs": "whitening nets: epochs the whitening bias trains (then frozen)",
-    "compile_mode": "torch.compile mode with --compile: default, max-autotune, ...",
-    "compile_step": "with --compile, compile forward + loss as one graph (not only the model)",
-    "nesterov": "SGD with Nesterov momentum",
-    "ema": "weight averaging: EMA decay per step (0 off); evaluation uses the averaged weights",
-    "tta": "test-time augmentation after the last epoch: none, flip (2 views), or "
-    "flip_translate (6 views: mirror x {0, +-1 px})",
-    "weight_decay": "L2 weight decay through the optimizer (muon: each SGD group gets it / its lr)",
-    "scheduler": "onecycle, linear (1 -> 0, no warm-up; both per batch), step, plateau (per "
-    "epoch) or constant",
-    "pct_start": "OneCycleLR: fraction of steps spent rising to the peak",
-    "div_factor": "OneCycleLR: the start lr is lr / div_factor",
-    "final_div_factor": "OneCycleLR: the final lr is start lr / final_div_factor",
-    "anneal_strategy": "OneCycleLR: cos or linear",
-    "cycle_momentum": "OneCycleLR: cycle momentum between 0.85 and 0.95",
-    "step_size": "StepLR: epochs between decays",
-    "gamma": "StepLR: decay factor",
-    "plateau_factor": "ReduceLROnPlateau (on test accuracy): decay factor",
-    "plateau_patience": "ReduceLROnPlateau: epochs without improvement before a decay",
-    "loss": "nll (for log-probability models) or cross_entropy",
-    "label_smoothing": "label smoothing of the loss, 0 <= x < 1",
-    "l1": "factor of the L1 term: sum over parameter tensors of mean(|p|)",
-    "drop_last": "drop the last partial training batch",
-    "seed": "seed for initialisation, data order and augmentation",
-    "lr_find": "run an LR range test (torch-lr-finder) first and train with its suggested lr",
-    "lr_find_iters": "steps of that LR range test (default 200, as seed 003)",
-}
 
 
 def _field_type(field: dataclasses.Field):
@@ -90,7 +41,40 @@ def _field_type(field: dataclasses.Field):
     return t
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_field_flag(group, f: dataclasses.Field, dest: str, shown, choices_checked=False) -> None:
+    """``--field-name`` for dataclass field ``f`` (a ``Recipe`` or ``RunOptions`` field):
+    its help, choices and metavar from the field's metadata, ``shown`` as its value in
+    brackets (none for None; bools on/off); default None (not given). Bools take
+    ``--x/--no-x``. Recipe choices are only shown (``Recipe.validate`` checks them in one
+    line); run-option choices, a closed set, are also checked by argparse
+    (``choices_checked``)."""
+    t, meta = _field_type(f), f.metadata
+    kwargs: dict = {"action": argparse.BooleanOptionalAction}
+    if t is not bool:
+        choices = meta.get("choices")
+        metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
+        kwargs = {"type": t, "metavar": meta.get("metavar") or metavar}
+        if choices_checked and choices:
+            kwargs["choices"] = choices
+    if shown is not None:
+        shown = ("on" if shown else "off") if isinstance(shown, bool) else shown
+    help_ = meta["help"] + (f" [{shown}]" if shown is not None else "")
+    group.add_argument("--" + f.name.replace("_", "-"), dest=dest, default=None, help=help_,
+                       **kwargs)  # fmt: skip
+
+
+def run_options(args: argparse.Namespace, **fixed) -> RunOptions:
+    """The ``RunOptions`` the flags give (fields not given keep their defaults), with
+    ``fixed`` fields set."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)
+             if f.metadata["flag"] and getattr(args, f.name) is not None}  # fmt: skip
+    return RunOptions(**given, **fixed)
+
+
+def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser; each recipe-field flag's help ends with ``recipe``'s value
+    (the default recipe's when ``recipe`` is None or unknown)."""
+    shown = RECIPES.get(recipe or DEFAULT_RECIPE, RECIPES[DEFAULT_RECIPE])
     recipes = "\n".join(f"  {name:<12} {RECIPE_DOCS[name].splitlines()[0]}" for name in RECIPES)
     p = argparse.ArgumentParser(
         prog="python -m fastcifar.train",
@@ -100,87 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--recipe", help=f"recipe name (default {DEFAULT_RECIPE})")
     p.add_argument(
-        "--data",
-        help="CIFAR-10 source: cifar-10-batches-py directory, image-folder "
-        "tree train/<class>/ test/<class>/, or a .tar/.tar.gz of one "
-        "(default: $FASTCIFAR_DATA, else the cache directory)",
-    )
-    p.add_argument(
-        "--download",
-        action="store_true",
-        help="download the official CIFAR-10 with torchvision when --data holds none",
-    )
-    p.add_argument(
-        "--train-subset",
-        type=int,
-        metavar="N",
-        help="train on a stratified subset of N training images (quick runs)",
-    )
-    p.add_argument(
-        "--test-subset",
-        type=int,
-        metavar="N",
-        help="evaluate on a stratified subset of N test images (quick runs)",
-    )
-    p.add_argument("--out", help="run directory (default runs/<recipe>-<date>-<time>)")
-    p.add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="continue RUN_DIR from its last completed epoch, with its own config",
-    )
-    p.add_argument("--device", help="auto (CUDA if present, default), cpu, cuda or cuda:N")
-    p.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="mixed precision: bfloat16 autocast where supported (CPU, Ampere and "
-        "newer GPUs), else float16 with a gradient scaler",
-    )
-    p.add_argument(
-        "--amp-dtype",
-        choices=AMP_DTYPE_CHOICES,
-        default="auto",
-        help="autocast dtype with --amp (auto: bfloat16 where native, float16 on "
-        "older GPUs, float32 on a CPU without bfloat16 instructions)",
-    )
-    p.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="torch.compile the model; on failure say why and continue eagerly",
-    )
-    p.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="channels_last memory format (default: on with --amp)",
-    )
-    p.add_argument(
-        "--loader",
-        choices=LOADER_CHOICES,
-        default=None,
-        help="training loader: gpu (data set resident on the device, batched flip/"
-        "translate/cutout), dali (NVIDIA DALI pipeline, GPU or CPU-only), albumentations "
-        "(CPU workers), or auto (gpu on CUDA when the recipe's augmentation allows, else "
-        "dali when installed, else albumentations)",
-    )
-    p.add_argument(
-        "--workers", type=int, help="data loader worker processes (default: cores, at most 8)"
-    )
-    p.add_argument(
-        "--kernels",
-        choices=KERNEL_CHOICES,
-        default=None,
-        help="convolutions: triton (our kernels, validated against PyTorch before training), "
-        "torch, or auto (on CUDA: each conv configuration and fusable block timed, Triton "
-        "against cuDNN, the faster kept, cached per GPU/driver/versions; torch elsewhere); "
-        "triton on a CPU uses the Triton interpreter (slow, for tests)",
-    )
-    p.add_argument(
-        "--sync-bn",
-        action="store_true",
-        help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, "
-        "CUDA only); off by default, as the speed records train with per-GPU statistics",
     )
     p.add_argument(
         "--evaluate",
@@ -194,32 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated Grad-CAM layers for the evaluation "
         "(default: the model's last convolutional block)",
     )
-    p.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="log scalars, the misclassified grid and the CAMs to RUN_DIR/tensorboard",
+    run = p.add_argument_group('how the run trains (saved in config.json as "run")')
+    for f in dataclasses.fields(RunOptions):
+        if f.metadata["flag"]:
+            _add_field_flag(run, f, f.name, f.default, choices_checked=True)
+    group = p.add_argument_group(
+        f"recipe fields (each overrides the recipe's value; in brackets {shown.name}'s: "
+        f"`--recipe R --help` shows R's)"
     )
-    group = p.add_argument_group("recipe fields (override the recipe's value)")
     for f in overridable_fields():
-        flag = "--" + f.name.replace("_", "-")
-        t = _field_type(f)
-        if t is bool:
-            group.add_argument(
-                flag,
-                dest=f"r_{f.name}",
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=_FIELD_HELP.get(f.name),
-            )
-        else:
-            group.add_argument(
-                flag,
-                dest=f"r_{f.name}",
-                type=t,
-                default=None,
-                metavar=f.name.upper(),
-                help=_FIELD_HELP.get(f.name),
-            )
+        _add_field_flag(group, f, f"r_{f.name}", getattr(shown, f.name))
     return p
 
 
@@ -232,7 +122,9 @@ def _recipe_overrides(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe")
+    args = build_parser(pre.parse_known_args(argv)[0].recipe).parse_args(argv)
     overrides = _recipe_overrides(args)
     if args.workers is not None and args.workers < 0:
         raise FastCifarError(f"--workers {args.workers} is negative: pass 0 or more")
@@ -282,23 +174,7 @@ def _train(args: argparse.Namespace, overrides: dict, world: distributed.World) 
             prepare_run_dir(run_dir, resume=True)
     else:
         recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(**overrides).validate()
-        options = RunOptions(
-            data=args.data,
-            download=args.download,
-            train_subset=args.train_subset,
-            test_subset=args.test_subset,
-            device=args.device or "auto",
-            amp=bool(args.amp),
-            amp_dtype=args.amp_dtype,
-            compile=bool(args.compile),
-            channels_last=args.channels_last,
-            workers=args.workers,
-            kernels=args.kernels or "auto",
-            tensorboard=args.tensorboard,
-            loader=args.loader or "auto",
-            world_size=world.size,
-            sync_bn=args.sync_bn,
-        )
+        options = run_options(args, world_size=world.size)
         if args.train_subset is not None and args.train_subset < 1:
             raise FastCifarError(f"--train-subset {args.train_subset} is below 1: pass 1 or more")
         if args.test_subset is not None and args.test_subset < 1:
@@ -311,8 +187,11 @@ def _train(args: argparse.Namespace, overrides: dict, world: distributed.World) 
         options.out = str(run_dir)
     distributed.barrier()  # the run directory exists before any rank goes on
 
+    # rank 0 reports on the console (and TensorBoard with --tensorboard); the others stay quiet
+    loggers = default_loggers(recipe.epochs, run_dir, options.tensorboard) if world.is_main else []
     try:
-        trainer = Trainer(recipe, options, run_dir, resume=bool(args.resume), world=world)
+        trainer = Trainer(recipe, options, run_dir, resume=bool(args.resume), world=world,
+                          loggers=loggers)  # fmt: skip
     except BaseException:
         if created and world.is_main:
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,9 +1,11 @@
 """The layering of docs/DESIGN.md, read from the source (function-level imports count):
-kernels/ imports nothing of fastcifar above it, and no import cycle exists."""
+every module has the layer the design's "Layers" section gives it, imports go down the
+layers only, kernels/ imports nothing of fastcifar above it, and no import cycle exists."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -65,3 +67,58 @@ def test_no_import_cycle():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def design_layers() -> dict[str, int]:
+    """{module: layer number} as docs/DESIGN.md's "Layers" section states it: each module
+    named in item N (``fastcifar.x``, ``x.py``, ``data/x.py``, or a package folder such as
+    ``models/``) is in layer N; a module named in two items is in the first."""
+    text = (ROOT / "docs" / "DESIGN.md").read_text()
+    section = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    items = re.split(r"^(\d)\. ", section, flags=re.M)[1:]
+    modules = _modules()
+    layers: dict[str, int] = {}
+    for number, body in zip(items[::2], items[1::2], strict=True):
+        layer = int(number)
+        base = "fastcifar.kernels" if layer == 1 else "fastcifar"
+        for token in re.findall(r"`([\w./]+)`", body):
+            if token.startswith("fastcifar."):
+                names = [token]
+            elif token.endswith("/"):  # a package folder: all of it
+                names = [m for m in modules if m.startswith(f"{base}.{token[:-1]}")]
+            elif token.endswith(".py"):
+                names = [f"{base}.{token[:-3].replace('/', '.')}"]
+            else:
+                continue
+            if layer == 1 and token == "fastcifar.kernels":
+                names = [m for m in modules if m.startswith("fastcifar.kernels")]
+            for name in names:
+                if name in modules:
+                    layers.setdefault(name, layer)
+    return layers
+
+
+def test_design_places_every_module_in_a_layer():
+    layers = design_layers()
+    unplaced = set(_modules()) - set(layers) - {"fastcifar", "fastcifar.errors"}
+    unplaced = {m for m in unplaced if not m.endswith("__init__")}
+    assert not unplaced, f"docs/DESIGN.md's Layers section names no layer for {sorted(unplaced)}"
+    assert layers["fastcifar.nn"] == 2 and layers["fastcifar.engine"] == 4
+    assert layers["fastcifar.train"] == 5 and layers["fastcifar.kernels.launch"] == 1
+
+
+def test_every_import_goes_down_the_layers_of_the_design():
+    # a module imports only from its own layer and the ones below it; fastcifar.errors
+    # may be imported by any layer above the kernels (DESIGN.md)
+    layers = design_layers()
+    modules = _modules()
+    bad = []
+    for name, path in modules.items():
+        if name not in layers:
+            continue
+        for dep in _imports(path, modules):
+            if dep == "fastcifar.errors" and layers[name] >= 2:
+                continue
+            if dep in layers and layers[dep] > layers[name]:
+                bad.append(f"{name} (layer {layers[name]}) imports {dep} (layer {layers[dep]})")
+    assert not bad, "\n".join(bad)

@@ -37,6 +37,23 @@ def test_whitening_layer_whitens_patches_uncentred():
     assert not net.whiten.weight.requires_grad and net.whiten.bias.requires_grad
 
 
+def test_whitening_bias_starts_as_the_records_seeded_default_init():
+    # the record's nn.Conv2d(3, 24, 2, bias=True) keeps PyTorch's default bias: uniform in
+    # +-1/sqrt(fan_in), fan_in = 3 * 2 * 2
+    torch.manual_seed(5)
+    a = SpeedrunNet().whiten.bias.detach()
+    torch.manual_seed(5)
+    b = SpeedrunNet().whiten.bias.detach()
+    torch.manual_seed(6)
+    c = SpeedrunNet().whiten.bias.detach()
+    bound = 1 / 12**0.5
+    assert torch.equal(a, b) and not torch.equal(a, c)  # seeded
+    assert a.abs().max() <= bound and a.abs().max() > bound / 2 and a.std() > 0.05
+    torch.manual_seed(5)
+    ref = torch.nn.Conv2d(3, 24, 2, bias=True).bias.detach()  # the same draws as the record's
+    assert torch.equal(a, ref)
+
+
 def test_whitening_sample_mixes_the_classes_of_a_class_sorted_source():
     labels = np.repeat(np.arange(10), 5000)  # the JPEG copy's order: class by class
     idx = whitening_indices(len(labels), 5000, seed=1)

@@ -7,6 +7,7 @@ from fastcifar.data.readers import CLASSES, CifarArrays
 from fastcifar.data.sources import (
     cache_dir,
     channel_stats,
+    eval_split,
     load_cifar10,
     resolve_source,
     stratified_subset,
@@ -28,4 +29,5 @@ __all__ = [
     "load_cifar10",
     "resolve_source",
     "stratified_subset",
+    "eval_split",
 ]

@@ -233,3 +233,18 @@ def stratified_subset(
         rest = np.setdiff1d(np.arange(len(labels)), out)
         out = np.sort(np.concatenate([out, rng.choice(rest, size=n - len(out), replace=False)]))
     return out
+
+
+def eval_split(arrays, test_subset: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluation images (N, 32, 32, 3) uint8 and labels (N,) of ``arrays``
+    (``CifarArrays``): all of them, or ``test_subset`` of them, class-balanced with seed 0
+    (the same subset for training's per-epoch evaluation and for ``fastcifar.evaluate``).
+
+    Raises:
+        FastCifarError: ``test_subset`` out of range (named as ``--test-subset``).
+    """
+    x, y = arrays.test_images, arrays.test_labels
+    if test_subset:
+        idx = stratified_subset(y, test_subset, seed=0, flag="--test-subset")
+        x, y = x[idx], y[idx]
+    return x, y

@@ -7,7 +7,8 @@ Layout, input float (N, 3, 32, 32), output logits (N, 10)::
     whiten   2x2 conv 3 -> 24, no padding; weights frozen: the eigenvectors of the
              uncentred 2x2x3 patch second-moment matrix X^T X / n, scaled by
              1 / sqrt(eigenvalue + 5e-4), and their negatives; bias trainable (the
-             recipe trains it for its first epochs only); then GELU            32 -> 31
+             recipe trains it for its first epochs only), starting at PyTorch's
+             default convolution bias (uniform in +-1/sqrt(12)); then GELU   32 -> 31
     block 1  conv3x3 24 -> 64, maxpool 2, BN, act, conv3x3 64 -> 64, BN, act    -> 15
     block 2  conv3x3 64 -> 256, maxpool 2, BN, act, conv3x3, BN, act            -> 7
     block 3  conv3x3 256 -> 256, maxpool 2, BN, act, conv3x3, BN, act           -> 3
@@ -29,6 +30,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+
+
+def init_whitening_from(model: nn.Module, images, n: int, seed: int, mean, std) -> bool:
+    """Initialise ``model``'s whitening filters (a ``SpeedrunNet``; other models are left
+    alone) from a seeded sample of ``n`` of the training ``images`` (``whitening_indices``):
+    uint8 (N, 32, 32, 3) in host memory, or uint8 (N, 3, 32, 32) on the device (a loader's
+    resident copy, sampled there). Returns whether there was a whitening layer."""
+    if not isinstance(model, SpeedrunNet):
+        return False
+    idx = whitening_indices(len(images), n, seed)
+    if isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[1] == 3:
+        sample = images[idx.to(images.device)].permute(0, 2, 3, 1)
+    else:
+        sample = images[idx.numpy()]
+    model.init_whitening(sample, mean, std)
+    return True
 
 
 def whitening_indices(num_images: int, n: int, seed: int) -> torch.Tensor:
@@ -90,9 +107,10 @@ class SpeedrunNet(nn.Module):
         bn_momentum: float = 0.4,
     ):
         super().__init__()
+        # the bias keeps PyTorch's default initialisation, uniform in +-1/sqrt(fan_in) =
+        # +-1/sqrt(12), drawn from the seeded generator, as the record's layer starts
         self.whiten = nn.Conv2d(3, whiten_width, 2, bias=True)
         self.whiten.weight.requires_grad_(False)
-        nn.init.zeros_(self.whiten.bias)
         self.act = nn.GELU()
         self.block1 = _block(whiten_width, widths[0], act, bn_momentum)
         self.block2 = _block(widths[0], widths[1], act, bn_momentum)

@@ -1,0 +1,61 @@
+"""What a run reports at the end of each epoch, besides its run directory: loggers with
+one method, ``on_epoch_end(row, is_best)``, that ``Trainer.fit`` calls on rank 0 after the
+epoch's checkpoint is written (Lightning Fabric's callbacks are the model).
+
+``row`` is the epoch's ``metrics.jsonl`` object (docs/DESIGN.md, "Run directory"):
+epoch, lr, train_loss, train_acc and test_acc in percent, test_loss, epoch_time_s,
+images_per_s, and on a TTA recipe's last epoch tta_test_loss and tta_test_acc.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["ConsoleLogger", "EpochLogger", "TensorBoardLogger", "default_loggers"]
+
+
+class EpochLogger(Protocol):
+    def on_epoch_end(self, row: dict, is_best: bool) -> None: ...
+
+
+class ConsoleLogger:
+    """One line per epoch on standard output: lr, losses, accuracies, images/s, seconds."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_epoch_end(self, row: dict, is_best: bool) -> None:
+        print(
+            f"epoch {row['epoch']}/{self.epochs}  lr {row['lr']:.4g}  "
+            f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%  "
+            f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}%  "
+            + (f"TTA acc {row['tta_test_acc']:.2f}%  " if "tta_test_acc" in row else "")
+            + f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f} s",
+            flush=True,
+        )
+
+
+class TensorBoardLogger:
+    """Every number of the row as a TensorBoard scalar (x axis: the epoch) in ``log_dir``;
+    says where when it starts."""
+
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(log_dir))
+        print(f"tensorboard: logging to {log_dir} (view: tensorboard --logdir {log_dir})")
+
+    def on_epoch_end(self, row: dict, is_best: bool) -> None:
+        for key, value in row.items():
+            if key != "epoch":
+                self.writer.add_scalar(key, value, row["epoch"])
+        self.writer.flush()
+
+
+def default_loggers(epochs: int, run_dir: Path, tensorboard: bool) -> list[EpochLogger]:
+    """The console, and TensorBoard in ``run_dir/tensorboard`` when asked."""
+    loggers: list[EpochLogger] = [ConsoleLogger(epochs)]
+    if tensorboard:
+        loggers.append(TensorBoardLogger(Path(run_dir) / "tensorboard"))
+    return loggers
