@@ -146,10 +146,23 @@ _CDNA_TILES = {
     "dwsep": replace(GPU_TILES["dwsep"], num_warps=4),
     "dwsep_weights": replace(GPU_TILES["dwsep_weights"], num_warps=1),
 }
+# sm_86, sm_89, sm_100, sm_120: ptxas holds these kernels to fewer registers than on
+# sm_80/sm_90 and spills at the common tiles (16-bit compiles): the depthwise forward
+# 148 bytes (sm_86, sm_89), 248 (sm_120), 16 (sm_100) at 128 x 8 x 4 warps; 64 x 8 and
+# 128 x 8 x 8 warps spill too. One warp of 32 pixels x 8 channels keeps 8 channels per
+# lane (128-bit loads) in 96-128 registers without spilling. The dense forward spills 16
+# bytes (sm_86, sm_89, s7's 3 -> 16 layer) and the input gradient 24 (sm_120) at 64 x 32;
+# 64 x 16 fits in 70-78 registers, still 128-bit.
+_DEPTHWISE_ONE_WARP = replace(GPU_TILES["depthwise"], block_p=32, num_warps=1)
+_DENSE_16 = replace(GPU_TILES["dense"], block_n=16)
 TARGET_TILES: dict[str, dict[str, Tiles]] = {
     # sm_75 (T4): the fused depthwise-separable input gradient spills 512 bytes at 64 x 16
     # in float16 (255 registers); 32 x 16 fits in 252 without spilling (32-bit loads)
     "sm_75": {"dwsep": replace(GPU_TILES["dwsep"], block_p=32)},
+    "sm_86": {"depthwise": _DEPTHWISE_ONE_WARP, "dense": _DENSE_16},
+    "sm_89": {"depthwise": _DEPTHWISE_ONE_WARP, "dense": _DENSE_16},
+    "sm_100": {"depthwise": _DEPTHWISE_ONE_WARP},
+    "sm_120": {"depthwise": _DEPTHWISE_ONE_WARP, "dense": _DENSE_16},
     "gfx90a": _CDNA_TILES,
     "gfx942": _CDNA_TILES,
 }

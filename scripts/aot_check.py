@@ -114,8 +114,10 @@ class Row:
     stores: int = 0
     store_widest: int = 0
     narrow_loads: int = -1
-    narrow_worst: str = ""  # the compile the load columns describe: most narrow loads,
-    narrow_worst_wide: bool = False  # preferring one where wide loads are possible
+    # the compile the load columns describe: where wide loads are possible, a NARROW one
+    # first, then the one with most narrow loads
+    narrow_worst: str = ""
+    load_key: tuple = (False, False, -1)
     eligible: int = 0  # channels_last compiles with channels in multiples of 8
     narrow: int = 0  # of those, how many load nothing as wide as NARROW_BITS
     calls_dot: bool = False
@@ -434,12 +436,9 @@ def summarise(jobs, results) -> tuple[list[Row], int, int, int]:
         if wide:  # only where wide loads are possible is a narrow one a finding
             row.eligible += 1
             row.narrow += r["load_widest"] < NARROW_BITS
-        if (wide, r["narrow_loads"]) > (row.narrow_worst_wide, row.narrow_loads):
-            row.narrow_loads, row.narrow_worst, row.narrow_worst_wide = (
-                r["narrow_loads"],
-                label,
-                wide,
-            )
+        key = (wide, wide and r["load_widest"] < NARROW_BITS, r["narrow_loads"])
+        if key > row.load_key:  # a finding first, then the most narrow loads
+            row.load_key, row.narrow_loads, row.narrow_worst = key, r["narrow_loads"], label
             for k in ("loads", "load_widest", "load_common", "stores", "store_widest"):
                 setattr(row, k, r[k])
         if dot:
