@@ -9,7 +9,14 @@ import torch
 from fastcifar import FastCifarError
 from fastcifar.data import AlbumentationsLoader, GpuLoader, build_augmentation
 from fastcifar.data.factory import resolve_loader
-from fastcifar.data.gpu_loader import batch_cutout, batch_flip, batch_translate
+from fastcifar.data.gpu_loader import (
+    apply_cutout,
+    apply_translate,
+    cutout_params,
+    flip_params,
+    flip_where,
+    translate_params,
+)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -66,7 +73,8 @@ def test_flip_rate_and_translation_offsets_match_the_albumentations_pipeline():
 def test_cutout_hole_is_clipped_and_filled():
     gen = torch.Generator().manual_seed(0)
     x = torch.ones(400, 3, 32, 32)
-    out = batch_cutout(x, 16, torch.zeros(3), gen)
+    # the loader's path: parameters drawn for the batch, then applied
+    out = apply_cutout(x, 16, torch.zeros(3), *cutout_params(len(x), 32, 32, "cpu", gen))
     holes = (out[:, 0] == 0).flatten(1).sum(1)
     assert holes.max() == 256 and holes.min() < 256  # whole inside, or clipped at the border
     assert holes.min() >= 64  # a centre inside the image keeps at least a quarter
@@ -76,12 +84,14 @@ def test_cutout_hole_is_clipped_and_filled():
 def test_flip_and_translate_primitives():
     gen = torch.Generator().manual_seed(0)
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
-    assert torch.equal(batch_translate(x, 0, gen), x)
-    t = batch_translate(x, 1, gen)
+    assert torch.equal(apply_translate(x, 0, *translate_params(2, 0, "cpu", gen)), x)
+    t = apply_translate(x, 1, *translate_params(2, 1, "cpu", gen))
     assert t.shape == x.shape
     # each image is the reflect-padded original cropped at one offset in [0, 2]^2: find it
     big = torch.arange(400 * 3 * 8 * 8, dtype=torch.float32).view(400, 3, 8, 8)
-    out = batch_translate(big, 2, torch.Generator().manual_seed(1))
+    out = apply_translate(
+        big, 2, *translate_params(400, 2, "cpu", torch.Generator().manual_seed(1))
+    )
     padded = torch.nn.functional.pad(big, (2, 2, 2, 2), mode="reflect")
     offsets = []
     for i in range(len(big)):
@@ -93,7 +103,7 @@ def test_flip_and_translate_primitives():
     assert set(dys) == set(range(5)) and set(dxs) == set(range(5))  # every offset occurs
     counts = torch.bincount(torch.tensor(dys), minlength=5).float()
     assert counts.min() > 0.6 * counts.mean()  # roughly uniform (400 draws, 5 values)
-    f = batch_flip(x.repeat(50, 1, 1, 1), gen)
+    f = flip_where(x.repeat(50, 1, 1, 1), flip_params(100, "cpu", gen))
     same = (f == x.repeat(50, 1, 1, 1)).flatten(1).all(1).float().mean()
     assert 0.3 < same < 0.7
 

@@ -117,25 +117,6 @@ def jitter_params(n: int, brightness: float, contrast: float, device, gen):
     return shift, scale
 
 
-def batch_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Flip each image of (B, C, H, W) left-right with probability 0.5."""
-    return flip_where(x, flip_params(len(x), x.device, gen))
-
-
-def batch_translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Reflect-pad (B, C, H, W) by ``pad`` and crop each image back at a random offset in
-    [0, 2 pad] on both axes (independently per image)."""
-    if pad == 0:
-        return x
-    return apply_translate(x, pad, *translate_params(len(x), pad, x.device, gen))
-
-
-def batch_cutout(x: torch.Tensor, size: int, fill: torch.Tensor, gen) -> torch.Tensor:
-    """One ``size`` x ``size`` hole per image, centre uniform over the image, clipped at the
-    border, filled with ``fill`` (C,)."""
-    return apply_cutout(x, size, fill, *cutout_params(len(x), *x.shape[-2:], x.device, gen))
-
-
 class GpuLoader(EpochLoader):
     """Device-resident CIFAR-10 with batched augmentation; see the module docstring.
 
