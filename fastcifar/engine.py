@@ -21,10 +21,9 @@ import copy
 import dataclasses
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,7 +49,14 @@ from fastcifar.optim import (
     whiten_bias_steps,
 )
 from fastcifar.recipes import Recipe
-from fastcifar.rundir import RunOptions, atomic_save, atomic_write, load_checkpoint
+from fastcifar.rundir import (
+    RunOptions,
+    RunState,
+    atomic_write,
+    load_checkpoint,
+    save_epoch,
+    summarise,
+)
 from fastcifar.runtime import (
     CompiledForward,
     Timer,
@@ -64,19 +70,6 @@ __all__ = ["RunOptions", "RunState", "Trainer", "TrainingDiverged"]
 
 class TrainingDiverged(FastCifarError):
     """The loss became NaN or inf."""
-
-
-@dataclass
-class RunState:
-    epoch: int = 0  # completed epochs
-    best_acc: float = -1.0
-    metrics: list[dict] = field(default_factory=list)
-    lrs: list[float] = field(default_factory=list)  # the learning rate of every step
-    step_losses: list[float] = field(default_factory=list)  # every step's loss (all ranks)
-    train_time_s: float = 0.0  # training loops only, device-timed (no evaluation)
-    whiten_time_s: float = 0.0  # whitening initialisation, device-timed
-    tta_time_s: float = 0.0  # the final TTA evaluation, device-timed
-    compile_time_s: float = 0.0  # warm-up before the timed epochs
 
 
 class Trainer:
@@ -256,16 +249,9 @@ class Trainer:
     # ------------------------------------------------------------------ end of an epoch
 
     def checkpoint_hook(self, row: dict, is_best: bool) -> None:
-        """last.pt (and best.pt), metrics.jsonl, lr.json and losses.json, each written
-        atomically; ``fit`` calls it before the loggers, so a logged epoch is saved."""
-        ckpt = self._checkpoint()
-        atomic_save(ckpt, self.run_dir / "last.pt")
-        if is_best:
-            atomic_save(ckpt, self.run_dir / "best.pt")
-        lines = "".join(json.dumps(m) + "\n" for m in self.state.metrics)
-        atomic_write(self.run_dir / "metrics.jsonl", lines)
-        atomic_write(self.run_dir / "lr.json", json.dumps(self.state.lrs))
-        atomic_write(self.run_dir / "losses.json", json.dumps(self.state.step_losses))
+        """The epoch's checkpoint and records into the run directory (``save_epoch``);
+        ``fit`` calls it before the loggers, so a logged epoch is saved."""
+        save_epoch(self.run_dir, self._checkpoint(), self.state, is_best)
 
     # ------------------------------------------------------------------ loops
 
@@ -462,41 +448,16 @@ class Trainer:
         return self._write_summary(time.perf_counter() - run_start)
 
     def _write_summary(self, session_time: float) -> dict:
-        m = self.state.metrics
-        best = max(m, key=lambda row: row["test_acc"])
-        summary = {
-            "recipe": self.recipe.name,
-            "model": self.recipe.model,
-            "epochs": len(m),
-            "final_test_acc": m[-1].get("tta_test_acc", m[-1]["test_acc"]),
-            "final_test_acc_single_view": m[-1]["test_acc"],
-            "tta": self.recipe.tta,
-            "best_test_acc": best["test_acc"],
-            "best_epoch": best["epoch"],
-            "expected_accuracy": self.recipe.expected_accuracy,
-            "total_time_s": sum(row["epoch_time_s"] for row in m),
-            "train_time_s": self.state.train_time_s,
-            "whiten_time_s": self.state.whiten_time_s,
-            "tta_time_s": self.state.tta_time_s,
-            # the records' timed span: whitening + training loops + final TTA
-            "timed_span_s": self.state.whiten_time_s
-            + self.state.train_time_s
-            + self.state.tta_time_s,
-            "compile_time_s": self.state.compile_time_s,
-            "loader": self.loader_name,
-            "last_session_time_s": session_time,
-            "mean_images_per_s": float(np.mean([row["images_per_s"] for row in m])),
-            "device": device_name(self.device),
-            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp else None,
-            "compiled": self.forward.compiled is not None,
-            "kernels": self.kernels,
-            "channels_last": self.channels_last,
-            "train_images": len(self.train_loader.dataset),
-            "world_size": self.world.size,
-            "test_images": len(self.test_loader.labels),
-            "data": self.arrays.source,
-            "versions": versions(),
-        }
+        """summary.json (rank 0) from the run's state and what it ran on (``summarise``)."""
+        summary = summarise(
+            self.recipe, self.state, loader=self.loader_name, last_session_time_s=session_time,
+            device=device_name(self.device),
+            amp=str(self.amp_dtype).replace("torch.", "") if self.amp else None,
+            compiled=self.forward.compiled is not None, kernels=self.kernels,
+            channels_last=self.channels_last, train_images=len(self.train_loader.dataset),
+            world_size=self.world.size, test_images=len(self.test_loader.labels),
+            data=self.arrays.source, versions=versions(),
+        )  # fmt: skip
         if self.world.is_main:
             atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary

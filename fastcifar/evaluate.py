@@ -105,58 +105,26 @@ def evaluate_run(
     loader = EvalLoader(test_x, test_y, mean, std, batch_size=500, device=torch.device(device))
     preds, labels = predict(model, loader, recipe.tta, recipe.tta_fraction)
     cm = confusion_matrix(preds, labels)
-    per_class = {
-        c: (100.0 * cm[i, i] / cm[i].sum()) if cm[i].sum() else None for i, c in enumerate(CLASSES)
-    }
     wrong = misclassified(preds, labels, n_misclassified)
-
-    plot_confusion(cm, run_dir / "confusion_matrix.png")
-    titles = [f"{CLASSES[preds[i]]} / {CLASSES[labels[i]]}" for i in wrong]
-    plt = plt_agg()
-    figures = {}
-    if len(wrong):
-        fig = image_grid(
-            test_x[wrong],
-            titles,
-            run_dir / "misclassified.png",
-            title="misclassified: predicted / actual",
-        )
-        figures["misclassified"] = fig
-        xs = next(iter(EvalLoader(test_x[wrong], test_y[wrong], mean, std, len(wrong), device)))[0]
-        for layer in cam_layers or [MODELS[recipe.model].cam_layer]:
-            maps = grad_cam(model, xs, preds[wrong], layer)
-            overlays = overlay(test_x[wrong], maps)
-            fig = image_grid(
-                overlays,
-                titles,
-                run_dir / f"gradcam_{layer}.png",
-                title=f"Grad-CAM at {layer} (predicted class)",
-            )
-            figures[f"gradcam/{layer}"] = fig
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    plot_curves(metrics, run_dir / "curves.png")
-    lr_path = run_dir / "lr.json"
-    if lr_path.exists():
-        plot_lr(json.loads(lr_path.read_text()), run_dir / "lr.png")
-    aug, aug_titles = augmented_samples(asdict_recipe(recipe), arrays, mean, std)
-    plt.close(
-        image_grid(
-            aug,
-            aug_titles,
-            run_dir / "augmented.png",
-            title=f"augmentation '{recipe.augmentation}': five per class",
-        )
-    )
-
+    layers = cam_layers or [MODELS[recipe.model].cam_layer]
     result = {
         "test_acc": 100.0 * float((preds == labels).mean()),
         "test_images": int(len(labels)),
-        "per_class_acc": per_class,
+        "per_class_acc": {
+            c: (100.0 * cm[i, i] / cm[i].sum()) if cm[i].sum() else None
+            for i, c in enumerate(CLASSES)
+        },
         "confusion_matrix": cm.tolist(),
         "misclassified_indices": [int(i) for i in wrong],
-        "cam_layers": cam_layers or [MODELS[recipe.model].cam_layer],
+        "cam_layers": layers,
         "checkpoint_epoch": ckpt["state"]["epoch"],
     }
+
+    plt = plt_agg()
+    plot_confusion(cm, run_dir / "confusion_matrix.png")
+    figures = _misclassified_figures(run_dir, model, test_x[wrong], test_y[wrong],
+                                     preds[wrong], mean, std, layers, device)  # fmt: skip
+    metrics = _training_figures(run_dir, recipe, arrays, mean, std)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     if tensorboard if tensorboard is not None else options.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -168,6 +136,39 @@ def evaluate_run(
         plt.close(fig)
     write_report(run_dir, recipe, result, metrics)
     return result
+
+
+def _misclassified_figures(run_dir, model, images, labels, preds, mean, std, layers, device):
+    """misclassified.png and one gradcam_<layer>.png per CAM layer for the misclassified
+    ``images`` (uint8 (M, 32, 32, 3)) with their ``labels`` and ``preds``; returns the open
+    figures by TensorBoard tag (none when nothing was misclassified)."""
+    if not len(images):
+        return {}
+    titles = [f"{CLASSES[p]} / {CLASSES[y]}" for p, y in zip(preds, labels, strict=True)]
+    figures = {"misclassified": image_grid(images, titles, run_dir / "misclassified.png",
+                                           title="misclassified: predicted / actual")}  # fmt: skip
+    xs = next(iter(EvalLoader(images, labels, mean, std, len(images), device)))[0]
+    for layer in layers:
+        overlays = overlay(images, grad_cam(model, xs, preds, layer))
+        figures[f"gradcam/{layer}"] = image_grid(
+            overlays, titles, run_dir / f"gradcam_{layer}.png",
+            title=f"Grad-CAM at {layer} (predicted class)",
+        )  # fmt: skip
+    return figures
+
+
+def _training_figures(run_dir, recipe, arrays, mean, std) -> list[dict]:
+    """curves.png (per-epoch metrics), lr.png (every step's lr, when recorded) and
+    augmented.png (five augmented training images per class); returns the metrics rows."""
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    plot_curves(metrics, run_dir / "curves.png")
+    lr_path = run_dir / "lr.json"
+    if lr_path.exists():
+        plot_lr(json.loads(lr_path.read_text()), run_dir / "lr.png")
+    aug, aug_titles = augmented_samples(asdict_recipe(recipe), arrays, mean, std)
+    title = f"augmentation '{recipe.augmentation}': five per class"
+    plt_agg().close(image_grid(aug, aug_titles, run_dir / "augmented.png", title=title))
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

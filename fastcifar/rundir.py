@@ -18,7 +18,7 @@ import json
 import os
 import pickle
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,11 +30,14 @@ from fastcifar.runtime import AMP_DTYPE_CHOICES, KERNEL_CHOICES
 
 __all__ = [
     "RunOptions",
+    "RunState",
     "atomic_save",
     "atomic_write",
     "load_checkpoint",
     "prepare_run_dir",
     "read_config",
+    "save_epoch",
+    "summarise",
     "write_config",
 ]
 
@@ -168,6 +171,63 @@ class RunOptions:
         "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA "
         "only); off by default, as the speed records train with per-GPU statistics",
     )
+
+
+@dataclass
+class RunState:
+    """Where a run stands, saved in every checkpoint: completed epochs, best accuracy,
+    the per-epoch metrics rows, every step's lr and loss, the device-timed seconds."""
+
+    epoch: int = 0  # completed epochs
+    best_acc: float = -1.0
+    metrics: list[dict] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)  # the learning rate of every step
+    step_losses: list[float] = field(default_factory=list)  # every step's loss (all ranks)
+    train_time_s: float = 0.0  # training loops only, device-timed (no evaluation)
+    whiten_time_s: float = 0.0  # whitening initialisation, device-timed
+    tta_time_s: float = 0.0  # the final TTA evaluation, device-timed
+    compile_time_s: float = 0.0  # warm-up before the timed epochs
+
+
+def save_epoch(run_dir: Path, checkpoint: dict, state: RunState, is_best: bool) -> None:
+    """An epoch's files, each written atomically: ``checkpoint`` to last.pt (and best.pt
+    when ``is_best``), and from ``state`` metrics.jsonl, lr.json (every step's learning
+    rate) and losses.json (every step's loss)."""
+    atomic_save(checkpoint, run_dir / "last.pt")
+    if is_best:
+        atomic_save(checkpoint, run_dir / "best.pt")
+    lines = "".join(json.dumps(m) + "\n" for m in state.metrics)
+    atomic_write(run_dir / "metrics.jsonl", lines)
+    atomic_write(run_dir / "lr.json", json.dumps(state.lrs))
+    atomic_write(run_dir / "losses.json", json.dumps(state.step_losses))
+
+
+def summarise(recipe: Recipe, state: RunState, **facts) -> dict:
+    """summary.json's dict: the accuracies (final with TTA when the recipe has it, single
+    view, best and its epoch, the seed's expected), the times (seconds; the records'
+    ``timed_span_s`` = whitening + training loops + final TTA, compile warm-up apart) and
+    ``facts`` about what the run ran on (device, amp, loader, kernels, versions, ...)."""
+    m = state.metrics
+    best = max(m, key=lambda row: row["test_acc"])
+    return {
+        "recipe": recipe.name,
+        "model": recipe.model,
+        "epochs": len(m),
+        "final_test_acc": m[-1].get("tta_test_acc", m[-1]["test_acc"]),
+        "final_test_acc_single_view": m[-1]["test_acc"],
+        "tta": recipe.tta,
+        "best_test_acc": best["test_acc"],
+        "best_epoch": best["epoch"],
+        "expected_accuracy": recipe.expected_accuracy,
+        "total_time_s": sum(row["epoch_time_s"] for row in m),
+        "train_time_s": state.train_time_s,
+        "whiten_time_s": state.whiten_time_s,
+        "tta_time_s": state.tta_time_s,
+        "timed_span_s": state.whiten_time_s + state.train_time_s + state.tta_time_s,
+        "compile_time_s": state.compile_time_s,
+        "mean_images_per_s": sum(row["images_per_s"] for row in m) / len(m),
+        **facts,
+    }
 
 
 def write_config(

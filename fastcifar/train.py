@@ -139,52 +139,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace, overrides: dict, world: distributed.World) -> int:
-    created = False
     if args.resume:
-        run_dir = Path(args.resume)
-        recipe, options = read_config(run_dir)
-        if args.recipe and args.recipe != recipe.name:
-            raise FastCifarError(
-                f"{run_dir} was made with recipe {recipe.name}, not {args.recipe}: drop "
-                f"--recipe to resume it, or start a new run with another --out"
-            )
-        changed = {k: v for k, v in overrides.items() if getattr(recipe, k) != v}
-        if changed:
-            names = ", ".join("--" + k.replace("_", "-") for k in changed)
-            raise FastCifarError(
-                f"{names} differ from the run being resumed: a resumed run keeps its recipe; "
-                f"start a new run with another --out to change them"
-            )
-        if (run_dir / "summary.json").exists():
-            print(f"{run_dir} has already finished all {recipe.epochs} epochs; nothing to do")
+        resumed = _resumed_run(args, overrides, world)
+        if resumed is None:
             return 0
-        if args.device:
-            options.device = args.device
-        if args.workers is not None:
-            options.workers = args.workers
-        if options.world_size != world.size:
-            raise FastCifarError(
-                f"{run_dir} was trained by {options.world_size} process(es), this is "
-                f"{world.size}: resume it with torchrun --nproc_per_node {options.world_size}"
-                if options.world_size > 1 else
-                f"{run_dir} was trained by 1 process, this is {world.size}: resume it "
-                f"without torchrun"
-            )  # fmt: skip
-        if world.is_main:
-            prepare_run_dir(run_dir, resume=True)
+        (run_dir, recipe, options), created = resumed, False
     else:
-        recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(**overrides).validate()
-        options = run_options(args, world_size=world.size)
-        if args.train_subset is not None and args.train_subset < 1:
-            raise FastCifarError(f"--train-subset {args.train_subset} is below 1: pass 1 or more")
-        if args.test_subset is not None and args.test_subset < 1:
-            raise FastCifarError(f"--test-subset {args.test_subset} is below 1: pass 1 or more")
-        default = f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(args.out or distributed.broadcast_object(default))  # one name for all
-        created = not run_dir.exists()
-        if world.is_main:
-            prepare_run_dir(run_dir, resume=False)
-        options.out = str(run_dir)
+        run_dir, recipe, options, created = _new_run(args, overrides, world)
     distributed.barrier()  # the run directory exists before any rank goes on
 
     # rank 0 reports on the console (and TensorBoard with --tensorboard); the others stay quiet
@@ -216,12 +177,80 @@ def _train(args: argparse.Namespace, overrides: dict, world: distributed.World) 
         layers = args.cam_layers.split(",") if args.cam_layers else None
         evaluate_run(run_dir, cam_layers=layers, device=str(trainer.device))
         print(f"evaluation: figures and report in {run_dir / 'report.html'}")
+    _print_result(summary, recipe, run_dir, trainer.device)
+    return 0
+
+
+def _resumed_run(args, overrides: dict, world: distributed.World):
+    """(run dir, recipe, options) of the ``--resume`` run, its own config with this
+    command's device and workers; None when it has already finished.
+
+    Raises:
+        FastCifarError: another recipe or recipe fields asked for, or another world size.
+    """
+    run_dir = Path(args.resume)
+    recipe, options = read_config(run_dir)
+    if args.recipe and args.recipe != recipe.name:
+        raise FastCifarError(
+            f"{run_dir} was made with recipe {recipe.name}, not {args.recipe}: drop "
+            f"--recipe to resume it, or start a new run with another --out"
+        )
+    changed = {k: v for k, v in overrides.items() if getattr(recipe, k) != v}
+    if changed:
+        names = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise FastCifarError(
+            f"{names} differ from the run being resumed: a resumed run keeps its recipe; "
+            f"start a new run with another --out to change them"
+        )
+    if (run_dir / "summary.json").exists():
+        print(f"{run_dir} has already finished all {recipe.epochs} epochs; nothing to do")
+        return None
+    if args.device:
+        options.device = args.device
+    if args.workers is not None:
+        options.workers = args.workers
+    if options.world_size != world.size:
+        raise FastCifarError(
+            f"{run_dir} was trained by {options.world_size} process(es), this is "
+            f"{world.size}: resume it with torchrun --nproc_per_node {options.world_size}"
+            if options.world_size > 1 else
+            f"{run_dir} was trained by 1 process, this is {world.size}: resume it "
+            f"without torchrun"
+        )  # fmt: skip
+    if world.is_main:
+        prepare_run_dir(run_dir, resume=True)
+    return run_dir, recipe, options
+
+
+def _new_run(args, overrides: dict, world: distributed.World):
+    """(run dir, recipe, options, whether the directory was created) of a new run.
+
+    Raises:
+        FastCifarError: a bad recipe field or subset size, an unwritable directory.
+    """
+    recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(**overrides).validate()
+    options = run_options(args, world_size=world.size)
+    if args.train_subset is not None and args.train_subset < 1:
+        raise FastCifarError(f"--train-subset {args.train_subset} is below 1: pass 1 or more")
+    if args.test_subset is not None and args.test_subset < 1:
+        raise FastCifarError(f"--test-subset {args.test_subset} is below 1: pass 1 or more")
+    default = f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(args.out or distributed.broadcast_object(default))  # one name for all
+    created = not run_dir.exists()
+    if world.is_main:
+        prepare_run_dir(run_dir, resume=False)
+    options.out = str(run_dir)
+    return run_dir, recipe, options, created
+
+
+def _print_result(summary: dict, recipe, run_dir: Path, device) -> None:
+    """The closing lines: the speed run's timed span, then the accuracies."""
     if recipe.name.startswith("speedrun"):
         print(
             f"speedrun: {summary['timed_span_s']:.2f} s on {summary['device']} (whitening "
             f"{summary['whiten_time_s']:.2f} + training {summary['train_time_s']:.2f} + final "
             f"TTA {summary['tta_time_s']:.2f}; timed with "
-            f"{'CUDA events' if trainer.device.type == 'cuda' else 'the wall clock'}; compile "
+            f"{'CUDA events' if device.type == 'cuda' else 'the wall clock'}; compile "
             f"warm-up {summary['compile_time_s']:.1f} s and per-epoch evaluation excluded); "
             f"final test accuracy {summary['final_test_acc']:.2f}%"
         )
@@ -231,7 +260,6 @@ def _train(args: argparse.Namespace, overrides: dict, world: distributed.World) 
         f"{summary['best_test_acc']:.2f}% best{expected}; {summary['mean_images_per_s']:.0f} "
         f"img/s; {summary['total_time_s']:.1f} s; run dir {run_dir}"
     )
-    return 0
 
 
 def cli() -> int:
