@@ -96,7 +96,8 @@ def cuda_timer(runner: Runner, warmup: int = 3, reps: int = 10) -> float:
 
 def environment_key(device: torch.device) -> str:
     """GPU name, architecture, driver (CUDA) or HIP version (ROCm), torch and triton
-    versions: what a cached timing is valid for. Under PyTorch's ROCm build the device is
+    versions and the kernels' sources (``kernels_digest``): what a cached timing is valid
+    for. Under PyTorch's ROCm build the device is
     "cuda" too; its architecture is ``gcnArchName`` (gfx942, ...), its driver the HIP
     runtime."""
     import triton
@@ -111,7 +112,21 @@ def environment_key(device: torch.device) -> str:
         else:
             with contextlib.suppress(AttributeError, RuntimeError):
                 driver = f"driver {torch._C._cuda_getDriverVersion()}"
-    return f"{name}{arch} | {driver} | torch {torch.__version__} | triton {triton.__version__}"
+    return (f"{name}{arch} | {driver} | torch {torch.__version__} | triton {triton.__version__}"
+            f" | kernels {kernels_digest()}")  # fmt: skip
+
+
+def kernels_digest() -> str:
+    """12 hex digits of a hash of fastcifar.kernels' sources: a change to a kernel or its
+    tiles measures again, as a new driver or version does."""
+    import hashlib
+
+    import fastcifar.kernels as pkg
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(pkg.__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 class DispatchCache:
@@ -240,33 +255,33 @@ def decide(
         if cfg in exclude:
             d.choice = "torch (failed validation)"
             continue
-        hit = cache.get(env, kind, d.config)
+        # fused blocks are validated on this device every run, as convolutions are
+        failed = validate(kind, block, cfg, device) if kind != "conv" else ""
+        why = f"failed validation: {failed}" if failed else ""
+        hit = None if why else cache.get(env, kind, d.config)
         if hit is not None:
             d.cached = True
-        else:
-            hit, why = _measure(kind, block, cfg, device, timer, validate)
-            if why:  # stays on PyTorch, untimed or half-timed; not cached: a fix may come
-                d.choice = f"torch ({why})"
-                report(f"kernels: {kind} {d.config} stays on PyTorch: {why}")
-                continue
-            cache.put(env, kind, d.config, hit["triton_ms"], hit["torch_ms"])
+        elif not why:
+            hit, why = _measure(kind, block, cfg, device, timer)
+            if not why:
+                cache.put(env, kind, d.config, hit["triton_ms"], hit["torch_ms"])
+        if why:  # stays on PyTorch, untimed or half-timed; not cached: a fix may come
+            d.choice = f"torch ({why})"
+            report(f"kernels: {kind} {d.config} stays on PyTorch: {why}")
+            continue
         d.triton_ms, d.torch_ms = hit["triton_ms"], hit["torch_ms"]
         d.choice = "triton" if d.triton_ms < d.torch_ms else "torch"
     cache.save()
     return decisions
 
 
-def _measure(kind, block, cfg, device, timer, validate) -> tuple[dict | None, str]:
+def _measure(kind, block, cfg, device, timer) -> tuple[dict | None, str]:
     """Time Triton against PyTorch for one configuration or block: ({"triton_ms",
-    "torch_ms"}, "") or (None, why Triton cannot be used here): a fused block that fails
-    ``validate`` on this device, or a Triton side that fails to compile or launch."""
-    if kind != "conv":
-        failed = validate(kind, block, cfg, device)
-        if failed:
-            return None, f"failed validation: {failed}"
-        runners = [_block_runner(kind, block, cfg, s, device) for s in ("triton", "torch")]
-    else:
+    "torch_ms"}, "") or (None, why not): a Triton side that fails to compile or launch."""
+    if kind == "conv":
         runners = [_conv_runner(cfg, side, device) for side in ("triton", "torch")]
+    else:
+        runners = [_block_runner(kind, block, cfg, s, device) for s in ("triton", "torch")]
     try:
         triton_ms = timer(runners[0])
     except Exception as exc:

@@ -37,7 +37,7 @@ dilation 3 and grouped extras; for each, the forward (with and without bias, and
 ReLU + BatchNorm-statistics epilogue), input, weight and bias gradients, and for
 depthwise ones the fused depthwise-separable forward and backward. ``--quick``:
 channels_last and 16-bit dtypes only (sm_75: float16), on sm_75, sm_90 and gfx942 unless
-``--arch`` says otherwise.
+``--arch`` says otherwise; ``--layout`` picks the layouts either way.
 
 Prints one row per (kernel, dtype, target) with the worst case over its compiles, then
 the findings:
@@ -125,7 +125,10 @@ class Row:
     errors: list[str] = field(default_factory=list)
 
 
-def conv_configs(quick: bool) -> list[tuple]:
+LAYOUTS = {"cl": (True,), "nchw": (False,), "both": (True, False)}
+
+
+def conv_configs(quick: bool, layout: str | None = None) -> list[tuple]:
     """(input shape, weight shape, stride, padding, dilation, groups, channels_last)
     for every distinct 3x3 configuration the kernels support, at batch ``BATCH``."""
     from fastcifar.kernels.validate import collect_conv_configs
@@ -140,7 +143,7 @@ def conv_configs(quick: bool) -> list[tuple]:
                        cfg.dilation, cfg.groups))  # fmt: skip
     for _, cin, cout, h, s, p, d, g in EXTRA:
         found.add(((cin, h, h), (cout, cin // g, 3, 3), s, p, d, g))
-    layouts = (True,) if quick else (True, False)
+    layouts = LAYOUTS[layout or ("cl" if quick else "both")]
     return [((BATCH, *shape), w, s, p, d, g, cl)
             for shape, w, s, p, d, g in sorted(found) for cl in layouts]  # fmt: skip
 
@@ -387,9 +390,9 @@ def parse_targets(spec: str) -> list:
 
 def run(
     quick: bool, targets: list, workers: int, dtypes: list[str] | None = None,
-    kernels: str | None = None,
+    kernels: str | None = None, layout: str | None = None,
 ) -> tuple[list[Row], int, int, int]:  # fmt: skip
-    configs = conv_configs(quick)
+    configs = conv_configs(quick, layout)
     unique: dict[str, tuple] = {}
     for target in targets:
         names = dtypes or [d for d in target.dtypes if not quick or d in LOW_PRECISION]
@@ -508,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtypes", help="comma-separated subset of bf16,fp16,fp32 for every "
                     "target (default: the dtypes each target trains in)")  # fmt: skip
     ap.add_argument("--kernels", help="only kernels whose name matches this regular expression")
+    ap.add_argument("--layout", choices=LAYOUTS,
+                    help="activation layouts: cl, nchw or both (default: cl with --quick, "
+                    "else both)")  # fmt: skip
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="compiler processes (default: one per core)")  # fmt: skip
     args = ap.parse_args(argv)
@@ -528,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aot_check: unknown dtype in {dtypes}: choose from {list(DTYPES)}", file=sys.stderr)
         return 2
     rows, compiled, failed, spilling = run(args.quick, targets, max(1, args.workers), dtypes,
-                                           args.kernels)  # fmt: skip
+                                           args.kernels, args.layout)  # fmt: skip
     table = markdown(rows)
     print(f"triton {triton.__version__}, torch {torch.__version__}, batch {BATCH}, "
           f"{'quick' if args.quick else 'full'}, targets {','.join(t.name for t in targets)}, "

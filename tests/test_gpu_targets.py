@@ -76,7 +76,11 @@ def test_rocm_dispatch_cache_key_names_the_architecture_and_hip(monkeypatch):
     key = dispatch.environment_key(CUDA)
     assert key.startswith("AMD Instinct MI250X (gfx90a) | hip 6.2.41133 | torch ")
     _gpu(monkeypatch, "NVIDIA H200", 9, 0)
-    assert dispatch.environment_key(CUDA).startswith("NVIDIA H200 (sm_90) | driver 12080 |")
+    key = dispatch.environment_key(CUDA)
+    assert key.startswith("NVIDIA H200 (sm_90) | driver 12080 |")
+    # a change to the kernels' sources (or tiles) measures again
+    assert key.endswith(f" | kernels {dispatch.kernels_digest()}")
+    assert len(dispatch.kernels_digest()) == 12
 
 
 def test_rocm_loader_choice_never_picks_dali(monkeypatch):

@@ -128,6 +128,20 @@ def test_a_fused_block_is_validated_before_it_is_timed(tmp_path):
     assert type(model.crb) is nn.Sequential
 
 
+def test_a_cached_fused_block_is_validated_again_on_every_run(tmp_path):
+    _decide(tmp_path, _timer)  # first run: the block is timed, Triton faster, cached
+    _, decisions, _ = _decide(tmp_path, _timer)
+    assert next(d for d in decisions if d.kind == "conv_relu_bn").choice == "triton"
+
+    def fails(kind, *_):
+        return "output relative error 1e+00 > bound 1e-05" if kind == "conv_relu_bn" else ""
+
+    _, decisions, lines = _decide(tmp_path, _timer, fails)
+    crb = next(d for d in decisions if d.kind == "conv_relu_bn")
+    assert crb.choice.startswith("torch (failed validation") and not crb.cached
+    assert any("conv_relu_bn" in line for line in lines)
+
+
 def test_validate_block_passes_the_real_fused_kernel_and_catches_wrong_numbers(monkeypatch):
     model = Net()
     configs = collect_conv_configs(model, torch.randn(2, 3, 8, 8), torch.float32)
