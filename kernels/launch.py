@@ -99,10 +99,12 @@ class Tiles:
 # 8 channels per thread are one 128-bit load and 2 (the old 16 x 16 tiles) one 32-bit load.
 # * dense: tl.dot tiles of 64 pixels x 32 output channels, K = 16 (no spills; 128-bit
 #   activation and channels_last weight loads where the channels are multiples of 16);
-# * depthwise (forward and input gradient, one channel per group): 128 pixels x 8
-#   channels, 4 warps: 8 channels per thread, 128-bit loads of the input, 96 registers,
-#   31 % occupancy on sm_90, no spills (16 x 16: 32-bit loads, 40-78 registers; 64 x 16:
-#   128-bit, 101 registers, 25 %; 64 x 8: 64-bit, 64 registers, 50 %);
+# * depthwise (forward and input gradient, one channel per group): 64 pixels x 8
+#   channels, 4 warps: 4 channels per lane, 64-bit loads of the input, 64-72 registers,
+#   44-100 % occupancy, no spills with triton 3.6 and 3.8 (sm_75/sm_80/sm_90). 128 x 8
+#   (8 channels per lane, 128-bit) compiled without spills on triton 3.8 (96 registers)
+#   but spilled 208 bytes on sm_90 with triton 3.6, the GPU machines' stack (128
+#   registers); 16 x 16: 32-bit loads;
 # * grouped (2-4 input channels per group, forward and input gradient): 16 pixels x 16
 #   channels, 4 warps: 48-78 registers, no spills. An output channel reads its group's
 #   channels, not its own, so these loads gather 16 bits at a time at any tile (128 x 8
@@ -118,7 +120,7 @@ class Tiles:
 #   registers, no spills (32 x 16 x 32 spilled 12-56 bytes in every variant tried).
 GPU_TILES = {
     "dense": Tiles(block_p=64, block_c=32, block_n=32, block_k=16, pixels_per_partial=4096),
-    "depthwise": Tiles(block_p=128, block_c=8, block_n=16, block_k=16, pixels_per_partial=4096),
+    "depthwise": Tiles(block_p=64, block_c=8, block_n=16, block_k=16, pixels_per_partial=4096),
     "grouped": Tiles(block_p=16, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
     "reduce": Tiles(block_p=128, block_c=8, block_n=16, block_k=16, pixels_per_partial=4096),
     "dwsep": Tiles(
@@ -137,11 +139,11 @@ FAMILIES = tuple(GPU_TILES)
 # other tiles than GPU_TILES, each with its reason. Empty entries use GPU_TILES.
 # AMD CDNA wavefronts have 64 lanes, not 32: the same tile spreads over twice the lanes
 # and each gets half the channels, so its loads halve in width. Half the warps restore 8
-# channels (128 bits) per lane (gfx942 compiles, bfloat16): depthwise 2 warps, 72-97
+# channels (128 bits) per lane (gfx942 compiles, bfloat16): depthwise 128 x 8, 2 warps, 70-97
 # VGPRs, 50-88 % (4 warps: 64-bit); reduce 2 warps; dwsep 4 warps, 114-175 VGPRs, 64-bit
 # (8 warps: 32-bit); dwsep_weights 1 warp, 171 VGPRs, 128-bit (4 warps: 32-bit).
 _CDNA_TILES = {
-    "depthwise": replace(GPU_TILES["depthwise"], num_warps=2),
+    "depthwise": replace(GPU_TILES["depthwise"], block_p=128, num_warps=2),
     "reduce": replace(GPU_TILES["reduce"], num_warps=2),
     "dwsep": replace(GPU_TILES["dwsep"], num_warps=4),
     "dwsep_weights": replace(GPU_TILES["dwsep_weights"], num_warps=1),
