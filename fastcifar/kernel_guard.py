@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fastcifar.kernels.validate import TOLERANCE, UNIT_ROUNDOFF, ConvConfig
+from fastcifar.kernels.validate import ConvConfig, error_bound, relative_error
 from fastcifar.nn import FusedConvReLUBN, FusedDepthwiseSeparable, revert_to_torch, runs_triton
 from fastcifar.runtime import first_line
 
@@ -68,10 +68,6 @@ def run_block(
     ]
 
 
-def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((a.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-300)).item()
-
-
 def validate_block(kind: str, block: nn.Module, cfg: ConvConfig, device) -> str:
     """Run the fused version of ``block`` (a ``Sequential`` of kind ``conv_relu_bn`` or
     ``dwsep``) and its PyTorch sequence in ``cfg.dtype`` against a float64 PyTorch
@@ -100,11 +96,9 @@ def validate_block(kind: str, block: nn.Module, cfg: ConvConfig, device) -> str:
         ours = run_block(copy_as(FUSED[kind]), x, cfg.dtype, seed=1)
     except Exception as exc:  # reported in the table, never hidden
         return first_line(exc)
-    bound_floor = TOLERANCE.get(cfg.dtype) or 4 * UNIT_ROUNDOFF[cfg.dtype]
     names = ["output", "input gradient"] + [f"gradient of {n}" for n, _ in block.named_parameters()]
     for name, a, r, t in zip(names, ours, ref, theirs, strict=False):
-        err = _rel(a, r)
-        bound = bound_floor if cfg.dtype == torch.float32 else max(3 * _rel(t, r), bound_floor)
+        err, bound = relative_error(a, r), error_bound(cfg.dtype, relative_error(t, r))
         if not err <= bound:  # NaN fails too
             return f"{name} relative error {err:.2e} > bound {bound:.2e}"
     return ""
