@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastcifar.data import AUGMENTATIONS, AlbumentationsLoader, GpuLoader, build_augmentation
-from fastcifar.data.dali_loader import DALI_AUGMENTATIONS, DaliLoader, dali_available
+from fastcifar.data import AUGMENTATIONS, LoaderConfig
+from fastcifar.data.dali_loader import DALI_AUGMENTATIONS, dali_available
+from fastcifar.data.factory import make_train_loader
 from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS
 from fastcifar.engine import RunOptions, Trainer
 from fastcifar.recipes import RECIPES
@@ -48,13 +49,10 @@ def _recipe_for(backend: str, recipe_name: str):
 
 
 def _make(backend: str, aug: str, images, labels, batch: int):
-    common = dict(batch_size=batch, device=DEVICE, channels_last=True)
-    if backend == "gpu":
-        return GpuLoader(images, labels, aug, MEAN, STD, **common)
-    if backend == "dali":
-        return DaliLoader(images, labels, aug, MEAN, STD, threads=os.cpu_count() or 2, **common)
-    pipe = build_augmentation(aug, MEAN, STD)
-    return AlbumentationsLoader(images, labels, pipe, workers=os.cpu_count() or 2, **common)
+    config = LoaderConfig(
+        aug, MEAN, STD, batch, DEVICE, channels_last=True, workers=os.cpu_count() or 2
+    )
+    return make_train_loader(backend, images, labels, config)  # the path training takes
 
 
 @pytest.mark.parametrize("backend", ["albumentations", "dali", "gpu"])

@@ -23,7 +23,7 @@ from fastcifar.data import (
     stratified_subset,
 )
 from fastcifar.data.factory import make_train_loader, resolve_loader
-from fastcifar.data.loaders import EpochLoader
+from fastcifar.data.loaders import EpochLoader, LoaderConfig
 from fastcifar.distributed import SINGLE, World, per_rank_batch
 from fastcifar.errors import FastCifarError
 from fastcifar.models import create_model
@@ -105,12 +105,13 @@ def build_components(
     workers = options.workers if options.workers is not None else min(os.cpu_count() or 1, 8)
     loader_name, why = resolve_loader(options.loader, recipe.augmentation, device)
     print(f"loader: {loader_name} ({why})")
-    train_loader = make_train_loader(
-        loader_name, train_x, train_y, recipe.augmentation, mean, std, batch_size,
-        device, recipe.drop_last, channels_last, recipe.seed, workers,
-        dtype or torch.float32,  # loaders deliver the AMP dtype
-        world.rank, world.size,
+    config = LoaderConfig(
+        recipe.augmentation, mean, std, batch_size, device,
+        dtype=dtype or torch.float32,  # loaders deliver the AMP dtype
+        channels_last=channels_last, drop_last=recipe.drop_last, seed=recipe.seed,
+        workers=workers, rank=world.rank, world_size=world.size,
     )  # fmt: skip
+    train_loader = make_train_loader(loader_name, train_x, train_y, config)
     test_loader = None
     if with_test:
         test_x, test_y = eval_split(arrays, options.test_subset)

@@ -9,8 +9,9 @@ import torch
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install .[dali])")
 
-from fastcifar.data import AlbumentationsLoader, GpuLoader, build_augmentation  # noqa: E402
+from fastcifar.data import LoaderConfig  # noqa: E402
 from fastcifar.data.dali_loader import DALI_AUGMENTATIONS, DaliLoader  # noqa: E402
+from fastcifar.data.factory import make_train_loader  # noqa: E402
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 N = 600
@@ -19,14 +20,8 @@ N = 600
 def draw(backend: str, aug: str, img: np.ndarray, n: int = N, seed: int = 0) -> np.ndarray:
     images = np.repeat(img[None], n, 0)
     labels = np.arange(n) % 10
-    if backend == "dali":
-        ld = DaliLoader(images, labels, aug, MEAN, STD, 200, "cpu", shuffle=False, seed=seed)
-    elif backend == "gpu":
-        ld = GpuLoader(images, labels, aug, MEAN, STD, 200, "cpu", shuffle=False, seed=seed)
-    else:
-        pipe = build_augmentation(aug, MEAN, STD)
-        ld = AlbumentationsLoader(images, labels, pipe, 200, "cpu", shuffle=False, workers=0,
-                                  seed=seed)  # fmt: skip
+    config = LoaderConfig(aug, MEAN, STD, 200, shuffle=False, seed=seed, workers=0)
+    ld = make_train_loader(backend, images, labels, config)  # the path training takes
     return torch.cat([x for x, _ in ld]).numpy()
 
 
@@ -56,8 +51,8 @@ def close(p: float, q: float, n: int = N) -> bool:
 
 def test_contract_and_every_augmentation_runs():
     for aug in DALI_AUGMENTATIONS:
-        ld = DaliLoader(np.repeat(gray_image()[None], 70, 0), np.arange(70) % 10, aug, MEAN,
-                        STD, 32, "cpu", channels_last=True)  # fmt: skip
+        config = LoaderConfig(aug, MEAN, STD, 32, channels_last=True)
+        ld = DaliLoader(np.repeat(gray_image()[None], 70, 0), np.arange(70) % 10, config)
         batches = list(ld)
         assert len(ld) == len(batches) == 3 and len(batches[-1][0]) == 6
         x, y = batches[0]
@@ -147,8 +142,8 @@ def test_flip_rate_and_crop_offsets(aug, pad):
 def test_same_seed_same_batches_and_epochs_reshuffle():
     images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(64) % 10
-    a = DaliLoader(images, labels, "s7", MEAN, STD, 32, "cpu", seed=5)
-    b = DaliLoader(images, labels, "s7", MEAN, STD, 32, "cpu", seed=5)
+    config = LoaderConfig("s7", MEAN, STD, 32, seed=5)
+    a, b = DaliLoader(images, labels, config), DaliLoader(images, labels, config)
     (xa, ya), (xb, yb) = next(iter(a)), next(iter(b))
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
     a.set_epoch(1)

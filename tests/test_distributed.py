@@ -3,6 +3,7 @@ step against one process, rank 0's run directory, kill and resume, the world-siz
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,9 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastcifar.data.augment import build_augmentation
 from fastcifar.data.gpu_loader import GpuLoader
-from fastcifar.data.loaders import AlbumentationsLoader
+from fastcifar.data.loaders import AlbumentationsLoader, LoaderConfig
 from fastcifar.distributed import World, per_rank_batch
 from fastcifar.errors import FastCifarError
 from tests.conftest import ROOT, run_train
@@ -35,9 +35,17 @@ def test_shards_are_disjoint_and_cover_the_epoch(drop_last):
     images, labels = _images(43)  # 43 = 2 global batches of 16 + 11
     seen = []
     for rank in (0, 1):
-        loader = GpuLoader(images, labels, "flip_translate", (0, 0, 0), (1, 1, 1), batch_size=8,
-                           device="cpu", drop_last=drop_last, seed=3)  # fmt: skip
-        loader.shard(rank, 2)
+        config = LoaderConfig(
+            "flip_translate",
+            (0, 0, 0),
+            (1, 1, 1),
+            batch_size=8,
+            drop_last=drop_last,
+            seed=3,
+            rank=rank,
+            world_size=2,
+        )
+        loader = GpuLoader(images, labels, config)
         loader.set_epoch(1)
         assert len(loader) == (2 if drop_last else 3)
         seen.append([int(v) for _, y in loader for v in y])
@@ -48,14 +56,14 @@ def test_shards_are_disjoint_and_cover_the_epoch(drop_last):
 
 def test_gpu_loader_ranks_see_exactly_the_single_process_batches():
     images, labels = _images(64)
-    whole = GpuLoader(images, labels, "alternating_flip_translate_jitter", (0.5,) * 3,
-                      (0.25,) * 3, batch_size=16, device="cpu", seed=2)  # fmt: skip
+    config = LoaderConfig(
+        "alternating_flip_translate_jitter", (0.5,) * 3, (0.25,) * 3, batch_size=16, seed=2
+    )
+    whole = GpuLoader(images, labels, config)
     parts = []
     for rank in (0, 1):
-        loader = GpuLoader(images, labels, "alternating_flip_translate_jitter", (0.5,) * 3,
-                           (0.25,) * 3, batch_size=8, device="cpu", seed=2)  # fmt: skip
-        loader.shard(rank, 2)
-        parts.append(list(loader))
+        shard = dataclasses.replace(config, batch_size=8, rank=rank, world_size=2)
+        parts.append(list(GpuLoader(images, labels, shard)))
     for step, (x, y) in enumerate(whole):
         torch.testing.assert_close(torch.cat([parts[0][step][0], parts[1][step][0]]), x)
         assert torch.equal(torch.cat([parts[0][step][1], parts[1][step][1]]), y)
@@ -63,12 +71,19 @@ def test_gpu_loader_ranks_see_exactly_the_single_process_batches():
 
 def test_albumentations_loader_shards_by_rank():
     images, labels = _images(40)
-    transform = build_augmentation("flip_translate", (0.5,) * 3, (0.25,) * 3)
     seen = []
     for rank in (0, 1):
-        loader = AlbumentationsLoader(images, labels, transform, batch_size=5, device="cpu",
-                                      workers=0, seed=1)  # fmt: skip
-        loader.shard(rank, 2)
+        config = LoaderConfig(
+            "flip_translate",
+            (0.5,) * 3,
+            (0.25,) * 3,
+            batch_size=5,
+            workers=0,
+            seed=1,
+            rank=rank,
+            world_size=2,
+        )
+        loader = AlbumentationsLoader(images, labels, config)
         seen.append([int(v) for _, y in loader for v in y])
     assert sorted(seen[0] + seen[1]) == list(range(40)) and len(seen[0]) == 20
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastcifar import FastCifarError
-from fastcifar.data import AlbumentationsLoader, GpuLoader, build_augmentation
+from fastcifar.data import AlbumentationsLoader, GpuLoader, LoaderConfig
 from fastcifar.data.factory import resolve_loader
 from fastcifar.data.gpu_loader import (
     apply_cutout,
@@ -30,7 +30,7 @@ def pattern(n: int) -> np.ndarray:
 
 def loader(n=256, batch=64, aug="flip_translate", **kw):
     labels = np.arange(n) % 10
-    return GpuLoader(pattern(n), labels, aug, MEAN, STD, batch, "cpu", **kw)
+    return GpuLoader(pattern(n), labels, LoaderConfig(aug, MEAN, STD, batch, **kw))
 
 
 def test_contract_shapes_dtypes_layout_and_length():
@@ -57,8 +57,9 @@ def _decode(x: torch.Tensor):
 def test_flip_rate_and_translation_offsets_match_the_albumentations_pipeline():
     gx = torch.cat([b[0] for b in loader(n=2000, batch=500)])
     flipped, cx, cy = _decode(gx)
-    alb = AlbumentationsLoader(pattern(2000), np.zeros(2000), build_augmentation(
-        "flip_translate", MEAN, STD), 500, "cpu", workers=0)  # fmt: skip
+    alb = AlbumentationsLoader(
+        pattern(2000), np.zeros(2000), LoaderConfig("flip_translate", MEAN, STD, 500, workers=0)
+    )
     ax = torch.cat([b[0] for b in alb])
     a_flipped, acx, acy = _decode(ax)
     for ours, theirs in ((flipped, a_flipped),):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS, GpuAugmentation, GpuLoader
+from fastcifar.data.loaders import LoaderConfig
 from fastcifar.engine import RunOptions, Trainer
 from fastcifar.models.speedrun import SpeedrunNet, whitening_indices
 from fastcifar.optim import EMA
@@ -101,8 +102,8 @@ def _flip_loader(n: int, epoch: int) -> dict[int, bool]:
     images = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
     GPU_AUGMENTATIONS["_test_alternating"] = GpuAugmentation(flip="alternating")
     try:
-        loader = GpuLoader(images, np.arange(n), "_test_alternating", (0, 0, 0), (1, 1, 1),
-                           batch_size=7, device="cpu", seed=5)  # fmt: skip
+        config = LoaderConfig("_test_alternating", (0, 0, 0), (1, 1, 1), batch_size=7, seed=5)
+        loader = GpuLoader(images, np.arange(n), config)
         loader.set_epoch(epoch)
         plain = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
         seen = {}

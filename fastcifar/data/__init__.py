@@ -2,7 +2,13 @@
 
 from fastcifar.data.augment import AUGMENTATIONS, build_augmentation, eval_transform
 from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS, GpuLoader
-from fastcifar.data.loaders import AlbumentationsLoader, AugmentedDataset, EvalLoader
+from fastcifar.data.loaders import (
+    AlbumentationsLoader,
+    AugmentedDataset,
+    EpochLoader,
+    EvalLoader,
+    LoaderConfig,
+)
 from fastcifar.data.readers import CLASSES, CifarArrays
 from fastcifar.data.sources import (
     cache_dir,
@@ -19,7 +25,9 @@ __all__ = [
     "AlbumentationsLoader",
     "AugmentedDataset",
     "CifarArrays",
+    "EpochLoader",
     "EvalLoader",
+    "LoaderConfig",
     "GPU_AUGMENTATIONS",
     "GpuLoader",
     "build_augmentation",

@@ -41,7 +41,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from fastcifar.data.loaders import EpochLoader
+from fastcifar.data.loaders import EpochLoader, LoaderConfig
 from fastcifar.errors import FastCifarError
 
 #: augmentations the DALI backend implements (every recipe's)
@@ -236,46 +236,30 @@ class _EpochSource:
 
 
 class DaliLoader(EpochLoader):
-    """NVIDIA DALI loader; arguments as ``AlbumentationsLoader`` plus ``threads`` and
-    ``dtype`` (the images' dtype on delivery: the AMP dtype; default float32).
+    """NVIDIA DALI loader over uint8 (N, 32, 32, 3) images and int64 (N,) labels, configured
+    by ``LoaderConfig`` (``config.workers`` DALI threads, at least 1; ``augmentation`` a
+    name in ``DALI_AUGMENTATIONS``).
 
-    Runs on the GPU when ``device`` is CUDA, else CPU-only (``device_id=None``).
+    Runs on the GPU when the device is CUDA, else CPU-only (``device_id=None``).
+
+    Raises:
+        FastCifarError: DALI is not installed, or it lacks the augmentation.
     """
 
-    def __init__(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray,
-        augmentation: str,
-        mean: Sequence[float],
-        std: Sequence[float],
-        batch_size: int,
-        device: torch.device,
-        shuffle: bool = True,
-        drop_last: bool = False,
-        channels_last: bool = False,
-        seed: int = 0,
-        threads: int = 2,
-        dtype: torch.dtype = torch.float32,
-    ):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, config: LoaderConfig):
         _require_dali()
-        self.dtype = dtype
-        if augmentation not in DALI_AUGMENTATIONS:
+        super().__init__(config)
+        if config.augmentation not in DALI_AUGMENTATIONS:
             raise FastCifarError(
-                f"--loader dali does not implement augmentation {augmentation!r}: use "
+                f"--loader dali does not implement augmentation {config.augmentation!r}: use "
                 f"--loader albumentations"
             )
         self.images = np.ascontiguousarray(images)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.dataset = self.images
-        self.augmentation = augmentation
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.shuffle, self.drop_last = shuffle, drop_last
-        self.channels_last = channels_last
-        self.seed, self.threads = seed, threads
-        self.epoch = 0
+        self.augmentation = config.augmentation
+        self.mean, self.std = tuple(config.mean), tuple(config.std)
+        self.threads = max(config.workers, 1)
 
     def _pipeline(self):
         from nvidia.dali import fn, pipeline_def

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fastcifar.data.augment import AUGMENTATIONS, build_augmentation
+from fastcifar.data.augment import AUGMENTATIONS
 from fastcifar.data.gpu_loader import GpuLoader
-from fastcifar.data.loaders import AlbumentationsLoader
+from fastcifar.data.loaders import AlbumentationsLoader, EpochLoader, LoaderConfig
 from fastcifar.errors import FastCifarError
 
 LOADER_CHOICES = ("auto", "gpu", "dali", "albumentations")
@@ -73,15 +73,12 @@ def resolve_loader(name: str, augmentation: str, device: torch.device) -> tuple[
 
 
 def make_train_loader(
-    backend: str, images: np.ndarray, labels: np.ndarray, augmentation: str, mean, std,
-    batch_size: int, device: torch.device, drop_last: bool, channels_last: bool, seed: int,
-    workers: int, dtype: torch.dtype, rank: int = 0, world_size: int = 1,
-):  # fmt: skip
+    backend: str, images: np.ndarray, labels: np.ndarray, config: LoaderConfig
+) -> EpochLoader:
     """The training loader of ``backend`` (``resolve_loader``'s answer) over uint8 images
-    (N, 32, 32, 3) and int64 labels (N,): batches of normalised images on ``device`` in
-    ``dtype`` (channels_last when asked) and labels, reshuffled every epoch. With
-    ``world_size`` > 1, ``batch_size`` is this rank's share of each step and the loader is
-    sharded (``EpochLoader.shard``).
+    (N, 32, 32, 3) and int64 labels (N,), configured by ``config``: batches of normalised
+    images on the device in its dtype (channels_last when asked) and labels, reshuffled
+    every epoch; this rank's shard of every step under data-parallel training.
 
     Raises:
         FastCifarError: the batch size with drop_last leaves no batch.
@@ -89,27 +86,14 @@ def make_train_loader(
     if backend == "dali":
         from fastcifar.data.dali_loader import DaliLoader
 
-        loader = DaliLoader(
-            images, labels, augmentation, mean, std, batch_size=batch_size, device=device,
-            shuffle=True, drop_last=drop_last, channels_last=channels_last, seed=seed,
-            threads=workers or 1, dtype=dtype,
-        )  # fmt: skip
+        loader: EpochLoader = DaliLoader(images, labels, config)
     elif backend == "gpu":
-        loader = GpuLoader(
-            images, labels, augmentation, mean, std, batch_size=batch_size, device=device,
-            shuffle=True, drop_last=drop_last, channels_last=channels_last, seed=seed,
-            dtype=dtype,
-        )  # fmt: skip
+        loader = GpuLoader(images, labels, config)
     else:
-        loader = AlbumentationsLoader(
-            images, labels, build_augmentation(augmentation, mean, std), batch_size=batch_size,
-            device=device, shuffle=True, drop_last=drop_last, workers=workers,
-            channels_last=channels_last, seed=seed, dtype=dtype,
-        )  # fmt: skip
-    loader.shard(rank, world_size)
+        loader = AlbumentationsLoader(images, labels, config)
     if len(loader) == 0:
         raise FastCifarError(
-            f"--batch-size {batch_size * world_size} with drop_last leaves no batch of the "
-            f"{len(images)} training images: pass a smaller batch size"
+            f"--batch-size {config.batch_size * config.world_size} with drop_last leaves no "
+            f"batch of the {len(images)} training images: pass a smaller batch size"
         )
     return loader

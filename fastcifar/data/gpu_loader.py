@@ -20,13 +20,13 @@ loader contract of docs/DESIGN.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from fastcifar.data.loaders import EpochLoader
+from fastcifar.data.loaders import EpochLoader, LoaderConfig
 
 
 @dataclass(frozen=True)
@@ -122,42 +122,20 @@ class GpuLoader(EpochLoader):
 
     Args:
         images: uint8 (N, 32, 32, 3). labels: int64 (N,).
-        augmentation: a name in ``GPU_AUGMENTATIONS``.
-        mean, std: per-channel statistics in [0, 1] units, for normalisation.
-        batch_size, device, shuffle, drop_last, channels_last, seed: as the other loaders.
-        dtype: the images' dtype on delivery (the AMP dtype; default float32).
+        config: ``LoaderConfig``; its ``augmentation`` is a name in ``GPU_AUGMENTATIONS``
+            (``workers`` is unused: every step is a few batched tensor operations).
     """
 
-    def __init__(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray,
-        augmentation: str,
-        mean: Sequence[float],
-        std: Sequence[float],
-        batch_size: int,
-        device: torch.device,
-        shuffle: bool = True,
-        drop_last: bool = False,
-        channels_last: bool = False,
-        seed: int = 0,
-        dtype: torch.dtype = torch.float32,
-    ):
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.aug = GPU_AUGMENTATIONS[augmentation]
+    def __init__(self, images: np.ndarray, labels: np.ndarray, config: LoaderConfig):
+        super().__init__(config)
+        self.aug = GPU_AUGMENTATIONS[config.augmentation]
         # (N, 3, 32, 32) uint8 on the device: 150 MiB for the training set
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         self.images = self.images.permute(0, 3, 1, 2).contiguous()
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.channels_last = channels_last
-        self.seed = seed
-        self.epoch = 0
+        stat = {"dtype": torch.float32, "device": self.device}
+        self.mean = torch.tensor(config.mean, **stat).view(1, 3, 1, 1)
+        self.std = torch.tensor(config.std, **stat).view(1, 3, 1, 1)
         self.dataset = self.images  # len(loader.dataset) is the number of images
 
     def base_flips(self) -> torch.Tensor:

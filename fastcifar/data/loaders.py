@@ -16,6 +16,7 @@ uninterrupted one (for the same number of workers).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,33 +46,81 @@ class AugmentedDataset(Dataset):
         self.transform.set_random_seed(seed & _MASK)
 
 
-class EpochLoader:
-    """What every training loader shares: ``set_epoch``, ``len()`` (steps per epoch, from
-    ``dataset``, ``batch_size``, ``drop_last`` and the number of ranks), per-epoch seeds
-    that depend on (seed, epoch) alone, and sharding across data-parallel ranks.
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How a training loader delivers its batches: the one argument, besides the images and
+    labels, that every ``EpochLoader`` takes (``fastcifar.data.factory`` fills it from the
+    recipe and the run options).
 
-    Sharding (``shard(rank, world_size)``): ``batch_size`` is this rank's share of a step;
-    the epoch's order is the same on every rank (it depends on (seed, epoch) alone), cut
-    into global batches of ``batch_size * world_size`` images, and rank r takes the r-th
-    part of each: no image is seen twice in an epoch across ranks, and only ``drop_last``
-    drops any. A last partial global batch is split as evenly as it goes
+    Attributes:
+        augmentation: a recipe's augmentation name (``fastcifar.data.augment``,
+            ``gpu_loader.GPU_AUGMENTATIONS``, ``dali_loader.DALI_AUGMENTATIONS``).
+        mean, std: per-channel statistics in [0, 1] units: images are delivered as
+            ``(x / 255 - mean) / std``.
+        batch_size: images per step on this rank (>= 1): the global batch divided by
+            ``world_size``.
+        device: where batches are delivered.
+        dtype: the images' dtype on delivery (the AMP dtype, or float32).
+        channels_last: deliver images in channels_last memory format.
+        shuffle: reshuffle every epoch (else the stored order).
+        drop_last: drop the last partial (global) batch.
+        seed: base seed of the order and the augmentation (``EpochLoader.epoch_seed``).
+        workers: CPU processes (albumentations: DataLoader workers, 0 runs in this
+            process) or threads (DALI, at least 1); the GPU loader uses none.
+        rank, world_size: this rank's shard of every step under data-parallel training.
+    """
+
+    augmentation: str
+    mean: Sequence[float]
+    std: Sequence[float]
+    batch_size: int
+    device: torch.device | str = "cpu"
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    shuffle: bool = True
+    drop_last: bool = False
+    seed: int = 0
+    workers: int = 2
+    rank: int = 0
+    world_size: int = 1
+
+
+class EpochLoader:
+    """What every training loader shares: its ``LoaderConfig``, ``set_epoch``, ``len()``
+    (steps per epoch, from ``dataset``, the batch size, ``drop_last`` and the number of
+    ranks), per-epoch seeds that depend on (seed, epoch) alone, and sharding across
+    data-parallel ranks.
+
+    Sharding (``config.rank``, ``config.world_size``): ``batch_size`` is this rank's share
+    of a step; the epoch's order is the same on every rank (it depends on (seed, epoch)
+    alone), cut into global batches of ``batch_size * world_size`` images, and rank r takes
+    the r-th part of each: no image is seen twice in an epoch across ranks, and only
+    ``drop_last`` drops any. A last partial global batch is split as evenly as it goes
     (``torch.tensor_split``); one smaller than the number of ranks is dropped, since a rank
     cannot take an empty step.
     """
 
     dataset: object
-    batch_size: int
-    drop_last: bool
-    seed: int
+    config: LoaderConfig
     epoch: int = 0
-    rank: int = 0
-    world_size: int = 1
+
+    def __init__(self, config: LoaderConfig):
+        self.config = config
+        self.device = torch.device(config.device)
+        self.epoch = 0
+
+    # the config's fields that the loops read, by their usual names
+    batch_size = property(lambda self: self.config.batch_size)
+    drop_last = property(lambda self: self.config.drop_last)
+    shuffle = property(lambda self: self.config.shuffle)
+    seed = property(lambda self: self.config.seed)
+    dtype = property(lambda self: self.config.dtype)
+    channels_last = property(lambda self: self.config.channels_last)
+    rank = property(lambda self: self.config.rank)
+    world_size = property(lambda self: self.config.world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-
-    def shard(self, rank: int, world_size: int) -> None:
-        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         n, batch = len(self.dataset), self.batch_size * self.world_size
@@ -107,46 +156,26 @@ def _worker_init(worker_id: int) -> None:
 
 
 class AlbumentationsLoader(EpochLoader):
-    """The CPU fallback: albumentations in DataLoader workers, batches moved to ``device``.
+    """The CPU fallback: albumentations in DataLoader workers, batches moved to the device.
 
     Args:
         images: uint8 (N, 32, 32, 3) training images.
         labels: int64 (N,) labels.
-        transform: an albumentations Compose ending in ToTensorV2.
-        batch_size: images per batch (>= 1).
-        device: where batches are delivered.
-        shuffle: reshuffle every epoch.
-        drop_last: drop the last partial batch.
-        workers: DataLoader worker processes (0 runs the pipeline in this process).
-        channels_last: deliver images in channels_last memory format.
-        seed: base seed for order and augmentation.
-        dtype: the images' dtype on delivery (the AMP dtype; default float32).
+        config: batch, device, dtype, seed, workers, shard (``LoaderConfig``).
+        transform: an albumentations Compose ending in ToTensorV2; default the recipe's
+            pipeline (``fastcifar.data.augment.build_augmentation`` of
+            ``config.augmentation``, ``config.mean``, ``config.std``).
     """
 
-    def __init__(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray,
-        transform,
-        batch_size: int,
-        device: torch.device,
-        shuffle: bool = True,
-        drop_last: bool = False,
-        workers: int = 2,
-        channels_last: bool = False,
-        seed: int = 0,
-        dtype: torch.dtype = torch.float32,
-    ):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, config: LoaderConfig,
+                 transform=None):  # fmt: skip
+        super().__init__(config)
+        if transform is None:
+            from fastcifar.data.augment import build_augmentation
+
+            transform = build_augmentation(config.augmentation, config.mean, config.std)
         self.dataset = AugmentedDataset(images, labels, transform)
-        self.dtype = dtype
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.workers = workers
-        self.channels_last = channels_last
-        self.seed = seed
-        self.epoch = 0
+        self.workers = config.workers
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.epoch_seed(17))
