@@ -22,8 +22,9 @@ import pytest
 import torch
 
 from fastcifar.data.augment import AUGMENTATIONS
-from fastcifar.engine import RunOptions, Trainer
+from fastcifar.engine import RunOptions
 from fastcifar.recipes import RECIPES
+from fastcifar.train import build_trainer
 
 FULL = os.environ.get("FASTCIFAR_BENCH_FULL") == "1"
 IMAGES = None if FULL else 128
@@ -68,11 +69,11 @@ def test_epoch(benchmark, tmp_path, recipe_name, config):
         # the seeds' way is the albumentations loader, which has no alternating flip (a
         # gpu-loader-only augmentation): the speed runs take the nearest it has
         recipe = recipe.replace(augmentation="flip_translate")
-    t = Trainer(recipe, opts, tmp_path)
+    t = build_trainer(recipe, opts, tmp_path)
     warmup = t.warm_up() if opts.compile else 0.0
     t.train_epoch(0)  # first epoch: loader start-up, remaining lazy initialisation
     benchmark.pedantic(lambda: t.train_epoch(0), rounds=3 if FULL else 1, iterations=1)
-    images = len(t.train_loader.dataset)
+    images = len(t.components.train_loader.dataset)
     seconds = benchmark.stats.stats.median
     benchmark.extra_info.update(
         recipe=recipe_name,
@@ -82,11 +83,11 @@ def test_epoch(benchmark, tmp_path, recipe_name, config):
         images_per_s=images / seconds,
         seconds_per_epoch_50k=50_000 / (images / seconds),
         warmup_s=warmup,
-        device=str(t.device),
-        amp=str(t.amp_dtype) if t.amp else "off",
-        channels_last=t.channels_last,
+        device=str(t.components.device),
+        amp=str(t.components.amp_dtype or "off"),
+        channels_last=t.components.channels_last,
         compiled=t.forward.compiled is not None,
         compile_backend=opts.compile_backend if opts.compile else None,
-        kernels=t.kernels,
-        loader=t.loader_name,
+        kernels=t.components.kernels,
+        loader=t.components.loader_name,
     )

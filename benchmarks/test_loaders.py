@@ -21,8 +21,9 @@ from fastcifar.data import AUGMENTATIONS, LoaderConfig
 from fastcifar.data.dali_loader import DALI_AUGMENTATIONS, dali_available
 from fastcifar.data.factory import make_train_loader
 from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS
-from fastcifar.engine import RunOptions, Trainer
+from fastcifar.engine import RunOptions
 from fastcifar.recipes import RECIPES
+from fastcifar.train import build_trainer
 
 FULL = os.environ.get("FASTCIFAR_BENCH_FULL") == "1"
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -98,11 +99,11 @@ def test_in_step(benchmark, tmp_path, backend, recipe_name):
         channels_last=True,
         loader=backend,
     )
-    t = Trainer(recipe, opts, tmp_path)
+    t = build_trainer(recipe, opts, tmp_path)
     t.train_epoch(0)
     start = time.perf_counter()
     benchmark.pedantic(lambda: t.train_epoch(0), rounds=2 if FULL else 1, iterations=1)
-    images = len(t.train_loader.dataset)
+    images = len(t.components.train_loader.dataset)
     benchmark.extra_info.update(
         backend=backend,
         recipe=recipe_name,

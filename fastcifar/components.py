@@ -24,10 +24,9 @@ from fastcifar.data import (
 )
 from fastcifar.data.factory import make_train_loader, resolve_loader
 from fastcifar.data.loaders import EpochLoader, LoaderConfig
-from fastcifar.distributed import SINGLE, World, per_rank_batch
+from fastcifar.distributed import SINGLE, World, per_rank_batch, sync_batchnorm
 from fastcifar.errors import FastCifarError
-from fastcifar.models import create_model
-from fastcifar.models.speedrun import init_whitening_from
+from fastcifar.models import CifarNet, create_model
 from fastcifar.optim import criterion
 from fastcifar.recipes import Recipe
 from fastcifar.rundir import RunOptions
@@ -51,7 +50,7 @@ class Components:
     loader_name: str
     train_loader: EpochLoader
     test_loader: EvalLoader | None
-    model: nn.Module
+    model: CifarNet
     kernels: str
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> loss
     kernel_dispatch: list[dict]  # --kernels auto on CUDA: fastcifar.dispatch's decisions
@@ -61,15 +60,15 @@ def build_components(
     recipe: Recipe,
     options: RunOptions,
     with_test: bool = True,
-    init_whitening: bool = True,
     world: World = SINGLE,
 ) -> Components:
     """Device and AMP policy, the data (subsets applied), the training loader chosen by
     ``options.loader``, the test loader (unless ``with_test`` is False), the model on the
-    device (channels_last, whitening initialised unless ``init_whitening`` is False, Triton
-    kernels validated and swapped in when ``options.kernels`` resolves to triton) and the
-    recipe's criterion. Prints one line per choice made. ``Trainer`` (which initialises
-    the whitening itself, inside the timed span) and the LR range test both start here.
+    device (channels_last, SyncBatchNorm with ``options.sync_bn``, Triton kernels
+    validated and swapped in when ``options.kernels`` resolves to triton) and the recipe's
+    criterion. Prints one line per choice made. The ``Trainer`` and the LR range test both
+    start here; neither initialises from data yet (``CifarNet.init_from_data``: the
+    trainer does it inside the timed span).
     On CUDA it turns on ``torch.backends.cudnn.benchmark`` (CIFAR shapes are fixed, so the
     fastest cuDNN algorithm is searched once per shape).
 
@@ -79,7 +78,8 @@ def build_components(
 
     Raises:
         FastCifarError: bad data, a loader or kernel choice that cannot run here, a kernel
-            validation failure, or a global batch that does not divide among the ranks.
+            validation failure, a global batch that does not divide among the ranks, or
+            --sync-bn off CUDA.
     """
     device = resolve_device(options.device)
     if world.distributed and device.type == "cuda":
@@ -120,8 +120,6 @@ def build_components(
 
     torch.manual_seed(recipe.seed)
     model = create_model(recipe.model).to(device)
-    if init_whitening:
-        init_whitening_from(model, train_x, recipe.whiten_images, recipe.seed, mean, std)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     kernels = resolve_kernels(options.kernels, device)
@@ -130,6 +128,8 @@ def build_components(
         _use_triton_kernels(model, batch_size, device, channels_last, dtype)
     elif kernels == "auto":
         dispatch = _dispatch_kernels(model, batch_size, device, channels_last, dtype)
+    if options.sync_bn:
+        model = sync_batchnorm(model, device)
     return Components(
         device, dtype, channels_last, arrays, train_x, mean, std, loader_name, train_loader,
         test_loader, model, kernels, criterion(recipe.loss, recipe.label_smoothing), dispatch,

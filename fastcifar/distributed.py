@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from fastcifar.errors import FastCifarError
 
@@ -126,6 +127,22 @@ def broadcast_object(obj):
         dist.broadcast_object_list(box, src=0)
         return box[0]
     return obj
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """--sync-bn: ``model`` with BatchNorm statistics over the global batch (PyTorch's
+    SyncBatchNorm; CUDA only). Off by default: the record holders train with per-GPU
+    statistics.
+
+    Raises:
+        FastCifarError: ``device`` is not a CUDA GPU.
+    """
+    if device.type != "cuda":
+        raise FastCifarError(
+            "--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm runs on GPUs only): drop "
+            "--sync-bn on the CPU"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def barrier() -> None:

@@ -21,48 +21,28 @@ import copy
 import dataclasses
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastcifar.components import build_components
-from fastcifar.distributed import (
-    SINGLE,
-    World,
-    all_reduce_,
-    broadcast_buffers,
-    broadcast_object,
-)
+from fastcifar.components import Components
+from fastcifar.distributed import SINGLE, World, all_reduce_, broadcast_buffers
 from fastcifar.errors import FastCifarError
-from fastcifar.loggers import EpochLogger, default_loggers
-from fastcifar.lr_range import range_test
-from fastcifar.models.speedrun import init_whitening_from
-from fastcifar.optim import (
-    l1_penalty,
-    make_ema,
-    make_optimizer,
-    make_schedule,
-    total_steps,
-    whiten_bias_steps,
-)
+from fastcifar.loggers import EpochLogger, progress_bar
+from fastcifar.optim import Optimization, l1_penalty, total_steps, whiten_bias_steps
 from fastcifar.recipes import Recipe
 from fastcifar.rundir import (
     RunOptions,
     RunState,
     atomic_write,
-    load_checkpoint,
+    checkpoint,
+    load_last,
     save_epoch,
     summarise,
 )
-from fastcifar.runtime import (
-    CompiledForward,
-    Timer,
-    device_name,
-    versions,
-)
+from fastcifar.runtime import CompiledForward, Timer, device_name, versions
 from fastcifar.tta import tta_logits
 
 __all__ = ["RunOptions", "RunState", "Trainer", "TrainingDiverged"]
@@ -73,185 +53,104 @@ class TrainingDiverged(FastCifarError):
 
 
 class Trainer:
-    """Trains ``recipe`` with ``options`` into ``run_dir``; ``fit()`` runs to the end.
+    """Trains ``recipe`` on ``components`` (``fastcifar.components.build_components``)
+    into ``run_dir``; ``fit()`` runs to the end.
 
-    Construct it only after the inputs were validated: it loads the data (which may
-    raise FastCifarError for a bad source) before it creates anything in ``run_dir``.
+    The caller builds the components (which loads the data and may raise FastCifarError
+    for a bad source) and runs the LR range test when the recipe asks for one
+    (``fastcifar.lr_range.with_found_lr``) first. ``resume`` continues from
+    ``run_dir/last.pt``; ``loggers`` (``fastcifar.loggers``) hear of every epoch on rank 0.
     """
 
     def __init__(
         self,
         recipe: Recipe,
+        components: Components,
         options: RunOptions,
         run_dir: Path,
         resume: bool = False,
         world: World = SINGLE,
         loggers: list[EpochLogger] | None = None,
     ):
-        self.recipe = recipe.validate()
-        self.run_dir = Path(run_dir)
-        self.world = world
-        c = build_components(self.recipe, options, init_whitening=False, world=world)
+        self.recipe, self.components, c = recipe.validate(), components, components
+        self.model, self.run_dir, self.world = c.model, Path(run_dir), world
+        self.loggers = list(loggers or []) if world.is_main else []
         # the options as run: config.json records the resolved data source
         self.options = dataclasses.replace(options, data=c.arrays.source)
-        self.device, self.amp_dtype, self.channels_last = c.device, c.amp_dtype, c.channels_last
-        self.amp = self.amp_dtype is not None
-        self.arrays, self.mean, self.std = c.arrays, c.mean, c.std
-        self.train_images = c.train_images
-        self.loader_name, self.train_loader, self.test_loader = (
-            c.loader_name, c.train_loader, c.test_loader
-        )  # fmt: skip
-        self.model, self.kernels, self._criterion = c.model, c.kernels, c.criterion
-        self.kernel_dispatch = c.kernel_dispatch
-        if options.sync_bn:
-            self.model = self._sync_batchnorm(self.model)
-        if self.recipe.lr_find and not resume:
-            self._find_lr()
-        steps = len(self.train_loader)
+        steps = len(c.train_loader)
         self.total_steps = total_steps(self.recipe, steps)
         self.whiten_bias_steps = whiten_bias_steps(self.recipe, steps)
-        self._set_whiten_bias_trainable(0)
+        self.model.set_whiten_bias_trainable(self.whiten_bias_steps > 0)
         backend = options.compile_backend if options.compile else None
-        self.optimizer = make_optimizer(self.model, self.recipe, compile_backend=backend)
-        self.schedule = make_schedule(self.optimizer, self.recipe, steps)
-        self.ema = make_ema(self.model, self.recipe.ema)
-        use_scaler = self.amp and self.amp_dtype == torch.float16
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.opt = Optimization(self.model, self.recipe, steps, c.amp_dtype, c.device, backend)
         self.state = RunState()
         if resume:
-            self._load_checkpoint(self.run_dir / "last.pt")
-        # what the training step calls: the model, or under torchrun the model in
-        # DistributedDataParallel (gradients averaged over ranks during backward)
-        self.train_model = self._data_parallel(self.model) if world.distributed else self.model
-        r = self.recipe
-        self.forward = CompiledForward(
-            self.train_model, options.compile, options.compile_backend, r.compile_mode
-        )
+            saved, self.state = load_last(self.run_dir, c.device)
+            self._restore(saved)
+        self._compile(options)
+
+    def _compile(self, options: RunOptions) -> None:
+        """The forwards the loops call: the model (under torchrun in DistributedDataParallel,
+        gradients averaged during backward; evaluation without it), compiled with
+        --compile; forward + loss as one graph with the recipe's ``compile_step``."""
+        train_model = self._data_parallel() if self.world.distributed else self.model
+        on, backend, mode = options.compile, options.compile_backend, self.recipe.compile_mode
+        self.forward = CompiledForward(train_model, on, backend, mode)
         self.eval_forward = self.forward
-        if world.distributed:  # evaluation needs no gradient synchronisation
-            self.eval_forward = CompiledForward(
-                self.model, options.compile, options.compile_backend, r.compile_mode
-            )
-        # training: forward + loss as one compiled graph (--compile-step), else the compiled
-        # model and an eager loss
-        self.forward_loss = CompiledForward(
-            self._forward_loss, options.compile and r.compile_step, options.compile_backend,
-            r.compile_mode,
-        )  # fmt: skip
-        # rank 0 reports: the console, TensorBoard (fastcifar.loggers), or the caller's
-        if loggers is None and world.is_main:
-            loggers = default_loggers(r.epochs, self.run_dir, options.tensorboard)
-        self.loggers = list(loggers or [])
+        if self.world.distributed:
+            self.eval_forward = CompiledForward(self.model, on, backend, mode)
+        self.train_model = train_model
+        step_on = on and self.recipe.compile_step
+        self.forward_loss = CompiledForward(self._forward_loss, step_on, backend, mode)
 
-    # ------------------------------------------------------------------ set-up
-
-    def _sync_batchnorm(self, model: nn.Module) -> nn.Module:
-        """--sync-bn: BatchNorm statistics over the global batch (PyTorch's SyncBatchNorm;
-        CUDA only). Off by default: the record holders train with per-GPU statistics."""
-        if self.device.type != "cuda":
-            raise FastCifarError(
-                "--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm runs on GPUs only): drop "
-                "--sync-bn on the CPU"
-            )
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-    def _data_parallel(self, model: nn.Module) -> nn.Module:
-        """``model`` in DistributedDataParallel on this rank's device. A whitening bias that
-        stops training mid-run gets no gradient from then on, so DDP must expect unused
-        parameters."""
+    def _data_parallel(self) -> nn.Module:
+        """The model in DistributedDataParallel on this rank's device. A whitening bias
+        that stops training mid-run gets no gradient from then on, so DDP must expect
+        unused parameters."""
         from torch.nn.parallel import DistributedDataParallel
 
+        device = self.components.device
         return DistributedDataParallel(
-            model,
-            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            self.model,
+            device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=self.whiten_bias_steps > 0,
         )
 
-    def _find_lr(self) -> None:
-        """The recipe asks for its peak lr from an LR range test first (as seed 003 did)."""
-        result = range_test(
-            self.model, make_optimizer(self.model, self.recipe), self._criterion,
-            self.train_loader, self.device, num_iter=self.recipe.lr_find_iters,
-        )  # fmt: skip
-        print(f"lr_find: suggested lr {result.suggested_lr:.4g} (steepest descent); the recipe "
-              f"uses it as its peak lr")  # fmt: skip
-        # every rank tested on its own shard: all take rank 0's answer
-        self.recipe = self.recipe.replace(lr=broadcast_object(float(result.suggested_lr)))
-
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
-
-    def _set_whiten_bias_trainable(self, step: int) -> None:
-        """The whitening bias (speed-run nets) trains for its first ``whiten_bias_steps``
-        optimizer steps, then is frozen (no gradient at all, as the record detaches it)."""
-        whiten = getattr(self.model, "whiten", None)
-        if whiten is not None and whiten.bias is not None:
-            trains = step < self.whiten_bias_steps
-            if whiten.bias.requires_grad != trains:
-                whiten.bias.requires_grad_(trains)
-
-    def _init_whitening(self) -> None:
-        """Whitening filters from ``whiten_images`` training images (a seeded sample,
-        ``whitening_indices``), timed (the record counts it): from the device-resident copy
-        when the loader keeps one."""
-        timer = Timer(self.device)
-        resident = getattr(self.train_loader, "images", None)
-        images = resident if isinstance(resident, torch.Tensor) else self.train_images
-        r = self.recipe
-        if init_whitening_from(self.model, images, r.whiten_images, r.seed, self.mean, self.std):
-            self.state.whiten_time_s += timer.stop()
+        dtype = self.components.amp_dtype
+        return torch.autocast(self.components.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _seed_epoch(self, epoch: int) -> None:
         torch.manual_seed(self.recipe.seed * 100_003 + epoch)
-        self.train_loader.set_epoch(epoch)
+        self.components.train_loader.set_epoch(epoch)
+
+    def _init_from_data(self) -> None:
+        """The model's data-dependent initialisation (the speed-run network's whitening)
+        from ``whiten_images`` training images, timed (the record counts it): from the
+        loader's device-resident copy when it keeps one."""
+        c, r, timer = self.components, self.recipe, Timer(self.components.device)
+        resident = getattr(c.train_loader, "images", None)
+        images = resident if isinstance(resident, torch.Tensor) else c.train_images
+        if self.model.init_from_data(images, r.whiten_images, r.seed, c.mean, c.std):
+            self.state.whiten_time_s += timer.stop()
 
     # ------------------------------------------------------------------ checkpoints
 
     def _training_state(self) -> dict:
         """Everything a step changes: model, optimizer, schedule, scaler, EMA."""
-        return {
-            "train_model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-        }
+        return {"train_model": self.model.state_dict(), **self.opt.state_dict()}
 
-    def _restore_training_state(self, saved: dict) -> None:
+    def _restore(self, saved: dict) -> None:
         self.model.load_state_dict(saved["train_model"])
-        if self.ema is not None:
-            self.ema.load_state_dict(saved["ema"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.schedule.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
+        self.opt.load_state_dict(saved)
 
-    def _checkpoint(self) -> dict:
-        evaluated = self.ema.module if self.ema is not None else self.model
-        return {
-            "model": evaluated.state_dict(),  # the weights evaluated (the EMA when used)
-            **self._training_state(),
-            "state": asdict(self.state),
-            "recipe": asdict(self.recipe),
-            "mean": list(self.mean),
-            "std": list(self.std),
-        }
-
-    def _load_checkpoint(self, path: Path) -> None:
-        if not path.exists():
-            raise FastCifarError(
-                f"{path.parent} has no last.pt checkpoint (the run stopped before its first "
-                f"epoch ended): start it again without --resume"
-            )
-        ckpt = load_checkpoint(path, self.device, "start a new run (drop --resume)")
-        self._restore_training_state(ckpt)
-        self.state = RunState(**ckpt["state"])
-
-    # ------------------------------------------------------------------ end of an epoch
-
-    def checkpoint_hook(self, row: dict, is_best: bool) -> None:
-        """The epoch's checkpoint and records into the run directory (``save_epoch``);
-        ``fit`` calls it before the loggers, so a logged epoch is saved."""
-        save_epoch(self.run_dir, self._checkpoint(), self.state, is_best)
+    def save_epoch(self, is_best: bool) -> None:
+        """The epoch's checkpoint and records into the run directory (rank 0; before the
+        loggers hear of it, so a logged epoch is saved)."""
+        weights = self.opt.evaluated(self.model).state_dict()
+        c = self.components
+        ckpt = checkpoint(weights, self._training_state(), self.state, self.recipe, c.mean, c.std)
+        save_epoch(self.run_dir, ckpt, self.state, is_best)
 
     # ------------------------------------------------------------------ loops
 
@@ -260,25 +159,22 @@ class Trainer:
         --compile-step."""
         step_compiled = self.forward_loss.compiled is not None
         out = self.train_model(x) if step_compiled else self.forward(x)
-        return self._criterion(out, y), out
+        return self.components.criterion(out, y), out
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step; returns (mean criterion loss, model output)."""
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Optimizer step ``step`` of the run (from 0) on a batch; returns (mean criterion
+        loss, model output)."""
+        self.model.set_whiten_bias_trainable(step < self.whiten_bias_steps)
         with self._autocast():
             loss, out = self.forward_loss(x, y)
+            total = loss
             if self.recipe.loss_reduction == "sum":  # over the global batch: DDP averages
                 total = loss * (len(y) * self.world.size)
-            else:
-                total = loss
             if self.recipe.l1:
                 total = total + self.recipe.l1 * l1_penalty(self.model)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        self.schedule.after_step()
+        self.opt.step(total, self.model)
         return loss, out
 
     def warm_up(self, steps: int = 3) -> float:
@@ -289,73 +185,57 @@ class Trainer:
         start = time.perf_counter()
         self.model.train()
         self._seed_epoch(self.state.epoch)
-        step = len(self.state.lrs)
-        for i, (x, y) in zip(range(steps), self.train_loader, strict=False):
-            if self.whiten_bias_steps and i == steps - 1:  # the graph without its gradient
-                self._set_whiten_bias_trainable(self.whiten_bias_steps)
-            self._train_step(x, y)
-        self._set_whiten_bias_trainable(step)
+        first = len(self.state.lrs)
+        for i, (x, y) in zip(range(steps), self.components.train_loader, strict=False):
+            # the last step builds the graph without the whitening bias's gradient
+            frozen = self.whiten_bias_steps and i == steps - 1
+            self.train_step(x, y, self.whiten_bias_steps if frozen else first + i)
+        self.model.set_whiten_bias_trainable(first < self.whiten_bias_steps)
         self.evaluate(max_batches=1)
         if self.recipe.tta != "none":
             self.evaluate(tta=True)  # the final evaluation's shapes
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        if self.components.device.type == "cuda":
+            torch.cuda.synchronize(self.components.device)
         seconds = time.perf_counter() - start
-        self._restore_training_state(saved)
+        self._restore(saved)
         return seconds
 
     def train_epoch(self, epoch: int) -> dict:
-        from tqdm.auto import tqdm
-
+        """One epoch (``--last-epoch-fraction`` shortens the last); returns its training
+        metrics (lr at its start, mean loss, accuracy percent, seconds, images/s) over all
+        ranks. Raises TrainingDiverged on a NaN or inf loss."""
         self.model.train()
         self._seed_epoch(epoch)
-        loader = self.train_loader
+        loader, device = self.components.train_loader, self.components.device
         first = len(self.state.lrs)  # optimizer steps taken before this epoch
-        steps = min(len(loader), self.total_steps - first)  # --last-epoch-fraction
-        losses = torch.zeros(steps, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        seen = 0
-        lr = self.optimizer.param_groups[0]["lr"]
-        start = time.perf_counter()
-        bar = tqdm(
-            total=steps,
-            desc=f"epoch {epoch + 1}/{self.recipe.epochs}",
-            unit="batch",
-            leave=False,
-            mininterval=1.0,
-            disable=None,
-        )
-        timer = Timer(self.device)
+        steps = min(len(loader), self.total_steps - first)
+        losses = torch.zeros(steps, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen, lr, start = 0, self.opt.lr, time.perf_counter()
+        bar = progress_bar(steps, f"epoch {epoch + 1}/{self.recipe.epochs}")
+        timer = Timer(device)
         for step, (x, y) in zip(range(steps), loader, strict=False):
-            self._set_whiten_bias_trainable(first + step)
-            self.state.lrs.append(self.optimizer.param_groups[0]["lr"])
-            loss, out = self._train_step(x, y)
+            self.state.lrs.append(self.opt.lr)
+            loss, out = self.train_step(x, y, first + step)
             losses[step] = loss.detach()
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
             if step % 20 == 19 or step == steps - 1:
                 self._check_finite(losses[: step + 1], epoch)
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(
-                    loss=f"{losses[step].item():.3f}",
-                    acc=f"{100 * correct.item() / seen:.1f}",
-                    img_s=f"{seen / elapsed:.0f}",
-                )
+                bar.set_postfix(loss=f"{losses[step].item():.3f}",
+                                acc=f"{100 * correct.item() / seen:.1f}",
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}")  # fmt: skip
             bar.update(1)
         bar.close()
         self.state.train_time_s += timer.stop()
         elapsed = time.perf_counter() - start
         # over all ranks: each step's loss is the mean of the ranks' (equal) shares
         losses = all_reduce_(losses, "mean")
-        counts = all_reduce_(torch.stack([correct, torch.tensor(seen, device=self.device)]))
+        counts = all_reduce_(torch.stack([correct, torch.tensor(seen, device=device)]))
         self.state.step_losses.extend(losses.tolist())
-        return {
-            "lr": lr,
-            "train_loss": float(losses.mean()),
-            "train_acc": 100.0 * int(counts[0]) / int(counts[1]),
-            "train_time_s": elapsed,
-            "images_per_s": int(counts[1]) / elapsed,
-        }
+        return {"lr": lr, "train_loss": float(losses.mean()),
+                "train_acc": 100.0 * int(counts[0]) / int(counts[1]),
+                "images_per_s": int(counts[1]) / elapsed}  # fmt: skip
 
     def _check_finite(self, losses: torch.Tensor, epoch: int) -> None:
         """Stop every rank together when any rank's loss is NaN or inf."""
@@ -363,11 +243,10 @@ class Trainer:
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             step = int(bad[0])
-            value = float(losses[step])
             raise TrainingDiverged(
-                f"loss became {value} at epoch {epoch + 1}, step {step + 1}: the last good "
-                f"checkpoint ({self.state.epoch} epochs) is kept in {self.run_dir}; lower --lr "
-                f"or try --no-amp"
+                f"loss became {float(losses[step])} at epoch {epoch + 1}, step {step + 1}: the "
+                f"last good checkpoint ({self.state.epoch} epochs) is kept in {self.run_dir}; "
+                f"lower --lr or try --no-amp"
             )
 
     @torch.no_grad()
@@ -377,24 +256,20 @@ class Trainer:
         ``tta_fraction``; ``fastcifar.tta``) over the whole test set."""
         self.model.eval()
         broadcast_buffers(self.model)  # rank 0's BatchNorm statistics everywhere
-        if self.ema is not None:
-            broadcast_buffers(self.ema.module)
-        forward = self.ema.module.eval() if self.ema is not None else self.eval_forward
-        xs, ys = [], []
-        for i, (x, y) in enumerate(self.test_loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            xs.append(x)
-            ys.append(y)
-        x, y = torch.cat(xs), torch.cat(ys)
+        ema = self.opt.ema
+        if ema is not None:
+            broadcast_buffers(ema.module)
+        forward = ema.module.eval() if ema is not None else self.eval_forward
+        test_loader = self.components.test_loader
+        batches = [b for i, b in enumerate(test_loader) if max_batches is None or i < max_batches]
+        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
         mode = self.recipe.tta if tta else "none"
         with self._autocast():
             out = tta_logits(forward, x, mode, self.recipe.tta_fraction,
-                             batch_size=self.test_loader.batch_size)  # fmt: skip
+                             batch_size=test_loader.batch_size)  # fmt: skip
         loss = F.cross_entropy(out, y, reduction="sum")
         correct = (out.argmax(1) == y).sum()
-        n = len(y)
-        return {"test_loss": float(loss) / n, "test_acc": 100.0 * correct.item() / n}
+        return {"test_loss": float(loss) / len(y), "test_acc": 100.0 * correct.item() / len(y)}
 
     def fit(self) -> dict:
         """Train the remaining epochs, checkpointing after each; write summary.json.
@@ -405,58 +280,55 @@ class Trainer:
         Raises:
             TrainingDiverged: the loss became NaN or inf (the last good checkpoint stays).
         """
-        r = self.recipe
-        run_start = time.perf_counter()
+        r, run_start = self.recipe, time.perf_counter()
         if self.state.epoch:
             print(f"resume: {self.run_dir} from epoch {self.state.epoch + 1}/{r.epochs}")
         if self.options.compile and self.state.epoch < r.epochs:
             self.state.compile_time_s += self.warm_up()
             print(f"compile: warm-up took {self.state.compile_time_s:.1f} s (not timed)")
         if self.state.epoch == 0:
-            self._init_whitening()
+            self._init_from_data()
         for epoch in range(self.state.epoch, r.epochs):
-            t0 = time.perf_counter()
-            train = self.train_epoch(epoch)
-            final_tta = {}
-            if epoch == r.epochs - 1 and r.tta != "none":
-                timer = Timer(self.device)
-                final = self.evaluate(tta=True)
-                self.state.tta_time_s += timer.stop()
-                final_tta = {"tta_test_loss": final["test_loss"], "tta_test_acc": final["test_acc"]}
-            test = self.evaluate()
-            self.schedule.after_epoch(test["test_acc"])
-            row = {
-                "epoch": epoch + 1,
-                "lr": train["lr"],
-                "train_loss": train["train_loss"],
-                "train_acc": train["train_acc"],
-                "test_loss": test["test_loss"],
-                "test_acc": test["test_acc"],
-                "epoch_time_s": time.perf_counter() - t0,
-                "images_per_s": train["images_per_s"],
-                **final_tta,
-            }
-            self.state.metrics.append(row)
-            self.state.epoch = epoch + 1
-            is_best = test["test_acc"] > self.state.best_acc
-            if is_best:
-                self.state.best_acc = test["test_acc"]
-            if self.world.is_main:  # rank 0 alone writes the run directory and prints
-                self.checkpoint_hook(row, is_best)
-                for logger in self.loggers:
-                    logger.on_epoch_end(row, is_best)
+            self._fit_epoch(epoch)
         return self._write_summary(time.perf_counter() - run_start)
+
+    def _fit_epoch(self, epoch: int) -> None:
+        """Train epoch ``epoch``, evaluate (the recipe's TTA after the last, timed), step an
+        epoch schedule, save the epoch and tell the loggers."""
+        start, r = time.perf_counter(), self.recipe
+        train = self.train_epoch(epoch)
+        final_tta = {}
+        if epoch == r.epochs - 1 and r.tta != "none":
+            timer = Timer(self.components.device)
+            final = self.evaluate(tta=True)
+            self.state.tta_time_s += timer.stop()
+            final_tta = {"tta_test_loss": final["test_loss"], "tta_test_acc": final["test_acc"]}
+        test = self.evaluate()
+        self.opt.schedule.after_epoch(test["test_acc"])
+        row = {"epoch": epoch + 1, "lr": train["lr"], "train_loss": train["train_loss"],
+               "train_acc": train["train_acc"], "test_loss": test["test_loss"],
+               "test_acc": test["test_acc"], "epoch_time_s": time.perf_counter() - start,
+               "images_per_s": train["images_per_s"], **final_tta}  # fmt: skip
+        self.state.metrics.append(row)
+        self.state.epoch = epoch + 1
+        is_best = test["test_acc"] > self.state.best_acc
+        self.state.best_acc = max(self.state.best_acc, test["test_acc"])
+        if self.world.is_main:  # rank 0 alone writes the run directory and prints
+            self.save_epoch(is_best)
+            for logger in self.loggers:
+                logger.on_epoch_end(row, is_best)
 
     def _write_summary(self, session_time: float) -> dict:
         """summary.json (rank 0) from the run's state and what it ran on (``summarise``)."""
+        c = self.components
         summary = summarise(
-            self.recipe, self.state, loader=self.loader_name, last_session_time_s=session_time,
-            device=device_name(self.device),
-            amp=str(self.amp_dtype).replace("torch.", "") if self.amp else None,
-            compiled=self.forward.compiled is not None, kernels=self.kernels,
-            channels_last=self.channels_last, train_images=len(self.train_loader.dataset),
-            world_size=self.world.size, test_images=len(self.test_loader.labels),
-            data=self.arrays.source, versions=versions(),
+            self.recipe, self.state, loader=c.loader_name, last_session_time_s=session_time,
+            device=device_name(c.device),
+            amp=str(c.amp_dtype).replace("torch.", "") if c.amp_dtype else None,
+            compiled=self.forward.compiled is not None, kernels=c.kernels,
+            channels_last=c.channels_last, train_images=len(c.train_loader.dataset),
+            world_size=self.world.size, test_images=len(c.test_loader.labels),
+            data=c.arrays.source, versions=versions(),
         )  # fmt: skip
         if self.world.is_main:
             atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["ConsoleLogger", "EpochLogger", "TensorBoardLogger", "default_loggers"]
+__all__ = ["ConsoleLogger", "EpochLogger", "TensorBoardLogger", "default_loggers", "progress_bar"]
 
 
 class EpochLogger(Protocol):
@@ -59,3 +59,13 @@ def default_loggers(epochs: int, run_dir: Path, tensorboard: bool) -> list[Epoch
     if tensorboard:
         loggers.append(TensorBoardLogger(Path(run_dir) / "tensorboard"))
     return loggers
+
+
+def progress_bar(steps: int, description: str):
+    """The training epoch's progress bar (tqdm, on standard error): ``steps`` batches,
+    refreshed at most once a second, removed when the epoch ends, off when standard error
+    is not a terminal (logs and CI get the console lines alone)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc=description, unit="batch", leave=False, mininterval=1.0,
+                disable=None)  # fmt: skip

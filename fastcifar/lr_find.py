@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = RunOptions(data=args.data, train_subset=args.train_subset, device=args.device,
                       workers=args.workers, kernels="torch")  # fmt: skip
     c = build_components(recipe, opts, with_test=False)
+    c.model.init_from_data(c.train_images, recipe.whiten_images, recipe.seed, c.mean, c.std)
     result = range_test(
         c.model, make_optimizer(c.model, recipe), c.criterion, c.train_loader,
         c.device, args.start_lr, args.end_lr, args.num_iter, plot=Path(args.out),

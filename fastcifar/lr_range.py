@@ -14,9 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastcifar.components import Components
+from fastcifar.distributed import broadcast_object
 from fastcifar.errors import FastCifarError
+from fastcifar.optim import make_optimizer
+from fastcifar.recipes import Recipe
 
-__all__ = ["RangeTest", "range_test"]
+__all__ = ["RangeTest", "range_test", "with_found_lr"]
 
 
 @dataclass
@@ -79,3 +83,22 @@ def range_test(
         fig.savefig(plot, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return RangeTest(list(finder.history["lr"]), list(finder.history["loss"]), float(suggested))
+
+
+def with_found_lr(recipe: Recipe, components: Components) -> Recipe:
+    """``recipe`` with its peak lr from a range test on ``components`` (model, loss and
+    training loader; ``recipe.lr_find_iters`` steps), for recipes that ask for it
+    (``lr_find``, as seed 003 did); the train command calls it before the ``Trainer``
+    exists. Model and optimizer come back as they were. Under torchrun every rank tests
+    on its own shard and all take rank 0's answer.
+
+    Raises:
+        FastCifarError: the test gave no suggestion.
+    """
+    c = components
+    optimizer = make_optimizer(c.model, recipe)
+    result = range_test(c.model, optimizer, c.criterion, c.train_loader, c.device,
+                        num_iter=recipe.lr_find_iters)  # fmt: skip
+    print(f"lr_find: suggested lr {result.suggested_lr:.4g} (steepest descent); the recipe "
+          f"uses it as its peak lr")  # fmt: skip
+    return recipe.replace(lr=broadcast_object(float(result.suggested_lr)))

@@ -232,3 +232,63 @@ def make_ema(model: nn.Module, decay: float) -> EMA | None:
     if not decay:
         return None
     return EMA(model, decay)
+
+
+class Optimization:
+    """What a training step updates besides the model: the recipe's optimizer
+    (``make_optimizer``), its schedule (``make_schedule``), the gradient scaler (on for
+    float16 autocast only: bfloat16 and float32 need none) and the EMA (``make_ema``).
+
+    Args:
+        model: the model whose trainable parameters are optimised.
+        recipe: the recipe (optimizer, schedule, EMA fields).
+        steps_per_epoch: optimizer steps per epoch (the schedule's length).
+        amp_dtype: the autocast dtype, or None for float32.
+        device: the training device (the scaler's).
+        compile_backend: compile Muon's Newton-Schulz iteration with it (None: eager).
+    """
+
+    def __init__(self, model: nn.Module, recipe: Recipe, steps_per_epoch: int,
+                 amp_dtype: torch.dtype | None, device: torch.device,
+                 compile_backend: str | None = None):  # fmt: skip
+        self.optimizer = make_optimizer(model, recipe, compile_backend=compile_backend)
+        self.schedule = make_schedule(self.optimizer, recipe, steps_per_epoch)
+        self.ema = make_ema(model, recipe.ema)
+        scaled = amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=scaled)
+
+    @property
+    def lr(self) -> float:
+        """The first parameter group's current learning rate."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def step(self, loss: torch.Tensor, model: nn.Module) -> None:
+        """Backward of ``loss`` (scaled when float16), one optimizer step, the EMA's update
+        towards ``model`` and the schedule's per-step advance."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(model)
+        self.schedule.after_step()
+
+    def evaluated(self, model: nn.Module) -> nn.Module:
+        """The weights evaluated and saved as "model": the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else model
+
+    def state_dict(self) -> dict:
+        """The checkpoint's "ema", "optimizer", "scheduler" and "scaler" entries."""
+        return {
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])

@@ -33,6 +33,8 @@ __all__ = [
     "RunState",
     "atomic_save",
     "atomic_write",
+    "checkpoint",
+    "load_last",
     "load_checkpoint",
     "prepare_run_dir",
     "read_config",
@@ -187,6 +189,38 @@ class RunState:
     whiten_time_s: float = 0.0  # whitening initialisation, device-timed
     tta_time_s: float = 0.0  # the final TTA evaluation, device-timed
     compile_time_s: float = 0.0  # warm-up before the timed epochs
+
+
+def checkpoint(weights: dict, training: dict, state: RunState, recipe: Recipe, mean, std) -> dict:
+    """A checkpoint (last.pt, best.pt): ``weights``, the evaluated model's state dict (the
+    EMA's when used), saved as "model"; ``training``, everything a step changes
+    (``train_model``, ``optimizer``, ``scheduler``, ``scaler``, ``ema``); the run's state,
+    its recipe and the normalisation statistics (``mean``, ``std``, [0, 1] units)."""
+    return {
+        "model": weights,
+        **training,
+        "state": asdict(state),
+        "recipe": asdict(recipe),
+        "mean": list(mean),
+        "std": list(std),
+    }
+
+
+def load_last(run_dir: Path, device: torch.device) -> tuple[dict, RunState]:
+    """(the checkpoint, its ``RunState``) of ``run_dir``'s last.pt, to resume from.
+
+    Raises:
+        FastCifarError: no last.pt (the run stopped before its first epoch ended), or a
+            file that is not a checkpoint.
+    """
+    path = run_dir / "last.pt"
+    if not path.exists():
+        raise FastCifarError(
+            f"{run_dir} has no last.pt checkpoint (the run stopped before its first "
+            f"epoch ended): start it again without --resume"
+        )
+    ckpt = load_checkpoint(path, device, "start a new run (drop --resume)")
+    return ckpt, RunState(**ckpt["state"])
 
 
 def save_epoch(run_dir: Path, checkpoint: dict, state: RunState, is_best: bool) -> None:

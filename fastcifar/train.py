@@ -26,10 +26,19 @@ import typing
 from pathlib import Path
 
 from fastcifar import distributed
+from fastcifar.components import build_components
 from fastcifar.engine import Trainer
 from fastcifar.errors import FastCifarError, run_cli
 from fastcifar.loggers import default_loggers
-from fastcifar.recipes import DEFAULT_RECIPE, RECIPE_DOCS, RECIPES, get_recipe, overridable_fields
+from fastcifar.lr_range import with_found_lr
+from fastcifar.recipes import (
+    DEFAULT_RECIPE,
+    RECIPE_DOCS,
+    RECIPES,
+    Recipe,
+    get_recipe,
+    overridable_fields,
+)
 from fastcifar.rundir import RunOptions, prepare_run_dir, read_config, write_config
 
 
@@ -148,24 +157,20 @@ def _train(args: argparse.Namespace, overrides: dict, world: distributed.World) 
         run_dir, recipe, options, created = _new_run(args, overrides, world)
     distributed.barrier()  # the run directory exists before any rank goes on
 
-    # rank 0 reports on the console (and TensorBoard with --tensorboard); the others stay quiet
-    loggers = default_loggers(recipe.epochs, run_dir, options.tensorboard) if world.is_main else []
     try:
-        trainer = Trainer(recipe, options, run_dir, resume=bool(args.resume), world=world,
-                          loggers=loggers)  # fmt: skip
+        trainer = build_trainer(recipe, options, run_dir, bool(args.resume), world)
     except BaseException:
         if created and world.is_main:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if not args.resume and world.is_main:
-        write_config(run_dir, trainer.recipe, trainer.options, trainer.kernel_dispatch)
-    t = trainer
+        write_config(run_dir, trainer.recipe, trainer.options, trainer.components.kernel_dispatch)
+    c, recipe = trainer.components, trainer.recipe
     print(
-        f"train: recipe {recipe.name}, model {recipe.model}, {len(t.train_loader.dataset)} train / "
-        f"{len(t.test_loader.labels)} test images, batch {recipe.batch_size}, {recipe.epochs} "
-        f"epochs, device {t.device}, amp {t.amp_dtype if t.amp else 'off'}, "
-        f"channels_last {t.channels_last}, compile {options.compile}, kernels {t.kernels}, "
-        f"run dir {run_dir}",
+        f"train: recipe {recipe.name}, model {recipe.model}, {len(c.train_loader.dataset)} train / "
+        f"{len(c.test_loader.labels)} test images, batch {recipe.batch_size}, {recipe.epochs} "
+        f"epochs, device {c.device}, amp {c.amp_dtype or 'off'}, channels_last "
+        f"{c.channels_last}, compile {options.compile}, kernels {c.kernels}, run dir {run_dir}",
         flush=True,
     )
     summary = trainer.fit()
@@ -175,10 +180,30 @@ def _train(args: argparse.Namespace, overrides: dict, world: distributed.World) 
         from fastcifar.evaluate import evaluate_run
 
         layers = args.cam_layers.split(",") if args.cam_layers else None
-        evaluate_run(run_dir, cam_layers=layers, device=str(trainer.device))
+        evaluate_run(run_dir, cam_layers=layers, device=str(c.device))
         print(f"evaluation: figures and report in {run_dir / 'report.html'}")
-    _print_result(summary, recipe, run_dir, trainer.device)
+    _print_result(summary, recipe, run_dir, c.device)
     return 0
+
+
+def build_trainer(
+    recipe: Recipe, options: RunOptions, run_dir: Path, resume: bool = False,
+    world: distributed.World = distributed.SINGLE,
+) -> Trainer:  # fmt: skip
+    """What the command trains with: the run's components (data, loaders, model,
+    kernels; ``build_components``), its peak lr from an LR range test when the recipe
+    asks and the run is new, and the ``Trainer`` with rank 0's loggers (the console,
+    TensorBoard with --tensorboard). Library users and tests build theirs here too.
+
+    Raises:
+        FastCifarError: bad data, a loader or kernel choice that cannot run here, no
+            checkpoint to resume, an LR range test without a suggestion.
+    """
+    components = build_components(recipe, options, world=world)
+    if recipe.lr_find and not resume:
+        recipe = with_found_lr(recipe, components)
+    loggers = default_loggers(recipe.epochs, run_dir, options.tensorboard) if world.is_main else []
+    return Trainer(recipe, components, options, run_dir, resume, world, loggers)
 
 
 def _resumed_run(args, overrides: dict, world: distributed.World):

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from fastcifar import rundir
-from fastcifar.engine import RunOptions, Trainer
+from fastcifar.engine import RunOptions
 from fastcifar.errors import run_cli
 from fastcifar.evaluate import main as evaluate_main
 from fastcifar.recipes import get_recipe
+from fastcifar.train import build_trainer
 from fastcifar.train import main as train_main
 from tests.conftest import make_tree
 
@@ -101,9 +102,9 @@ def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     opts = RunOptions(data=str(tmp_path / "tree"), workers=0, device="cpu")
     run = tmp_path / "run"
     run.mkdir()
-    t = Trainer(recipe, opts, run)
+    t = build_trainer(recipe, opts, run)
     t.train_epoch(0)
-    t.checkpoint_hook({}, is_best=True)
+    t.save_epoch(is_best=True)
     good = (run / "last.pt").read_bytes()
 
     def dies_half_way(obj, path):
@@ -112,6 +113,6 @@ def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rundir.torch, "save", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
-        t.checkpoint_hook({}, is_best=True)
+        t.save_epoch(is_best=True)
     assert (run / "last.pt").read_bytes() == good
     assert torch.load(run / "last.pt", weights_only=True)["state"]["epoch"] >= 0

@@ -152,14 +152,15 @@ def test_same_seed_same_batches_and_epochs_reshuffle():
 
 
 def test_trainer_trains_with_dali(tmp_path, capsys):
-    from fastcifar.engine import RunOptions, Trainer
+    from fastcifar.engine import RunOptions
     from fastcifar.recipes import get_recipe
+    from fastcifar.train import build_trainer
     from tests.conftest import make_tree
 
     make_tree(tmp_path / "tree", per_class=3)
     recipe = get_recipe("attention").replace(epochs=1, batch_size=10)
     opts = RunOptions(data=str(tmp_path / "tree"), workers=1, device="cpu", loader="dali")
-    t = Trainer(recipe, opts, tmp_path)
+    t = build_trainer(recipe, opts, tmp_path)
     assert "loader: dali (asked for with --loader)" in capsys.readouterr().out
     summary = t.fit()
     assert summary["loader"] == "dali" and summary["train_images"] == 30

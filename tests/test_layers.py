@@ -122,3 +122,32 @@ def test_every_import_goes_down_the_layers_of_the_design():
             if dep in layers and layers[dep] > layers[name]:
                 bad.append(f"{name} (layer {layers[name]}) imports {dep} (layer {layers[dep]})")
     assert not bad, "\n".join(bad)
+
+
+# Sizes a newcomer can read in one sitting (docs/DESIGN.md, "Layers"): no function of
+# fastcifar/ over 80 lines, no module of it over 500, the engine under 400 and the
+# Trainer, the loop alone, under 300.
+MAX_FUNCTION, MAX_MODULE, MAX_ENGINE, MAX_TRAINER = 80, 500, 400, 300
+
+
+def _length(node: ast.AST) -> int:
+    return node.end_lineno - node.lineno + 1
+
+
+def test_functions_and_modules_stay_short():
+    long = []
+    for name, path in _modules().items():
+        if not name.startswith("fastcifar.kernels"):
+            tree = ast.parse(path.read_text())
+            functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+            long += [f"{name}.{n.name}: {_length(n)} lines" for n in ast.walk(tree)
+                     if isinstance(n, functions) and _length(n) > MAX_FUNCTION]  # fmt: skip
+            lines = len(path.read_text().splitlines())
+            if lines > MAX_MODULE:
+                long.append(f"{name}: {lines} lines")
+    assert not long, "\n".join(long)
+    engine = ROOT / "fastcifar" / "engine.py"
+    assert len(engine.read_text().splitlines()) < MAX_ENGINE
+    trainer = next(n for n in ast.parse(engine.read_text()).body
+                   if isinstance(n, ast.ClassDef) and n.name == "Trainer")  # fmt: skip
+    assert _length(trainer) < MAX_TRAINER

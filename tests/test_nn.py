@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from fastcifar.engine import RunOptions, Trainer
+from fastcifar.engine import RunOptions
 from fastcifar.models import create_model
 from fastcifar.nn import Conv2d, config_supported, swap_convolutions
 from fastcifar.recipes import get_recipe
+from fastcifar.train import build_trainer
 from tests.conftest import make_tree
 from tests.kernel_helpers import DEVICE
 
@@ -112,7 +113,7 @@ def test_trainer_validates_then_trains_with_triton(tmp_path, capsys):
     make_tree(tmp_path / "tree", per_class=1)
     recipe = get_recipe("attention").replace(epochs=1, batch_size=10)
     opts = RunOptions(data=str(tmp_path / "tree"), workers=0, device=DEVICE, kernels="triton")
-    t = Trainer(recipe, opts, tmp_path)
+    t = build_trainer(recipe, opts, tmp_path)
     out = capsys.readouterr().out
     assert "validating 3 Triton conv configurations" in out
     assert out.count(" pass") == 3 and "FAIL" not in out
@@ -139,4 +140,4 @@ def test_trainer_refuses_to_train_when_validation_fails(tmp_path, monkeypatch):
     recipe = get_recipe("attention").replace(epochs=1, batch_size=10)
     opts = RunOptions(data=str(tmp_path / "tree"), workers=0, device=DEVICE, kernels="triton")
     with pytest.raises(FastCifarError, match="validation failed on layer convblock2.0 .*grad_w"):
-        Trainer(recipe, opts, tmp_path / "run")
+        build_trainer(recipe, opts, tmp_path / "run")

@@ -12,10 +12,11 @@ import torch
 
 from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS, GpuAugmentation, GpuLoader
 from fastcifar.data.loaders import LoaderConfig
-from fastcifar.engine import RunOptions, Trainer
+from fastcifar.engine import RunOptions
 from fastcifar.models.speedrun import SpeedrunNet, whitening_indices
 from fastcifar.optim import EMA
 from fastcifar.recipes import get_recipe
+from fastcifar.train import build_trainer
 from tests.conftest import make_tree, run_train
 from tests.sync_helpers import assert_no_host_sync
 
@@ -66,12 +67,12 @@ def test_whitening_sample_mixes_the_classes_of_a_class_sorted_source():
 def test_trainer_whitens_from_the_seeded_sample(tmp_path):
     make_tree(tmp_path / "tree", per_class=4)
     recipe = get_recipe("speedrun94").replace(epochs=1, batch_size=16, whiten_images=12)
-    t = Trainer(recipe, RunOptions(data=str(tmp_path / "tree"), workers=0, device="cpu",
-                                   loader="gpu"), tmp_path)  # fmt: skip
-    t._init_whitening()
-    expected = SpeedrunNet()
-    idx = whitening_indices(len(t.train_images), 12, recipe.seed)
-    expected.init_whitening(t.train_images[idx.numpy()], t.mean, t.std)
+    opts = RunOptions(data=str(tmp_path / "tree"), workers=0, device="cpu", loader="gpu")
+    t = build_trainer(recipe, opts, tmp_path)
+    t._init_from_data()
+    expected, c = SpeedrunNet(), t.components
+    idx = whitening_indices(len(c.train_images), 12, recipe.seed)
+    expected.init_whitening(c.train_images[idx.numpy()], c.mean, c.std)
     torch.testing.assert_close(t.model.whiten.weight, expected.whiten.weight)
 
 
@@ -168,17 +169,17 @@ def test_whitening_bias_trains_for_exactly_its_epochs_and_bn_weights_stay_one(ti
     # batch 10: 4 steps per epoch; the bias trains for 1.5 epochs = 6 steps
     recipe = get_recipe("speedrun94").replace(epochs=3, batch_size=10, whiten_bias_epochs=1.5,
                                               tta="none")  # fmt: skip
-    t = Trainer(recipe, _options(tiny), tiny)
+    t = build_trainer(recipe, _options(tiny), tiny)
     assert t.whiten_bias_steps == 6 and t.total_steps == 12
     biases = []
-    step = t._train_step
+    step = t.train_step
 
-    def recording_step(x, y):
-        out = step(x, y)
+    def recording_step(x, y, i):
+        out = step(x, y, i)
         biases.append(t.model.whiten.bias.detach().clone())
         return out
 
-    t._train_step = recording_step
+    t.train_step = recording_step
     t.fit()
     assert len(biases) == 12
     moved = [not torch.equal(biases[i], biases[i - 1]) for i in range(1, 12)]
@@ -187,7 +188,7 @@ def test_whitening_bias_trains_for_exactly_its_epochs_and_bn_weights_stay_one(ti
     assert not torch.equal(biases[0], torch.zeros(24))
     lrs = json.loads((tiny / "lr.json").read_text())
     assert len(lrs) == 12
-    bias_group = next(g for g in t.optimizer.param_groups if g["name"] == "whiten_bias")
+    bias_group = next(g for g in t.opt.optimizer.param_groups if g["name"] == "whiten_bias")
     assert bias_group["lr"] == 0.0  # decayed to zero over its own 6 steps
     for m in t.model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -196,7 +197,7 @@ def test_whitening_bias_trains_for_exactly_its_epochs_and_bn_weights_stay_one(ti
 
 def test_timed_span_is_whitening_plus_training_plus_final_tta(tiny, monkeypatch):
     recipe = get_recipe("speedrun94").replace(epochs=2, batch_size=16)
-    t = Trainer(recipe, _options(tiny), tiny)
+    t = build_trainer(recipe, _options(tiny), tiny)
     calls = []
     init = t.model.init_whitening
     monkeypatch.setattr(t.model, "init_whitening", lambda *a: calls.append("whiten") or init(*a))
@@ -216,13 +217,14 @@ def test_timed_span_is_whitening_plus_training_plus_final_tta(tiny, monkeypatch)
 def test_speedrun94_trains_compiled_with_the_gpu_loader(tiny):
     recipe = get_recipe("speedrun94").replace(epochs=2, batch_size=16, whiten_bias_epochs=1.0)
     opts = _options(tiny, compile=True, compile_backend="aot_eager")
-    t = Trainer(recipe, opts, tiny)
+    t = build_trainer(recipe, opts, tiny)
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
-    lr_before = [g["lr"] for g in t.optimizer.param_groups]
+    lr_before = [g["lr"] for g in t.opt.optimizer.param_groups]
     assert t.warm_up() > 0
     for k, v in t.model.state_dict().items():  # the warm-up left no trace
         assert torch.equal(v, before[k]), k
-    assert [g["lr"] for g in t.optimizer.param_groups] == lr_before and not t.optimizer.state
+    optimizer = t.opt.optimizer
+    assert [g["lr"] for g in optimizer.param_groups] == lr_before and not optimizer.state
     assert t.model.whiten.bias.requires_grad  # restored after the warm-up froze it
     summary = t.fit()
     assert summary["loader"] == "gpu" and summary["compiled"] is True
@@ -236,7 +238,7 @@ def test_speedrun94_fast_trains_its_fraction_of_the_last_epoch(tiny):
         epochs=2, batch_size=10, whiten_images=20, last_epoch_fraction=0.5
     )
     opts = _options(tiny, compile=True, compile_backend="aot_eager")
-    t = Trainer(recipe, opts, tiny)
+    t = build_trainer(recipe, opts, tiny)
     assert t.total_steps == 6
     assert t.forward_loss.compiled is not None  # forward + loss as one graph
     summary = t.fit()

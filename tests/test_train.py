@@ -1,8 +1,8 @@
-"""The training CLI and engine: run directory, resume after a kill, compile, AMP, NaN, bad input."""
+"""The train command: real runs and their run directory, resume after a kill, Ctrl-C, bad input
+and its one-line errors, --help. The Trainer's own paths are in test_engine.py."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastcifar.engine import RunOptions, Trainer, TrainingDiverged
+from fastcifar.engine import RunOptions
 from fastcifar.errors import run_cli
 from fastcifar.recipes import get_recipe
 from fastcifar.rundir import write_config
@@ -116,127 +116,6 @@ def test_killed_run_resumes_to_the_same_metrics(real_archive, tmp_path):
     assert json.loads((killed / "summary.json").read_text())["epochs"] == 3
     r = run_train("--resume", str(killed))  # a finished run has nothing left to do
     assert r.returncode == 0 and "already finished" in r.stdout
-
-
-# ---------------------------------------------------------------- engine paths
-
-
-def _options(tree: Path, **kw) -> RunOptions:
-    return RunOptions(data=str(tree), workers=0, device="cpu", **kw)
-
-
-def test_compiled_training_traces_and_trains(tiny_tree, tmp_path):
-    recipe = get_recipe("s7").replace(epochs=1, batch_size=20)
-    t = Trainer(recipe, _options(tiny_tree, compile=True, compile_backend="aot_eager"), tmp_path)
-    # the compiled forward equals the eager one, and so do one step's gradients
-    t.model.eval()  # no dropout: the two passes must see the same function
-    x = torch.randn(4, 3, 32, 32)
-    y = torch.tensor([0, 1, 2, 3])
-    grads = []
-    for fn in (t.model, t.forward):
-        t.model.zero_grad()
-        out = fn(x)
-        t._criterion(out, y).backward()
-        grads.append((out.detach(), [p.grad.clone() for p in t.model.parameters()]))
-    assert t.forward.compiled is not None  # the compiled path ran, not the eager fallback
-    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-5)
-    for g_compiled, g_eager in zip(grads[1][1], grads[0][1], strict=True):
-        torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-6)
-    t.model.zero_grad()
-    t.model.train()
-    summary = t.fit()
-    assert summary["compiled"] is True
-    assert t.forward.compiled is not None
-
-
-def test_compile_failure_says_why_and_continues_eagerly(tiny_tree, tmp_path, capsys):
-    from torch._dynamo import register_backend
-
-    @register_backend(name="fastcifar_test_broken")
-    def broken(gm, example_inputs):
-        raise RuntimeError("no compiler here")
-
-    recipe = get_recipe("attention").replace(epochs=1, batch_size=20)
-    opts = _options(tiny_tree, compile=True, compile_backend="fastcifar_test_broken")
-    summary = Trainer(recipe, opts, tmp_path).fit()
-    out = capsys.readouterr().out
-    assert "compile: torch.compile failed" in out and "continuing eagerly" in out
-    assert summary["compiled"] is False and summary["epochs"] == 1
-
-
-def test_amp_bfloat16_channels_last(tiny_tree, tmp_path):
-    recipe = get_recipe("c1c2c3c40").replace(epochs=1, batch_size=20)
-    t = Trainer(recipe, _options(tiny_tree, amp=True, amp_dtype="bfloat16"), tmp_path)
-    x, y = next(iter(t.train_loader))
-    # the loader hands over the AMP dtype, channels_last
-    assert x.is_contiguous(memory_format=torch.channels_last) and x.dtype == torch.bfloat16
-    assert y.dtype == torch.int64
-    with t._autocast():
-        assert t.model(x).dtype == torch.bfloat16
-    summary = t.fit()
-    assert summary["amp"] == "bfloat16" and summary["channels_last"] is True
-    assert torch.isfinite(torch.tensor(read_metrics(tmp_path)[0]["train_loss"]))
-
-
-def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tiny_tree, tmp_path):
-    recipe = get_recipe("attention").replace(epochs=3, batch_size=10)
-    t = Trainer(recipe, _options(tiny_tree), tmp_path)
-    write_config(tmp_path, recipe, t.options)
-    real = t._criterion
-    calls = {"n": 0}
-
-    def criterion(out, y):
-        calls["n"] += 1
-        loss = real(out, y)
-        return loss * float("nan") if calls["n"] == len(t.train_loader) + 3 else loss
-
-    t._criterion = criterion
-    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2, step 3"):
-        t.fit()
-    assert torch.load(tmp_path / "last.pt", weights_only=True)["state"]["epoch"] == 1
-    assert not (tmp_path / "summary.json").exists()
-    assert len(read_metrics(tmp_path)) == 1
-
-
-def test_l1_penalty_value_gradient_and_step(tiny_tree, tmp_path):
-    from fastcifar.optim import l1_penalty
-
-    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
-    value = l1_penalty(model)
-    expected = sum(p.detach().abs().mean() for p in model.parameters())
-    torch.testing.assert_close(value, expected)
-    value.backward()
-    for p in model.parameters():  # d/dp mean(|p|) = sign(p) / numel
-        torch.testing.assert_close(p.grad, p.detach().sign() / p.numel())
-
-    # one training step: the L1 term adds exactly lr * l1 * sign(p) / numel to the update
-    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    deltas, start = {}, None
-    for l1 in (0.0, 0.5):
-        recipe = get_recipe("s7").replace(l1=l1, batch_size=8)
-        t = Trainer(recipe, _options(tiny_tree), tmp_path / f"l1-{l1}")
-        if start is None:
-            start = copy.deepcopy(t.model.state_dict())
-        t.model.load_state_dict(start)  # both runs start from the same weights
-        w0 = {n: p.detach().clone() for n, p in t.model.named_parameters()}
-        lr = t.optimizer.param_groups[0]["lr"]
-        torch.manual_seed(1)  # the same dropout masks
-        t._train_step(x, y)
-        deltas[l1] = {n: p.detach() - w0[n] for n, p in t.model.named_parameters()}
-    name, w = next((n, w) for n, w in w0.items() if w.dim() == 4)
-    extra = deltas[0.5][name] - deltas[0.0][name]
-    torch.testing.assert_close(extra, -lr * 0.5 * w.sign() / w.numel(), rtol=1e-3, atol=1e-7)
-
-
-def test_label_smoothing_reaches_the_loss(tiny_tree, tmp_path):
-    recipe = get_recipe("s7").replace(label_smoothing=0.1)
-    t = Trainer(recipe, _options(tiny_tree), tmp_path)
-    logp = torch.log_softmax(torch.randn(4, 10), 1)
-    y = torch.tensor([0, 1, 2, 3])
-    plain = torch.nn.functional.nll_loss(logp, y)
-    assert not torch.isclose(t._criterion(logp, y), plain)
-    smoothed = 0.9 * plain - 0.1 * logp.mean(1).mean()
-    torch.testing.assert_close(t._criterion(logp, y), smoothed)
 
 
 # ---------------------------------------------------------------- bad input
@@ -357,22 +236,3 @@ def test_ctrl_c_leaves_no_worker_processes(real_archive, tmp_path):
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     time.sleep(1)
     assert workers() == []
-
-
-def test_recipe_loss_drives_the_criterion():
-    from fastcifar.optim import criterion
-
-    gen = torch.Generator().manual_seed(0)
-    scores = torch.randn(6, 10, generator=gen)  # not log-probabilities: NLL and CE differ
-    y = torch.randint(0, 10, (6,), generator=gen)
-    nll, ce = criterion("nll")(scores, y), criterion("cross_entropy")(scores, y)
-    assert torch.allclose(nll, torch.nn.functional.nll_loss(scores, y))
-    assert torch.allclose(ce, torch.nn.functional.cross_entropy(scores, y))
-    assert not torch.allclose(nll, ce)
-    # on log-probabilities, smoothed NLL is smoothed cross-entropy
-    logp = scores.log_softmax(1)
-    smoothed = criterion("nll", 0.1)(logp, y)
-    by_hand = 0.9 * torch.nn.functional.nll_loss(logp, y) + 0.1 * (-logp.mean(1)).mean()
-    assert torch.allclose(smoothed, by_hand, atol=1e-6)
-    with pytest.raises(ValueError, match="unknown loss"):
-        criterion("hinge")

@@ -1,6 +1,7 @@
 """The seed models (docs/SEEDS.md), built by name.
 
-``create_model(name)`` returns a fresh ``nn.Module`` taking float (N, 3, 32, 32) and
+``create_model(name)`` returns a fresh ``CifarNet`` (``models/base.py``: an ``nn.Module``
+with the engine's hooks) taking float (N, 3, 32, 32) and
 returning (N, 10): log-probabilities for the EVA/ERA small nets (NLL loss), raw logits
 for the ResNets (cross-entropy). ``MODELS[name].outputs`` says which.
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from fastcifar.errors import FastCifarError
+from fastcifar.models.base import CifarNet
 from fastcifar.models.resnet import ResNet18, layer_norm
 from fastcifar.models.seeds import C1C2C3C40, S7, AttentionNet, S7Mixed
 from fastcifar.models.speedrun import SpeedrunNet
@@ -22,7 +24,7 @@ from fastcifar.models.speedrun import SpeedrunNet
 class ModelInfo:
     """What a model name builds and what the seed says about it."""
 
-    build: Callable[[], nn.Module]
+    build: Callable[[], CifarNet]
     params: int  # exact trainable parameter count of the seed
     outputs: str  # "log_probs" or "logits"
     cam_layer: str  # default Grad-CAM target: the last convolutional block
@@ -60,7 +62,7 @@ MODELS: dict[str, ModelInfo] = {
 SEED_MODELS = ("s7", "s7_mixed", "attention", "c1c2c3c40", "resnet18", "resnet18_ln")
 
 
-def create_model(name: str) -> nn.Module:
+def create_model(name: str) -> CifarNet:
     """A freshly initialised model by name.
 
     Raises:
@@ -76,4 +78,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODELS", "SEED_MODELS", "ModelInfo", "count_parameters", "create_model"]
+__all__ = ["CifarNet", "MODELS", "SEED_MODELS", "ModelInfo", "count_parameters", "create_model"]

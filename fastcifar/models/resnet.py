@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastcifar.models.base import CifarNet
+
 Norm = Callable[[int], nn.Module]
 
 
@@ -51,7 +53,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNet18(nn.Module):
+class ResNet18(CifarNet):
     """kuangliu-style CIFAR ResNet18; ``strides`` are the four stages' first-block strides."""
 
     def __init__(

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastcifar.models.base import CifarNet
+
 
 def crb(cin: int, cout: int, k: int = 3, s: int = 1, p: int = 0, d: int = 1, g: int = 1):
     """Conv2d(bias=False) -> ReLU -> BatchNorm2d, the seeds' basic block."""
@@ -41,7 +43,7 @@ class _GapHead(nn.Module):
         return F.log_softmax(self.fc1(self.gap(x)).flatten(1), dim=-1)
 
 
-class S7(nn.Module):
+class S7(CifarNet):
     """EVA6 S7 ``S7_CNNModel``: 99,744 parameters, receptive field 61 (seed README).
 
     Depthwise-separable blocks (3x3 grouped or depthwise conv, CRB, then a bare 1x1
@@ -136,7 +138,7 @@ class Ultimus(nn.Module):
         return self.out(z)
 
 
-class AttentionNet(nn.Module):
+class AttentionNet(CifarNet):
     """EVA8 S9 ``basic_attn_model`` with four independent ULTIMUS blocks: 25,680 parameters.
 
     The seed repository called one shared block four times (20,304 real parameters); its
@@ -172,7 +174,7 @@ def _conv_bn(cin: int, cout: int, k: int, s: int = 1, p: int = 0, d: int = 1) ->
     return nn.Sequential(conv(cin, cout, k=k, s=s, p=p, d=d), nn.BatchNorm2d(cout))
 
 
-class C1C2C3C40(nn.Module):
+class C1C2C3C40(CifarNet):
     """ERA-V1 S9 ``CNNModel`` (C1C2C3C40): 178,178 parameters, receptive field 59 (seed README).
 
     Depthwise-separable inverted-bottleneck blocks with identity or 1x1-projection skips,

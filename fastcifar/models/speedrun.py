@@ -21,8 +21,9 @@ convention: the new batch's share), computed in float32 under autocast. ``act`` 
 (``speedrun94``) or SiLU with BatchNorm momentum 0.4434 (``speedrun94_silu``, the Hiverge
 cifar10-speedrun's variant).
 
-Call ``init_whitening(images, mean, std)`` before training (the trainer does it inside the
-timed span, as the record).
+The engine calls ``init_from_data`` (the whitening filters from a seeded sample of the
+training images) inside the timed span, as the record, and ``set_whiten_bias_trainable``
+each step (the ``CifarNet`` hooks).
 """
 
 from __future__ import annotations
@@ -31,21 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-def init_whitening_from(model: nn.Module, images, n: int, seed: int, mean, std) -> bool:
-    """Initialise ``model``'s whitening filters (a ``SpeedrunNet``; other models are left
-    alone) from a seeded sample of ``n`` of the training ``images`` (``whitening_indices``):
-    uint8 (N, 32, 32, 3) in host memory, or uint8 (N, 3, 32, 32) on the device (a loader's
-    resident copy, sampled there). Returns whether there was a whitening layer."""
-    if not isinstance(model, SpeedrunNet):
-        return False
-    idx = whitening_indices(len(images), n, seed)
-    if isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[1] == 3:
-        sample = images[idx.to(images.device)].permute(0, 2, 3, 1)
-    else:
-        sample = images[idx.numpy()]
-    model.init_whitening(sample, mean, std)
-    return True
+from fastcifar.models.base import CifarNet
 
 
 def whitening_indices(num_images: int, n: int, seed: int) -> torch.Tensor:
@@ -89,7 +76,7 @@ def _block(cin: int, cout: int, act: type[nn.Module], bn_momentum: float) -> nn.
     )
 
 
-class SpeedrunNet(nn.Module):
+class SpeedrunNet(CifarNet):
     """The record's network; see the module docstring.
 
     Args:
@@ -120,6 +107,25 @@ class SpeedrunNet(nn.Module):
         with torch.no_grad():
             self.head.weight.div_(self.head.weight.std())
         self.scale = 1.0 / widths[2]
+
+    def init_from_data(self, images, n: int, seed: int, mean, std) -> bool:
+        """The whitening filters (``init_whitening``) from a seeded sample of ``n`` of the
+        training ``images`` (``whitening_indices``): uint8 (N, 32, 32, 3) in host memory,
+        or uint8 (N, 3, 32, 32) on the device (a loader's resident copy, sampled there).
+        Returns True."""
+        idx = whitening_indices(len(images), n, seed)
+        if isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[1] == 3:
+            sample = images[idx.to(images.device)].permute(0, 2, 3, 1)
+        else:
+            sample = images[idx.numpy()]
+        self.init_whitening(sample, mean, std)
+        return True
+
+    def set_whiten_bias_trainable(self, trains: bool) -> None:
+        """The bias trains for the recipe's first ``whiten_bias_epochs``, then is frozen
+        (no gradient at all, as the record detaches it)."""
+        if self.whiten.bias.requires_grad != trains:
+            self.whiten.bias.requires_grad_(trains)
 
     @torch.no_grad()
     def init_whitening(self, images, mean, std, eps: float = 5e-4) -> None:
