@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +51,20 @@ def real_archive() -> Path:
             f"the CIFAR-10 JPEG archive is missing ({REAL_ARCHIVE}); set FASTCIFAR_TEST_DATA"
         )
     return REAL_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def tiny_tree(tmp_path_factory) -> Path:
+    """An image-folder tree of 4 random images per class and split (40 + 40), shared by
+    the tests that need a run's data but not its accuracy."""
+    root = tmp_path_factory.mktemp("tiny") / "tree"
+    make_tree(root, per_class=4)
+    return root
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """A run directory's metrics.jsonl, one dict per epoch."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def make_tree(root: Path, per_class: int = 2, suffix: str = ".png", seed: int = 0) -> dict:

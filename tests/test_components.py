@@ -15,23 +15,15 @@ from fastcifar.errors import FastCifarError
 from fastcifar.models import CifarNet
 from fastcifar.recipes import get_recipe
 from fastcifar.rundir import RunOptions
-from tests.conftest import make_tree
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("components") / "tree"
-    make_tree(root, per_class=4)
-    return root
+def _options(tiny_tree: Path, **kw) -> RunOptions:
+    return RunOptions(data=str(tiny_tree), workers=0, device="cpu", **kw)
 
 
-def _options(tree: Path, **kw) -> RunOptions:
-    return RunOptions(data=str(tree), workers=0, device="cpu", **kw)
-
-
-def test_defaults_on_a_cpu(tree, capsys):
+def test_defaults_on_a_cpu(tiny_tree, capsys):
     recipe = get_recipe("s7").replace(batch_size=10)
-    c = build_components(recipe, _options(tree))
+    c = build_components(recipe, _options(tiny_tree))
     assert c.device == torch.device("cpu") and c.kernels == "torch"
     assert c.loader_name == "albumentations" and isinstance(c.train_loader, AlbumentationsLoader)
     assert "loader: albumentations (no GPU" in capsys.readouterr().out
@@ -47,9 +39,9 @@ def test_defaults_on_a_cpu(tree, capsys):
     torch.testing.assert_close(c.criterion(out, y), torch.nn.functional.nll_loss(out, y))
 
 
-def test_subsets_loader_amp_and_memory_format_follow_the_options(tree):
+def test_subsets_loader_amp_and_memory_format_follow_the_options(tiny_tree):
     recipe = get_recipe("c1c2c3c40").replace(batch_size=8, augmentation="flip_translate")
-    opts = _options(tree, train_subset=20, test_subset=10, loader="gpu", amp=True,
+    opts = _options(tiny_tree, train_subset=20, test_subset=10, loader="gpu", amp=True,
                     amp_dtype="bfloat16")  # fmt: skip
     c = build_components(recipe, opts, with_test=True)
     assert isinstance(c.train_loader, GpuLoader) and c.loader_name == "gpu"
@@ -65,11 +57,11 @@ def test_subsets_loader_amp_and_memory_format_follow_the_options(tree):
     assert build_components(recipe, opts, with_test=False).test_loader is None
 
 
-def test_bad_options_end_in_one_line(tree):
+def test_bad_options_end_in_one_line(tiny_tree):
     recipe = get_recipe("s7").replace(batch_size=10)
     with pytest.raises(FastCifarError, match="--sync-bn needs CUDA GPUs"):
-        build_components(recipe, _options(tree, sync_bn=True))
+        build_components(recipe, _options(tiny_tree, sync_bn=True))
     with pytest.raises(FastCifarError, match="leaves no batch"):
-        build_components(recipe.replace(batch_size=64, drop_last=True), _options(tree))
+        build_components(recipe.replace(batch_size=64, drop_last=True), _options(tiny_tree))
     with pytest.raises(FastCifarError, match="--loader gpu does not implement"):
-        build_components(recipe, _options(tree, loader="gpu"))
+        build_components(recipe, _options(tiny_tree, loader="gpu"))

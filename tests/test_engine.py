@@ -5,7 +5,6 @@ step, the loggers, and the model hooks it calls on any model."""
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,7 @@ from fastcifar.models import CifarNet
 from fastcifar.recipes import get_recipe
 from fastcifar.rundir import write_config
 from fastcifar.train import build_trainer
-from tests.conftest import make_tree
-
-
-def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def tiny_tree(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny") / "tree"
-    make_tree(root, per_class=4)
-    return root
+from tests.conftest import read_metrics
 
 
 def _options(tree: Path, **kw) -> RunOptions:

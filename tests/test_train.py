@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from fastcifar.errors import run_cli
 from fastcifar.recipes import get_recipe
 from fastcifar.rundir import write_config
 from fastcifar.train import main
-from tests.conftest import ROOT, make_tar, make_tree, run_train
+from tests.conftest import ROOT, make_tar, make_tree, read_metrics, run_train
 
 METRIC_KEYS = {
     "epoch",
@@ -31,17 +30,6 @@ METRIC_KEYS = {
     "epoch_time_s",
     "images_per_s",
 }
-
-
-def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def tiny_tree(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny") / "tree"
-    make_tree(root, per_class=4)
-    return root
 
 
 # ---------------------------------------------------------------- real runs
