@@ -44,6 +44,7 @@ from fastcifar.rundir import (
 )
 from fastcifar.runtime import CompiledForward, Timer, device_name, versions
 from fastcifar.tta import tta_logits
+from fastcifar.units import plural
 
 __all__ = ["RunOptions", "RunState", "Trainer", "TrainingDiverged"]
 
@@ -84,9 +85,13 @@ class Trainer:
         backend = options.compile_backend if options.compile else None
         self.opt = Optimization(self.model, self.recipe, steps, c.amp_dtype, c.device, backend)
         self.state = RunState()
-        if resume:
-            saved, self.state = load_last(self.run_dir, c.device)
-            self._restore(saved)
+        last = load_last(self.run_dir, c.device) if resume else None
+        if last is not None:
+            self._restore(last[0])
+            self.state = last[1]
+        elif resume:
+            print(f"resume: {self.run_dir} has no checkpoint yet (it stopped before its first "
+                  f"epoch ended): training it from the beginning")  # fmt: skip
         self._compile(options)
 
     def _compile(self, options: RunOptions) -> None:
@@ -245,8 +250,8 @@ class Trainer:
             step = int(bad[0])
             raise TrainingDiverged(
                 f"loss became {float(losses[step])} at epoch {epoch + 1}, step {step + 1}: the "
-                f"last good checkpoint ({self.state.epoch} epochs) is kept in {self.run_dir}; "
-                f"lower --lr or try --no-amp"
+                f"last good checkpoint ({plural(self.state.epoch, 'epoch')}) is kept in "
+                f"{self.run_dir}; lower --lr or try --no-amp"
             )
 
     @torch.no_grad()

@@ -15,14 +15,22 @@ class FastCifarError(Exception):
     """Bad input from the user: the message says what is wrong and how to fix it."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) where a command knows what was kept: the message says what was
+    saved and the exact command that continues (one or more lines)."""
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run ``main(argv)``, turning a FastCifarError into one line on stderr and exit code 2."""
+    """Run ``main(argv)``, turning a FastCifarError into one line on stderr and exit code 2,
+    and Ctrl-C into exit code 130 with ``Interrupted``'s message (what was kept, how to
+    continue) on lines of its own, below any progress bar."""
     try:
         code = main(argv)
     except FastCifarError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: the last completed epoch's checkpoint is kept", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        message = str(exc) if isinstance(exc, Interrupted) else "interrupted"
+        print(("\n" if sys.stderr.isatty() else "") + message, file=sys.stderr, flush=True)
         return 130
     return int(code or 0)

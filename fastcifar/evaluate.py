@@ -45,7 +45,8 @@ from fastcifar.evaluation.figures import (
 from fastcifar.evaluation.metrics import confusion_matrix, misclassified, predict
 from fastcifar.evaluation.report import asdict_recipe, write_report
 from fastcifar.models import MODELS, create_model
-from fastcifar.rundir import load_checkpoint
+from fastcifar.rundir import load_checkpoint, read_config
+from fastcifar.runlock import RunLock
 
 # ------------------------------------------------------------------------ model and data
 
@@ -92,7 +93,6 @@ def evaluate_run(
     Raises:
         FastCifarError: not a run directory, no checkpoint, an unknown CAM layer.
     """
-    from fastcifar.rundir import read_config
 
     run_dir = Path(run_dir)
     recipe, options = read_config(run_dir)
@@ -202,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     layers = (
         [x.strip() for x in args.cam_layers.split(",") if x.strip()] if args.cam_layers else None
     )
-    result = evaluate_run(
-        Path(args.run_dir), args.misclassified, layers, args.device, args.tensorboard, args.data
-    )
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.json").exists():
+        read_config(run_dir)  # the one-line error naming what is missing
+    with RunLock(run_dir).acquire("wait for it to finish, then evaluate it"):
+        result = evaluate_run(
+            run_dir, args.misclassified, layers, args.device, args.tensorboard, args.data
+        )
     print(
         f"test accuracy {result['test_acc']:.2f} % on {result['test_images']} images; "
         f"report {Path(args.run_dir) / 'report.html'}"

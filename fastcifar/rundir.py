@@ -7,7 +7,7 @@ checkpoints read so that a file from elsewhere cannot run code.
   tensors, numbers, strings and lists/dicts of them, which is what weights-only
   unpickling allows; anything else, a truncated file or no checkpoint at all ends in
   one ``FastCifarError`` line naming the file.
-* ``prepare_run_dir``: create the directory and prove it writable.
+* ``prepare_run_dir``: create the directory, prove it writable and lock it (``RunLock``).
 * ``RunOptions``, ``write_config`` / ``read_config``: ``config.json``, the recipe and the
   options a run was started with (the layout: docs/DESIGN.md, "Run directory").
 """
@@ -26,6 +26,7 @@ import torch
 from fastcifar.data.factory import LOADER_CHOICES
 from fastcifar.errors import FastCifarError
 from fastcifar.recipes import Recipe, option
+from fastcifar.runlock import RunLock
 from fastcifar.runtime import AMP_DTYPE_CHOICES, KERNEL_CHOICES
 
 __all__ = [
@@ -68,28 +69,29 @@ def load_checkpoint(path: Path, map_location, fix: str) -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every way a file fails to load is one line
-        if isinstance(exc, pickle.UnpicklingError) and "Weights only" in str(exc):
+        text = str(exc).strip()
+        if isinstance(exc, pickle.UnpicklingError) and "Weights only" in text:
             why = "it holds objects other than tensors, numbers and strings"
-        else:
-            text = str(exc).strip().splitlines()
-            why = f"{type(exc).__name__}: {text[0][:160] if text else 'unreadable'}"
+        elif "central directory" in text or "zip archive" in text:
+            why = "it is truncated or corrupt: not a whole zip archive"
+        else:  # the first sentence of the first line, whole
+            first = text.splitlines()[0].split(". ")[0] if text else "unreadable"
+            why = f"{type(exc).__name__}: {first.rstrip('.')}"
         raise FastCifarError(f"checkpoint {path} does not load ({why}): {fix}") from None
     if not isinstance(ckpt, dict):
         raise FastCifarError(f"checkpoint {path} is not a fastcifar checkpoint: {fix}")
     return ckpt
 
 
-def prepare_run_dir(out: Path, resume: bool) -> None:
-    """Create ``out`` and prove it writable.
+def prepare_run_dir(out: Path, resume: bool) -> RunLock:
+    """Create ``out``, prove it writable and lock it for this process (``RunLock``), then
+    check that a new run does not start over an old one. Keep the returned lock for the
+    life of the run: the directory is free again when it is released or the process ends.
 
     Raises:
-        FastCifarError: it cannot be written, or it already holds a run and this is no resume.
+        FastCifarError: it cannot be written, a live run holds it (the message names the
+            process), or it already holds a run and this is no resume.
     """
-    if not resume and (out / "config.json").exists():
-        raise FastCifarError(
-            f"{out} already holds a run: pass --resume {out} to continue it, or choose "
-            f"another --out"
-        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -100,6 +102,15 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
             f"cannot write the output directory {out} ({exc.strerror or exc}): pass --out with "
             f"a writable path"
         ) from None
+    fix = "wait for it to end, or pass another --out" if not resume else "wait for it to end"
+    lock = RunLock(out).acquire(fix)
+    if not resume and (out / "config.json").exists():
+        lock.release()
+        raise FastCifarError(
+            f"{out} already holds a run: pass --resume {out} to continue it, or choose "
+            f"another --out"
+        )
+    return lock
 
 
 @dataclass
@@ -206,19 +217,17 @@ def checkpoint(weights: dict, training: dict, state: RunState, recipe: Recipe, m
     }
 
 
-def load_last(run_dir: Path, device: torch.device) -> tuple[dict, RunState]:
-    """(the checkpoint, its ``RunState``) of ``run_dir``'s last.pt, to resume from.
+def load_last(run_dir: Path, device: torch.device) -> tuple[dict, RunState] | None:
+    """(the checkpoint, its ``RunState``) of ``run_dir``'s last.pt, to resume from; None
+    when there is none yet (the run stopped before its first epoch ended: it starts from
+    the beginning, with its own config).
 
     Raises:
-        FastCifarError: no last.pt (the run stopped before its first epoch ended), or a
-            file that is not a checkpoint.
+        FastCifarError: a last.pt that is not a checkpoint.
     """
     path = run_dir / "last.pt"
     if not path.exists():
-        raise FastCifarError(
-            f"{run_dir} has no last.pt checkpoint (the run stopped before its first "
-            f"epoch ended): start it again without --resume"
-        )
+        return None
     ckpt = load_checkpoint(path, device, "start a new run (drop --resume)")
     return ckpt, RunState(**ckpt["state"])
 
@@ -290,8 +299,8 @@ def read_config(run_dir: Path) -> tuple[Recipe, RunOptions]:
         return Recipe(**recipe), RunOptions(**config["run"])
     except FileNotFoundError:
         raise FastCifarError(
-            f"{run_dir} is not a run directory (no config.json): pass --resume with a "
-            f"directory that fastcifar.train created"
+            f"{run_dir} is not a run directory (no config.json): pass a directory that "
+            f"fastcifar.train created"
         ) from None
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise FastCifarError(f"{path} is not a fastcifar config ({exc}): start a new run") from None

@@ -16,6 +16,7 @@ Bad input ends the program with one line naming the problem and the fix, exit st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -28,7 +29,7 @@ from pathlib import Path
 from fastcifar import distributed
 from fastcifar.components import build_components
 from fastcifar.engine import Trainer
-from fastcifar.errors import FastCifarError, run_cli
+from fastcifar.errors import FastCifarError, Interrupted, run_cli
 from fastcifar.loggers import default_loggers
 from fastcifar.lr_range import with_found_lr
 from fastcifar.recipes import (
@@ -40,6 +41,8 @@ from fastcifar.recipes import (
     overridable_fields,
 )
 from fastcifar.rundir import RunOptions, prepare_run_dir, read_config, write_config
+from fastcifar.runlock import RunLock
+from fastcifar.units import plural
 
 
 def _field_type(field: dataclasses.Field):
@@ -147,43 +150,97 @@ def main(argv: list[str] | None = None) -> int:
         distributed.shutdown()
 
 
-def _train(args: argparse.Namespace, overrides: dict, world: distributed.World) -> int:
-    if args.resume:
-        resumed = _resumed_run(args, overrides, world)
-        if resumed is None:
-            return 0
-        (run_dir, recipe, options), created = resumed, False
-    else:
-        run_dir, recipe, options, created = _new_run(args, overrides, world)
-    distributed.barrier()  # the run directory exists before any rank goes on
+@dataclasses.dataclass
+class _Run:
+    """The run this command trains: its directory (locked by rank 0 for the life of the
+    process: ``lock``), recipe and options, and whether this command created it."""
 
+    run_dir: Path
+    recipe: Recipe
+    options: RunOptions
+    created: bool
+    lock: RunLock | None
+
+
+def _train(args: argparse.Namespace, overrides: dict, world: distributed.World) -> int:
+    run = _resumed_run(args, overrides, world) if args.resume else _new_run(args, overrides, world)
+    if run is None:
+        return 0
+    distributed.barrier()  # the run directory exists before any rank goes on
+    with run.lock or contextlib.nullcontext():
+        trainer = _start(run, bool(args.resume), world)
+        try:
+            summary = trainer.fit()
+        except KeyboardInterrupt:
+            raise Interrupted(_interrupted(run, trainer.state.epoch, world)) from None
+        if not world.is_main:
+            return 0
+        c = trainer.components
+        if args.evaluate:
+            _evaluate(run.run_dir, args.cam_layers, c.device)
+        _print_result(summary, trainer.recipe, run.run_dir, c.device)
+    return 0
+
+
+def _start(run: _Run, resume: bool, world: distributed.World) -> Trainer:
+    """The run's ``Trainer`` (``build_trainer``), its config.json written (a new run) and
+    its one-line description printed. A directory this command created is removed again
+    when the run fails or is interrupted before it starts."""
     try:
-        trainer = build_trainer(recipe, options, run_dir, bool(args.resume), world)
+        trainer = build_trainer(run.recipe, run.options, run.run_dir, resume, world)
+    except KeyboardInterrupt:
+        if run.created and world.is_main:
+            shutil.rmtree(run.run_dir, ignore_errors=True)
+        raise Interrupted("interrupted before training started: nothing was saved") from None
     except BaseException:
-        if created and world.is_main:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if run.created and world.is_main:
+            shutil.rmtree(run.run_dir, ignore_errors=True)
         raise
-    if not args.resume and world.is_main:
-        write_config(run_dir, trainer.recipe, trainer.options, trainer.components.kernel_dispatch)
+    if not resume and world.is_main:
+        write_config(run.run_dir, trainer.recipe, trainer.options,
+                     trainer.components.kernel_dispatch)  # fmt: skip
     c, recipe = trainer.components, trainer.recipe
     print(
         f"train: recipe {recipe.name}, model {recipe.model}, {len(c.train_loader.dataset)} train / "
-        f"{len(c.test_loader.labels)} test images, batch {recipe.batch_size}, {recipe.epochs} "
-        f"epochs, device {c.device}, amp {c.amp_dtype or 'off'}, channels_last "
-        f"{c.channels_last}, compile {options.compile}, kernels {c.kernels}, run dir {run_dir}",
+        f"{len(c.test_loader.labels)} test images, batch {recipe.batch_size}, "
+        f"{plural(recipe.epochs, 'epoch')}, device {c.device}, amp {c.amp_dtype or 'off'}, "
+        f"channels_last {c.channels_last}, compile {run.options.compile}, kernels {c.kernels}, "
+        f"run dir {run.run_dir}",
         flush=True,
     )
-    summary = trainer.fit()
-    if not world.is_main:
-        return 0
-    if args.evaluate:
-        from fastcifar.evaluate import evaluate_run
+    return trainer
 
-        layers = args.cam_layers.split(",") if args.cam_layers else None
-        evaluate_run(run_dir, cam_layers=layers, device=str(c.device))
-        print(f"evaluation: figures and report in {run_dir / 'report.html'}")
-    _print_result(summary, recipe, run_dir, c.device)
-    return 0
+
+def _interrupted(run: _Run, epochs_done: int, world: distributed.World) -> str:
+    """What Ctrl-C during training kept, and the exact command that continues it."""
+    launcher = "python -m"
+    if world.size > 1:
+        launcher = f"torchrun --nproc_per_node {world.size} -m"
+    resume = f"  {launcher} fastcifar.train --resume {run.run_dir}"
+    total = run.recipe.epochs
+    if epochs_done == 0:
+        return (f"interrupted in epoch 1 of {total}: no epoch had finished, so only the "
+                f"run's config is saved; train it from the beginning with:\n{resume}")  # fmt: skip
+    kept = "epoch 1 is" if epochs_done == 1 else f"epochs 1-{epochs_done} are"
+    return (f"interrupted in epoch {epochs_done + 1} of {total}: {kept} saved in "
+            f"{run.run_dir / 'last.pt'}; resume with:\n{resume}")  # fmt: skip
+
+
+def _evaluate(run_dir: Path, cam_layers: str | None, device) -> None:
+    """The evaluation after training (figures and report); Ctrl-C there keeps the
+    finished training and says how to write them later."""
+    from fastcifar.evaluate import evaluate_run
+
+    layers = cam_layers.split(",") if cam_layers else None
+    try:
+        evaluate_run(run_dir, cam_layers=layers, device=str(device))
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted during the evaluation: the training finished "
+            f"({run_dir / 'summary.json'}); write the figures and report with:\n"
+            f"  python -m fastcifar.evaluate {run_dir}"
+        ) from None
+    print(f"evaluation: figures and report in {run_dir / 'report.html'}")
 
 
 def build_trainer(
@@ -206,12 +263,13 @@ def build_trainer(
     return Trainer(recipe, components, options, run_dir, resume, world, loggers)
 
 
-def _resumed_run(args, overrides: dict, world: distributed.World):
-    """(run dir, recipe, options) of the ``--resume`` run, its own config with this
-    command's device and workers; None when it has already finished.
+def _resumed_run(args, overrides: dict, world: distributed.World) -> _Run | None:
+    """The ``--resume`` run, its own config with this command's device and workers, its
+    directory locked; None when it has already finished.
 
     Raises:
-        FastCifarError: another recipe or recipe fields asked for, or another world size.
+        FastCifarError: another recipe or recipe fields asked for, another world size, or
+            a live run holds the directory.
     """
     run_dir = Path(args.resume)
     recipe, options = read_config(run_dir)
@@ -228,7 +286,7 @@ def _resumed_run(args, overrides: dict, world: distributed.World):
             f"start a new run with another --out to change them"
         )
     if (run_dir / "summary.json").exists():
-        print(f"{run_dir} has already finished all {recipe.epochs} epochs; nothing to do")
+        print(f"{run_dir} has already finished all {plural(recipe.epochs, 'epoch')}; nothing to do")
         return None
     if args.device:
         options.device = args.device
@@ -242,16 +300,16 @@ def _resumed_run(args, overrides: dict, world: distributed.World):
             f"{run_dir} was trained by 1 process, this is {world.size}: resume it "
             f"without torchrun"
         )  # fmt: skip
-    if world.is_main:
-        prepare_run_dir(run_dir, resume=True)
-    return run_dir, recipe, options
+    lock = prepare_run_dir(run_dir, resume=True) if world.is_main else None
+    return _Run(run_dir, recipe, options, False, lock)
 
 
-def _new_run(args, overrides: dict, world: distributed.World):
-    """(run dir, recipe, options, whether the directory was created) of a new run.
+def _new_run(args, overrides: dict, world: distributed.World) -> _Run:
+    """The new run, its directory created (unless it existed) and locked.
 
     Raises:
-        FastCifarError: a bad recipe field or subset size, an unwritable directory.
+        FastCifarError: a bad recipe field or subset size, an unwritable directory, a
+            directory that holds a run or that a live run holds.
     """
     recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(**overrides).validate()
     options = run_options(args, world_size=world.size)
@@ -262,10 +320,9 @@ def _new_run(args, overrides: dict, world: distributed.World):
     default = f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(args.out or distributed.broadcast_object(default))  # one name for all
     created = not run_dir.exists()
-    if world.is_main:
-        prepare_run_dir(run_dir, resume=False)
+    lock = prepare_run_dir(run_dir, resume=False) if world.is_main else None
     options.out = str(run_dir)
-    return run_dir, recipe, options, created
+    return _Run(run_dir, recipe, options, created, lock)
 
 
 def _print_result(summary: dict, recipe, run_dir: Path, device) -> None:

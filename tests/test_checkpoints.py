@@ -72,7 +72,10 @@ def test_truncated_checkpoint_given_to_resume_is_one_line(finished_run, tmp_path
     data = (run / "last.pt").read_bytes()
     (run / "last.pt").write_bytes(data[: len(data) // 2])
     code = run_cli(train_main, ["--resume", str(run)])
-    _one_line_error(code, capsys, str(run / "last.pt"), "does not load")
+    err = _one_line_error(code, capsys, str(run / "last.pt"), "does not load")
+    # the whole sentence: what is wrong and the fix, nothing of torch's cut mid-way
+    assert err.endswith("(it is truncated or corrupt: not a whole zip archive): start a new "
+                        "run (drop --resume)"), err  # fmt: skip
 
 
 def test_checkpoint_that_would_run_code_is_refused(finished_run, tmp_path, capsys):

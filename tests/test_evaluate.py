@@ -66,9 +66,17 @@ def test_evaluate_cli_again_and_bad_layer(finished_run, capsys):
     assert "'nope' is not a layer of the model" in capsys.readouterr().err
 
 
-def test_evaluate_needs_a_run_directory(tmp_path):
+def test_evaluate_needs_a_run_directory(tmp_path, capsys):
     with pytest.raises(FastCifarError, match="not a run directory"):
         evaluate_run(tmp_path)
+    from fastcifar.errors import run_cli
+    from fastcifar.evaluate import main
+
+    assert run_cli(main, [str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {tmp_path} is not a run directory (no config.json): pass a "
+                   f"directory that fastcifar.train created")  # fmt: skip
+    assert not (tmp_path / ".lock").exists()  # refused before it took anything
 
 
 def test_confusion_and_misclassified_order():

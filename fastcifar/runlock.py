@@ -1,0 +1,88 @@
+"""One run per directory at a time: ``RunLock``, an exclusive lock on a run directory
+that a process holds for its whole life.
+
+The lock is the operating system's (``fcntl.flock`` on ``RUN_DIR/.lock``): it goes with
+the process that holds it, however that process ends, so a directory left by a killed
+run is free at once; no marker file has to be cleaned up. The file also names its
+holder (PID, host, start time, command) for the message a refused process prints.
+Training holds the lock (rank 0 under torchrun) from before it reads or writes anything
+in the directory until it exits; ``fastcifar.evaluate`` holds it while it writes the
+figures and report.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from fastcifar.errors import FastCifarError
+
+__all__ = ["RunLock"]
+
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on ``run_dir`` (which must exist).
+
+    Use ``acquire(fix)`` (or ``with RunLock(d).acquire(fix):``); ``release()`` or the end
+    of the process frees it. Locks are per open file, so a process that holds a
+    directory's lock is refused a second one too.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self._file = None
+
+    def acquire(self, fix: str) -> RunLock:
+        """Take the lock, then record this process as its holder.
+
+        Args:
+            fix: what the user should do when the directory is held (ends the message).
+
+        Raises:
+            FastCifarError: a live process holds the directory (the message names it).
+        """
+        file = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's life
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = _describe(file.read())
+            file.close()
+            raise FastCifarError(
+                f"{self.path.parent} is in use by a live run ({holder}): {fix}"
+            ) from None
+        file.seek(0)
+        file.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                               "started": started, "argv": sys.argv}))  # fmt: skip
+        file.flush()
+        self._file = file
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the file drops the lock
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _describe(text: str) -> str:
+    """'PID 123 on host, started 2026-12-01 14:00:00 UTC' from a lock file's contents."""
+    try:
+        info = json.loads(text)
+        return f"PID {info['pid']} on {info['host']}, started {info['started']}"
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return "a process that has not yet said which"

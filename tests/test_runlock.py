@@ -1,0 +1,103 @@
+"""One run per directory at a time (fastcifar.runlock), with real processes: a second
+training, a resume or an evaluation of a directory a live run holds is refused in one
+line naming the holder; a killed run's directory is free at once."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fastcifar.errors import FastCifarError
+from fastcifar.runlock import RunLock
+from tests.conftest import ROOT, read_metrics, run_train
+
+HOLD = (
+    "import sys, time; from fastcifar.runlock import RunLock; "
+    "lock = RunLock(sys.argv[1]).acquire('x'); print('held', flush=True); time.sleep(60)"
+)
+
+
+def _train_args(tree: Path, out: Path, epochs: int) -> list[str]:
+    return ["--data", str(tree), "--epochs", str(epochs), "--batch-size", "10", "--workers",
+            "0", "--device", "cpu", "--no-evaluate", "--out", str(out)]  # fmt: skip
+
+
+def _wait_for(predicate, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while not predicate():
+        assert proc.poll() is None, "the process ended first"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_held_directory_is_refused_naming_the_holder_and_freed_by_a_kill(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FastCifarError) as info:
+            RunLock(tmp_path).acquire("wait for it to end")
+        message = str(info.value)
+        assert f"is in use by a live run (PID {holder.pid} on " in message
+        assert "started 20" in message and message.endswith(": wait for it to end")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with RunLock(tmp_path).acquire("x") as lock:  # at once: the lock died with its process
+        holder_info = json.loads(lock.path.read_text())
+        assert holder_info["pid"] != holder.pid
+    RunLock(tmp_path).acquire("x").release()  # and released again
+
+
+def test_a_second_training_into_a_live_runs_directory_is_refused(tiny_tree, tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "fastcifar.train", *_train_args(tiny_tree, out, 12)], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lock = out / ".lock"
+        _wait_for(lambda: lock.exists() and str(first.pid) in lock.read_text(), first)
+        for argv in (_train_args(tiny_tree, out, 2), ["--resume", str(out)]):
+            second = run_train(*argv)
+            assert second.returncode == 2, second.stderr
+            err = second.stderr.strip()
+            assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+            assert f"in use by a live run (PID {first.pid} on" in err
+        _wait_for(lambda: (out / "config.json").exists(), first)
+        evaluated = subprocess.run([sys.executable, "-m", "fastcifar.evaluate", str(out)],
+                                   cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+        assert evaluated.returncode == 2 and f"(PID {first.pid} on" in evaluated.stderr
+        out_text, err_text = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err_text
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"]["epochs"] == 12  # the first run's own files, whole
+    assert len(read_metrics(out)) == 12 and (out / "summary.json").exists()
+
+
+def test_sigint_says_what_was_kept_and_the_resume_command(tiny_tree, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastcifar.train", *_train_args(tiny_tree, out, 30)], cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_for(lambda: (out / "metrics.jsonl").exists() and read_metrics(out), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert lines[-2].startswith("interrupted in epoch ") and " of 30: epoch" in lines[-2]
+    assert f" saved in {out / 'last.pt'}; resume with:" in lines[-2]
+    assert lines[-1] == f"  python -m fastcifar.train --resume {out}"
+    resumed = run_train("--resume", str(out), "--epochs", "30")  # the same run, at once
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(read_metrics(out)) == 30
