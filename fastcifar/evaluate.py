@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastcifar.cli import CommandParser, prog_name
 from fastcifar.data import CLASSES, EvalLoader, eval_split, load_cifar10
 from fastcifar.errors import FastCifarError, run_cli
 from fastcifar.evaluation.cam import grad_cam, overlay
@@ -172,8 +173,8 @@ def _training_figures(run_dir, recipe, arrays, mean, std) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m fastcifar.evaluate",
+    p = CommandParser(
+        prog=prog_name("fastcifar.evaluate"),
         description="Evaluate a run directory: accuracy, confusion matrix, misclassified "
         "images, Grad-CAM, curves, augmented samples and a report.",
     )

@@ -9,10 +9,10 @@ used it), and restores model and optimizer to their state before the test.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from fastcifar.cli import CommandParser, prog_name
 from fastcifar.components import build_components
 from fastcifar.errors import FastCifarError, run_cli
 from fastcifar.lr_range import range_test
@@ -22,9 +22,7 @@ from fastcifar.rundir import RunOptions
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m fastcifar.lr_find", description=__doc__.split("\n")[0]
-    )
+    p = CommandParser(prog=prog_name("fastcifar.lr_find"), description=__doc__.split("\n")[0])
     p.add_argument("--recipe", default=DEFAULT_RECIPE)
     p.add_argument("--data", help="CIFAR-10 source (see python -m fastcifar.train --help)")
     p.add_argument("--train-subset", type=int, metavar="N")

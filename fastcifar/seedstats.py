@@ -13,13 +13,13 @@ Bad input (no finished run under DIR) ends in one line, exit status 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
 import sys
 from pathlib import Path
 
+from fastcifar.cli import CommandParser, prog_name
 from fastcifar.errors import FastCifarError, run_cli
 
 __all__ = ["describe", "format_markdown", "load_runs", "one_line", "summarise", "write_report"]
@@ -117,8 +117,8 @@ def write_report(sweep_dir: Path, stats: dict, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m fastcifar.seedstats",
+    p = CommandParser(
+        prog=prog_name("fastcifar.seedstats"),
         description="Mean, deviation and 95 %% interval over the finished runs under DIR.",
     )
     p.add_argument("dir", help="directory whose subdirectories are run directories")

@@ -8,9 +8,9 @@ seed 002's table lays it out.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from fastcifar.cli import CommandParser, prog_name
 from fastcifar.errors import run_cli
 from fastcifar.models import MODELS, count_parameters, create_model
 from fastcifar.receptive import format_rf_table, receptive_field_table
@@ -31,8 +31,8 @@ def layer_summary(model, input_size: int = 32) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m fastcifar.summary",
+    p = CommandParser(
+        prog=prog_name("fastcifar.summary"),
         description="Print a model's layer summary and receptive-field table.",
     )
     p.add_argument("--model", default="s7", help=f"one of {', '.join(MODELS)} (default s7)")

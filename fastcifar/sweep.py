@@ -19,7 +19,6 @@ the others go on; the exit status is then 1.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 from queue import Empty, Queue
 
+from fastcifar.cli import CommandParser, prog_name
 from fastcifar.errors import FastCifarError, run_cli
 from fastcifar.recipes import RECIPES, get_recipe
 from fastcifar.seedstats import load_runs, one_line, summarise, write_report
@@ -109,8 +109,8 @@ def _worker(gpu, queue: Queue, out: Path, recipe: str, extra: list[str], results
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m fastcifar.sweep",
+    p = CommandParser(
+        prog=prog_name("fastcifar.sweep"),
         description="Run seeds 1..N of a recipe, one process per GPU, and report the "
         "statistics over them. Unknown flags go to every fastcifar.train.",
     )

@@ -27,6 +27,7 @@ import typing
 from pathlib import Path
 
 from fastcifar import distributed
+from fastcifar.cli import CommandParser, prog_name
 from fastcifar.components import build_components
 from fastcifar.engine import Trainer
 from fastcifar.errors import FastCifarError, Interrupted, run_cli
@@ -88,8 +89,9 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     (the default recipe's when ``recipe`` is None or unknown)."""
     shown = RECIPES.get(recipe or DEFAULT_RECIPE, RECIPES[DEFAULT_RECIPE])
     recipes = "\n".join(f"  {name:<12} {RECIPE_DOCS[name].splitlines()[0]}" for name in RECIPES)
-    p = argparse.ArgumentParser(
-        prog="python -m fastcifar.train",
+    p = CommandParser(
+        prog=prog_name("fastcifar.train", "fastcifar-train"),
+        usage="%(prog)s [--recipe NAME] [--resume RUN_DIR] [options]",
         description="Train a CIFAR-10 classifier from a named recipe.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"recipes (default {DEFAULT_RECIPE}):\n{recipes}",
@@ -150,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         distributed.shutdown()
 
 
+# Fewer optimizer steps than this and a schedule (warm-up, anneal, steps) has no room to
+# take its shape: the run warns once.
+MIN_SCHEDULE_STEPS = 20
+
+
 @dataclasses.dataclass
 class _Run:
     """The run this command trains: its directory (locked by rank 0 for the life of the
@@ -208,6 +215,12 @@ def _start(run: _Run, resume: bool, world: distributed.World) -> Trainer:
         f"run dir {run.run_dir}",
         flush=True,
     )
+    if trainer.total_steps < MIN_SCHEDULE_STEPS and recipe.scheduler != "constant":
+        print(
+            f"warning: this run takes only {plural(trainer.total_steps, 'optimizer step')}: the "
+            f"{recipe.scheduler} schedule needs about {MIN_SCHEDULE_STEPS} or more to take its "
+            f"shape (raise --epochs, lower --batch-size or train on more images)"
+        )
     return trainer
 
 

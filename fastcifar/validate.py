@@ -14,14 +14,15 @@ import sys
 
 import torch
 
+from fastcifar.cli import CommandParser, prog_name
 from fastcifar.errors import FastCifarError, run_cli
 from fastcifar.kernels.validate import collect_conv_configs, format_table, validate_configs
 from fastcifar.models import create_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m fastcifar.validate",
+    p = CommandParser(
+        prog=prog_name("fastcifar.validate"),
         description="Validate the Triton convolutions on every distinct conv configuration "
         "of a model against PyTorch, forward and backward.",
     )

@@ -81,8 +81,16 @@ def make_train_loader(
     every epoch; this rank's shard of every step under data-parallel training.
 
     Raises:
-        FastCifarError: the batch size with drop_last leaves no batch.
+        FastCifarError: the (global) batch is larger than the training set (with
+            drop_last it would leave no batch; without, one step an epoch).
     """
+    global_batch = config.batch_size * config.world_size
+    if global_batch > len(images):
+        raise FastCifarError(
+            f"--batch-size {global_batch} is larger than the {len(images):,} training images "
+            f"(one step an epoch, the schedule's shape lost): pass a smaller --batch-size or "
+            f"train on more images"
+        )
     if backend == "dali":
         from fastcifar.data.dali_loader import DaliLoader
 
@@ -91,9 +99,4 @@ def make_train_loader(
         loader = GpuLoader(images, labels, config)
     else:
         loader = AlbumentationsLoader(images, labels, config)
-    if len(loader) == 0:
-        raise FastCifarError(
-            f"--batch-size {config.batch_size * config.world_size} with drop_last leaves no "
-            f"batch of the {len(images)} training images: pass a smaller batch size"
-        )
     return loader
