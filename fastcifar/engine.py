@@ -217,7 +217,8 @@ class Trainer:
         losses = torch.zeros(steps, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen, lr, start = 0, self.opt.lr, time.perf_counter()
-        bar = progress_bar(steps, f"epoch {epoch + 1}/{self.recipe.epochs}")
+        every = self.options.progress_every
+        bar = progress_bar(steps, f"epoch {epoch + 1}/{self.recipe.epochs}", every)
         timer = Timer(device)
         for step, (x, y) in zip(range(steps), loader, strict=False):
             self.state.lrs.append(self.opt.lr)

@@ -9,10 +9,21 @@ images_per_s, and on a TTA recipe's last epoch tta_test_loss and tta_test_acc.
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["ConsoleLogger", "EpochLogger", "TensorBoardLogger", "default_loggers", "progress_bar"]
+from fastcifar.units import duration
+
+__all__ = [
+    "ConsoleLogger",
+    "EpochLogger",
+    "TensorBoardLogger",
+    "default_loggers",
+    "ProgressLines",
+    "progress_bar",
+]
 
 
 class EpochLogger(Protocol):
@@ -61,11 +72,41 @@ def default_loggers(epochs: int, run_dir: Path, tensorboard: bool) -> list[Epoch
     return loggers
 
 
-def progress_bar(steps: int, description: str):
-    """The training epoch's progress bar (tqdm, on standard error): ``steps`` batches,
-    refreshed at most once a second, removed when the epoch ends, off when standard error
-    is not a terminal (logs and CI get the console lines alone)."""
+def progress_bar(steps: int, description: str, every_s: float = 30.0):
+    """The training epoch's progress: on a terminal a tqdm bar on standard error (refreshed
+    at most once a second, removed when the epoch ends); otherwise (a log file) a
+    ``ProgressLines``, one line every ``every_s`` seconds. Both take ``update(n)``,
+    ``set_postfix(**values)`` and ``close()``."""
+    if not sys.stderr.isatty():
+        return ProgressLines(steps, description, every_s)
     from tqdm.auto import tqdm
 
-    return tqdm(total=steps, desc=description, unit="batch", leave=False, mininterval=1.0,
-                disable=None)  # fmt: skip
+    return tqdm(total=steps, desc=description, unit="batch", leave=False, mininterval=1.0)
+
+
+class ProgressLines:
+    """Progress for logs: every ``every_s`` seconds (0: never) one line on standard output,
+    ``epoch 3/24: 120/390 batches (31 %), loss=1.234 acc=45.1 img_s=11823, 1 min 02 s
+    left``; the time left is extrapolated from the epoch so far."""
+
+    def __init__(self, steps: int, description: str, every_s: float):
+        self.steps, self.description, self.every_s = steps, description, every_s
+        self.done, self.values = 0, {}
+        self.start = self.last = time.perf_counter()
+
+    def set_postfix(self, **values) -> None:
+        self.values = values
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.every_s > 0 and now - self.last >= self.every_s and self.done < self.steps:
+            self.last = now
+            left = (now - self.start) / self.done * (self.steps - self.done)
+            values = " ".join(f"{k}={v}" for k, v in self.values.items())
+            print(f"{self.description}: {self.done}/{self.steps} batches "
+                  f"({100 * self.done // self.steps} %), {values}, {duration(left)} left",
+                  flush=True)  # fmt: skip
+
+    def close(self) -> None:
+        pass

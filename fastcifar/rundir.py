@@ -173,6 +173,12 @@ class RunOptions:
         "when installed on an NVIDIA GPU, else albumentations)",
         choices=LOADER_CHOICES,
     )
+    progress_every: float = option(
+        30.0,
+        "seconds between progress lines within an epoch when the output is not a terminal "
+        "(a log file); a terminal gets a progress bar",
+        metavar="SECONDS",
+    )
     tensorboard: bool = option(
         False, "log scalars, the misclassified grid and the CAMs to RUN_DIR/tensorboard"
     )

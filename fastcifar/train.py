@@ -330,6 +330,10 @@ def _new_run(args, overrides: dict, world: distributed.World) -> _Run:
         raise FastCifarError(f"--train-subset {args.train_subset} is below 1: pass 1 or more")
     if args.test_subset is not None and args.test_subset < 1:
         raise FastCifarError(f"--test-subset {args.test_subset} is below 1: pass 1 or more")
+    if options.progress_every < 0:
+        raise FastCifarError(
+            f"--progress-every {options.progress_every} is negative: pass seconds, or 0 for none"
+        )
     default = f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(args.out or distributed.broadcast_object(default))  # one name for all
     created = not run_dir.exists()
