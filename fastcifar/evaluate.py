@@ -44,7 +44,7 @@ from fastcifar.evaluation.figures import (
     plt_agg,
 )
 from fastcifar.evaluation.metrics import confusion_matrix, misclassified, predict
-from fastcifar.evaluation.report import asdict_recipe, write_report
+from fastcifar.evaluation.report import NEAR_CHANCE, build_report, write_report
 from fastcifar.models import MODELS, create_model
 from fastcifar.rundir import load_checkpoint, read_config
 from fastcifar.runlock import RunLock
@@ -123,8 +123,9 @@ def evaluate_run(
 
     plt = plt_agg()
     plot_confusion(cm, run_dir / "confusion_matrix.png")
+    chance = result["test_acc"] < NEAR_CHANCE
     figures = _misclassified_figures(run_dir, model, test_x[wrong], test_y[wrong],
-                                     preds[wrong], mean, std, layers, device)  # fmt: skip
+                                     preds[wrong], mean, std, layers, device, chance)  # fmt: skip
     metrics = _training_figures(run_dir, recipe, arrays, mean, std)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     if tensorboard if tensorboard is not None else options.tensorboard:
@@ -135,25 +136,33 @@ def evaluate_run(
                 writer.add_figure(tag, fig, global_step=result["checkpoint_epoch"])
     for fig in figures.values():
         plt.close(fig)
-    write_report(run_dir, recipe, result, metrics)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    report = build_report(run_dir, recipe, result, metrics, summary, MODELS[recipe.model].source)
+    write_report(run_dir, report)
     return result
 
 
-def _misclassified_figures(run_dir, model, images, labels, preds, mean, std, layers, device):
+def _misclassified_figures(run_dir, model, images, labels, preds, mean, std, layers, device,
+                           near_chance: bool = False):  # fmt: skip
     """misclassified.png and one gradcam_<layer>.png per CAM layer for the misclassified
     ``images`` (uint8 (M, 32, 32, 3)) with their ``labels`` and ``preds``; returns the open
     figures by TensorBoard tag (none when nothing was misclassified)."""
     if not len(images):
         return {}
-    titles = [f"{CLASSES[p]} / {CLASSES[y]}" for p, y in zip(preds, labels, strict=True)]
+    titles = [f"{CLASSES[p]} /\n{CLASSES[y]}" for p, y in zip(preds, labels, strict=True)]
+    grid_title = "Misclassified test images: predicted / actual"
     figures = {"misclassified": image_grid(images, titles, run_dir / "misclassified.png",
-                                           title="misclassified: predicted / actual")}  # fmt: skip
+                                           title=grid_title)}  # fmt: skip
     xs = next(iter(EvalLoader(images, labels, mean, std, len(images), device)))[0]
     for layer in layers:
         overlays = overlay(images, grad_cam(model, xs, preds, layer))
         figures[f"gradcam/{layer}"] = image_grid(
             overlays, titles, run_dir / f"gradcam_{layer}.png",
-            title=f"Grad-CAM at {layer} (predicted class)",
+            title=f"Grad-CAM at {layer} for the predicted class" + (
+                "\n(model near chance: the maps show no learned evidence)"
+                if near_chance else ""),
+            colorbar="Grad-CAM weight (0: none, 1: the map's maximum)",
         )  # fmt: skip
     return figures
 
@@ -162,11 +171,11 @@ def _training_figures(run_dir, recipe, arrays, mean, std) -> list[dict]:
     """curves.png (per-epoch metrics), lr.png (every step's lr, when recorded) and
     augmented.png (five augmented training images per class); returns the metrics rows."""
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    plot_curves(metrics, run_dir / "curves.png")
+    plot_curves(metrics, run_dir / "curves.png", title=f"{recipe.model}, recipe {recipe.name}")
     lr_path = run_dir / "lr.json"
     if lr_path.exists():
         plot_lr(json.loads(lr_path.read_text()), run_dir / "lr.png")
-    aug, aug_titles = augmented_samples(asdict_recipe(recipe), arrays, mean, std)
+    aug, aug_titles = augmented_samples(recipe.augmentation, arrays, mean, std)
     title = f"augmentation '{recipe.augmentation}': five per class"
     plt_agg().close(image_grid(aug, aug_titles, run_dir / "augmented.png", title=title))
     return metrics

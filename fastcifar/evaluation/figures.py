@@ -32,19 +32,31 @@ def plt_agg():
     return plt
 
 
-def image_grid(images: np.ndarray, titles: list[str], path: Path, cols: int = 5, title=None):
-    """Save uint8 (K, H, W, 3) images as a grid with one title each."""
+def image_grid(images: np.ndarray, titles: list[str], path: Path, cols: int = 5, title=None,
+               colorbar: str | None = None):  # fmt: skip
+    """Save uint8 (K, H, W, 3) images as a grid with one title each (two lines at most),
+    under ``title``; ``colorbar`` adds the jet colour scale from 0 to 1 with that label
+    (the Grad-CAM overlays' colours). Returns the open figure."""
     plt = plt_agg()
     rows = max(1, -(-len(images) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.1), squeeze=False)
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    head = 0.5 * (title.count("\n") + 1) if title else 0.0
+    cell_h = 1.75 + 0.2 * lines  # the image and its title lines, apart from the next row
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * cell_h + head + 0.2),
+                             squeeze=False, layout="constrained")  # fmt: skip
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, t in zip(axes.flat, images, titles, strict=False):
         ax.imshow(img, interpolation="nearest")
-        ax.set_title(t, fontsize=8)
+        ax.set_title(t, fontsize=8, linespacing=1.1)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if title else None)
+    if colorbar:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        mappable = ScalarMappable(norm=Normalize(0, 1), cmap="jet")
+        fig.colorbar(mappable, ax=axes, label=colorbar, fraction=0.03, pad=0.02)
     fig.savefig(path, dpi=120)
     return fig
 
@@ -67,10 +79,13 @@ def plot_confusion(cm: np.ndarray, path: Path):
     plt.close(fig)
 
 
-def plot_curves(metrics: list[dict], path: Path):
+def plot_curves(metrics: list[dict], path: Path, title: str = ""):
+    """Loss and accuracy per epoch, train and test, the best test accuracy marked."""
     plt = plt_agg()
     epochs = [m["epoch"] for m in metrics]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    best = max(metrics, key=lambda m: m["test_acc"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.0))
+    fig.suptitle(f"{title}: loss and accuracy per epoch" if title else "loss and accuracy")
     a.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
     a.plot(epochs, [m["test_loss"] for m in metrics], "o-", label="test")
     a.set_xlabel("epoch")
@@ -80,7 +95,16 @@ def plot_curves(metrics: list[dict], path: Path):
     b.plot(epochs, [m["test_acc"] for m in metrics], "o-", label="test")
     b.set_xlabel("epoch")
     b.set_ylabel("accuracy (%)")
-    b.legend()
+    for axis in (a, b):
+        axis.axvline(best["epoch"], color="grey", linestyle="--", linewidth=1)
+    right = best["epoch"] > epochs[len(epochs) // 2]  # the label on the emptier side
+    b.annotate(f"best {best['test_acc']:.2f} % (epoch {best['epoch']})",
+               (best["epoch"], best["test_acc"]), textcoords="offset points",
+               xytext=(-6 if right else 6, 6), ha="right" if right else "left",
+               fontsize=9)  # fmt: skip
+    a.set_title("loss (lower is better)", fontsize=10)
+    b.set_title("accuracy", fontsize=10)
+    b.legend(loc="best")
     from matplotlib.ticker import MaxNLocator
 
     for axis in (a, b):
@@ -110,10 +134,10 @@ def denormalize(x: torch.Tensor, mean, std) -> np.ndarray:
     return (img.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
-def augmented_samples(recipe: dict, arrays, mean, std, per_class: int = 5, seed: int = 0):
-    """(images uint8 (10 * per_class, 32, 32, 3), titles): the recipe's augmentation applied
-    to the first training images of each class."""
-    pipe = build_augmentation(recipe["augmentation"], mean, std)
+def augmented_samples(augmentation: str, arrays, mean, std, per_class: int = 5, seed: int = 0):
+    """(images uint8 (10 * per_class, 32, 32, 3), titles): the recipe's ``augmentation``
+    applied to the first training images of each class."""
+    pipe = build_augmentation(augmentation, mean, std)
     pipe.set_random_seed(seed)
     images, titles = [], []
     for label, name in enumerate(CLASSES):

@@ -1,69 +1,313 @@
-"""The evaluation report: ``report.html`` and ``report.md`` with the figures, the
-configuration and the summary of a run."""
+"""The evaluation report, written for people: ``report.html`` and ``report.md`` with the
+same content (``build_report`` gathers it, ``render_html`` and ``render_markdown`` lay it
+out).
+
+What it holds, top to bottom: a headline (model, recipe, the test accuracy with and
+without TTA against the seed's reported accuracy and its source); a banner when the run
+is not comparable with the seed (a subset of the training or test images, fewer epochs
+than the recipe); the run's facts in human units (93.41 %, 4 min 42 s, 11,823 images/s);
+the per-epoch table; per-class accuracy; the titled figures with their captions; the
+recipe fields this run's optimizer, schedule and augmentation used (the others folded
+away); the versions. No number is printed raw and no Python literal reaches the page.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import html
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["asdict_recipe", "write_report"]
+from fastcifar.units import duration, number, percent, plural, rate
+
+__all__ = ["Report", "build_report", "recipe_fields_used", "render_html", "render_markdown",
+           "write_report"]  # fmt: skip
+
+CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000  # the seeds' data: all of CIFAR-10
+# a test accuracy below this (percent; chance is 10 %) means nothing was learned yet
+NEAR_CHANCE = 20.0
+
+# recipe fields every run uses, then those that depend on a choice
+ALWAYS = ("model", "augmentation", "batch_size", "epochs", "optimizer", "lr", "weight_decay",
+          "scheduler", "loss", "label_smoothing", "seed")  # fmt: skip
+BY_OPTIMIZER = {
+    "sgd": ("momentum", "nesterov"),
+    "adam": ("momentum",),
+    "muon": ("momentum", "nesterov", "bias_lr", "head_lr", "sgd_momentum", "muon_weight_decay",
+             "muon_ns_steps", "muon_ns", "muon_renorm_every", "muon_batched"),
+}  # fmt: skip
+BY_SCHEDULER = {
+    "onecycle": ("pct_start", "div_factor", "final_div_factor", "anneal_strategy",
+                 "cycle_momentum"),
+    "step": ("step_size", "gamma"),
+    "plateau": ("plateau_factor", "plateau_patience"),
+}  # fmt: skip
+# (field, the value at which it does nothing): shown only when it does something
+WHEN_SET = (("l1", 0.0), ("ema", 0.0), ("tta", "none"), ("lr_find", False),
+            ("loss_reduction", "mean"), ("drop_last", False), ("last_epoch_fraction", 1.0),
+            ("compile_step", False), ("compile_mode", "default"))  # fmt: skip
 
 
-def asdict_recipe(recipe) -> dict:
-    from dataclasses import asdict
+@dataclass
+class Report:
+    """What the report says; each renderer lays it out."""
 
-    return asdict(recipe)
+    title: str
+    headline: str
+    comparison: str  # against the seed's reported accuracy
+    banner: str | None  # not comparable with the seed: why
+    facts: list[tuple[str, str]]
+    epoch_header: list[str]
+    epoch_rows: list[list[str]]
+    per_class: list[tuple[str, str]]
+    figures: list[tuple[str, str, str]]  # (title, file, caption)
+    recipe_used: list[tuple[str, str]]
+    recipe_rest: list[tuple[str, str]]
+    versions: list[tuple[str, str]] = field(default_factory=list)
 
 
-def write_report(run_dir: Path, recipe, result: dict, metrics: list[dict]) -> None:
-    """report.html and report.md beside the figures (relative links)."""
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+def recipe_fields_used(recipe) -> tuple[list[str], list[str]]:
+    """(the recipe fields this run used, the rest): the fields every run uses, those of
+    its optimizer and schedule, TTA's fraction with TTA, the LR range test's length with
+    it, whitening's with a whitening net, and any other field away from its no-op value.
+    ``name`` and ``expected_accuracy`` are in the headline, not here."""
+    used = list(ALWAYS) + list(BY_OPTIMIZER.get(recipe.optimizer, ()))
+    used += BY_SCHEDULER.get(recipe.scheduler, ())
+    used += [name for name, idle in WHEN_SET if getattr(recipe, name) != idle]
+    if recipe.tta != "none":
+        used.append("tta_fraction")
+    if recipe.lr_find:
+        used.append("lr_find_iters")
+    if recipe.model.startswith("speedrun"):
+        used += ["whiten_images", "whiten_bias_epochs"]
+    names = [f.name for f in dataclasses.fields(recipe)]
+    rest = [n for n in names if n not in used and n not in ("name", "expected_accuracy")]
+    return [n for n in names if n in used], rest
+
+
+def _flag(name: str) -> str:
+    """A recipe field as the flag that sets it: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def _value(value) -> str:
+    """A recipe value for people: on/off, 0.0125, 10,000, 1e-06."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int):
+        return number(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "\u2014" if value is None else str(value)
+
+
+def _banner(recipe, summary: dict, metrics: list[dict], result: dict):
+    """Why this run is not comparable with the seed's accuracy (the seeds trained on all
+    of CIFAR-10's 50,000 training images and tested on its 10,000), or None."""
+    parts = []
+    trained = summary.get("train_images", CIFAR10_TRAIN)
+    if trained < CIFAR10_TRAIN:
+        parts.append(f"{number(trained)} of {plural(CIFAR10_TRAIN, 'training image')}")
+    if result["test_images"] < CIFAR10_TEST:
+        parts.append(f"{number(result['test_images'])} of 10,000 test images")
+    if len(metrics) < recipe.epochs:
+        parts.append(f"{len(metrics)} of {plural(recipe.epochs, 'epoch')}")
+    if not parts:
+        return None
+    seed = f"the seed's {percent(recipe.expected_accuracy)}" if recipe.expected_accuracy else (
+        "a full run")  # fmt: skip
+    return f"{', '.join(parts)}: not comparable with {seed}"
+
+
+def _headline(recipe, summary: dict, result: dict, model_source: str) -> tuple[str, str]:
+    """(the accuracy line, the comparison line)."""
+    final = summary.get("final_test_acc", result["test_acc"])
+    single = summary.get("final_test_acc_single_view")
+    line = f"{percent(final)} test accuracy"
+    if recipe.tta != "none" and single is not None:
+        line += f" with TTA ({recipe.tta}), {percent(single)} single view"
+    if recipe.expected_accuracy:
+        comparison = (f"The seed reported {percent(recipe.expected_accuracy)} "
+                      f"({model_source}, {plural(recipe.epochs, 'epoch')}).")  # fmt: skip
+    else:
+        comparison = "The seed claims no accuracy for this recipe."
+    return line, comparison
+
+
+def _facts(summary: dict, result: dict, metrics: list[dict]) -> list[tuple[str, str]]:
+    best = max(metrics, key=lambda m: m["test_acc"]) if metrics else None
+    facts = [("test images", number(result["test_images"]))]
+    if best:
+        facts.append(("best test accuracy", f"{percent(best['test_acc'])} (epoch {best['epoch']})"))
+    if summary:
+        facts += [
+            ("training images", number(summary["train_images"])),
+            ("wall time", f"{duration(summary['total_time_s'])} (the epochs with their "
+                          f"evaluations)"),
+            _timed(summary),
+            ("throughput", rate(summary["mean_images_per_s"])),
+            ("device", summary["device"] + (f" \u00d7 {summary['world_size']} processes"
+                                            if summary.get("world_size", 1) > 1 else "")),
+            ("mixed precision", summary["amp"] or "off (float32)"),
+            ("memory format", "channels_last" if summary["channels_last"] else "NCHW"),
+            ("torch.compile", "on" if summary["compiled"] else "off"),
+            ("convolutions", summary["kernels"]),
+            ("loader", summary["loader"]),
+        ]  # fmt: skip
+    facts.append(("evaluated checkpoint", f"epoch {result['checkpoint_epoch']} (last.pt)"))
+    return facts
+
+
+def _timed(summary: dict) -> tuple[str, str]:
+    """The device-timed seconds: the speed records' span where there is whitening or a
+    final TTA, else the training loops; a compile warm-up is said apart."""
+    compiled = (f"; compile warm-up {duration(summary['compile_time_s'])} apart"
+                if summary["compiled"] else "")  # fmt: skip
+    if summary["whiten_time_s"] or summary["tta_time_s"]:
+        return ("timed span", f"{duration(summary['timed_span_s'])} (whitening "
+                f"{duration(summary['whiten_time_s'])}, training loops "
+                f"{duration(summary['train_time_s'])}, final TTA "
+                f"{duration(summary['tta_time_s'])}{compiled})")  # fmt: skip
+    return ("training loops", f"{duration(summary['train_time_s'])} (device-timed{compiled})")
+
+
+def _epochs(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["epoch", "lr", "train loss", "train acc", "test loss", "test acc", "time",
+              "images/s"]  # fmt: skip
+    rows = [[str(m["epoch"]), f"{m['lr']:.3g}", f"{m['train_loss']:.3f}",
+             percent(m["train_acc"]), f"{m['test_loss']:.3f}",
+             percent(m.get("tta_test_acc", m["test_acc"])) + (" (TTA)" if "tta_test_acc" in m
+                                                              else ""),
+             duration(m["epoch_time_s"]), number(m["images_per_s"])]
+            for m in metrics]  # fmt: skip
+    return header, rows
+
+
+def _figures(run_dir: Path, result: dict) -> list[tuple[str, str, str]]:
+    chance = result["test_acc"] < NEAR_CHANCE
+    cam_note = (" The model is still near chance (10 %): its maps show where an untrained "
+                "net happens to respond, not what it learned." if chance else "")  # fmt: skip
     figures = [
-        ("Loss and accuracy", "curves.png"),
-        ("Learning rate per step", "lr.png"),
-        ("Confusion matrix", "confusion_matrix.png"),
-        ("Misclassified test images", "misclassified.png"),
-        *[(f"Grad-CAM at {layer}", f"gradcam_{layer}.png") for layer in result["cam_layers"]],
-        ("Augmented training samples", "augmented.png"),
-    ]
-    figures = [(t, f) for t, f in figures if (run_dir / f).exists()]
-    rows = [("test accuracy", f"{result['test_acc']:.2f} % on {result['test_images']} images")]
-    rows += [(k, v) for k, v in summary.items() if k != "versions"]
-    per_class = [
-        (c, f"{a:.1f} %" if a is not None else "-") for c, a in result["per_class_acc"].items()
-    ]
-    cfg = [(k, v) for k, v in asdict_recipe(recipe).items()]
+        ("Loss and accuracy", "curves.png",
+         "Per epoch, train and test; the dashed line marks the best test accuracy."),
+        ("Learning rate", "lr.png", "The learning rate of every optimizer step."),
+        ("Confusion matrix", "confusion_matrix.png",
+         "Rows: the actual class; columns: the predicted one; counts of test images."),
+        ("Misclassified test images", "misclassified.png",
+         "Each titled predicted / actual, in a fixed shuffled order of the test set."),
+        *[(f"Grad-CAM at {layer}", f"gradcam_{layer}.png",
+           "Where the layer's activations raise the predicted class's score (Selvaraju et "
+           "al., 2017), on the misclassified images above." + cam_note)
+          for layer in result["cam_layers"]],
+        ("Augmented training samples", "augmented.png",
+         "Five training images per class after the recipe's augmentation."),
+    ]  # fmt: skip
+    return [f for f in figures if (run_dir / f[1]).exists()]
 
-    def table(pairs):
-        body = "".join(
-            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-            for k, v in pairs
-        )
-        return f"<table>{body}</table>"
 
-    parts = [
-        f"<html><head><meta charset='utf-8'><title>fastcifar run {html.escape(run_dir.name)}"
-        "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-        "td{padding:2px 10px;border-bottom:1px solid #ddd}img{max-width:100%}</style></head><body>",
-        f"<h1>Run {html.escape(run_dir.name)}: {html.escape(recipe.name)}</h1>",
-        "<h2>Summary</h2>",
-        table(rows),
-        "<h2>Per-class accuracy</h2>",
-        table(per_class),
-    ]
-    for title, name in figures:
-        parts.append(f"<h2>{html.escape(title)}</h2><img src='{name}' alt='{html.escape(title)}'>")
-    parts += ["<h2>Recipe</h2>", table(cfg), "</body></html>"]
-    (run_dir / "report.html").write_text("\n".join(parts))
+def build_report(run_dir: Path, recipe, result: dict, metrics: list[dict], summary: dict,
+                 model_source: str) -> Report:  # fmt: skip
+    """The report's content from eval.json's ``result``, the ``metrics`` rows, summary.json
+    (``summary``; empty while the run has not finished) and the seed the model comes from
+    (``model_source``)."""
+    headline, comparison = _headline(recipe, summary, result, model_source)
+    used, rest = recipe_fields_used(recipe)
+    per_class = [(c, percent(a, 1)) for c, a in result["per_class_acc"].items()]
+    header, rows = _epochs(metrics)
+    return Report(
+        title=f"{recipe.model} trained with recipe {recipe.name} ({run_dir.name})",
+        headline=headline, comparison=comparison,
+        banner=_banner(recipe, summary, metrics, result),
+        facts=_facts(summary, result, metrics), epoch_header=header, epoch_rows=rows,
+        per_class=per_class, figures=_figures(run_dir, result),
+        recipe_used=[(_flag(n), _value(getattr(recipe, n))) for n in used],
+        recipe_rest=[(_flag(n), _value(getattr(recipe, n))) for n in rest],
+        versions=sorted(summary.get("versions", {}).items()),
+    )  # fmt: skip
 
-    md = [f"# Run {run_dir.name}: {recipe.name}", "", "| | |", "|---|---|"]
-    md += [f"| {k} | {v} |" for k, v in rows]
-    md += ["", "## Per-class accuracy", "", "| class | accuracy |", "|---|---|"]
-    md += [f"| {c} | {a} |" for c, a in per_class]
-    for title, name in figures:
-        md += ["", f"## {title}", "", f"![{title}]({name})"]
-    md += ["", "## Recipe", "", "| field | value |", "|---|---|"]
-    md += [f"| {k} | {v} |" for k, v in cfg]
-    (run_dir / "report.md").write_text("\n".join(md) + "\n")
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:auto;padding:0 12px;
+line-height:1.45;color:#222}
+h1{font-size:1.5em}.headline{font-size:1.35em;font-weight:600;margin:.2em 0}
+.banner{background:#fff4d6;border-left:5px solid #e0a800;padding:8px 12px;margin:12px 0}
+.scroll{overflow-x:auto}table{border-collapse:collapse;margin:8px 0}
+td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
+table.wide td,table.wide th{white-space:nowrap}
+td.num,th.num{text-align:right}img{max-width:100%;height:auto}
+figure{margin:18px 0}figcaption{color:#555;font-size:.92em}
+"""
+
+
+def _table(
+    header: list[str] | None, rows: list, numeric_from: int | None = None, wide: bool = False
+) -> str:
+    """An HTML table (scrolling sideways on a narrow screen); columns from
+    ``numeric_from`` on are right-aligned numbers."""
+
+    def cells(values, tag):
+        def num(i):
+            return " class=num" if numeric_from is not None and i >= numeric_from else ""
+
+        return "".join(f"<{tag}{num(i)}>{html.escape(str(v))}</{tag}>"
+                       for i, v in enumerate(values))  # fmt: skip
+
+    head = f"<tr>{cells(header, 'th')}</tr>" if header else ""
+    body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
+    kind = " class=wide" if wide else ""  # wide: one line a row, scrolled on a phone
+    return f"<div class=scroll><table{kind}>{head}{body}</table></div>"
+
+
+def render_html(r: Report) -> str:
+    e = html.escape
+    parts = ["<!doctype html><html lang=en><head><meta charset=utf-8>",
+             "<meta name=viewport content='width=device-width, initial-scale=1'>",
+             f"<title>{e(r.title)}</title><style>{STYLE}</style></head><body>",
+             f"<h1>{e(r.title)}</h1>", f"<p class=headline>{e(r.headline)}</p>",
+             f"<p>{e(r.comparison)}</p>"]  # fmt: skip
+    if r.banner:
+        parts.append(f"<p class=banner>{e(r.banner)}</p>")
+    parts += ["<h2>The run</h2>", _table(None, r.facts)]
+    parts += ["<h2>Per epoch</h2>", _table(r.epoch_header, r.epoch_rows, numeric_from=0, wide=True)]
+    parts += ["<h2>Per class</h2>", _table(["class", "test accuracy"], r.per_class, 1)]
+    for title, name, caption in r.figures:
+        parts.append(f"<figure><h2>{e(title)}</h2><img src='{e(name)}' alt='{e(title)}'>"
+                     f"<figcaption>{e(caption)}</figcaption></figure>")  # fmt: skip
+    parts += ["<h2>Recipe</h2>", "<p>The fields this run's optimizer, schedule and "
+              "augmentation used:</p>", _table(None, r.recipe_used)]  # fmt: skip
+    parts.append("<details><summary>The other recipe fields (not used by this run)</summary>"
+                 + _table(None, r.recipe_rest) + "</details>")  # fmt: skip
+    if r.versions:
+        parts.append("<details><summary>Versions</summary>"
+                     + _table(None, r.versions) + "</details>")  # fmt: skip
+    return "\n".join(parts + ["</body></html>"]) + "\n"
+
+
+def _md_table(header: list[str], rows: list) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+
+
+def render_markdown(r: Report) -> str:
+    md = [f"# {r.title}", "", f"**{r.headline}**", "", r.comparison]
+    if r.banner:
+        md += ["", f"> **{r.banner}**"]
+    md += ["", "## The run", "", *_md_table(["", ""], r.facts)]
+    md += ["", "## Per epoch", "", *_md_table(r.epoch_header, r.epoch_rows)]
+    md += ["", "## Per class", "", *_md_table(["class", "test accuracy"], r.per_class)]
+    for title, name, caption in r.figures:
+        md += ["", f"## {title}", "", f"![{title}]({name})", "", caption]
+    md += ["", "## Recipe", "", "The fields this run's optimizer, schedule and augmentation "
+           "used:", "", *_md_table(["flag", "value"], r.recipe_used)]  # fmt: skip
+    md += ["", "<details><summary>The other recipe fields (not used by this run)</summary>",
+           "", *_md_table(["flag", "value"], r.recipe_rest), "", "</details>"]  # fmt: skip
+    if r.versions:
+        md += ["", "<details><summary>Versions</summary>", "",
+               *_md_table(["package", "version"], r.versions), "", "</details>"]  # fmt: skip
+    return "\n".join(md) + "\n"
+
+
+def write_report(run_dir: Path, report: Report) -> None:
+    """report.html and report.md beside the figures (relative links)."""
+    (run_dir / "report.html").write_text(render_html(report))
+    (run_dir / "report.md").write_text(render_markdown(report))
