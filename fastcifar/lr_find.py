@@ -22,15 +22,30 @@ from fastcifar.rundir import RunOptions
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = CommandParser(prog=prog_name("fastcifar.lr_find"), description=__doc__.split("\n")[0])
-    p.add_argument("--recipe", default=DEFAULT_RECIPE)
+    p = CommandParser(
+        prog=prog_name("fastcifar.lr_find"),
+        description="LR range test (Smith, 2017): train with a learning rate growing "
+        "exponentially each step, plot the smoothed loss against it and suggest the lr of "
+        "its steepest descent, as seed 003 did",
+    )
+    p.add_argument("--recipe", default=DEFAULT_RECIPE,
+                   help=f"the recipe whose model, optimizer, loss and data are tested "
+                        f"(default {DEFAULT_RECIPE})")  # fmt: skip
     p.add_argument("--data", help="CIFAR-10 source (see python -m fastcifar.train --help)")
-    p.add_argument("--train-subset", type=int, metavar="N")
-    p.add_argument("--start-lr", type=float, default=1e-6)
-    p.add_argument("--end-lr", type=float, default=0.9)
-    p.add_argument("--num-iter", type=int, default=200)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int)
+    p.add_argument("--train-subset", type=int, metavar="N",
+                   help="test on a stratified subset of N training images")  # fmt: skip
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="images per step (default: the recipe's)")  # fmt: skip
+    p.add_argument("--start-lr", type=float, default=1e-6, metavar="LR",
+                   help="the first step's learning rate (default 1e-6)")  # fmt: skip
+    p.add_argument("--end-lr", type=float, default=0.9, metavar="LR",
+                   help="the last step's learning rate (default 0.9, seed 003's)")  # fmt: skip
+    p.add_argument("--num-iter", type=int, default=200, metavar="N",
+                   help="steps, the lr growing exponentially from --start-lr to --end-lr "
+                        "(default 200, as the seeds; under 100: a rough suggestion)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda:N")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="data loader worker processes (default: cores, at most 8)")  # fmt: skip
     p.add_argument("--out", default="lr_find.png", help="plot file (default lr_find.png)")
     args = p.parse_args(argv)
     if args.num_iter < 2:
@@ -38,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.start_lr < args.end_lr:
         raise FastCifarError("--start-lr must be positive and below --end-lr")
     recipe = get_recipe(args.recipe).replace(lr_find=False)
+    if args.batch_size is not None:
+        recipe = recipe.replace(batch_size=args.batch_size).validate()
     # PyTorch's convolutions: the range test needs no kernel validation, and no test set
     opts = RunOptions(data=args.data, train_subset=args.train_subset, device=args.device,
                       workers=args.workers, kernels="torch")  # fmt: skip

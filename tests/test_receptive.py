@@ -42,5 +42,6 @@ def test_receptive_field_by_hand():
 def test_summary_cli(capsys):
     assert summary_main(["--model", "c1c2c3c40"]) == 0
     out = capsys.readouterr().out
-    assert "Total params: 178,178" in out
+    assert "trainable parameters 178,178 of 178,178" in out and "convblock2.0.0" in out
+    assert "Units." not in out and "million multiply-adds per image" in out
     assert "receptive field 59" in out and "dilation" in out and "jump" in out
