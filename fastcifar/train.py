@@ -31,6 +31,7 @@ from fastcifar.cli import CommandParser, prog_name
 from fastcifar.components import build_components
 from fastcifar.engine import Trainer
 from fastcifar.errors import FastCifarError, Interrupted, run_cli
+from fastcifar.evaluation.report import CIFAR10_TEST, CIFAR10_TRAIN
 from fastcifar.loggers import default_loggers
 from fastcifar.lr_range import with_found_lr
 from fastcifar.recipes import (
@@ -43,7 +44,7 @@ from fastcifar.recipes import (
 )
 from fastcifar.rundir import RunOptions, prepare_run_dir, read_config, write_config
 from fastcifar.runlock import RunLock
-from fastcifar.units import plural
+from fastcifar.units import duration, plural, rate
 
 
 def _field_type(field: dataclasses.Field):
@@ -353,11 +354,17 @@ def _print_result(summary: dict, recipe, run_dir: Path, device) -> None:
             f"warm-up {summary['compile_time_s']:.1f} s and per-epoch evaluation excluded); "
             f"final test accuracy {summary['final_test_acc']:.2f}%"
         )
-    expected = f" (seed reported {recipe.expected_accuracy}%)" if recipe.expected_accuracy else ""
+    expected = ""
+    if recipe.expected_accuracy:
+        full = summary["train_images"] >= CIFAR10_TRAIN and summary["test_images"] >= CIFAR10_TEST
+        expected = f" (seed reported {recipe.expected_accuracy}%" + (
+            ")" if full else " on all of CIFAR-10: not comparable with this subset)"
+        )
     print(
         f"done: test accuracy {summary['final_test_acc']:.2f}% final, "
-        f"{summary['best_test_acc']:.2f}% best{expected}; {summary['mean_images_per_s']:.0f} "
-        f"img/s; {summary['total_time_s']:.1f} s; run dir {run_dir}"
+        f"{summary['best_test_acc']:.2f}% best{expected}; "
+        f"{rate(summary['mean_images_per_s'], 'img/s')}; {duration(summary['total_time_s'])}; "
+        f"run dir {run_dir}"
     )
 
 

@@ -54,6 +54,9 @@ def test_a_logged_run_prints_progress_lines(tiny_tree, tmp_path):
                   "0", "--device", "cpu", "--no-evaluate", "--out", str(tmp_path / "run"),
                   "--progress-every", "0.000001")  # fmt: skip
     assert r.returncode == 0, r.stderr
+    assert "batch 10, 1 epoch, device cpu" in r.stdout  # one epoch, not "1 epochs"
+    assert "warning: this run takes only 4 optimizer steps: the onecycle schedule" in r.stdout
+    assert "(seed reported 87.17% on all of CIFAR-10: not comparable" in r.stdout
     progress = [line for line in r.stdout.splitlines() if "batches (" in line]
     assert progress and all(re.match(r"epoch 1/1: [123]/4 batches \(\d+ %\), .* left$", line)
                             for line in progress), progress  # fmt: skip

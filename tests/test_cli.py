@@ -1,0 +1,58 @@
+"""fastcifar.cli: a mistyped flag gets at most three lines (one usage line, the error, a
+suggestion from the known flags); the console script shows its own name."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from fastcifar.cli import prog_name
+from fastcifar.train import build_parser
+from tests.conftest import run_train
+
+
+@pytest.mark.parametrize(
+    ("argv", "suggestion"),
+    [(["--lerning-rate", "0.1"], "did you mean --lr?"),
+     (["--batch_size", "3"], "did you mean --batch-size?"),
+     (["--labelsmoothing", "0.1"], "did you mean --label-smoothing?"),
+     (["--zzzz"], None)],
+)  # fmt: skip
+def test_an_unknown_flag_is_three_lines_at_most(argv, suggestion, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == "usage: python -m fastcifar.train [options] (--help lists them)"
+    assert lines[1] == f"error: unrecognized arguments: {' '.join(argv)}"
+    assert lines[2:] == ([suggestion] if suggestion else [])
+
+
+def test_a_bad_choice_is_two_lines(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--loader", "fast"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "invalid choice: 'fast'" in lines[1]
+
+
+def test_the_command_line_as_a_user_types_it():
+    r = run_train("--lerning-rate", "0.1")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 3
+    assert r.stderr.strip().endswith("did you mean --lr?")
+
+
+def test_the_console_script_shows_its_own_name(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/fastcifar-train", "--help"])
+    assert prog_name("fastcifar.train", "fastcifar-train") == "fastcifar-train"
+    assert build_parser().prog == "fastcifar-train"
+    monkeypatch.setattr(sys, "argv", ["/x/fastcifar/train.py"])
+    assert prog_name("fastcifar.train", "fastcifar-train") == "python -m fastcifar.train"
+
+
+def test_help_shows_defaults_and_choices():
+    text = build_parser("speedrun94").format_help()
+    assert text.startswith("usage: python -m fastcifar.train [--recipe NAME]")
+    assert "--loader {auto,gpu,dali,albumentations}" in text and "[auto]" in text
+    assert "--optimizer {sgd,adam,muon}" in text and "[muon]" in text  # the recipe's value
+    assert "--progress-every SECONDS" in text
