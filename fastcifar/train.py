@@ -44,7 +44,7 @@ from fastcifar.recipes import (
 )
 from fastcifar.rundir import RunOptions, prepare_run_dir, read_config, write_config
 from fastcifar.runlock import RunLock
-from fastcifar.units import duration, plural, rate
+from fastcifar.units import duration, number, plural, rate
 
 
 def _field_type(field: dataclasses.Field):
@@ -209,9 +209,10 @@ def _start(run: _Run, resume: bool, world: distributed.World) -> Trainer:
                      trainer.components.kernel_dispatch)  # fmt: skip
     c, recipe = trainer.components, trainer.recipe
     print(
-        f"train: recipe {recipe.name}, model {recipe.model}, {len(c.train_loader.dataset)} train / "
-        f"{len(c.test_loader.labels)} test images, batch {recipe.batch_size}, "
-        f"{plural(recipe.epochs, 'epoch')}, device {c.device}, amp {c.amp_dtype or 'off'}, "
+        f"train: recipe {recipe.name}, model {recipe.model}, "
+        f"{number(len(c.train_loader.dataset))} train / {number(len(c.test_loader.labels))} "
+        f"test images, batch {recipe.batch_size}, {plural(recipe.epochs, 'epoch')}, device "
+        f"{c.device}, amp {str(c.amp_dtype).replace('torch.', '') if c.amp_dtype else 'off'}, "
         f"channels_last {c.channels_last}, compile {run.options.compile}, kernels {c.kernels}, "
         f"run dir {run.run_dir}",
         flush=True,
