@@ -162,6 +162,17 @@ def whiten_bias_steps(recipe: Recipe, steps_per_epoch: int) -> int:
     return math.ceil(recipe.whiten_bias_epochs * steps_per_epoch - 1e-9)
 
 
+def onecycle_pct_start(pct_start: float, total: int) -> float:
+    """``pct_start`` where OneCycleLR can use it, else the middle of the run: its warm-up
+    phase ends at step ``pct_start * total - 1``, which must lie strictly between 0 and
+    the last step (``total - 1``), or PyTorch divides by zero (a 4-step run at 0.25) or
+    anneals backwards. Only runs of a handful of steps are moved (they warn anyway)."""
+    up = pct_start * total - 1
+    if total >= 3 and not 0 < up < total - 1:
+        return (1 + (total - 1) / 2) / total
+    return pct_start
+
+
 @dataclass
 class Schedule:
     """A learning-rate scheduler and when the engine steps it: ``"step"`` after every
@@ -194,13 +205,15 @@ def make_schedule(
 ) -> Schedule:
     """The recipe's schedule: OneCycleLR (per step; every group peaks at its own lr),
     ``linear`` (per step: ``lr x (1 - step / total_steps)``, no warm-up, the record's; a
-    group named ``whiten_bias`` decays to 0 over ``whiten_bias_steps`` instead), StepLR
-    (per epoch), ReduceLROnPlateau on the test accuracy (per epoch), or a constant lr."""
+    group named ``whiten_bias`` decays to 0 over ``whiten_bias_steps`` instead), cosine
+    annealing to 0 over the epochs (per epoch), StepLR (per epoch), ReduceLROnPlateau on
+    the test accuracy (per epoch), or a constant lr."""
     r = recipe
     if r.scheduler == "onecycle":
         return Schedule(torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], epochs=r.epochs,
-            steps_per_epoch=steps_per_epoch, pct_start=r.pct_start,
+            steps_per_epoch=steps_per_epoch,
+            pct_start=onecycle_pct_start(r.pct_start, r.epochs * steps_per_epoch),
             anneal_strategy=r.anneal_strategy, cycle_momentum=r.cycle_momentum,
             div_factor=r.div_factor, final_div_factor=r.final_div_factor,
         ), "step")  # fmt: skip
@@ -218,6 +231,10 @@ def make_schedule(
             bias_decay if g.get("name") == "whiten_bias" else decay for g in optimizer.param_groups
         ]
         return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas), "step")
+    if r.scheduler == "cosine":  # kuangliu/pytorch-cifar's: T_max = the run's epochs
+        return Schedule(
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=r.epochs), "epoch"
+        )
     if r.scheduler == "step":
         return Schedule(torch.optim.lr_scheduler.StepLR(optimizer, r.step_size, r.gamma), "epoch")
     if r.scheduler == "plateau":

@@ -13,7 +13,10 @@ to receptive field arithmetic for Convolutional Neural Networks", 2017; Araujo e
 Every torch function is intercepted (a ``TorchFunctionMode``), so functional pooling,
 skip connections and additions count: an elementwise op with several inputs takes the
 largest receptive field among them (the receptive field of a sum is the union of its
-branches'). Global and adaptive pooling grow the field by the whole feature map.
+branches'), and reshapes, splits and channel shuffles pass the field along. Global and
+adaptive pooling grow the field by the whole feature map; a per-channel gate computed
+from such a pooling and broadcast back over a feature map (squeeze-excitation) adds no
+spatial field to it.
 
 Checked against the seeds' hand calculations: ``s7`` reaches 61 (the seed README's
 value) and ``c1c2c3c40`` 59 with its final 4x4 average pool (the seed's table), where the
@@ -71,12 +74,22 @@ class _Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         flat, _ = tree_flatten((args, kwargs))
-        known = [
-            self.info[id(t)] for t in flat if isinstance(t, torch.Tensor) and id(t) in self.info
-        ]
-        if not known or not isinstance(out, torch.Tensor) or out.dim() != 4:
+        traced = [t for t in flat if isinstance(t, torch.Tensor) and id(t) in self.info]
+        outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        if not traced or not outputs:
             return out
-        rf, jump = max(known)
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            # a reshape, a split, a 5-D view (a channel shuffle): the field goes along
+            for t in outputs:
+                self.info[id(t)] = max(self.info[id(i)] for i in traced)
+                self.keep.append(t)
+            return out
+        # a per-channel gate broadcast over a feature map (squeeze-excitation) carries no
+        # spatial field: only inputs with a spatial extent count where the output has one
+        spatial = [t for t in traced if t.dim() == 4 and t.shape[-1] > 1]
+        if out.shape[-1] > 1 and spatial:
+            traced = spatial
+        rf, jump = max(self.info[id(t)] for t in traced)
         name = getattr(func, "__name__", str(func))
         layer = self.names[-1] if self.names else name
         x = flat[0] if isinstance(flat[0], torch.Tensor) else None

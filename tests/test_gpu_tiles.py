@@ -20,7 +20,7 @@ from fastcifar.kernels.launch import (
 )
 
 from tests.kernel_helpers import low_precision_bound, rel
-from tests.test_kernels import check, make
+from tests.test_conv import check, make
 
 # Shapes larger than one GPU tile (at most 128 pixels, 32 channels) so that several
 # programs, a partial last tile and several channel blocks are all exercised.

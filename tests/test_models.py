@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fastcifar import FastCifarError
-from fastcifar.models import MODELS, SEED_MODELS, count_parameters, create_model
+from fastcifar.models import MODELS, SEED_MODELS, ZOO_MODELS, count_parameters, create_model
 
 EXPECTED = {
     "s7": 99_744,
@@ -13,12 +13,18 @@ EXPECTED = {
     "resnet18_ln": 11_173_962,
     "speedrun94": 1_971_352,  # not seeds; trainable (whitening and BN weights frozen)
     "speedrun94_silu": 1_971_352,
+    # the model zoo: kuangliu/pytorch-cifar 49b7aa9's counts, run there
+    "mobilenetv2": 2_296_922,
+    "resnext29_32x4d": 4_774_218,
+    "regnetx_200mf": 2_321_946,
+    "efficientnet_b0": 3_599_686 - 1_088,  # less its first block's unused expansion 1x1 + BN
+    "shufflenetv2": 1_263_854,
 }
 
 
 def test_every_seed_model_is_listed():
     assert set(MODELS) == set(EXPECTED)
-    assert set(SEED_MODELS) == set(EXPECTED) - {"speedrun94", "speedrun94_silu"}
+    assert set(SEED_MODELS) == set(EXPECTED) - {"speedrun94", "speedrun94_silu", *ZOO_MODELS}
 
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -76,3 +82,32 @@ def test_resnet18_ln_has_no_batchnorm_and_strides_1122():
 def test_unknown_model_lists_the_valid_names():
     with pytest.raises(FastCifarError, match="s7, s7_mixed, attention"):
         create_model("vgg")
+
+
+# (convolution kernel, groups > 1, input channels per group) of every grouped convolution
+ZOO_GROUPED = {
+    "mobilenetv2": {(3, 1)},
+    "resnext29_32x4d": {(3, 4), (3, 8), (3, 16)},
+    "regnetx_200mf": {(3, 8)},
+    "efficientnet_b0": {(3, 1), (5, 1)},
+    "shufflenetv2": {(3, 1)},
+}
+
+
+@pytest.mark.parametrize("name", ZOO_MODELS)
+def test_zoo_models_convolutions_are_the_references(name):
+    model = create_model(name)
+    grouped = {(m.kernel_size[0], m.in_channels // m.groups) for m in model.modules()
+               if isinstance(m, torch.nn.Conv2d) and m.groups > 1}  # fmt: skip
+    assert grouped == ZOO_GROUPED[name]
+    assert all(m.bias is None for m in model.modules()
+               if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)  # fmt: skip
+    cam = dict(model.named_modules())[MODELS[name].cam_layer]  # Grad-CAM's default exists
+    assert sum(p.numel() for p in cam.parameters()) > 0
+
+
+def test_shufflenet_channel_shuffle_interleaves_two_groups():
+    from fastcifar.models.shufflenet import channel_shuffle
+
+    x = torch.arange(6.0).view(1, 6, 1, 1)
+    assert channel_shuffle(x).flatten().tolist() == [0, 3, 1, 4, 2, 5]

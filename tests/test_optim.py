@@ -88,7 +88,8 @@ def test_gradient_scaler_only_for_float16():
 
 @pytest.mark.parametrize(
     ("scheduler", "when"),
-    [("onecycle", "step"), ("linear", "step"), ("step", "epoch"), ("plateau", "metric"),
+    [("onecycle", "step"), ("linear", "step"), ("cosine", "epoch"), ("step", "epoch"),
+     ("plateau", "metric"),
      ("constant", "never")],
 )  # fmt: skip
 def test_each_schedule_steps_when_it_says(scheduler, when):
@@ -106,3 +107,21 @@ def test_each_schedule_steps_when_it_says(scheduler, when):
     schedule.after_epoch(50.0)
     schedule.after_epoch(40.0)  # worse: the plateau schedule lowers the lr
     assert (opt.param_groups[0]["lr"] != after_step) == (when in ("epoch", "metric"))
+
+
+@pytest.mark.parametrize("steps", [3, 4, 5, 8])
+def test_onecycle_survives_runs_of_a_few_steps(steps):
+    # 4 steps at pct_start 0.25: PyTorch's warm-up phase would end at step 0 (a division
+    # by zero); the warm-up moves to the middle and the lr still rises, then falls
+    model = _model()
+    recipe = get_recipe("mobilenetv2_fast").replace(epochs=1)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr)
+    schedule = make_schedule(opt, recipe, steps_per_epoch=steps)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(steps - 1):
+        opt.step()
+        schedule.after_step()
+        lrs.append(opt.param_groups[0]["lr"])
+    peak = lrs.index(max(lrs))
+    assert 0 < peak < steps - 1 or steps == 3
+    assert max(lrs) == pytest.approx(recipe.lr, rel=0.35) and lrs[-1] < max(lrs)

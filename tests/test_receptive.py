@@ -16,6 +16,18 @@ def test_receptive_fields_match_the_seeds():
     assert receptive_field_table(create_model("c1c2c3c40"))[-1].receptive_field == 59
 
 
+def test_squeeze_excitation_and_channel_shuffle_do_not_break_the_trace():
+    # EfficientNet-B0: 3x3 stem, then per stage (k - 1) x jump per depthwise conv and the
+    # stride-2 ones; the SE gates (global pools broadcast back) add nothing: 443 with
+    # the final global pool over the 2x2 map
+    rows = receptive_field_table(create_model("efficientnet_b0"))
+    assert rows[-1].receptive_field == 443 and rows[-1].op == "adaptive_pool"
+    assert len([r for r in rows if r.op == "adaptive_pool"]) == 17  # 16 SE gates + the head
+    # ShuffleNetV2: the field survives the split, the 5-D shuffle view and the concat
+    rows = receptive_field_table(create_model("shufflenetv2"))
+    assert rows[-1].receptive_field == 157 and rows[-1].output_size == 1
+
+
 class _Branchy(nn.Module):
     def __init__(self):
         super().__init__()

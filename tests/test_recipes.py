@@ -4,6 +4,7 @@ one description (help, choices) in its metadata, and the command's flags come fr
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -66,3 +67,49 @@ def test_run_options_take_the_flags_given_and_the_defaults_otherwise():
     assert (opts.compile, opts.kernels, opts.device) == (False, "auto", "auto")
     assert opts == dataclasses.replace(RunOptions(), amp=True, workers=3, loader="gpu",
                                        world_size=2)  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["mobilenetv2", "resnext29_32x4d", "regnetx_200mf",
+                                   "efficientnet_b0", "shufflenetv2"])  # fmt: skip
+def test_zoo_recipes_are_the_reference_training_and_a_fast_variant(model):
+    from fastcifar.models import MODELS
+
+    ref, fast = get_recipe(model), get_recipe(f"{model}_fast")
+    # kuangliu/pytorch-cifar main.py: SGD 0.1, momentum 0.9, wd 5e-4, cosine T_max 200
+    assert (ref.optimizer, ref.lr, ref.momentum, ref.weight_decay) == ("sgd", 0.1, 0.9, 5e-4)
+    assert (ref.scheduler, ref.epochs, ref.batch_size) == ("cosine", 200, 128)
+    assert ref.augmentation == "crop4_flip" and ref.loss == "cross_entropy"
+    assert ref.expected_accuracy == {"mobilenetv2": 94.43, "resnext29_32x4d": 94.73,
+                                     "regnetx_200mf": 94.24}.get(model)  # fmt: skip
+    assert MODELS[model].source.startswith("kuangliu/pytorch-cifar 49b7aa9")
+    assert fast.model == model and fast.expected_accuracy is None  # not measured yet
+    assert fast.augmentation == "flip_translate4" and fast.label_smoothing > 0
+    assert fast.scheduler == "onecycle" and fast.epochs < ref.epochs
+
+
+def test_a_fast_zoo_recipe_trains_on_the_gpu_loader(tiny_tree, tmp_path):
+    from fastcifar.engine import RunOptions
+    from fastcifar.train import build_trainer
+
+    recipe = get_recipe("shufflenetv2_fast").replace(epochs=1, batch_size=10)
+    opts = RunOptions(data=str(tiny_tree), workers=0, device="cpu", loader="auto")
+    trainer = build_trainer(recipe, opts, tmp_path)
+    assert trainer.components.loader_name == "gpu"  # flip_translate4 is the gpu loader's
+    summary = trainer.fit()
+    assert summary["epochs"] == 1 and summary["train_images"] == 40
+
+
+def test_cosine_schedule_anneals_to_zero_over_the_epochs():
+    import torch
+
+    from fastcifar.optim import make_schedule
+
+    recipe = get_recipe("mobilenetv2").replace(epochs=4)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=recipe.lr)
+    schedule = make_schedule(opt, recipe, steps_per_epoch=10)
+    lrs = []
+    for _ in range(4):
+        opt.step()
+        schedule.after_epoch(0.0)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.1 * (1 + math.cos(math.pi * e / 4)) / 2 for e in (1, 2, 3, 4)])

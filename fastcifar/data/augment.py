@@ -195,6 +195,21 @@ def flip_translate_train(mean: Stats, std: Stats) -> A.Compose:
     )
 
 
+def crop4_flip_train(mean: Stats, std: Stats) -> A.Compose:
+    """kuangliu/pytorch-cifar's: torchvision ``RandomCrop(32, padding=4)`` (zero padding:
+    black borders before normalisation) and ``RandomHorizontalFlip``, for the model zoo's
+    reference recipes."""
+    return A.Compose(
+        [
+            A.PadIfNeeded(40, 40, border_mode=cv2.BORDER_CONSTANT, fill=0),
+            A.RandomCrop(32, 32),
+            A.HorizontalFlip(p=0.5),
+            _normalize(mean, std),
+            ToTensorV2(),
+        ]
+    )
+
+
 def eval_transform(mean: Stats, std: Stats) -> A.Compose:
     """Normalise only: the test pipeline of every seed."""
     return A.Compose([_normalize(mean, std), ToTensorV2()])
@@ -207,6 +222,7 @@ AUGMENTATIONS: dict[str, Builder] = {
     "resnet18": resnet18_train,
     "resnet18_ln": resnet18_ln_train,
     "flip_translate": flip_translate_train,
+    "crop4_flip": crop4_flip_train,
     "none": eval_transform,
 }
 

@@ -46,6 +46,9 @@ GPU_AUGMENTATIONS: dict[str, GpuAugmentation] = {
     "alternating_flip_translate_jitter": GpuAugmentation(
         flip="alternating", translate=2, brightness=0.1399, contrast=0.1308
     ),
+    # the model zoo's fast recipes: flip and 4 pixels of translation, batched on the GPU
+    # (reflect padding, where the reference's RandomCrop pads with black)
+    "flip_translate4": GpuAugmentation(flip="random", translate=4),
     "none": GpuAugmentation(flip="none"),
 }
 

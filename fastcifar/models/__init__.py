@@ -1,4 +1,6 @@
-"""The seed models (docs/SEEDS.md), built by name.
+"""The models, built by name: the seed models (docs/SEEDS.md), the speed-run networks and
+the model zoo (``ZOO_MODELS``: MobileNetV2, ResNeXt29 32x4d, RegNetX 200MF,
+EfficientNet-B0, ShuffleNetV2, as kuangliu/pytorch-cifar builds them).
 
 ``create_model(name)`` returns a fresh ``CifarNet`` (``models/base.py``: an ``nn.Module``
 with the engine's hooks) taking float (N, 3, 32, 32) and
@@ -15,8 +17,11 @@ from torch import nn
 
 from fastcifar.errors import FastCifarError
 from fastcifar.models.base import CifarNet
+from fastcifar.models.mobile import EfficientNetB0, MobileNetV2
 from fastcifar.models.resnet import ResNet18, layer_norm
+from fastcifar.models.resnext import RegNetX, ResNeXt29
 from fastcifar.models.seeds import C1C2C3C40, S7, AttentionNet, S7Mixed
+from fastcifar.models.shufflenet import ShuffleNetV2
 from fastcifar.models.speedrun import SpeedrunNet
 
 
@@ -59,6 +64,27 @@ MODELS: dict[str, ModelInfo] = {
         "Hiverge cifar10-speedrun network (SiLU blocks)",
     ),
 }
+# the model zoo: the CIFAR-10 models practitioners train after the course models, as
+# kuangliu/pytorch-cifar (commit 49b7aa9, 2021-02-25) builds them for 32x32 inputs
+ZOO = "kuangliu/pytorch-cifar 49b7aa9"
+MODELS.update(
+    {
+        "mobilenetv2": ModelInfo(MobileNetV2, 2_296_922, "logits", "head", f"{ZOO} MobileNetV2"),
+        "resnext29_32x4d": ModelInfo(
+            ResNeXt29, 4_774_218, "logits", "layer3", f"{ZOO} ResNeXt29_32x4d"
+        ),
+        "regnetx_200mf": ModelInfo(RegNetX, 2_321_946, "logits", "layer4", f"{ZOO} RegNetX_200MF"),
+        # the reference's 3,599,686 less the 1,088 of an expansion it builds and never calls
+        "efficientnet_b0": ModelInfo(
+            EfficientNetB0, 3_598_598, "logits", "blocks", f"{ZOO} EfficientNetB0"
+        ),
+        "shufflenetv2": ModelInfo(
+            ShuffleNetV2, 1_263_854, "logits", "head", f"{ZOO} ShuffleNetV2(1)"
+        ),
+    }
+)
+ZOO_MODELS = ("mobilenetv2", "resnext29_32x4d", "regnetx_200mf", "efficientnet_b0",
+              "shufflenetv2")  # fmt: skip
 SEED_MODELS = ("s7", "s7_mixed", "attention", "c1c2c3c40", "resnet18", "resnet18_ln")
 
 
@@ -78,4 +104,12 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["CifarNet", "MODELS", "SEED_MODELS", "ModelInfo", "count_parameters", "create_model"]
+__all__ = [
+    "CifarNet",
+    "MODELS",
+    "SEED_MODELS",
+    "ZOO_MODELS",
+    "ModelInfo",
+    "count_parameters",
+    "create_model",
+]
