@@ -24,19 +24,23 @@ import torch
 from torch import nn
 
 from fastcifar.kernels import conv2d as triton_conv2d
+from fastcifar.kernels.conv import GROUPED_KERNEL_SIZES, MAX_CIN_PER_GROUP
 from fastcifar.kernels.conv_bn import conv2d_relu_stats
 from fastcifar.kernels.dwsep import depthwise_separable_conv2d
 
 
 def config_supported(conv: nn.Conv2d) -> bool:
     """Whether the Triton kernels implement this layer's configuration (device aside)."""
-    if conv.kernel_size != (3, 3) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+    (k, k2), (s, s2), (p, p2), (d, d2) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return False
-    (s, s2), (p, p2), (d, d2) = conv.stride, conv.padding, conv.dilation
-    if s != s2 or p != p2 or d != d2:
+    if k != k2 or s != s2 or p != p2 or d != d2:
         return False
-    cin_pg = conv.in_channels // conv.groups
-    return s in (1, 2) and d in (1, 2, 3) and 0 <= p <= d and (conv.groups == 1 or cin_pg <= 4)
+    if conv.groups == 1:
+        fits = k == 3
+    else:  # the grouped kernel: 3x3, 5x5, 7x7, up to MAX_CIN_PER_GROUP channels a group
+        fits = k in GROUPED_KERNEL_SIZES and conv.in_channels // conv.groups <= MAX_CIN_PER_GROUP
+    return fits and s in (1, 2) and d in (1, 2, 3) and 0 <= p <= d * (k - 1) // 2
 
 
 def _autocast_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -189,6 +193,7 @@ def is_depthwise_separable(m: nn.Module) -> bool:
     return (
         isinstance(dw, nn.Conv2d)
         and config_supported(dw)
+        and dw.kernel_size == (3, 3)
         and dw.groups == dw.in_channels == dw.out_channels
         and dw.bias is None
         and isinstance(pw, nn.Conv2d)

@@ -1,13 +1,15 @@
-"""``fastcifar.kernels.conv2d``: Triton 3x3 convolutions with the semantics of
+"""``fastcifar.kernels.conv2d``: Triton convolutions with the semantics of
 ``torch.nn.functional.conv2d``, registered as torch custom ops with autograd.
 
 Supported (anything else raises ``NotImplementedError`` naming what is not):
 
-* kernel 3x3; weight (COUT, CIN / groups, 3, 3);
-* ``groups == 1`` (dense) with dilation 1, 2 or 3, or small groups with at most 4 input
-  channels per group (depthwise when groups == CIN == COUT, and the s7 seed's
-  groups=32 on 64 channels), dilation 1-3;
-* stride 1 or 2, padding 0..dilation, the same in height and width;
+* ``groups == 1`` (dense): kernel 3x3, weight (COUT, CIN, 3, 3);
+* ``groups > 1`` (grouped, depthwise when groups == CIN): kernel KxK for K = 3, 5 or 7,
+  weight (COUT, CIN / groups, K, K), at most 16 input channels per group (depthwise
+  5x5 in EfficientNet, ResNeXt's groups of 4, 8 and 16, RegNetX's of 8, the s7
+  seed's groups=32 on 64 channels);
+* dilation 1, 2 or 3; stride 1 or 2; padding 0..dilation x (K - 1) / 2; the same in
+  height and width;
 * input (N, CIN, H, W) on a CUDA device, or on the CPU under ``TRITON_INTERPRET=1``;
   NCHW or channels_last (channels_last in gives channels_last out);
 * float32, float16, bfloat16 (float32 accumulation) and float64 (float64 accumulation,
@@ -45,7 +47,8 @@ from torch import Tensor
 __all__ = ["SUPPORTED_DTYPES", "check_supported", "conv2d", "is_supported", "kernels_can_run"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-MAX_CIN_PER_GROUP = 4
+MAX_CIN_PER_GROUP = 16  # the grouped kernel unrolls its input channels: 16 x K x K loads
+GROUPED_KERNEL_SIZES = (3, 5, 7)
 
 
 def _pair(v, name: str) -> int:
@@ -82,9 +85,13 @@ def check_supported(
     prefix = "fastcifar.kernels.conv2d:"
     if len(input_shape) != 4 or len(weight_shape) != 4:
         raise NotImplementedError(f"{prefix} only 4-D input and weight are supported")
-    cin, cout = input_shape[1], weight_shape[0]
-    if tuple(weight_shape[2:]) != (3, 3):
-        raise NotImplementedError(f"{prefix} kernel {tuple(weight_shape[2:])} is not 3x3")
+    cin, cout, k = input_shape[1], weight_shape[0], weight_shape[2]
+    if weight_shape[2] != weight_shape[3]:
+        raise NotImplementedError(f"{prefix} kernel {tuple(weight_shape[2:])} is not square")
+    if groups == 1 and k != 3:
+        raise NotImplementedError(f"{prefix} dense kernel {k}x{k} is not 3x3")
+    if groups > 1 and k not in GROUPED_KERNEL_SIZES:
+        raise NotImplementedError(f"{prefix} grouped kernel {k}x{k} is not 3x3, 5x5 or 7x7")
     if groups < 1 or cin % groups or cout % groups or weight_shape[1] != cin // groups:
         raise ValueError(
             f"{prefix} weight {tuple(weight_shape)} does not match input channels {cin} "
@@ -99,18 +106,22 @@ def check_supported(
         raise NotImplementedError(f"{prefix} dilation {dilation} is not 1, 2 or 3")
     if stride not in (1, 2):
         raise NotImplementedError(f"{prefix} stride {stride} is not 1 or 2")
-    if not 0 <= padding <= dilation:
-        raise NotImplementedError(f"{prefix} padding {padding} is outside 0..dilation ({dilation})")
+    if not 0 <= padding <= dilation * (k - 1) // 2:
+        raise NotImplementedError(
+            f"{prefix} padding {padding} is outside 0..dilation x (K - 1) / 2 "
+            f"({dilation * (k - 1) // 2})"
+        )
     if dtype not in SUPPORTED_DTYPES:
         raise NotImplementedError(f"{prefix} dtype {dtype} is not float32/16, bfloat16 or float64")
     h, w = input_shape[2], input_shape[3]
-    if h + 2 * padding < 2 * dilation + 1 or w + 2 * padding < 2 * dilation + 1:
+    span = dilation * (k - 1) + 1
+    if h + 2 * padding < span or w + 2 * padding < span:
         raise NotImplementedError(
-            f"{prefix} the dilated 3x3 kernel does not fit in a {h}x{w} input with padding "
-            f"{padding}"
+            f"{prefix} the dilated {k}x{k} kernel does not fit in a {h}x{w} input with "
+            f"padding {padding}"
         )
     n = input_shape[0]
-    ho, wo = out_size(h, stride, padding, dilation), out_size(w, stride, padding, dilation)
+    ho, wo = out_size(h, stride, padding, dilation, k), out_size(w, stride, padding, dilation, k)
     for what, elements in (("input", n * cin * h * w), ("output", n * cout * ho * wo)):
         if elements >= MAX_INT32_ELEMENTS:
             raise NotImplementedError(
@@ -162,8 +173,8 @@ def launch_forward(
     k = _k()
     t = tiles(x.dtype, family(x.shape[1], groups))
     n, cin, h, wd = x.shape
-    cout = w.shape[0]
-    y = empty_output(x, cout, stride, padding, dilation)
+    cout, ksize = w.shape[0], w.shape[-1]
+    y = empty_output(x, cout, stride, padding, dilation, ksize)
     ho, wo = y.shape[2], y.shape[3]
     has_bias = b is not None
     b_arg = b if has_bias else w
@@ -187,8 +198,8 @@ def launch_forward(
             k.conv_fwd_grouped_kernel, (programs, cdiv(cout, t.block_c)),
             x, w, b_arg, y, n, h, wd, cout, ho, wo, cout // groups,
             *strides(x), *strides(w), *strides(y),
-            CIN_PG=cin // groups, STRIDE=stride, PADDING=padding, DILATION=dilation,
-            HAS_BIAS=has_bias,
+            CIN_PG=cin // groups, KSIZE=ksize, STRIDE=stride, PADDING=padding,
+            DILATION=dilation, HAS_BIAS=has_bias,
             ACC=tl_acc(x.dtype), BLOCK_P=t.block_p, BLOCK_C=t.block_c, **epilogue,
             **t.launch_options,
         )  # fmt: skip
@@ -216,8 +227,8 @@ def launch_grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding,
             k.conv_bwd_input_grouped_kernel, (programs, cdiv(cin, t.block_c)),
             dy, w, dx, n, cin, h, wd, ho, wo, cout // groups,
             *strides(dy), *strides(w), *strides(dx),
-            CIN_PG=cin // groups, STRIDE=stride, PADDING=padding, DILATION=dilation,
-            ACC=tl_acc(dy.dtype),
+            CIN_PG=cin // groups, KSIZE=w.shape[-1], STRIDE=stride, PADDING=padding,
+            DILATION=dilation, ACC=tl_acc(dy.dtype),
             BLOCK_P=t.block_p, BLOCK_C=t.block_c, **t.launch_options,
         )  # fmt: skip
     return dx
@@ -227,16 +238,17 @@ def launch_grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation
     k = _k()
     t = tiles(x.dtype, "dense" if groups == 1 else "reduce")
     n, cin, h, wd = x.shape
-    cout, cin_pg = w_shape[0], w_shape[1]
+    cout, cin_pg, ksize = w_shape[0], w_shape[1], w_shape[-1]
+    taps = ksize * ksize
     ho, wo = dy.shape[2], dy.shape[3]
     total = n * ho * wo
     if groups == 1:
-        other = cdiv(cout, t.block_n) * 9 * cdiv(cin, t.block_k)
+        other = cdiv(cout, t.block_n) * taps * cdiv(cin, t.block_k)
     else:
-        other = cdiv(cout, t.block_c) * 9 * cin_pg
+        other = cdiv(cout, t.block_c) * taps * cin_pg
     pixels_per_partial = partial_pixels(total, other, t, x.device)
     parts = cdiv(total, pixels_per_partial)
-    part = torch.empty((parts, cout, cin_pg, 9), dtype=acc_dtype(x.dtype), device=x.device)
+    part = torch.empty((parts, cout, cin_pg, taps), dtype=acc_dtype(x.dtype), device=x.device)
     if groups == 1:
         launch(
             k.conv_bwd_weight_dense_kernel,
@@ -249,14 +261,15 @@ def launch_grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation
         )  # fmt: skip
     else:
         launch(
-            k.conv_bwd_weight_grouped_kernel, (parts, cdiv(cout, t.block_c), 9 * cin_pg),
+            k.conv_bwd_weight_grouped_kernel, (parts, cdiv(cout, t.block_c), taps * cin_pg),
             dy, x, part, n, h, wd, cout, ho, wo, cout // groups, pixels_per_partial,
             *strides(dy), *strides(x),
-            CIN_PG=cin_pg, STRIDE=stride, PADDING=padding, DILATION=dilation, ACC=tl_acc(x.dtype),
+            CIN_PG=cin_pg, KSIZE=ksize, STRIDE=stride, PADDING=padding, DILATION=dilation,
+            ACC=tl_acc(x.dtype),
             BLOCK_P=t.block_p, BLOCK_C=t.block_c, **t.launch_options,
         )  # fmt: skip
     # fixed-order sum of the per-tile partials: deterministic
-    return part.sum(0).view(cout, cin_pg, 3, 3).to(x.dtype)
+    return part.sum(0).view(cout, cin_pg, ksize, ksize).to(x.dtype)
 
 
 def launch_grad_bias(dy: Tensor) -> Tensor:
@@ -293,7 +306,7 @@ def _conv2d_op(
 
 @_conv2d_op.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups):
-    return empty_output(input, weight.shape[0], stride, padding, dilation)
+    return empty_output(input, weight.shape[0], stride, padding, dilation, weight.shape[-1])
 
 
 @torch.library.custom_op("fastcifar::conv2d_grad_input", mutates_args=())
@@ -411,14 +424,15 @@ def conv2d(
 
     Args:
         input: (N, CIN, H, W), NCHW or channels_last, float32/float16/bfloat16/float64.
-        weight: (COUT, CIN / groups, 3, 3), same dtype.
+        weight: (COUT, CIN, 3, 3), or (COUT, CIN / groups, K, K) with K = 3, 5 or 7 when
+            groups > 1; same dtype.
         bias: (COUT,) or None.
         stride, padding, dilation: ints or equal pairs.
-        groups: 1, or a value giving at most 4 input channels per group.
+        groups: 1, or a value giving at most 16 input channels per group.
 
     Returns:
-        (N, COUT, HO, WO) with HO = (H + 2 padding - 2 dilation - 1) // stride + 1, the
-        input's dtype and memory format.
+        (N, COUT, HO, WO) with HO = (H + 2 padding - dilation (K - 1) - 1) // stride + 1,
+        the input's dtype and memory format.
 
     Raises:
         NotImplementedError: the configuration is outside the supported subset (named).

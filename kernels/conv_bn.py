@@ -50,7 +50,7 @@ def _op(
 @_op.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups, relu):
     cout = weight.shape[0]
-    y = empty_output(input, cout, stride, padding, dilation)
+    y = empty_output(input, cout, stride, padding, dilation, weight.shape[-1])
     stat = torch.float64 if input.dtype == torch.float64 else torch.float32
     return y, input.new_empty((cout,), dtype=stat), input.new_empty((cout,), dtype=stat)
 

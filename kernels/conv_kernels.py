@@ -1,6 +1,6 @@
 """Triton kernels of ``fastcifar.kernels.conv`` (and ``conv_bn``): 3x3 dense (dilation 1-3)
-and small-group/depthwise convolutions, forward with optional ReLU / BatchNorm-statistics
-epilogue, input, weight and bias gradients.
+and grouped/depthwise KSIZE x KSIZE (3, 5, 7) convolutions, forward with optional ReLU /
+BatchNorm-statistics epilogue, input, weight and bias gradients.
 
 Private: the launchers in ``fastcifar.kernels.conv`` call these. Every tensor is
 addressed through its four strides (n, c, h, w), so NCHW, channels_last and
@@ -115,21 +115,23 @@ def conv_fwd_dense_kernel(
 @triton.jit
 def conv_fwd_grouped_kernel(
     x_ptr,  # input (N, CIN, H, W)
-    w_ptr,  # weight (COUT, CIN_PG, 3, 3)
+    w_ptr,  # weight (COUT, CIN_PG, KSIZE, KSIZE)
     b_ptr,  # bias (COUT,) or dummy
     y_ptr,  # output (N, COUT, HO, WO)
     N, H, W, COUT, HO, WO, COUT_PG,
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wo, stride_wi, stride_wh, stride_ww,
     stride_yn, stride_yc, stride_yh, stride_yw,
-    CIN_PG: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr,
-    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    CIN_PG: tl.constexpr, KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
+    DILATION: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
     stats_ptr,  # (pixel programs, COUT, 2) partial (sum, M2) when STATS, else a dummy
     RELU: tl.constexpr, STATS: tl.constexpr,
 ):  # fmt: skip
-    """Grouped 3x3 forward (depthwise when CIN_PG == COUT_PG == 1), elementwise math.
+    """Grouped KSIZE x KSIZE forward (depthwise when CIN_PG == COUT_PG == 1), elementwise
+    math.
 
-    x (N, COUT/COUT_PG*CIN_PG, H, W), w (COUT, CIN_PG, 3, 3), y (N, COUT, HO, WO): any
+    x (N, COUT/COUT_PG*CIN_PG, H, W), w (COUT, CIN_PG, KSIZE, KSIZE), y (N, COUT, HO, WO): any
     strides, one dtype; accumulation in ``ACC``. Grid: (cdiv(N*HO*WO, BLOCK_P),
     cdiv(COUT, BLOCK_C)); epilogue as the dense kernel.
     """
@@ -142,8 +144,8 @@ def conv_fwd_grouped_kernel(
     n, oh, ow = pixel_coords(offs_p, HO, WO)
     group = offs_co // COUT_PG
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
-    for kh in tl.static_range(3):
-        for kw in tl.static_range(3):
+    for kh in tl.static_range(KSIZE):
+        for kw in tl.static_range(KSIZE):
             ih, iw, ok = tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE, PADDING, DILATION)
             x_base = n * stride_xn + ih * stride_xh + iw * stride_xw
             for ci in tl.static_range(CIN_PG):
@@ -228,18 +230,18 @@ def conv_bwd_input_dense_kernel(
 @triton.jit
 def conv_bwd_input_grouped_kernel(
     dy_ptr,  # grad of output (N, COUT, HO, WO)
-    w_ptr,  # weight (COUT, CIN_PG, 3, 3)
+    w_ptr,  # weight (COUT, CIN_PG, KSIZE, KSIZE)
     dx_ptr,  # grad of input (N, CIN, H, W)
     N, CIN, H, W, HO, WO, COUT_PG,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
     stride_wo, stride_wi, stride_wh, stride_ww,
     stride_xn, stride_xc, stride_xh, stride_xw,
-    CIN_PG: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    CIN_PG: tl.constexpr, KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
+    DILATION: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Grouped 3x3 input gradient (depthwise included), elementwise math.
+    """Grouped KSIZE x KSIZE input gradient (depthwise included), elementwise math.
 
-    dy (N, COUT, HO, WO), w (COUT, CIN_PG, 3, 3), dx (N, CIN, H, W): any strides, one
+    dy (N, COUT, HO, WO), w (COUT, CIN_PG, KSIZE, KSIZE), dx (N, CIN, H, W): any strides, one
     dtype. Grid: (cdiv(N*H*W, BLOCK_P), cdiv(CIN, BLOCK_C)).
     """
     pid_p = tl.program_id(0)
@@ -252,8 +254,8 @@ def conv_bwd_input_grouped_kernel(
     group = offs_ci // CIN_PG
     ci_local = offs_ci % CIN_PG
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
-    for kh in tl.static_range(3):
-        for kw in tl.static_range(3):
+    for kh in tl.static_range(KSIZE):
+        for kw in tl.static_range(KSIZE):
             oh, ow, ok = tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE, PADDING, DILATION)
             d_base = n * stride_dyn + oh * stride_dyh + ow * stride_dyw
             for j in range(COUT_PG):
@@ -342,25 +344,26 @@ def conv_bwd_weight_dense_kernel(
 def conv_bwd_weight_grouped_kernel(
     dy_ptr,  # grad of output (N, COUT, HO, WO)
     x_ptr,  # input (N, CIN, H, W)
-    part_ptr,  # partials (T, COUT, CIN_PG, 9), contiguous, ACC dtype
+    part_ptr,  # partials (T, COUT, CIN_PG, KSIZE * KSIZE), contiguous, ACC dtype
     N, H, W, COUT, HO, WO, COUT_PG, PIXELS_PER_PARTIAL,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
     stride_xn, stride_xc, stride_xh, stride_xw,
-    CIN_PG: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    CIN_PG: tl.constexpr, KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
+    DILATION: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Grouped 3x3 weight gradient (depthwise included), per-program partials.
+    """Grouped KSIZE x KSIZE weight gradient (depthwise included), per-program partials.
 
     dy (N, COUT, HO, WO), x (N, CIN, H, W): any strides, one dtype; part
-    (T, COUT, CIN_PG, 9) contiguous in ``ACC``. Grid: (T, cdiv(COUT, BLOCK_C), 9 * CIN_PG).
+    (T, COUT, CIN_PG, KSIZE * KSIZE) contiguous in ``ACC``. Grid: (T, cdiv(COUT, BLOCK_C),
+    KSIZE * KSIZE * CIN_PG).
     """
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_z = tl.program_id(2)  # tap * CIN_PG + ci
     tap = pid_z // CIN_PG
     ci = pid_z % CIN_PG
-    kh = tap // 3
-    kw = tap % 3
+    kh = tap // KSIZE
+    kw = tap % KSIZE
     offs_co = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_co = offs_co < COUT
     cin = (offs_co // COUT_PG) * CIN_PG + ci
@@ -388,7 +391,8 @@ def conv_bwd_weight_grouped_kernel(
             other=0.0,
         )
         acc += tl.sum(dyt.to(ACC) * xt.to(ACC), axis=0)
-    out = part_ptr + pid_t * COUT * CIN_PG * 9 + offs_co * CIN_PG * 9 + ci * 9 + tap
+    TAPS = KSIZE * KSIZE
+    out = part_ptr + pid_t * COUT * CIN_PG * TAPS + offs_co * CIN_PG * TAPS + ci * TAPS + tap
     tl.store(out, acc, mask=mask_co)
 
 

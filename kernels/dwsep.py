@@ -178,6 +178,11 @@ def depthwise_separable_conv2d(
             f"depthwise_separable_conv2d: w_dw {tuple(w_dw.shape)} must be ({c}, 1, 3, 3) and "
             f"w_pw {tuple(w_pw.shape)} (COUT, {c}, 1, 1)"
         )
+    if tuple(w_dw.shape[2:]) != (3, 3):
+        raise NotImplementedError(
+            f"depthwise_separable_conv2d: depthwise kernel {tuple(w_dw.shape[2:])} is not 3x3 "
+            f"(larger ones run unfused through fastcifar.kernels.conv2d)"
+        )
     check_supported(input.shape, w_dw.shape, input.dtype, input.device, stride, padding,
                     dilation, groups=c)  # fmt: skip
     if not input.dtype == w_dw.dtype == w_pw.dtype:

@@ -293,16 +293,20 @@ def memory_format(t: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def out_size(size: int, stride: int, padding: int, dilation: int) -> int:
-    """Output height or width of a 3x3 convolution (``torch.nn.Conv2d``'s formula)."""
-    return (size + 2 * padding - 2 * dilation - 1) // stride + 1
+def out_size(size: int, stride: int, padding: int, dilation: int, kernel: int = 3) -> int:
+    """Output height or width of a ``kernel`` x ``kernel`` convolution
+    (``torch.nn.Conv2d``'s formula)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def empty_output(x: Tensor, cout: int, stride: int, padding: int, dilation: int) -> Tensor:
-    """The uninitialised (N, COUT, HO, WO) output of a 3x3 convolution of ``x``, in ``x``'s
-    dtype, device and memory format (what the ops and their fake implementations return)."""
+def empty_output(x: Tensor, cout: int, stride: int, padding: int, dilation: int,
+                 kernel: int = 3) -> Tensor:  # fmt: skip
+    """The uninitialised (N, COUT, HO, WO) output of a ``kernel`` x ``kernel`` convolution
+    of ``x``, in ``x``'s dtype, device and memory format (what the ops and their fake
+    implementations return)."""
     n, _, h, w = x.shape
-    ho, wo = out_size(h, stride, padding, dilation), out_size(w, stride, padding, dilation)
+    ho = out_size(h, stride, padding, dilation, kernel)
+    wo = out_size(w, stride, padding, dilation, kernel)
     return torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device,
                        memory_format=memory_format(x))  # fmt: skip
 

@@ -35,7 +35,7 @@ class ConvConfig:
     """One convolution configuration as a layer of a model meets it."""
 
     input_shape: tuple[int, int, int, int]  # (N, CIN, H, W)
-    weight_shape: tuple[int, int, int, int]  # (COUT, CIN / groups, 3, 3)
+    weight_shape: tuple[int, int, int, int]  # (COUT, CIN / groups, K, K)
     stride: int
     padding: int
     dilation: int
@@ -50,6 +50,8 @@ class ConvConfig:
             "depthwise" if self.groups == cin == self.weight_shape[0] else f"groups={self.groups}"
         )  # fmt: skip
         layout = "cl" if self.channels_last else "nchw"
+        k = self.weight_shape[-1]
+        kind = kind if k == 3 else f"{kind} {k}x{k}"
         return (
             f"{kind} {cin}->{self.weight_shape[0]} {h}x{w} s{self.stride} p{self.padding} "
             f"d{self.dilation} {str(self.dtype).replace('torch.', '')} {layout}"

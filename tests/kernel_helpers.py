@@ -25,11 +25,13 @@ def low_precision_bound(torch_error: float, dtype: torch.dtype) -> float:
 
 def conv_inputs(cfg, dtype, channels_last, bias=True, seed=0):
     """(x, weight, bias or None) for ``cfg`` = (N, CIN, COUT, H, W, stride, padding,
-    dilation, groups) on ``DEVICE`` in ``dtype``, x channels_last when asked."""
-    n, cin, cout, h, w, _, _, _, g = cfg
+    dilation, groups[, K]) (K x K kernel, default 3) on ``DEVICE`` in ``dtype``, x
+    channels_last when asked."""
+    n, cin, cout, h, w, _, _, _, g = cfg[:9]
+    k = cfg[9] if len(cfg) > 9 else 3
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, cin, h, w, generator=gen).to(DEVICE, dtype)
-    wt = (torch.randn(cout, cin // g, 3, 3, generator=gen) / 3).to(DEVICE, dtype)
+    wt = (torch.randn(cout, cin // g, k, k, generator=gen) / k).to(DEVICE, dtype)
     b = torch.randn(cout, generator=gen).to(DEVICE, dtype) if bias else None
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -26,6 +26,14 @@ GROUPED = [
     (1, 9, 6, 6, 7, 2, 0, 1, 3),  # 3 per group, 2 outputs per group
     (1, 8, 12, 5, 6, 1, 3, 3, 2),  # 4 per group
     (1, 35, 35, 5, 4, 1, 1, 1, 35),  # more channels than one block
+    # the model zoo's: (..., groups, K) with a K x K kernel
+    (2, 6, 6, 9, 8, 1, 2, 1, 6, 5),  # depthwise 5x5, EfficientNet's
+    (1, 6, 6, 9, 10, 2, 2, 1, 6, 5),  # depthwise 5x5, stride 2
+    (1, 5, 5, 9, 9, 1, 3, 1, 5, 7),  # depthwise 7x7
+    (1, 4, 4, 11, 10, 1, 6, 2, 4, 7),  # depthwise 7x7, dilation 2
+    (1, 16, 16, 6, 7, 1, 1, 1, 2),  # groups of 8, RegNetX's
+    (1, 32, 32, 5, 6, 2, 1, 1, 2),  # groups of 16, ResNeXt's last stage, stride 2
+    (1, 12, 6, 7, 6, 1, 2, 1, 3, 5),  # 4 per group, 5x5, 2 outputs per group
 ]
 REPRESENTATIVE = [DENSE[0], DENSE[3], GROUPED[0], GROUPED[4]]
 # norm-wise relative error bounds. float32/float64: accumulation-order noise only.
@@ -34,7 +42,7 @@ EXACT_TOL = {torch.float32: 2e-6, torch.float64: 1e-13}
 
 def make(cfg, dtype, channels_last, bias=True, seed=0):
     """(x, weight, bias, conv2d keyword arguments) for ``cfg``."""
-    s, p, d, g = cfg[5:]
+    s, p, d, g = cfg[5:9]
     x, wt, b = conv_inputs(cfg, dtype, channels_last, bias, seed)
     return x, wt, b, dict(stride=s, padding=p, dilation=d, groups=g)
 
@@ -127,8 +135,11 @@ def test_no_bias_and_unused_grads():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(wshape=(4, 4, 5, 5)), "not 3x3"),
-        (dict(wshape=(8, 8, 3, 3), cin=16, groups=2), "8 input channels per group"),
+        (dict(wshape=(4, 4, 5, 5)), "dense kernel 5x5 is not 3x3"),
+        (dict(wshape=(4, 1, 9, 9), groups=4), "grouped kernel 9x9 is not 3x3, 5x5 or 7x7"),
+        (dict(wshape=(4, 1, 3, 5), groups=4), "is not square"),
+        (dict(wshape=(32, 32, 3, 3), cin=64, groups=2), "32 input channels per group"),
+        (dict(wshape=(4, 1, 5, 5), groups=4, padding=3), "padding 3 is outside 0..dilation"),
         (dict(dilation=4), "dilation 4 is not 1, 2 or 3"),
         (dict(stride=3), "stride 3 is not 1 or 2"),
         (dict(padding=2), "padding 2 is outside 0..dilation"),

@@ -28,6 +28,9 @@ DENSE = (2, 37, 35, 9, 8, 1, 1, 1, 1)
 DENSE_STRIDED_DILATED = (1, 20, 33, 11, 10, 2, 2, 2, 1)
 DEPTHWISE = (3, 20, 20, 9, 7, 1, 1, 1, 20)  # 189 pixels, 3 blocks of 8 channels
 GROUPED = (2, 66, 66, 6, 7, 2, 3, 3, 33)  # 2 input channels per group, stride 2, dilation 3
+# the model zoo's: depthwise 5x5 at stride 2 (EfficientNet), groups of 16 (ResNeXt)
+DEPTHWISE_5X5 = (2, 40, 40, 9, 8, 2, 2, 1, 40, 5)
+GROUPS_OF_16 = (1, 64, 64, 8, 7, 1, 1, 1, 4)
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +47,9 @@ def test_gpu_tiles_are_in_force():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("cfg", [DENSE, DENSE_STRIDED_DILATED, DEPTHWISE, GROUPED], ids=str)
+@pytest.mark.parametrize(
+    "cfg", [DENSE, DENSE_STRIDED_DILATED, DEPTHWISE, GROUPED, DEPTHWISE_5X5, GROUPS_OF_16], ids=str
+)
 def test_conv2d_forward_and_gradients(cfg, dtype):
     # float16 takes the tl.dot path of the dense kernels with the GPU's 16-wide K blocks
     check(cfg, dtype, channels_last=True)

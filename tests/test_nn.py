@@ -22,8 +22,12 @@ from tests.kernel_helpers import DEVICE
         ((8, 8, 3), dict(padding=1, groups=4), True),
         ((6, 5, 3), dict(padding=3, dilation=3), True),
         ((8, 8, 3), dict(stride=2, padding=1), True),
-        ((4, 4, 5), dict(padding=2), False),  # 5x5
-        ((16, 16, 3), dict(padding=1, groups=2), False),  # 8 input channels per group
+        ((4, 4, 5), dict(padding=2), False),  # dense 5x5
+        ((4, 4, 5), dict(padding=2, groups=4), True),  # depthwise 5x5
+        ((6, 6, 7), dict(padding=3, groups=6, stride=2), True),  # depthwise 7x7
+        ((6, 6, 9), dict(padding=4, groups=6), False),  # 9x9
+        ((16, 16, 3), dict(padding=1, groups=2), True),  # 8 input channels per group
+        ((64, 64, 3), dict(padding=1, groups=2), False),  # 32 input channels per group
         ((4, 4, 3), dict(padding=1, padding_mode="reflect"), False),
         ((4, 4, 3), dict(padding=2), False),  # padding above the dilation
         ((4, 4, 3), dict(stride=3), False),
