@@ -29,8 +29,9 @@ Per compile it reads:
 * tensor-core instructions: ``HMMA`` (sm_75-sm_89, sm_120), ``HGMMA`` (sm_90 wgmma),
   ``UTC*MMA`` (sm_100 tcgen05), ``v_mfma`` (CDNA), for kernels that call ``tl.dot``.
 
-Cases: every distinct 3x3 convolution configuration of the six seed models and the
-speed-run net at batch 512, in each dtype the target trains in (``Target.dtypes``: no
+Cases: every distinct convolution configuration the kernels take (3x3 dense, 3x3/5x5/7x7
+grouped and depthwise) of every model (the seeds, the speed-run nets, the model zoo) at
+batch 512, in each dtype the target trains in (``Target.dtypes``: no
 bfloat16 on sm_75 unless ``--dtypes`` asks), channels_last (weights channels_last too, as
 ``model.to(memory_format=torch.channels_last)`` makes them) and NCHW, plus stride 2,
 dilation 3 and grouped extras; for each, the forward (with and without bias, and with the
@@ -130,7 +131,7 @@ LAYOUTS = {"cl": (True,), "nchw": (False,), "both": (True, False)}
 
 def conv_configs(quick: bool, layout: str | None = None) -> list[tuple]:
     """(input shape, weight shape, stride, padding, dilation, groups, channels_last)
-    for every distinct 3x3 configuration the kernels support, at batch ``BATCH``."""
+    for every distinct configuration the kernels support, at batch ``BATCH``."""
     from fastcifar.kernels.validate import collect_conv_configs
 
     from fastcifar.models import MODELS
@@ -171,7 +172,7 @@ def record(configs, dtypes, target: str | None = None) -> list:
                 conv.launch_grad_input(dy, w, xs, fmt, s, p, d, g)
                 conv.launch_grad_weight(dy, x, ws, s, p, d, g)
                 conv.launch_grad_bias(dy)
-                if g == xs[1] == ws[0]:  # depthwise: the fused separable op, C -> C
+                if g == xs[1] == ws[0] and ws[-1] == 3:  # 3x3 depthwise: the fused op too
                     wp = meta((ws[0], ws[0], 1, 1), dtype, cl)
                     for relu in (False, True):
                         y2 = dwsep.launch_forward(x, w, wp, s, p, d, relu)
