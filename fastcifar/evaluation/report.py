@@ -18,6 +18,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastcifar.recipes import RECIPES
 from fastcifar.units import duration, number, percent, plural, rate
 
 __all__ = ["Report", "build_report", "recipe_fields_used", "render_html", "render_markdown",
@@ -110,13 +111,20 @@ def _banner(recipe, summary: dict, metrics: list[dict], result: dict):
         parts.append(f"{number(trained)} of {plural(CIFAR10_TRAIN, 'training image')}")
     if result["test_images"] < CIFAR10_TEST:
         parts.append(f"{number(result['test_images'])} of 10,000 test images")
-    if len(metrics) < recipe.epochs:
-        parts.append(f"{len(metrics)} of {plural(recipe.epochs, 'epoch')}")
+    epochs = _registered(recipe).epochs  # the recipe as the seed ran it, not as overridden
+    if len(metrics) < epochs:
+        parts.append(f"{len(metrics)} of {plural(epochs, 'epoch')}")
     if not parts:
         return None
     seed = f"the seed's {percent(recipe.expected_accuracy)}" if recipe.expected_accuracy else (
         "a full run")  # fmt: skip
     return f"{', '.join(parts)}: not comparable with {seed}"
+
+
+def _registered(recipe):
+    """The named recipe as registered (the seed's own settings), or ``recipe`` itself for
+    a name that is not registered."""
+    return RECIPES.get(recipe.name, recipe)
 
 
 def _headline(recipe, summary: dict, result: dict, model_source: str) -> tuple[str, str]:
@@ -127,8 +135,9 @@ def _headline(recipe, summary: dict, result: dict, model_source: str) -> tuple[s
     if recipe.tta != "none" and single is not None:
         line += f" with TTA ({recipe.tta}), {percent(single)} single view"
     if recipe.expected_accuracy:
+        epochs = _registered(recipe).epochs
         comparison = (f"The seed reported {percent(recipe.expected_accuracy)} "
-                      f"({model_source}, {plural(recipe.epochs, 'epoch')}).")  # fmt: skip
+                      f"({model_source}, {plural(epochs, 'epoch')}).")  # fmt: skip
     else:
         comparison = "The seed claims no accuracy for this recipe."
     return line, comparison
