@@ -195,7 +195,8 @@ def _dispatch_kernels(
     print(dispatch.format_table(decisions))
     n = {kind: len([x for x in names if x not in reverted]) for kind, names in changed.items()}
     print(
-        f"kernels: {n['conv']} convolutions in Triton, {n['conv_relu_bn']} conv+ReLU+BN and "
+        f"kernels: {n['conv']} convolutions in Triton, {n['conv_relu_bn']} conv+ReLU+BN, "
+        f"{n['conv_bn']} conv+BN and "
         f"{n['dwsep']} depthwise-separable blocks fused; the rest PyTorch's",
         flush=True,
     )

@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastcifar.kernel_guard import is_triton_failure, run_block, validate_block
+from fastcifar.kernel_guard import FUSED, is_triton_failure, run_block, validate_block
 from fastcifar.kernels.validate import ConvConfig, collect_conv_configs
 from fastcifar.nn import (
-    FusedConvReLUBN,
-    FusedDepthwiseSeparable,
+    fuse_conv_bn,
     fuse_conv_relu_bn,
     fuse_depthwise_separable,
+    is_conv_bn,
     is_conv_relu_bn,
     is_depthwise_separable,
     swap_convolutions,
@@ -51,14 +51,14 @@ from fastcifar.runtime import first_line
 
 __all__ = ["Decision", "DispatchCache", "Runner", "apply", "cuda_timer", "decide", "format_table"]
 
-KINDS = ("conv", "conv_relu_bn", "dwsep")
+KINDS = ("conv", "conv_relu_bn", "conv_bn", "dwsep")
 
 
 @dataclass
 class Runner:
     """One side of one comparison: ``fn()`` runs forward + backward once."""
 
-    kind: str  # conv | conv_relu_bn | dwsep
+    kind: str  # conv | conv_relu_bn | conv_bn | dwsep
     side: str  # triton | torch
     config: str
     fn: Callable[[], None]
@@ -194,10 +194,8 @@ def _block_runner(kind: str, block: nn.Module, cfg: ConvConfig, side: str, devic
             copied = copy.deepcopy(block).to(device).train()
             if side == "torch":
                 copied.__class__ = nn.Sequential
-            elif kind == "conv_relu_bn":
-                copied.__class__ = FusedConvReLUBN
             else:
-                copied.__class__ = FusedDepthwiseSeparable
+                copied.__class__ = FUSED[kind]
             if cfg.channels_last:
                 copied = copied.to(memory_format=torch.channels_last)
             state["block"], state["x"] = copied, _inputs(cfg, device)
@@ -214,7 +212,7 @@ def _blocks(model: nn.Module, configs: dict[ConvConfig, list[str]]):
     """(kind, block name, block, config of its first conv) for every fusable block."""
     conv_config = {layer: cfg for cfg, layers in configs.items() for layer in layers}
     for name, m in model.named_modules():
-        for kind, test in (("conv_relu_bn", is_conv_relu_bn),
+        for kind, test in (("conv_relu_bn", is_conv_relu_bn), ("conv_bn", is_conv_bn),
                            ("dwsep", is_depthwise_separable)):  # fmt: skip
             first = f"{name}.0" if name else "0"
             if test(m) and first in conv_config:
@@ -298,10 +296,12 @@ def apply(model: nn.Module, decisions: list[Decision]) -> dict[str, list[str]]:
     wins = {kind: {n for d in decisions if d.kind == kind and d.choice == "triton"
                    for n in d.layers} for kind in KINDS}  # fmt: skip
     fused_crb = fuse_conv_relu_bn(model, only=wins["conv_relu_bn"])
+    fused_cb = fuse_conv_bn(model, only=wins["conv_bn"])
     fused_dwsep = fuse_depthwise_separable(model, only=wins["dwsep"])
-    inside = {f"{b}.{i}" if b else str(i) for b in fused_crb + fused_dwsep for i in range(3)}
+    blocks = fused_crb + fused_cb + fused_dwsep
+    inside = {f"{b}.{i}" if b else str(i) for b in blocks for i in range(3)}
     convs = swap_convolutions(model, only=wins["conv"] - inside)
-    return {"conv": convs, "conv_relu_bn": fused_crb, "dwsep": fused_dwsep}
+    return {"conv": convs, "conv_relu_bn": fused_crb, "conv_bn": fused_cb, "dwsep": fused_dwsep}
 
 
 def mark_reverted(decisions: list[Decision], reverted: dict[str, str]) -> None:

@@ -25,12 +25,18 @@ import torch
 from torch import nn
 
 from fastcifar.kernels.validate import ConvConfig, error_bound, relative_error
-from fastcifar.nn import FusedConvReLUBN, FusedDepthwiseSeparable, revert_to_torch, runs_triton
+from fastcifar.nn import (
+    FusedConvBN,
+    FusedConvReLUBN,
+    FusedDepthwiseSeparable,
+    revert_to_torch,
+    runs_triton,
+)
 from fastcifar.runtime import first_line
 
 __all__ = ["is_triton_failure", "run_block", "trial_step", "validate_block"]
 
-FUSED = {"conv_relu_bn": FusedConvReLUBN, "dwsep": FusedDepthwiseSeparable}
+FUSED = {"conv_relu_bn": FusedConvReLUBN, "conv_bn": FusedConvBN, "dwsep": FusedDepthwiseSeparable}
 
 
 def is_triton_failure(exc: BaseException) -> bool:
@@ -69,8 +75,8 @@ def run_block(
 
 
 def validate_block(kind: str, block: nn.Module, cfg: ConvConfig, device) -> str:
-    """Run the fused version of ``block`` (a ``Sequential`` of kind ``conv_relu_bn`` or
-    ``dwsep``) and its PyTorch sequence in ``cfg.dtype`` against a float64 PyTorch
+    """Run the fused version of ``block`` (a ``Sequential`` of kind ``conv_relu_bn``,
+    ``conv_bn`` or ``dwsep``) and its PyTorch sequence in ``cfg.dtype`` against a float64 PyTorch
     reference, on ``cfg``'s input shape and layout; "" when the fused output, input
     gradient and parameter gradients are within bounds, else what failed.
 

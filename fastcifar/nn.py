@@ -115,10 +115,10 @@ class FusedConvReLUBN(nn.Sequential):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, bn = self[0], self[2]
+        conv, bn = self[0], self[-1]
         x, weight, bias = _autocast_args(x, conv.weight, conv.bias)
         args = (conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
-        y, mean, var = conv2d_relu_stats(x, weight, bias, *args, relu=True)
+        y, mean, var = conv2d_relu_stats(x, weight, bias, *args, relu=len(self) == 3)
         use_batch_stats = bn.training or not bn.track_running_stats
         if bn.training and bn.track_running_stats:
             with torch.no_grad():
@@ -136,6 +136,32 @@ class FusedConvReLUBN(nn.Sequential):
         shift = -mean * scale + (bn.bias if bn.affine else 0)
         shape = (1, -1, 1, 1)
         return y * scale.view(shape).to(y.dtype) + shift.view(shape).to(y.dtype)
+
+
+class FusedConvBN(FusedConvReLUBN):
+    """``Sequential(conv, BatchNorm2d)`` (the model zoo's convolution -> BatchNorm, its
+    activation outside): the Triton conv with the batch statistics of its output in the
+    same kernel, then ``y * scale + shift``. PyTorch's block writes the conv output and
+    reads it back once to take the statistics; here that read is gone: one read of the
+    output tensor per block and step (docs/DESIGN.md, "Fusions for the model zoo"). Same
+    children, parameters, state-dict keys and BatchNorm semantics as the block."""
+
+
+def is_conv_bn(m: nn.Module) -> bool:
+    """Whether ``m`` is a ``Sequential(Conv2d, BatchNorm2d)`` the fused kernel covers."""
+    return (
+        type(m) is nn.Sequential
+        and len(m) == 2
+        and isinstance(m[0], nn.Conv2d)
+        and config_supported(m[0])
+        and type(m[1]) is nn.BatchNorm2d
+    )
+
+
+def fuse_conv_bn(model: nn.Module, only: set[str] | None = None) -> list[str]:
+    """Turn every supported ``Sequential(Conv2d, BatchNorm2d)`` of ``model`` (or those named
+    in ``only``) into a ``FusedConvBN`` in place. Returns the qualified names converted."""
+    return _convert_blocks(model, is_conv_bn, FusedConvBN, only)
 
 
 def is_conv_relu_bn(m: nn.Module) -> bool:

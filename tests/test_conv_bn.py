@@ -1,4 +1,5 @@
-"""The conv + ReLU + BatchNorm-statistics epilogue and the fused Conv-ReLU-BN block."""
+"""The conv + ReLU + BatchNorm-statistics epilogue and the fused Conv-ReLU-BN and Conv-BN
+blocks."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from fastcifar.kernels.conv_bn import conv2d_relu_stats
 from torch import nn
 
 from fastcifar.models import create_model
-from fastcifar.nn import FusedConvReLUBN, fuse_conv_relu_bn
+from fastcifar.nn import FusedConvBN, FusedConvReLUBN, fuse_conv_relu_bn
 from tests.kernel_helpers import DEVICE, conv_inputs, rel
 
 # (N, CIN, COUT, H, W, stride, padding, dilation, groups)
@@ -80,15 +81,21 @@ def crb(cin, cout, **kw):
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_fused_block_matches_the_unfused_block(momentum):
+@pytest.mark.parametrize("kind", ["conv_relu_bn", "conv_bn"])
+def test_fused_block_matches_the_unfused_block(momentum, kind):
+    # conv_bn: the model zoo's depthwise 5x5 -> BatchNorm (FusedConvBN)
     torch.manual_seed(0)
-    ref = crb(4, 6, padding=1, groups=2).to(DEVICE)
-    ref[2].momentum = momentum
+    if kind == "conv_relu_bn":
+        ref, cls = crb(4, 6, padding=1, groups=2).to(DEVICE), FusedConvReLUBN
+    else:
+        conv = nn.Conv2d(4, 4, 5, padding=2, groups=4, bias=False)
+        ref, cls = nn.Sequential(conv, nn.BatchNorm2d(4)).to(DEVICE), FusedConvBN
+    ref[-1].momentum = momentum
     with torch.no_grad():
-        ref[2].weight.uniform_(0.5, 1.5)
-        ref[2].bias.uniform_(-0.5, 0.5)
+        ref[-1].weight.uniform_(0.5, 1.5)
+        ref[-1].bias.uniform_(-0.5, 0.5)
     fused = copy.deepcopy(ref)
-    fused.__class__ = FusedConvReLUBN
+    fused.__class__ = cls
     for step in range(2):  # two steps: running statistics move twice
         x = torch.randn(3, 4, 7, 9, device=DEVICE).contiguous(memory_format=torch.channels_last)
         xs = [x.clone().requires_grad_() for _ in range(2)]
@@ -101,7 +108,7 @@ def test_fused_block_matches_the_unfused_block(momentum):
         for (name, p), q in zip(ref.named_parameters(), fused.parameters(), strict=True):
             assert rel(q.grad, p.grad.double()) < 1e-4, name
     for buf in ("running_mean", "running_var", "num_batches_tracked"):
-        torch.testing.assert_close(getattr(fused[2], buf), getattr(ref[2], buf))
+        torch.testing.assert_close(getattr(fused[-1], buf), getattr(ref[-1], buf))
     ref.eval()
     fused.eval()
     x = torch.randn(2, 4, 7, 9, device=DEVICE)

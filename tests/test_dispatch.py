@@ -12,12 +12,13 @@ from torch import nn
 
 from fastcifar import dispatch
 from fastcifar.components import _dispatch_kernels
-from fastcifar.nn import Conv2d, FusedConvReLUBN, FusedDepthwiseSeparable
+from fastcifar.nn import Conv2d, FusedConvBN, FusedConvReLUBN, FusedDepthwiseSeparable
 from fastcifar.runtime import resolve_kernels
 
 
 class Net(nn.Module):
-    """Two dense 3x3 configurations, a conv+ReLU+BN block and a depthwise-separable one."""
+    """Two dense 3x3 configurations, a conv+ReLU+BN block, a depthwise 5x5 + BN block (the
+    model zoo's) and a depthwise-separable one."""
 
     def __init__(self):
         super().__init__()
@@ -25,11 +26,13 @@ class Net(nn.Module):
         self.b = nn.Conv2d(8, 8, 3, padding=2, dilation=2)  # dense dilated 8->8
         self.crb = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.ReLU(),
                                  nn.BatchNorm2d(8))  # fmt: skip
+        self.cb = nn.Sequential(nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False),
+                                nn.BatchNorm2d(8))  # fmt: skip
         self.sep = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
                                  nn.ReLU(), nn.Conv2d(8, 16, 1, bias=False))  # fmt: skip
 
     def forward(self, x):
-        return self.sep(self.crb(self.b(self.a(x))))
+        return self.sep(self.cb(self.crb(self.b(self.a(x)))))
 
 
 class FakeTimer:
@@ -58,12 +61,12 @@ def _decide(tmp_path, timer, env="GPU X | driver 1 | torch 2.11 | triton 3.6"):
 
 
 def test_choice_follows_the_timings_for_each_configuration_and_block(tmp_path):
-    timer = FakeTimer(triton_wins={"dilated", "conv_relu_bn"})
+    timer = FakeTimer(triton_wins={"dilated", "conv_relu_bn", "conv_bn"})
     model, decisions = _decide(tmp_path, timer)
     by_kind = {}
     for d in decisions:
         by_kind.setdefault(d.kind, []).append(d)
-    assert {d.kind for d in decisions} == {"conv", "conv_relu_bn", "dwsep"}
+    assert {d.kind for d in decisions} == {"conv", "conv_relu_bn", "conv_bn", "dwsep"}
     dilated = next(d for d in by_kind["conv"] if " d2 " in d.config)
     assert dilated.choice == "triton" and dilated.layers == ["b"]
     assert all(d.choice == "torch" for d in by_kind["conv"] if d is not dilated)
@@ -71,7 +74,8 @@ def test_choice_follows_the_timings_for_each_configuration_and_block(tmp_path):
     assert crb.choice == "triton" and crb.layers == ["crb"]
     assert by_kind["dwsep"][0].choice == "torch"
     changed = dispatch.apply(model, decisions)
-    assert changed == {"conv": ["b"], "conv_relu_bn": ["crb"], "dwsep": []}
+    assert changed == {"conv": ["b"], "conv_relu_bn": ["crb"], "conv_bn": ["cb"], "dwsep": []}
+    assert isinstance(model.cb, FusedConvBN)
     assert type(model.b) is Conv2d and type(model.a) is nn.Conv2d
     assert isinstance(model.crb, FusedConvReLUBN)
     assert type(model.crb[0]) is nn.Conv2d  # inside the fused block: the fused kernel runs it
@@ -143,7 +147,7 @@ def test_table_is_printed_and_returned_for_config_json(tmp_path, monkeypatch, ca
     assert "triton ms" in out and "torch ms" in out and "choice" in out
     assert "kernels: 1 convolutions in Triton" in out
     json.dumps(records)
-    assert {r["kind"] for r in records} == {"conv", "conv_relu_bn", "dwsep"}
+    assert {r["kind"] for r in records} == {"conv", "conv_relu_bn", "conv_bn", "dwsep"}
 
 
 def test_auto_on_a_cpu_is_pytorch_without_timing():
@@ -177,7 +181,7 @@ def test_block_runners_run_forward_and_backward_on_the_cpu(monkeypatch):
     example = torch.randn(2, 3, 32, 32)
     configs = dispatch.collect_conv_configs(model, example, torch.float32)
     blocks = list(dispatch._blocks(model, configs))
-    assert {kind for kind, *_ in blocks} == {"conv_relu_bn", "dwsep"}
+    assert {kind for kind, *_ in blocks} == {"conv_relu_bn", "conv_bn", "dwsep"}
     for kind, _, block, cfg in blocks:
         for side in ("triton", "torch"):
             dispatch._block_runner(kind, block, cfg, side, "cpu").fn()
