@@ -20,7 +20,7 @@ N = 600
 def draw(backend: str, aug: str, img: np.ndarray, n: int = N, seed: int = 0) -> np.ndarray:
     images = np.repeat(img[None], n, 0)
     labels = np.arange(n) % 10
-    config = LoaderConfig(aug, MEAN, STD, 200, shuffle=False, seed=seed, workers=0)
+    config = LoaderConfig(aug, MEAN, STD, min(200, n), shuffle=False, seed=seed, workers=0)
     ld = make_train_loader(backend, images, labels, config)  # the path training takes
     return torch.cat([x for x, _ in ld]).numpy()
 

@@ -119,7 +119,7 @@ def test_l1_term_adds_exactly_its_gradient_to_a_step(tiny_tree, tmp_path):
 
 
 def test_label_smoothing_reaches_the_loss(tiny_tree, tmp_path):
-    recipe = get_recipe("s7").replace(label_smoothing=0.1)
+    recipe = get_recipe("s7").replace(label_smoothing=0.1, batch_size=10)
     t = build_trainer(recipe, _options(tiny_tree), tmp_path)
     logp = torch.log_softmax(torch.randn(4, 10), 1)
     y = torch.tensor([0, 1, 2, 3])
