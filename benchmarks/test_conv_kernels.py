@@ -1,5 +1,6 @@
 """Triton convolutions vs cuDNN vs torch.compile on every conv configuration of s7 and
-c1c2c3c40 at batch 512, bfloat16, channels_last; and the s7 training step with and without
+c1c2c3c40, and every grouped or depthwise one of the model zoo (3x3 and 5x5 depthwise,
+groups of 4 to 16), at batch 512, bfloat16, channels_last; and the s7 training step with and without
 the kernels. Run: ``pytest benchmarks --benchmark-json=bench.json`` on a GPU.
 
 Each benchmark records in ``extra_info``: the configuration, the bytes it must move at
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from fastcifar.kernels import conv2d, depthwise_separable_conv2d
 from fastcifar.kernels.validate import ConvConfig, collect_conv_configs
 
-from fastcifar.models import create_model
+from fastcifar.models import ZOO_MODELS, create_model
 from fastcifar.nn import fuse_conv_relu_bn, swap_convolutions
 
 pytestmark = pytest.mark.cuda
@@ -30,12 +31,14 @@ def _configs() -> list[tuple[str, ConvConfig]]:
     if not torch.cuda.is_available():
         return []
     out = []
-    for name in ("s7", "c1c2c3c40"):
+    for name in ("s7", "c1c2c3c40", *ZOO_MODELS):
         model = create_model(name).cuda().to(memory_format=torch.channels_last)
         x = torch.randn(BATCH, 3, 32, 32, device="cuda").contiguous(
             memory_format=torch.channels_last
         )
         for cfg, layers in collect_conv_configs(model, x, DTYPE).items():
+            if name in ZOO_MODELS and cfg.groups == 1:
+                continue  # the zoo's dense 3x3 convolutions are few; its grouped ones count
             out.append((f"{name}:{layers[0]}", cfg))
     return out
 
