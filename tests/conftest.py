@@ -93,6 +93,16 @@ def make_tar(tree_root: Path, target: Path, arcname: str = "cifar") -> Path:
     return target
 
 
+def sigint_default() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: the default action,
+    so Python installs its KeyboardInterrupt handler. A test run started in the background
+    of a non-interactive shell inherits SIGINT ignored, and Python leaves an ignored SIGINT
+    ignored: the child would never see the test's Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_train(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python -m fastcifar.train ARGS`` in a subprocess, as a user would run it."""
     return subprocess.run(

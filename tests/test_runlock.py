@@ -15,7 +15,7 @@ import pytest
 
 from fastcifar.errors import FastCifarError
 from fastcifar.runlock import RunLock
-from tests.conftest import ROOT, read_metrics, run_train
+from tests.conftest import ROOT, read_metrics, run_train, sigint_default
 
 HOLD = (
     "import sys, time; from fastcifar.runlock import RunLock; "
@@ -88,7 +88,7 @@ def test_sigint_says_what_was_kept_and_the_resume_command(tiny_tree, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "fastcifar.train", *_train_args(tiny_tree, out, 30)], cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default,
     )  # fmt: skip
     _wait_for(lambda: (out / "metrics.jsonl").exists() and read_metrics(out), proc)
     proc.send_signal(signal.SIGINT)

@@ -18,7 +18,7 @@ from fastcifar.errors import run_cli
 from fastcifar.recipes import get_recipe
 from fastcifar.rundir import write_config
 from fastcifar.train import main
-from tests.conftest import ROOT, make_tar, make_tree, read_metrics, run_train
+from tests.conftest import ROOT, make_tar, make_tree, read_metrics, run_train, sigint_default
 
 METRIC_KEYS = {
     "epoch",
@@ -209,6 +209,7 @@ def test_ctrl_c_leaves_no_worker_processes(real_archive, tmp_path):
          "2000", "--test-subset", "100", "--epochs", "3", "--batch-size", "20", "--workers", "2",
          "--no-evaluate", "--out", str(out)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=sigint_default,
     )  # fmt: skip
 
     def workers() -> list[str]:
