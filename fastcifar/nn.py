@@ -147,15 +147,21 @@ class FusedConvBN(FusedConvReLUBN):
     children, parameters, state-dict keys and BatchNorm semantics as the block."""
 
 
-def is_conv_bn(m: nn.Module) -> bool:
-    """Whether ``m`` is a ``Sequential(Conv2d, BatchNorm2d)`` the fused kernel covers."""
+def _conv_then(m: nn.Module, *after: type) -> bool:
+    """Whether ``m`` is ``Sequential(Conv2d the kernels support, *after)``, each module after
+    the convolution of exactly the type given."""
     return (
         type(m) is nn.Sequential
-        and len(m) == 2
+        and len(m) == 1 + len(after)
         and isinstance(m[0], nn.Conv2d)
         and config_supported(m[0])
-        and type(m[1]) is nn.BatchNorm2d
+        and all(type(child) is cls for child, cls in zip(m[1:], after, strict=True))
     )
+
+
+def is_conv_bn(m: nn.Module) -> bool:
+    """Whether ``m`` is a ``Sequential(Conv2d, BatchNorm2d)`` the fused kernel covers."""
+    return _conv_then(m, nn.BatchNorm2d)
 
 
 def fuse_conv_bn(model: nn.Module, only: set[str] | None = None) -> list[str]:
@@ -166,14 +172,7 @@ def fuse_conv_bn(model: nn.Module, only: set[str] | None = None) -> list[str]:
 
 def is_conv_relu_bn(m: nn.Module) -> bool:
     """Whether ``m`` is a ``Sequential(Conv2d, ReLU, BatchNorm2d)`` the fused kernel covers."""
-    return (
-        type(m) is nn.Sequential
-        and len(m) == 3
-        and isinstance(m[0], nn.Conv2d)
-        and config_supported(m[0])
-        and type(m[1]) is nn.ReLU
-        and type(m[2]) is nn.BatchNorm2d
-    )
+    return _conv_then(m, nn.ReLU, nn.BatchNorm2d)
 
 
 def fuse_conv_relu_bn(model: nn.Module, only: set[str] | None = None) -> list[str]:
