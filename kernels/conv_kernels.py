@@ -118,10 +118,14 @@ def conv_fwd_grouped_kernel(
     w_ptr,  # weight (COUT, CIN_PG, KSIZE, KSIZE)
     b_ptr,  # bias (COUT,) or dummy
     y_ptr,  # output (N, COUT, HO, WO)
+    # sizes: batch, input height and width, output channels, output height and width,
+    # output channels per group
     N, H, W, COUT, HO, WO, COUT_PG,
+    # element strides (n, c, h, w) of x, w (out, in, h, w) and y: any layout
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wo, stride_wi, stride_wh, stride_ww,
     stride_yn, stride_yc, stride_yh, stride_yw,
+    # the convolution's shape and the tile, fixed at compile time
     CIN_PG: tl.constexpr, KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
     DILATION: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -135,6 +139,7 @@ def conv_fwd_grouped_kernel(
     strides, one dtype; accumulation in ``ACC``. Grid: (cdiv(N*HO*WO, BLOCK_P),
     cdiv(COUT, BLOCK_C)); epilogue as the dense kernel.
     """
+    # this program's tile: BLOCK_P output pixels x BLOCK_C output channels
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -144,6 +149,8 @@ def conv_fwd_grouped_kernel(
     n, oh, ow = pixel_coords(offs_p, HO, WO)
     group = offs_co // COUT_PG
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
+    # every tap of the window, every input channel of each output channel's group: one
+    # (pixels x channels) load of x and one channel vector of w each
     for kh in tl.static_range(KSIZE):
         for kw in tl.static_range(KSIZE):
             ih, iw, ok = tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE, PADDING, DILATION)
@@ -161,6 +168,7 @@ def conv_fwd_grouped_kernel(
                     other=0.0,
                 )
                 acc += xt.to(ACC) * wv.to(ACC)[None, :]
+    # bias, then ReLU, the store and the BatchNorm statistics as asked
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_co, mask=mask_co, other=0.0).to(ACC)[None, :]
     _epilogue(acc, y_ptr, stats_ptr, pid_p, n, oh, ow, offs_co, mask_p, mask_co, COUT,
@@ -232,7 +240,9 @@ def conv_bwd_input_grouped_kernel(
     dy_ptr,  # grad of output (N, COUT, HO, WO)
     w_ptr,  # weight (COUT, CIN_PG, KSIZE, KSIZE)
     dx_ptr,  # grad of input (N, CIN, H, W)
+    # sizes: batch, input channels, input and output height and width, outputs per group
     N, CIN, H, W, HO, WO, COUT_PG,
+    # element strides (n, c, h, w) of dy, w (out, in, h, w) and dx: any layout
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
     stride_wo, stride_wi, stride_wh, stride_ww,
     stride_xn, stride_xc, stride_xh, stride_xw,
@@ -244,6 +254,7 @@ def conv_bwd_input_grouped_kernel(
     dy (N, COUT, HO, WO), w (COUT, CIN_PG, KSIZE, KSIZE), dx (N, CIN, H, W): any strides, one
     dtype. Grid: (cdiv(N*H*W, BLOCK_P), cdiv(CIN, BLOCK_C)).
     """
+    # this program's tile: BLOCK_P input pixels x BLOCK_C input channels
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -254,6 +265,8 @@ def conv_bwd_input_grouped_kernel(
     group = offs_ci // CIN_PG
     ci_local = offs_ci % CIN_PG
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
+    # every tap: the output pixel that read this input pixel through it (if any), and
+    # every output channel of the group, weighted by the tap's filter value
     for kh in tl.static_range(KSIZE):
         for kw in tl.static_range(KSIZE):
             oh, ow, ok = tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE, PADDING, DILATION)
@@ -345,6 +358,7 @@ def conv_bwd_weight_grouped_kernel(
     dy_ptr,  # grad of output (N, COUT, HO, WO)
     x_ptr,  # input (N, CIN, H, W)
     part_ptr,  # partials (T, COUT, CIN_PG, KSIZE * KSIZE), contiguous, ACC dtype
+    # sizes, outputs per group, and the output pixels each partial sums over
     N, H, W, COUT, HO, WO, COUT_PG, PIXELS_PER_PARTIAL,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
     stride_xn, stride_xc, stride_xh, stride_xw,
@@ -357,6 +371,8 @@ def conv_bwd_weight_grouped_kernel(
     (T, COUT, CIN_PG, KSIZE * KSIZE) contiguous in ``ACC``. Grid: (T, cdiv(COUT, BLOCK_C),
     KSIZE * KSIZE * CIN_PG).
     """
+    # this program: one pixel range (a partial), one block of output channels, one tap
+    # and one input channel of the group
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_z = tl.program_id(2)  # tap * CIN_PG + ci
@@ -371,6 +387,7 @@ def conv_bwd_weight_grouped_kernel(
     acc = tl.zeros([BLOCK_C], dtype=ACC)
     start = pid_t * PIXELS_PER_PARTIAL
     end = tl.minimum(start + PIXELS_PER_PARTIAL, total)
+    # dw[co, ci, tap] += sum over the range's pixels of dy[co] x (x the tap reads)[ci]
     for p0 in range(start, end, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < total
