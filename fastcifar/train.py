@@ -199,6 +199,11 @@ def _start(run: _Run, resume: bool, world: distributed.World) -> Trainer:
     except KeyboardInterrupt:
         if run.created and world.is_main:
             shutil.rmtree(run.run_dir, ignore_errors=True)
+        if resume:
+            raise Interrupted(
+                f"interrupted before training resumed: {run.run_dir} is as it was; resume "
+                f"it with:\n  python -m fastcifar.train --resume {run.run_dir}"
+            ) from None
         raise Interrupted("interrupted before training started: nothing was saved") from None
     except BaseException:
         if run.created and world.is_main:
