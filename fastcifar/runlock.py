@@ -46,9 +46,16 @@ class RunLock:
             fix: what the user should do when the directory is held (ends the message).
 
         Raises:
-            FastCifarError: a live process holds the directory (the message names it).
+            FastCifarError: a live process holds the directory (the message names it), or
+                the directory cannot be written.
         """
-        file = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's life
+        try:
+            file = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's life
+        except OSError as exc:
+            raise FastCifarError(
+                f"cannot lock {self.path.parent} ({exc.strerror or exc}): the run directory "
+                f"must be writable; copy it somewhere writable first"
+            ) from None
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

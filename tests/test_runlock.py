@@ -101,3 +101,8 @@ def test_sigint_says_what_was_kept_and_the_resume_command(tiny_tree, tmp_path):
     resumed = run_train("--resume", str(out), "--epochs", "30")  # the same run, at once
     assert resumed.returncode == 0, resumed.stderr
     assert len(read_metrics(out)) == 30
+
+
+def test_a_directory_that_cannot_be_written_is_one_line(tmp_path):
+    with pytest.raises(FastCifarError, match="cannot lock .* the run directory must be writable"):
+        RunLock(tmp_path / "missing").acquire("x")
