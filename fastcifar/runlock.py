@@ -1,9 +1,14 @@
 """One run per directory at a time: ``RunLock``, an exclusive lock on a run directory
 that a process holds for its whole life.
 
-The lock is the operating system's (``fcntl.flock`` on ``RUN_DIR/.lock``): it goes with
-the process that holds it, however that process ends, so a directory left by a killed
-run is free at once; no marker file has to be cleaned up. The file also names its
+The lock is the operating system's: a POSIX record lock (``fcntl.lockf``) on
+``RUN_DIR/.lock``. It goes with the process that holds it, however that process ends, so
+a directory left by a killed run is free at once; no marker file has to be cleaned up.
+Not ``fcntl.flock``: a flock belongs to the open file, which forked children share, so
+the DataLoader workers of a SIGKILLed run (alive a moment longer, or orphaned) would keep
+the directory locked; a POSIX lock belongs to the process alone. Its one trap: closing
+any descriptor of the file in the holding process drops it, so a process opens ``.lock``
+once (training and the evaluate command each take it once). The file also names its
 holder (PID, host, start time, command) for the message a refused process prints.
 Training holds the lock (rank 0 under torchrun) from before it reads or writes anything
 in the directory until it exits; ``fastcifar.evaluate`` holds it while it writes the
@@ -31,8 +36,8 @@ class RunLock:
     """An exclusive, non-blocking lock on ``run_dir`` (which must exist).
 
     Use ``acquire(fix)`` (or ``with RunLock(d).acquire(fix):``); ``release()`` or the end
-    of the process frees it. Locks are per open file, so a process that holds a
-    directory's lock is refused a second one too.
+    of the process frees it. Another process is refused; the holding process must not take
+    it twice (its second ``release`` would drop the first).
     """
 
     def __init__(self, run_dir: Path):
@@ -57,8 +62,8 @@ class RunLock:
                 f"must be writable; copy it somewhere writable first"
             ) from None
         try:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EACCES or EAGAIN: another process holds it
             file.seek(0)
             holder = _describe(file.read())
             file.close()
