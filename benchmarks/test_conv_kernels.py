@@ -1,6 +1,6 @@
 """Triton convolutions vs cuDNN vs torch.compile on every conv configuration of s7 and
-c1c2c3c40, and every grouped or depthwise one of the model zoo (3x3 and 5x5 depthwise,
-groups of 4 to 16), at batch 512, bfloat16, channels_last; and the s7 training step with and without
+c1c2c3c40, and with ``FASTCIFAR_BENCH_FULL=1`` every grouped or depthwise one of the model
+zoo (3x3 and 5x5 depthwise, groups of 4 to 16), at batch 512, bfloat16, channels_last; and the s7 training step with and without
 the kernels. Run: ``pytest benchmarks --benchmark-json=bench.json`` on a GPU.
 
 Each benchmark records in ``extra_info``: the configuration, the bytes it must move at
@@ -12,6 +12,8 @@ training step faster with the kernels. Nothing here asserts speed.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -31,7 +33,10 @@ def _configs() -> list[tuple[str, ConvConfig]]:
     if not torch.cuda.is_available():
         return []
     out = []
-    for name in ("s7", "c1c2c3c40", *ZOO_MODELS):
+    # the zoo's configurations with FASTCIFAR_BENCH_FULL=1 only: gpu_check --quick runs
+    # this file and must stay inside its minutes
+    zoo = ZOO_MODELS if os.environ.get("FASTCIFAR_BENCH_FULL") == "1" else ()
+    for name in ("s7", "c1c2c3c40", *zoo):
         model = create_model(name).cuda().to(memory_format=torch.channels_last)
         x = torch.randn(BATCH, 3, 32, 32, device="cuda").contiguous(
             memory_format=torch.channels_last
