@@ -1,7 +1,8 @@
 """Triton convolutions vs cuDNN vs torch.compile on every conv configuration of s7 and
 c1c2c3c40, and with ``FASTCIFAR_BENCH_FULL=1`` every grouped or depthwise one of the model
-zoo (3x3 and 5x5 depthwise, groups of 4 to 16), at batch 512, bfloat16, channels_last; and the s7 training step with and without
-the kernels. Run: ``pytest benchmarks --benchmark-json=bench.json`` on a GPU.
+zoo (3x3 and 5x5 depthwise, groups of 4 to 16), at batch 512, bfloat16, channels_last; and
+the s7 training step with and without the kernels. Run: ``pytest benchmarks
+--benchmark-json=bench.json`` on a GPU.
 
 Each benchmark records in ``extra_info``: the configuration, the bytes it must move at
 least (inputs read once, outputs written once), GB/s and the fraction of the measured copy
