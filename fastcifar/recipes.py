@@ -230,13 +230,18 @@ RECIPES: dict[str, Recipe] = {}
 RECIPE_DOCS: dict[str, str] = {}  # each recipe's seed, what it follows and what the seed ran
 
 
-def _register(recipe: Recipe, doc: str) -> Recipe:
+def register(recipe: Recipe, doc: str) -> Recipe:
+    """Add ``recipe`` (validated) to ``RECIPES`` with ``doc``, what it follows and why.
+
+    Raises:
+        FastCifarError: a field out of range (``Recipe.validate``).
+    """
     RECIPES[recipe.name] = recipe.validate()
     RECIPE_DOCS[recipe.name] = doc
     return recipe
 
 
-_register(
+register(
     S7,
     """EVA6 S7, 99,744 parameters, README 87.17 % after 200 epochs.
 
@@ -245,13 +250,13 @@ _register(
     What the seed run really did: its training loop never called scheduler.step(), so it
     trained at a constant lr 0.008 (0.2 / 25) with momentum 0.95 for all 200 epochs.""",
 )
-_register(
+register(
     S7.replace(name="s7_mixed", model="s7_mixed", epochs=250, expected_accuracy=86.23),
     """EVA6 S7 mixed, 99,200 parameters, README 86.23 % at epoch 246 of 250.
 
     Same recipe as ``s7`` (its seed run never stepped the scheduler either).""",
 )
-_register(
+register(
     Recipe(
         name="attention",
         model="attention",
@@ -273,7 +278,7 @@ _register(
     Adam, OneCycleLR 0.001 -> 0.01 (peak at epoch 5) -> 0.001, stepped every batch, beta1
     cycling 0.95 -> 0.85; L1 0.0005; NLL. The 0.01 peak is read off the seed's LR plot.""",
 )
-_register(
+register(
     Recipe(
         name="c1c2c3c40",
         model="c1c2c3c40",
@@ -294,7 +299,7 @@ _register(
     SGD 0.1 momentum 0.9 with StepLR(6 epochs, x0.2), really stepped each epoch. What the
     seed run really did: it built the StepLR but never stepped it, so lr stayed 0.1.""",
 )
-_register(
+register(
     Recipe(
         name="resnet18",
         model="resnet18",
@@ -317,7 +322,7 @@ _register(
     SGD momentum 0.9, OneCycleLR peak 0.0657 (the seed's LR range test) at epoch 5 of 20,
     div 100 / final div 100, linear annealing, stepped every batch; cross-entropy.""",
 )
-_register(
+register(
     Recipe(
         name="resnet18_ln",
         model="resnet18_ln",
@@ -364,7 +369,7 @@ SPEEDRUN94 = Recipe(
     compile_mode="max-autotune",
     expected_accuracy=94.01,
 )
-_register(
+register(
     SPEEDRUN94,
     """Speed run to 94 %: the airbench94_muon method (94.01 % in 2.59 s on an A100).
 
@@ -380,7 +385,7 @@ _register(
     TTA after the last epoch; torch.compile max-autotune. The timed span is whitening +
     training + final TTA (CUDA events), as the record's. Run with --amp --compile.""",
 )
-_register(
+register(
     SPEEDRUN94.replace(
         name="speedrun94_fast",
         model="speedrun94_silu",
@@ -420,66 +425,9 @@ _register(
     (``--tta-fraction``; the Hiverge repository used a fifth). Not measured on a GPU yet.""",
 )
 
-# The model zoo: kuangliu/pytorch-cifar (commit 49b7aa9, 2021-02-25) trains every model
-# the same way (main.py): SGD lr 0.1, momentum 0.9, weight decay 5e-4, CosineAnnealingLR
-# with T_max 200 stepped per epoch, batch 128, RandomCrop(32, padding=4) and a flip,
-# cross-entropy; its README reports the best test accuracy of that run.
-ZOO_SOURCE = "kuangliu/pytorch-cifar 49b7aa9 (main.py; README's accuracy table)"
-ZOO_ACCURACY = {"mobilenetv2": 94.43, "resnext29_32x4d": 94.73, "regnetx_200mf": 94.24,
-                "efficientnet_b0": None, "shufflenetv2": None}  # fmt: skip
-
-
-def _register_zoo(model: str) -> None:
-    """``model``'s reference recipe and its ``_fast`` variant."""
-    reference = Recipe(
-        name=model, model=model, augmentation="crop4_flip", batch_size=128, epochs=200,
-        optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, scheduler="cosine",
-        loss="cross_entropy", expected_accuracy=ZOO_ACCURACY[model],
-    )  # fmt: skip
-    reported = ZOO_ACCURACY[model]
-    claim = f"its README reports {reported} %" if reported else "its README reports none"
-    _register(
-        reference,
-        f"""{model} as {ZOO_SOURCE} trains it: {claim}.
-
-    SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine annealing to 0 over 200 epochs
-    (stepped per epoch), batch 128, zero-padded 4-pixel random crop and horizontal flip
-    (``crop4_flip``, albumentations in CPU workers), cross-entropy.""",
-    )
-    _register(
-        reference.replace(
-            name=f"{model}_fast",
-            augmentation="flip_translate4",
-            batch_size=512,
-            epochs=30,
-            lr=0.4,
-            nesterov=True,
-            scheduler="onecycle",
-            pct_start=0.25,
-            div_factor=10.0,
-            final_div_factor=100.0,
-            anneal_strategy="linear",
-            cycle_momentum=False,
-            label_smoothing=0.1,
-            drop_last=True,
-            expected_accuracy=None,
-        ),  # fmt: skip
-        f"""{model} for speed, to train it in minutes; no accuracy is claimed until it is
-    measured. Run with ``--amp --compile`` (bfloat16 and channels_last where the GPU has them).
-
-    Against ``{model}``: batch 512 (four times the work per step keeps a GPU busy, a
-    quarter of the steps) with the lr scaled linearly to 0.4, reached by a one-cycle
-    schedule (25 % linear warm-up from 0.04, linear decay to 0.004), which tolerates that
-    lr where a cold start diverges; Nesterov momentum; 30 epochs, the budget one-cycle
-    schedules train CIFAR-10 models in; label smoothing 0.1 for the short schedule; flip
-    and 4-pixel translation batched on the GPU (``flip_translate4``, reflect padding where
-    the reference pads with black): no CPU worker limits the step; drop_last, so every
-    step has the same shape for torch.compile.""",
-    )
-
-
-for _model in ZOO_ACCURACY:
-    _register_zoo(_model)
+# The model zoo's recipes (reference and ``_fast``) live in ``zoo_recipes``: importing it
+# registers them, after everything above it uses exists.
+from fastcifar import zoo_recipes as _zoo_recipes  # noqa: E402, F401
 
 DEFAULT_RECIPE = "s7"
 

@@ -3,7 +3,8 @@
 Layer 1 of fastcifar: knows nothing of models or training.
 
 * ``conv2d``: 3x3 dense (dilation 1-3) and grouped or depthwise 3x3, 5x5 and 7x7
-  convolutions (up to 16 input channels per group) with the
+  convolutions (up to 16 input channels per group; groups of 8 or more on tensor
+  cores) with the
   semantics of ``torch.nn.functional.conv2d``, differentiable, registered as torch
   custom ops (``fastcifar::conv2d`` and its gradients).
 * ``depthwise_separable_conv2d``: fused 3x3 depthwise -> (ReLU) -> 1x1 pointwise whose

@@ -1,8 +1,13 @@
-"""``@triton.jit`` helpers every 3x3 convolution kernel shares: pixel coordinates, and
-where a tap reads or writes (stride, padding and dilation applied, borders masked).
+"""``@triton.jit`` helpers every convolution kernel shares: pixel coordinates and offsets,
+where a tap reads or writes (stride, padding and dilation applied, borders masked), 2-D
+loads and stores of (pixels x channels) tiles, the channel reduction (``tl.dot`` or a
+broadcast multiply-add), a depthwise window and its transpose, and the pixel range of a
+weight-gradient partial.
 
 Index conventions: a flattened pixel index runs over (n, row, col); ``STRIDE``,
-``PADDING``, ``DILATION`` are the convolution's; the 3x3 taps are ``kh, kw``.
+``PADDING``, ``DILATION`` are the convolution's; the taps of a ``KSIZE`` x ``KSIZE``
+window are ``kh, kw``. Every tensor is addressed through its four element strides
+(n, c, h, w), so any layout (NCHW, channels_last, stride-0 expanded) works unchanged.
 """
 
 from __future__ import annotations
@@ -20,8 +25,53 @@ def pixel_coords(offs_p, H, W):
 
 
 @triton.jit
+def pixel_offset(n, h, w, stride_n, stride_h, stride_w):
+    # element offset of pixel (n, h, w) of a 4-D tensor, channel 0
+    return n * stride_n + h * stride_h + w * stride_w
+
+
+@triton.jit
+def load_tile(ptr, pix_off, offs_c, stride_c, mask_p, mask_c):
+    # [pixels, channels] tile at pixel offsets pix_off and channels offs_c; zero where masked
+    return tl.load(
+        ptr + pix_off[:, None] + offs_c[None, :] * stride_c,
+        mask=mask_p[:, None] & mask_c[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
+def store_tile(ptr, value, pix_off, offs_c, stride_c, mask_p, mask_c):
+    # store a [pixels, channels] tile, cast to the tensor's dtype
+    tl.store(
+        ptr + pix_off[:, None] + offs_c[None, :] * stride_c,
+        value.to(ptr.dtype.element_ty),
+        mask=mask_p[:, None] & mask_c[None, :],
+    )
+
+
+@triton.jit
+def mac(acc, a, b, USE_DOT: tl.constexpr, ACC: tl.constexpr):
+    # acc [M, N] += a [M, K] @ b [K, N]: on tensor cores with USE_DOT (K >= 16; "ieee"
+    # keeps float32 out of TF32), else as a broadcast multiply-add in ACC (float64,
+    # bfloat16 under the interpreter)
+    if USE_DOT:
+        acc += tl.dot(a, b, input_precision="ieee").to(ACC)
+    else:
+        acc += tl.sum(a.to(ACC)[:, :, None] * b.to(ACC)[None, :, :], axis=1)
+    return acc
+
+
+@triton.jit
+def partial_range(pid_t, PIXELS_PER_PARTIAL, total):
+    # the pixels [start, end) whose sum weight-gradient partial pid_t holds
+    start = pid_t * PIXELS_PER_PARTIAL
+    return start, tl.minimum(start + PIXELS_PER_PARTIAL, total)
+
+
+@triton.jit
 def tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE: tl.constexpr, PADDING: tl.constexpr,
-                DILATION: tl.constexpr):  # fmt: skip
+               DILATION: tl.constexpr):  # fmt: skip
     # the input pixel tap (kh, kw) of output pixel (oh, ow) reads, and whether it lies inside
     ih = oh * STRIDE - PADDING + kh * DILATION
     iw = ow * STRIDE - PADDING + kw * DILATION
@@ -30,7 +80,7 @@ def tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE: tl.constexpr, PADDING: tl.c
 
 @triton.jit
 def tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE: tl.constexpr, PADDING: tl.constexpr,
-                DILATION: tl.constexpr):  # fmt: skip
+               DILATION: tl.constexpr):  # fmt: skip
     # the output pixel whose tap (kh, kw) reads input pixel (ih, iw), and whether one exists
     th = ih + PADDING - kh * DILATION
     tw = iw + PADDING - kw * DILATION
@@ -40,3 +90,90 @@ def tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE: tl.constexpr, PADDING: tl
     ow = tws // STRIDE
     ok = mask_p & (th >= 0) & (tw >= 0) & (ths % STRIDE == 0) & (tws % STRIDE == 0)
     return oh, ow, ok & (oh < HO) & (ow < WO)
+
+
+@triton.jit
+def _window_row(
+    acc, x_ptr, w_ptr, n, oh, ow, mask_p, x_chan, w_chan, mask_c, kh,
+    H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh, stride_ww,
+    KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
+    DILATION: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    # row kh of ``window``'s taps
+    for kw in tl.static_range(KSIZE):
+        ih, iw, ok = tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE, PADDING, DILATION)
+        x_off = pixel_offset(n, ih, iw, stride_xn, stride_xh, stride_xw)
+        xt = load_tile(x_ptr, x_off, x_chan, stride_xc, ok, mask_c)
+        wv = tl.load(w_ptr + w_chan + kh * stride_wh + kw * stride_ww, mask=mask_c, other=0.0)
+        acc += xt.to(ACC) * wv.to(ACC)[None, :]
+    return acc
+
+
+@triton.jit
+def window(
+    acc, x_ptr, w_ptr,  # accumulator [P, C]; input; weight (c, ., KSIZE, KSIZE)
+    n, oh, ow, mask_p,  # output pixels [P]
+    x_chan, w_chan, mask_c,  # per column: input channel, weight offset of tap (0, 0)
+    H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh, stride_ww,
+    KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
+    DILATION: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    # acc[p, c] += sum over the taps of x[n, x_chan[c], tap source of p] * w[w_chan[c], tap]:
+    # one channel per column, the depthwise (or one input channel of a group's) window.
+    # 3x3 unrolls all 9 taps; 5x5 and 7x7 loop over rows, so that 25-49 loads and their
+    # addresses are not live at once (unrolled, the 5x5 spilled 338 bytes on sm_90)
+    if KSIZE > 3:
+        for kh in range(KSIZE):
+            acc = _window_row(acc, x_ptr, w_ptr, n, oh, ow, mask_p, x_chan, w_chan, mask_c, kh,
+                              H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh,
+                              stride_ww, KSIZE, STRIDE, PADDING, DILATION, ACC)  # fmt: skip
+    else:
+        for kh in tl.static_range(KSIZE):
+            acc = _window_row(acc, x_ptr, w_ptr, n, oh, ow, mask_p, x_chan, w_chan, mask_c, kh,
+                              H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh,
+                              stride_ww, KSIZE, STRIDE, PADDING, DILATION, ACC)  # fmt: skip
+    return acc
+
+
+@triton.jit
+def _window_transposed_row(
+    acc, dy_ptr, w_ptr, n, ih, iw, mask_p, dy_chan, w_chan, mask_c, kh,
+    HO, WO, stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_wh, stride_ww,
+    KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
+    DILATION: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    # row kh of ``window_transposed``'s taps
+    for kw in tl.static_range(KSIZE):
+        oh, ow, ok = tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE, PADDING, DILATION)
+        d_off = pixel_offset(n, oh, ow, stride_dyn, stride_dyh, stride_dyw)
+        dyt = load_tile(dy_ptr, d_off, dy_chan, stride_dyc, ok, mask_c)
+        wv = tl.load(w_ptr + w_chan + kh * stride_wh + kw * stride_ww, mask=mask_c, other=0.0)
+        acc += dyt.to(ACC) * wv.to(ACC)[None, :]
+    return acc
+
+
+@triton.jit
+def window_transposed(
+    acc, dy_ptr, w_ptr,  # accumulator [P, C]; output gradient; weight (., ., KSIZE, KSIZE)
+    n, ih, iw, mask_p,  # input pixels [P]
+    dy_chan, w_chan, mask_c,  # per column: output channel, weight offset of tap (0, 0)
+    HO, WO, stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_wh, stride_ww,
+    KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
+    DILATION: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    # acc[p, c] += sum over the taps of dy[n, dy_chan[c], the output pixel whose tap reads
+    # p] * w[w_chan[c], tap]: ``window``'s adjoint, the input gradient of one channel; rows
+    # looped for 5x5 and 7x7 as in ``window`` (unrolled, 360 bytes spilled on sm_90)
+    if KSIZE > 3:
+        for kh in range(KSIZE):
+            acc = _window_transposed_row(
+                acc, dy_ptr, w_ptr, n, ih, iw, mask_p, dy_chan, w_chan, mask_c, kh, HO, WO,
+                stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_wh, stride_ww, KSIZE,
+                STRIDE, PADDING, DILATION, ACC)  # fmt: skip
+    else:
+        for kh in tl.static_range(KSIZE):
+            acc = _window_transposed_row(
+                acc, dy_ptr, w_ptr, n, ih, iw, mask_p, dy_chan, w_chan, mask_c, kh, HO, WO,
+                stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_wh, stride_ww, KSIZE,
+                STRIDE, PADDING, DILATION, ACC)  # fmt: skip
+    return acc

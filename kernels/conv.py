@@ -16,7 +16,10 @@ Supported (anything else raises ``NotImplementedError`` naming what is not):
   for gradcheck); input, weight and bias of one dtype.
 
 Forward, input gradient, weight gradient and bias gradient are each a Triton kernel
-(``conv_kernels``); no PyTorch convolution is called. Weight and bias gradients are
+(``conv_kernels``); no PyTorch convolution is called. Dense convolutions and groups of
+at least ``DOT_MIN_PER_GROUP`` (8) channels reduce on tensor cores (``tl.dot``, a
+block-diagonal weight tile for groups); depthwise and narrower groups elementwise
+(``family``). Weight and bias gradients are
 deterministic: per-tile partials summed afterwards in a fixed order, no atomics.
 
 The ops are ``torch.library.custom_op``s with fake (meta) implementations and a
@@ -48,6 +51,10 @@ __all__ = ["SUPPORTED_DTYPES", "check_supported", "conv2d", "is_supported", "ker
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MAX_CIN_PER_GROUP = 16  # the grouped kernel unrolls its input channels: 16 x K x K loads
+# Groups this wide (in and out) take the tl.dot kernels: a 16-wide K step holds two groups
+# of 8 (half the block-diagonal weight tile is zeros) or one of 16; narrower groups would
+# leave three quarters or more of each tensor-core step zero, so they run elementwise.
+DOT_MIN_PER_GROUP = 8
 GROUPED_KERNEL_SIZES = (3, 5, 7)
 
 
@@ -155,12 +162,40 @@ def _k():
 # ------------------------------------------------------------------------- launchers
 
 
-def family(cin: int, groups: int) -> str:
-    """The tile family of a forward or input-gradient launch: ``dense`` (groups == 1),
-    ``depthwise`` (one input channel per group), else ``grouped``."""
+def family(cin: int, cout: int, groups: int) -> str:
+    """The kernel and tile family of a convolution: ``dense`` (groups == 1) and
+    ``grouped_dot`` (at least ``DOT_MIN_PER_GROUP`` channels a group, in and out) run the
+    ``tl.dot`` kernels; ``depthwise`` (one input channel per group) and ``grouped``
+    (narrower groups) the elementwise ones."""
     if groups == 1:
         return "dense"
-    return "depthwise" if cin == groups else "grouped"
+    if cin == groups:
+        return "depthwise"
+    return "grouped_dot" if min(cin, cout) // groups >= DOT_MIN_PER_GROUP else "grouped"
+
+
+def channel_span(block: int, per_group: int, other_per_group: int, other_total: int) -> int:
+    """Channels of the other side (``other_per_group`` a group, ``other_total`` in all) that
+    a block of ``block`` consecutive channels (``per_group`` a group, starting at a
+    multiple of ``block``) is connected to: the groups it touches times their width."""
+    if block % per_group == 0:
+        touched = block // per_group
+    elif per_group % block == 0:
+        touched = 1
+    else:  # blocks straddle group borders: at most two partial groups more
+        touched = block // per_group + 2
+    return min(other_total, touched * other_per_group)
+
+
+def _dot_kernels(fam: str) -> bool:
+    return fam in ("dense", "grouped_dot")
+
+
+def span_align(per_group: int, groups: int) -> int:
+    """A power of two (at most 16) dividing the first channel of every program's reduced
+    span in the ``tl.dot`` kernels, a multiple of ``per_group`` (0 when dense): the
+    ``SPAN_ALIGN`` hint that lets the compiler prove 16-byte aligned channel loads."""
+    return 16 if groups == 1 else min(16, per_group & -per_group)
 
 
 def launch_forward(
@@ -171,102 +206,105 @@ def launch_forward(
     BatchNorm partials (programs, COUT, 2): (sum, sum of squared deviations), else None;
     and the pixels per program (every program's count but the last's)."""
     k = _k()
-    t = tiles(x.dtype, family(x.shape[1], groups))
     n, cin, h, wd = x.shape
     cout, ksize = w.shape[0], w.shape[-1]
+    fam = family(cin, cout, groups)
+    t = tiles(x.dtype, fam)
     y = empty_output(x, cout, stride, padding, dilation, ksize)
     ho, wo = y.shape[2], y.shape[3]
-    has_bias = b is not None
-    b_arg = b if has_bias else w
     programs = cdiv(n * ho * wo, t.block_p)
     part = None
     if stats:
         part = torch.empty((programs, cout, 2), dtype=acc_dtype(x.dtype), device=x.device)
-    epilogue = dict(stats_ptr=part if stats else y, RELU=relu, STATS=stats)
-    if groups == 1:
+    pointers = (x, w, b if b is not None else w, y, part if stats else y)
+    conv = dict(KSIZE=ksize, STRIDE=stride, PADDING=padding, DILATION=dilation,
+                HAS_BIAS=b is not None, RELU=relu, STATS=stats, ACC=tl_acc(x.dtype),
+                BLOCK_P=t.block_p, **t.launch_options)  # fmt: skip
+    layout = (*strides(x), *strides(w), *strides(y))
+    cin_pg, cout_pg = cin // groups, cout // groups
+    if _dot_kernels(fam):
+        span = channel_span(t.block_n, cout_pg, cin_pg, cin)
         launch(
-            k.conv_fwd_dense_kernel, (programs, cdiv(cout, t.block_n)),
-            x, w, b_arg, y, n, cin, h, wd, cout, ho, wo,
-            *strides(x), *strides(w), *strides(y),
-            STRIDE=stride, PADDING=padding, DILATION=dilation, HAS_BIAS=has_bias, USE_DOT=t.use_dot,
-            ACC=tl_acc(x.dtype), BLOCK_P=t.block_p, BLOCK_COUT=t.block_n, BLOCK_CIN=t.block_k,
-            **epilogue,
-            **t.launch_options,
+            k.conv_fwd_dot_kernel, (programs, cdiv(cout, t.block_n)),
+            *pointers, n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span, *layout,
+            USE_DOT=t.use_dot, GROUPED=groups > 1, SPAN_ALIGN=span_align(cin_pg, groups),
+            BLOCK_N=t.block_n, BLOCK_K=t.block_k, **conv,
         )  # fmt: skip
     else:
         launch(
             k.conv_fwd_grouped_kernel, (programs, cdiv(cout, t.block_c)),
-            x, w, b_arg, y, n, h, wd, cout, ho, wo, cout // groups,
-            *strides(x), *strides(w), *strides(y),
-            CIN_PG=cin // groups, KSIZE=ksize, STRIDE=stride, PADDING=padding,
-            DILATION=dilation, HAS_BIAS=has_bias,
-            ACC=tl_acc(x.dtype), BLOCK_P=t.block_p, BLOCK_C=t.block_c, **epilogue,
-            **t.launch_options,
+            *pointers, n, h, wd, cout, ho, wo, cout_pg, *layout,
+            CIN_PG=cin_pg, BLOCK_C=t.block_c, **conv,
         )  # fmt: skip
     return y, part, t.block_p
 
 
 def launch_grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding, dilation, groups):
+    """The input gradient (N, CIN, H, W) of output gradient ``dy``, in ``x_format``."""
     k = _k()
-    t = tiles(dy.dtype, family(x_shape[1], groups))
     n, cin, h, wd = x_shape
     cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    fam = family(cin, cout, groups)
+    t = tiles(dy.dtype, fam)
     dx = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=x_format)
     programs = cdiv(n * h * wd, t.block_p)
-    if groups == 1:
+    conv = dict(KSIZE=w.shape[-1], STRIDE=stride, PADDING=padding, DILATION=dilation,
+                ACC=tl_acc(dy.dtype), BLOCK_P=t.block_p, **t.launch_options)  # fmt: skip
+    layout = (*strides(dy), *strides(w), *strides(dx))
+    cin_pg, cout_pg = cin // groups, cout // groups
+    if _dot_kernels(fam):
+        span = channel_span(t.block_n, cin_pg, cout_pg, cout)
         launch(
-            k.conv_bwd_input_dense_kernel, (programs, cdiv(cin, t.block_n)),
-            dy, w, dx, n, cin, h, wd, cout, ho, wo,
-            *strides(dy), *strides(w), *strides(dx),
-            STRIDE=stride, PADDING=padding, DILATION=dilation, USE_DOT=t.use_dot,
-            ACC=tl_acc(dy.dtype),
-            BLOCK_P=t.block_p, BLOCK_CIN=t.block_n, BLOCK_COUT=t.block_k, **t.launch_options,
+            k.conv_bwd_input_dot_kernel, (programs, cdiv(cin, t.block_n)),
+            dy, w, dx, n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span, *layout,
+            USE_DOT=t.use_dot, GROUPED=groups > 1, SPAN_ALIGN=span_align(cout_pg, groups),
+            BLOCK_N=t.block_n, BLOCK_K=t.block_k, **conv,
         )  # fmt: skip
     else:
         launch(
             k.conv_bwd_input_grouped_kernel, (programs, cdiv(cin, t.block_c)),
-            dy, w, dx, n, cin, h, wd, ho, wo, cout // groups,
-            *strides(dy), *strides(w), *strides(dx),
-            CIN_PG=cin // groups, KSIZE=w.shape[-1], STRIDE=stride, PADDING=padding,
-            DILATION=dilation, ACC=tl_acc(dy.dtype),
-            BLOCK_P=t.block_p, BLOCK_C=t.block_c, **t.launch_options,
+            dy, w, dx, n, cin, h, wd, ho, wo, cout_pg, *layout,
+            CIN_PG=cin_pg, BLOCK_C=t.block_c, **conv,
         )  # fmt: skip
     return dx
 
 
 def launch_grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, groups):
+    """The weight gradient (COUT, CIN / groups, K, K): per-program partials summed in a
+    fixed order (deterministic)."""
     k = _k()
-    t = tiles(x.dtype, "dense" if groups == 1 else "reduce")
     n, cin, h, wd = x.shape
     cout, cin_pg, ksize = w_shape[0], w_shape[1], w_shape[-1]
-    taps = ksize * ksize
+    cout_pg, taps = cout // groups, ksize * ksize
+    fam = family(cin, cout, groups)
+    dot = _dot_kernels(fam)
+    t = tiles(x.dtype, fam if dot else "reduce")
     ho, wo = dy.shape[2], dy.shape[3]
     total = n * ho * wo
-    if groups == 1:
-        other = cdiv(cout, t.block_n) * taps * cdiv(cin, t.block_k)
+    if dot:
+        span = channel_span(t.block_n, cout_pg, cin_pg, cin)
+        grid_nz = (cdiv(cout, t.block_n), taps * cdiv(span, t.block_k))
     else:
-        other = cdiv(cout, t.block_c) * taps * cin_pg
-    pixels_per_partial = partial_pixels(total, other, t, x.device)
+        grid_nz = (cdiv(cout, t.block_c), taps * cin_pg)
+    pixels_per_partial = partial_pixels(total, grid_nz[0] * grid_nz[1], t, x.device)
     parts = cdiv(total, pixels_per_partial)
     part = torch.empty((parts, cout, cin_pg, taps), dtype=acc_dtype(x.dtype), device=x.device)
-    if groups == 1:
+    conv = dict(KSIZE=ksize, STRIDE=stride, PADDING=padding, DILATION=dilation,
+                ACC=tl_acc(x.dtype), BLOCK_P=t.block_p, **t.launch_options)  # fmt: skip
+    layout = (*strides(dy), *strides(x))
+    if dot:
         launch(
-            k.conv_bwd_weight_dense_kernel,
-            (parts, cdiv(cout, t.block_n), 9 * cdiv(cin, t.block_k)),
-            dy, x, part, n, cin, h, wd, cout, ho, wo, pixels_per_partial,
-            *strides(dy), *strides(x),
-            STRIDE=stride, PADDING=padding, DILATION=dilation, USE_DOT=t.use_dot,
-            ACC=tl_acc(x.dtype),
-            BLOCK_P=t.block_p, BLOCK_COUT=t.block_n, BLOCK_CIN=t.block_k, **t.launch_options,
+            k.conv_bwd_weight_dot_kernel, (parts, *grid_nz),
+            dy, x, part, n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span,
+            pixels_per_partial, *layout,
+            USE_DOT=t.use_dot, GROUPED=groups > 1, SPAN_ALIGN=span_align(cin_pg, groups),
+            BLOCK_N=t.block_n, BLOCK_K=t.block_k, **conv,
         )  # fmt: skip
     else:
         launch(
-            k.conv_bwd_weight_grouped_kernel, (parts, cdiv(cout, t.block_c), taps * cin_pg),
-            dy, x, part, n, h, wd, cout, ho, wo, cout // groups, pixels_per_partial,
-            *strides(dy), *strides(x),
-            CIN_PG=cin_pg, KSIZE=ksize, STRIDE=stride, PADDING=padding, DILATION=dilation,
-            ACC=tl_acc(x.dtype),
-            BLOCK_P=t.block_p, BLOCK_C=t.block_c, **t.launch_options,
+            k.conv_bwd_weight_grouped_kernel, (parts, *grid_nz),
+            dy, x, part, n, h, wd, cout, ho, wo, cout_pg, pixels_per_partial, *layout,
+            CIN_PG=cin_pg, BLOCK_C=t.block_c, **conv,
         )  # fmt: skip
     # fixed-order sum of the per-tile partials: deterministic
     return part.sum(0).view(cout, cin_pg, ksize, ksize).to(x.dtype)

@@ -71,7 +71,7 @@ def launch_forward(x, wd, wp, stride, padding, dilation, relu):
         x, wd, wp, y, n, c, h, w, cout, ho, wo,
         *strides(x), *_wd_strides(wd), *_wp_strides(wp), *strides(y),
         STRIDE=stride, PADDING=padding, DILATION=dilation, RELU=relu, USE_DOT=t.use_dot,
-        ACC=tl_acc(x.dtype), BLOCK_P=t.block_p, BLOCK_CMID=t.block_k, BLOCK_COUT=t.block_n,
+        ACC=tl_acc(x.dtype), BLOCK_P=t.block_p, BLOCK_K=t.block_k, BLOCK_N=t.block_n,
         **t.launch_options,
     )  # fmt: skip
     return y
@@ -86,7 +86,7 @@ def launch_backward(dy, x, wd, wp, stride, padding, dilation, relu):
     def meta(t):
         return dict(STRIDE=stride, PADDING=padding, DILATION=dilation, RELU=relu,
                     USE_DOT=t.use_dot, ACC=tl_acc(x.dtype), BLOCK_P=t.block_p,
-                    BLOCK_CMID=t.block_k, BLOCK_COUT=t.block_n, **t.launch_options)  # fmt: skip
+                    BLOCK_K=t.block_k, BLOCK_N=t.block_n, **t.launch_options)  # fmt: skip
 
     tw = tiles(x.dtype, "dwsep_weights")
     c_blocks = cdiv(c, tw.block_k)

@@ -11,7 +11,17 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from fastcifar.kernels._stencil import pixel_coords, tap_source, tap_target
+from fastcifar.kernels._stencil import (
+    load_tile,
+    mac,
+    partial_range,
+    pixel_coords,
+    pixel_offset,
+    store_tile,
+    tap_source,
+    tap_target,
+    window,
+)
 
 # ----------------------------------------------------------------------------------------
 # Fused depthwise-separable convolution: 3x3 depthwise (stride STRIDE, padding PADDING, dilation
@@ -26,27 +36,14 @@ def _dw_tile(
     x_ptr, wd_ptr, n, oh, ow, mask_p, offs_c, mask_c, H, W,
     stride_xn, stride_xc, stride_xh, stride_xw, stride_wc, stride_wh, stride_ww,
     STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr, RELU: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CMID: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    # depthwise 3x3 at output pixels (n, oh, ow) [BLOCK_P] for channels offs_c [BLOCK_CMID] ->
-    # [BLOCK_P, BLOCK_CMID]
-    mid = tl.zeros([BLOCK_P, BLOCK_CMID], dtype=ACC)
-    for kh in tl.static_range(3):
-        for kw in tl.static_range(3):
-            ih, iw, ok = tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE, PADDING, DILATION)
-            xt = tl.load(
-                x_ptr
-                + (n * stride_xn + ih * stride_xh + iw * stride_xw)[:, None]
-                + offs_c[None, :] * stride_xc,
-                mask=ok[:, None] & mask_c[None, :],
-                other=0.0,
-            )
-            wv = tl.load(
-                wd_ptr + offs_c * stride_wc + kh * stride_wh + kw * stride_ww,
-                mask=mask_c,
-                other=0.0,
-            )
-            mid += xt.to(ACC) * wv.to(ACC)[None, :]
+    # depthwise 3x3 at output pixels (n, oh, ow) [BLOCK_P] for channels offs_c [BLOCK_K] ->
+    # [BLOCK_P, BLOCK_K]
+    mid = tl.zeros([BLOCK_P, BLOCK_K], dtype=ACC)
+    mid = window(mid, x_ptr, wd_ptr, n, oh, ow, mask_p, offs_c, offs_c * stride_wc, mask_c, H, W,
+                 stride_xn, stride_xc, stride_xh, stride_xw, stride_wh, stride_ww, 3, STRIDE,
+                 PADDING, DILATION, ACC)  # fmt: skip
     if RELU:
         mid = tl.maximum(mid, 0.0)
     return mid
@@ -59,137 +56,130 @@ def dwsep_fwd_kernel(
     wp_ptr,  # pointwise weight (COUT, C, 1, 1)
     y_ptr,  # output (N, COUT, HO, WO)
     N, C, H, W, COUT, HO, WO,
+    # element strides of x (n, c, h, w), wd (c, h, w), wp (out, in) and y (n, c, h, w)
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wc, stride_wh, stride_ww,
     stride_po, stride_pc,
     stride_yn, stride_yc, stride_yh, stride_yw,
+    # the convolution and the tile, fixed at compile time
     STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr, RELU: tl.constexpr,
     USE_DOT: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_CMID: tl.constexpr, BLOCK_COUT: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Fused depthwise 3x3 -> (ReLU) -> pointwise 1x1 forward; mid stays in registers.
 
     x (N, C, H, W), w_dw (C, 1, 3, 3), w_pw (COUT, C, 1, 1), y (N, COUT, HO, WO): any
-    strides, one dtype. Grid: (cdiv(N*HO*WO, BLOCK_P), cdiv(COUT, BLOCK_COUT)); each
-    program recomputes BLOCK_CMID depthwise channels at a time and feeds ``tl.dot``.
+    strides, one dtype. Grid: (cdiv(N*HO*WO, BLOCK_P), cdiv(COUT, BLOCK_N)); each
+    program recomputes BLOCK_K depthwise channels at a time and feeds ``tl.dot``.
     """
+    # this program's tile: BLOCK_P output pixels x BLOCK_N output channels
     pid_p = tl.program_id(0)
     pid_o = tl.program_id(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_o = pid_o * BLOCK_COUT + tl.arange(0, BLOCK_COUT)
+    offs_o = pid_o * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_p = offs_p < N * HO * WO
     mask_o = offs_o < COUT
     n, oh, ow = pixel_coords(offs_p, HO, WO)
-    acc = tl.zeros([BLOCK_P, BLOCK_COUT], dtype=ACC)
-    for c0 in range(0, C, BLOCK_CMID):
-        offs_c = c0 + tl.arange(0, BLOCK_CMID)
+    acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=ACC)
+    for c0 in range(0, C, BLOCK_K):
+        # BLOCK_K channels of the depthwise output at these pixels, in registers only
+        offs_c = c0 + tl.arange(0, BLOCK_K)
         mask_c = offs_c < C
         mid = _dw_tile(x_ptr, wd_ptr, n, oh, ow, mask_p, offs_c, mask_c, H, W, stride_xn,
                        stride_xc, stride_xh, stride_xw, stride_wc, stride_wh, stride_ww,
-                       STRIDE, PADDING, DILATION, RELU, ACC, BLOCK_P, BLOCK_CMID)  # fmt: skip
+                       STRIDE, PADDING, DILATION, RELU, ACC, BLOCK_P, BLOCK_K)  # fmt: skip
+        # the pointwise convolution: mid [BLOCK_P, BLOCK_K] @ wp [BLOCK_K, BLOCK_N], mid
+        # rounded to the weight's dtype as tensor cores take it
         wp = tl.load(
             wp_ptr + offs_c[:, None] * stride_pc + offs_o[None, :] * stride_po,
             mask=mask_c[:, None] & mask_o[None, :],
             other=0.0,
-        )  # [BLOCK_CMID, BLOCK_COUT]
-        if USE_DOT:
-            acc += tl.dot(mid.to(wp.dtype), wp, input_precision="ieee").to(ACC)
-        else:
-            acc += tl.sum(mid[:, :, None] * wp.to(ACC)[None, :, :], axis=1)
-    y_off = n * stride_yn + oh * stride_yh + ow * stride_yw
-    tl.store(
-        y_ptr + y_off[:, None] + offs_o[None, :] * stride_yc,
-        acc.to(y_ptr.dtype.element_ty),
-        mask=mask_p[:, None] & mask_o[None, :],
-    )
+        )
+        acc = mac(acc, mid.to(wp.dtype), wp, USE_DOT, ACC)
+    y_off = pixel_offset(n, oh, ow, stride_yn, stride_yh, stride_yw)
+    store_tile(y_ptr, acc, y_off, offs_o, stride_yc, mask_p, mask_o)
 
 
 @triton.jit
 def _grad_mid_tile(
     dy_ptr, wp_ptr, n, oh, ow, mask_p, offs_c, mask_c, COUT,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_po, stride_pc,
-    USE_DOT: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CMID: tl.constexpr,
-    BLOCK_COUT: tl.constexpr,
+    USE_DOT: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    # gradient of mid at pixels (n, oh, ow): dy [BLOCK_P, COUT] @ wp^T [COUT, BLOCK_CMID] ->
-    # [BLOCK_P, BLOCK_CMID]
-    g = tl.zeros([BLOCK_P, BLOCK_CMID], dtype=ACC)
-    d_off = n * stride_dyn + oh * stride_dyh + ow * stride_dyw
-    for o0 in range(0, COUT, BLOCK_COUT):
-        offs_o = o0 + tl.arange(0, BLOCK_COUT)
+    # gradient of mid at pixels (n, oh, ow): dy [BLOCK_P, COUT] @ wp^T [COUT, BLOCK_K] ->
+    # [BLOCK_P, BLOCK_K]
+    g = tl.zeros([BLOCK_P, BLOCK_K], dtype=ACC)
+    dy_off = pixel_offset(n, oh, ow, stride_dyn, stride_dyh, stride_dyw)
+    for o0 in range(0, COUT, BLOCK_N):
+        offs_o = o0 + tl.arange(0, BLOCK_N)
         mask_o = offs_o < COUT
-        dyt = tl.load(
-            dy_ptr + d_off[:, None] + offs_o[None, :] * stride_dyc,
-            mask=mask_p[:, None] & mask_o[None, :],
-            other=0.0,
-        )
+        dyt = load_tile(dy_ptr, dy_off, offs_o, stride_dyc, mask_p, mask_o)
         wpt = tl.load(
             wp_ptr + offs_o[:, None] * stride_po + offs_c[None, :] * stride_pc,
             mask=mask_o[:, None] & mask_c[None, :],
             other=0.0,
-        )  # [BLOCK_COUT, BLOCK_CMID]
-        if USE_DOT:
-            g += tl.dot(dyt, wpt, input_precision="ieee").to(ACC)
-        else:
-            g += tl.sum(dyt.to(ACC)[:, :, None] * wpt.to(ACC)[None, :, :], axis=1)
+        )  # [BLOCK_N, BLOCK_K]
+        g = mac(g, dyt, wpt, USE_DOT, ACC)
     return g
 
 
 @triton.jit
 def dwsep_bwd_weights_kernel(
-    x_ptr, wd_ptr, wp_ptr, dy_ptr,
+    x_ptr,  # input (N, C, H, W)
+    wd_ptr,  # depthwise weight (C, 1, 3, 3)
+    wp_ptr,  # pointwise weight (COUT, C, 1, 1)
+    dy_ptr,  # output gradient (N, COUT, HO, WO)
     pd_ptr,  # partial grad of the depthwise weight (T, C, 9), ACC dtype
     pp_ptr,  # partial grad of the pointwise weight (T, COUT, C), ACC dtype
+    # sizes, and the output pixels each partial sums over
     N, C, H, W, COUT, HO, WO, PIXELS_PER_PARTIAL,
+    # element strides of x (n, c, h, w), wd (c, h, w), wp (out, in) and dy (n, c, h, w)
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wc, stride_wh, stride_ww,
     stride_po, stride_pc,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    # the convolution and the tile, fixed at compile time
     STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr, RELU: tl.constexpr,
     USE_DOT: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_CMID: tl.constexpr, BLOCK_COUT: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Fused depthwise-separable backward: both weight gradients as per-program partials.
 
     x (N, C, H, W), dy (N, COUT, HO, WO): any strides, one dtype; pd (T, C, 9) and
-    pp (T, COUT, C, zero-initialised) contiguous in ``ACC``. Grid: (T, cdiv(C, BLOCK_CMID)).
+    pp (T, COUT, C, zero-initialised) contiguous in ``ACC``. Grid: (T, cdiv(C, BLOCK_K)).
     """
+    # this program: one pixel range (a partial) and BLOCK_K depthwise channels
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_c = pid_c * BLOCK_CMID + tl.arange(0, BLOCK_CMID)
+    offs_c = pid_c * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_c = offs_c < C
     total = N * HO * WO
-    start = pid_t * PIXELS_PER_PARTIAL
-    end = tl.minimum(start + PIXELS_PER_PARTIAL, total)
-    gwd = tl.zeros([16, BLOCK_CMID], dtype=ACC)  # 9 taps, padded to a power of two
+    start, end = partial_range(pid_t, PIXELS_PER_PARTIAL, total)
+    gwd = tl.zeros([16, BLOCK_K], dtype=ACC)  # 9 taps, padded to a power of two
     taps = tl.arange(0, 16)
     for p0 in range(start, end, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < total
         n, oh, ow = pixel_coords(offs_p, HO, WO)
+        # mid and its gradient at these pixels, recomputed (ReLU'd mid masks the gradient)
         mid = _dw_tile(x_ptr, wd_ptr, n, oh, ow, mask_p, offs_c, mask_c, H, W, stride_xn,
                        stride_xc, stride_xh, stride_xw, stride_wc, stride_wh, stride_ww,
-                       STRIDE, PADDING, DILATION, RELU, ACC, BLOCK_P, BLOCK_CMID)  # fmt: skip
+                       STRIDE, PADDING, DILATION, RELU, ACC, BLOCK_P, BLOCK_K)  # fmt: skip
         g = _grad_mid_tile(dy_ptr, wp_ptr, n, oh, ow, mask_p, offs_c, mask_c, COUT,
                            stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_po, stride_pc,
-                           USE_DOT, ACC, BLOCK_P, BLOCK_CMID, BLOCK_COUT)  # fmt: skip
+                           USE_DOT, ACC, BLOCK_P, BLOCK_K, BLOCK_N)  # fmt: skip
         if RELU:
             g = tl.where(mid > 0, g, 0.0)
-        # pointwise weight: mid^T [BLOCK_CMID, BLOCK_P] @ dy [BLOCK_P, BLOCK_COUT], accumulated into
+        # pointwise weight: mid^T [BLOCK_K, BLOCK_P] @ dy [BLOCK_P, BLOCK_N], accumulated into
         # this tile's partial
-        d_off = n * stride_dyn + oh * stride_dyh + ow * stride_dyw
-        for o0 in range(0, COUT, BLOCK_COUT):
-            offs_o = o0 + tl.arange(0, BLOCK_COUT)
+        dy_off = pixel_offset(n, oh, ow, stride_dyn, stride_dyh, stride_dyw)
+        for o0 in range(0, COUT, BLOCK_N):
+            offs_o = o0 + tl.arange(0, BLOCK_N)
             mask_o = offs_o < COUT
-            dyt = tl.load(
-                dy_ptr + d_off[:, None] + offs_o[None, :] * stride_dyc,
-                mask=mask_p[:, None] & mask_o[None, :],
-                other=0.0,
-            )
-            if USE_DOT:
-                part = tl.dot(tl.trans(mid.to(dyt.dtype)), dyt, input_precision="ieee").to(ACC)
-            else:
-                part = tl.sum(mid[:, :, None] * dyt.to(ACC)[:, None, :], axis=0)
+            dyt = load_tile(dy_ptr, dy_off, offs_o, stride_dyc, mask_p, mask_o)
+            part = mac(tl.zeros([BLOCK_K, BLOCK_N], dtype=ACC), tl.trans(mid.to(dyt.dtype)), dyt,
+                       USE_DOT, ACC)  # fmt: skip
             # this program's own slice of the zero-initialised partials: no other writer
             ptr = pp_ptr + pid_t * COUT * C + offs_o[None, :] * C + offs_c[:, None]
             msk = mask_c[:, None] & mask_o[None, :]
@@ -198,14 +188,9 @@ def dwsep_bwd_weights_kernel(
         for kh in tl.static_range(3):
             for kw in tl.static_range(3):
                 ih, iw, ok = tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE, PADDING, DILATION)
-                xt = tl.load(
-                    x_ptr
-                    + (n * stride_xn + ih * stride_xh + iw * stride_xw)[:, None]
-                    + offs_c[None, :] * stride_xc,
-                    mask=ok[:, None] & mask_c[None, :],
-                    other=0.0,
-                )
-                s = tl.sum(g * xt.to(ACC), axis=0)  # [BLOCK_CMID]
+                x_off = pixel_offset(n, ih, iw, stride_xn, stride_xh, stride_xw)
+                xt = load_tile(x_ptr, x_off, offs_c, stride_xc, ok, mask_c)
+                s = tl.sum(g * xt.to(ACC), axis=0)  # [BLOCK_K]
                 gwd += tl.where((taps == kh * 3 + kw)[:, None], s[None, :], 0.0)
     out = pd_ptr + pid_t * C * 9 + offs_c[None, :] * 9 + taps[:, None]
     tl.store(out, gwd, mask=(taps < 9)[:, None] & mask_c[None, :])
@@ -213,45 +198,51 @@ def dwsep_bwd_weights_kernel(
 
 @triton.jit
 def dwsep_bwd_input_kernel(
-    x_ptr, wd_ptr, wp_ptr, dy_ptr,
-    dx_ptr,  # grad of input (N, C, H, W)
+    x_ptr,  # input (N, C, H, W)
+    wd_ptr,  # depthwise weight (C, 1, 3, 3)
+    wp_ptr,  # pointwise weight (COUT, C, 1, 1)
+    dy_ptr,  # output gradient (N, COUT, HO, WO)
+    dx_ptr,  # input gradient (N, C, H, W)
     N, C, H, W, COUT, HO, WO,
+    # element strides of x, wd (c, h, w), wp (out, in), dy and dx
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wc, stride_wh, stride_ww,
     stride_po, stride_pc,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    # the convolution and the tile, fixed at compile time
     STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr, RELU: tl.constexpr,
     USE_DOT: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_CMID: tl.constexpr, BLOCK_COUT: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Fused depthwise-separable backward: the input gradient, recomputing mid's gradient
     (and mid itself, for the ReLU mask) at the output pixel each tap reaches.
 
     x, dx (N, C, H, W), dy (N, COUT, HO, WO): any strides, one dtype.
-    Grid: (cdiv(N*H*W, BLOCK_P), cdiv(C, BLOCK_CMID)).
+    Grid: (cdiv(N*H*W, BLOCK_P), cdiv(C, BLOCK_K)).
     """
+    # this program's tile: BLOCK_P input pixels x BLOCK_K channels
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = pid_c * BLOCK_CMID + tl.arange(0, BLOCK_CMID)
+    offs_c = pid_c * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_p = offs_p < N * H * W
     mask_c = offs_c < C
     n, ih, iw = pixel_coords(offs_p, H, W)
-    acc = tl.zeros([BLOCK_P, BLOCK_CMID], dtype=ACC)
+    acc = tl.zeros([BLOCK_P, BLOCK_K], dtype=ACC)
     for kh in tl.static_range(3):
         for kw in tl.static_range(3):
             oh, ow, ok = tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE, PADDING, DILATION)
             # the gradient of mid at the output pixel this tap reaches, recomputed
             g = _grad_mid_tile(dy_ptr, wp_ptr, n, oh, ow, ok, offs_c, mask_c, COUT,
                                stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_po,
-                               stride_pc, USE_DOT, ACC, BLOCK_P, BLOCK_CMID,
-                               BLOCK_COUT)  # fmt: skip
+                               stride_pc, USE_DOT, ACC, BLOCK_P, BLOCK_K,
+                               BLOCK_N)  # fmt: skip
             if RELU:
                 mid = _dw_tile(x_ptr, wd_ptr, n, oh, ow, ok, offs_c, mask_c, H, W,
                                stride_xn, stride_xc, stride_xh, stride_xw, stride_wc, stride_wh,
                                stride_ww, STRIDE, PADDING, DILATION, RELU, ACC, BLOCK_P,
-                               BLOCK_CMID)  # fmt: skip
+                               BLOCK_K)  # fmt: skip
                 g = tl.where(mid > 0, g, 0.0)
             wv = tl.load(
                 wd_ptr + offs_c * stride_wc + kh * stride_wh + kw * stride_ww,
@@ -259,9 +250,5 @@ def dwsep_bwd_input_kernel(
                 other=0.0,
             )
             acc += g * wv.to(ACC)[None, :]
-    g_off = n * stride_dxn + ih * stride_dxh + iw * stride_dxw
-    tl.store(
-        dx_ptr + g_off[:, None] + offs_c[None, :] * stride_dxc,
-        acc.to(dx_ptr.dtype.element_ty),
-        mask=mask_p[:, None] & mask_c[None, :],
-    )
+    dx_off = pixel_offset(n, ih, iw, stride_dxn, stride_dxh, stride_dxw)
+    store_tile(dx_ptr, acc, dx_off, offs_c, stride_dxc, mask_p, mask_c)

@@ -69,9 +69,14 @@ class Tiles:
 
     block_p: output pixels (flattened n, oh, ow) per program; the input gradient's
         programs take input pixels. Also the pixel step of the weight-gradient loop.
-    block_c: channels per program of the grouped/depthwise kernels (elementwise math).
-    block_n: output channels per program of the dense kernels (``tl.dot``'s N).
-    block_k: channels reduced per ``tl.dot`` step (``tl.dot``'s K, at least 16).
+    block_c: channels per program of the elementwise (grouped/depthwise) kernels.
+    block_n: channels a ``tl.dot`` kernel's program produces (``tl.dot``'s N): output
+        channels in the forward, input channels in the input gradient, output channels
+        of the weight-gradient tile. The kernels' ``BLOCK_N``.
+    block_k: channels a ``tl.dot`` kernel reduces per step (``tl.dot``'s K, at least 16):
+        the other side's channels; the weight-gradient tile's input channels. The
+        kernels' ``BLOCK_K``. Every ``Tiles`` field reaches its kernel under its own name
+        upper-cased.
     pixels_per_partial: most pixels one weight-gradient program sums into its partial
         (fewer where that leaves the GPU under-filled: ``partial_pixels``).
     use_dot: ``tl.dot`` for the channel reductions (False: broadcast multiply-add).
@@ -110,6 +115,9 @@ class Tiles:
 #   channels, not its own, so these loads gather 16 bits at a time at any tile (128 x 8
 #   took 255 registers); 32 x 16 spilled 374 bytes on sm_90 with the ReLU + statistics
 #   epilogue (s7's groups=32 layer, float16);
+# * grouped_dot (groups of 8 or 16 channels, the tl.dot kernels): 64 pixels x 16 channels,
+#   K = 16: a block covers whole groups (two of 8 or one of 16), so the block-diagonal
+#   weight tile is at least half filled;
 # * reduce (grouped weight gradient, bias gradient: sums over pixels): 128 pixels x 8
 #   channels per step, 4 warps: 128-bit loads, 32 registers, 100 % (32 x 16: 64-bit);
 # * dwsep (fused depthwise-separable forward and input gradient): 64 pixels x 16
@@ -122,6 +130,7 @@ GPU_TILES = {
     "dense": Tiles(block_p=64, block_c=32, block_n=32, block_k=16, pixels_per_partial=4096),
     "depthwise": Tiles(block_p=64, block_c=8, block_n=16, block_k=16, pixels_per_partial=4096),
     "grouped": Tiles(block_p=16, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
+    "grouped_dot": Tiles(block_p=64, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
     "reduce": Tiles(block_p=128, block_c=8, block_n=16, block_k=16, pixels_per_partial=4096),
     "dwsep": Tiles(
         block_p=64,
@@ -159,8 +168,15 @@ _DEPTHWISE_ONE_WARP = replace(GPU_TILES["depthwise"], block_p=32, num_warps=1)
 _DENSE_16 = replace(GPU_TILES["dense"], block_n=16)
 TARGET_TILES: dict[str, dict[str, Tiles]] = {
     # sm_75 (T4): the fused depthwise-separable input gradient spills 512 bytes at 64 x 16
-    # in float16 (255 registers); 32 x 16 fits in 252 without spilling (32-bit loads)
-    "sm_75": {"dwsep": replace(GPU_TILES["dwsep"], block_p=32)},
+    # in float16 (255 registers); 32 x 16 fits in 252 without spilling (32-bit loads). Its
+    # grouped tl.dot kernels (sm_75 gets no mma from triton 3.8: the dot is FMA there)
+    # spilled in float16 at every tile but 16 pixels: 64 x 16 x 16, 20 bytes (input
+    # gradient, groups of 8); 32 pixels, 68 (forward, 32 groups of 8); 8 warps, 24; 2
+    # stages, 20. 16 x 16 x 16 compiles without spills (32-bit loads)
+    "sm_75": {
+        "dwsep": replace(GPU_TILES["dwsep"], block_p=32),
+        "grouped_dot": replace(GPU_TILES["grouped_dot"], block_p=16),
+    },
     "sm_86": {"depthwise": _DEPTHWISE_ONE_WARP, "dense": _DENSE_16},
     "sm_89": {"depthwise": _DEPTHWISE_ONE_WARP, "dense": _DENSE_16},
     "sm_100": {"depthwise": _DEPTHWISE_ONE_WARP},

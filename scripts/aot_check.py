@@ -50,9 +50,7 @@ the findings:
   channels' weights are 9 elements apart;
 * ``NO-TC``: a 16-bit kernel that calls ``tl.dot`` compiled without tensor-core
   instructions;
-* ``SPILLS``: a 16-bit kernel that spills registers; ``ZOO-SPILLS`` when only
-  configurations of the model zoo's models spill (reported, not fatal, until their tiles
-  are tuned).
+* ``SPILLS``: a 16-bit kernel that spills registers.
 
 Last line ``N compiled, F failed, S spilling``. Exits 1 on a failed compile or a 16-bit
 ``SPILLS`` (the other findings are explained in benchmarks/RESULTS.md).
@@ -105,7 +103,6 @@ class Row:
     failed: int = 0
     registers: int = 0
     spill: int = 0
-    gated_spill: int = 0  # of the configurations outside the model zoo alone
     shared: int = 0
     num_warps: int = 0
     num_stages: int = 0
@@ -134,16 +131,14 @@ LAYOUTS = {"cl": (True,), "nchw": (False,), "both": (True, False)}
 
 def conv_configs(quick: bool, layout: str | None = None) -> list[tuple]:
     """(input shape, weight shape, stride, padding, dilation, groups, channels_last,
-    fusable, zoo_only) for every distinct configuration the kernels support, at batch
-    ``BATCH``: ``fusable`` where a model's depthwise-separable block lets the fused op
-    launch; ``zoo_only`` where only the model zoo has it (its spills are reported, not
-    fatal, until issue 20 tunes those tiles)."""
+    fusable) for every distinct configuration the kernels support, at batch ``BATCH``:
+    ``fusable`` where a model's depthwise-separable block lets the fused op launch."""
     from fastcifar.kernels.validate import collect_conv_configs
 
-    from fastcifar.models import MODELS, ZOO_MODELS
+    from fastcifar.models import MODELS
     from fastcifar.nn import is_depthwise_separable
 
-    found, gated, fusable = set(), set(), set()
+    found, fusable = set(), set()
     for name in MODELS:
         model = MODELS[name].build().eval()
         blocks = {f"{n}.0" for n, m in model.named_modules() if is_depthwise_separable(m)}
@@ -151,18 +146,15 @@ def conv_configs(quick: bool, layout: str | None = None) -> list[tuple]:
             key = (cfg.input_shape[1:], cfg.weight_shape, cfg.stride, cfg.padding,
                    cfg.dilation, cfg.groups)  # fmt: skip
             found.add(key)
-            if name not in ZOO_MODELS:
-                gated.add(key)
             if blocks & set(layers):  # the fused depthwise-separable op can launch here
                 fusable.add(key)
     for _, cin, cout, h, s, p, d, g in EXTRA:
         key = ((cin, h, h), (cout, cin // g, 3, 3), s, p, d, g)
         found.add(key)
-        gated.add(key)
         if g == cin == cout:
             fusable.add(key)
     layouts = LAYOUTS[layout or ("cl" if quick else "both")]
-    return [((BATCH, *key[0]), *key[1:], cl, key in fusable, key not in gated)
+    return [((BATCH, *key[0]), *key[1:], cl, key in fusable)
             for key in sorted(found) for cl in layouts]  # fmt: skip
 
 
@@ -177,7 +169,7 @@ def record(configs, dtypes, target: str | None = None) -> list:
 
     with launch.record_launches() as launches, launch.compile_target(target):
         for dtype in dtypes:
-            for xs, ws, s, p, d, g, cl, fusable, zoo_only in configs:
+            for xs, ws, s, p, d, g, cl, fusable in configs:
                 first = len(launches)
                 x, w = meta(xs, dtype, cl), meta(ws, dtype, cl)
                 b = meta((ws[0],), dtype)
@@ -201,7 +193,7 @@ def record(configs, dtypes, target: str | None = None) -> list:
                 # strides divisible by 16)
                 wide = cl and xs[1] % 16 == 0 and ws[0] % 16 == 0
                 for la in launches[first:]:
-                    la.meta_label, la.wide_possible, la.zoo_only = label, wide, zoo_only
+                    la.meta_label, la.wide_possible = label, wide
     return launches
 
 
@@ -370,9 +362,9 @@ def dtype_of(la) -> str:
 
 
 def calls_dot(la) -> bool:
-    """Whether this launch takes a ``tl.dot`` path (its kernel calls tl.dot and its
-    ``USE_DOT`` flag, where it has one, is on)."""
-    return "tl.dot" in la.kernel.src and la.meta.get("USE_DOT", True) is not False
+    """Whether this launch takes a ``tl.dot`` path: its kernel has a ``USE_DOT`` flag
+    (every kernel with a ``tl.dot`` reduction has) and it is on."""
+    return la.meta.get("USE_DOT") is True
 
 
 # (kernel, dtype, target, compile args, config label, calls tl.dot, wide loads possible),
@@ -420,11 +412,8 @@ def run(
         for la in launches:
             key, job = specialise(la, target)
             job_info = (la.kernel.__name__, dtype_of(la), target.name, job, la.meta_label,
-                        calls_dot(la), la.wide_possible, la.zoo_only)  # fmt: skip
-            if key not in unique:
-                unique[key] = job_info
-            elif not la.zoo_only and unique[key][-1]:  # a gated configuration shares it
-                unique[key] = (*unique[key][:-1], False)
+                        calls_dot(la), la.wide_possible)  # fmt: skip
+            unique.setdefault(key, job_info)
     _JOBS[:] = unique.values()
     if workers > 1:
         ctx = multiprocessing.get_context("fork")
@@ -440,7 +429,7 @@ def summarise(jobs, results) -> tuple[list[Row], int, int, int]:
     compiled, failed and spilling binaries."""
     rows: dict[tuple, Row] = {}
     compiled = failed = spilling = 0
-    for (name, dt, target, _, label, dot, wide, zoo_only), r in zip(jobs, results, strict=True):
+    for (name, dt, target, _, label, dot, wide), r in zip(jobs, results, strict=True):
         row = rows.setdefault((name, dt, target), Row(name, dt, target))
         if "error" in r:
             row.failed += 1
@@ -454,8 +443,6 @@ def summarise(jobs, results) -> tuple[list[Row], int, int, int]:
             row.worst = label
         row.registers = max(row.registers, r["registers"])
         row.spill = max(row.spill, r["spill"])
-        if not zoo_only:
-            row.gated_spill = max(row.gated_spill, r["spill"])
         row.shared = max(row.shared, r["shared"])
         row.num_warps, row.num_stages = r["num_warps"], r["num_stages"]
         occ = occupancy(target, r["registers"], r["shared"], r["num_warps"], r["waves"])
@@ -483,13 +470,8 @@ def findings(rows: list[Row]) -> list[str]:
         if r.dtype not in LOW_PRECISION or not r.compiles:
             continue
         where = f"{r.kernel} {r.dtype} {r.target}"
-        if r.gated_spill:
+        if r.spill:
             out.append(f"SPILLS {where}: {r.spill} bytes (worst: {r.worst})")
-        elif r.spill:  # reported, not fatal: tiles for these come with issue 20
-            out.append(
-                f"ZOO-SPILLS {where}: {r.spill} bytes in a configuration only the "
-                f"model zoo has (worst: {r.worst})"
-            )
         if r.narrow:
             out.append(f"NARROW {where}: {r.narrow} of {r.eligible} channels_last compiles "
                        f"load nothing {NARROW_BITS} bits or wider; worst {r.narrow_worst}: "

@@ -34,6 +34,11 @@ GROUPED = [
     (1, 16, 16, 6, 7, 1, 1, 1, 2),  # groups of 8, RegNetX's
     (1, 32, 32, 5, 6, 2, 1, 1, 2),  # groups of 16, ResNeXt's last stage, stride 2
     (1, 12, 6, 7, 6, 1, 2, 1, 3, 5),  # 4 per group, 5x5, 2 outputs per group
+    # groups of 8 or more take the tl.dot kernels with a block-diagonal weight tile
+    (1, 24, 24, 5, 6, 1, 1, 1, 2),  # 12 per group: blocks straddle group borders
+    (1, 16, 32, 6, 5, 2, 1, 1, 2),  # 8 inputs, 16 outputs per group, stride 2
+    (2, 40, 40, 5, 5, 1, 2, 2, 5),  # 8 per group, 5 groups, dilation 2
+    (1, 16, 16, 7, 7, 1, 2, 1, 2, 5),  # 8 per group, 5x5
 ]
 REPRESENTATIVE = [DENSE[0], DENSE[3], GROUPED[0], GROUPED[4]]
 # norm-wise relative error bounds. float32/float64: accumulation-order noise only.
@@ -121,6 +126,33 @@ def test_expanded_stride0_gradient():
     F.conv2d(*ref, **kw).sum().backward()
     for a, r in zip(ours, ref, strict=True):
         assert rel(a, r.grad) < 2e-6
+
+
+@pytest.mark.parametrize(
+    "cin, cout, groups, kernel",
+    [
+        (64, 64, 1, "dot"),  # dense
+        (64, 64, 64, "grouped"),  # depthwise
+        (64, 64, 16, "grouped"),  # 4 per group: elementwise
+        (64, 64, 8, "dot"),  # 8 per group: two groups a 16-wide tl.dot step
+        (512, 512, 32, "dot"),  # ResNeXt's last stage, 16 per group
+        (64, 32, 8, "grouped"),  # 8 in, 4 out per group: elementwise
+    ],
+)
+def test_which_kernels_a_configuration_takes(cin, cout, groups, kernel):
+    from fastcifar.kernels import conv
+    from fastcifar.kernels.launch import record_launches
+
+    x = torch.empty(8, cin, 8, 8, device="meta")
+    w = torch.empty(cout, cin // groups, 3, 3, device="meta")
+    with record_launches() as launches:
+        y, _, _ = conv.launch_forward(x, w, None, 1, 1, 1, groups)
+        conv.launch_grad_input(torch.empty_like(y), w, x.shape, torch.contiguous_format, 1, 1,
+                               1, groups)  # fmt: skip
+        conv.launch_grad_weight(torch.empty_like(y), x, w.shape, 1, 1, 1, groups)
+    names = [la.kernel.__name__ for la in launches]
+    suffix = "_dot_kernel" if kernel == "dot" else "_grouped_kernel"
+    assert all(name.endswith(suffix) for name in names), names
 
 
 def test_no_bias_and_unused_grads():

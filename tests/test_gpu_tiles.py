@@ -31,6 +31,8 @@ GROUPED = (2, 66, 66, 6, 7, 2, 3, 3, 33)  # 2 input channels per group, stride 2
 # the model zoo's: depthwise 5x5 at stride 2 (EfficientNet), groups of 16 (ResNeXt)
 DEPTHWISE_5X5 = (2, 40, 40, 9, 8, 2, 2, 1, 40, 5)
 GROUPS_OF_16 = (1, 64, 64, 8, 7, 1, 1, 1, 4)
+GROUPS_OF_8 = (2, 48, 48, 7, 6, 2, 1, 1, 6)  # RegNetX's width, 3 blocks of two groups
+GROUPS_OF_12 = (1, 48, 48, 6, 5, 1, 1, 1, 4)  # blocks of 16 straddle the groups
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +50,18 @@ def test_gpu_tiles_are_in_force():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize(
-    "cfg", [DENSE, DENSE_STRIDED_DILATED, DEPTHWISE, GROUPED, DEPTHWISE_5X5, GROUPS_OF_16], ids=str
+    "cfg",
+    [
+        DENSE,
+        DENSE_STRIDED_DILATED,
+        DEPTHWISE,
+        GROUPED,
+        DEPTHWISE_5X5,
+        GROUPS_OF_16,
+        GROUPS_OF_8,
+        GROUPS_OF_12,
+    ],
+    ids=str,
 )
 def test_conv2d_forward_and_gradients(cfg, dtype):
     # float16 takes the tl.dot path of the dense kernels with the GPU's 16-wide K blocks
@@ -137,7 +150,7 @@ def test_launches_record_the_gpu_configuration():
     x = torch.empty(512, 32, 8, 8, device="meta").contiguous(memory_format=torch.channels_last)
     w = torch.empty(32, 1, 3, 3, device="meta")
     with record_launches() as launches:
-        conv.launch_grad_weight(torch.empty_like(x), x, w.shape, 1, 1, 1, 64)
+        conv.launch_grad_weight(torch.empty_like(x), x, w.shape, 1, 1, 1, 32)
     (la,) = launches
     t = GPU_TILES["reduce"]
     assert la.meta["BLOCK_P"] == t.block_p and la.meta["BLOCK_C"] == t.block_c

@@ -193,7 +193,7 @@ def test_a_kernel_that_fails_at_the_first_step_goes_back_to_pytorch_and_training
     loss = nn.functional.cross_entropy(model(x), torch.tensor([1, 2]))
     loss.backward()
     opt.step()
-    assert torch.isfinite(loss) and "conv_fwd_dense_kernel" in seen
+    assert torch.isfinite(loss) and "conv_fwd_dot_kernel" in seen
     assert "conv_fwd_grouped_kernel" not in seen
 
 

@@ -127,28 +127,23 @@ def test_aot_findings_name_narrow_loads_missing_tensor_cores_and_16_bit_spills()
                 loads=9, load_widest=128, load_common=16, narrow_loads=8, stores=1,
                 store_widest=128, tensor_ops=0)  # fmt: skip
     narrow = {**base, "load_widest": 32, "load_common": 32, "narrow_loads": 9}
-    # (kernel, dtype, target, job, label, calls tl.dot, wide loads possible, zoo only)
+    # (kernel, dtype, target, job, label, calls tl.dot, wide loads possible)
     jobs = [
-        ("conv_fwd_grouped_kernel", "bf16", "sm_90", None, "32->32 20x20 g32 cl", False, True,
-         False),
-        ("conv_fwd_grouped_kernel", "bf16", "sm_90", None, "3->16 32x32 g1 cl", False, False,
-         False),
-        ("dwsep_fwd_kernel", "fp16", "sm_75", None, "32->32 20x20 g32 cl", True, True, False),
-        ("conv_fwd_dense_kernel", "fp32", "sm_90", None, "64->64 cl", True, True, False),
-        ("bias_grad_kernel", "fp16", "gfx942", None, "64->64 cl", False, True, False),
+        ("conv_fwd_grouped_kernel", "bf16", "sm_90", None, "32->32 20x20 g32 cl", False, True),
+        ("conv_fwd_grouped_kernel", "bf16", "sm_90", None, "3->16 32x32 g1 cl", False, False),
+        ("dwsep_fwd_kernel", "fp16", "sm_75", None, "32->32 20x20 g32 cl", True, True),
+        ("conv_fwd_dot_kernel", "fp32", "sm_90", None, "64->64 cl", True, True),
+        ("bias_grad_kernel", "fp16", "gfx942", None, "64->64 cl", False, True),
         ("conv_bwd_input_grouped_kernel", "fp16", "sm_90", None, "144->144 g144 5x5", False,
-         True, True),
+         True),
     ]  # fmt: skip
     results = [base, narrow, {**base, "spill": 48}, {**narrow, "spill": 96}, {"error": "E: x"},
                {**base, "spill": 360}]  # fmt: skip
     rows, compiled, failed, spilling = aot.summarise(jobs, results)
     assert (compiled, failed, spilling) == (5, 1, 3)
     found = aot.findings(rows)
-    # a spill only the model zoo's configurations have is reported, not fatal
-    assert any(
-        f.startswith("ZOO-SPILLS conv_bwd_input_grouped_kernel fp16 sm_90: 360") for f in found
-    )
-    assert not any(f.startswith("SPILLS conv_bwd_input_grouped") for f in found)
+    # every 16-bit spill is a finding, the model zoo's configurations' too
+    assert any(f.startswith("SPILLS conv_bwd_input_grouped_kernel fp16 sm_90: 360") for f in found)
     # the narrow compile has channels that cannot be wide (3 -> 16): not a finding
     assert not any(f.startswith("NARROW conv_fwd_grouped") for f in found)
     assert any(f.startswith("SPILLS dwsep_fwd_kernel fp16 sm_75: 48 bytes") for f in found)
