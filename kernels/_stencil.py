@@ -1,8 +1,8 @@
-"""``@triton.jit`` helpers every convolution kernel shares: pixel coordinates and offsets,
-where a tap reads or writes (stride, padding and dilation applied, borders masked), 2-D
-loads and stores of (pixels x channels) tiles, the channel reduction (``tl.dot`` or a
-broadcast multiply-add), a depthwise window and its transpose, and the pixel range of a
-weight-gradient partial.
+"""``@triton.jit`` helpers every convolution kernel shares: a program's tile, pixel
+coordinates and offsets, where a tap reads or writes (stride, padding and dilation
+applied, borders masked), 2-D loads and stores of (pixels x channels) tiles, the channel
+reduction (``tl.dot`` or a broadcast multiply-add), a depthwise window and its
+transpose, and the pixel range of a weight-gradient partial.
 
 Index conventions: a flattened pixel index runs over (n, row, col); ``STRIDE``,
 ``PADDING``, ``DILATION`` are the convolution's; the taps of a ``KSIZE`` x ``KSIZE``
@@ -22,6 +22,14 @@ def pixel_coords(offs_p, H, W):
     n = offs_p // (H * W)
     rem = offs_p % (H * W)
     return n, rem // W, rem % W
+
+
+@triton.jit
+def program_tile(pid_p, pid_c, PIXELS, CHANNELS, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    # program (pid_p, pid_c)'s BLOCK_P pixels and BLOCK_C channels, and which of them exist
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    return offs_p, offs_c, offs_p < PIXELS, offs_c < CHANNELS
 
 
 @triton.jit

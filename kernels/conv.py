@@ -162,15 +162,16 @@ def _k():
 # ------------------------------------------------------------------------- launchers
 
 
-def family(cin: int, cout: int, groups: int) -> str:
+def family(cin: int, cout: int, groups: int, stride: int = 1) -> str:
     """The kernel and tile family of a convolution: ``dense`` (groups == 1) and
     ``grouped_dot`` (at least ``DOT_MIN_PER_GROUP`` channels a group, in and out) run the
-    ``tl.dot`` kernels; ``depthwise`` (one input channel per group) and ``grouped``
-    (narrower groups) the elementwise ones."""
+    ``tl.dot`` kernels; ``depthwise`` (one input channel per group; at stride 2
+    ``depthwise_strided``, smaller tiles) and ``grouped`` (narrower groups) the
+    elementwise ones."""
     if groups == 1:
         return "dense"
     if cin == groups:
-        return "depthwise"
+        return "depthwise_strided" if stride > 1 else "depthwise"
     return "grouped_dot" if min(cin, cout) // groups >= DOT_MIN_PER_GROUP else "grouped"
 
 
@@ -208,7 +209,7 @@ def launch_forward(
     k = _k()
     n, cin, h, wd = x.shape
     cout, ksize = w.shape[0], w.shape[-1]
-    fam = family(cin, cout, groups)
+    fam = family(cin, cout, groups, stride)
     t = tiles(x.dtype, fam)
     y = empty_output(x, cout, stride, padding, dilation, ksize)
     ho, wo = y.shape[2], y.shape[3]
@@ -244,7 +245,7 @@ def launch_grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding,
     k = _k()
     n, cin, h, wd = x_shape
     cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
-    fam = family(cin, cout, groups)
+    fam = family(cin, cout, groups, stride)
     t = tiles(dy.dtype, fam)
     dx = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=x_format)
     programs = cdiv(n * h * wd, t.block_p)
@@ -276,7 +277,7 @@ def launch_grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation
     n, cin, h, wd = x.shape
     cout, cin_pg, ksize = w_shape[0], w_shape[1], w_shape[-1]
     cout_pg, taps = cout // groups, ksize * ksize
-    fam = family(cin, cout, groups)
+    fam = family(cin, cout, groups, stride)
     dot = _dot_kernels(fam)
     t = tiles(x.dtype, fam if dot else "reduce")
     ho, wo = dy.shape[2], dy.shape[3]

@@ -38,6 +38,7 @@ from fastcifar.kernels._stencil import (
     partial_range,
     pixel_coords,
     pixel_offset,
+    program_tile,
     store_tile,
     tap_source,
     tap_target,
@@ -122,10 +123,9 @@ def conv_fwd_dot_kernel(
     # this program's tile: BLOCK_P output pixels x BLOCK_N output channels
     pid_p = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_p = offs_p < N * HO * WO
-    mask_co = offs_co < COUT
+    offs_p, offs_co, mask_p, mask_co = program_tile(
+        pid_p, pid_n, N * HO * WO, COUT, BLOCK_P, BLOCK_N
+    )
     n, oh, ow = pixel_coords(offs_p, HO, WO)
     # the input channels of the groups these output channels belong to
     # (SPAN_ALIGN divides it: the compiler may then load 16 bytes at a time)
@@ -180,10 +180,7 @@ def conv_bwd_input_dot_kernel(
     # this program's tile: BLOCK_P input pixels x BLOCK_N input channels
     pid_p = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_ci = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_p = offs_p < N * H * W
-    mask_ci = offs_ci < CIN
+    offs_p, offs_ci, mask_p, mask_ci = program_tile(pid_p, pid_n, N * H * W, CIN, BLOCK_P, BLOCK_N)
     n, ih, iw = pixel_coords(offs_p, H, W)
     # the output channels of the groups these input channels feed
     co_first = tl.multiple_of((pid_n * BLOCK_N // CIN_PG) * COUT_PG, SPAN_ALIGN)
@@ -305,10 +302,9 @@ def conv_fwd_grouped_kernel(
     # this program's tile: BLOCK_P output pixels x BLOCK_C output channels
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_co = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < N * HO * WO
-    mask_co = offs_co < COUT
+    offs_p, offs_co, mask_p, mask_co = program_tile(
+        pid_p, pid_c, N * HO * WO, COUT, BLOCK_P, BLOCK_C
+    )
     n, oh, ow = pixel_coords(offs_p, HO, WO)
     group = offs_co // COUT_PG
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
@@ -347,10 +343,7 @@ def conv_bwd_input_grouped_kernel(
     # this program's tile: BLOCK_P input pixels x BLOCK_C input channels
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_ci = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < N * H * W
-    mask_ci = offs_ci < CIN
+    offs_p, offs_ci, mask_p, mask_ci = program_tile(pid_p, pid_c, N * H * W, CIN, BLOCK_P, BLOCK_C)
     n, ih, iw = pixel_coords(offs_p, H, W)
     group = offs_ci // CIN_PG
     ci_local = offs_ci % CIN_PG

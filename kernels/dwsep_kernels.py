@@ -17,6 +17,7 @@ from fastcifar.kernels._stencil import (
     partial_range,
     pixel_coords,
     pixel_offset,
+    program_tile,
     store_tile,
     tap_source,
     tap_target,
@@ -75,10 +76,7 @@ def dwsep_fwd_kernel(
     # this program's tile: BLOCK_P output pixels x BLOCK_N output channels
     pid_p = tl.program_id(0)
     pid_o = tl.program_id(1)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_o = pid_o * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_p = offs_p < N * HO * WO
-    mask_o = offs_o < COUT
+    offs_p, offs_o, mask_p, mask_o = program_tile(pid_p, pid_o, N * HO * WO, COUT, BLOCK_P, BLOCK_N)
     n, oh, ow = pixel_coords(offs_p, HO, WO)
     acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=ACC)
     for c0 in range(0, C, BLOCK_K):
@@ -224,10 +222,7 @@ def dwsep_bwd_input_kernel(
     # this program's tile: BLOCK_P input pixels x BLOCK_K channels
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = pid_c * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask_p = offs_p < N * H * W
-    mask_c = offs_c < C
+    offs_p, offs_c, mask_p, mask_c = program_tile(pid_p, pid_c, N * H * W, C, BLOCK_P, BLOCK_K)
     n, ih, iw = pixel_coords(offs_p, H, W)
     acc = tl.zeros([BLOCK_P, BLOCK_K], dtype=ACC)
     for kh in tl.static_range(3):

@@ -115,6 +115,11 @@ class Tiles:
 #   channels, not its own, so these loads gather 16 bits at a time at any tile (128 x 8
 #   took 255 registers); 32 x 16 spilled 374 bytes on sm_90 with the ReLU + statistics
 #   epilogue (s7's groups=32 layer, float16);
+# * depthwise_strided (stride 2): 32 pixels x 8 channels, 4 warps. With triton 3.6 (the
+#   GPU machines' stack) ptxas spilled 8-24 bytes at 64 x 8 in every stride-2 depthwise
+#   forward of the model zoo (ShuffleNetV2's 24, 116 and 232 channels, float16, sm_90,
+#   64-80 registers; also at 8 warps and at 128 x 8 x 8 warps); 32 x 8 compiles clean
+#   (32-bit loads, on one layer per stage);
 # * grouped_dot (groups of 8 or 16 channels, the tl.dot kernels): 64 pixels x 16 channels,
 #   K = 16: a block covers whole groups (two of 8 or one of 16), so the block-diagonal
 #   weight tile is at least half filled;
@@ -129,6 +134,9 @@ class Tiles:
 GPU_TILES = {
     "dense": Tiles(block_p=64, block_c=32, block_n=32, block_k=16, pixels_per_partial=4096),
     "depthwise": Tiles(block_p=64, block_c=8, block_n=16, block_k=16, pixels_per_partial=4096),
+    "depthwise_strided": Tiles(
+        block_p=32, block_c=8, block_n=16, block_k=16, pixels_per_partial=4096
+    ),
     "grouped": Tiles(block_p=16, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
     "grouped_dot": Tiles(block_p=64, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
     "reduce": Tiles(block_p=128, block_c=8, block_n=16, block_k=16, pixels_per_partial=4096),
@@ -184,6 +192,11 @@ TARGET_TILES: dict[str, dict[str, Tiles]] = {
     "gfx90a": _CDNA_TILES,
     "gfx942": _CDNA_TILES,
 }
+# A target with its own depthwise tile uses it at stride 2 as well (chosen for its lanes
+# and registers, it is already at most as wide as depthwise_strided).
+for _own in TARGET_TILES.values():
+    if "depthwise" in _own:
+        _own.setdefault("depthwise_strided", _own["depthwise"])
 INTERPRETER_TILES = Tiles(block_p=512, block_c=64, block_n=64, block_k=32, pixels_per_partial=8192)
 
 _force_gpu_tiles = False

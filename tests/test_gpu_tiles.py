@@ -33,6 +33,7 @@ DEPTHWISE_5X5 = (2, 40, 40, 9, 8, 2, 2, 1, 40, 5)
 GROUPS_OF_16 = (1, 64, 64, 8, 7, 1, 1, 1, 4)
 GROUPS_OF_8 = (2, 48, 48, 7, 6, 2, 1, 1, 6)  # RegNetX's width, 3 blocks of two groups
 GROUPS_OF_12 = (1, 48, 48, 6, 5, 1, 1, 1, 4)  # blocks of 16 straddle the groups
+DEPTHWISE_7X7 = (1, 24, 24, 9, 9, 1, 3, 1, 24, 7)  # rows of taps looped, not unrolled
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +61,7 @@ def test_gpu_tiles_are_in_force():
         GROUPS_OF_16,
         GROUPS_OF_8,
         GROUPS_OF_12,
+        DEPTHWISE_7X7,
     ],
     ids=str,
 )
@@ -95,7 +97,7 @@ def test_each_targets_own_tiles_compute_the_same(target):
     with compile_target(target):
         for family, t in TARGET_TILES[target].items():
             assert tiles(torch.float16, family) == t
-        for cfg in (DENSE, DEPTHWISE, GROUPED):
+        for cfg in (DENSE, DEPTHWISE, GROUPED, GROUPS_OF_8):
             check(cfg, torch.float16, channels_last=True)
         check_depthwise_separable(torch.float16, relu=True)
 
