@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from fastcifar import zoo_recipes as zoo
 from fastcifar.data.augment import AUGMENTATIONS
 from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS
 from fastcifar.errors import FastCifarError
@@ -425,9 +426,14 @@ register(
     (``--tta-fraction``; the Hiverge repository used a fifth). Not measured on a GPU yet.""",
 )
 
-# The model zoo's recipes (reference and ``_fast``) live in ``zoo_recipes``: importing it
-# registers them, after everything above it uses exists.
-from fastcifar import zoo_recipes as _zoo_recipes  # noqa: E402, F401
+# The model zoo: each model's reference recipe and its ``_fast`` variant, from the data
+# and reasoning in ``zoo_recipes``.
+for _model, _accuracy in zoo.ZOO_ACCURACY.items():
+    _reference = register(
+        Recipe(name=_model, model=_model, expected_accuracy=_accuracy, **zoo.REFERENCE),
+        zoo.reference_doc(_model),
+    )
+    register(_reference.replace(name=f"{_model}_fast", **zoo.FAST), zoo.fast_doc(_model))
 
 DEFAULT_RECIPE = "s7"
 

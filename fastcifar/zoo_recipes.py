@@ -1,56 +1,45 @@
-"""The model zoo's recipes: each model as kuangliu/pytorch-cifar trains it, and a
-``_fast`` variant per model for speed (registered into ``fastcifar.recipes.RECIPES`` when
-that module is imported; use ``fastcifar.recipes.get_recipe``)."""
+"""The model zoo's recipes, as data: each model's reference fields (kuangliu/pytorch-cifar's
+training) and the ``_fast`` variant's overrides, with each one's reasoning.
+``fastcifar.recipes`` builds and registers them (use ``fastcifar.recipes.get_recipe``);
+this module imports nothing of fastcifar, so the two never import each other."""
 
 from __future__ import annotations
 
-from fastcifar.recipes import Recipe, register
-
-# The model zoo: kuangliu/pytorch-cifar (commit 49b7aa9, 2021-02-25) trains every model
-# the same way (main.py): SGD lr 0.1, momentum 0.9, weight decay 5e-4, CosineAnnealingLR
-# with T_max 200 stepped per epoch, batch 128, RandomCrop(32, padding=4) and a flip,
-# cross-entropy; its README reports the best test accuracy of that run.
+# kuangliu/pytorch-cifar (commit 49b7aa9, 2021-02-25) trains every model the same way
+# (main.py): SGD lr 0.1, momentum 0.9, weight decay 5e-4, CosineAnnealingLR with T_max 200
+# stepped per epoch, batch 128, RandomCrop(32, padding=4) and a flip, cross-entropy; its
+# README reports the best test accuracy of that run (none for two of these models).
 ZOO_SOURCE = "kuangliu/pytorch-cifar 49b7aa9 (main.py; README's accuracy table)"
 ZOO_ACCURACY = {"mobilenetv2": 94.43, "resnext29_32x4d": 94.73, "regnetx_200mf": 94.24,
                 "efficientnet_b0": None, "shufflenetv2": None}  # fmt: skip
 
+REFERENCE = dict(
+    augmentation="crop4_flip", batch_size=128, epochs=200, optimizer="sgd", lr=0.1,
+    momentum=0.9, weight_decay=5e-4, scheduler="cosine", loss="cross_entropy",
+)  # fmt: skip
 
-def _register_zoo(model: str) -> None:
-    """``model``'s reference recipe and its ``_fast`` variant."""
-    reference = Recipe(
-        name=model, model=model, augmentation="crop4_flip", batch_size=128, epochs=200,
-        optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, scheduler="cosine",
-        loss="cross_entropy", expected_accuracy=ZOO_ACCURACY[model],
-    )  # fmt: skip
+FAST = dict(
+    augmentation="flip_translate4", batch_size=512, epochs=30, lr=0.4, nesterov=True,
+    scheduler="onecycle", pct_start=0.25, div_factor=10.0, final_div_factor=100.0,
+    anneal_strategy="linear", cycle_momentum=False, label_smoothing=0.1, drop_last=True,
+    expected_accuracy=None,
+)  # fmt: skip
+
+
+def reference_doc(model: str) -> str:
+    """The reference recipe's description: its source and reported accuracy."""
     reported = ZOO_ACCURACY[model]
     claim = f"its README reports {reported} %" if reported else "its README reports none"
-    register(
-        reference,
-        f"""{model} as {ZOO_SOURCE} trains it: {claim}.
+    return f"""{model} as {ZOO_SOURCE} trains it: {claim}.
 
     SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine annealing to 0 over 200 epochs
     (stepped per epoch), batch 128, zero-padded 4-pixel random crop and horizontal flip
-    (``crop4_flip``, albumentations in CPU workers), cross-entropy.""",
-    )
-    register(
-        reference.replace(
-            name=f"{model}_fast",
-            augmentation="flip_translate4",
-            batch_size=512,
-            epochs=30,
-            lr=0.4,
-            nesterov=True,
-            scheduler="onecycle",
-            pct_start=0.25,
-            div_factor=10.0,
-            final_div_factor=100.0,
-            anneal_strategy="linear",
-            cycle_momentum=False,
-            label_smoothing=0.1,
-            drop_last=True,
-            expected_accuracy=None,
-        ),  # fmt: skip
-        f"""{model} for speed, to train it in minutes; no accuracy is claimed until it is
+    (``crop4_flip``, albumentations in CPU workers), cross-entropy."""
+
+
+def fast_doc(model: str) -> str:
+    """The ``_fast`` variant's description: each change against the reference, and why."""
+    return f"""{model} for speed, to train it in minutes; no accuracy is claimed until it is
     measured. Run with ``--amp --compile`` (bfloat16 and channels_last where the GPU has them).
 
     Against ``{model}``: batch 512 (four times the work per step keeps a GPU busy, a
@@ -60,9 +49,4 @@ def _register_zoo(model: str) -> None:
     schedules train CIFAR-10 models in; label smoothing 0.1 for the short schedule; flip
     and 4-pixel translation batched on the GPU (``flip_translate4``, reflect padding where
     the reference pads with black): no CPU worker limits the step; drop_last, so every
-    step has the same shape for torch.compile.""",
-    )
-
-
-for _model in ZOO_ACCURACY:
-    _register_zoo(_model)
+    step has the same shape for torch.compile."""
