@@ -6,9 +6,10 @@
   fastcifar.train).
 
 Warm-up (compilation) is timed separately (``extra_info['warmup_s']``) from the
-steady-state epochs the benchmark measures. Sizes: CPU-sized by default (128 training
-images, one timed epoch, so CI can run it); ``FASTCIFAR_BENCH_FULL=1`` (``scripts/bench.sh --full``)
-uses the whole training set. On a CPU-sized run torch.compile uses the ``aot_eager``
+steady-state epochs the benchmark measures. Sizes (``bench_sizes``): CPU-sized by default
+(128 training images, one timed epoch after one untimed), the whole training set with
+``scripts/bench.sh --full``, 32 images and no untimed epoch with ``--smoke`` (CI). On a
+CPU-sized run torch.compile uses the ``aot_eager``
 backend to keep CI short (recorded in ``extra_info['compile_backend']``); full runs use
 inductor. GPU epochs are timed with CUDA events (the trainer synchronises).
 """
@@ -20,14 +21,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_sizes import FULL, SMOKE
 
 from fastcifar.data.augment import AUGMENTATIONS
 from fastcifar.engine import RunOptions
 from fastcifar.recipes import RECIPES
 from fastcifar.train import build_trainer
 
-FULL = os.environ.get("FASTCIFAR_BENCH_FULL") == "1"
-IMAGES = None if FULL else 128
+# training images, test images and the largest batch per size (smoke: CI's "it runs")
+IMAGES, TEST_IMAGES, MAX_BATCH = (
+    (None, 100, None) if FULL else (32, 20, 16) if SMOKE else (128, 100, 64)
+)
 DATA = os.environ.get(
     "FASTCIFAR_DATA", str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz")
 )
@@ -35,7 +39,8 @@ DATA = os.environ.get(
 
 def _options(config: str) -> RunOptions:
     cuda = torch.cuda.is_available()
-    common = dict(data=DATA, train_subset=IMAGES, test_subset=100, workers=None if FULL else 2)
+    common = dict(data=DATA, train_subset=IMAGES, test_subset=TEST_IMAGES,
+                  workers=None if FULL else 2)  # fmt: skip
     if config == "seeds":
         return RunOptions(
             **common,
@@ -67,8 +72,8 @@ def test_epoch(benchmark, tmp_path, recipe_name, config):
     if not Path(DATA).exists():
         pytest.skip(f"CIFAR-10 not found at {DATA}: set FASTCIFAR_DATA")
     recipe = RECIPES[recipe_name]
-    if not FULL:
-        recipe = recipe.replace(batch_size=min(recipe.batch_size, 64))
+    if MAX_BATCH:
+        recipe = recipe.replace(batch_size=min(recipe.batch_size, MAX_BATCH))
     opts = _options(config)
     if config == "seeds" and recipe.augmentation not in AUGMENTATIONS:
         # the seeds' way is the albumentations loader, which has no alternating flip (a
@@ -76,7 +81,8 @@ def test_epoch(benchmark, tmp_path, recipe_name, config):
         recipe = recipe.replace(augmentation="flip_translate")
     t = build_trainer(recipe, opts, tmp_path)
     warmup = t.warm_up() if opts.compile else 0.0
-    t.train_epoch(0)  # first epoch: loader start-up, remaining lazy initialisation
+    if not SMOKE:
+        t.train_epoch(0)  # first epoch: loader start-up, remaining lazy initialisation
     benchmark.pedantic(lambda: t.train_epoch(0), rounds=3 if FULL else 1, iterations=1)
     images = len(t.components.train_loader.dataset)
     seconds = benchmark.stats.stats.median

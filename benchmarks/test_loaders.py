@@ -2,7 +2,8 @@
 
 Images per second in ``extra_info['images_per_s']``. CPU-sized by default (512 images for
 the loader alone; the in-step benchmark on s7 and speedrun94 only); full size with
-``FASTCIFAR_BENCH_FULL=1`` (``scripts/bench.sh --full``), every recipe. Goals on an H100 or
+``scripts/bench.sh --full``, every recipe; 64 images, no warm-up, with ``--smoke`` (CI,
+``bench_sizes``). Goals on an H100 or
 H200 (issue 4): DALI at least 100,000 images/s with the heaviest recipe, and under 5 % of
 the step time of every recipe (compare ``loader_alone`` with ``in_step``).
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bench_sizes import FULL, SMOKE
 
 from fastcifar.data import AUGMENTATIONS, LoaderConfig
 from fastcifar.data.dali_loader import DALI_AUGMENTATIONS, dali_available
@@ -25,7 +27,6 @@ from fastcifar.engine import RunOptions
 from fastcifar.recipes import RECIPES
 from fastcifar.train import build_trainer
 
-FULL = os.environ.get("FASTCIFAR_BENCH_FULL") == "1"
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 DATA = os.environ.get(
@@ -60,10 +61,10 @@ def _make(backend: str, aug: str, images, labels, batch: int):
 @pytest.mark.parametrize("recipe_name", list(RECIPES))
 def test_loader_alone(benchmark, backend, recipe_name):
     recipe = _recipe_for(backend, recipe_name)
-    n = 50_000 if FULL else 512
+    n = 50_000 if FULL else 64 if SMOKE else 512
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    loader = _make(backend, recipe.augmentation, images, rng.integers(0, 10, n), 512)
+    loader = _make(backend, recipe.augmentation, images, rng.integers(0, 10, n), min(n, 512))
 
     def epoch():
         for _batch in loader:
@@ -71,7 +72,8 @@ def test_loader_alone(benchmark, backend, recipe_name):
         if DEVICE.type == "cuda":
             torch.cuda.synchronize()
 
-    epoch()  # warm-up: worker start, pipeline build
+    if not SMOKE:
+        epoch()  # warm-up: worker start, pipeline build
     benchmark.pedantic(epoch, rounds=3 if FULL else 1, iterations=1)
     benchmark.extra_info.update(
         backend=backend,
@@ -90,17 +92,18 @@ def test_in_step(benchmark, tmp_path, backend, recipe_name):
     if not Path(DATA).exists():
         pytest.skip(f"CIFAR-10 not found at {DATA}: set FASTCIFAR_DATA")
     if not FULL:
-        recipe = recipe.replace(batch_size=64)
+        recipe = recipe.replace(batch_size=16 if SMOKE else 64)
     opts = RunOptions(
         data=DATA,
-        train_subset=None if FULL else 128,
-        test_subset=100,
+        train_subset=None if FULL else 32 if SMOKE else 128,
+        test_subset=20 if SMOKE else 100,
         amp=True,
         channels_last=True,
         loader=backend,
     )
     t = build_trainer(recipe, opts, tmp_path)
-    t.train_epoch(0)
+    if not SMOKE:
+        t.train_epoch(0)
     start = time.perf_counter()
     benchmark.pedantic(lambda: t.train_epoch(0), rounds=2 if FULL else 1, iterations=1)
     images = len(t.components.train_loader.dataset)

@@ -7,8 +7,9 @@ stride, padding, dilation, groups, bias, dtype, memory format:
 pointwise 1x1)``), forward + backward is timed on the device both ways, Triton and
 PyTorch (cuDNN; for a block, its unfused sequence), at first use, as
 ``torch.backends.cudnn.benchmark`` times cuDNN's own algorithms; the faster side wins.
-A user who keeps the default never trains slower than with PyTorch's convolutions
-(up to timing noise: a tie goes to PyTorch).
+It is designed so that a user who keeps the default never trains slower than with
+PyTorch's convolutions (up to timing noise: a tie goes to PyTorch); no GPU has measured
+it yet.
 
 Decisions are cached in ``<cache>/kernel_dispatch.json`` (``fastcifar.data.cache_dir``)
 under the environment (GPU name, driver, torch, triton) and the configuration: the same

@@ -76,6 +76,7 @@ class Trainer:
         self.recipe, self.components, c = recipe.validate(), components, components
         self.model, self.run_dir, self.world = c.model, Path(run_dir), world
         self.loggers = list(loggers or []) if world.is_main else []
+        self.session_wall: dict[str, float] = {}  # fit()'s compile and epoch seconds
         # the options as run: config.json records the resolved data source
         self.options = dataclasses.replace(options, data=c.arrays.source)
         steps = len(c.train_loader)
@@ -249,10 +250,13 @@ class Trainer:
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             step = int(bad[0])
+            kept = (f"the last good checkpoint ({plural(self.state.epoch, 'epoch')}) is kept in "
+                    f"{self.run_dir / 'last.pt'}" if self.state.epoch else
+                    "no epoch had finished, so no checkpoint was written")  # fmt: skip
+            fix = "lower --lr or try --no-amp" if self.components.amp_dtype else "lower --lr"
             raise TrainingDiverged(
-                f"loss became {float(losses[step])} at epoch {epoch + 1}, step {step + 1}: the "
-                f"last good checkpoint ({plural(self.state.epoch, 'epoch')}) is kept in "
-                f"{self.run_dir}; lower --lr or try --no-amp"
+                f"loss became {float(losses[step])} at epoch {epoch + 1}, step {step + 1}: "
+                f"{kept}; {fix}"
             )
 
     @torch.no_grad()
@@ -286,17 +290,21 @@ class Trainer:
         Raises:
             TrainingDiverged: the loss became NaN or inf (the last good checkpoint stays).
         """
-        r, run_start = self.recipe, time.perf_counter()
+        r, run_start, compile_s = self.recipe, time.perf_counter(), 0.0
         if self.state.epoch:
             print(f"resume: {self.run_dir} from epoch {self.state.epoch + 1}/{r.epochs}")
         if self.options.compile and self.state.epoch < r.epochs:
-            self.state.compile_time_s += self.warm_up()
-            print(f"compile: warm-up took {self.state.compile_time_s:.1f} s (not timed)")
+            compile_s = self.warm_up()
+            self.state.compile_time_s += compile_s
+            print(f"compile: warm-up took {compile_s:.1f} s (not timed)")
         if self.state.epoch == 0:
             self._init_from_data()
         for epoch in range(self.state.epoch, r.epochs):
             self._fit_epoch(epoch)
-        return self._write_summary(time.perf_counter() - run_start)
+        session = time.perf_counter() - run_start
+        # this call's wall-clock parts (seconds), for the command's "wall time"
+        self.session_wall = {"compile_s": compile_s, "epochs_s": session - compile_s}
+        return self._write_summary(session)
 
     def _fit_epoch(self, epoch: int) -> None:
         """Train epoch ``epoch``, evaluate (the recipe's TTA after the last, timed), step an

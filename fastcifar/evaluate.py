@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -44,9 +45,14 @@ from fastcifar.evaluation.figures import (
     plt_agg,
 )
 from fastcifar.evaluation.metrics import confusion_matrix, misclassified, predict
-from fastcifar.evaluation.report import NEAR_CHANCE, build_report, write_report
+from fastcifar.evaluation.report import (
+    NEAR_CHANCE,
+    build_report,
+    reevaluation_note,
+    write_report,
+)
 from fastcifar.models import MODELS, create_model
-from fastcifar.rundir import load_checkpoint, read_config
+from fastcifar.rundir import atomic_write, load_checkpoint, read_config
 from fastcifar.runlock import RunLock
 
 # ------------------------------------------------------------------------ model and data
@@ -88,13 +94,18 @@ def evaluate_run(
     device: str = "cpu",
     tensorboard: bool | None = None,
     data: str | None = None,
+    wall: dict | None = None,
 ) -> dict:
     """Write the evaluation files listed in the module docstring; return eval.json's dict.
+    ``wall``: the train command's wall-clock parts in seconds (start-up, compile warm-up,
+    epochs); this evaluation's own seconds up to the report are added, and the whole goes
+    into summary.json as ``"wall"`` and into the report's "wall time".
 
     Raises:
         FastCifarError: not a run directory, no checkpoint, an unknown CAM layer.
     """
 
+    started = time.perf_counter()
     run_dir = Path(run_dir)
     recipe, options = read_config(run_dir)
     if n_misclassified < 1:
@@ -138,6 +149,9 @@ def evaluate_run(
         plt.close(fig)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if wall is not None and summary:
+        summary["wall"] = {**wall, "evaluation_s": time.perf_counter() - started}
+        atomic_write(summary_path, json.dumps(summary, indent=2) + "\n")
     report = build_report(run_dir, recipe, result, metrics, summary, MODELS[recipe.model].source)
     write_report(run_dir, report)
     return result
@@ -171,7 +185,10 @@ def _training_figures(run_dir, recipe, arrays, mean, std) -> list[dict]:
     """curves.png (per-epoch metrics), lr.png (every step's lr, when recorded) and
     augmented.png (five augmented training images per class); returns the metrics rows."""
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    plot_curves(metrics, run_dir / "curves.png", title=f"{recipe.model}, recipe {recipe.name}")
+    losses_path = run_dir / "losses.json"
+    step_losses = json.loads(losses_path.read_text()) if losses_path.exists() else None
+    plot_curves(metrics, run_dir / "curves.png", title=f"{recipe.model}, recipe {recipe.name}",
+                step_losses=step_losses)  # fmt: skip
     lr_path = run_dir / "lr.json"
     if lr_path.exists():
         plot_lr(json.loads(lr_path.read_text()), run_dir / "lr.png")
@@ -219,9 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_run(
             run_dir, args.misclassified, layers, args.device, args.tensorboard, args.data
         )
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    note = reevaluation_note(summary, result)
     print(
-        f"test accuracy {result['test_acc']:.2f} % on {result['test_images']} images; "
-        f"report {Path(args.run_dir) / 'report.html'}"
+        f"test accuracy {result['test_acc']:.2f} % on {result['test_images']} images"
+        + (f" ({note})" if note else "")
+        + f"; report {run_dir / 'report.html'}"
     )
     return 0
 

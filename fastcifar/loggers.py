@@ -87,12 +87,16 @@ def progress_bar(steps: int, description: str, every_s: float = 30.0):
 class ProgressLines:
     """Progress for logs: every ``every_s`` seconds (0: never) one line on standard output,
     ``epoch 3/24: 120/390 batches (31 %), loss=1.234 acc=45.1 img_s=11823, 1 min 02 s
-    left``; the time left is extrapolated from the epoch so far."""
+    left``; the time left is extrapolated from the epoch so far. Values not yet set (the
+    first steps, before the loop posts any) are left out, not shown as an empty field.
+    Lines go to the standard output of the moment it is made: a library that redirects
+    ``sys.stdout`` meanwhile (torch-lr-finder's prints, quieted) does not swallow them."""
 
     def __init__(self, steps: int, description: str, every_s: float):
         self.steps, self.description, self.every_s = steps, description, every_s
         self.done, self.values = 0, {}
         self.start = self.last = time.perf_counter()
+        self.stream = sys.stdout
 
     def set_postfix(self, **values) -> None:
         self.values = values
@@ -102,11 +106,15 @@ class ProgressLines:
         now = time.perf_counter()
         if self.every_s > 0 and now - self.last >= self.every_s and self.done < self.steps:
             self.last = now
-            left = (now - self.start) / self.done * (self.steps - self.done)
-            values = " ".join(f"{k}={v}" for k, v in self.values.items())
-            print(f"{self.description}: {self.done}/{self.steps} batches "
-                  f"({100 * self.done // self.steps} %), {values}, {duration(left)} left",
-                  flush=True)  # fmt: skip
+            print(self.line(now), file=self.stream, flush=True)
+
+    def line(self, now: float) -> str:
+        """The progress line at time ``now`` (``time.perf_counter()`` seconds)."""
+        left = (now - self.start) / max(self.done, 1) * (self.steps - self.done)
+        values = " ".join(f"{k}={v}" for k, v in self.values.items() if v not in ("", None))
+        done = f"{self.description}: {self.done}/{self.steps} batches"
+        parts = [f"{done} ({100 * self.done // self.steps} %)", values, f"{duration(left)} left"]
+        return ", ".join(p for p in parts if p)
 
     def close(self) -> None:
         pass

@@ -13,12 +13,14 @@ import sys
 from pathlib import Path
 
 from fastcifar.cli import CommandParser, prog_name
-from fastcifar.components import build_components
 from fastcifar.errors import FastCifarError, run_cli
-from fastcifar.lr_range import range_test
-from fastcifar.optim import make_optimizer
-from fastcifar.recipes import DEFAULT_RECIPE, get_recipe
-from fastcifar.rundir import RunOptions
+from fastcifar.options import RunOptions, add_field_flags, check_fields
+from fastcifar.recipes import DEFAULT_RECIPE, Recipe, get_recipe
+
+# the run options and recipe fields this command shares with fastcifar.train, their flags
+# built from the same field metadata
+RUN_FLAGS = ("data", "train_subset", "device", "workers")
+RECIPE_FLAGS = ("batch_size",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,14 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         "exponentially each step, plot the smoothed loss against it and suggest the lr of "
         "its steepest descent, as seed 003 did",
     )
-    p.add_argument("--recipe", default=DEFAULT_RECIPE,
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="NAME",
                    help=f"the recipe whose model, optimizer, loss and data are tested "
                         f"(default {DEFAULT_RECIPE})")  # fmt: skip
-    p.add_argument("--data", help="CIFAR-10 source (see python -m fastcifar.train --help)")
-    p.add_argument("--train-subset", type=int, metavar="N",
-                   help="test on a stratified subset of N training images")  # fmt: skip
-    p.add_argument("--batch-size", type=int, metavar="N",
-                   help="images per step (default: the recipe's)")  # fmt: skip
+    add_field_flags(p, RunOptions, RunOptions(), only=RUN_FLAGS)
+    add_field_flags(p, Recipe, dest=lambda name: f"r_{name}", only=RECIPE_FLAGS)
     p.add_argument("--start-lr", type=float, default=1e-6, metavar="LR",
                    help="the first step's learning rate (default 1e-6)")  # fmt: skip
     p.add_argument("--end-lr", type=float, default=0.9, metavar="LR",
@@ -43,9 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-iter", type=int, default=200, metavar="N",
                    help="steps, the lr growing exponentially from --start-lr to --end-lr "
                         "(default 200, as the seeds; under 100: a rough suggestion)")  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda:N")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="data loader worker processes (default: cores, at most 8)")  # fmt: skip
     p.add_argument("--out", default="lr_find.png", help="plot file (default lr_find.png)")
     args = p.parse_args(argv)
     if args.num_iter < 2:
@@ -53,11 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.start_lr < args.end_lr:
         raise FastCifarError("--start-lr must be positive and below --end-lr")
     recipe = get_recipe(args.recipe).replace(lr_find=False)
-    if args.batch_size is not None:
-        recipe = recipe.replace(batch_size=args.batch_size).validate()
+    changed = {n: getattr(args, f"r_{n}") for n in RECIPE_FLAGS if getattr(args, f"r_{n}")}
+    recipe = recipe.replace(**changed).validate()
     # PyTorch's convolutions: the range test needs no kernel validation, and no test set
-    opts = RunOptions(data=args.data, train_subset=args.train_subset, device=args.device,
-                      workers=args.workers, kernels="torch")  # fmt: skip
+    given = {n: getattr(args, n) for n in RUN_FLAGS if getattr(args, n) is not None}
+    opts = RunOptions(**given, kernels="torch")
+    check_fields(opts)
+    from fastcifar.components import build_components
+    from fastcifar.lr_range import range_test
+    from fastcifar.optim import make_optimizer
+
     c = build_components(recipe, opts, with_test=False)
     c.model.init_from_data(c.train_images, recipe.whiten_images, recipe.seed, c.mean, c.std)
     result = range_test(

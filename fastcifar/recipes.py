@@ -12,15 +12,20 @@ can be overridden on the command line (``--batch-size 256``, ``--lr 0.1``,
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastcifar import zoo_recipes as zoo
-from fastcifar.data.augment import AUGMENTATIONS
-from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS
 from fastcifar.errors import FastCifarError
-from fastcifar.models import MODELS
-from fastcifar.muon import NS_COEFFICIENTS
-from fastcifar.tta import TTA_MODES
+from fastcifar.options import Registry, check_fields, option
+
+# the names of sets whose members need torch, imported only when a recipe is checked
+MODEL_NAMES = Registry("fastcifar.models", "MODELS")
+AUGMENTATION_NAMES = Registry(
+    "fastcifar.data.augment", "AUGMENTATIONS",
+    also=(Registry("fastcifar.data.gpu_loader", "GPU_AUGMENTATIONS"),),
+)  # fmt: skip
+NS_NAMES = Registry("fastcifar.muon", "NS_COEFFICIENTS")
+TTA_NAMES = Registry("fastcifar.tta", "TTA_MODES")
 
 OPTIMIZERS = ("sgd", "adam", "muon")
 SCHEDULERS = ("onecycle", "linear", "cosine", "step", "plateau", "constant")
@@ -29,58 +34,51 @@ LOSS_REDUCTIONS = ("mean", "sum")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def option(
-    default=dataclasses.MISSING, help: str = "", choices: tuple | None = None,
-    metavar: str | None = None, flag: bool = True,
-):  # fmt: skip
-    """A dataclass field with its command-line help (and choices, metavar) in its
-    metadata: the one place a ``Recipe`` or ``RunOptions`` field is described;
-    ``fastcifar.train`` builds its flags from them (``flag=False``: no flag)."""
-    metadata = {"help": help, "choices": choices, "metavar": metavar, "flag": flag}
-    return field(default=default, metadata=metadata)
-
-
 @dataclass(frozen=True)
 class Recipe:
     """A training recipe. Units: lr per optimizer step; step_size in epochs."""
 
     name: str = option(help="the recipe's name (--recipe)")
-    model: str = option(help="model name (see fastcifar.models.MODELS)", choices=tuple(MODELS))
+    model: str = option(help="model name (fastcifar.models.MODELS)", choices=MODEL_NAMES)
     augmentation: str = option(
         help="training augmentation name (see fastcifar.data.AUGMENTATIONS)",
-        choices=tuple({**AUGMENTATIONS, **GPU_AUGMENTATIONS}),
+        choices=AUGMENTATION_NAMES,
     )
-    batch_size: int = option(128, "images per training batch (>= 1)")
-    epochs: int = option(20, "number of epochs (>= 1)")
+    batch_size: int = option(128, "images per training batch", min=1)
+    epochs: int = option(20, "number of epochs", min=1)
     optimizer: str = option(
         "sgd",
         "sgd, adam, or muon (Muon on the conv filters, Nesterov SGD on the rest)",
         choices=OPTIMIZERS,
     )
     lr: float = option(
-        0.1, "peak learning rate (OneCycleLR max_lr, else the optimizer's lr; muon: the filters')"
+        0.1,
+        "peak learning rate (OneCycleLR max_lr, else the optimizer's lr; muon: the filters')",
+        above=0,
     )
     momentum: float = option(
         0.9, "SGD momentum, Adam's beta1, or (muon) the filters' Muon momentum"
     )
     nesterov: bool = option(False, "SGD with Nesterov momentum")
     weight_decay: float = option(
-        0.0, "L2 weight decay through the optimizer (muon: each SGD group gets it / its lr)"
+        0.0, "L2 weight decay through the optimizer (muon: each SGD group gets it / its lr)", min=0
     )
-    bias_lr: float = option(0.0, "muon: SGD lr of the biases (BatchNorm, whitening); 0 means --lr")
-    head_lr: float = option(0.0, "muon: SGD lr of the linear head; 0 means --lr")
+    bias_lr: float = option(
+        0.0, "muon: SGD lr of the biases (BatchNorm, whitening); 0 means --lr", min=0
+    )
+    head_lr: float = option(0.0, "muon: SGD lr of the linear head; 0 means --lr", min=0)
     sgd_momentum: float = option(0.85, "muon: Nesterov momentum of the SGD groups")
     muon_weight_decay: float = option(
-        0.0, "muon: decoupled weight decay of the filters, p *= 1 - lr x wd per step"
+        0.0, "muon: decoupled weight decay of the filters, p *= 1 - lr x wd per step", min=0
     )
-    muon_ns_steps: int = option(3, "muon: Newton-Schulz iterations per step")
+    muon_ns_steps: int = option(3, "muon: Newton-Schulz iterations per step", min=1)
     muon_ns: str = option(
         "record",
         "muon: Newton-Schulz coefficients, record or hiverge",
-        choices=tuple(NS_COEFFICIENTS),
+        choices=NS_NAMES,
     )
     muon_renorm_every: int = option(
-        1, "muon: rescale filters to norm sqrt(C_out) every N steps (0 never)"
+        1, "muon: rescale filters to norm sqrt(C_out) every N steps (0 never)", min=0
     )
     muon_batched: bool = option(False, "muon: one batched Newton-Schulz over zero-padded filters")
     scheduler: str = option(
@@ -89,7 +87,9 @@ class Recipe:
         "over the epochs), step, plateau (these three per epoch) or constant",
         choices=SCHEDULERS,
     )
-    pct_start: float = option(0.3, "OneCycleLR: fraction of steps spent rising to the peak")
+    pct_start: float = option(
+        0.3, "OneCycleLR: fraction of steps spent rising to the peak", above=0, below=1
+    )
     div_factor: float = option(25.0, "OneCycleLR: the start lr is lr / div_factor")
     final_div_factor: float = option(1e4, "OneCycleLR: the final lr is start lr / final_div_factor")
     anneal_strategy: str = option("cos", "OneCycleLR: cos or linear", choices=("cos", "linear"))
@@ -108,34 +108,39 @@ class Recipe:
         "mean or sum of the loss over the batch (sum: the record's; lr scales)",
         choices=LOSS_REDUCTIONS,
     )
-    label_smoothing: float = option(0.0, "label smoothing of the loss, 0 <= x < 1")
+    label_smoothing: float = option(0.0, "label smoothing of the loss, 0 <= x < 1", min=0, below=1)
     l1: float = option(0.0, "factor of the L1 term: sum over parameter tensors of mean(|p|)")
     drop_last: bool = option(False, "drop the last partial training batch")
     last_epoch_fraction: float = option(
-        1.0, "train only this fraction of the last epoch's steps (0 < x <= 1)"
+        1.0, "train only this fraction of the last epoch's steps (0 < x <= 1)", above=0, max=1
     )
     seed: int = option(1, "seed for initialisation, data order and augmentation")
     lr_find: bool = option(
         False, "run an LR range test (torch-lr-finder) first and train with its suggested lr"
     )
-    lr_find_iters: int = option(200, "steps of that LR range test (default 200, as seed 003)")
+    lr_find_iters: int = option(
+        200, "steps of that LR range test (default 200, as seed 003)", min=2
+    )
     ema: float = option(
-        0.0, "weight averaging: EMA decay per step (0 off); evaluation uses the averaged weights"
+        0.0,
+        "weight averaging: EMA decay per step (0 off); evaluation uses the averaged weights",
+        min=0,
+        below=1,
     )
     tta: str = option(
         "none",
         "test-time augmentation after the last epoch: none, flip (2 views), or "
         "flip_translate (6 views: mirror x {0, +-1 px})",
-        choices=TTA_MODES,
+        choices=TTA_NAMES,
     )
     tta_fraction: float = option(
-        1.0, "TTA only on this least-confident fraction of the test images"
+        1.0, "TTA only on this least-confident fraction of the test images", above=0, max=1
     )
     whiten_images: int = option(
-        5000, "whitening nets: training images the patch covariance is taken over"
+        5000, "whitening nets: training images the patch covariance is taken over", min=1
     )
     whiten_bias_epochs: float = option(
-        0.0, "whitening nets: epochs the whitening bias trains (then frozen)"
+        0.0, "whitening nets: epochs the whitening bias trains (then frozen)", min=0
     )
     compile_mode: str = option(
         "default",
@@ -150,56 +155,16 @@ class Recipe:
     )
 
     def validate(self) -> Recipe:
-        """Check every field; return self.
+        """Check every field against the choices and bounds in its metadata
+        (``options.check_fields``), and that an NLL loss meets a model that returns
+        log-probabilities; return self.
 
         Raises:
             FastCifarError: a value out of range or an unknown name, with the valid choices.
         """
-        for f in dataclasses.fields(self):  # every field with choices in its metadata
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices is not None and value not in choices:
-                what = {"model": "model", "augmentation": "augmentation"}.get(f.name)
-                shown = f"unknown {what} {value!r}" if what else (
-                    f"--{f.name.replace('_', '-')} {value!r} is not valid"
-                )  # fmt: skip
-                raise FastCifarError(f"{shown}: choose one of {', '.join(choices)}")
-        if self.batch_size < 1:
-            raise FastCifarError(f"--batch-size {self.batch_size} is below 1: pass 1 or more")
-        if self.epochs < 1:
-            raise FastCifarError(f"--epochs {self.epochs} is below 1: pass 1 or more")
-        if not self.lr > 0:
-            raise FastCifarError(f"--lr {self.lr} must be positive")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise FastCifarError(
-                f"--label-smoothing {self.label_smoothing} is out of range: pass 0 <= x < 1"
-            )
-        if not 0.0 < self.pct_start < 1.0:
-            raise FastCifarError(f"--pct-start {self.pct_start} is out of range: pass 0 < x < 1")
-        if not 0.0 <= self.ema < 1.0:
-            raise FastCifarError(f"--ema {self.ema} is out of range: pass 0 (off) <= x < 1")
-        if not 0.0 < self.last_epoch_fraction <= 1.0:
-            raise FastCifarError(
-                f"--last-epoch-fraction {self.last_epoch_fraction} is out of range: pass 0 < x <= 1"
-            )
-        if not 0.0 < self.tta_fraction <= 1.0:
-            raise FastCifarError(
-                f"--tta-fraction {self.tta_fraction} is out of range: pass 0 < x <= 1"
-            )
-        if self.whiten_bias_epochs < 0 or self.whiten_images < 1:
-            raise FastCifarError(
-                "--whiten-bias-epochs must be >= 0 and --whiten-images >= 1: pass values in range"
-            )
-        if min(self.bias_lr, self.head_lr, self.muon_weight_decay, self.weight_decay) < 0:
-            raise FastCifarError(
-                "--bias-lr, --head-lr, --weight-decay and --muon-weight-decay must be >= 0"
-            )
-        if self.muon_ns_steps < 1 or self.muon_renorm_every < 0:
-            raise FastCifarError(
-                "--muon-ns-steps must be >= 1 and --muon-renorm-every >= 0 (0: never)"
-            )
-        if self.lr_find_iters < 2:
-            raise FastCifarError(f"--lr-find-iters {self.lr_find_iters} is below 2: pass 2 or more")
+        check_fields(self)
+        from fastcifar.models import MODELS
+
         if self.loss == "nll" and MODELS[self.model].outputs != "log_probs":
             raise FastCifarError(
                 f"--loss nll needs a model that returns log-probabilities; {self.model} returns "
@@ -232,12 +197,17 @@ RECIPE_DOCS: dict[str, str] = {}  # each recipe's seed, what it follows and what
 
 
 def register(recipe: Recipe, doc: str) -> Recipe:
-    """Add ``recipe`` (validated) to ``RECIPES`` with ``doc``, what it follows and why.
+    """Add ``recipe`` to ``RECIPES`` with ``doc``, what it follows and why. It is
+    validated where it is used (a run validates its recipe before it starts; the names of
+    models and augmentations need their torch modules), and every registered recipe is in
+    tests/test_recipes.py.
 
     Raises:
-        FastCifarError: a field out of range (``Recipe.validate``).
+        FastCifarError: a field out of its bounds or a closed set of choices.
     """
-    RECIPES[recipe.name] = recipe.validate()
+    check_fields(dataclasses.replace(recipe, model=None, augmentation=None, muon_ns=None,
+                                     tta=None))  # fmt: skip
+    RECIPES[recipe.name] = recipe
     RECIPE_DOCS[recipe.name] = doc
     return recipe
 
@@ -423,7 +393,7 @@ register(
     (``--augmentation alternating_flip_translate_jitter``); whitening from 960 images with
     its bias trained for 0.19 epochs; forward + loss compiled as one graph
     (``--compile-step``); 6-view TTA only on the least-confident quarter of the test images
-    (``--tta-fraction``; the Hiverge repository used a fifth). Not measured on a GPU yet.""",
+    (``--tta-fraction``, 0.25, as the Hiverge repository's code). Not measured on a GPU yet.""",
 )
 
 # The model zoo: each model's reference recipe and its ``_fast`` variant, from the data

@@ -8,8 +8,9 @@ checkpoints read so that a file from elsewhere cannot run code.
   unpickling allows; anything else, a truncated file or no checkpoint at all ends in
   one ``FastCifarError`` line naming the file.
 * ``prepare_run_dir``: create the directory, prove it writable and lock it (``RunLock``).
-* ``RunOptions``, ``write_config`` / ``read_config``: ``config.json``, the recipe and the
-  options a run was started with (the layout: docs/DESIGN.md, "Run directory").
+* ``write_config`` / ``read_config``: ``config.json``, the recipe and the options
+  (``fastcifar.options.RunOptions``) a run was started with (the layout: docs/DESIGN.md,
+  "Run directory").
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from pathlib import Path
 
 import torch
 
-from fastcifar.data.factory import LOADER_CHOICES
 from fastcifar.errors import FastCifarError
-from fastcifar.recipes import Recipe, option
+from fastcifar.options import RunOptions  # re-exported: config.json's "run"
+from fastcifar.recipes import Recipe
 from fastcifar.runlock import RunLock
-from fastcifar.runtime import AMP_DTYPE_CHOICES, KERNEL_CHOICES
 
 __all__ = [
     "RunOptions",
@@ -111,85 +111,6 @@ def prepare_run_dir(out: Path, resume: bool) -> RunLock:
             f"another --out"
         )
     return lock
-
-
-@dataclass
-class RunOptions:
-    """How (not what) a run trains. Saved in config.json next to the recipe."""
-
-    data: str | None = option(
-        None,
-        "CIFAR-10 source: cifar-10-batches-py directory, image-folder tree train/<class>/ "
-        "test/<class>/, or a .tar/.tar.gz of one (default: $FASTCIFAR_DATA, else the cache "
-        "directory)",
-    )
-    download: bool = option(
-        False, "download the official CIFAR-10 with torchvision when --data holds none"
-    )
-    train_subset: int | None = option(
-        None, "train on a stratified subset of N training images (quick runs)", metavar="N"
-    )
-    test_subset: int | None = option(
-        None, "evaluate on a stratified subset of N test images (quick runs)", metavar="N"
-    )
-    out: str | None = option(None, "run directory (default runs/<recipe>-<date>-<time>)")
-    device: str = option("auto", "auto (CUDA if present), cpu, cuda or cuda:N")
-    amp: bool = option(
-        False,
-        "mixed precision: bfloat16 autocast where the device runs it natively (CPUs with "
-        "bfloat16 instructions, NVIDIA Ampere and newer, AMD Instinct), else float16 with a "
-        "gradient scaler (T4) or float32 (other CPUs)",
-    )
-    amp_dtype: str = option(
-        "auto",
-        "autocast dtype with --amp (auto: bfloat16 where native, float16 on older GPUs, "
-        "float32 on a CPU without bfloat16 instructions)",
-        choices=AMP_DTYPE_CHOICES,
-    )
-    compile: bool = option(
-        False, "torch.compile the model; on failure say why and continue eagerly"
-    )
-    channels_last: bool | None = option(
-        None, "channels_last memory format (default: on with --amp)"
-    )
-    workers: int | None = option(None, "data loader worker processes (default: cores, at most 8)")
-    compile_backend: str = option(
-        "inductor", "torch.compile backend (inductor; the tests use aot_eager)", flag=False
-    )
-    kernels: str = option(
-        "auto",
-        "convolutions: triton (our kernels, validated against PyTorch before training), "
-        "torch, or auto (on a GPU: each conv configuration and fusable block timed, Triton "
-        "against cuDNN, the faster kept, cached per GPU/driver/versions; a Triton failure "
-        "falls back to PyTorch; torch elsewhere); triton on a CPU uses the Triton "
-        "interpreter (slow, for tests)",
-        choices=KERNEL_CHOICES,
-    )
-    loader: str = option(
-        "auto",
-        "training loader: gpu (data set resident on the device, batched flip/translate/"
-        "cutout), dali (NVIDIA DALI pipeline, GPU or CPU-only), albumentations (CPU "
-        "workers), or auto (gpu on a GPU when the recipe's augmentation allows, else dali "
-        "when installed on an NVIDIA GPU, else albumentations)",
-        choices=LOADER_CHOICES,
-    )
-    progress_every: float = option(
-        30.0,
-        "seconds between progress lines within an epoch when the output is not a terminal "
-        "(a log file); a terminal gets a progress bar",
-        metavar="SECONDS",
-    )
-    tensorboard: bool = option(
-        False, "log scalars, the misclassified grid and the CAMs to RUN_DIR/tensorboard"
-    )
-    world_size: int = option(
-        1, "data-parallel processes (torchrun); a resume needs the same", flag=False
-    )
-    sync_bn: bool = option(
-        False,
-        "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA "
-        "only); off by default, as the speed records train with per-GPU statistics",
-    )
 
 
 @dataclass

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from fastcifar.errors import FastCifarError
+from fastcifar.options import AMP_DTYPE_CHOICES, KERNEL_CHOICES
 
+# The choices of --amp-dtype and --kernels are fastcifar.options' (the parser offers exactly
+# them); the dtypes they name:
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-# The choices of --amp-dtype and --kernels: the parser offers exactly these.
-AMP_DTYPE_CHOICES = ("auto", *AMP_DTYPES)
-KERNEL_CHOICES = ("auto", "triton", "torch")
+assert ("auto", *AMP_DTYPES) == AMP_DTYPE_CHOICES, "fastcifar.options lists the AMP dtypes"
 
 
 def resolve_device(name: str) -> torch.device:

@@ -18,22 +18,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import sys
+import textwrap
 import time
-import types
-import typing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fastcifar import distributed
+# Only torch-free modules at the top: --help, --version and a mistyped flag answer before
+# torch, triton or DALI are imported (tests/test_cli.py holds this). The rest is imported
+# where the training starts.
+from fastcifar import __version__
 from fastcifar.cli import CommandParser, prog_name
-from fastcifar.components import build_components
-from fastcifar.engine import Trainer
 from fastcifar.errors import FastCifarError, Interrupted, run_cli
-from fastcifar.evaluation.report import CIFAR10_TEST, CIFAR10_TRAIN
-from fastcifar.loggers import default_loggers
-from fastcifar.lr_range import with_found_lr
+from fastcifar.evaluation.report import CIFAR10_TEST, CIFAR10_TRAIN, wall_time
+from fastcifar.options import RunOptions, add_field_flags, check_fields
 from fastcifar.recipes import (
     DEFAULT_RECIPE,
     RECIPE_DOCS,
@@ -42,62 +43,66 @@ from fastcifar.recipes import (
     get_recipe,
     overridable_fields,
 )
-from fastcifar.rundir import RunOptions, prepare_run_dir, read_config, write_config
 from fastcifar.runlock import RunLock
-from fastcifar.units import duration, number, plural, rate
+from fastcifar.units import number, plural, rate
 
-
-def _field_type(field: dataclasses.Field):
-    hints = typing.get_type_hints(type("H", (), {"__annotations__": {"x": field.type}}))
-    t = hints["x"]
-    if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
-        t = next(a for a in typing.get_args(t) if a is not type(None))
-    return t
-
-
-def _add_field_flag(group, f: dataclasses.Field, dest: str, shown, choices_checked=False) -> None:
-    """``--field-name`` for dataclass field ``f`` (a ``Recipe`` or ``RunOptions`` field):
-    its help, choices and metavar from the field's metadata, ``shown`` as its value in
-    brackets (none for None; bools on/off); default None (not given). Bools take
-    ``--x/--no-x``. Recipe choices are only shown (``Recipe.validate`` checks them in one
-    line); run-option choices, a closed set, are also checked by argparse
-    (``choices_checked``)."""
-    t, meta = _field_type(f), f.metadata
-    kwargs: dict = {"action": argparse.BooleanOptionalAction}
-    if t is not bool:
-        choices = meta.get("choices")
-        metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
-        kwargs = {"type": t, "metavar": meta.get("metavar") or metavar}
-        if choices_checked and choices:
-            kwargs["choices"] = choices
-    if shown is not None:
-        shown = ("on" if shown else "off") if isinstance(shown, bool) else shown
-    help_ = meta["help"] + (f" [{shown}]" if shown is not None else "")
-    group.add_argument("--" + f.name.replace("_", "-"), dest=dest, default=None, help=help_,
-                       **kwargs)  # fmt: skip
+if TYPE_CHECKING:
+    from fastcifar import distributed
+    from fastcifar.engine import Trainer
 
 
 def run_options(args: argparse.Namespace, **fixed) -> RunOptions:
     """The ``RunOptions`` the flags give (fields not given keep their defaults), with
-    ``fixed`` fields set."""
+    ``fixed`` fields set.
+
+    Raises:
+        FastCifarError: a value out of its bounds (``options.check_fields``).
+    """
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)
              if f.metadata["flag"] and getattr(args, f.name) is not None}  # fmt: skip
-    return RunOptions(**given, **fixed)
+    options = RunOptions(**given, **fixed)
+    check_fields(options)
+    return options
+
+
+def help_columns() -> int:
+    """The width ``--help`` wraps at: the terminal's, between 80 and 110 columns."""
+    return min(110, max(80, shutil.get_terminal_size((100, 24)).columns))
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a docstring (its lines joined), for one-line listings."""
+    joined = " ".join(text.split())
+    end = joined.find(". ")
+    return joined if end < 0 else joined[: end + 1]
 
 
 def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     """The command's parser; each recipe-field flag's help ends with ``recipe``'s value
     (the default recipe's when ``recipe`` is None or unknown)."""
     shown = RECIPES.get(recipe or DEFAULT_RECIPE, RECIPES[DEFAULT_RECIPE])
-    recipes = "\n".join(f"  {name:<12} {RECIPE_DOCS[name].splitlines()[0]}" for name in RECIPES)
+    columns = help_columns()
+    indent = max(map(len, RECIPES)) + 4
+    recipes = "\n".join(
+        textwrap.fill(
+            first_sentence(RECIPE_DOCS[name]),
+            columns,
+            subsequent_indent=" " * indent,
+            initial_indent=f"  {name:<{indent - 2}}",
+        )  # fmt: skip
+        for name in RECIPES
+    )
     p = CommandParser(
         prog=prog_name("fastcifar.train", "fastcifar-train"),
         usage="%(prog)s [--recipe NAME] [--resume RUN_DIR] [options]",
         description="Train a CIFAR-10 classifier from a named recipe.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(
+            prog, max_help_position=32, width=columns
+        ),
         epilog=f"recipes (default {DEFAULT_RECIPE}):\n{recipes}",
     )
-    p.add_argument("--recipe", help=f"recipe name (default {DEFAULT_RECIPE})")
+    p.add_argument("--version", action="version", version=f"fastcifar {__version__}")
+    p.add_argument("--recipe", metavar="NAME", help=f"recipe name (default {DEFAULT_RECIPE})")
     p.add_argument(
         "--resume",
         metavar="RUN_DIR",
@@ -116,15 +121,13 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
         "(default: the model's last convolutional block)",
     )
     run = p.add_argument_group('how the run trains (saved in config.json as "run")')
-    for f in dataclasses.fields(RunOptions):
-        if f.metadata["flag"]:
-            _add_field_flag(run, f, f.name, f.default, choices_checked=True)
+    add_field_flags(run, RunOptions, checked=True)
     group = p.add_argument_group(
         f"recipe fields (each overrides the recipe's value; in brackets {shown.name}'s: "
         f"`--recipe R --help` shows R's)"
     )
-    for f in overridable_fields():
-        _add_field_flag(group, f, f"r_{f.name}", getattr(shown, f.name))
+    names = tuple(f.name for f in overridable_fields())
+    add_field_flags(group, Recipe, shown, dest=lambda name: f"r_{name}", only=names)
     return p
 
 
@@ -136,19 +139,38 @@ def _recipe_overrides(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def process_age_s() -> float:
+    """Seconds since this process started (Linux: ``/proc``), so that a command's wall time
+    includes the interpreter's start and ``import torch``; 0.0 where it cannot be read."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
+    """The command. ``started``: its start on the ``time.perf_counter()`` clock (the
+    console script passes the process's start); default the call's own start."""
+    started = time.perf_counter() if started is None else started
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe")
     args = build_parser(pre.parse_known_args(argv)[0].recipe).parse_args(argv)
     overrides = _recipe_overrides(args)
-    if args.workers is not None and args.workers < 0:
-        raise FastCifarError(f"--workers {args.workers} is negative: pass 0 or more")
+    run_options(args)  # every flag's bounds, before anything starts
+    from fastcifar import distributed
+
     # under torchrun: join the process group; rank 0 alone prints and writes
     world = distributed.init_from_env(args.device or "auto")
     if not world.is_main:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     try:
-        return _train(args, overrides, world)
+        return _train(args, overrides, world, started)
+    except KeyboardInterrupt:
+        if world.is_main:
+            raise
+        return 130  # Ctrl-C reaches every rank: rank 0 alone says what was kept
     finally:
         distributed.shutdown()
 
@@ -170,7 +192,12 @@ class _Run:
     lock: RunLock | None
 
 
-def _train(args: argparse.Namespace, overrides: dict, world: distributed.World) -> int:
+def _train(
+    args: argparse.Namespace, overrides: dict, world: distributed.World, started: float
+) -> int:
+    from fastcifar import distributed
+    from fastcifar.rundir import atomic_write
+
     run = _resumed_run(args, overrides, world) if args.resume else _new_run(args, overrides, world)
     if run is None:
         return 0
@@ -184,8 +211,15 @@ def _train(args: argparse.Namespace, overrides: dict, world: distributed.World) 
         if not world.is_main:
             return 0
         c = trainer.components
+        session = trainer.session_wall  # compile warm-up and epochs, seconds
+        before = time.perf_counter() - started
+        wall = {"startup_s": max(0.0, before - sum(session.values())), **session,
+                "resumed": bool(args.resume)}  # fmt: skip
         if args.evaluate:
-            _evaluate(run.run_dir, args.cam_layers, c.device)
+            _evaluate(run.run_dir, args.cam_layers, c.device, wall)
+        summary["wall"] = {**wall, "evaluation_s": time.perf_counter() - started - before}
+        if not args.evaluate:
+            atomic_write(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         _print_result(summary, trainer.recipe, run.run_dir, c.device)
     return 0
 
@@ -210,6 +244,8 @@ def _start(run: _Run, resume: bool, world: distributed.World) -> Trainer:
             shutil.rmtree(run.run_dir, ignore_errors=True)
         raise
     if not resume and world.is_main:
+        from fastcifar.rundir import write_config
+
         write_config(run.run_dir, trainer.recipe, trainer.options,
                      trainer.components.kernel_dispatch)  # fmt: skip
     c, recipe = trainer.components, trainer.recipe
@@ -222,6 +258,10 @@ def _start(run: _Run, resume: bool, world: distributed.World) -> Trainer:
         f"run dir {run.run_dir}",
         flush=True,
     )
+    if run.options.compile and c.device.type == "cpu":
+        print("note: --compile on a CPU trains slower than eagerly on short runs (measured on a "
+              "2-core CPU, 1,000 images: 21 img/s after a 75-168 s compile, against 63-74 img/s "
+              "eager; README, \"Two commands\"): --no-compile trains eagerly")  # fmt: skip
     if trainer.total_steps < MIN_SCHEDULE_STEPS and recipe.scheduler != "constant":
         print(
             f"warning: this run takes only {plural(trainer.total_steps, 'optimizer step')}: the "
@@ -235,7 +275,7 @@ def _interrupted(run: _Run, epochs_done: int, world: distributed.World) -> str:
     """What Ctrl-C during training kept, and the exact command that continues it."""
     launcher = "python -m"
     if world.size > 1:
-        launcher = f"torchrun --nproc_per_node {world.size} -m"
+        launcher = f"torchrun --standalone --nproc_per_node {world.size} -m"
     resume = f"  {launcher} fastcifar.train --resume {run.run_dir}"
     total = run.recipe.epochs
     if epochs_done == 0:
@@ -246,14 +286,15 @@ def _interrupted(run: _Run, epochs_done: int, world: distributed.World) -> str:
             f"{run.run_dir / 'last.pt'}; resume with:\n{resume}")  # fmt: skip
 
 
-def _evaluate(run_dir: Path, cam_layers: str | None, device) -> None:
-    """The evaluation after training (figures and report); Ctrl-C there keeps the
-    finished training and says how to write them later."""
+def _evaluate(run_dir: Path, cam_layers: str | None, device, wall: dict) -> None:
+    """The evaluation after training (figures and report; ``wall``: the command's seconds
+    so far, for the report's wall time); Ctrl-C there keeps the finished training and says
+    how to write them later."""
     from fastcifar.evaluate import evaluate_run
 
     layers = cam_layers.split(",") if cam_layers else None
     try:
-        evaluate_run(run_dir, cam_layers=layers, device=str(device))
+        evaluate_run(run_dir, cam_layers=layers, device=str(device), wall=wall)
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted during the evaluation: the training finished "
@@ -265,7 +306,7 @@ def _evaluate(run_dir: Path, cam_layers: str | None, device) -> None:
 
 def build_trainer(
     recipe: Recipe, options: RunOptions, run_dir: Path, resume: bool = False,
-    world: distributed.World = distributed.SINGLE,
+    world: distributed.World | None = None,
 ) -> Trainer:  # fmt: skip
     """What the command trains with: the run's components (data, loaders, model,
     kernels; ``build_components``), its peak lr from an LR range test when the recipe
@@ -276,6 +317,13 @@ def build_trainer(
         FastCifarError: bad data, a loader or kernel choice that cannot run here, no
             checkpoint to resume, an LR range test without a suggestion.
     """
+    from fastcifar.components import build_components
+    from fastcifar.distributed import SINGLE
+    from fastcifar.engine import Trainer
+    from fastcifar.loggers import default_loggers
+    from fastcifar.lr_range import with_found_lr
+
+    world = world or SINGLE
     components = build_components(recipe, options, world=world)
     if recipe.lr_find and not resume:
         recipe = with_found_lr(recipe, components)
@@ -291,6 +339,8 @@ def _resumed_run(args, overrides: dict, world: distributed.World) -> _Run | None
         FastCifarError: another recipe or recipe fields asked for, another world size, or
             a live run holds the directory.
     """
+    from fastcifar.rundir import prepare_run_dir, read_config
+
     run_dir = Path(args.resume)
     recipe, options = read_config(run_dir)
     if args.recipe and args.recipe != recipe.name:
@@ -315,7 +365,8 @@ def _resumed_run(args, overrides: dict, world: distributed.World) -> _Run | None
     if options.world_size != world.size:
         raise FastCifarError(
             f"{run_dir} was trained by {options.world_size} process(es), this is "
-            f"{world.size}: resume it with torchrun --nproc_per_node {options.world_size}"
+            f"{world.size}: resume it with torchrun --standalone --nproc_per_node "
+            f"{options.world_size}"
             if options.world_size > 1 else
             f"{run_dir} was trained by 1 process, this is {world.size}: resume it "
             f"without torchrun"
@@ -333,14 +384,9 @@ def _new_run(args, overrides: dict, world: distributed.World) -> _Run:
     """
     recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(**overrides).validate()
     options = run_options(args, world_size=world.size)
-    if args.train_subset is not None and args.train_subset < 1:
-        raise FastCifarError(f"--train-subset {args.train_subset} is below 1: pass 1 or more")
-    if args.test_subset is not None and args.test_subset < 1:
-        raise FastCifarError(f"--test-subset {args.test_subset} is below 1: pass 1 or more")
-    if options.progress_every < 0:
-        raise FastCifarError(
-            f"--progress-every {options.progress_every} is negative: pass seconds, or 0 for none"
-        )
+    from fastcifar import distributed
+    from fastcifar.rundir import prepare_run_dir
+
     default = f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(args.out or distributed.broadcast_object(default))  # one name for all
     created = not run_dir.exists()
@@ -366,17 +412,19 @@ def _print_result(summary: dict, recipe, run_dir: Path, device) -> None:
         expected = f" (seed reported {recipe.expected_accuracy}%" + (
             ")" if full else " on all of CIFAR-10: not comparable with this subset)"
         )
+    _, wall = wall_time(summary)
     print(
         f"done: test accuracy {summary['final_test_acc']:.2f}% final, "
         f"{summary['best_test_acc']:.2f}% best{expected}; "
-        f"{rate(summary['mean_images_per_s'], 'img/s')}; {duration(summary['total_time_s'])}; "
-        f"run dir {run_dir}"
+        f"{rate(summary['mean_images_per_s'], 'img/s')}; wall time {wall}; run dir {run_dir}"
     )
 
 
 def cli() -> int:
-    """The ``fastcifar-train`` console script: bad input ends in one line, exit 2."""
-    return run_cli(main)
+    """The ``fastcifar-train`` console script: bad input ends in one line, exit 2; its wall
+    time counts from the process's start."""
+    started = time.perf_counter() - process_age_s()
+    return run_cli(lambda argv: main(argv, started))
 
 
 if __name__ == "__main__":

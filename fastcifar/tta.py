@@ -12,7 +12,7 @@
 
 ``uncertain_fraction`` < 1 spends the views only on the least-confident fraction of the
 images (highest softmax probability lowest), keeping the single-view logits for the rest:
-the Hiverge cifar10-speedrun's improvement on the record (it used 0.2).
+the Hiverge cifar10-speedrun's improvement on the record (its code uses 0.25, a quarter).
 
 Inputs are normalised images (N, 3, H, W) in any float dtype and memory format; outputs are
 float32 logits (N, classes).

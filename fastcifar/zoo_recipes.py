@@ -39,8 +39,9 @@ def reference_doc(model: str) -> str:
 
 def fast_doc(model: str) -> str:
     """The ``_fast`` variant's description: each change against the reference, and why."""
-    return f"""{model} for speed, to train it in minutes; no accuracy is claimed until it is
-    measured. Run with ``--amp --compile`` (bfloat16 and channels_last where the GPU has them).
+    return f"""{model} for speed, designed to train it in minutes on one GPU (not measured
+    yet); no accuracy is claimed until it is measured. Run with ``--amp --compile``
+    (bfloat16 and channels_last where the GPU has them).
 
     Against ``{model}``: batch 512 (four times the work per step keeps a GPU busy, a
     quarter of the steps) with the lr scaled linearly to 0.4, reached by a one-cycle

@@ -38,7 +38,9 @@ dilation 3 and grouped extras; for each, the forward (with and without bias, and
 ReLU + BatchNorm-statistics epilogue), input, weight and bias gradients, and for
 depthwise ones the fused depthwise-separable forward and backward. ``--quick``:
 channels_last and 16-bit dtypes only (sm_75: float16), on sm_75, sm_90 and gfx942 unless
-``--arch`` says otherwise; ``--layout`` picks the layouts either way.
+``--arch`` says otherwise, and each code path once (``worst_per_code_path``: every kernel,
+tile, window size and epilogue in each dtype, at its worst geometry); ``--layout`` picks
+the layouts either way.
 
 Prints one row per (kernel, dtype, target) with the worst case over its compiles, then
 the findings:
@@ -398,6 +400,39 @@ def parse_targets(spec: str) -> list:
     return out
 
 
+# constexprs that only set address arithmetic constants (the window's geometry, and int
+# strides that triton made constant because they equal 1): compiles that differ in these
+# alone are the same code path
+GEOMETRY = ("STRIDE", "PADDING", "DILATION")
+
+
+def code_path(job_info: tuple) -> tuple:
+    """(kernel, dtype, target, the constexprs other than ``GEOMETRY`` and int strides,
+    compile options): what decides the code ptxas or LLVM sees, but for constants."""
+    name, dt, target, (fn, _, options, _, constexprs, _), *_ = job_info
+    named = {fn.arg_names[k[0]]: v for k, v in constexprs.items()}
+    shape = tuple(sorted((k, str(v)) for k, v in named.items()
+                         if k not in GEOMETRY and not k.startswith("stride_")))  # fmt: skip
+    return name, dt, target, shape, str(sorted(options.__dict__.items()))
+
+
+def worst_per_code_path(jobs) -> list[tuple]:
+    """``--quick``: one compile per ``code_path``, its worst configuration: one where wide
+    (64/128-bit) loads are possible, so that a NARROW finding can show, then the largest
+    stride, dilation and padding (the most address arithmetic). Every kernel, tile, window
+    size, epilogue and dtype is still compiled for every quick target; the full run
+    compiles every configuration."""
+    best: dict[tuple, tuple] = {}
+    for job in jobs:
+        fn, constexprs = job[3][0], job[3][4]
+        named = {fn.arg_names[k[0]]: v for k, v in constexprs.items()}
+        rank = (job[6], *(int(named.get(g) or 0) for g in GEOMETRY))
+        path = code_path(job)
+        if path not in best or rank > best[path][0]:
+            best[path] = (rank, job)
+    return [job for _, job in best.values()]
+
+
 def run(
     quick: bool, targets: list, workers: int, dtypes: list[str] | None = None,
     kernels: str | None = None, layout: str | None = None,
@@ -414,7 +449,7 @@ def run(
             job_info = (la.kernel.__name__, dtype_of(la), target.name, job, la.meta_label,
                         calls_dot(la), la.wide_possible)  # fmt: skip
             unique.setdefault(key, job_info)
-    _JOBS[:] = unique.values()
+    _JOBS[:] = worst_per_code_path(unique.values()) if quick else unique.values()
     if workers > 1:
         ctx = multiprocessing.get_context("fork")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:

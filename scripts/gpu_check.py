@@ -23,8 +23,8 @@ recorded and the next stage runs:
 Writes ``OUT_DIR/gpu_check.json`` (every stage: command, status, seconds, figures),
 ``OUT_DIR/gpu_check.md`` (the same as tables) and ``OUT_DIR/gpu_check.log`` (every
 stage's output), plus the raw pytest-benchmark JSON of stages 4-6: six files, each far
-below 16 MB. ``--quick`` (under 9 minutes on one H100) uses CI-sized benchmarks and
-shorter limits; the full run stays under 30 minutes.
+below 16 MB. ``--quick`` (sized for a 9-minute call on one H100; not yet run on one) uses
+CI-sized benchmarks and shorter limits; the full run is sized for 30 minutes.
 
 Without a CUDA GPU it prints one line and exits 2. Offline GPU machines: see README
 ("Checking a GPU").
@@ -268,7 +268,9 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/gpu_check.sh", description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir", help="where gpu_check.json, gpu_check.md and the log go")
-    ap.add_argument("--quick", action="store_true", help="CI-sized benchmarks, under 9 minutes")
+    ap.add_argument(
+        "--quick", action="store_true", help="CI-sized benchmarks, sized for a 9-minute call"
+    )
     ap.add_argument("--data", help="CIFAR-10 source (default /tmp/cifar10-jpeg.tar.gz as "
                     "install.sh leaves it, else ../shared/data/cifar10-jpeg.tar.gz)")  # fmt: skip
     args = ap.parse_args(argv)

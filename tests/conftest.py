@@ -30,6 +30,30 @@ REAL_ARCHIVE = Path(
 )
 
 
+# the kernel test modules that ``--stack-sample`` samples (tests/kernel_helpers.py)
+KERNEL_TEST_MODULES = ("test_conv.py", "test_gpu_tiles.py", "test_dwsep.py", "test_conv_bn.py")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--stack-sample", action="store_true",
+        help="in the kernel test modules, run a sample that covers every kernel family, "
+        "window size, dtype and layout (the second torch/triton stack in .ci/run)",
+    )  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--stack-sample"):
+        return
+    from tests.kernel_helpers import stack_sample
+
+    kernel = [i for i in items if i.path.name in KERNEL_TEST_MODULES]
+    kept = set(stack_sample(kernel))
+    dropped = [i for i in kernel if i not in kept]
+    items[:] = [i for i in items if i not in dropped]
+    config.hook.pytest_deselected(items=dropped)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """Every test (and every CLI it starts) uses one fresh cache directory."""
@@ -103,13 +127,45 @@ def sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def run_train(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python -m fastcifar.train ARGS`` in a subprocess, as a user would run it."""
-    return subprocess.run(
-        [sys.executable, "-m", "fastcifar.train", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+def run_train(
+    *args: str, timeout: float = 600, subprocess_: bool = False, module: str = "fastcifar.train"
+) -> subprocess.CompletedProcess:
+    """``python -m fastcifar.train ARGS`` as a user runs it: its exit code, standard output
+    and standard error.
+
+    By default in this process: the command's ``main`` under ``errors.run_cli``, the exit
+    code argparse or the command returns, both streams captured. That is the whole command
+    but for the interpreter's start-up and ``import torch`` (several seconds a run), so the
+    tests whose subject is the process boundary itself (exit through a signal, a lock a
+    process holds, what the console script or the interpreter prints before ``main``) pass
+    ``subprocess_=True`` and get a real child process (``timeout`` applies to it alone).
+    ``module`` names another command (``fastcifar.evaluate``)."""
+    if subprocess_:
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    import contextlib
+    import importlib
+    import io
+
+    from fastcifar.errors import run_cli
+
+    main = importlib.import_module(module).main
+    out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        os.chdir(ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = run_cli(main, list(args))
+            except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+    finally:
+        os.chdir(cwd)
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())

@@ -36,3 +36,41 @@ def conv_inputs(cfg, dtype, channels_last, bias=True, seed=0):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, wt, b
+
+
+# ------------------------------------------------------------- the second stack's sample
+
+# parameters whose every value runs the same code under the interpreter (a target changes
+# only tile sizes): the sample keeps the first
+SAMPLED_ONCE = ("target",)
+
+
+def sample_key(name: str, value) -> object:
+    """What a parameter value stands for in the stack sample (``stack_sample``): a
+    convolution configuration ``(N, CIN, COUT, H, W, stride, padding, dilation, groups[,
+    K])`` stands for its kernel family and window size; anything else for itself."""
+    from fastcifar.kernels.conv import family
+
+    if name in SAMPLED_ONCE:
+        return None
+    if (isinstance(value, tuple) and len(value) in (9, 10)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):  # fmt: skip
+        _, cin, cout, _, _, stride, _, _, groups, *k = value
+        return family(cin, cout, groups, stride), (k or [3])[0]
+    return repr(value)
+
+
+def stack_sample(items: list) -> list:
+    """The kernel tests a second torch/triton stack runs: per test function, the cases that
+    bring a (parameter, value) not yet seen, values standing for ``sample_key``'s: every
+    kernel family, window size, dtype and layout at least once, not their cross product."""
+    seen: dict[str, set] = {}
+    kept = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        keys = {(n, sample_key(n, v)) for n, v in params.items()}
+        group = seen.setdefault(f"{item.path}::{item.originalname}", set())
+        if not group or not keys <= group:
+            group |= keys
+            kept.append(item)
+    return kept

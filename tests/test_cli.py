@@ -1,8 +1,11 @@
 """fastcifar.cli: a mistyped flag gets at most three lines (one usage line, the error, a
-suggestion from the known flags); the console script shows its own name."""
+suggestion from the known flags); the console script shows its own name; no library noise."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import sys
 
 import pytest
@@ -56,3 +59,51 @@ def test_help_shows_defaults_and_choices():
     assert "--loader {auto,gpu,dali,albumentations}" in text and "[auto]" in text
     assert "--optimizer {sgd,adam,muon}" in text and "[muon]" in text  # the recipe's value
     assert "--progress-every SECONDS" in text
+
+
+def test_no_cuda_runtime_warning_on_a_cpu_machine(tmp_path):
+    # what the interpreter prints at import is the subject: a real process. CUDA_HOME set
+    # makes torch.utils.cpp_extension warn on any machine without a CUDA runtime
+    code = "import fastcifar, torch, torch.utils.cpp_extension; print(torch.cuda.is_available())"
+    env = {**os.environ, "CUDA_HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    if r.stdout.strip() == "False":
+        assert "No CUDA runtime" not in r.stderr, r.stderr
+
+
+def test_help_version_and_a_mistyped_flag_import_no_torch():
+    # what a process imports is the subject: a real one, whose sys.modules starts empty
+    code = (
+        "import contextlib, io, sys\n"
+        "from fastcifar.train import main\n"
+        "for argv in (['--help'], ['--version'], ['--lerning-rate', '0.1'],\n"
+        "             ['--recipe', 'mobilenetv2', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), "
+        "contextlib.redirect_stderr(io.StringIO()):\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "print(sorted(m for m in ('torch', 'triton', 'nvidia.dali', 'albumentations', 'cv2')\n"
+        "             if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_help_fits_a_terminal_and_lists_every_recipe_in_whole_sentences(capsys):
+    from fastcifar.recipes import RECIPES
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert max(map(len, text.splitlines())) <= 110
+    listing = text.split("recipes (default s7):\n", 1)[1]
+    for name in RECIPES:
+        assert f"\n  {name} " in "\n" + listing, name
+    # every description ends its sentence: none is cut at a line of its docstring
+    entries = [" ".join(e.split()) for e in re.split(r"\n  (?=\S)", "\n" + listing) if e.strip()]
+    assert all(e.endswith((".", ")")) for e in entries), entries

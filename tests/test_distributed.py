@@ -155,7 +155,7 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_metrics(real_archiv
     proc.wait()
     assert (killed / "last.pt").exists() and not (killed / "summary.json").exists()
     single = run_train("--resume", str(killed))
-    assert single.returncode == 2 and "torchrun --nproc_per_node 2" in single.stderr
+    assert single.returncode == 2 and "torchrun --standalone --nproc_per_node 2" in single.stderr
     resumed = _torchrun("--resume", str(killed))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     want = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").open()]
@@ -165,3 +165,24 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_metrics(real_archiv
         assert g["test_acc"] == w["test_acc"] and g["train_acc"] == w["train_acc"]
         assert g["lr"] == w["lr"]
         assert g["train_loss"] == pytest.approx(w["train_loss"], rel=1e-5)
+
+
+def test_ctrl_c_under_torchrun_names_the_command_that_resumes_it(tmp_path, monkeypatch):
+    from fastcifar import train
+    from fastcifar.distributed import World
+    from fastcifar.recipes import get_recipe
+
+    run = train._Run(tmp_path, get_recipe("s7"), None, True, None)
+    said = train._interrupted(run, 2, World(rank=0, size=2))
+    assert said.endswith(f"  torchrun --standalone --nproc_per_node 2 -m fastcifar.train "
+                         f"--resume {tmp_path}")  # fmt: skip
+    # Ctrl-C reaches every rank; the others end quietly with 130, rank 0 says what was kept
+    monkeypatch.setattr(train.distributed, "init_from_env", lambda device: World(1, 2, 1))
+    monkeypatch.setattr(train.distributed, "shutdown", lambda: None)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_train", interrupted)
+    monkeypatch.setattr(train.sys, "stdout", train.sys.stdout)  # main() points rank 1's away
+    assert train.main(["--out", str(tmp_path / "r")]) == 130

@@ -91,11 +91,25 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tiny_tree, 
         return loss * float("nan") if calls["n"] == len(t.components.train_loader) + 3 else loss
 
     t.components.criterion = criterion
-    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2, step 3"):
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2, step 3") as info:
         t.fit()
+    # one epoch kept; a run without AMP is not told to turn it off
+    assert f"(1 epoch) is kept in {tmp_path / 'last.pt'}; lower --lr" in str(info.value)
+    assert str(info.value).endswith("lower --lr")
     assert torch.load(tmp_path / "last.pt", weights_only=True)["state"]["epoch"] == 1
     assert not (tmp_path / "summary.json").exists()
     assert len(read_metrics(tmp_path)) == 1
+
+
+def test_nan_loss_in_the_first_epoch_says_nothing_was_kept(tiny_tree, tmp_path):
+    recipe = get_recipe("attention").replace(epochs=2, batch_size=10)
+    t = build_trainer(recipe, _options(tiny_tree), tmp_path)
+    t.components.criterion = lambda out, y: out.sum() * float("nan")
+    with pytest.raises(TrainingDiverged) as info:
+        t.fit()
+    message = str(info.value)
+    assert "at epoch 1, step 1: no epoch had finished, so no checkpoint was written" in message
+    assert "last good checkpoint" not in message and "--no-amp" not in message
 
 
 def test_l1_term_adds_exactly_its_gradient_to_a_step(tiny_tree, tmp_path):

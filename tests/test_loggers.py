@@ -49,6 +49,35 @@ def test_progress_lines_in_a_log(capsys, monkeypatch):
     assert isinstance(progress_bar(5, "x"), ProgressLines)  # pytest's stderr is no terminal
 
 
+def test_progress_lines_before_any_values_have_no_empty_field(capsys, monkeypatch):
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr("fastcifar.loggers.time.perf_counter", lambda: next(clock))
+    bar = ProgressLines(40, "epoch 1/1", every_s=5)
+    bar.update(1)  # no set_postfix yet: the training loop posts values every 20 steps
+    bar.set_postfix(loss="", img_s="99")
+    bar.update(1)
+    assert capsys.readouterr().out.splitlines() == [
+        "epoch 1/1: 1/40 batches (2 %), 6 min 30 s left",
+        "epoch 1/1: 2/40 batches (5 %), img_s=99, 6 min 20 s left",
+    ]
+
+
+def test_progress_lines_survive_a_library_that_quiets_stdout(capsys, monkeypatch):
+    # lr_find quiets torch-lr-finder's prints with redirect_stdout: its own progress stays
+    import contextlib
+    import io
+
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr("fastcifar.loggers.time.perf_counter", lambda: next(clock))
+    bar = ProgressLines(4, "lr_find", every_s=5)
+    swallowed = io.StringIO()
+    with contextlib.redirect_stdout(swallowed):
+        bar.update(1)
+        print("See the graph with LRFinder.plot()")
+    assert capsys.readouterr().out == "lr_find: 1/4 batches (25 %), 30.0 s left\n"
+    assert swallowed.getvalue() == "See the graph with LRFinder.plot()\n"
+
+
 def test_a_logged_run_prints_progress_lines(tiny_tree, tmp_path):
     r = run_train("--data", str(tiny_tree), "--epochs", "1", "--batch-size", "10", "--workers",
                   "0", "--device", "cpu", "--no-evaluate", "--out", str(tmp_path / "run"),

@@ -10,6 +10,7 @@ import pytest
 
 from fastcifar import train
 from fastcifar.errors import FastCifarError
+from fastcifar.options import check_fields, field_type
 from fastcifar.recipes import RECIPES, Recipe, get_recipe, overridable_fields
 from fastcifar.rundir import RunOptions
 
@@ -33,9 +34,26 @@ def test_every_recipe_choice_is_checked_in_one_line():
         if not choices:
             continue
         assert getattr(base, f.name) in choices or f.name in ("model", "augmentation")
-        with pytest.raises(FastCifarError, match=f"choose one of {choices[0]}") as e:
+        with pytest.raises(FastCifarError, match=f"choose one of {tuple(choices)[0]}") as e:
             base.replace(**{f.name: "nonsense"}).validate()
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("cls", [Recipe, RunOptions])
+def test_every_bound_in_the_metadata_is_checked_in_one_line(cls):
+    # each bounded field: a value just outside each bound is refused, naming flag and range
+    base = get_recipe("s7") if cls is Recipe else RunOptions()
+    bounded = [f for f in dataclasses.fields(cls) if f.metadata.get("bounds")]
+    assert len(bounded) >= 4
+    for f in bounded:
+        for kind, edge in f.metadata["bounds"].items():
+            step = 1 if field_type(f) is int else 1e-9
+            bad = {"min": edge - step, "above": edge, "max": edge + step, "below": edge}[kind]
+            with pytest.raises(FastCifarError, match=f"--{f.name.replace('_', '-')} .* is "
+                               f"out of range: pass ") as e:  # fmt: skip
+                check_fields(dataclasses.replace(base, **{f.name: bad}))
+            assert "\n" not in str(e.value)
+        check_fields(base)  # the defaults are inside
 
 
 def _flag(parser, name):

@@ -15,7 +15,7 @@ import torch
 
 from fastcifar.engine import RunOptions
 from fastcifar.errors import run_cli
-from fastcifar.recipes import get_recipe
+from fastcifar.recipes import RECIPES, get_recipe
 from fastcifar.rundir import write_config
 from fastcifar.train import main
 from tests.conftest import ROOT, make_tar, make_tree, read_metrics, run_train, sigint_default
@@ -106,6 +106,19 @@ def test_killed_run_resumes_to_the_same_metrics(real_archive, tmp_path):
     assert r.returncode == 0 and "already finished" in r.stdout
 
 
+# every registered recipe, end to end: a new recipe cannot ship without its report
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_every_recipe_trains_and_ends_with_its_report(name, tiny_tree, tmp_path):
+    out = tmp_path / "run"
+    r = run_train("--recipe", name, "--data", str(tiny_tree), "--epochs", "1", "--batch-size",
+                  "20", "--workers", "0", "--device", "cpu", "--no-lr-find",
+                  "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "evaluation: figures and report in" in r.stdout
+    for name_ in ("report.html", "augmented.png", "curves.png", "confusion_matrix.png"):
+        assert (out / name_).stat().st_size > 0, name_
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -154,9 +167,11 @@ def test_bad_names_and_numbers(tiny_tree, tmp_path, capsys):
     base = ["--data", str(tiny_tree), "--out", str(tmp_path / "r")]
     _fails([*base, "--recipe", "vgg"], capsys, "unknown recipe 'vgg': choose one of s7")
     _fails([*base, "--model", "vgg"], capsys, "unknown model 'vgg': choose one of s7")
-    _fails([*base, "--batch-size", "0"], capsys, "--batch-size 0 is below 1")
-    _fails([*base, "--epochs", "0"], capsys, "--epochs 0 is below 1")
-    _fails([*base, "--train-subset", "0"], capsys, "--train-subset 0 is below 1")
+    _fails([*base, "--batch-size", "0"], capsys, "--batch-size 0 is out of range: pass x >= 1")
+    _fails([*base, "--epochs", "0"], capsys, "--epochs 0 is out of range: pass x >= 1")
+    _fails([*base, "--train-subset", "0"], capsys, "--train-subset 0 is out of range: pass x >= 1")
+    _fails([*base, "--workers", "-1"], capsys, "--workers -1 is out of range: pass x >= 0")
+    _fails([*base, "--label-smoothing", "1"], capsys, "pass 0 <= x < 1")
     assert not (tmp_path / "r").exists()
 
 

@@ -1,8 +1,8 @@
 """The loader factory: which training loader backend runs (``resolve_loader``) and its
 construction (``make_train_loader``, ``make_test_loader``).
 
-The choices of ``--loader`` are ``LOADER_CHOICES``; the parser in ``fastcifar.train``
-offers exactly them.
+The choices of ``--loader`` are ``fastcifar.options.LOADER_CHOICES``; the parser in
+``fastcifar.train`` offers exactly them.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from fastcifar.data.augment import AUGMENTATIONS
 from fastcifar.data.gpu_loader import GpuLoader
 from fastcifar.data.loaders import AlbumentationsLoader, EpochLoader, LoaderConfig
 from fastcifar.errors import FastCifarError
-
-LOADER_CHOICES = ("auto", "gpu", "dali", "albumentations")
+from fastcifar.options import LOADER_CHOICES
 
 
 def resolve_loader(name: str, augmentation: str, device: torch.device) -> tuple[str, str]:

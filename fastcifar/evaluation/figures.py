@@ -79,36 +79,41 @@ def plot_confusion(cm: np.ndarray, path: Path):
     plt.close(fig)
 
 
-def plot_curves(metrics: list[dict], path: Path, title: str = ""):
-    """Loss and accuracy per epoch, train and test, the best test accuracy marked."""
+def plot_curves(metrics: list[dict], path: Path, title: str = "",
+                step_losses: list[float] | None = None):  # fmt: skip
+    """Loss and accuracy against epochs (x from 0 to the last epoch), train and test, the
+    best test accuracy marked (a star, named in the legend, inside the frame).
+
+    ``step_losses`` (every optimizer step's training loss, losses.json): drawn as a thin
+    line at fractional epochs behind the per-epoch points, so that a short run (one epoch:
+    every newcomer's first report) shows how its loss fell, not a lone dot."""
     plt = plt_agg()
     epochs = [m["epoch"] for m in metrics]
     best = max(metrics, key=lambda m: m["test_acc"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.0))
     fig.suptitle(f"{title}: loss and accuracy per epoch" if title else "loss and accuracy")
-    a.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
-    a.plot(epochs, [m["test_loss"] for m in metrics], "o-", label="test")
-    a.set_xlabel("epoch")
+    if step_losses:
+        steps = np.arange(1, len(step_losses) + 1) / len(step_losses) * epochs[-1]
+        a.plot(steps, step_losses, "-", color="C0", alpha=0.35, linewidth=0.8,
+               label="train, every step")  # fmt: skip
+    a.plot(epochs, [m["train_loss"] for m in metrics], "o-", color="C0", label="train (epoch)")
+    a.plot(epochs, [m["test_loss"] for m in metrics], "o-", color="C1", label="test")
     a.set_ylabel("loss")
-    a.legend()
-    b.plot(epochs, [m["train_acc"] for m in metrics], "o-", label="train")
-    b.plot(epochs, [m["test_acc"] for m in metrics], "o-", label="test")
-    b.set_xlabel("epoch")
+    b.plot(epochs, [m["train_acc"] for m in metrics], "o-", color="C0", label="train")
+    b.plot(epochs, [m["test_acc"] for m in metrics], "o-", color="C1", label="test")
+    b.plot([best["epoch"]], [best["test_acc"]], "*", color="black", markersize=12,
+           label=f"best test {best['test_acc']:.2f} % (epoch {best['epoch']})")  # fmt: skip
     b.set_ylabel("accuracy (%)")
-    for axis in (a, b):
-        axis.axvline(best["epoch"], color="grey", linestyle="--", linewidth=1)
-    right = best["epoch"] > epochs[len(epochs) // 2]  # the label on the emptier side
-    b.annotate(f"best {best['test_acc']:.2f} % (epoch {best['epoch']})",
-               (best["epoch"], best["test_acc"]), textcoords="offset points",
-               xytext=(-6 if right else 6, 6), ha="right" if right else "left",
-               fontsize=9)  # fmt: skip
-    a.set_title("loss (lower is better)", fontsize=10)
-    b.set_title("accuracy", fontsize=10)
-    b.legend(loc="best")
     from matplotlib.ticker import MaxNLocator
 
     for axis in (a, b):
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("epoch")
+        axis.set_xlim(0, epochs[-1] + 0.05 * max(epochs[-1], 1))
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        axis.margins(y=0.15)
+        axis.legend(loc="best", fontsize=8)
+    a.set_title("loss (lower is better)", fontsize=10)
+    b.set_title("accuracy", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -136,13 +141,29 @@ def denormalize(x: torch.Tensor, mean, std) -> np.ndarray:
 
 def augmented_samples(augmentation: str, arrays, mean, std, per_class: int = 5, seed: int = 0):
     """(images uint8 (10 * per_class, 32, 32, 3), titles): the recipe's ``augmentation``
-    applied to the first training images of each class."""
-    pipe = build_augmentation(augmentation, mean, std)
-    pipe.set_random_seed(seed)
-    images, titles = [], []
-    for label, name in enumerate(CLASSES):
-        idx = np.flatnonzero(arrays.train_labels == label)[:per_class]
+    applied to the first ``per_class`` training images of each class, by the code that
+    trains with it: the albumentations pipeline (``fastcifar.data.augment``, also what the
+    DALI loader is checked against) when it has one, else the gpu loader's batched tensor
+    operations (``fastcifar.data.gpu_loader.GPU_AUGMENTATIONS``), run here on the CPU.
+
+    Raises:
+        FastCifarError: ``augmentation`` is in neither table (the message lists both).
+    """
+    from fastcifar.data.augment import AUGMENTATIONS
+    from fastcifar.data.gpu_loader import GPU_AUGMENTATIONS, GpuLoader
+    from fastcifar.data.loaders import LoaderConfig
+
+    idx = np.concatenate(
+        [np.flatnonzero(arrays.train_labels == label)[:per_class] for label in range(len(CLASSES))]
+    )
+    titles = [CLASSES[label] for label in arrays.train_labels[idx]]
+    if augmentation in AUGMENTATIONS or augmentation not in GPU_AUGMENTATIONS:
+        pipe = build_augmentation(augmentation, mean, std)  # unknown names: its error
+        pipe.set_random_seed(seed)
         batch = torch.stack([pipe(image=arrays.train_images[i])["image"] for i in idx])
-        images.extend(denormalize(batch, mean, std))
-        titles.extend([name] * len(idx))
-    return np.stack(images), titles
+        return denormalize(batch, mean, std), titles
+    config = LoaderConfig(augmentation, mean, std, batch_size=len(idx), shuffle=False,
+                          seed=seed, workers=0)  # fmt: skip
+    loader = GpuLoader(arrays.train_images[idx], arrays.train_labels[idx], config)
+    batch, _ = next(iter(loader))
+    return denormalize(batch, mean, std), titles

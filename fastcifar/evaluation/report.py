@@ -143,16 +143,36 @@ def _headline(recipe, summary: dict, result: dict, model_source: str) -> tuple[s
     return line, comparison
 
 
+def reevaluation_note(summary: dict, result: dict) -> str | None:
+    """When the evaluation's accuracy (the checkpoint re-evaluated in float32, eager, by
+    ``fastcifar.evaluate``: the per-class table, the confusion matrix) differs from the
+    training's own last evaluation (in its AMP dtype, compiled when it was) by 0.01
+    percentage points or more, a sentence naming both; else None (one number)."""
+    final = summary.get("final_test_acc")
+    if final is None or abs(final - result["test_acc"]) < 0.005:
+        return None
+    how = ", ".join(p for p in (summary.get("amp") or "float32",
+                                "compiled" if summary.get("compiled") else "") if p)  # fmt: skip
+    return (
+        f"{percent(result['test_acc'])} when the evaluation re-runs the checkpoint in "
+        f"float32, eagerly (the per-class table and the confusion matrix); "
+        f"{percent(final)} in the training's own evaluation ({how}): the same weights, "
+        f"other rounding"
+    )
+
+
 def _facts(summary: dict, result: dict, metrics: list[dict]) -> list[tuple[str, str]]:
     best = max(metrics, key=lambda m: m["test_acc"]) if metrics else None
     facts = [("test images", number(result["test_images"]))]
     if best:
         facts.append(("best test accuracy", f"{percent(best['test_acc'])} (epoch {best['epoch']})"))
+    note = reevaluation_note(summary, result)
+    if note:
+        facts.append(("two accuracies", note))
     if summary:
         facts += [
             ("training images", number(summary["train_images"])),
-            ("wall time", f"{duration(summary['total_time_s'])} (the epochs with their "
-                          f"evaluations)"),
+            wall_time(summary),
             _timed(summary),
             ("throughput", rate(summary["mean_images_per_s"])),
             ("device", summary["device"] + (f" \u00d7 {summary['world_size']} processes"
@@ -165,6 +185,24 @@ def _facts(summary: dict, result: dict, metrics: list[dict]) -> list[tuple[str, 
         ]  # fmt: skip
     facts.append(("evaluated checkpoint", f"epoch {result['checkpoint_epoch']} (last.pt)"))
     return facts
+
+
+def wall_time(summary: dict) -> tuple[str, str]:
+    """("wall time", the command's real seconds and their parts) when the train command
+    recorded them (``summary["wall"]``: start-up from the process's start, compile
+    warm-up, the epochs with their evaluations, the evaluation and report); for a run
+    without them, ("epochs", the epochs' seconds with their evaluations)."""
+    wall = summary.get("wall")
+    if not wall:
+        return ("epochs", f"{duration(summary['total_time_s'])} (with their evaluations; "
+                          f"start-up and the final evaluation not recorded)")  # fmt: skip
+    parts = [("start-up", wall["startup_s"]), ("compile warm-up", wall["compile_s"]),
+             ("epochs", wall["epochs_s"]),
+             ("evaluation and report", wall["evaluation_s"])]  # fmt: skip
+    shown = ", ".join(f"{name} {duration(s)}" for name, s in parts if s or name == "epochs")
+    total = sum(s for _, s in parts)
+    resumed = "; this session, a resumed run" if wall.get("resumed") else ""
+    return "wall time", f"{duration(total)} ({shown}{resumed})"
 
 
 def _timed(summary: dict) -> tuple[str, str]:
@@ -181,8 +219,8 @@ def _timed(summary: dict) -> tuple[str, str]:
 
 
 def _epochs(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["epoch", "lr", "train loss", "train acc", "test loss", "test acc", "time",
-              "images/s"]  # fmt: skip
+    header = ["epoch", "lr at its start", "train loss", "train acc", "test loss", "test acc",
+              "time", "images/s"]  # fmt: skip
     rows = [[str(m["epoch"]), f"{m['lr']:.3g}", f"{m['train_loss']:.3f}",
              percent(m["train_acc"]), f"{m['test_loss']:.3f}",
              percent(m.get("tta_test_acc", m["test_acc"])) + (" (TTA)" if "tta_test_acc" in m
@@ -198,7 +236,8 @@ def _figures(run_dir: Path, result: dict) -> list[tuple[str, str, str]]:
                 "net happens to respond, not what it learned." if chance else "")  # fmt: skip
     figures = [
         ("Loss and accuracy", "curves.png",
-         "Per epoch, train and test; the dashed line marks the best test accuracy."),
+         "Per epoch, train and test, with the training loss of every step as a thin line; "
+         "the star marks the best test accuracy."),
         ("Learning rate", "lr.png", "The learning rate of every optimizer step."),
         ("Confusion matrix", "confusion_matrix.png",
          "Rows: the actual class; columns: the predicted one; counts of test images."),
