@@ -193,7 +193,8 @@ def _training_figures(run_dir, recipe, arrays, mean, std) -> list[dict]:
     if lr_path.exists():
         plot_lr(json.loads(lr_path.read_text()), run_dir / "lr.png")
     aug, aug_titles = augmented_samples(recipe.augmentation, arrays, mean, std)
-    title = f"augmentation '{recipe.augmentation}': five per class"
+    shown = max(aug_titles.count(c) for c in set(aug_titles))  # five, fewer in tiny sets
+    title = f"augmentation '{recipe.augmentation}': {shown} per class, as training draws them"
     plt_agg().close(image_grid(aug, aug_titles, run_dir / "augmented.png", title=title))
     return metrics
 

@@ -177,8 +177,10 @@ def test_ctrl_c_under_torchrun_names_the_command_that_resumes_it(tmp_path, monke
     assert said.endswith(f"  torchrun --standalone --nproc_per_node 2 -m fastcifar.train "
                          f"--resume {tmp_path}")  # fmt: skip
     # Ctrl-C reaches every rank; the others end quietly with 130, rank 0 says what was kept
-    monkeypatch.setattr(train.distributed, "init_from_env", lambda device: World(1, 2, 1))
-    monkeypatch.setattr(train.distributed, "shutdown", lambda: None)
+    from fastcifar import distributed
+
+    monkeypatch.setattr(distributed, "init_from_env", lambda device: World(1, 2, 1))
+    monkeypatch.setattr(distributed, "shutdown", lambda: None)
 
     def interrupted(*args):
         raise KeyboardInterrupt
