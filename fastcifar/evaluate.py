@@ -195,7 +195,8 @@ def _training_figures(run_dir, recipe, arrays, mean, std) -> list[dict]:
     aug, aug_titles = augmented_samples(recipe.augmentation, arrays, mean, std)
     shown = max(aug_titles.count(c) for c in set(aug_titles))  # five, fewer in tiny sets
     title = f"augmentation '{recipe.augmentation}': {shown} per class, as training draws them"
-    plt_agg().close(image_grid(aug, aug_titles, run_dir / "augmented.png", title=title))
+    grid = image_grid(aug, aug_titles, run_dir / "augmented.png", cols=shown, title=title)
+    plt_agg().close(grid)  # one class a row
     return metrics
 
 

@@ -14,7 +14,7 @@ import pytest
 from fastcifar.errors import FastCifarError
 from fastcifar.seedstats import describe, load_runs, summarise
 from fastcifar.sweep import gpu_list, run_command
-from tests.conftest import ROOT, make_tree
+from tests.conftest import ROOT, make_tree, run_train
 
 
 def test_describe_gives_the_t_interval_by_hand():
@@ -48,8 +48,7 @@ def test_summary_counts_runs_at_the_target_and_skips_unfinished_ones(tmp_path):
 
 
 def test_seedstats_without_runs_says_so_in_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "fastcifar.seedstats", str(tmp_path)],
-                       capture_output=True, text=True)  # fmt: skip
+    r = run_train(str(tmp_path), module="fastcifar.seedstats")
     assert r.returncode == 2 and "no finished run" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -117,6 +117,10 @@ def test_every_recipe_trains_and_ends_with_its_report(name, tiny_tree, tmp_path)
     assert "evaluation: figures and report in" in r.stdout
     for name_ in ("report.html", "augmented.png", "curves.png", "confusion_matrix.png"):
         assert (out / name_).stat().st_size > 0, name_
+    # the real wall time and its parts, in summary.json, the report and the last line
+    wall = json.loads((out / "summary.json").read_text())["wall"]
+    assert wall["startup_s"] > 0 and wall["epochs_s"] > 0 and wall["evaluation_s"] > 0
+    assert "wall time" in (out / "report.md").read_text() and "; wall time " in r.stdout
 
 
 # ---------------------------------------------------------------- bad input

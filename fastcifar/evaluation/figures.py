@@ -122,7 +122,10 @@ def plot_curves(metrics: list[dict], path: Path, title: str = "",
 def plot_lr(lrs: list[float], path: Path):
     plt = plt_agg()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(1, len(lrs) + 1), lrs)
+    ax.plot(range(1, len(lrs) + 1), lrs, "o-" if len(lrs) < 20 else "-", markersize=3)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate")
     ax.set_title("learning rate per step")
