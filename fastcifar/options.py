@@ -31,6 +31,7 @@ __all__ = [
     "RunOptions",
     "add_field_flags",
     "check_fields",
+    "flag_name",
     "option",
 ]
 
@@ -77,7 +78,8 @@ def option(
     return field(default=default, metadata=metadata)
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:
+    """The command-line flag of field ``name``: ``batch_size`` -> ``--batch-size``."""
     return "--" + name.replace("_", "-")
 
 
@@ -95,8 +97,10 @@ def _range(bounds: dict) -> str:
     return f"x {high}"
 
 
-def check_fields(obj) -> None:
-    """Check every field of dataclass ``obj`` that has choices or bounds in its metadata.
+def check_fields(obj, registries: bool = True) -> None:
+    """Check every field of dataclass ``obj`` that has choices or bounds in its metadata;
+    ``registries=False`` leaves out the choices a ``Registry`` names (checking them
+    imports their modules, and so torch).
 
     Raises:
         FastCifarError: one line naming the flag, the value and the valid choices or
@@ -105,9 +109,11 @@ def check_fields(obj) -> None:
     for f in dataclasses.fields(obj):
         value, meta = getattr(obj, f.name), f.metadata
         choices = meta.get("choices")
+        if isinstance(choices, Registry) and not registries:
+            choices = None
         if choices is not None and value is not None and value not in choices:
             shown = (f"unknown {f.name} {value!r}" if isinstance(choices, Registry)
-                     else f"{_flag(f.name)} {value!r} is not valid")  # fmt: skip
+                     else f"{flag_name(f.name)} {value!r} is not valid")  # fmt: skip
             raise FastCifarError(f"{shown}: choose one of {', '.join(choices)}")
         bounds = meta.get("bounds") or {}
         if not bounds or value is None or isinstance(value, bool):
@@ -117,7 +123,7 @@ def check_fields(obj) -> None:
         ok = ok and value > bounds.get("above", -math.inf) and value < bounds.get("below", math.inf)
         if not ok:
             raise FastCifarError(
-                f"{_flag(f.name)} {value:g} is out of range: pass {_range(bounds)}"
+                f"{flag_name(f.name)} {value:g} is out of range: pass {_range(bounds)}"
             )
 
 
@@ -154,13 +160,11 @@ def add_field_flags(group, cls, shown=None, dest=lambda name: name, checked: boo
             kwargs = {"type": t, "metavar": meta.get("metavar") or metavar}
             if checked and listed:
                 kwargs["choices"] = listed
-        value = getattr(shown, f.name) if shown is not None else f.default
-        if value is dataclasses.MISSING or shown is None and not checked:
-            value = None
+        value = getattr(shown, f.name) if shown is not None else None
         if value is not None:
             value = ("on" if value else "off") if isinstance(value, bool) else value
         help_ = meta["help"] + (f" [{value}]" if value is not None else "")
-        group.add_argument(_flag(f.name), dest=dest(f.name), default=None, help=help_, **kwargs)
+        group.add_argument(flag_name(f.name), dest=dest(f.name), default=None, help=help_, **kwargs)
 
 
 @dataclass

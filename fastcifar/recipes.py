@@ -205,8 +205,7 @@ def register(recipe: Recipe, doc: str) -> Recipe:
     Raises:
         FastCifarError: a field out of its bounds or a closed set of choices.
     """
-    check_fields(dataclasses.replace(recipe, model=None, augmentation=None, muon_ns=None,
-                                     tta=None))  # fmt: skip
+    check_fields(recipe, registries=False)
     RECIPES[recipe.name] = recipe
     RECIPE_DOCS[recipe.name] = doc
     return recipe

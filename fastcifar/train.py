@@ -34,7 +34,7 @@ from fastcifar import __version__
 from fastcifar.cli import CommandParser, prog_name
 from fastcifar.errors import FastCifarError, Interrupted, run_cli
 from fastcifar.evaluation.report import CIFAR10_TEST, CIFAR10_TRAIN, wall_time
-from fastcifar.options import RunOptions, add_field_flags, check_fields
+from fastcifar.options import RunOptions, add_field_flags, check_fields, flag_name
 from fastcifar.recipes import (
     DEFAULT_RECIPE,
     RECIPE_DOCS,
@@ -121,7 +121,7 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
         "(default: the model's last convolutional block)",
     )
     run = p.add_argument_group('how the run trains (saved in config.json as "run")')
-    add_field_flags(run, RunOptions, checked=True)
+    add_field_flags(run, RunOptions, RunOptions(), checked=True)
     group = p.add_argument_group(
         f"recipe fields (each overrides the recipe's value; in brackets {shown.name}'s: "
         f"`--recipe R --help` shows R's)"
@@ -350,7 +350,7 @@ def _resumed_run(args, overrides: dict, world: distributed.World) -> _Run | None
         )
     changed = {k: v for k, v in overrides.items() if getattr(recipe, k) != v}
     if changed:
-        names = ", ".join("--" + k.replace("_", "-") for k in changed)
+        names = ", ".join(flag_name(k) for k in changed)
         raise FastCifarError(
             f"{names} differ from the run being resumed: a resumed run keeps its recipe; "
             f"start a new run with another --out to change them"
