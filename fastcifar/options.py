@@ -85,16 +85,13 @@ def flag_name(name: str) -> str:
 
 def _range(bounds: dict) -> str:
     """A field's bounds as its error shows them: ``0 <= x < 1``, ``x >= 1``, ``x > 0``."""
-    low = (f"{bounds['min']:g} <=" if "min" in bounds else
-           f"{bounds['above']:g} <" if "above" in bounds else "")  # fmt: skip
-    high = (f"<= {bounds['max']:g}" if "max" in bounds else
-            f"< {bounds['below']:g}" if "below" in bounds else "")  # fmt: skip
+    low = [(bounds[k], op) for k, op in (("min", "<="), ("above", "<")) if k in bounds]
+    high = [(bounds[k], op) for k, op in (("max", "<="), ("below", "<")) if k in bounds]
     if low and high:
-        return f"{low} x {high}"
-    if low:  # "1 <=" reads "x >= 1"
-        number, sign = low.split()
-        return f"x {sign.replace('<', '>')} {number}"
-    return f"x {high}"
+        return f"{low[0][0]:g} {low[0][1]} x {high[0][1]} {high[0][0]:g}"
+    if low:
+        return f"x {low[0][1].replace('<', '>')} {low[0][0]:g}"
+    return f"x {high[0][1]} {high[0][0]:g}"
 
 
 def check_fields(obj, registries: bool = True) -> None:
@@ -104,7 +101,7 @@ def check_fields(obj, registries: bool = True) -> None:
 
     Raises:
         FastCifarError: one line naming the flag, the value and the valid choices or
-            range (a float that is not finite fails any bound).
+            range (a NaN fails any bound).
     """
     for f in dataclasses.fields(obj):
         value, meta = getattr(obj, f.name), f.metadata
