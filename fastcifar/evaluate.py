@@ -52,6 +52,7 @@ from fastcifar.evaluation.report import (
     write_report,
 )
 from fastcifar.models import MODELS, create_model
+from fastcifar.roofline.run import count_run
 from fastcifar.rundir import atomic_write, load_checkpoint, read_config
 from fastcifar.runlock import RunLock
 
@@ -152,6 +153,7 @@ def evaluate_run(
     if wall is not None and summary:
         summary["wall"] = {**wall, "evaluation_s": time.perf_counter() - started}
         atomic_write(summary_path, json.dumps(summary, indent=2) + "\n")
+    count_run(run_dir, recipe, options)
     report = build_report(run_dir, recipe, result, metrics, summary, MODELS[recipe.model].source)
     write_report(run_dir, report)
     return result

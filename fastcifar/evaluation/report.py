@@ -65,6 +65,34 @@ class Report:
     recipe_used: list[tuple[str, str]]
     recipe_rest: list[tuple[str, str]]
     versions: list[tuple[str, str]] = field(default_factory=list)
+    # "Where the time goes": (what it is, figure file, table header, top layers) or None
+    roofline: tuple[str, str, list[str], list[list[str]]] | None = None
+
+
+def _roofline(run_dir: Path) -> tuple[str, str, list[str], list[list[str]]] | None:
+    """The run's roofline (``fastcifar.roofline.run.count_run`` wrote it): a sentence, the
+    figure and the ten layers with the largest lower bound."""
+    path = run_dir / "roofline.json"
+    if not path.exists():
+        return None
+    import json
+
+    (r,) = json.loads(path.read_text())["rows"]
+    n = r["batch_size"]
+    text = (f"A model of an {r['gpu'].upper()}, not a timing: the FLOPs and bytes one training "
+            f"step of the {r['path']} path moves at batch {n} in {r['dtype']}, counted on the "
+            f"CPU (python -m fastcifar.roofline), give at least "
+            f"{r['lower_bound_ms_per_step']:.2f} ms per step and "
+            f"{duration(r['lower_bound_s_per_epoch'])} per epoch; "
+            f"{r['bytes_per_image'] / 1e6:.1f} MB and {r['flops_per_image'] / 1e9:.2f} GFLOP per "
+            f"image per step.")  # fmt: skip
+    header = ["layer", "kind", "shape", "GFLOP", "MB", "FLOP/byte", "lower bound"]
+    top = sorted(r["layers"], key=lambda x: -x["lower_bound_us"])[:10]
+    rows = [[x["name"], x["kind"], x["shape"] or "\u2014", number(x["flops"] / 1e9, 2),
+             number(x["bytes"] / 1e6, 1),
+             "\u2014" if x["intensity"] is None else number(x["intensity"], 1),
+             f"{number(x['lower_bound_us'], 1)} \u00b5s"] for x in top]  # fmt: skip
+    return text, "roofline.png", header, rows
 
 
 def recipe_fields_used(recipe) -> tuple[list[str], list[str]]:
@@ -271,6 +299,7 @@ def build_report(run_dir: Path, recipe, result: dict, metrics: list[dict], summa
         recipe_used=[(_flag(n), _value(getattr(recipe, n))) for n in used],
         recipe_rest=[(_flag(n), _value(getattr(recipe, n))) for n in rest],
         versions=sorted(summary.get("versions", {}).items()),
+        roofline=_roofline(run_dir),
     )  # fmt: skip
 
 
@@ -321,6 +350,11 @@ def render_html(r: Report) -> str:
     for title, name, caption in r.figures:
         parts.append(f"<figure><h2>{e(title)}</h2><img src='{e(name)}' alt='{e(title)}'>"
                      f"<figcaption>{e(caption)}</figcaption></figure>")  # fmt: skip
+    if r.roofline:
+        text, name, header, rows = r.roofline
+        parts += ["<h2>Where the time goes</h2>", f"<p>{e(text)}</p>",
+                  f"<img src='{e(name)}' alt='roofline of the training step'>",
+                  _table(header, rows, numeric_from=3, wide=True)]  # fmt: skip
     parts += ["<h2>Recipe</h2>", "<p>The fields this run's optimizer, schedule and "
               "augmentation used:</p>", _table(None, r.recipe_used)]  # fmt: skip
     parts.append("<details><summary>The other recipe fields (not used by this run)</summary>"
@@ -345,6 +379,10 @@ def render_markdown(r: Report) -> str:
     md += ["", "## Per class", "", *_md_table(["class", "test accuracy"], r.per_class)]
     for title, name, caption in r.figures:
         md += ["", f"## {title}", "", f"![{title}]({name})", "", caption]
+    if r.roofline:
+        text, name, header, rows = r.roofline
+        md += ["", "## Where the time goes", "", text, "", f"![roofline]({name})", "",
+               *_md_table(header, rows)]  # fmt: skip
     md += ["", "## Recipe", "", "The fields this run's optimizer, schedule and augmentation "
            "used:", "", *_md_table(["flag", "value"], r.recipe_used)]  # fmt: skip
     md += ["", "<details><summary>The other recipe fields (not used by this run)</summary>",

@@ -1,0 +1,125 @@
+"""``python -m fastcifar.roofline --recipe NAME``: where one training step's time must go
+on a GPU, counted on any machine.
+
+Counts FLOPs and bytes moved per layer of one training step (forward, backward,
+optimizer step) along the eager, torch.compile and fastcifar paths
+(``fastcifar.roofline.count``), prints the ten costliest layers of the first path and
+every path's totals with their lower-bound time on ``--gpu``, says which path moves
+fewest bytes, and writes ``roofline.json`` and ``roofline.png`` under ``--out``. The
+eager count takes seconds at any batch (fake tensors); each compile path one Inductor
+compile of the forward and backward on the CPU (about a minute; the batch dimension is
+compiled symbolic at 8 images and evaluated at the batch asked for).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from fastcifar.cli import CommandParser, prog_name
+from fastcifar.errors import FastCifarError, run_cli
+
+AMP = {"bf16": "bfloat16", "fp16": "float16", "off": None}
+PATH_NAMES = ("eager", "compile", "fastcifar")
+
+
+def build_parser() -> CommandParser:
+    from fastcifar.roofline.gpus import GPUS
+
+    p = CommandParser(
+        prog=prog_name("fastcifar.roofline"),
+        description="FLOPs and bytes moved per layer of one training step, on the eager, "
+        "torch.compile and fastcifar paths, and the lower-bound time on a GPU (a model of the "
+        "GPU, not a timing). Runs on the CPU.",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--recipe", metavar="NAME", help="a recipe (its model, batch, loss, "
+                       "optimizer and EMA)")  # fmt: skip
+    which.add_argument("--model", metavar="NAME", help="a model: the first recipe training it "
+                       "gives the loss, optimizer and batch")  # fmt: skip
+    p.add_argument("--batch-size", type=int, metavar="N", help="images per step (default: the "
+                   "recipe's)")  # fmt: skip
+    p.add_argument("--amp", choices=tuple(AMP), default="bf16", help="autocast dtype (default "
+                   "bf16; off: float32)")  # fmt: skip
+    p.add_argument("--nchw", action="store_true", help="count in NCHW (default channels_last)")
+    p.add_argument("--paths", default=",".join(PATH_NAMES), metavar="LIST",
+                   help="comma-separated: eager, compile, fastcifar (default: all)")  # fmt: skip
+    p.add_argument("--gpu", default="h100", choices=tuple(GPUS), help="the GPU of the lower "
+                   "bound (default h100)")  # fmt: skip
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the JSON here too")
+    p.add_argument("--out", type=Path, metavar="DIR", help="where roofline.json and "
+                   "roofline.png go (default runs/roofline-NAME)")  # fmt: skip
+    return p
+
+
+def _recipe(args):
+    from fastcifar.recipes import RECIPES, get_recipe
+
+    if args.recipe:
+        return get_recipe(args.recipe)
+    for recipe in RECIPES.values():
+        if recipe.model == args.model:
+            return recipe
+    from fastcifar.models import MODELS
+
+    known = ", ".join(sorted(MODELS))
+    raise FastCifarError(f"no recipe trains model {args.model!r}: one of {known}")
+
+
+def _paths(text: str) -> tuple[str, ...]:
+    paths = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in paths if p not in PATH_NAMES]
+    if bad or not paths:
+        raise FastCifarError(f"--paths {text!r}: a comma-separated list of "
+                             f"{', '.join(PATH_NAMES)}")  # fmt: skip
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    recipe = _recipe(args)
+    paths = _paths(args.paths)
+    if args.batch_size is not None and args.batch_size < 2:
+        raise FastCifarError(f"--batch-size {args.batch_size}: at least 2 (BatchNorm needs two)")
+
+    import torch
+
+    from fastcifar.roofline.count import count_step
+    from fastcifar.roofline.figure import plot_roofline
+    from fastcifar.roofline.gpus import get_gpu
+    from fastcifar.roofline.result import format_table, row, steps_per_epoch, verdict
+    from fastcifar.roofline.run import recipe_setup
+
+    gpu = get_gpu(args.gpu)
+    batch = args.batch_size or recipe.batch_size
+    amp = AMP[args.amp]
+    setup = recipe_setup(recipe, batch, getattr(torch, amp) if amp else None, not args.nchw)
+    start = time.perf_counter()
+
+    def progress(line: str) -> None:
+        print(f"roofline: [{time.perf_counter() - start:5.1f} s] {line}", flush=True)
+
+    counts = count_step(setup, paths, progress=progress)
+    steps = steps_per_epoch(batch, recipe.drop_last)
+    rows = [row(counts[p], gpu, steps) for p in paths]
+    out = args.out or Path("runs") / f"roofline-{args.recipe or args.model}"
+    out.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps({"rows": rows}, indent=1)
+    (out / "roofline.json").write_text(payload)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(payload)
+    plot_roofline(rows, gpu, out / "roofline.png")
+    print(format_table(rows))
+    print(verdict(rows))
+    print(f"roofline: {gpu.name}: {gpu.bandwidth / 1e12:.2f} TB/s, "
+          f"{gpu.peak_flops / 1e12:.0f} TFLOP/s dense 16-bit ({gpu.source.split(':')[0]}); "
+          f"a lower bound, not a timing; wrote {out / 'roofline.json'} and "
+          f"{out / 'roofline.png'} in {time.perf_counter() - start:.0f} s")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,161 @@
+"""FLOPs and bytes of one training step (forward, backward, optimizer step), per layer,
+along the three ways fastcifar can run it.
+
+- ``eager``: PyTorch as the seeds run it. A ``TorchDispatchMode`` sees every ATen
+  operator of a steady-state step (the second: the first creates the optimizer's state)
+  on fake tensors of the full batch (no arithmetic runs, so any batch counts in seconds);
+  each operator costs the kernels ``traffic.op_kernels`` gives it; a module tracker
+  names the layer, in the forward and the backward.
+- ``compile``: ``torch.compile`` (Inductor) of the model, forward and backward graphs.
+  Inductor's own count of the bytes each of its generated kernels accesses (every buffer
+  once per kernel, ``BaseSchedulerNode.get_read_write_buffer_accesses``, what its
+  metrics log sums) for the kernels it writes; ``traffic.op_kernels`` for the extern ones
+  (convolutions, matmuls, custom ops), so that both paths use the same rules. The batch
+  dimension is compiled symbolic at ``COMPILE_BATCH`` real images and every size is
+  evaluated at the batch counted (exact for the graph compiled; Inductor's choices at a
+  symbolic batch can differ a little from a static one). Each fused kernel is charged to
+  the layer most of its operators come from. The loss and the optimizer step stay
+  eager, as the train command runs them: their rows are the eager path's.
+- ``fastcifar``: the model as ``--kernels triton`` converts it, counted as ``compile``;
+  fastcifar's custom operators are extern kernels there, costed by running their
+  launchers on ``meta`` tensors with the launches recorded (``launch.record_launches``):
+  each launch moves its distinct tensor arguments once, and the PyTorch operators a
+  launcher runs (the weight gradient's sum over partials) are costed like eager ones.
+
+What differs from Inductor on a GPU, which this CPU cannot run: Inductor's CPU backend
+fuses loops that share outer dimensions into one kernel (``OuterLoopFusedSchedulerNode``),
+which its CUDA backend does not; those are counted as the separate kernels they would be
+on a GPU. The CUDA backend splits large reductions in two (a partial buffer, a few KB) and
+can fuse a BatchNorm backward's reductions with its elementwise pass
+(``mix_order_reduction``), neither of which the CPU backend does: on a GPU the compile
+paths move a little more (split reductions) or less (mixed-order) than counted here.
+FLOPs are ``torch.utils.flop_counter``'s formulas (convolutions and matmuls, forward and
+backward; elementwise work is not counted, as in that counter).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.module_tracker import ModuleTracker
+
+from fastcifar.roofline.inductor import compiled_count
+from fastcifar.roofline.ledger import (
+    COMPILE_BATCH,
+    LOSS,
+    PATHS,
+    ROOT,
+    Layer,
+    StepCount,
+    StepSetup,
+    _EagerCounter,
+    _Ledger,
+    _Recorder,
+    module_kinds,
+)
+
+__all__ = [
+    "COMPILE_BATCH",
+    "LOSS",
+    "PATHS",
+    "ROOT",
+    "Layer",
+    "StepCount",
+    "StepSetup",
+    "count_step",
+]
+
+
+def _fake_copy(model: nn.Module, mode) -> nn.Module:
+    """``model`` with every parameter and buffer a fake tensor of ``mode``."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        for key, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[key] = nn.Parameter(mode.from_tensor(p), p.requires_grad)
+        for key, b in list(module._buffers.items()):
+            if b is not None:
+                module._buffers[key] = mode.from_tensor(b)
+    return model
+
+
+def _eager(setup: StepSetup) -> _Ledger:
+    """The eager path: two steps on fake tensors, the second counted."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    if setup.channels_last:
+        setup.model.to(memory_format=torch.channels_last)
+    model = _fake_copy(setup.model, mode).train()
+    ledger = _Ledger()
+    recorder = _Recorder(ledger, module_kinds(model))
+    with mode:
+        optimizer = setup.optimizer(model)
+        ema = setup.ema(model) if setup.ema else None
+        x, y = setup.example(setup.batch_size)
+        with (
+            ModuleTracker() as tracker,
+            _EagerCounter(recorder, tracker, type(model).__name__) as c,
+        ):
+            for counted in (False, True):
+                c.on = counted
+                optimizer.zero_grad(set_to_none=True)
+                with setup.autocast():
+                    loss = setup.loss(model(x), y)
+                loss.backward()
+                c.phase = "optimizer"
+                optimizer.step()
+                if ema is not None:
+                    c.phase = "ema"
+                    ema.update(model)
+                c.phase = None
+    return ledger
+
+
+def count_step(
+    setup: StepSetup, paths=PATHS, target: str | None = "sm_90", progress: Callable | None = None
+) -> dict[str, StepCount]:
+    """Count one training step of ``setup`` along ``paths`` (``PATHS``).
+
+    Args:
+        setup: the model, loss, optimizer, batch, dtype and layout.
+        paths: which of ``eager``, ``compile``, ``fastcifar``.
+        target: the GPU target whose kernel tiles fastcifar's launchers use
+            (``fastcifar.kernels.targets``; the weight gradient's partial sums depend
+            on it).
+        progress: called with a line before each path starts (None: silent).
+
+    Returns:
+        {path: StepCount}, bytes and FLOPs for the whole batch.
+
+    Raises:
+        ValueError: an unknown path.
+    """
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown:
+        raise ValueError(f"unknown path {unknown[0]!r}: one of {', '.join(PATHS)}")
+    progress = progress or (lambda line: None)
+    progress(f"{setup.name}: eager (fake tensors, batch {setup.batch_size})")
+    eager = _eager(setup)
+    outside = [row for (name, _), row in eager.rows.items()
+               if name in (LOSS, "optimizer", "ema")]  # fmt: skip
+    counts = {}
+    for path in paths:
+        if path == "eager":
+            ledger = eager
+        else:
+            progress(f"{setup.name}: {path} (Inductor compiles forward and backward)")
+            model = copy.deepcopy(setup.model)
+            if path == "fastcifar":
+                from fastcifar.nn import swap_convolutions
+
+                swap_convolutions(model)
+            ledger = compiled_count(setup, model, target, triton=path == "fastcifar")
+            for row in outside:
+                ledger.rows.setdefault((row.name, row.kind), copy.copy(row))
+        counts[path] = StepCount(setup.name, path, setup.batch_size, setup.dtype_name,
+                                 setup.channels_last, list(ledger.rows.values()))  # fmt: skip
+    return counts

@@ -1,0 +1,67 @@
+"""What kind of layer a module or an operator is: the one table of the roofline's kinds.
+
+A row of the roofline is a (module path, kind) pair. A leaf module of a known type gives
+its kind (``nn.Conv2d``: dense, depthwise, grouped or 1x1 by its weight); an operator
+called inside a container's own ``forward`` (``F.relu(x)``, a residual ``x + y``) takes
+the kind of the operator.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["KINDS", "conv_kind", "module_kind", "op_kind"]
+
+# every kind, in the order tables list them
+KINDS = ("dense", "depthwise", "grouped", "1x1", "batchnorm", "activation", "pooling", "linear",
+         "loss", "optimizer", "other")  # fmt: skip
+
+_MODULE_KINDS = (
+    ((nn.BatchNorm2d, nn.BatchNorm1d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm), "batchnorm"),
+    ((nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.LeakyReLU,
+      nn.Sigmoid, nn.Tanh, nn.ELU, nn.PReLU), "activation"),
+    ((nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d), "pooling"),
+    ((nn.Linear,), "linear"),
+)  # fmt: skip
+
+_OP_WORDS = (
+    (("batch_norm", "group_norm", "layer_norm"), "batchnorm"),
+    (("relu", "hardtanh", "silu", "gelu", "sigmoid", "hardswish", "hardsigmoid", "mish",
+      "threshold_backward", "leaky_relu", "elu", "tanh", "clamp"), "activation"),
+    (("pool",), "pooling"),
+    (("addmm", "mm", "linear"), "linear"),
+    (("softmax", "nll_loss", "cross_entropy"), "loss"),
+)  # fmt: skip
+
+
+def conv_kind(in_channels: int, out_channels: int, groups: int, kernel: tuple[int, ...]) -> str:
+    """``depthwise`` (one input channel a group), ``grouped``, ``1x1`` or ``dense``."""
+    if groups > 1 and groups == in_channels:
+        return "depthwise"
+    if groups > 1:
+        return "grouped"
+    return "1x1" if all(k == 1 for k in kernel) else "dense"
+
+
+def module_kind(module: nn.Module) -> str | None:
+    """The kind of a leaf module of a known type; None for containers and others."""
+    if isinstance(module, nn.Conv2d):
+        return conv_kind(module.in_channels, module.out_channels, module.groups,
+                         module.kernel_size)  # fmt: skip
+    for types, kind in _MODULE_KINDS:
+        if isinstance(module, types):
+            return kind
+    return None
+
+
+def op_kind(name: str, weight_shape: tuple[int, ...] | None = None, groups: int = 1) -> str:
+    """The kind of operator ``name`` (``convolution``, ``relu_``, ``fastcifar::conv2d``);
+    convolutions need their weight's shape (COUT, CIN / groups, KH, KW) and groups."""
+    base = name.split("::")[-1]
+    if "conv" in base and weight_shape is not None:
+        cin = weight_shape[1] * groups
+        return conv_kind(cin, weight_shape[0], groups, tuple(weight_shape[2:]))
+    for words, kind in _OP_WORDS:
+        if any(w in base for w in words):
+            return kind
+    return "other"

@@ -1,0 +1,104 @@
+"""A count turned into what people read: the JSON rows (one per model and path), the
+lower-bound times on a GPU, the table of the costliest layers and the one-line verdict.
+
+JSON (``roofline.json``): ``{"rows": [row, ...]}``, a row per (model, path)::
+
+    {"model", "path", "batch_size", "dtype", "channels_last", "gpu", "steps_per_epoch",
+     "flops_per_image", "bytes_per_image",            # one training step, per image
+     "lower_bound_ms_per_step", "lower_bound_s_per_epoch",
+     "layers": [{"name", "kind", "shape", "kernels",
+                 "flops", "bytes",                     # the whole batch, one step
+                 "intensity",                          # FLOP/byte
+                 "lower_bound_us"}]}                   # max(flops/peak, bytes/bandwidth)
+
+A layer's lower bound is the roofline's (``gpus.lower_bound_s``); a step's is the sum of
+its layers' (each layer's kernels are of one sort, so the sum is a tighter floor than
+the whole step's FLOPs or bytes alone). It is a model of a GPU, not a timing.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fastcifar.roofline.count import StepCount
+from fastcifar.roofline.gpus import Gpu, lower_bound_s
+from fastcifar.units import number
+
+__all__ = ["CIFAR10_TRAIN", "format_table", "row", "steps_per_epoch", "verdict"]
+
+CIFAR10_TRAIN = 50_000
+
+
+def steps_per_epoch(batch_size: int, drop_last: bool = False, images: int = CIFAR10_TRAIN) -> int:
+    """Optimizer steps in one epoch of ``images`` training images."""
+    return images // batch_size if drop_last else math.ceil(images / batch_size)
+
+
+def row(count: StepCount, gpu: Gpu, steps: int) -> dict:
+    """The JSON row of one path's count on ``gpu`` with ``steps`` steps an epoch."""
+    layers = []
+    for layer in count.layers:
+        seconds = lower_bound_s(layer.flops, layer.bytes, gpu)
+        layers.append({
+            "name": layer.name, "kind": layer.kind, "shape": layer.shape,
+            "kernels": layer.kernels, "flops": layer.flops, "bytes": layer.bytes,
+            "intensity": layer.flops / layer.bytes if layer.bytes else None,
+            "lower_bound_us": seconds * 1e6,
+        })  # fmt: skip
+    step_ms = sum(layer["lower_bound_us"] for layer in layers) / 1e3
+    n = count.batch_size
+    return {
+        "model": count.model, "path": count.path, "batch_size": n, "dtype": count.dtype,
+        "channels_last": count.channels_last, "gpu": gpu.key, "steps_per_epoch": steps,
+        "flops_per_image": count.flops / n, "bytes_per_image": count.bytes / n,
+        "lower_bound_ms_per_step": step_ms, "lower_bound_s_per_epoch": step_ms * steps / 1e3,
+        "layers": layers,
+    }  # fmt: skip
+
+
+def _mb(nbytes: float) -> str:
+    return number(nbytes / 1e6, 1)
+
+
+def format_table(rows: list[dict], top: int = 10) -> str:
+    """The ``top`` costliest layers of the first row's path (by lower-bound time), then
+    every path's totals: GFLOP, MB and lower-bound ms per step, per image, per epoch."""
+    first = rows[0]
+    lines = [f"{first['model']}, {first['path']} path, batch {first['batch_size']}, "
+             f"{first['dtype']}: the {top} costliest layers on {first['gpu']}"]  # fmt: skip
+    header = f"  {'layer':<34} {'kind':<10} {'GFLOP':>8} {'MB':>9} {'FLOP/B':>7} {'us':>9}"
+    lines.append(header)
+    for layer in sorted(first["layers"], key=lambda x: -x["lower_bound_us"])[:top]:
+        intensity = layer["intensity"]
+        lines.append(
+            f"  {layer['name'][:34]:<34} {layer['kind']:<10} {layer['flops'] / 1e9:>8.2f} "
+            f"{layer['bytes'] / 1e6:>9.1f} {'-' if intensity is None else f'{intensity:.1f}':>7} "
+            f"{layer['lower_bound_us']:>9.1f}"
+        )  # fmt: skip
+    lines.append("")
+    lines.append(f"  {'path':<10} {'GFLOP/step':>11} {'MB/step':>10} {'ms/step':>8} "
+                 f"{'MB/image':>9} {'s/epoch':>8}")  # fmt: skip
+    for r in rows:
+        n = r["batch_size"]
+        lines.append(
+            f"  {r['path']:<10} {r['flops_per_image'] * n / 1e9:>11.1f} "
+            f"{_mb(r['bytes_per_image'] * n):>10} {r['lower_bound_ms_per_step']:>8.3f} "
+            f"{r['bytes_per_image'] / 1e6:>9.2f} {r['lower_bound_s_per_epoch']:>8.2f}"
+        )
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict]) -> str:
+    """One line: which path moves fewest bytes, and by how much against each other."""
+    if len(rows) < 2:
+        r = rows[0]
+        return f"{r['path']} moves {r['bytes_per_image'] / 1e6:.2f} MB per image per step"
+    ranked = sorted(rows, key=lambda r: r["bytes_per_image"])
+    best = ranked[0]
+    others = ", ".join(
+        f"{(1 - best['bytes_per_image'] / r['bytes_per_image']) * 100:.1f} % fewer than "
+        f"{r['path']} ({r['bytes_per_image'] / 1e6:.2f})"
+        for r in ranked[1:]
+    )
+    return (f"{best['path']} moves fewest bytes: {best['bytes_per_image'] / 1e6:.2f} MB per "
+            f"image per step, {others}")  # fmt: skip

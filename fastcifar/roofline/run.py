@@ -1,0 +1,64 @@
+"""A recipe's training step as the roofline counts it, and the count a run's report
+shows ("Where the time goes"): the path the run used, on an H100.
+
+``roofline.json`` / ``roofline.png`` in a run directory hold one row, the run's path:
+``compile`` for ``--compile`` with Inductor (``fastcifar`` with ``--kernels triton``
+too), else ``eager`` (``--compile`` with another backend runs PyTorch's kernels). The
+GPU's dtype stands in for ``--amp`` (bfloat16; float16 when ``--amp-dtype float16``;
+float32 without ``--amp``), channels_last unless the run turned it off.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fastcifar.models import create_model
+from fastcifar.optim import criterion, make_ema, make_optimizer
+from fastcifar.roofline.count import StepSetup, count_step
+from fastcifar.roofline.gpus import get_gpu
+
+__all__ = ["REPORT_GPU", "count_run", "recipe_setup", "run_path"]
+
+REPORT_GPU = "h100"
+
+
+def recipe_setup(recipe, batch_size: int | None = None, amp_dtype=torch.bfloat16,
+                 channels_last: bool = True) -> StepSetup:  # fmt: skip
+    """One training step of ``recipe``: its model (freshly initialised: values do not
+    change a count), loss, optimizer and EMA, at ``batch_size`` (default the recipe's)."""
+    torch.manual_seed(recipe.seed)
+    return StepSetup(
+        create_model(recipe.model), recipe.model, criterion(recipe.loss, recipe.label_smoothing),
+        lambda m: make_optimizer(m, recipe), batch_size or recipe.batch_size, amp_dtype,
+        channels_last=channels_last,
+        ema=(lambda m: make_ema(m, recipe.ema)) if recipe.ema else None,
+    )  # fmt: skip
+
+
+def run_path(options) -> str:
+    """The roofline path a run with ``options`` (``RunOptions``) took."""
+    if options.compile and options.compile_backend == "inductor":
+        return "fastcifar" if options.kernels == "triton" else "compile"
+    return "eager"
+
+
+def count_run(run_dir: Path, recipe, options) -> dict:
+    """Count the run's path at the recipe's batch, write ``roofline.json`` and
+    ``roofline.png`` into ``run_dir``; returns the JSON row."""
+    from fastcifar.roofline.figure import plot_roofline
+    from fastcifar.roofline.result import row, steps_per_epoch
+
+    amp = None
+    if options.amp:
+        amp = torch.float16 if options.amp_dtype == "float16" else torch.bfloat16
+    setup = recipe_setup(recipe, amp_dtype=amp, channels_last=options.channels_last is not False)
+    path = run_path(options)
+    gpu = get_gpu(REPORT_GPU)
+    count = count_step(setup, [path])[path]
+    out = row(count, gpu, steps_per_epoch(setup.batch_size, recipe.drop_last))
+    (Path(run_dir) / "roofline.json").write_text(json.dumps({"rows": [out]}, indent=1))
+    plot_roofline([out], gpu, Path(run_dir) / "roofline.png")
+    return out
