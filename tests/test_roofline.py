@@ -183,3 +183,28 @@ def test_bad_input_is_one_line(args, message):
     code, err = r.returncode, r.stderr
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_whole_run_floor_adds_every_step_the_whitening_and_the_tta_views(tmp_path):
+    from fastcifar.optim import total_steps
+    from fastcifar.recipes import get_recipe
+    from fastcifar.roofline.run import recipe_setup
+    from fastcifar.roofline.wholerun import RECORDS, whole_run
+
+    recipe = get_recipe("speedrun94_fast")  # TTA on the least confident quarter
+    setup = recipe_setup(recipe)
+    step = count_step(setup, ["eager"])["eager"]
+    run = whole_run(recipe, setup, step, get_gpu("a100"))
+    assert run["steps"] == total_steps(recipe, 50_000 // recipe.batch_size)
+    # every test image once un-augmented, the 2,500 least confident in all six views
+    assert run["tta_forward_images"] == 10_000 + 2_500 * 6
+    assert run["whiten_s"] > 0 and run["tta_s"] > 0
+    assert run["floor_s"] == pytest.approx(run["train_s"] + run["whiten_s"] + run["tta_s"])
+    assert sum(run["train_by_kind_s"].values()) == pytest.approx(run["train_s"])
+    assert run["record_s"] == RECORDS["hiverge"].seconds
+    assert run["fraction_of_floor"] == pytest.approx(run["floor_s"] / run["record_s"])
+    r = run_train("--recipe", "speedrun94", "--paths", "eager", "--whole-run", "--gpu", "a100",
+                  "--out", str(tmp_path), module=ROOFLINE)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "airbench94_muon published 2.59 s" in r.stdout
+    assert json.loads((tmp_path / "roofline.json").read_text())["whole_run"][0]["steps"] == 200

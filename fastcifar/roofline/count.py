@@ -65,6 +65,7 @@ __all__ = [
     "Layer",
     "StepCount",
     "StepSetup",
+    "count_call",
     "count_step",
 ]
 
@@ -115,6 +116,32 @@ def _eager(setup: StepSetup) -> _Ledger:
     return ledger
 
 
+def count_call(setup: StepSetup, fn: Callable[[nn.Module], object], name: str) -> StepCount:
+    """The eager count of ``fn(model)`` once (an evaluation forward, the whitening's
+    initialisation) on a fake copy of ``setup.model``, under no_grad and the setup's
+    autocast; tensors ``fn`` makes inside are fake too. ``name`` becomes the path."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    if setup.channels_last:
+        setup.model.to(memory_format=torch.channels_last)
+    model = _fake_copy(setup.model, mode)
+    ledger = _Ledger()
+    recorder = _Recorder(ledger, module_kinds(model))
+    root = type(model).__name__
+    with (
+        mode,
+        torch.no_grad(),
+        setup.autocast(),
+        ModuleTracker() as tracker,
+        _EagerCounter(recorder, tracker, root) as counter,
+    ):
+        counter.on = True
+        fn(model)
+    return StepCount(setup.name, name, setup.batch_size, setup.dtype_name, setup.channels_last,
+                     list(ledger.rows.values()))  # fmt: skip
+
+
 def count_step(
     setup: StepSetup, paths=PATHS, target: str | None = "sm_90", progress: Callable | None = None
 ) -> dict[str, StepCount]:
@@ -153,7 +180,7 @@ def count_step(
                 from fastcifar.nn import swap_convolutions
 
                 swap_convolutions(model)
-            ledger = compiled_count(setup, model, target, triton=path == "fastcifar")
+            ledger = compiled_count(setup, model, target, path == "fastcifar", progress)
             for row in outside:
                 ledger.rows.setdefault((row.name, row.kind), copy.copy(row))
         counts[path] = StepCount(setup.name, path, setup.batch_size, setup.dtype_name,

@@ -44,9 +44,11 @@ class _InductorHook:
     """Reads every graph Inductor compiles: its kernels, their bytes at ``batch`` (the
     symbolic batch evaluated there) and the layer each comes from."""
 
-    def __init__(self, recorder: _Recorder, batch: int, run_batch: int, fastcifar_costs):
+    def __init__(self, recorder: _Recorder, batch: int, run_batch: int, fastcifar_costs,
+                 progress: Callable[[str], None] = lambda line: None):  # fmt: skip
         self.recorder, self.batch, self.run_batch = recorder, batch, run_batch
         self.fastcifar_costs = fastcifar_costs
+        self.progress = progress
         self.by_seq: dict[int, str] = {}  # forward sequence number -> layer
         self.graphs = 0
         self.scheduler = "triton"  # whose fusion decisions were counted
@@ -109,7 +111,10 @@ class _InductorHook:
         original = sizevars.optimization_hint
         sizevars.optimization_hint = hint
         try:
-            for node in self._scheduled(graph):
+            nodes = self._scheduled(graph)
+            which = "backward" if graph.is_backward else "forward"
+            self.progress(f"  Inductor's {which} graph: {len(nodes)} kernels read")
+            for node in nodes:
                 if isinstance(node, NopKernelSchedulerNode):
                     continue
                 if isinstance(node, ExternKernelSchedulerNode):
@@ -269,12 +274,15 @@ def _triton_recorded(target: str | None) -> Iterator[None]:
             os.environ["TRITON_INTERPRET"] = old
 
 
-def compiled_count(setup: StepSetup, model: nn.Module, target: str | None, triton: bool) -> _Ledger:
+def compiled_count(setup: StepSetup, model: nn.Module, target: str | None, triton: bool,
+                   progress: Callable[[str], None] = lambda line: None) -> _Ledger:  # fmt: skip
     """The model's forward and backward graphs as Inductor compiles them (the batch
-    symbolic, ``COMPILE_BATCH`` real images through it once), counted at the batch."""
+    symbolic, ``COMPILE_BATCH`` real images through it once), counted at the batch;
+    ``progress`` hears of each graph as it is read."""
     ledger = _Ledger()
     recorder = _Recorder(ledger, module_kinds(model))
-    hook = _InductorHook(recorder, setup.batch_size, COMPILE_BATCH, fastcifar_op_costs(target))
+    costs = fastcifar_op_costs(target)
+    hook = _InductorHook(recorder, setup.batch_size, COMPILE_BATCH, costs, progress)
     recorder.size = hook.size
     model = model.train()
     if setup.channels_last:

@@ -23,6 +23,14 @@ so, with the CUDA source it comes from (paths in github.com/pytorch/pytorch):
   the input gradient reads dy and the weight, the weight gradient reads dy and the input,
   the bias gradient reads dy (``Convolution.cpp``, ``convolution_backward``; cuDNN's
   ``cudnn_convolution_backward_input`` / ``_weight`` in ``cudnn/ConvShared.cpp``);
+- max-pool backward: reads the output gradient and the indices, writes the input
+  gradient; the input itself, an argument of the operator, is not read
+  (``aten/src/ATen/native/cuda/DilatedMaxPool2d.cu``, ``max_pool_backward_nchw`` /
+  ``_nhwc``);
+- scatter-add: the scattering kernel reads the index and the source and writes only the
+  elements it scatters to (``aten/src/ATen/native/cuda/ScatterGatherKernel.cu``); the
+  out-of-place form copies ``self`` first (a read and a write of it). Inductor decomposes
+  a max-pool backward into a zero-filled gradient and a scatter-add;
 - views and metadata (``view``, ``permute``, ``expand``, ``detach``, ``t``, ...) and
   allocations (``empty*``) move nothing;
 - in-place and ``out=`` operators: the tensors they mutate are written, and read too
@@ -210,6 +218,23 @@ def _convolution_backward(func, args, kwargs, out, size) -> list[int]:
     return kernels
 
 
+def _max_pool_backward(func, args, kwargs, out, size) -> list[int]:
+    """max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, padding,
+    dilation, ceil_mode, indices)."""
+    dy, indices = args[0], args[7] if len(args) > 7 else kwargs["indices"]
+    return [tensor_bytes(dy, size) + tensor_bytes(indices, size) + tensor_bytes(out, size)]
+
+
+def _scatter_add(func, args, kwargs, out, size) -> list[int]:
+    """scatter_add(self, dim, index, src) and its in-place form."""
+    target, index = args[0], args[2]
+    src = args[3] if len(args) > 3 else kwargs["src"]
+    scatter = tensor_bytes(index, size) + 2 * tensor_bytes(src, size)  # read src, write as many
+    if _name(func).endswith("_"):
+        return [scatter]
+    return [2 * tensor_bytes(target, size), scatter]
+
+
 _RULES: dict[str, Callable] = {
     **dict.fromkeys(
         ("native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
@@ -222,6 +247,9 @@ _RULES: dict[str, Callable] = {
     ),
     "convolution": _convolution,
     "convolution_backward": _convolution_backward,
+    "max_pool2d_with_indices_backward": _max_pool_backward,
+    "scatter_add": _scatter_add,
+    "scatter_add_": _scatter_add,
 }  # fmt: skip
 
 
