@@ -165,6 +165,8 @@ def test_the_command_runs_all_three_paths(tmp_path):
     out = r.stdout
     rows = json.loads((tmp_path / "x.json").read_text())["rows"]
     assert [r["path"] for r in rows] == ["eager", "compile", "fastcifar"]
+    # the compile paths count the fusion of Inductor's GPU (Triton) scheduler
+    assert [r["inductor_scheduler"] for r in rows] == [None, "triton", "triton"]
     flops = [r["flops_per_image"] for r in rows]  # the same arithmetic (Inductor may
     assert flops[1:] == pytest.approx(flops[:-1], rel=1e-3)  # decompose a tiny matmul)
     assert "moves fewest bytes" in out
@@ -208,3 +210,24 @@ def test_the_whole_run_floor_adds_every_step_the_whitening_and_the_tta_views(tmp
     assert r.returncode == 0, r.stderr
     assert "airbench94_muon published 2.59 s" in r.stdout
     assert json.loads((tmp_path / "roofline.json").read_text())["whole_run"][0]["steps"] == 200
+
+
+def test_group_norm_is_counted_as_two_passes_like_batch_norm():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(CIN, COUT, 3, padding=1, bias=False), nn.GroupNorm(1, COUT))
+    gn = _rows(count_step(_setup(model), ["eager"])["eager"])["1"]
+    a, c, stats = N * COUT * H * H * F32, COUT * F32, 2 * N * F32  # one group a sample
+    forward = (a + 2 * c + stats) + (2 * a + 2 * c + stats)
+    backward = (2 * a + stats + c + 2 * c) + (3 * a + stats + c)
+    assert gn.kind == "batchnorm"
+    assert gn.bytes == forward + backward
+
+
+def test_max_pool_backward_reads_the_gradient_and_indices_not_the_input():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(CIN, COUT, 3, padding=1, bias=False), nn.MaxPool2d(2))
+    pool = _rows(count_step(_setup(model), ["eager"])["eager"])["1"]
+    a = N * COUT * H * H * F32  # the input of the pool, and its gradient
+    p, idx = a // 4, a // 4 * 2  # the pooled output (float32) and its int64 indices
+    assert pool.kind == "pooling"
+    assert pool.bytes == (a + p + idx) + (p + idx + a)

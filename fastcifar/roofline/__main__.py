@@ -104,7 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     def progress(line: str) -> None:
         print(f"roofline: [{time.perf_counter() - start:5.1f} s] {line}", flush=True)
 
-    counts = count_step(setup, paths, progress=progress)
+    failed = []
+
+    def on_error(path: str, exc: Exception) -> None:
+        failed.append(path)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        progress(f"the {path} path failed and is left out: {type(exc).__name__}: {first}")
+
+    counts = count_step(setup, paths, progress=progress, on_error=on_error)
+    paths = tuple(p for p in paths if p in counts)
     steps = steps_per_epoch(batch, recipe.drop_last)
     rows = [row(counts[p], gpu, steps) for p in paths]
     runs = []
@@ -136,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{gpu.peak_flops / 1e12:.0f} TFLOP/s dense 16-bit ({gpu.source.split(':')[0]}); "
           f"a lower bound, not a timing; wrote {out / 'roofline.json'} and "
           f"{out / 'roofline.png'} in {time.perf_counter() - start:.0f} s")  # fmt: skip
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

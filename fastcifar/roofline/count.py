@@ -143,7 +143,11 @@ def count_call(setup: StepSetup, fn: Callable[[nn.Module], object], name: str) -
 
 
 def count_step(
-    setup: StepSetup, paths=PATHS, target: str | None = "sm_90", progress: Callable | None = None
+    setup: StepSetup,
+    paths=PATHS,
+    target: str | None = "sm_90",
+    progress: Callable | None = None,
+    on_error: Callable[[str, Exception], None] | None = None,
 ) -> dict[str, StepCount]:
     """Count one training step of ``setup`` along ``paths`` (``PATHS``).
 
@@ -154,6 +158,8 @@ def count_step(
             (``fastcifar.kernels.targets``; the weight gradient's partial sums depend
             on it).
         progress: called with a line before each path starts (None: silent).
+        on_error: called with (path, exception) when a compile path fails, which is then
+            left out of the result (None: the exception propagates).
 
     Returns:
         {path: StepCount}, bytes and FLOPs for the whole batch.
@@ -180,9 +186,16 @@ def count_step(
                 from fastcifar.nn import swap_convolutions
 
                 swap_convolutions(model)
-            ledger = compiled_count(setup, model, target, path == "fastcifar", progress)
+            try:
+                ledger = compiled_count(setup, model, target, path == "fastcifar", progress)
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(path, exc)
+                continue
             for row in outside:
                 ledger.rows.setdefault((row.name, row.kind), copy.copy(row))
         counts[path] = StepCount(setup.name, path, setup.batch_size, setup.dtype_name,
-                                 setup.channels_last, list(ledger.rows.values()))  # fmt: skip
+                                 setup.channels_last, list(ledger.rows.values()),
+                                 ledger.scheduler)  # fmt: skip
     return counts

@@ -102,9 +102,11 @@ class _InductorHook:
         def hint(expr, fallback=None):
             import sympy
 
+            if isinstance(expr, int):
+                return expr
             expr = sympy.sympify(expr)
             value = expr.xreplace({s: self.batch for s in expr.free_symbols if s in batch_syms})
-            if value.free_symbols:
+            if getattr(value, "free_symbols", None):
                 return original(value, fallback=fallback)
             return int(value)
 
@@ -146,15 +148,36 @@ class _InductorHook:
             self.scheduler = "cpp"
             return graph.scheduler.nodes
 
-    def _generated(self, node, origins, nbytes: int) -> None:
+    def _generated(self, node, origins, nbytes: int, kind_hint: str | None = None) -> None:
         layer = self._layer(origins)
-        kinds = [op_kind(str(o.target).split(".")[1] if "." in str(o.target) else str(o.target))
+        kinds = [op_kind(getattr(o.target, "_schema", None) and o.target._schema.name or "")
                  for o in origins if o.op == "call_function"]  # fmt: skip
-        kind = self.recorder.kinds.get(layer) or _dominant(kinds)
+        kind = self.recorder.kinds.get(layer) or kind_hint or _dominant(kinds)
         self.recorder.ledger.add(layer, kind, "", 0, [nbytes])
+
+    def _ir_bytes(self, buffer) -> int:
+        """Bytes of an Inductor buffer, its symbolic batch evaluated."""
+        import sympy
+
+        numel = sympy.Mul(*[sympy.sympify(s) for s in buffer.get_size()])
+        return self.size(numel) * buffer.get_dtype().itemsize
+
+    def _scatter(self, node) -> None:
+        """An in-place scatter (Inductor's ``ScatterFallback``, what a max-pool backward
+        becomes): reads the index and the source, writes as many elements as the source
+        has (``traffic``'s scatter-add rule)."""
+        kernel = node.node
+        _, index, *src = kernel.inputs
+        src_bytes = self._ir_bytes(src[0]) if src else 0
+        nbytes = self._ir_bytes(index) + 2 * src_bytes
+        origins = set(kernel.origins or ())
+        pools = {o for o in origins if "pool" in str(o.target)}  # a max-pool's backward
+        self._generated(node, pools or origins, nbytes, kind_hint="pooling" if pools else "other")
 
     def _extern(self, node) -> None:
         kernel = node.node
+        if type(kernel).__name__ == "ScatterFallback":
+            return self._scatter(node)
         op = getattr(kernel, "op_overload", None)
         origin = None
         for fx_node in getattr(kernel, "origins", ()) or ():
@@ -297,6 +320,7 @@ def compiled_count(setup: StepSetup, model: nn.Module, target: str | None, trito
             out = compiled(x)
         out.float().sum().backward()
     torch._dynamo.reset()
+    ledger.scheduler = hook.scheduler
     if hook.graphs < 2:
         raise RuntimeError(f"Inductor compiled {hook.graphs} graph(s) of {setup.name}; "
                            f"expected a forward and a backward")  # fmt: skip

@@ -63,6 +63,8 @@ class StepCount:
     dtype: str  # bfloat16, float16 or float32
     channels_last: bool
     layers: list[Layer] = field(default_factory=list)
+    # compile paths: "triton" (Inductor's GPU scheduler) or "cpp" (its CPU one, a fallback)
+    scheduler: str = ""
 
     @property
     def flops(self) -> int:
@@ -86,6 +88,7 @@ class _Ledger:
 
     def __init__(self):
         self.rows: dict[tuple[str, str], Layer] = {}
+        self.scheduler = ""  # the compile paths: whose fusion decisions ("triton", "cpp")
 
     def add(self, name: str, kind: str, shape: str, flops: int, kernels: list[int]) -> None:
         row = self.rows.get((name, kind))

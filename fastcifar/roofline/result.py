@@ -4,6 +4,7 @@ lower-bound times on a GPU, the table of the costliest layers and the one-line v
 JSON (``roofline.json``): ``{"rows": [row, ...]}``, a row per (model, path)::
 
     {"model", "path", "batch_size", "dtype", "channels_last", "gpu", "steps_per_epoch",
+     "inductor_scheduler",                            # compile paths: "triton" or "cpp"
      "flops_per_image", "bytes_per_image",            # one training step, per image
      "lower_bound_ms_per_step", "lower_bound_s_per_epoch",
      "layers": [{"name", "kind", "shape", "kernels",
@@ -52,7 +53,7 @@ def row(count: StepCount, gpu: Gpu, steps: int) -> dict:
         "channels_last": count.channels_last, "gpu": gpu.key, "steps_per_epoch": steps,
         "flops_per_image": count.flops / n, "bytes_per_image": count.bytes / n,
         "lower_bound_ms_per_step": step_ms, "lower_bound_s_per_epoch": step_ms * steps / 1e3,
-        "layers": layers,
+        "inductor_scheduler": count.scheduler or None, "layers": layers,
     }  # fmt: skip
 
 

@@ -16,6 +16,11 @@ so, with the CUDA source it comes from (paths in github.com/pytorch/pytorch):
   input (sum of dy and of dy * x-hat), an elementwise kernel reads both again and writes
   the input gradient (``batch_norm_backward_reduce_cuda`` then
   ``batch_norm_backward_elemt_cuda``; channels_last the ``_channels_last_kernel`` pair);
+- GroupNorm, forward and backward: the same two passes as training BatchNorm (moments,
+  then the elementwise pass; backward, the per-group reductions of dy and dy * x, then
+  the elementwise input gradient) (``aten/src/ATen/native/cuda/group_norm_kernel.cu``:
+  ``RowwiseMomentsCUDAKernel`` then the forward kernel; ``ComputeInternalGradientsCUDA
+  Kernel`` then the backward elementwise kernel);
 - convolution with a bias: the convolution kernel, then an in-place bias add that reads
   and writes the output (``aten/src/ATen/native/Convolution.cpp``, ``_convolution``:
   cuDNN's output gets ``output.add_(reshape_bias(...))``);
@@ -192,6 +197,32 @@ def _batch_norm_backward(func, args, kwargs, out, size) -> list[int]:
     return [act + small + grads, act + small + dx]
 
 
+def _two_pass(x, y, small: int, stats: int, size) -> list[int]:
+    """Statistics pass (x in, statistics out), then elementwise (x, statistics in, y out)."""
+    return [tensor_bytes(x, size) + small + stats,
+            tensor_bytes(x, size) + tensor_bytes(y, size) + small + stats]  # fmt: skip
+
+
+def _group_norm(func, args, kwargs, out, size) -> list[int]:
+    """native_group_norm(input, weight, bias, N, C, HxW, group, eps) -> (y, mean, rstd)."""
+    small = sum(tensor_bytes(t, size) for t in _tensors(args[1:3]))
+    outs = _tensors(out)
+    return _two_pass(args[0], outs[0], small, sum(tensor_bytes(t, size) for t in outs[1:]), size)
+
+
+def _group_norm_backward(func, args, kwargs, out, size) -> list[int]:
+    """native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, group,
+    output_mask) -> (dx, dweight, dbias)."""
+    dy, x = args[0], args[1]
+    small = sum(tensor_bytes(t, size) for t in _tensors(args[2:5]))
+    act = tensor_bytes(dy, size) + tensor_bytes(x, size)
+    outs = [t for t in (out if isinstance(out, (tuple, list)) else [out]) if t is not None]
+    mask = args[9] if len(args) > 9 else kwargs.get("output_mask", [True, True, True])
+    dx = tensor_bytes(outs[0], size) if mask[0] and outs else 0
+    grads = sum(tensor_bytes(t, size) for t in outs[1:])
+    return [act + small + grads, act + small + dx]
+
+
 def _convolution(func, args, kwargs, out, size) -> list[int]:
     """convolution(input, weight, bias, ...): the convolution, then the bias add."""
     x, w, b = args[0], args[1], args[2]
@@ -245,6 +276,8 @@ _RULES: dict[str, Callable] = {
         ("native_batch_norm_backward", "cudnn_batch_norm_backward", "miopen_batch_norm_backward"),
         _batch_norm_backward,
     ),
+    "native_group_norm": _group_norm,
+    "native_group_norm_backward": _group_norm_backward,
     "convolution": _convolution,
     "convolution_backward": _convolution_backward,
     "max_pool2d_with_indices_backward": _max_pool_backward,
