@@ -231,3 +231,32 @@ def test_max_pool_backward_reads_the_gradient_and_indices_not_the_input():
     p, idx = a // 4, a // 4 * 2  # the pooled output (float32) and its int64 indices
     assert pool.kind == "pooling"
     assert pool.bytes == (a + p + idx) + (p + idx + a)
+
+
+def test_a_runs_compile_count_is_counted_once_and_reused(tmp_path, monkeypatch):
+    from fastcifar.options import RunOptions
+    from fastcifar.recipes import get_recipe
+    from fastcifar.roofline import run
+
+    calls = []
+    real = run.count_step
+
+    def counting(setup, paths, **kwargs):
+        calls.append(tuple(paths))
+        return {p: real(setup, ["eager"], **kwargs)["eager"] for p in paths}  # cheap stand-in
+
+    monkeypatch.setattr(run, "count_step", counting)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    recipe = get_recipe("c1c2c3c40")
+    options = RunOptions(compile=True, compile_backend="inductor", amp=True)
+    for i in range(2):
+        (tmp_path / f"run{i}").mkdir()
+        row = run.count_run(tmp_path / f"run{i}", recipe, options)
+        assert (tmp_path / f"run{i}" / "roofline.png").exists()
+    assert calls == [("compile",)]  # the second run read the cache
+    assert row["batch_size"] == recipe.batch_size and row["dtype"] == "bfloat16"
+    assert len(list((tmp_path / "cache" / "fastcifar" / "roofline").glob("*.json"))) == 1
+    run.count_run(tmp_path / "run0", recipe.replace(batch_size=64), options)
+    assert calls == [("compile",), ("compile",)]  # another batch: counted again
+    run.count_run(tmp_path / "run0", recipe, RunOptions(compile=False))
+    assert calls[-1] == ("eager",)  # eager counts are not cached (seconds)

@@ -10,7 +10,10 @@ float32 without ``--amp``), channels_last unless the run turned it off.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -20,7 +23,7 @@ from fastcifar.optim import criterion, make_ema, make_optimizer
 from fastcifar.roofline.count import StepSetup, count_step
 from fastcifar.roofline.gpus import get_gpu
 
-__all__ = ["REPORT_GPU", "count_run", "recipe_setup", "run_path"]
+__all__ = ["REPORT_GPU", "cache_dir", "count_run", "recipe_setup", "run_path"]
 
 REPORT_GPU = "h100"
 
@@ -45,9 +48,29 @@ def run_path(options) -> str:
     return "eager"
 
 
+def cache_dir() -> Path:
+    """Where compile-path counts are kept between runs: ``$XDG_CACHE_HOME`` (default
+    ``~/.cache``) ``/fastcifar/roofline``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastcifar/roofline"
+
+
+def _cache_key(recipe, setup: StepSetup, path: str) -> str:
+    """A digest of everything a count depends on: the recipe, batch, dtype, layout, path,
+    torch's version and the roofline's own source (a rule change recounts)."""
+    source = hashlib.sha256()
+    for module in sorted(Path(__file__).parent.glob("*.py")):
+        source.update(module.read_bytes())
+    key = {"recipe": dataclasses.asdict(recipe), "batch": setup.batch_size, "path": path,
+           "dtype": setup.dtype_name, "channels_last": setup.channels_last,
+           "torch": torch.__version__, "source": source.hexdigest()}  # fmt: skip
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
 def count_run(run_dir: Path, recipe, options) -> dict:
     """Count the run's path at the recipe's batch, write ``roofline.json`` and
-    ``roofline.png`` into ``run_dir``; returns the JSON row."""
+    ``roofline.png`` into ``run_dir``; returns the JSON row. A compile path's count
+    (an Inductor compile on the CPU, a minute or two) is kept in ``cache_dir()`` and
+    reused by later runs of the same recipe, batch, dtype, layout and torch."""
     from fastcifar.roofline.figure import plot_roofline
     from fastcifar.roofline.result import row, steps_per_epoch
 
@@ -57,8 +80,19 @@ def count_run(run_dir: Path, recipe, options) -> dict:
     setup = recipe_setup(recipe, amp_dtype=amp, channels_last=options.channels_last is not False)
     path = run_path(options)
     gpu = get_gpu(REPORT_GPU)
-    count = count_step(setup, [path])[path]
-    out = row(count, gpu, steps_per_epoch(setup.batch_size, recipe.drop_last))
+    cached = cache_dir() / f"{_cache_key(recipe, setup, path)}.json" if path != "eager" else None
+    if cached is not None and cached.exists():
+        out = json.loads(cached.read_text())
+    else:
+        if cached is not None:
+            where = cached.parent
+            print(f"evaluate: counting the {path} path's bytes for the report (an Inductor "
+                  f"compile on the CPU; kept in {where} for later runs)", flush=True)  # fmt: skip
+        count = count_step(setup, [path])[path]
+        out = row(count, gpu, steps_per_epoch(setup.batch_size, recipe.drop_last))
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(out))
     (Path(run_dir) / "roofline.json").write_text(json.dumps({"rows": [out]}, indent=1))
     plot_roofline([out], gpu, Path(run_dir) / "roofline.png")
     return out
