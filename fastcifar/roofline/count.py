@@ -10,11 +10,14 @@ along the three ways fastcifar can run it.
   Inductor's own count of the bytes each of its generated kernels accesses (every buffer
   once per kernel, ``BaseSchedulerNode.get_read_write_buffer_accesses``, what its
   metrics log sums) for the kernels it writes; ``traffic.op_kernels`` for the extern ones
-  (convolutions, matmuls, custom ops), so that both paths use the same rules. The batch
-  dimension is compiled symbolic at ``COMPILE_BATCH`` real images and every size is
-  evaluated at the batch counted (exact for the graph compiled; Inductor's choices at a
-  symbolic batch can differ a little from a static one). Each fused kernel is charged to
-  the layer most of its operators come from. The loss and the optimizer step stay
+  (convolutions, matmuls, custom ops), so that both paths use the same rules. The
+  lowered graphs are scheduled again by Inductor's Triton backend, the scheduler its CUDA
+  backend uses (``inductor._InductorHook._scheduled``). The batch dimension is traced
+  symbolic with ``COMPILE_BATCH`` images and every size is evaluated at the batch counted
+  (exact for the graph compiled; Inductor's choices at a symbolic batch can differ a
+  little from a static one). Nothing runs: the compile stops once the backward graph is
+  read. Each fused kernel is charged to the layer most of its operators come from (a
+  max-pool's scatter to the pool). The loss and the optimizer step stay
   eager, as the train command runs them: their rows are the eager path's.
 - ``fastcifar``: the model as ``--kernels triton`` converts it, counted as ``compile``;
   fastcifar's custom operators are extern kernels there, costed by running their

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 PATHS = ("eager", "compile", "fastcifar")
-# real images per batch the compile paths run (the batch dimension compiled symbolic)
+# images per batch the compile paths trace with (the batch dimension symbolic)
 COMPILE_BATCH = 8
 ROOT = "(model)"  # operators in the model's own forward, outside any child module
 LOSS = "loss"  # the loss and its backward: outside the model
