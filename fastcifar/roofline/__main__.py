@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = [whole_run(recipe, setup, counts[p], gpu) for p in paths]
     out = args.out or Path("runs") / f"roofline-{args.recipe or args.model}"
     out.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps({"rows": rows, **({"whole_run": runs} if runs else {})}, indent=1)
+    from fastcifar.roofline.traffic import REREAD_NOTES
+
+    extra = {"whole_run": runs} if runs else {}
+    payload = json.dumps({"rows": rows, **extra, "rereads": list(REREAD_NOTES)}, indent=1)
     (out / "roofline.json").write_text(payload)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -64,10 +64,14 @@ __all__ = ["REREAD_NOTES", "is_free", "op_kernels", "tensor_bytes"]
 aten = torch.ops.aten
 
 REREAD_NOTES = (
-    "Implicit-GEMM convolutions (cuDNN's and fastcifar's tl.dot kernels) read each input "
-    "pixel once per block of output channels they produce: cdiv(COUT, BLOCK_N) times, 2-4 "
-    "at the zoo's widths with BLOCK_N = 64-128; at CIFAR sizes the re-reads mostly hit L2 "
-    "and are not charged here.",
+    "Implicit-GEMM convolutions read each input pixel once per block of output channels "
+    "they produce: cuDNN's cdiv(COUT, its tile), fastcifar's tl.dot forward "
+    "(conv_fwd_dot_kernel, grid pixels x cdiv(COUT, BLOCK_N)) cdiv(COUT, 32) times with "
+    "GPU_TILES' dense BLOCK_N = 32: 16 at 512 channels; its input gradient reads dy "
+    "cdiv(CIN, BLOCK_N) times. Its weight gradient (grid partials x cdiv(COUT, BLOCK_N) x "
+    "taps * cdiv(CIN, BLOCK_K)) reads dy taps * cdiv(CIN, 16) times and x "
+    "cdiv(COUT, 32) times a tap. The elementwise depthwise/grouped kernels read each "
+    "channel once. At CIFAR sizes much of this hits L2; none of it is charged here.",
     "PyTorch's NCHW BatchNorm backward (batch_norm_backward_kernel) reduces and applies "
     "in one kernel that walks the channel's plane twice: counted as the two reads above.",
 )
