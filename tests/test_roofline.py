@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from fastcifar.roofline.count import LOSS, StepSetup, count_step
+from fastcifar.roofline.count import count_step
 from fastcifar.roofline.gpus import GPUS, get_gpu, lower_bound_s
+from fastcifar.roofline.ledger import LOSS, StepSetup
 from fastcifar.roofline.traffic import tensor_bytes
 from tests.conftest import run_train
 

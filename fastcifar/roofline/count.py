@@ -47,11 +47,8 @@ from torch.utils.module_tracker import ModuleTracker
 
 from fastcifar.roofline.inductor import compiled_count
 from fastcifar.roofline.ledger import (
-    COMPILE_BATCH,
     LOSS,
     PATHS,
-    ROOT,
-    Layer,
     StepCount,
     StepSetup,
     _EagerCounter,
@@ -60,17 +57,7 @@ from fastcifar.roofline.ledger import (
     module_kinds,
 )
 
-__all__ = [
-    "COMPILE_BATCH",
-    "LOSS",
-    "PATHS",
-    "ROOT",
-    "Layer",
-    "StepCount",
-    "StepSetup",
-    "count_call",
-    "count_step",
-]
+__all__ = ["count_call", "count_step"]
 
 
 def _fake_copy(model: nn.Module, mode) -> nn.Module:

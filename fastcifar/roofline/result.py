@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 
-from fastcifar.roofline.count import StepCount
 from fastcifar.roofline.gpus import Gpu, lower_bound_s
+from fastcifar.roofline.ledger import StepCount
 from fastcifar.units import number
 
 __all__ = ["CIFAR10_TRAIN", "format_table", "row", "steps_per_epoch", "verdict"]

@@ -20,8 +20,9 @@ import torch
 
 from fastcifar.models import create_model
 from fastcifar.optim import criterion, make_ema, make_optimizer
-from fastcifar.roofline.count import StepSetup, count_step
+from fastcifar.roofline.count import count_step
 from fastcifar.roofline.gpus import get_gpu
+from fastcifar.roofline.ledger import StepSetup
 
 __all__ = ["REPORT_GPU", "cache_dir", "count_run", "recipe_setup", "run_path"]
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from fastcifar.optim import total_steps
-from fastcifar.roofline.count import StepCount, count_call
+from fastcifar.roofline.count import count_call
 from fastcifar.roofline.gpus import Gpu, lower_bound_s
-from fastcifar.roofline.ledger import StepSetup
+from fastcifar.roofline.ledger import StepCount, StepSetup
 from fastcifar.roofline.result import steps_per_epoch
 
 __all__ = ["RECORDS", "Record", "whole_run"]
