@@ -7,8 +7,8 @@ optimizer step) along the eager, torch.compile and fastcifar paths
 every path's totals with their lower-bound time on ``--gpu``, says which path moves
 fewest bytes, and writes ``roofline.json`` and ``roofline.png`` under ``--out``. The
 eager count takes seconds at any batch (fake tensors); each compile path one Inductor
-compile of the forward and backward on the CPU (about a minute; the batch dimension is
-compiled symbolic at 8 images and evaluated at the batch asked for).
+compile of the forward and backward graphs on the CPU, 10-50 s (the batch dimension
+traced symbolic and evaluated at the batch asked for; nothing runs, no C++ is built).
 """
 
 from __future__ import annotations
