@@ -4,7 +4,7 @@
 Columns: GFLOP and MB per image per training step on each path, the byte ratios
 fastcifar/compile and compile/eager, and the lower-bound seconds of one epoch on an H100
 SXM and a T4 (eager / compile), from each layer's FLOPs and bytes
-(``fastcifar.roofline.gpus.lower_bound_s``); then, for the JSON files written with
+(``fastcifar.roofline.gpus.sum_lower_bound_s``); then, for the JSON files written with
 ``--whole-run``, the whole-run floor against the published record.
 
     python scripts/roofline_table.py [benchmarks/roofline]
@@ -16,13 +16,13 @@ import json
 import sys
 from pathlib import Path
 
-from fastcifar.roofline.gpus import get_gpu, lower_bound_s
+from fastcifar.roofline.gpus import get_gpu, sum_lower_bound_s
 
 
 def _epoch_s(row: dict | None, gpu) -> str:
     if row is None:
         return "—"
-    step = sum(lower_bound_s(x["flops"], x["bytes"], gpu) for x in row["layers"])
+    step = sum_lower_bound_s(((x["flops"], x["bytes"]) for x in row["layers"]), gpu)
     return f"{step * row['steps_per_epoch']:.2f}"
 
 

@@ -73,16 +73,23 @@ def _fake_copy(model: nn.Module, mode) -> nn.Module:
     return model
 
 
-def _eager(setup: StepSetup) -> _Ledger:
-    """The eager path: two steps on fake tensors, the second counted."""
+def _fake_counting(setup: StepSetup):
+    """(fake mode, a fake copy of ``setup.model`` in the setup's layout, an empty
+    ledger, its recorder): what every eager count starts from."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     if setup.channels_last:
         setup.model.to(memory_format=torch.channels_last)
-    model = _fake_copy(setup.model, mode).train()
+    model = _fake_copy(setup.model, mode)
     ledger = _Ledger()
-    recorder = _Recorder(ledger, module_kinds(model))
+    return mode, model, ledger, _Recorder(ledger, module_kinds(model))
+
+
+def _eager(setup: StepSetup) -> _Ledger:
+    """The eager path: two steps on fake tensors, the second counted."""
+    mode, model, ledger, recorder = _fake_counting(setup)
+    model.train()
     with mode:
         optimizer = setup.optimizer(model)
         ema = setup.ema(model) if setup.ema else None
@@ -110,14 +117,7 @@ def count_call(setup: StepSetup, fn: Callable[[nn.Module], object], name: str) -
     """The eager count of ``fn(model)`` once (an evaluation forward, the whitening's
     initialisation) on a fake copy of ``setup.model``, under no_grad and the setup's
     autocast; tensors ``fn`` makes inside are fake too. ``name`` becomes the path."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    if setup.channels_last:
-        setup.model.to(memory_format=torch.channels_last)
-    model = _fake_copy(setup.model, mode)
-    ledger = _Ledger()
-    recorder = _Recorder(ledger, module_kinds(model))
+    mode, model, ledger, recorder = _fake_counting(setup)
     root = type(model).__name__
     with (
         mode,

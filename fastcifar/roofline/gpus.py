@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GPUS", "Gpu", "get_gpu", "lower_bound_s"]
+__all__ = ["GPUS", "Gpu", "get_gpu", "lower_bound_s", "sum_lower_bound_s"]
 
 
 @dataclass(frozen=True)
@@ -87,3 +87,9 @@ def lower_bound_s(flops: float, nbytes: float, gpu: Gpu) -> float:
     Patterson, "Roofline: an insightful visual performance model for multicore
     architectures", CACM 52(4), 2009)."""
     return max(flops / gpu.peak_flops, nbytes / gpu.bandwidth)
+
+
+def sum_lower_bound_s(kernels, gpu: Gpu) -> float:
+    """The sum of ``lower_bound_s`` over ``kernels``, (FLOPs, bytes) pairs: a step's floor
+    from its layers (each layer's kernels are of one sort)."""
+    return sum(lower_bound_s(flops, nbytes, gpu) for flops, nbytes in kernels)

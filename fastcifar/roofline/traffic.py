@@ -173,17 +173,9 @@ def _batch_norm(func, args, kwargs, out, size) -> list[int]:
     """native_batch_norm(input, weight, bias, running_mean, running_var, training, ...)."""
     if not _training(func, args, kwargs):
         return _default(func, args, kwargs, out, size)
-    x = args[0]
-    small = [t for t in _tensors(args[1:5]) if t is not None]
-    small_bytes = sum(tensor_bytes(t, size) for t in small)
-    outs = _tensors(out)
-    y = outs[0]
-    stats = sum(tensor_bytes(t, size) for t in outs[1:])
-    # statistics kernel: x in, mean/invstd (and running stats) out
-    first = tensor_bytes(x, size) + stats + small_bytes
-    # elementwise kernel: x, mean, invstd, weight, bias in; y out
-    second = tensor_bytes(x, size) + tensor_bytes(y, size) + stats + small_bytes
-    return [first, second]
+    small = sum(tensor_bytes(t, size) for t in _tensors(args[1:5]))  # weight ... running var
+    outs = _tensors(out)  # y, save_mean, save_invstd
+    return _two_pass(args[0], outs[0], small, sum(tensor_bytes(t, size) for t in outs[1:]), size)
 
 
 def _batch_norm_backward(func, args, kwargs, out, size) -> list[int]:
@@ -192,19 +184,26 @@ def _batch_norm_backward(func, args, kwargs, out, size) -> list[int]:
     train = _name(func) == "cudnn_batch_norm_backward" or _training(func, args, kwargs)
     if not train:
         return _default(func, args, kwargs, out, size)
-    dy, x = args[0], args[1]
-    small = sum(tensor_bytes(t, size) for t in _tensors(args[2:7]))
-    act = tensor_bytes(dy, size) + tensor_bytes(x, size)
-    outs = _tensors(out)
-    dx = tensor_bytes(outs[0], size) if outs else 0
-    grads = sum(tensor_bytes(t, size) for t in outs[1:])
-    return [act + small + grads, act + small + dx]
+    return _two_pass_backward(args, kwargs, out, _tensors(args[2:7]), size)
 
 
 def _two_pass(x, y, small: int, stats: int, size) -> list[int]:
     """Statistics pass (x in, statistics out), then elementwise (x, statistics in, y out)."""
     return [tensor_bytes(x, size) + small + stats,
             tensor_bytes(x, size) + tensor_bytes(y, size) + small + stats]  # fmt: skip
+
+
+def _two_pass_backward(args, kwargs, out, small: list, size) -> list[int]:
+    """A normalisation's backward (grad_out, input, ..., output_mask at position 9) ->
+    (dx, dweight, dbias): a reduction kernel (dy, x and ``small`` in, the parameter
+    gradients out), then the elementwise input gradient (dy, x and ``small`` in, dx out)."""
+    act = tensor_bytes(args[0], size) + tensor_bytes(args[1], size)
+    small_bytes = sum(tensor_bytes(t, size) for t in small)
+    mask = args[9] if len(args) > 9 else kwargs.get("output_mask", [True, True, True])
+    dx, *grads = (out[i] if mask[i] else None for i in range(3))
+    grad_bytes = sum(tensor_bytes(t, size) for t in grads if t is not None)
+    dx_bytes = tensor_bytes(dx, size) if dx is not None else 0
+    return [act + small_bytes + grad_bytes, act + small_bytes + dx_bytes]
 
 
 def _group_norm(func, args, kwargs, out, size) -> list[int]:
@@ -217,14 +216,7 @@ def _group_norm(func, args, kwargs, out, size) -> list[int]:
 def _group_norm_backward(func, args, kwargs, out, size) -> list[int]:
     """native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, group,
     output_mask) -> (dx, dweight, dbias)."""
-    dy, x = args[0], args[1]
-    small = sum(tensor_bytes(t, size) for t in _tensors(args[2:5]))
-    act = tensor_bytes(dy, size) + tensor_bytes(x, size)
-    outs = [t for t in (out if isinstance(out, (tuple, list)) else [out]) if t is not None]
-    mask = args[9] if len(args) > 9 else kwargs.get("output_mask", [True, True, True])
-    dx = tensor_bytes(outs[0], size) if mask[0] and outs else 0
-    grads = sum(tensor_bytes(t, size) for t in outs[1:])
-    return [act + small + grads, act + small + dx]
+    return _two_pass_backward(args, kwargs, out, _tensors(args[2:5]), size)
 
 
 def _convolution(func, args, kwargs, out, size) -> list[int]:

@@ -21,7 +21,7 @@ import torch
 
 from fastcifar.optim import total_steps
 from fastcifar.roofline.count import count_call
-from fastcifar.roofline.gpus import Gpu, lower_bound_s
+from fastcifar.roofline.gpus import Gpu, lower_bound_s, sum_lower_bound_s
 from fastcifar.roofline.ledger import StepCount, StepSetup
 from fastcifar.roofline.result import steps_per_epoch
 
@@ -59,7 +59,7 @@ RECIPE_RECORD = {"speedrun94": "airbench94_muon", "speedrun94_fast": "hiverge"}
 
 
 def _seconds(count: StepCount, gpu: Gpu) -> float:
-    return sum(lower_bound_s(x.flops, x.bytes, gpu) for x in count.layers)
+    return sum_lower_bound_s(((x.flops, x.bytes) for x in count.layers), gpu)
 
 
 def _by_kind(count: StepCount, gpu: Gpu, times: float) -> dict[str, float]:
