@@ -19,9 +19,9 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+
 from fastcifar.kernels import conv2d, depthwise_separable_conv2d
 from fastcifar.kernels.validate import ConvConfig, collect_conv_configs
-
 from fastcifar.models import ZOO_MODELS, create_model
 from fastcifar.nn import fuse_conv_relu_bn, swap_convolutions
 

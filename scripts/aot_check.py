@@ -136,7 +136,6 @@ def conv_configs(quick: bool, layout: str | None = None) -> list[tuple]:
     fusable) for every distinct configuration the kernels support, at batch ``BATCH``:
     ``fusable`` where a model's depthwise-separable block lets the fused op launch."""
     from fastcifar.kernels.validate import collect_conv_configs
-
     from fastcifar.models import MODELS
     from fastcifar.nn import is_depthwise_separable
 

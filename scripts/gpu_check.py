@@ -61,6 +61,7 @@ LIMITS = {
 def environment() -> dict:
     """GPU, driver, clocks, memory, versions and measured copy bandwidth (in-process)."""
     import torch
+
     from fastcifar.kernels.targets import target_of
 
     props = torch.cuda.get_device_properties(0)

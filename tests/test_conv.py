@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from fastcifar.kernels import check_supported, conv2d, is_supported
 
+from fastcifar.kernels import check_supported, conv2d, is_supported
 from tests.kernel_helpers import DEVICE, conv_inputs, low_precision_bound, rel
 
 # (N, CIN, COUT, H, W, stride, padding, dilation, groups): odd sizes, not multiples of blocks

@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from fastcifar.kernels.conv_bn import conv2d_relu_stats
 from torch import nn
 
+from fastcifar.kernels.conv_bn import conv2d_relu_stats
 from fastcifar.models import create_model
 from fastcifar.nn import FusedConvBN, FusedConvReLUBN, fuse_conv_relu_bn
 from tests.kernel_helpers import DEVICE, conv_inputs, rel

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from fastcifar.kernels import depthwise_separable_conv2d
 
+from fastcifar.kernels import depthwise_separable_conv2d
 from tests.kernel_helpers import DEVICE, low_precision_bound, rel
 
 # (N, C, COUT, H, W, stride, padding, dilation, relu)

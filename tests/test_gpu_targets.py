@@ -8,12 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from fastcifar.kernels import launch
-from fastcifar.kernels.targets import TARGETS, target_of
 
 from fastcifar import dispatch
 from fastcifar.data.factory import resolve_loader
 from fastcifar.errors import FastCifarError
+from fastcifar.kernels import launch
+from fastcifar.kernels.targets import TARGETS, target_of
 from fastcifar.runtime import amp_dtype
 
 CUDA = torch.device("cuda", 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from fastcifar.kernels import check_supported, conv2d_relu_stats, depthwise_separable_conv2d
 from fastcifar.kernels.launch import (
     GPU_TILES,
@@ -18,7 +19,6 @@ from fastcifar.kernels.launch import (
     record_launches,
     tiles,
 )
-
 from tests.kernel_helpers import low_precision_bound, rel
 from tests.test_conv import check, make
 

@@ -11,12 +11,12 @@ import json
 
 import pytest
 import torch
-from fastcifar.kernels.validate import collect_conv_configs
 from torch import nn
 from triton.runtime.errors import OutOfResources
 
 from fastcifar import dispatch, kernel_guard
 from fastcifar.components import _dispatch_kernels
+from fastcifar.kernels.validate import collect_conv_configs
 from fastcifar.nn import Conv2d, FusedConvReLUBN, runs_triton, swap_convolutions
 
 

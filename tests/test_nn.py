@@ -128,7 +128,6 @@ def test_trainer_validates_then_trains_with_triton(tmp_path, capsys):
 
 def test_trainer_refuses_to_train_when_validation_fails(tmp_path, monkeypatch):
     import fastcifar.kernels.validate as v
-
     from fastcifar import FastCifarError
 
     make_tree(tmp_path / "tree", per_class=1)

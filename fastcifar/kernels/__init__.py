@@ -1,4 +1,4 @@
-"""Triton kernels (installed as ``fastcifar.kernels``).
+"""Triton kernels: ``fastcifar.kernels`` (the ``fastcifar/kernels/`` folder).
 
 Layer 1 of fastcifar: knows nothing of models or training.
 

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from fastcifar.kernels.conv import check_supported, conv2d
 from torch import nn
+
+from fastcifar.kernels.conv import check_supported, conv2d
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
 UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}

@@ -32,6 +32,8 @@ from __future__ import annotations
 import os
 
 import torch
+from torch import Tensor
+
 from fastcifar.kernels.launch import (
     MAX_INT32_ELEMENTS,
     acc_dtype,
@@ -45,7 +47,6 @@ from fastcifar.kernels.launch import (
     tiles,
     tl_acc,
 )
-from torch import Tensor
 
 __all__ = ["SUPPORTED_DTYPES", "check_supported", "conv2d", "is_supported", "kernels_can_run"]
 

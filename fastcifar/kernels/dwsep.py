@@ -26,6 +26,8 @@ Raises ``NotImplementedError`` for configurations outside the depthwise subset o
 from __future__ import annotations
 
 import torch
+from torch import Tensor
+
 from fastcifar.kernels.conv import check_supported
 from fastcifar.kernels.launch import (
     acc_dtype,
@@ -38,7 +40,6 @@ from fastcifar.kernels.launch import (
     tiles,
     tl_acc,
 )
-from torch import Tensor
 
 __all__ = ["depthwise_separable_conv2d"]
 

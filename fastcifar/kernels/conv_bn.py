@@ -17,9 +17,10 @@ input, weight and bias through y, mean and var.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
+
 from fastcifar.kernels.conv import conv_grads, launch_forward, prepare_args
 from fastcifar.kernels.launch import empty_output, memory_format
-from torch import Tensor
 
 __all__ = ["conv2d_relu_stats"]
 

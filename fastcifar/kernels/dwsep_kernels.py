@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
 from fastcifar.kernels._stencil import (
     load_tile,
     mac,
