@@ -36,7 +36,9 @@ bfloat16 on sm_75 unless ``--dtypes`` asks), channels_last (weights channels_las
 ``model.to(memory_format=torch.channels_last)`` makes them) and NCHW, plus stride 2,
 dilation 3 and grouped extras; for each, the forward (with and without bias, and with the
 ReLU + BatchNorm-statistics epilogue), input, weight and bias gradients, and for
-depthwise ones the fused depthwise-separable forward and backward. ``--quick``:
+depthwise ones the fused depthwise-separable forward and backward; and every 1x1
+convolution of every model through ``pointwise_conv2d`` (with and without the
+BatchNorm-and-activation prologue, with the statistics epilogue). ``--quick``:
 channels_last and 16-bit dtypes only (sm_75: float16), on sm_75, sm_90 and gfx942 unless
 ``--arch`` says otherwise, and each code path once (``worst_per_code_path``: every kernel,
 tile, window size and epilogue in each dtype, at its worst geometry); ``--layout`` picks
@@ -159,7 +161,53 @@ def conv_configs(quick: bool, layout: str | None = None) -> list[tuple]:
             for key in sorted(found) for cl in layouts]  # fmt: skip
 
 
-def record(configs, dtypes, target: str | None = None) -> list:
+def pointwise_configs(quick: bool, layout: str | None = None) -> list[tuple]:
+    """(input shape, COUT, channels_last) of every distinct 1x1 stride-1 dense convolution
+    of every model at batch ``BATCH``: what ``pointwise_conv2d`` takes."""
+    from fastcifar.models import MODELS
+
+    found = set()
+
+    def hook(conv, args, _out):
+        if conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1:
+            found.add((tuple(args[0].shape[1:]), conv.out_channels))
+
+    for name in MODELS:
+        model = MODELS[name].build().eval()
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.register_forward_hook(hook)
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 32, 32))
+    layouts = LAYOUTS[layout or ("cl" if quick else "both")]
+    return [((BATCH, *shape), cout, cl) for shape, cout in sorted(found) for cl in layouts]
+
+
+def record_pointwise(launches, configs, dtypes) -> None:
+    """The pointwise op's launches (forward with and without the prologue, ReLU and SiLU
+    prologues, the statistics epilogue; input and weight gradients with the prologue)."""
+    from fastcifar.kernels import pointwise
+
+    for dtype in dtypes:
+        for xs, cout, cl in configs:
+            first = len(launches)
+            x = torch.empty(xs, dtype=dtype, device="meta")
+            x = x.contiguous(memory_format=torch.channels_last) if cl else x
+            w = torch.empty((cout, xs[1], 1, 1), dtype=dtype, device="meta")
+            scale = torch.empty((xs[1],), device="meta")
+            y, _, _ = pointwise.launch_forward(x, w, None, None, None, 0, True)
+            dy = torch.empty_like(y)
+            for act in (pointwise.ACTIVATIONS["relu"], pointwise.ACTIVATIONS["silu"]):
+                pointwise.launch_forward(x, w, None, scale, scale, act, True)
+                pointwise.launch_grad_input(dy, w, x, scale, scale, act)
+                pointwise.launch_grad_weight(dy, x, scale, scale, act, w.shape)
+            label = f"1x1 {xs[1]}->{cout} {xs[2]}x{xs[3]} {'cl' if cl else 'nchw'}"
+            wide = cl and xs[1] % 16 == 0 and cout % 16 == 0
+            for la in launches[first:]:
+                la.meta_label, la.wide_possible = label, wide
+
+
+def record(configs, dtypes, target: str | None = None, pointwise_cfgs=()) -> list:
     """Every launch the launchers make for these configurations on ``target`` (its tile
     entries), on ``meta`` tensors; channels_last configurations get channels_last weights."""
     from fastcifar.kernels import conv, dwsep, launch
@@ -195,6 +243,7 @@ def record(configs, dtypes, target: str | None = None) -> list:
                 wide = cl and xs[1] % 16 == 0 and ws[0] % 16 == 0
                 for la in launches[first:]:
                     la.meta_label, la.wide_possible = label, wide
+        record_pointwise(launches, pointwise_cfgs, dtypes)
     return launches
 
 
@@ -436,11 +485,11 @@ def run(
     quick: bool, targets: list, workers: int, dtypes: list[str] | None = None,
     kernels: str | None = None, layout: str | None = None,
 ) -> tuple[list[Row], int, int, int]:  # fmt: skip
-    configs = conv_configs(quick, layout)
+    configs, pointwise_cfgs = conv_configs(quick, layout), pointwise_configs(quick, layout)
     unique: dict[str, tuple] = {}
     for target in targets:
         names = dtypes or [d for d in target.dtypes if not quick or d in LOW_PRECISION]
-        launches = record(configs, [DTYPES[d] for d in names], target.name)
+        launches = record(configs, [DTYPES[d] for d in names], target.name, pointwise_cfgs)
         if kernels:
             launches = [la for la in launches if re.search(kernels, la.kernel.__name__)]
         for la in launches:

@@ -25,7 +25,7 @@ from fastcifar.kernels.launch import empty_output, memory_format
 __all__ = ["conv2d_relu_stats"]
 
 
-def _combine(part: Tensor, pixels: int, block: int) -> tuple[Tensor, Tensor]:
+def combine_stats(part: Tensor, pixels: int, block: int) -> tuple[Tensor, Tensor]:
     """Mean and biased variance per channel from (programs, C, 2) partials."""
     programs = part.shape[0]
     counts = torch.full((programs,), float(block), dtype=part.dtype, device=part.device)
@@ -44,7 +44,7 @@ def _op(
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     y, part, block = launch_forward(input, weight, bias, stride, padding, dilation, groups, relu,
                               stats=True)  # fmt: skip
-    mean, var = _combine(part, y.shape[0] * y.shape[2] * y.shape[3], block)
+    mean, var = combine_stats(part, y.shape[0] * y.shape[2] * y.shape[3], block)
     return y, mean, var
 
 
@@ -68,18 +68,26 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, gy, gmean, gvar):
     input, weight, y, mean = ctx.saved_tensors
-    pixels = y.shape[0] * y.shape[2] * y.shape[3]
-    g = gy.float() if gy is not None else torch.zeros_like(y, dtype=torch.float32)
-    if input.dtype == torch.float64:
-        g = g.double()
-    if gmean is not None:  # d mean / d y = 1 / M
-        g = g + (gmean / pixels).view(1, -1, 1, 1)
-    if gvar is not None:  # d var / d y = 2 (y - mean) / M
-        g = g + (2 * gvar / pixels).view(1, -1, 1, 1) * (y.to(g.dtype) - mean.view(1, -1, 1, 1))
+    g = fold_stats_grad(gy, gmean, gvar, y, mean)
     if ctx.relu:
         g = g * (y > 0)
     g = g.to(y.dtype)
     return (*conv_grads(ctx, g, input, weight), None, None, None, None, None)
+
+
+def fold_stats_grad(gy: Tensor | None, gmean: Tensor | None, gvar: Tensor | None, y: Tensor,
+                    mean: Tensor) -> Tensor:  # fmt: skip
+    """The gradient reaching ``y`` (N, C, HO, WO) from an op that returns y and its batch
+    mean and biased variance per channel: ``gy + gmean / M + 2 gvar (y - mean) / M`` with
+    M = N HO WO pixels, in float32 (float64 for float64 ``y``)."""
+    pixels = y.shape[0] * y.shape[2] * y.shape[3]
+    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+    g = gy.to(acc) if gy is not None else torch.zeros_like(y, dtype=acc)
+    if gmean is not None:  # d mean / d y = 1 / M
+        g = g + (gmean / pixels).view(1, -1, 1, 1)
+    if gvar is not None:  # d var / d y = 2 (y - mean) / M
+        g = g + (2 * gvar / pixels).view(1, -1, 1, 1) * (y.to(acc) - mean.view(1, -1, 1, 1))
+    return g
 
 
 _op.register_autograd(_backward, setup_context=_setup_context)

@@ -131,6 +131,9 @@ class Tiles:
 #   111-164 registers; 128 x 8: 128-bit but the input gradient spills 488 bytes);
 # * dwsep_weights (its weight gradients): 16 pixels x 16 x 16, 4 warps: 140-158
 #   registers, no spills (32 x 16 x 32 spilled 12-56 bytes in every variant tried).
+# * pointwise (the 1x1 GEMM with the BatchNorm-and-activation prologue and the statistics
+#   epilogue, its input and weight gradients): 64 pixels x 32 channels, K = 32: a
+#   channels_last row of 32 16-bit channels is 64 contiguous bytes per pixel.
 GPU_TILES = {
     "dense": Tiles(block_p=64, block_c=32, block_n=32, block_k=16, pixels_per_partial=4096),
     "depthwise": Tiles(block_p=64, block_c=8, block_n=16, block_k=16, pixels_per_partial=4096),
@@ -150,6 +153,7 @@ GPU_TILES = {
         num_stages=1,
     ),
     "dwsep_weights": Tiles(block_p=16, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
+    "pointwise": Tiles(block_p=64, block_c=32, block_n=32, block_k=32, pixels_per_partial=4096),
 }
 FAMILIES = tuple(GPU_TILES)
 # Per target (``fastcifar.kernels.targets``), the families whose compiles there called for
