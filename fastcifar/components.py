@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from fastcifar.data import (
     CifarArrays,
@@ -25,7 +24,6 @@ from fastcifar.data import (
 from fastcifar.data.factory import make_train_loader, resolve_loader
 from fastcifar.data.loaders import EpochLoader, LoaderConfig
 from fastcifar.distributed import SINGLE, World, per_rank_batch, sync_batchnorm
-from fastcifar.errors import FastCifarError
 from fastcifar.models import CifarNet, create_model
 from fastcifar.optim import criterion
 from fastcifar.recipes import Recipe
@@ -124,80 +122,13 @@ def build_components(
         model = model.to(memory_format=torch.channels_last)
     kernels = resolve_kernels(options.kernels, device)
     dispatch = []
-    if kernels == "triton":
-        _use_triton_kernels(model, batch_size, device, channels_last, dtype)
-    elif kernels == "auto":
-        dispatch = _dispatch_kernels(model, batch_size, device, channels_last, dtype)
+    if kernels != "torch":
+        from fastcifar.dispatch import choose_kernels
+
+        dispatch = choose_kernels(kernels, model, batch_size, device, channels_last, dtype)
     if options.sync_bn:
         model = sync_batchnorm(model, device)
     return Components(
         device, dtype, channels_last, arrays, train_x, mean, std, loader_name, train_loader,
         test_loader, model, kernels, criterion(recipe.loss, recipe.label_smoothing), dispatch,
     )  # fmt: skip
-
-
-def _example(batch: int, device, channels_last: bool) -> torch.Tensor:
-    # the real batch on a GPU; 2 images under the (slow) interpreter on a CPU
-    batch = batch if device.type == "cuda" else 2
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-
-
-def _validate(model: nn.Module, example: torch.Tensor, device, dtype) -> list:
-    """Validate every distinct conv configuration of ``model`` against PyTorch and print
-    the table; returns the results."""
-    from fastcifar.kernels import validate
-
-    configs = validate.collect_conv_configs(model, example, dtype or torch.float32)
-    results = validate.validate_configs(configs, device)
-    print(f"kernels: validating {len(configs)} Triton conv configurations (batch {len(example)})")
-    print(validate.format_table(results), flush=True)
-    return results
-
-
-def _use_triton_kernels(model: nn.Module, batch: int, device, channels_last: bool, dtype) -> None:
-    """--kernels triton: validate, refuse to train on a failure, then swap every supported
-    layer to Triton."""
-    from fastcifar.nn import swap_convolutions
-
-    for r in _validate(model, _example(batch, device, channels_last), device, dtype):
-        if not r.passed:
-            raise FastCifarError(
-                f"Triton kernel validation failed on layer {r.layers[0]} "
-                f"({r.config.describe()}): {r.message}; train with --kernels torch"
-            )
-    swapped = swap_convolutions(model)
-    print(f"kernels: {len(swapped)} convolutions run in Triton")
-
-
-def _dispatch_kernels(
-    model: nn.Module, batch: int, device, channels_last: bool, dtype, timer=None, cache=None,
-    env: str | None = None, validate=None,
-) -> list[dict]:  # fmt: skip
-    """--kernels auto on CUDA: validate, then time Triton against PyTorch for every
-    configuration and fusable block that passed (``fastcifar.dispatch``; fused blocks
-    validated first), swap in the winners, run one training step of a copy to put back on
-    PyTorch any layer whose kernels fail there (``fastcifar.kernel_guard.trial_step``),
-    and print the table. Returns the decisions as records for config.json."""
-    from fastcifar import dispatch
-    from fastcifar.kernel_guard import trial_step
-
-    example = _example(batch, device, channels_last)
-    failed = {r.config for r in _validate(model, example, device, dtype) if not r.passed}
-    kwargs = {"timer": timer} if timer is not None else {}
-    kwargs.update({"validate": validate} if validate is not None else {})
-    decisions = dispatch.decide(model, example, dtype or torch.float32, device, cache=cache,
-                                env=env, exclude=failed, **kwargs)  # fmt: skip
-    changed = dispatch.apply(model, decisions)
-    reverted = trial_step(model, example, dtype or torch.float32)
-    dispatch.mark_reverted(decisions, reverted)
-    print("kernels: auto, measured (forward + backward, Triton against PyTorch):")
-    print(dispatch.format_table(decisions))
-    n = {kind: len([x for x in names if x not in reverted]) for kind, names in changed.items()}
-    print(
-        f"kernels: {n['conv']} convolutions in Triton, {n['conv_relu_bn']} conv+ReLU+BN, "
-        f"{n['conv_bn']} conv+BN and "
-        f"{n['dwsep']} depthwise-separable blocks fused; the rest PyTorch's",
-        flush=True,
-    )
-    return dispatch.as_records(decisions)

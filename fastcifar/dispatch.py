@@ -2,10 +2,10 @@
 
 For each distinct convolution configuration a model meets (input shape, weight shape,
 stride, padding, dilation, groups, bias, dtype, memory format:
-``fastcifar.kernels.validate.collect_conv_configs``) and each block a fused kernel covers
-(``Sequential(Conv2d, ReLU, BatchNorm2d)``, ``Sequential(depthwise 3x3, [ReLU],
-pointwise 1x1)``), forward + backward is timed on the device both ways, Triton and
-PyTorch (cuDNN; for a block, its unfused sequence), at first use, as
+``fastcifar.kernels.validate.collect_conv_configs``) and each unit a fused kernel covers
+(every kind of ``fastcifar.fusion.FUSIONS``: conv-BN-activation chains, conv+ReLU+BN,
+conv+BN, depthwise-separable blocks), forward + backward is timed on the device both
+ways, Triton and PyTorch (cuDNN; for a block, its unfused sequence), at first use, as
 ``torch.backends.cudnn.benchmark`` times cuDNN's own algorithms; the faster side wins.
 It is designed so that a user who keeps the default never trains slower than with
 PyTorch's convolutions (up to timing noise: a tie goes to PyTorch); no GPU has measured
@@ -36,30 +36,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastcifar.kernel_guard import FUSED, is_triton_failure, run_block, validate_block
+from fastcifar.errors import FastCifarError
+from fastcifar.fusion import FUSIONS, convert, fused_copy, summary_line
+from fastcifar.kernel_guard import is_triton_failure, run_block, trial_step, validate_block
 from fastcifar.kernels.validate import ConvConfig, collect_conv_configs
-from fastcifar.nn import (
-    fuse_conv_bn,
-    fuse_conv_relu_bn,
-    fuse_depthwise_separable,
-    is_conv_bn,
-    is_conv_relu_bn,
-    is_depthwise_separable,
-    swap_convolutions,
-)
 from fastcifar.rundir import atomic_write
 from fastcifar.runtime import first_line
 
-__all__ = ["Decision", "DispatchCache", "Runner", "apply", "cuda_timer", "decide", "format_table"]
-
-KINDS = ("conv", "conv_relu_bn", "conv_bn", "dwsep")
+__all__ = [
+    "Decision",
+    "DispatchCache",
+    "Runner",
+    "apply",
+    "choose_kernels",
+    "cuda_timer",
+    "decide",
+    "format_table",
+]
 
 
 @dataclass
 class Runner:
     """One side of one comparison: ``fn()`` runs forward + backward once."""
 
-    kind: str  # conv | conv_relu_bn | conv_bn | dwsep
+    kind: str  # a kind of fastcifar.fusion.FUSIONS
     side: str  # triton | torch
     config: str
     fn: Callable[[], None]
@@ -192,11 +192,8 @@ def _block_runner(kind: str, block: nn.Module, cfg: ConvConfig, side: str, devic
 
     def fn():
         if not state:
-            copied = copy.deepcopy(block).to(device).train()
-            if side == "torch":
-                copied.__class__ = nn.Sequential
-            else:
-                copied.__class__ = FUSED[kind]
+            copied = copy.deepcopy(block) if side == "torch" else fused_copy(kind, block)
+            copied = copied.to(device).train()
             if cfg.channels_last:
                 copied = copied.to(memory_format=torch.channels_last)
             state["block"], state["x"] = copied, _inputs(cfg, device)
@@ -210,14 +207,16 @@ def _block_runner(kind: str, block: nn.Module, cfg: ConvConfig, side: str, devic
 
 
 def _blocks(model: nn.Module, configs: dict[ConvConfig, list[str]]):
-    """(kind, block name, block, config of its first conv) for every fusable block."""
+    """(kind, unit name, unit, config of its first conv) for every fused unit of every
+    kind of ``fastcifar.fusion.FUSIONS`` but single convolutions."""
     conv_config = {layer: cfg for cfg, layers in configs.items() for layer in layers}
-    for name, m in model.named_modules():
-        for kind, test in (("conv_relu_bn", is_conv_relu_bn), ("conv_bn", is_conv_bn),
-                           ("dwsep", is_depthwise_separable)):  # fmt: skip
-            first = f"{name}.0" if name else "0"
-            if test(m) and first in conv_config:
-                yield kind, name, m, conv_config[first]
+    for kind in FUSIONS:
+        if kind.name == "conv":
+            continue
+        for name, unit in kind.find(model).items():
+            first = kind.first_conv(name)
+            if first in conv_config:
+                yield kind.name, name, unit, conv_config[first]
 
 
 def decide(
@@ -291,18 +290,12 @@ def _measure(kind, block, cfg, device, timer) -> tuple[dict | None, str]:
 
 
 def apply(model: nn.Module, decisions: list[Decision]) -> dict[str, list[str]]:
-    """Swap in what won: fused blocks first (their convolutions run inside the fused
-    kernel), then single Triton convolutions outside them. Returns the names changed per
-    kind."""
-    wins = {kind: {n for d in decisions if d.kind == kind and d.choice == "triton"
-                   for n in d.layers} for kind in KINDS}  # fmt: skip
-    fused_crb = fuse_conv_relu_bn(model, only=wins["conv_relu_bn"])
-    fused_cb = fuse_conv_bn(model, only=wins["conv_bn"])
-    fused_dwsep = fuse_depthwise_separable(model, only=wins["dwsep"])
-    blocks = fused_crb + fused_cb + fused_dwsep
-    inside = {f"{b}.{i}" if b else str(i) for b in blocks for i in range(3)}
-    convs = swap_convolutions(model, only=wins["conv"] - inside)
-    return {"conv": convs, "conv_relu_bn": fused_crb, "conv_bn": fused_cb, "dwsep": fused_dwsep}
+    """Convert what won, kind by kind in ``FUSIONS``' order: fused units first (their
+    convolutions run inside the fused kernels), then single Triton convolutions outside
+    them. Returns the names changed per kind."""
+    wins = {kind.name: {n for d in decisions if d.kind == kind.name and d.choice == "triton"
+                        for n in d.layers} for kind in FUSIONS}  # fmt: skip
+    return convert(model, only=wins)
 
 
 def mark_reverted(decisions: list[Decision], reverted: dict[str, str]) -> None:
@@ -336,3 +329,92 @@ def format_table(decisions: list[Decision]) -> str:
 def as_records(decisions: list[Decision]) -> list[dict]:
     """The decisions as JSON-ready dicts (config.json's ``kernel_dispatch``)."""
     return [asdict(d) for d in decisions]
+
+
+# ---------------------------------------------------------------------- the one entry
+
+
+def choose_kernels(
+    kernels: str, model: nn.Module, batch: int, device, channels_last: bool, dtype,
+    timer=None, cache=None, env: str | None = None, validate=None,
+) -> list[dict]:  # fmt: skip
+    """Put ``model`` on the kernels ``--kernels`` resolved to (``torch``, ``triton`` or
+    ``auto``), in place; what ``fastcifar.components`` asks, once. Returns the decisions
+    as records for config.json (``auto`` only; empty otherwise).
+
+    * ``triton``: every convolution configuration validated against PyTorch, and one
+      unit of each configuration of every kind ``FUSIONS`` marks ``triton`` validated
+      against float64 (``validate``, ``kernel_guard.validate_block``); any failure
+      refuses to train; then those kinds converted.
+    * ``auto`` (CUDA): validated and timed against PyTorch per configuration and unit
+      (``decide``, with ``timer``, ``cache`` and ``env`` as there), the winners
+      converted, a trial step of a copy putting back what fails (``trial_step``).
+
+    Raises:
+        FastCifarError: ``triton`` and a configuration or unit fails validation.
+    """
+    if kernels == "torch":
+        return []
+    example = _example(batch, device, channels_last)
+    dtype = dtype or torch.float32
+    results = _validate(model, example, device, dtype)
+    failed = {r.config for r in results if not r.passed}
+    validate = validate or validate_block
+    if kernels == "triton":
+        _use_triton(model, example, device, dtype, results, validate)
+        return []
+    decisions = decide(model, example, dtype, device, cache=cache, env=env, exclude=failed,
+                       validate=validate, **({"timer": timer} if timer else {}))  # fmt: skip
+    changed = apply(model, decisions)
+    reverted = trial_step(model, example, dtype)
+    mark_reverted(decisions, reverted)
+    print("kernels: auto, measured (forward + backward, Triton against PyTorch):")
+    print(format_table(decisions))
+    print(summary_line({kind: len([x for x in names if x not in reverted])
+                        for kind, names in changed.items()}), flush=True)  # fmt: skip
+    return as_records(decisions)
+
+
+def _example(batch: int, device, channels_last: bool) -> torch.Tensor:
+    # the real batch on a GPU; 2 images under the (slow) interpreter on a CPU
+    batch = batch if torch.device(device).type == "cuda" else 2
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+
+
+def _validate(model: nn.Module, example: torch.Tensor, device, dtype) -> list:
+    """Validate every distinct conv configuration of ``model`` against PyTorch and print
+    the table; returns the results."""
+    from fastcifar.kernels import validate
+
+    configs = validate.collect_conv_configs(model, example, dtype)
+    results = validate.validate_configs(configs, device)
+    print(f"kernels: validating {len(configs)} Triton conv configurations (batch {len(example)})")
+    print(validate.format_table(results), flush=True)
+    return results
+
+
+def _use_triton(model, example, device, dtype, results: list, validate) -> None:
+    """--kernels triton: refuse to train on a failed convolution or unit, else convert
+    every kind ``FUSIONS`` marks ``triton``."""
+    for r in results:
+        if not r.passed:
+            raise FastCifarError(
+                f"Triton kernel validation failed on layer {r.layers[0]} "
+                f"({r.config.describe()}): {r.message}; train with --kernels torch"
+            )
+    configs = collect_conv_configs(model, example, dtype)
+    kinds = tuple(k.name for k in FUSIONS if k.triton)
+    seen = set()
+    for kind, name, unit, cfg in _blocks(model, configs):
+        if kind in kinds and (kind, cfg) not in seen:
+            seen.add((kind, cfg))
+            why = validate(kind, unit, cfg, device)
+            if why:
+                raise FastCifarError(
+                    f"Triton {kind} validation failed on {name} ({cfg.describe()}): {why}; "
+                    f"train with --kernels torch"
+                )
+    converted = convert(model, kinds=kinds)
+    counts = {kind: len(converted[kind]) for kind in kinds}
+    print(summary_line(counts), flush=True)

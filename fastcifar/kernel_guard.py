@@ -3,8 +3,8 @@ compile, cannot launch, or computes wrong numbers on this GPU.
 
 Three checks, each leaving what fails on PyTorch with one printed line and going on:
 
-* ``validate_block``: a fused block (``FusedConvReLUBN``, ``FusedDepthwiseSeparable``)
-  against its unfused PyTorch sequence on this device, before it is timed, as
+* ``validate_block``: a fused unit (any kind of ``fastcifar.fusion.FUSIONS`` but single
+  convolutions) against its unfused PyTorch sequence on this device, before it is timed, as
   ``fastcifar.kernels.validate`` checks single convolutions;
 * ``fastcifar.dispatch.decide`` catches a failure of the Triton side while timing
   (``is_triton_failure`` says which errors are Triton's);
@@ -24,19 +24,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from fastcifar.fusion import fused_copy, revert_to_torch, runs_triton
 from fastcifar.kernels.validate import ConvConfig, error_bound, relative_error
-from fastcifar.nn import (
-    FusedConvBN,
-    FusedConvReLUBN,
-    FusedDepthwiseSeparable,
-    revert_to_torch,
-    runs_triton,
-)
 from fastcifar.runtime import first_line
 
 __all__ = ["is_triton_failure", "run_block", "trial_step", "validate_block"]
-
-FUSED = {"conv_relu_bn": FusedConvReLUBN, "conv_bn": FusedConvBN, "dwsep": FusedDepthwiseSeparable}
 
 
 def is_triton_failure(exc: BaseException) -> bool:
@@ -75,10 +67,11 @@ def run_block(
 
 
 def validate_block(kind: str, block: nn.Module, cfg: ConvConfig, device) -> str:
-    """Run the fused version of ``block`` (a ``Sequential`` of kind ``conv_relu_bn``,
-    ``conv_bn`` or ``dwsep``) and its PyTorch sequence in ``cfg.dtype`` against a float64 PyTorch
-    reference, on ``cfg``'s input shape and layout; "" when the fused output, input
-    gradient and parameter gradients are within bounds, else what failed.
+    """Run the fused version of ``block`` (a unit of ``kind``, as
+    ``fastcifar.fusion.FUSIONS`` finds it: ``conv_bn_act``, ``conv_relu_bn``, ``conv_bn``,
+    ``dwsep``) and the unit itself in ``cfg.dtype`` against a float64 PyTorch reference,
+    on ``cfg``'s input shape and layout; "" when the fused output, input gradient and
+    parameter gradients are within bounds, else what failed.
 
     Bounds (norm-wise relative error): float32 1e-5; 16-bit at most 3x PyTorch's own error
     in that dtype or 4 units of roundoff, whichever is larger (``fastcifar.kernels.validate``'s
@@ -90,16 +83,16 @@ def validate_block(kind: str, block: nn.Module, cfg: ConvConfig, device) -> str:
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     x = x.contiguous(memory_format=fmt)
 
-    def copy_as(cls, dtype=None):
-        m = copy.deepcopy(block).to(device).train()
-        m.__class__ = cls
+    def prepared(m, dtype=None):
+        m = m.to(device).train()
         m = m.to(dtype) if dtype is not None else m
         return m.to(memory_format=fmt) if cfg.channels_last else m
 
-    ref = run_block(copy_as(nn.Sequential, torch.float64), x.double(), torch.float64, seed=1)
-    theirs = run_block(copy_as(nn.Sequential), x, cfg.dtype, seed=1)
+    ref = run_block(prepared(copy.deepcopy(block), torch.float64), x.double(), torch.float64,
+                    seed=1)  # fmt: skip
+    theirs = run_block(prepared(copy.deepcopy(block)), x, cfg.dtype, seed=1)
     try:
-        ours = run_block(copy_as(FUSED[kind]), x, cfg.dtype, seed=1)
+        ours = run_block(prepared(fused_copy(kind, block)), x, cfg.dtype, seed=1)
     except Exception as exc:  # reported in the table, never hidden
         return first_line(exc)
     names = ["output", "input gradient"] + [f"gradient of {n}" for n, _ in block.named_parameters()]

@@ -238,24 +238,6 @@ def fuse_depthwise_separable(model: nn.Module, only: set[str] | None = None) -> 
     return _convert_blocks(model, is_depthwise_separable, FusedDepthwiseSeparable, only)
 
 
-def runs_triton(m: nn.Module) -> bool:
-    """Whether module ``m`` itself runs Triton kernels: a ``Conv2d`` on its Triton path or
-    a fused block."""
-    return isinstance(m, (FusedConvReLUBN, FusedDepthwiseSeparable)) or (
-        isinstance(m, Conv2d) and m.uses_triton
-    )
-
-
-def revert_to_torch(m: nn.Module) -> None:
-    """Put a Triton layer or fused block back on PyTorch in place (parameters, buffers and
-    state-dict keys unchanged): a ``Conv2d`` takes ``nn.Conv2d``'s path, a fused block
-    becomes the plain ``Sequential`` it was. Anything else is left as it is."""
-    if isinstance(m, Conv2d):
-        m.uses_triton = False
-    elif isinstance(m, (FusedConvReLUBN, FusedDepthwiseSeparable)):
-        m.__class__ = nn.Sequential
-
-
 __all__ = [
     "Conv2d",
     "FusedConvReLUBN",
@@ -265,7 +247,5 @@ __all__ = [
     "fuse_depthwise_separable",
     "is_conv_relu_bn",
     "is_depthwise_separable",
-    "revert_to_torch",
-    "runs_triton",
     "swap_convolutions",
 ]

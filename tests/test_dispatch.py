@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from fastcifar import dispatch
-from fastcifar.components import _dispatch_kernels
 from fastcifar.nn import Conv2d, FusedConvBN, FusedConvReLUBN, FusedDepthwiseSeparable
 from fastcifar.runtime import resolve_kernels
 
@@ -74,7 +73,8 @@ def test_choice_follows_the_timings_for_each_configuration_and_block(tmp_path):
     assert crb.choice == "triton" and crb.layers == ["crb"]
     assert by_kind["dwsep"][0].choice == "torch"
     changed = dispatch.apply(model, decisions)
-    assert changed == {"conv": ["b"], "conv_relu_bn": ["crb"], "conv_bn": ["cb"], "dwsep": []}
+    assert changed == {"conv": ["b"], "conv_relu_bn": ["crb"], "conv_bn": ["cb"], "dwsep": [],
+                       "conv_bn_act": []}  # fmt: skip
     assert isinstance(model.cb, FusedConvBN)
     assert type(model.b) is Conv2d and type(model.a) is nn.Conv2d
     assert isinstance(model.crb, FusedConvReLUBN)
@@ -137,10 +137,10 @@ def test_failed_validation_stays_on_pytorch_untimed(tmp_path):
 
 def test_table_is_printed_and_returned_for_config_json(tmp_path, monkeypatch, capsys):
     # the engine's path: validation (stubbed: the interpreter is too slow for a unit test)
-    monkeypatch.setattr("fastcifar.components._validate", lambda *a: [])
+    monkeypatch.setattr("fastcifar.dispatch._validate", lambda *a: [])
     model = Net()
     cache = dispatch.DispatchCache(tmp_path / "c.json")
-    records = _dispatch_kernels(model, 4, torch.device("cpu"), False, None,
+    records = dispatch.choose_kernels("auto", model, 4, torch.device("cpu"), False, None,
                                 timer=FakeTimer({"dilated"}), cache=cache, env="e",
                                 validate=lambda *a: "")  # fmt: skip
     out = capsys.readouterr().out

@@ -15,9 +15,9 @@ from torch import nn
 from triton.runtime.errors import OutOfResources
 
 from fastcifar import dispatch, kernel_guard
-from fastcifar.components import _dispatch_kernels
+from fastcifar.fusion import runs_triton
 from fastcifar.kernels.validate import collect_conv_configs
-from fastcifar.nn import Conv2d, FusedConvReLUBN, runs_triton, swap_convolutions
+from fastcifar.nn import Conv2d, FusedConvReLUBN, swap_convolutions
 
 
 @pytest.fixture(autouse=True)
@@ -209,20 +209,21 @@ def test_a_step_that_fails_for_another_reason_is_not_blamed_on_the_kernels():
 
 
 def test_the_auto_path_trains_on_and_the_table_says_why(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr("fastcifar.components._validate", lambda *a: [])
+    monkeypatch.setattr("fastcifar.dispatch._validate", lambda *a: [])
     _fail_kernel(monkeypatch, "conv_bwd_input_grouped_kernel",
                  OutOfResources(98304, 65536, "shared memory"))  # fmt: skip
     model = Net()
-    records = _dispatch_kernels(model, 2, torch.device("cpu"), False, None, timer=_timer,
-                                cache=dispatch.DispatchCache(tmp_path / "c.json"), env="e",
-                                validate=lambda *a: "")  # fmt: skip
+    records = dispatch.choose_kernels(
+        "auto", model, 2, torch.device("cpu"), False, None, timer=_timer,
+        cache=dispatch.DispatchCache(tmp_path / "c.json"), env="e", validate=lambda *a: "",
+    )  # fmt: skip
     out = capsys.readouterr().out
     dw = next(r for r in records if "depthwise" in r["config"])
     assert dw["choice"].startswith("torch (failed at the first step: OutOfResources")
     assert "kernels: dw stays on PyTorch" in out and "failed at the first step" in out
     assert isinstance(model.dense, Conv2d) and model.dense.uses_triton
     assert isinstance(model.crb, FusedConvReLUBN) and not model.dw.uses_triton
-    assert "kernels: 1 convolutions in Triton, 1 conv+ReLU+BN" in out
+    assert "kernels: 1 convolutions in Triton, 0 conv-BN-activation chains, 1 conv+ReLU+BN" in out
     y = model(torch.randn(2, 3, 8, 8))
     y.sum().backward()
     assert torch.isfinite(y).all()

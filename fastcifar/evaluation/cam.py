@@ -19,15 +19,11 @@ def eager_float32_copy(model: nn.Module) -> nn.Module:
     torch.compile, float32, contiguous memory, PyTorch's convolutions (not Triton's)."""
     import copy
 
-    from fastcifar.nn import Conv2d, FusedConvReLUBN
+    from fastcifar.fusion import revert_all
 
     base = getattr(model, "_orig_mod", model)
     clone = copy.deepcopy(base).float().to(memory_format=torch.contiguous_format)
-    for m in clone.modules():
-        if isinstance(m, Conv2d):
-            m.uses_triton = False
-        if isinstance(m, FusedConvReLUBN):
-            m.__class__ = nn.Sequential
+    revert_all(clone)  # every fused module's hooks then see the tensors PyTorch's would
     return clone
 
 

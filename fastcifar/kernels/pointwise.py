@@ -215,8 +215,10 @@ def check_pointwise(input: Tensor, weight: Tensor, bias: Tensor | None, scale: T
     cannot take."""
     prefix = "fastcifar.kernels.pointwise_conv2d:"
     if input.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[2:]) != (1, 1):
-        raise NotImplementedError(f"{prefix} input (N, CIN, H, W) and weight (COUT, CIN, 1, 1) "
-                                  f"only; got {tuple(input.shape)} and {tuple(weight.shape)}")  # fmt: skip
+        raise NotImplementedError(
+            f"{prefix} input (N, CIN, H, W) and weight (COUT, CIN, 1, 1) only; got "
+            f"{tuple(input.shape)} and {tuple(weight.shape)}"
+        )
     if weight.shape[1] != input.shape[1]:
         raise ValueError(f"{prefix} weight {tuple(weight.shape)} does not match input "
                          f"channels {input.shape[1]}")  # fmt: skip

@@ -30,28 +30,35 @@ from fastcifar.models.base import CifarNet
 __all__ = ["EfficientNetB0", "MobileNetV2"]
 
 
-def conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    """A bias-free KxK convolution ('same' padding) and its BatchNorm."""
+def conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1,
+            act: nn.Module | None = None) -> nn.Sequential:  # fmt: skip
+    """A bias-free KxK convolution ('same' padding), its BatchNorm and, when given, its
+    activation (a module without parameters: the state-dict keys are the same either
+    way)."""
     conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False)
-    return nn.Sequential(conv, nn.BatchNorm2d(cout))
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), *([act] if act is not None else []))
 
 
 class InvertedResidual(nn.Module):
     """MobileNetV2's block: 1x1 expand -> ReLU -> 3x3 depthwise -> ReLU -> 1x1 project;
-    at stride 1 the input is added (through a 1x1 projection when the widths differ)."""
+    at stride 1 the input is added (through a 1x1 projection when the widths differ).
+
+    ``CHAIN``: the children the forward calls one on the other's output alone, in order
+    (``fastcifar.chain`` fuses depthwise -> BatchNorm -> ReLU into project's prologue)."""
+
+    CHAIN = ("expand", "depthwise", "project")
 
     def __init__(self, cin: int, cout: int, expansion: int, stride: int):
         super().__init__()
         mid = expansion * cin
         self.stride = stride
-        self.expand = conv_bn(cin, mid)
-        self.depthwise = conv_bn(mid, mid, 3, stride, groups=mid)
+        self.expand = conv_bn(cin, mid, act=nn.ReLU())
+        self.depthwise = conv_bn(mid, mid, 3, stride, groups=mid, act=nn.ReLU())
         self.project = conv_bn(mid, cout)
         self.shortcut = conv_bn(cin, cout) if stride == 1 and cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.expand(x))
-        out = self.project(F.relu(self.depthwise(out)))
+        out = self.project(self.depthwise(self.expand(x)))
         return out + self.shortcut(x) if self.stride == 1 else out
 
 
@@ -95,20 +102,24 @@ class SqueezeExcitation(nn.Module):
 
 class MBConv(nn.Module):
     """EfficientNet's block: [1x1 expand -> SiLU] -> KxK depthwise -> SiLU -> squeeze-
-    excitation -> 1x1 project; the input added when stride and widths allow."""
+    excitation -> 1x1 project; the input added when stride and widths allow. ``CHAIN``:
+    as ``InvertedResidual``'s (the squeeze-excitation between depthwise and project needs
+    the activated tensor, so that pair is not fused)."""
+
+    CHAIN = ("expand", "depthwise", "se", "project")
 
     def __init__(self, cin: int, cout: int, k: int, stride: int, expansion: int):
         super().__init__()
         mid = expansion * cin
-        self.expand = conv_bn(cin, mid) if expansion != 1 else None
-        self.depthwise = conv_bn(mid, mid, k, stride, groups=mid)
+        self.expand = conv_bn(cin, mid, act=nn.SiLU()) if expansion != 1 else None
+        self.depthwise = conv_bn(mid, mid, k, stride, groups=mid, act=nn.SiLU())
         self.se = SqueezeExcitation(mid, int(cin * 0.25))
         self.project = conv_bn(mid, cout)
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.silu(self.expand(x)) if self.expand is not None else x
-        out = self.project(self.se(F.silu(self.depthwise(out))))
+        out = self.expand(x) if self.expand is not None else x
+        out = self.project(self.se(self.depthwise(out)))
         return out + x if self.residual else out
 
 

@@ -31,19 +31,23 @@ __all__ = ["RegNetX", "ResNeXt29"]
 
 class GroupedBottleneck(nn.Module):
     """1x1 (cin -> mid) -> grouped 3x3 (``groups``, ``stride``) -> 1x1 (mid -> cout), with
-    BatchNorm after each and ReLU after the first two; the shortcut added, then ReLU."""
+    BatchNorm after each and ReLU after the first two; the shortcut added, then ReLU.
+    ``CHAIN``: the children the forward calls one on the other's output alone
+    (``fastcifar.chain`` fuses grouped -> BatchNorm -> ReLU into restore's prologue)."""
+
+    CHAIN = ("reduce", "grouped", "restore")
 
     def __init__(self, cin: int, mid: int, cout: int, groups: int, stride: int):
         super().__init__()
-        self.reduce = conv_bn(cin, mid)
-        self.grouped = conv_bn(mid, mid, 3, stride, groups=groups)
+        self.reduce = conv_bn(cin, mid, act=nn.ReLU())
+        self.grouped = conv_bn(mid, mid, 3, stride, groups=groups, act=nn.ReLU())
         self.restore = conv_bn(mid, cout)
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = conv_bn(cin, cout, 1, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.grouped(F.relu(self.reduce(x))))
+        out = self.grouped(self.reduce(x))
         return F.relu(self.restore(out) + self.shortcut(x))
 
 

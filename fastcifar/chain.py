@@ -1,0 +1,248 @@
+"""conv -> BatchNorm -> activation -> 1x1 conv chains, with the normalisation and the
+activation applied as the 1x1 convolution loads its input (layer 2).
+
+A chain is two ``Sequential(Conv2d, BatchNorm2d[, activation])`` modules, the first's
+output going to the second and nowhere else (the "link"). Converted
+(``fuse_conv_bn_act``), both become ``FusedConvBNAct``:
+
+* the producer runs its convolution in Triton with the BatchNorm statistics in the
+  kernel's epilogue (``conv2d_relu_stats`` for 3x3/KxK grouped and depthwise,
+  ``pointwise_conv2d`` for 1x1), folds the statistics with the BatchNorm's weight and
+  bias into a per-channel ``scale`` and ``shift`` (updating the running statistics as
+  ``nn.BatchNorm2d`` does), and returns a ``Pending``: the raw output, the scale, the
+  shift and the activation, not the normalised tensor;
+* the consumer, whose convolution is 1x1, applies ``act(raw * scale + shift)`` in its
+  kernel's prologue (``pointwise_conv2d``); its backward recomputes that from the raw
+  tensor and takes the BatchNorm backward's reductions in its epilogue.
+
+The normalised, activated tensor is never written, read back nor saved for the backward
+(docs/DESIGN.md, "Fusions for the model zoo", has the bytes). Where chains are found:
+consecutive children of an ``nn.Sequential``, and consecutive names of a block's
+``CHAIN`` (a tuple of child names in the order its forward calls them, each taking the
+previous one's output alone; the model zoo's blocks declare theirs). What cannot be
+fused: a producer whose output is also used elsewhere (a residual's input, MobileNetV2's
+stem feeding a block and its shortcut), squeeze-excitation between the two (its pooling
+needs the activated tensor; EfficientNet-B0), and a consumer that is not 1x1 (the
+depthwise and grouped kernels have no prologue yet).
+
+Eval mode, ``revert_to_torch`` (both ends of a link go back together), checkpoints
+(children and state-dict keys unchanged) and Grad-CAM (``fastcifar.fusion.revert_all``
+on its float32 copy) behave as PyTorch's modules do.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from fastcifar.kernels.conv_bn import conv2d_relu_stats
+from fastcifar.kernels.pointwise import pointwise_conv2d
+from fastcifar.nn import _autocast_args, config_supported
+
+__all__ = [
+    "ACTIVATION_NAMES",
+    "FusedConvBNAct",
+    "Pending",
+    "bn_scale_shift",
+    "find_links",
+    "fuse_conv_bn_act",
+    "is_pointwise",
+]
+
+# The activations a chain may hold, by module type: their names are pointwise_conv2d's.
+ACTIVATION_NAMES: dict[type, str] = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu"}
+
+
+class Pending(NamedTuple):
+    """A BatchNorm and activation not yet applied: ``act(raw * scale + shift)``.
+
+    raw: (N, C, H, W) the producing convolution's output, its dtype and layout;
+    scale, shift: (C,) float32 (float64 for float64 ``raw``); activation: a name of
+    ``fastcifar.kernels.pointwise.ACTIVATIONS``.
+    """
+
+    raw: torch.Tensor
+    scale: torch.Tensor
+    shift: torch.Tensor
+    activation: str
+
+    def materialise(self) -> torch.Tensor:
+        """The normalised, activated tensor, in ``raw``'s dtype (what an unfused chain
+        would have passed on)."""
+        shape = (1, -1, 1, 1)
+        z = self.raw * self.scale.view(shape).to(self.raw.dtype)
+        z = z + self.shift.view(shape).to(self.raw.dtype)
+        return _ACTIVATE[self.activation](z)
+
+
+_ACTIVATE = {
+    "identity": lambda t: t,
+    "relu": torch.relu,
+    "relu6": lambda t: torch.clamp(t, 0, 6),
+    "silu": torch.nn.functional.silu,
+}
+
+
+def bn_scale_shift(
+    bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel such that ``bn(y) == y * scale + shift``, from the batch
+    ``mean`` and biased ``var`` of ``y`` over ``count`` values per channel in training
+    (``running_mean``/``running_var`` updated as ``nn.BatchNorm2d`` does: unbiased
+    variance, ``momentum`` or the cumulative average when it is None), from the running
+    statistics in eval mode. Differentiable in ``mean``, ``var`` and the affine
+    parameters."""
+    if bn.training and bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), m)
+            unbiased = var * count / max(count - 1, 1)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), m)
+    if not (bn.training or not bn.track_running_stats):
+        mean, var = bn.running_mean, bn.running_var
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        scale = scale * bn.weight
+    shift = -mean * scale + (bn.bias if bn.affine else 0)
+    return scale, shift
+
+
+def is_pointwise(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a 1x1, stride-1, unpadded, ungrouped ``nn.Conv2d``: what
+    ``pointwise_conv2d`` computes."""
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding in ((0, 0), "valid")
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+    )
+
+
+def _activation_of(m: nn.Module) -> str | None:
+    """The activation name of a ``Sequential(conv, BatchNorm2d[, act])`` (identity
+    without one), or None when ``m`` is not such a block."""
+    if type(m) not in (nn.Sequential, FusedConvBNAct) or len(m) not in (2, 3):
+        return None
+    if not isinstance(m[0], nn.Conv2d) or type(m[1]) is not nn.BatchNorm2d:
+        return None
+    if m[0].out_channels != m[1].num_features:
+        return None
+    return "identity" if len(m) == 2 else ACTIVATION_NAMES.get(type(m[2]))
+
+
+def can_produce(m: nn.Module) -> bool:
+    """A producer: its convolution has a Triton kernel with the statistics epilogue."""
+    return _activation_of(m) is not None and (is_pointwise(m[0]) or config_supported(m[0]))
+
+
+def can_consume(m: nn.Module) -> bool:
+    """A consumer: its convolution is 1x1 (``pointwise_conv2d``'s prologue)."""
+    return _activation_of(m) is not None and is_pointwise(m[0])
+
+
+def _candidate_pairs(model: nn.Module):
+    """(parent name, producer child, consumer child) for consecutive children of every
+    ``nn.Sequential`` and consecutive names of every block's ``CHAIN``."""
+    for name, parent in model.named_modules():
+        if isinstance(parent, nn.Sequential) and not isinstance(parent, FusedConvBNAct):
+            names = [n for n, _ in parent.named_children()]
+        else:
+            names = [n for n in getattr(type(parent), "CHAIN", ()) if getattr(parent, n, None)
+                     is not None]  # fmt: skip
+        for a, b in zip(names, names[1:], strict=False):
+            yield name, a, b
+
+
+def find_links(model: nn.Module) -> list[tuple[str, str]]:
+    """(producer, consumer) qualified names of every chain of ``model`` that
+    ``fuse_conv_bn_act`` converts; a module is in at most one link as producer and one as
+    consumer."""
+    links, producers, consumers = [], set(), set()
+    for parent_name, a, b in _candidate_pairs(model):
+        prefix = f"{parent_name}." if parent_name else ""
+        pa, pb = f"{prefix}{a}", f"{prefix}{b}"
+        ma, mb = model.get_submodule(pa), model.get_submodule(pb)
+        if pa in producers or pb in consumers:
+            continue
+        if can_produce(ma) and can_consume(mb) and ma[0].out_channels == mb[0].in_channels:
+            links.append((pa, pb))
+            producers.add(pa)
+            consumers.add(pb)
+    return links
+
+
+class FusedConvBNAct(nn.Sequential):
+    """``Sequential(conv, BatchNorm2d[, ReLU | ReLU6 | SiLU])`` at one or both ends of a
+    chain: the convolution in Triton with the batch statistics in its epilogue; as a
+    producer (``gives_pending``) it returns a ``Pending`` instead of the normalised,
+    activated tensor; as a consumer (``takes_pending``) its 1x1 convolution applies the
+    ``Pending`` as it loads it.
+
+    Input (N, CIN, H, W) tensor, NCHW or channels_last, or a ``Pending``; output (N, COUT,
+    HO, WO) or a ``Pending``. Same children, parameters, buffers and state-dict keys as the
+    block it replaces; BatchNorm semantics as PyTorch's (training and eval).
+    """
+
+    gives_pending = False
+    takes_pending = False
+
+    def forward(self, x):
+        conv, bn = self[0], self[1]
+        prologue = None
+        if isinstance(x, Pending):
+            if not is_pointwise(conv):  # reached by a revert that left the producer fused
+                x = x.materialise()
+            else:
+                x, prologue = x.raw, x
+        x, weight, bias = _autocast_args(x, conv.weight, conv.bias)
+        stats = bn.training or not bn.track_running_stats
+        if is_pointwise(conv):
+            args = (prologue.scale, prologue.shift, prologue.activation) if prologue else ()
+            y, mean, var = pointwise_conv2d(x, weight, bias, *args, stats=True)
+        else:
+            args = (conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
+            y, mean, var = conv2d_relu_stats(x, weight, bias, *args, relu=False)
+        count = y.numel() // y.shape[1]
+        scale, shift = bn_scale_shift(bn, mean if stats else None, var if stats else None,
+                                      count)  # fmt: skip
+        activation = "identity" if len(self) == 2 else ACTIVATION_NAMES[type(self[2])]
+        out = Pending(y, scale, shift, activation)
+        return out if self.gives_pending else out.materialise()
+
+
+def fuse_conv_bn_act(model: nn.Module, only: set[str] | None = None) -> list[str]:
+    """Convert every chain conv -> BatchNorm2d -> activation -> 1x1 conv of ``model`` (its
+    links named ``"producer>consumer"`` in ``only``, when given) in place; returns the
+    links converted, as ``"producer>consumer"``. Both modules of a link become
+    ``FusedConvBNAct``, sharing parameters and buffers (module docstring)."""
+    converted = []
+    for producer, consumer in find_links(model):
+        name = f"{producer}>{consumer}"
+        if only is not None and name not in only:
+            continue
+        p, c = model.get_submodule(producer), model.get_submodule(consumer)
+        for m in (p, c):
+            m.__class__ = FusedConvBNAct
+        p.gives_pending, c.takes_pending = True, True
+        p.__dict__["_link_consumer"], c.__dict__["_link_producer"] = c, p
+        converted.append(name)
+    return converted
+
+
+def revert_link_end(m: FusedConvBNAct) -> None:
+    """Put a chain module back on PyTorch, and with it every module linked to it, end to
+    end (a consumer reverted alone would receive a ``Pending``)."""
+    if type(m) is not FusedConvBNAct:
+        return
+    partners = [m.__dict__.pop(k, None) for k in ("_link_consumer", "_link_producer")]
+    m.__class__ = nn.Sequential
+    m.__dict__.pop("gives_pending", None)
+    m.__dict__.pop("takes_pending", None)
+    for partner in partners:
+        if partner is not None:
+            revert_link_end(partner)
