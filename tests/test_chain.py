@@ -1,0 +1,173 @@
+"""conv -> BatchNorm -> activation -> 1x1 conv chains (``fastcifar.chain``) and the table
+of kernel kinds (``fastcifar.fusion``): numerics against PyTorch in float64, where the
+model zoo's chains are, reverting, checkpoints and Grad-CAM."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from fastcifar.chain import FusedConvBNAct, Pending, find_links, fuse_conv_bn_act
+from fastcifar.fusion import FUSIONS, convert, fused_copy, revert_all, revert_to_torch, runs_triton
+from fastcifar.models import create_model
+from fastcifar.models.mobile import InvertedResidual, MBConv
+from fastcifar.models.resnext import GroupedBottleneck
+from fastcifar.models.shufflenet import BasicUnit
+from tests.kernel_helpers import DEVICE, low_precision_bound, rel
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.weight.shape, generator=gen) + 0.5
+            m.bias.data = torch.randn(m.bias.shape, generator=gen)
+    return model
+
+
+def _step(model: nn.Module, x: torch.Tensor, low=None) -> list[torch.Tensor]:
+    """Output, input gradient, parameter gradients and buffers after one forward and
+    backward (the output's gradient fixed by a seed)."""
+    x = x.detach().requires_grad_()
+    with torch.autocast(x.device.type, dtype=low or torch.bfloat16, enabled=low is not None):
+        y = model(x)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.device, y.dtype)
+    grads = torch.autograd.grad((y * gy).sum(), [x, *model.parameters()])
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    return [y, *grads, *buffers]
+
+
+BLOCKS = {
+    "mobilenetv2 (depthwise 3x3 -> ReLU -> 1x1)": lambda: InvertedResidual(8, 8, 3, 1),
+    "mobilenetv2 stride 2": lambda: InvertedResidual(8, 12, 2, 2),
+    "resnext (grouped 3x3 -> ReLU -> 1x1)": lambda: GroupedBottleneck(16, 16, 24, 4, 1),
+    "shufflenetv2 (depthwise -> BN -> 1x1, no activation)": lambda: BasicUnit(16),
+}
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_float64_chain_matches_pytorch_in_training_then_eval(name):
+    block = _randomise_bn(BLOCKS[name]()).double()
+    fused = copy.deepcopy(block)
+    assert fuse_conv_bn_act(fused)  # every one of these has a link
+    x = torch.randn(2, block_input_channels(block), 7, 6, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last).to(DEVICE)
+    block, fused = block.to(DEVICE), fused.to(DEVICE)
+    for mode in ("train", "eval"):  # eval after a training step: the running statistics
+        for m in (block, fused):
+            m.train(mode == "train")
+        for a, r in zip(_step(fused, x), _step(block, x), strict=True):
+            # relative, or absolute where the exact value is 0 (a BatchNorm's bias before
+            # another BatchNorm gets no gradient: both sides are roundoff there)
+            assert rel(a, r) < 1e-9 or (a - r).abs().max() < 1e-12, f"{mode}: {rel(a, r):.2e}"
+    fused_bufs = dict(fused.named_buffers())
+    for key, value in block.named_buffers():  # running statistics and batch counts
+        assert torch.equal(value, fused_bufs[key]) or rel(fused_bufs[key], value) < 1e-9
+
+
+def block_input_channels(block: nn.Module) -> int:
+    return next(m for m in block.modules() if isinstance(m, nn.Conv2d)).in_channels * (
+        2 if isinstance(block, BasicUnit) else 1
+    )
+
+
+def test_bfloat16_chain_within_pytorchs_own_error():
+    block = _randomise_bn(InvertedResidual(16, 16, 2, 1)).to(DEVICE)
+    fused = copy.deepcopy(block)
+    fuse_conv_bn_act(fused)
+    x = torch.randn(2, 16, 6, 6, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=torch.channels_last).to(DEVICE)
+    exact = _step(copy.deepcopy(block).double(), x.double())
+    theirs = _step(copy.deepcopy(block), x, torch.bfloat16)
+    ours = _step(fused, x, torch.bfloat16)
+    for a, t, r in zip(ours, theirs, exact, strict=True):
+        assert rel(a, r) <= low_precision_bound(rel(t, r), torch.bfloat16)
+
+
+# links per zoo model: MobileNetV2's 17 depthwise -> project; EfficientNet-B0's none
+# (squeeze-excitation between depthwise and project; its expand feeds a depthwise);
+# every grouped -> restore of ResNeXt29 (9) and RegNetX (13); ShuffleNetV2's depthwise ->
+# 1x1 in every branch (19)
+ZOO_LINKS = {"mobilenetv2": 17, "efficientnet_b0": 0, "resnext29_32x4d": 9,
+             "regnetx_200mf": 13, "shufflenetv2": 19}  # fmt: skip
+
+
+@pytest.mark.parametrize("model_name", list(ZOO_LINKS))
+def test_zoo_links_feed_their_consumer_alone(model_name):
+    model = create_model(model_name).eval()
+    links = find_links(model)
+    assert len(links) == ZOO_LINKS[model_name]
+    # the forward really hands each producer's output to its consumer: a block's CHAIN is
+    # what its forward does
+    outputs, inputs = {}, {}
+    for p, c in links:
+        model.get_submodule(p).register_forward_hook(
+            lambda m, a, out, p=p: outputs.__setitem__(p, out)
+        )
+        model.get_submodule(c).register_forward_pre_hook(
+            lambda m, a, c=c: inputs.__setitem__(c, a[0])
+        )
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    for p, c in links:
+        assert inputs[c] is outputs[p], f"{c} does not take {p}'s output"
+
+
+def test_chain_declaration_is_honoured_by_efficientnet_block():
+    # MBConv declares expand -> depthwise -> se -> project: nothing links (SE in between,
+    # and a depthwise consumer), and converting leaves it a plain module
+    block = MBConv(16, 16, 3, 1, 2)
+    assert find_links(block) == [] and fuse_conv_bn_act(block) == []
+
+
+def test_revert_puts_both_ends_back_and_keys_stay():
+    model = create_model("mobilenetv2")
+    keys = list(model.state_dict())
+    converted = convert(model, kinds=("conv_bn_act",))["conv_bn_act"]
+    assert len(converted) == 17 and list(model.state_dict()) == keys
+    block = model.blocks[3]
+    assert type(block.depthwise) is FusedConvBNAct and block.depthwise.gives_pending
+    assert block.project.takes_pending and runs_triton(block.project)
+    revert_to_torch(block.project)  # the consumer alone would receive a Pending
+    assert type(block.depthwise) is nn.Sequential and type(block.project) is nn.Sequential
+    assert type(model.blocks[4].project) is FusedConvBNAct  # other links untouched
+    revert_all(model)
+    assert not any(runs_triton(m) for m in model.modules())
+
+
+def test_checkpoint_of_a_fused_model_loads_into_pytorchs():
+    fused = _randomise_bn(create_model("shufflenetv2"))
+    fuse_conv_bn_act(fused)
+    plain = create_model("shufflenetv2")
+    plain.load_state_dict(fused.state_dict())  # strict: the same keys
+    for (k, a), b in zip(fused.state_dict().items(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_pending_materialises_for_a_consumer_that_cannot_take_it():
+    producer = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6),
+                             nn.ReLU()).double()  # fmt: skip
+    fused = copy.deepcopy(producer)
+    fused.__class__ = FusedConvBNAct
+    fused.gives_pending = True
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, device=DEVICE)
+    out = fused.to(DEVICE)(x)
+    assert isinstance(out, Pending)
+    assert rel(out.materialise(), producer.to(DEVICE)(x)) < 1e-12
+
+
+def test_every_kind_of_the_table_converts_a_copy_of_its_units():
+    model = create_model("mobilenetv2")
+    names = [k.name for k in FUSIONS]
+    assert names[0] == "conv_bn_act" and names[-1] == "conv" and len(set(names)) == len(names)
+    for kind in FUSIONS:
+        units = kind.find(model)
+        for unit_name, unit in list(units.items())[:1]:
+            copied = fused_copy(kind.name, unit)
+            assert any(kind.is_fused(m) for m in copied.modules()), (kind.name, unit_name)
+            assert model.get_submodule(kind.first_conv(unit_name)).__class__ is nn.Conv2d
+    # the model itself is untouched by copies
+    assert not any(runs_triton(m) for m in model.modules())
