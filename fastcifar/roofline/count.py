@@ -172,10 +172,10 @@ def count_step(
         else:
             progress(f"{setup.name}: {path} (Inductor compiles forward and backward)")
             model = copy.deepcopy(setup.model)
-            if path == "fastcifar":
-                from fastcifar.nn import swap_convolutions
+            if path == "fastcifar":  # what --kernels triton converts
+                from fastcifar.fusion import FUSIONS, convert
 
-                swap_convolutions(model)
+                convert(model, kinds=tuple(k.name for k in FUSIONS if k.triton))
             try:
                 ledger = compiled_count(setup, model, target, path == "fastcifar", progress)
             except Exception as exc:

@@ -115,17 +115,34 @@ def _describe(args, size: Callable = int, weight: bool = False) -> str:
     return text
 
 
+# fastcifar's convolution operators: the argument positions of (input or its shape,
+# weight or its shape, groups); the output (or output gradient) is the result's first
+# tensor, or the argument ``grad`` (position 0) of a gradient operator.
+_FASTCIFAR_CONVS = {
+    "conv2d": (0, 1, -1),
+    "conv2d_relu_stats": (0, 1, -2),
+    "conv2d_grad_input": (2, 1, -1),
+    "conv2d_grad_weight": (1, 2, -1),
+    "pointwise_conv2d": (0, 1, None),
+    "pointwise_conv2d_grad_input": (2, 1, None),
+    "pointwise_conv2d_grad_weight": (1, 5, None),
+}
+
+
+def _shape(value) -> tuple[int, ...]:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value)
+
+
 def _conv_weight(name: str, args) -> tuple[tuple[int, ...] | None, int]:
     """(weight shape, groups) of a convolution operator's arguments; (None, 1) otherwise."""
     base = name.split("::")[-1]
-    if base in ("convolution", "conv2d", "conv2d_relu_stats"):
-        return tuple(args[1].shape), int(args[-1] if base != "convolution" else args[8])
+    if base == "convolution":
+        return tuple(args[1].shape), int(args[8])
     if base == "convolution_backward":
         return tuple(args[2].shape), int(args[9])
-    if base == "conv2d_grad_input":
-        return tuple(args[1].shape), int(args[-1])
-    if base == "conv2d_grad_weight":
-        return tuple(args[2]), int(args[-1])
+    if base in _FASTCIFAR_CONVS:
+        _, w, groups = _FASTCIFAR_CONVS[base]
+        return _shape(args[w]), int(args[groups]) if groups is not None else 1
     return None, 1
 
 
@@ -134,7 +151,8 @@ def _flops(func, args, kwargs, out, size: Callable = int) -> int:
     each gradient it computes costs the forward's multiply-adds (``conv_flop_count``).
     torch's own ``conv_backward_flop`` ignores groups in the weight gradient, so it
     counts a depthwise layer's weight gradient CIN times over (torch 2.11-2.14).
-    fastcifar's convolution operators count as the ATen convolution they compute."""
+    fastcifar's convolution operators count as the ATen convolution they compute (a
+    prologue's and an epilogue's elementwise work is not counted: it is bytes-bound)."""
     packet = func._overloadpacket
     if packet is torch.ops.aten.convolution_backward:
         dy, x, w, mask = args[0], args[1], args[2], args[10]
@@ -143,16 +161,13 @@ def _flops(func, args, kwargs, out, size: Callable = int) -> int:
     if packet in flop_registry:
         return int(size(flop_registry[packet](*args, **(kwargs or {}), out_val=out)))
     base = func._schema.name
-    if not base.startswith("fastcifar::"):
+    if not base.startswith("fastcifar::") or base.split("::")[-1] not in _FASTCIFAR_CONVS:
         return 0
+    x, _, _ = _FASTCIFAR_CONVS[base.split("::")[-1]]
     weight, _ = _conv_weight(base, args)
-    if weight is None:
-        return 0
     dy = args[0] if "grad" in base else out
-    x_shape = args[2] if base.endswith("grad_input") else args[0 if "grad" not in base else 1]
-    x_shape = x_shape.shape if isinstance(x_shape, torch.Tensor) else x_shape
     dy = dy[0] if isinstance(dy, (tuple, list)) else dy
-    return int(size(conv_flop_count(list(x_shape), list(weight), list(dy.shape), False)))
+    return int(size(conv_flop_count(list(_shape(args[x])), list(weight), list(dy.shape), False)))
 
 
 class _Recorder:

@@ -1,0 +1,57 @@
+"""Activation memory a training step keeps for its backward: the bytes of every tensor
+autograd saves during the forward (``torch.autograd.graph.saved_tensors_hooks``), each
+storage once, parameters and their 16-bit casts left out.
+
+Counted on fake tensors at the full batch (no memory is allocated), for the eager model
+and for the model as ``--kernels triton`` converts it (``fastcifar.fusion``): the
+fastcifar path's custom operators save what their ``setup_context`` saves (a chain saves
+the raw convolution output and per-channel statistics, never the normalised tensor).
+torch.compile's partitioner chooses its own saved set (it may recompute): not counted
+here.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from fastcifar.roofline.count import _fake_copy
+from fastcifar.roofline.inductor import _triton_recorded
+from fastcifar.roofline.ledger import StepSetup
+
+__all__ = ["saved_bytes"]
+
+
+def saved_bytes(setup: StepSetup, fastcifar: bool = False) -> int:
+    """Bytes saved for the backward by one training-mode forward of ``setup``'s model at
+    its batch, dtype and layout (the loss included); with ``fastcifar`` the model is
+    converted as ``--kernels triton`` converts it first. Each storage counts once, at its
+    full size. Activations are the saved tensors whose first dimension is the batch;
+    parameters, their autocast copies and per-channel statistics are left out."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model = copy.deepcopy(setup.model)
+    if setup.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if fastcifar:
+        from fastcifar.fusion import FUSIONS, convert
+
+        convert(model, kinds=tuple(k.name for k in FUSIONS if k.triton))
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    model = _fake_copy(model, mode).train()
+    batch = setup.batch_size
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        if t.dim() > 0 and t.shape[0] == batch:  # an activation: it has the batch dimension
+            storage = t.untyped_storage()
+            saved[storage._cdata] = storage.nbytes()
+        return t
+
+    # the kernels' device check passes on the CPU; on fake tensors nothing launches
+    with _triton_recorded(None), mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        x, y = setup.example(batch)
+        with setup.autocast():
+            setup.loss(model(x), y)
+    return sum(saved.values())
