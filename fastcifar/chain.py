@@ -11,9 +11,9 @@ output going to the second and nowhere else (the "link"). Converted
   bias into a per-channel ``scale`` and ``shift`` (updating the running statistics as
   ``nn.BatchNorm2d`` does), and returns a ``Pending``: the raw output, the scale, the
   shift and the activation, not the normalised tensor;
-* the consumer, whose convolution is 1x1, applies ``act(raw * scale + shift)`` in its
-  kernel's prologue (``pointwise_conv2d``); its backward recomputes that from the raw
-  tensor and takes the BatchNorm backward's reductions in its epilogue.
+* the consumer applies ``act(raw * scale + shift)`` in its kernel's prologue
+  (``pointwise_conv2d``, ``conv2d_prologue_stats``); its backward recomputes that from
+  the raw tensor and takes the BatchNorm backward's reductions in its epilogue.
 
 The normalised, activated tensor is never written, read back nor saved for the backward
 (docs/DESIGN.md, "Fusions for the model zoo", has the bytes). Where chains are found:
@@ -22,8 +22,9 @@ consecutive children of an ``nn.Sequential``, and consecutive names of a block's
 previous one's output alone; the model zoo's blocks declare theirs). What cannot be
 fused: a producer whose output is also used elsewhere (a residual's input, MobileNetV2's
 stem feeding a block and its shortcut), squeeze-excitation between the two (its pooling
-needs the activated tensor; EfficientNet-B0), and a consumer that is not 1x1 (the
-depthwise and grouped kernels have no prologue yet).
+needs the activated tensor; EfficientNet-B0), and a consumer whose kernel is a ``tl.dot``
+one (dense 3x3, groups of 8 or more channels: no prologue yet). Consumers: 1x1
+(``pointwise_conv2d``) and depthwise or narrow-grouped KxK (``conv2d_prologue_stats``).
 
 Eval mode, ``revert_to_torch`` (both ends of a link go back together), checkpoints
 (children and state-dict keys unchanged) and Grad-CAM (``fastcifar.fusion.revert_all``
@@ -37,7 +38,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from fastcifar.kernels.conv_bn import conv2d_relu_stats
+from fastcifar.kernels.conv import family
+from fastcifar.kernels.conv_bn import conv2d_prologue_stats, conv2d_relu_stats
 from fastcifar.kernels.pointwise import pointwise_conv2d
 from fastcifar.nn import _autocast_args, config_supported
 
@@ -51,6 +53,7 @@ __all__ = [
     "is_pointwise",
 ]
 
+_DOT_FAMILIES = ("dense", "grouped_dot")
 # The activations a chain may hold, by module type: their names are pointwise_conv2d's.
 ACTIVATION_NAMES: dict[type, str] = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu"}
 
@@ -140,9 +143,20 @@ def can_produce(m: nn.Module) -> bool:
     return _activation_of(m) is not None and (is_pointwise(m[0]) or config_supported(m[0]))
 
 
+def takes_prologue(conv: nn.Module) -> bool:
+    """Whether ``conv``'s Triton kernel applies a BatchNorm-and-activation prologue: 1x1
+    (``pointwise_conv2d``), or depthwise and grouped under ``DOT_MIN_PER_GROUP`` channels
+    a group (``conv2d_prologue_stats``; the ``tl.dot`` kernels have none yet)."""
+    if is_pointwise(conv):
+        return True
+    if not (isinstance(conv, nn.Conv2d) and conv.groups > 1 and config_supported(conv)):
+        return False
+    return family(conv.in_channels, conv.out_channels, conv.groups) not in _DOT_FAMILIES
+
+
 def can_consume(m: nn.Module) -> bool:
-    """A consumer: its convolution is 1x1 (``pointwise_conv2d``'s prologue)."""
-    return _activation_of(m) is not None and is_pointwise(m[0])
+    """A consumer: its convolution takes the prologue (``takes_prologue``)."""
+    return _activation_of(m) is not None and takes_prologue(m[0])
 
 
 def _candidate_pairs(model: nn.Module):
@@ -195,17 +209,19 @@ class FusedConvBNAct(nn.Sequential):
         conv, bn = self[0], self[1]
         prologue = None
         if isinstance(x, Pending):
-            if not is_pointwise(conv):  # reached by a revert that left the producer fused
+            if not takes_prologue(conv):  # only after a revert that left the producer fused
                 x = x.materialise()
             else:
                 x, prologue = x.raw, x
         x, weight, bias = _autocast_args(x, conv.weight, conv.bias)
         stats = bn.training or not bn.track_running_stats
+        pro = (prologue.scale, prologue.shift, prologue.activation) if prologue else ()
+        args = (conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
         if is_pointwise(conv):
-            args = (prologue.scale, prologue.shift, prologue.activation) if prologue else ()
-            y, mean, var = pointwise_conv2d(x, weight, bias, *args, stats=True)
+            y, mean, var = pointwise_conv2d(x, weight, bias, *pro, stats=True)
+        elif prologue is not None:
+            y, mean, var = conv2d_prologue_stats(x, weight, bias, *pro, *args)
         else:
-            args = (conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
             y, mean, var = conv2d_relu_stats(x, weight, bias, *args, relu=False)
         count = y.numel() // y.shape[1]
         scale, shift = bn_scale_shift(bn, mean if stats else None, var if stats else None,

@@ -36,7 +36,9 @@ bfloat16 on sm_75 unless ``--dtypes`` asks), channels_last (weights channels_las
 ``model.to(memory_format=torch.channels_last)`` makes them) and NCHW, plus stride 2,
 dilation 3 and grouped extras; for each, the forward (with and without bias, and with the
 ReLU + BatchNorm-statistics epilogue), input, weight and bias gradients, and for
-depthwise ones the fused depthwise-separable forward and backward; and every 1x1
+depthwise ones the fused depthwise-separable forward and backward, for depthwise and
+narrow-grouped ones the forward, input and weight gradients with the
+BatchNorm-and-activation prologue (SiLU); and every 1x1
 convolution of every model through ``pointwise_conv2d`` (with and without the
 BatchNorm-and-activation prologue, with the statistics epilogue). ``--quick``:
 channels_last and 16-bit dtypes only (sm_75: float16), on sm_75, sm_90 and gfx942 unless
@@ -184,8 +186,8 @@ def pointwise_configs(quick: bool, layout: str | None = None) -> list[tuple]:
 
 
 def record_pointwise(launches, configs, dtypes) -> None:
-    """The pointwise op's launches (forward with and without the prologue, ReLU and SiLU
-    prologues, the statistics epilogue; input and weight gradients with the prologue)."""
+    """The pointwise op's launches (forward with and without the SiLU prologue, with the
+    statistics epilogue; input and weight gradients with the prologue)."""
     from fastcifar.kernels import pointwise
 
     for dtype in dtypes:
@@ -197,7 +199,8 @@ def record_pointwise(launches, configs, dtypes) -> None:
             scale = torch.empty((xs[1],), device="meta")
             y, _, _ = pointwise.launch_forward(x, w, None, None, None, 0, True)
             dy = torch.empty_like(y)
-            for act in (pointwise.ACTIVATIONS["relu"], pointwise.ACTIVATIONS["silu"]):
+            # SiLU: the prologue with the most instructions (ReLU's is a subset of its code)
+            for act in (pointwise.ACTIVATIONS["silu"],):
                 pointwise.launch_forward(x, w, None, scale, scale, act, True)
                 pointwise.launch_grad_input(dy, w, x, scale, scale, act)
                 pointwise.launch_grad_weight(dy, x, scale, scale, act, w.shape)
@@ -230,6 +233,13 @@ def record(configs, dtypes, target: str | None = None, pointwise_cfgs=()) -> lis
                 conv.launch_grad_input(dy, w, xs, fmt, s, p, d, g)
                 conv.launch_grad_weight(dy, x, ws, s, p, d, g)
                 conv.launch_grad_bias(dy)
+                if conv.family(xs[1], ws[0], g, s) in ("depthwise", "depthwise_strided",
+                                                       "grouped"):  # fmt: skip
+                    # with the BatchNorm-and-activation prologue (a chain's consumer)
+                    pro = (meta((xs[1],), torch.float32),) * 2 + (3,)  # SiLU: the longest
+                    conv.launch_forward(x, w, None, s, p, d, g, stats=True, prologue=pro)
+                    conv.launch_grad_input(dy, w, xs, fmt, s, p, d, g, prologue=pro, x=x)
+                    conv.launch_grad_weight(dy, x, ws, s, p, d, g, prologue=pro)
                 if fusable:  # the fused depthwise-separable op, C -> C
                     wp = meta((ws[0], ws[0], 1, 1), dtype, cl)
                     for relu in (False, True):

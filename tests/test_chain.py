@@ -87,11 +87,12 @@ def test_bfloat16_chain_within_pytorchs_own_error():
         assert rel(a, r) <= low_precision_bound(rel(t, r), torch.bfloat16)
 
 
-# links per zoo model: MobileNetV2's 17 depthwise -> project; EfficientNet-B0's none
-# (squeeze-excitation between depthwise and project; its expand feeds a depthwise);
-# every grouped -> restore of ResNeXt29 (9) and RegNetX (13); ShuffleNetV2's depthwise ->
-# 1x1 in every branch (19)
-ZOO_LINKS = {"mobilenetv2": 17, "efficientnet_b0": 0, "resnext29_32x4d": 9,
+# links per zoo model: MobileNetV2's 17 expand -> depthwise and 17 depthwise -> project;
+# EfficientNet-B0's 15 expand -> depthwise (squeeze-excitation sits between depthwise and
+# project); ResNeXt29's 9 grouped -> restore and the 3 reduce -> grouped of its first
+# stage (4 channels a group; wider groups take the tl.dot kernels, without a prologue);
+# RegNetX's 13 grouped -> restore (8 a group); ShuffleNetV2's 19 depthwise -> 1x1
+ZOO_LINKS = {"mobilenetv2": 34, "efficientnet_b0": 15, "resnext29_32x4d": 12,
              "regnetx_200mf": 13, "shufflenetv2": 19}  # fmt: skip
 
 
@@ -116,23 +117,23 @@ def test_zoo_links_feed_their_consumer_alone(model_name):
         assert inputs[c] is outputs[p], f"{c} does not take {p}'s output"
 
 
-def test_chain_declaration_is_honoured_by_efficientnet_block():
-    # MBConv declares expand -> depthwise -> se -> project: nothing links (SE in between,
-    # and a depthwise consumer), and converting leaves it a plain module
-    block = MBConv(16, 16, 3, 1, 2)
-    assert find_links(block) == [] and fuse_conv_bn_act(block) == []
+def test_squeeze_excitation_breaks_efficientnets_chain():
+    # MBConv declares expand -> depthwise -> se -> project: only expand -> depthwise links
+    block = MBConv(16, 16, 5, 1, 2)
+    assert find_links(block) == [("expand", "depthwise")]
 
 
 def test_revert_puts_both_ends_back_and_keys_stay():
     model = create_model("mobilenetv2")
     keys = list(model.state_dict())
     converted = convert(model, kinds=("conv_bn_act",))["conv_bn_act"]
-    assert len(converted) == 17 and list(model.state_dict()) == keys
+    assert len(converted) == 34 and list(model.state_dict()) == keys
     block = model.blocks[3]
     assert type(block.depthwise) is FusedConvBNAct and block.depthwise.gives_pending
     assert block.project.takes_pending and runs_triton(block.project)
     revert_to_torch(block.project)  # the consumer alone would receive a Pending
-    assert type(block.depthwise) is nn.Sequential and type(block.project) is nn.Sequential
+    for m in (block.expand, block.depthwise, block.project):  # the chain goes back whole
+        assert type(m) is nn.Sequential
     assert type(model.blocks[4].project) is FusedConvBNAct  # other links untouched
     revert_all(model)
     assert not any(runs_triton(m) for m in model.modules())

@@ -128,3 +128,60 @@ def test_fuse_s7_keeps_state_dict_and_output():
     assert list(model.state_dict()) == keys
     model.load_state_dict(ref_state)  # undo the running-stat updates of the first pass
     torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------- the BatchNorm-and-activation prologue
+
+# (N, C, COUT, H, W, stride, padding, dilation, groups, K): depthwise 3x3, 5x5 at stride 2,
+# dilated, and groups of 4 channels (ResNeXt's first stage)
+PROLOGUE_CONFIGS = [
+    (2, 6, 6, 7, 9, 1, 1, 1, 6, 3),
+    (2, 5, 5, 9, 8, 2, 2, 1, 5, 5),
+    (2, 4, 4, 8, 7, 1, 2, 2, 4, 3),
+    (2, 8, 8, 6, 5, 1, 1, 1, 2, 3),
+]
+
+
+def prologue_reference(x, w, b, scale, shift, s, p, d, g, activation):
+    """PyTorch's composition: the normalised, activated input written, zero-padded."""
+    from tests.test_pointwise import TORCH_ACT
+
+    a = TORCH_ACT[activation](x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+    return reference(a.to(x.dtype), w, b, s, p, d, g, relu=False)
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("cfg", PROLOGUE_CONFIGS, ids=str)
+def test_prologue_matches_pytorch_in_float64_border_included(cfg, activation):
+    from fastcifar.kernels.conv_bn import conv2d_prologue_stats
+
+    (x, w, b), args = make(cfg, torch.float64, True)
+    gen = torch.Generator().manual_seed(5)
+    scale = torch.rand(x.shape[1], generator=gen, dtype=torch.float64) + 0.5
+    # a large positive shift: act(shift) is far from 0, so padding before the activation
+    # (instead of after it) would show at every border pixel
+    shift = torch.rand(x.shape[1], generator=gen, dtype=torch.float64) + 2.0
+    stride, padding, dilation, groups = args[:4]
+
+    def ours(x, w, b, scale, shift, *_):
+        return conv2d_prologue_stats(x, w, b, scale, shift, activation, stride, padding,
+                                     dilation, groups)  # fmt: skip
+
+    def theirs(x, w, b, scale, shift, *_):
+        return prologue_reference(x, w, b, scale, shift, stride, padding, dilation, groups,
+                                  activation)  # fmt: skip
+
+    got = run(ours, [x, w, b, scale.to(DEVICE), shift.to(DEVICE)], (), None)
+    want = run(theirs, [x, w, b, scale.to(DEVICE), shift.to(DEVICE)], (), None)
+    names = ("y", "mean", "var", "grad x", "grad weight", "grad bias", "grad scale", "grad shift")
+    for name, a, r in zip(names, got, want, strict=True):
+        assert rel(a, r) < 1e-12, f"{name}: {rel(a, r):.2e}"
+
+
+def test_prologue_is_refused_on_the_dot_kernels():
+    from fastcifar.kernels.conv_bn import conv2d_prologue_stats
+
+    x, w, b = conv_inputs((1, 16, 16, 4, 4, 1, 1, 1, 1), torch.float32, False)
+    one = torch.ones(16, device=DEVICE)
+    with pytest.raises(NotImplementedError, match="dense kernels have no BatchNorm"):
+        conv2d_prologue_stats(x, w, b, one, one, "relu", 1, 1)

@@ -71,6 +71,68 @@ def mac(acc, a, b, USE_DOT: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
+def activation(z, ACT: tl.constexpr):
+    # act(z) for ACT 0 identity, 1 ReLU, 2 ReLU6, 3 SiLU (z in the accumulator dtype)
+    if ACT == 1:
+        z = tl.maximum(z, 0.0)
+    elif ACT == 2:
+        z = tl.minimum(tl.maximum(z, 0.0), 6.0)
+    elif ACT == 3:
+        z = z / (1.0 + tl.exp(-z))
+    return z
+
+
+@triton.jit
+def activation_grad(z, ACT: tl.constexpr):
+    # act'(z), the same codes: ReLU's and ReLU6's derivative is 0 at the kinks, as
+    # PyTorch's threshold_backward and hardtanh_backward take it
+    if ACT == 1:
+        d = tl.where(z > 0.0, 1.0, 0.0)
+    elif ACT == 2:
+        d = tl.where((z > 0.0) & (z < 6.0), 1.0, 0.0)
+    elif ACT == 3:
+        s = 1.0 / (1.0 + tl.exp(-z))
+        d = s * (1.0 + z * (1.0 - s))
+    else:
+        d = tl.full(z.shape, 1.0, z.dtype)
+    return d.to(z.dtype)
+
+
+@triton.jit
+def apply_prologue(xt, scale_ptr, shift_ptr, offs_c, mask_p, mask_c, ACT: tl.constexpr,
+                   ACC: tl.constexpr):  # fmt: skip
+    # a = act(x * scale[c] + shift[c]) of a [pixels, channels] tile, computed in ACC and
+    # cast back to the tile's dtype (as PyTorch's BatchNorm -> activation writes it); zero
+    # where masked, after the activation: a padded border or a pixel or channel outside
+    # the tensor reads as zero (act(shift) need not be 0)
+    scale = tl.load(scale_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
+    shift = tl.load(shift_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
+    z = xt.to(ACC) * scale[None, :] + shift[None, :]
+    valid = mask_p[:, None] & mask_c[None, :]
+    return tl.where(valid, activation(z, ACT), 0.0).to(xt.dtype)
+
+
+@triton.jit
+def prologue_backward(da, x_ptr, x_off, offs_c, stride_xc, mask_p, mask_c, scale_ptr, shift_ptr,
+                      red_ptr, pid_p, C, ACT: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+    # the prologue's backward for a [pixels, channels] tile of da (the gradient of its
+    # output a): dz = da * act'(x * scale + shift) from the raw x; stores this program's
+    # partial sums of dz and dz * x per channel at red[pid_p, c, 0:2] (the shift's and
+    # the scale's gradients once summed) and returns dz * scale, the raw x's direct
+    # gradient
+    valid = mask_p[:, None] & mask_c[None, :]
+    xt = load_tile(x_ptr, x_off, offs_c, stride_xc, mask_p, mask_c).to(ACC)
+    scale = tl.load(scale_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
+    shift = tl.load(shift_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
+    dz = da * activation_grad(xt * scale[None, :] + shift[None, :], ACT)
+    dz = tl.where(valid, dz, 0.0)
+    base = red_ptr + pid_p * C * 2 + offs_c * 2
+    tl.store(base, tl.sum(dz, axis=0), mask=mask_c)
+    tl.store(base + 1, tl.sum(dz * xt, axis=0), mask=mask_c)
+    return dz * scale[None, :]
+
+
+@triton.jit
 def partial_range(pid_t, PIXELS_PER_PARTIAL, total):
     # the pixels [start, end) whose sum weight-gradient partial pid_t holds
     start = pid_t * PIXELS_PER_PARTIAL
@@ -104,14 +166,17 @@ def tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE: tl.constexpr, PADDING: tl
 def _window_row(
     acc, x_ptr, w_ptr, n, oh, ow, mask_p, x_chan, w_chan, mask_c, kh,
     H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh, stride_ww,
+    scale_ptr, shift_ptr,
     KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
-    DILATION: tl.constexpr, ACC: tl.constexpr,
+    DILATION: tl.constexpr, ACC: tl.constexpr, PROLOGUE: tl.constexpr, ACT: tl.constexpr,
 ):  # fmt: skip
     # row kh of ``window``'s taps
     for kw in tl.static_range(KSIZE):
         ih, iw, ok = tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE, PADDING, DILATION)
         x_off = pixel_offset(n, ih, iw, stride_xn, stride_xh, stride_xw)
         xt = load_tile(x_ptr, x_off, x_chan, stride_xc, ok, mask_c)
+        if PROLOGUE:  # zero outside the image after the activation, not before
+            xt = apply_prologue(xt, scale_ptr, shift_ptr, x_chan, ok, mask_c, ACT, ACC)
         wv = tl.load(w_ptr + w_chan + kh * stride_wh + kw * stride_ww, mask=mask_c, other=0.0)
         acc += xt.to(ACC) * wv.to(ACC)[None, :]
     return acc
@@ -123,8 +188,9 @@ def window(
     n, oh, ow, mask_p,  # output pixels [P]
     x_chan, w_chan, mask_c,  # per column: input channel, weight offset of tap (0, 0)
     H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh, stride_ww,
+    scale_ptr, shift_ptr,  # the prologue's (C,) per input channel, when PROLOGUE
     KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
-    DILATION: tl.constexpr, ACC: tl.constexpr,
+    DILATION: tl.constexpr, ACC: tl.constexpr, PROLOGUE: tl.constexpr, ACT: tl.constexpr,
 ):  # fmt: skip
     # acc[p, c] += sum over the taps of x[n, x_chan[c], tap source of p] * w[w_chan[c], tap]:
     # one channel per column, the depthwise (or one input channel of a group's) window.
@@ -134,12 +200,14 @@ def window(
         for kh in range(KSIZE):
             acc = _window_row(acc, x_ptr, w_ptr, n, oh, ow, mask_p, x_chan, w_chan, mask_c, kh,
                               H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh,
-                              stride_ww, KSIZE, STRIDE, PADDING, DILATION, ACC)  # fmt: skip
+                              stride_ww, scale_ptr, shift_ptr, KSIZE, STRIDE, PADDING,
+                              DILATION, ACC, PROLOGUE, ACT)  # fmt: skip
     else:
         for kh in tl.static_range(KSIZE):
             acc = _window_row(acc, x_ptr, w_ptr, n, oh, ow, mask_p, x_chan, w_chan, mask_c, kh,
                               H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh,
-                              stride_ww, KSIZE, STRIDE, PADDING, DILATION, ACC)  # fmt: skip
+                              stride_ww, scale_ptr, shift_ptr, KSIZE, STRIDE, PADDING,
+                              DILATION, ACC, PROLOGUE, ACT)  # fmt: skip
     return acc
 
 

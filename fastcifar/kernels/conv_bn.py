@@ -19,10 +19,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastcifar.kernels.conv import conv_grads, launch_forward, prepare_args
+from fastcifar.kernels.conv import (
+    _grad_bias_op,
+    conv_grads,
+    launch_forward,
+    launch_grad_input,
+    launch_grad_weight,
+    prepare_args,
+)
 from fastcifar.kernels.launch import empty_output, memory_format
 
-__all__ = ["conv2d_relu_stats"]
+__all__ = ["conv2d_prologue_stats", "conv2d_relu_stats"]
 
 
 def combine_stats(part: Tensor, pixels: int, block: int) -> tuple[Tensor, Tensor]:
@@ -112,3 +119,114 @@ def conv2d_relu_stats(
     stride, padding, dilation = prepare_args(input, weight, bias, stride, padding, dilation,
                                              groups)  # fmt: skip
     return _op(input, weight, bias, stride, padding, dilation, groups, relu)
+
+
+# ---------------------------------------- with the BatchNorm-and-activation prologue
+
+
+@torch.library.custom_op("fastcifar::conv2d_prologue_stats", mutates_args=())
+def _prologue_op(
+    input: Tensor, weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor, act: int,
+    stride: int, padding: int, dilation: int, groups: int,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    y, part, block = launch_forward(input, weight, bias, stride, padding, dilation, groups,
+                                    stats=True, prologue=(scale, shift, act))  # fmt: skip
+    mean, var = combine_stats(part, y.shape[0] * y.shape[2] * y.shape[3], block)
+    return y, mean, var
+
+
+@_prologue_op.register_fake
+def _(input, weight, bias, scale, shift, act, stride, padding, dilation, groups):
+    return _fake_stats(input, weight, stride, padding, dilation)
+
+
+def _fake_stats(input, weight, stride, padding, dilation):
+    cout = weight.shape[0]
+    y = empty_output(input, cout, stride, padding, dilation, weight.shape[-1])
+    stat = torch.float64 if input.dtype == torch.float64 else torch.float32
+    return y, input.new_empty((cout,), dtype=stat), input.new_empty((cout,), dtype=stat)
+
+
+@torch.library.custom_op("fastcifar::conv2d_prologue_grad_input", mutates_args=())
+def _prologue_grad_input_op(
+    grad: Tensor, weight: Tensor, input: Tensor, scale: Tensor, shift: Tensor, act: int,
+    stride: int, padding: int, dilation: int, groups: int,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    return launch_grad_input(grad, weight, input.shape, memory_format(input), stride, padding,
+                             dilation, groups, prologue=(scale, shift, act), x=input)  # fmt: skip
+
+
+@_prologue_grad_input_op.register_fake
+def _(grad, weight, input, scale, shift, act, stride, padding, dilation, groups):
+    stat = torch.float64 if input.dtype == torch.float64 else torch.float32
+    red = input.new_empty((input.shape[1], 2), dtype=stat)
+    return torch.empty_like(input, memory_format=memory_format(input)), red
+
+
+@torch.library.custom_op("fastcifar::conv2d_prologue_grad_weight", mutates_args=())
+def _prologue_grad_weight_op(
+    grad: Tensor, input: Tensor, scale: Tensor, shift: Tensor, act: int, weight_shape: list[int],
+    stride: int, padding: int, dilation: int, groups: int,
+) -> Tensor:  # fmt: skip
+    return launch_grad_weight(grad, input, weight_shape, stride, padding, dilation, groups,
+                              prologue=(scale, shift, act))  # fmt: skip
+
+
+@_prologue_grad_weight_op.register_fake
+def _(grad, input, scale, shift, act, weight_shape, stride, padding, dilation, groups):
+    return input.new_empty(weight_shape)
+
+
+def _prologue_setup_context(ctx, inputs, output):
+    input, weight, bias, scale, shift, act, stride, padding, dilation, groups = inputs
+    y, mean, _ = output
+    # the raw input and the per-channel scale and shift: the prologue is recomputed
+    ctx.save_for_backward(input, weight, scale, shift, y, mean)
+    ctx.args = (stride, padding, dilation, groups)
+    ctx.act, ctx.has_bias = act, bias is not None
+
+
+def _prologue_backward(ctx, gy, gmean, gvar):
+    input, weight, scale, shift, y, mean = ctx.saved_tensors
+    g = fold_stats_grad(gy, gmean, gvar, y, mean).to(y.dtype)
+    gi = gw = gb = gscale = gshift = None
+    if any(ctx.needs_input_grad[i] for i in (0, 3, 4)):
+        gi, red = _prologue_grad_input_op(g, weight, input, scale, shift, ctx.act, *ctx.args)
+        gshift, gscale = red[:, 0].to(shift.dtype), red[:, 1].to(scale.dtype)
+    if ctx.needs_input_grad[1]:
+        gw = _prologue_grad_weight_op(g, input, scale, shift, ctx.act, list(weight.shape),
+                                      *ctx.args)  # fmt: skip
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        gb = _grad_bias_op(g)
+    return gi, gw, gb, gscale, gshift, None, None, None, None, None
+
+
+_prologue_op.register_autograd(_prologue_backward, setup_context=_prologue_setup_context)
+
+
+def conv2d_prologue_stats(
+    input: Tensor, weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor,
+    activation: str = "identity", stride=1, padding=0, dilation=1, groups: int = 1,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """(y, mean, var): y = conv2d(act(input * scale + shift), weight, bias, ...) for a
+    depthwise or narrow-grouped (under 8 channels a group) KxK convolution, and y's
+    per-channel batch mean and biased variance, as ``conv2d_relu_stats``. The prologue
+    (scale, shift (CIN,), ``activation`` one of ``pointwise.ACTIVATIONS``) is applied as
+    the kernel reads the input; the padded border reads as zero after it. The backward
+    recomputes it from the raw input and takes the sums of dz and dz * x (the shift's and
+    scale's gradients) in the input gradient's epilogue.
+
+    Raises:
+        NotImplementedError / ValueError: as ``fastcifar.kernels.conv2d``; a dense or wide
+            grouped convolution (its ``tl.dot`` kernels have no prologue); an unknown
+            activation.
+    """
+    from fastcifar.kernels.pointwise import ACTIVATIONS
+
+    stride, padding, dilation = prepare_args(input, weight, bias, stride, padding, dilation,
+                                             groups)  # fmt: skip
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"fastcifar.kernels.conv2d_prologue_stats: activation {activation!r} "
+                         f"is not one of {', '.join(ACTIVATIONS)}")  # fmt: skip
+    return _prologue_op(input, weight, bias, scale, shift, ACTIVATIONS[activation], stride,
+                        padding, dilation, groups)  # fmt: skip

@@ -34,12 +34,14 @@ import triton
 import triton.language as tl
 
 from fastcifar.kernels._stencil import (
+    apply_prologue,
     load_tile,
     mac,
     partial_range,
     pixel_coords,
     pixel_offset,
     program_tile,
+    prologue_backward,
     store_tile,
     tap_source,
     tap_target,
@@ -279,6 +281,8 @@ def conv_fwd_grouped_kernel(
     x_ptr,  # input (N, CIN, H, W)
     w_ptr,  # weight (COUT, CIN_PG, KSIZE, KSIZE)
     b_ptr,  # bias (COUT,), or any pointer when HAS_BIAS is false
+    scale_ptr,  # prologue scale (CIN,) when PROLOGUE (x raw: act(x * scale + shift) is read)
+    shift_ptr,  # prologue shift (CIN,) when PROLOGUE
     y_ptr,  # output (N, COUT, HO, WO)
     stats_ptr,  # (pixel programs, COUT, 2) partial (sum, M2) when STATS, else any pointer
     # sizes: batch, input height and width, output channels, output height and width,
@@ -291,10 +295,12 @@ def conv_fwd_grouped_kernel(
     # the convolution, the epilogue and the tile, fixed at compile time
     CIN_PG: tl.constexpr, KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
     DILATION: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, STATS: tl.constexpr,
+    PROLOGUE: tl.constexpr, ACT: tl.constexpr,
     ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """Grouped KSIZE x KSIZE forward (depthwise when CIN_PG == COUT_PG == 1), elementwise
-    math.
+    math; with PROLOGUE the previous BatchNorm and activation applied to x as it is read
+    (``_stencil.apply_prologue``; the padded border reads as zero after them).
 
     x (N, COUT/COUT_PG*CIN_PG, H, W), w (COUT, CIN_PG, KSIZE, KSIZE), y (N, COUT, HO, WO):
     any strides, one dtype; accumulation in ``ACC``. Grid: (cdiv(N*HO*WO, BLOCK_P),
@@ -314,7 +320,8 @@ def conv_fwd_grouped_kernel(
         acc = window(acc, x_ptr, w_ptr, n, oh, ow, mask_p, group * CIN_PG + ci,
                      offs_co * stride_wo + ci * stride_wi, mask_co, H, W,
                      stride_xn, stride_xc, stride_xh, stride_xw, stride_wh, stride_ww,
-                     KSIZE, STRIDE, PADDING, DILATION, ACC)  # fmt: skip
+                     scale_ptr, shift_ptr, KSIZE, STRIDE, PADDING, DILATION, ACC, PROLOGUE,
+                     ACT)  # fmt: skip
     # bias, then ReLU, the store and the BatchNorm statistics as asked
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_co, mask=mask_co, other=0.0).to(ACC)[None, :]
@@ -326,17 +333,24 @@ def conv_fwd_grouped_kernel(
 def conv_bwd_input_grouped_kernel(
     dy_ptr,  # output gradient (N, COUT, HO, WO)
     w_ptr,  # weight (COUT, CIN_PG, KSIZE, KSIZE)
-    dx_ptr,  # input gradient (N, CIN, H, W)
+    x_ptr,  # raw input (N, CIN, H, W) when PROLOGUE, else any pointer
+    scale_ptr,  # prologue scale (CIN,) when PROLOGUE
+    shift_ptr,  # prologue shift (CIN,) when PROLOGUE
+    dx_ptr,  # input gradient (N, CIN, H, W): of the raw input when PROLOGUE (direct part)
+    red_ptr,  # (pixel programs, CIN, 2) partial (sum dz, sum dz * x) when PROLOGUE
     # sizes: batch, input channels, input and output height and width, outputs per group
     N, CIN, H, W, HO, WO, COUT_PG,
-    # element strides (n, c, h, w) of dy, w (out, in, h, w) and dx: any layout
+    # element strides (n, c, h, w) of dy, w (out, in, h, w), x and dx: any layout
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
     stride_wo, stride_wi, stride_wh, stride_ww,
+    stride_xn, stride_xc, stride_xh, stride_xw,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
     CIN_PG: tl.constexpr, KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
-    DILATION: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    DILATION: tl.constexpr, PROLOGUE: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Grouped KSIZE x KSIZE input gradient (depthwise included), elementwise math.
+    """Grouped KSIZE x KSIZE input gradient (depthwise included), elementwise math; with
+    PROLOGUE the prologue's backward as the epilogue (``_stencil.prologue_backward``).
 
     dy (N, COUT, HO, WO), w (COUT, CIN_PG, KSIZE, KSIZE), dx (N, CIN, H, W): any strides,
     one dtype. Grid: (cdiv(N*H*W, BLOCK_P), cdiv(CIN, BLOCK_C)).
@@ -356,6 +370,10 @@ def conv_bwd_input_grouped_kernel(
                                 co * stride_wo + ci_local * stride_wi, mask_ci, HO, WO,
                                 stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_wh,
                                 stride_ww, KSIZE, STRIDE, PADDING, DILATION, ACC)  # fmt: skip
+    if PROLOGUE:
+        x_off = pixel_offset(n, ih, iw, stride_xn, stride_xh, stride_xw)
+        acc = prologue_backward(acc, x_ptr, x_off, offs_ci, stride_xc, mask_p, mask_ci,
+                                scale_ptr, shift_ptr, red_ptr, pid_p, CIN, ACT, ACC)  # fmt: skip
     dx_off = pixel_offset(n, ih, iw, stride_dxn, stride_dxh, stride_dxw)
     store_tile(dx_ptr, acc, dx_off, offs_ci, stride_dxc, mask_p, mask_ci)
 
@@ -363,16 +381,20 @@ def conv_bwd_input_grouped_kernel(
 @triton.jit
 def conv_bwd_weight_grouped_kernel(
     dy_ptr,  # output gradient (N, COUT, HO, WO)
-    x_ptr,  # input (N, CIN, H, W)
+    x_ptr,  # input (N, CIN, H, W), raw when PROLOGUE
+    scale_ptr,  # prologue scale (CIN,) when PROLOGUE (recomputed: the normalised x is
+    shift_ptr,  # prologue shift (CIN,)                 never saved)
     part_ptr,  # partials (T, COUT, CIN_PG, KSIZE * KSIZE), contiguous, ACC dtype
     # sizes, outputs per group, and the output pixels each partial sums over
     N, H, W, COUT, HO, WO, COUT_PG, PIXELS_PER_PARTIAL,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
     stride_xn, stride_xc, stride_xh, stride_xw,
     CIN_PG: tl.constexpr, KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
-    DILATION: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    DILATION: tl.constexpr, PROLOGUE: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Grouped KSIZE x KSIZE weight gradient (depthwise included), per-program partials.
+    """Grouped KSIZE x KSIZE weight gradient (depthwise included), per-program partials;
+    with PROLOGUE, x is read through the prologue.
 
     dy (N, COUT, HO, WO), x (N, CIN, H, W): any strides, one dtype; part
     (T, COUT, CIN_PG, KSIZE * KSIZE) contiguous in ``ACC``. Grid: (T, cdiv(COUT, BLOCK_C),
@@ -403,6 +425,8 @@ def conv_bwd_weight_grouped_kernel(
         dyt = load_tile(dy_ptr, dy_off, offs_co, stride_dyc, mask_p, mask_co)
         x_off = pixel_offset(n, ih, iw, stride_xn, stride_xh, stride_xw)
         xt = load_tile(x_ptr, x_off, cin, stride_xc, ok, mask_co)
+        if PROLOGUE:
+            xt = apply_prologue(xt, scale_ptr, shift_ptr, cin, ok, mask_co, ACT, ACC)
         acc += tl.sum(dyt.to(ACC) * xt.to(ACC), axis=0)
     TAPS = KSIZE * KSIZE
     out = part_ptr + pid_t * COUT * CIN_PG * TAPS + offs_co * CIN_PG * TAPS + ci * TAPS + tap

@@ -184,10 +184,13 @@ TARGET_TILES: dict[str, dict[str, Tiles]] = {
     # grouped tl.dot kernels (sm_75 gets no mma from triton 3.8: the dot is FMA there)
     # spilled in float16 at every tile but 16 pixels: 64 x 16 x 16, 20 bytes (input
     # gradient, groups of 8); 32 pixels, 68 (forward, 32 groups of 8); 8 warps, 24; 2
-    # stages, 20. 16 x 16 x 16 compiles without spills (32-bit loads)
+    # stages, 20. 16 x 16 x 16 compiles without spills (32-bit loads). Its pointwise weight
+    # gradient (FMA dot too) spilled 588 bytes at 64 x 32 x 32 (float16, 48 -> 1152
+    # channels); 64 x 16 x 16 fits in 189 registers (128-bit loads)
     "sm_75": {
         "dwsep": replace(GPU_TILES["dwsep"], block_p=32),
         "grouped_dot": replace(GPU_TILES["grouped_dot"], block_p=16),
+        "pointwise": replace(GPU_TILES["pointwise"], block_n=16, block_k=16),
     },
     "sm_86": {"depthwise": _DEPTHWISE_ONE_WARP, "dense": _DENSE_16},
     "sm_89": {"depthwise": _DEPTHWISE_ONE_WARP, "dense": _DENSE_16},

@@ -13,6 +13,8 @@ The prologue: ``a = act(x * scale[c] + shift[c])`` per input channel ``c``, comp
 ``ACC`` and cast back to the input's dtype before the ``tl.dot`` (what PyTorch's
 BatchNorm -> activation -> convolution computes, whose normalised tensor is in the
 input's dtype too). ``ACT``: 0 identity, 1 ReLU, 2 ReLU6, 3 SiLU (``pointwise.ACTIVATIONS``).
+The prologue and its backward are ``_stencil``'s (``apply_prologue``,
+``prologue_backward``), shared with the depthwise and grouped kernels.
 The backward recomputes ``a`` from the raw ``x`` (it is never saved) and produces, as
 the input gradient's epilogue, the raw input's direct gradient ``dz * scale`` and the
 per-channel sums ``sum dz`` and ``sum dz * x`` that the scale's and shift's gradients
@@ -25,54 +27,17 @@ import triton
 import triton.language as tl
 
 from fastcifar.kernels._stencil import (
+    apply_prologue,
     load_tile,
     mac,
     partial_range,
     pixel_coords,
     pixel_offset,
     program_tile,
+    prologue_backward,
     store_tile,
 )
 from fastcifar.kernels.conv_kernels import _epilogue
-
-
-@triton.jit
-def _activation(z, ACT: tl.constexpr):
-    # act(z) for ACT 0 identity, 1 ReLU, 2 ReLU6, 3 SiLU (z in the accumulator dtype)
-    if ACT == 1:
-        z = tl.maximum(z, 0.0)
-    elif ACT == 2:
-        z = tl.minimum(tl.maximum(z, 0.0), 6.0)
-    elif ACT == 3:
-        z = z / (1.0 + tl.exp(-z))
-    return z
-
-
-@triton.jit
-def _activation_grad(z, ACT: tl.constexpr):
-    # act'(z), the same codes: ReLU's and ReLU6's derivative is 0 at the kinks, as
-    # PyTorch's threshold_backward and hardtanh_backward take it
-    if ACT == 1:
-        d = tl.where(z > 0.0, 1.0, 0.0)
-    elif ACT == 2:
-        d = tl.where((z > 0.0) & (z < 6.0), 1.0, 0.0)
-    elif ACT == 3:
-        s = 1.0 / (1.0 + tl.exp(-z))
-        d = s * (1.0 + z * (1.0 - s))
-    else:
-        d = tl.full(z.shape, 1.0, z.dtype)
-    return d.to(z.dtype)
-
-
-@triton.jit
-def _prologue(xt, scale_ptr, shift_ptr, offs_ci, mask, mask_ci, ACT: tl.constexpr,
-              ACC: tl.constexpr):  # fmt: skip
-    # a = act(x * scale + shift) of a [pixels, channels] tile; zero where masked, so that a
-    # pixel or channel outside the tensor adds nothing to the dot (act(shift) need not be 0)
-    scale = tl.load(scale_ptr + offs_ci, mask=mask_ci, other=0.0).to(ACC)
-    shift = tl.load(shift_ptr + offs_ci, mask=mask_ci, other=0.0).to(ACC)
-    z = xt.to(ACC) * scale[None, :] + shift[None, :]
-    return tl.where(mask, _activation(z, ACT), 0.0).to(xt.dtype)
 
 
 @triton.jit
@@ -113,8 +78,7 @@ def pointwise_fwd_kernel(
         mask_ci = offs_ci < CIN
         xt = load_tile(x_ptr, x_off, offs_ci, stride_xc, mask_p, mask_ci)
         if PROLOGUE:
-            xt = _prologue(xt, scale_ptr, shift_ptr, offs_ci,
-                           mask_p[:, None] & mask_ci[None, :], mask_ci, ACT, ACC)  # fmt: skip
+            xt = apply_prologue(xt, scale_ptr, shift_ptr, offs_ci, mask_p, mask_ci, ACT, ACC)
         wt = tl.load(
             w_ptr + offs_co[None, :] * stride_wo + offs_ci[:, None] * stride_wi,
             mask=mask_ci[:, None] & mask_co[None, :],
@@ -171,19 +135,10 @@ def pointwise_bwd_input_kernel(
             other=0.0,
         )
         acc = mac(acc, dyt, wt, USE_DOT, ACC)
-    if PROLOGUE:
-        # the BatchNorm-and-activation backward's epilogue, from the raw input
-        valid = mask_p[:, None] & mask_ci[None, :]
+    if PROLOGUE:  # the BatchNorm-and-activation backward's epilogue, from the raw input
         x_off = pixel_offset(n, h, w, stride_xn, stride_xh, stride_xw)
-        xt = load_tile(x_ptr, x_off, offs_ci, stride_xc, mask_p, mask_ci).to(ACC)
-        scale = tl.load(scale_ptr + offs_ci, mask=mask_ci, other=0.0).to(ACC)
-        shift = tl.load(shift_ptr + offs_ci, mask=mask_ci, other=0.0).to(ACC)
-        dz = tl.where(valid, acc * _activation_grad(xt * scale[None, :] + shift[None, :], ACT),
-                      0.0)  # fmt: skip
-        base = red_ptr + pid_p * CIN * 2 + offs_ci * 2
-        tl.store(base, tl.sum(dz, axis=0), mask=mask_ci)
-        tl.store(base + 1, tl.sum(dz * xt, axis=0), mask=mask_ci)
-        acc = dz * scale[None, :]
+        acc = prologue_backward(acc, x_ptr, x_off, offs_ci, stride_xc, mask_p, mask_ci,
+                                scale_ptr, shift_ptr, red_ptr, pid_p, CIN, ACT, ACC)  # fmt: skip
     dx_off = pixel_offset(n, h, w, stride_dxn, stride_dxh, stride_dxw)
     store_tile(dx_ptr, acc, dx_off, offs_ci, stride_dxc, mask_p, mask_ci)
 
@@ -231,8 +186,7 @@ def pointwise_bwd_weight_kernel(
         x_off = pixel_offset(n, h, w, stride_xn, stride_xh, stride_xw)
         xt = load_tile(x_ptr, x_off, offs_ci, stride_xc, mask_p, mask_ci)  # [BLOCK_P, BLOCK_K]
         if PROLOGUE:
-            xt = _prologue(xt, scale_ptr, shift_ptr, offs_ci,
-                           mask_p[:, None] & mask_ci[None, :], mask_ci, ACT, ACC)  # fmt: skip
+            xt = apply_prologue(xt, scale_ptr, shift_ptr, offs_ci, mask_p, mask_ci, ACT, ACC)
         acc = mac(acc, dyt, xt, USE_DOT, ACC)
     out = part_ptr + pid_t * COUT * CIN + offs_co[:, None] * CIN + offs_ci[None, :]
     tl.store(out, acc, mask=mask_co[:, None] & mask_ci[None, :])
