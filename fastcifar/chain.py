@@ -8,10 +8,10 @@ output going to the second and nowhere else (the "link"). Converted
 * the producer runs its convolution in Triton with the BatchNorm statistics in the
   kernel's epilogue (``conv2d_relu_stats`` for 3x3/KxK grouped and depthwise,
   ``pointwise_conv2d`` for 1x1), folds the statistics with the BatchNorm's weight and
-  bias into a per-channel ``scale`` and ``shift`` (updating the running statistics as
-  ``nn.BatchNorm2d`` does), and returns a ``Pending``: the raw output, the scale, the
-  shift and the activation, not the normalised tensor;
-* the consumer applies ``act(raw * scale + shift)`` in its kernel's prologue
+  bias into a per-channel center, scale and shift (updating the running statistics as
+  ``nn.BatchNorm2d`` does), and returns a ``Pending``: the raw output, that (C, 3)
+  prologue and the activation, not the normalised tensor;
+* the consumer applies ``act((raw - center) * scale + shift)`` in its kernel's prologue
   (``pointwise_conv2d``, ``conv2d_prologue_stats``); its backward recomputes that from
   the raw tensor and takes the BatchNorm backward's reductions in its epilogue.
 
@@ -47,7 +47,7 @@ __all__ = [
     "ACTIVATION_NAMES",
     "FusedConvBNAct",
     "Pending",
-    "bn_scale_shift",
+    "bn_prologue",
     "find_links",
     "fuse_conv_bn_act",
     "is_pointwise",
@@ -59,25 +59,25 @@ ACTIVATION_NAMES: dict[type, str] = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU
 
 
 class Pending(NamedTuple):
-    """A BatchNorm and activation not yet applied: ``act(raw * scale + shift)``.
+    """A BatchNorm and activation not yet applied: ``act((raw - center) * scale + shift)``.
 
     raw: (N, C, H, W) the producing convolution's output, its dtype and layout;
-    scale, shift: (C,) float32 (float64 for float64 ``raw``); activation: a name of
-    ``fastcifar.kernels.pointwise.ACTIVATIONS``.
+    prologue: (C, 3) float32 (float64 for float64 ``raw``): per channel the center (the
+    batch mean, or the running mean in eval), the scale (BatchNorm's weight over the
+    deviation) and the shift (its bias); activation: a name of
+    ``fastcifar.kernels.launch.ACTIVATIONS``.
     """
 
     raw: torch.Tensor
-    scale: torch.Tensor
-    shift: torch.Tensor
+    prologue: torch.Tensor
     activation: str
 
     def materialise(self) -> torch.Tensor:
         """The normalised, activated tensor, in ``raw``'s dtype (what an unfused chain
         would have passed on)."""
-        shape = (1, -1, 1, 1)
-        z = self.raw * self.scale.view(shape).to(self.raw.dtype)
-        z = z + self.shift.view(shape).to(self.raw.dtype)
-        return _ACTIVATE[self.activation](z)
+        center, scale, shift = (self.prologue[:, i].view(1, -1, 1, 1).to(self.raw.dtype)
+                                for i in range(3))  # fmt: skip
+        return _ACTIVATE[self.activation]((self.raw - center) * scale + shift)
 
 
 _ACTIVATE = {
@@ -88,15 +88,15 @@ _ACTIVATE = {
 }
 
 
-def bn_scale_shift(
-    bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) per channel such that ``bn(y) == y * scale + shift``, from the batch
-    ``mean`` and biased ``var`` of ``y`` over ``count`` values per channel in training
-    (``running_mean``/``running_var`` updated as ``nn.BatchNorm2d`` does: unbiased
-    variance, ``momentum`` or the cumulative average when it is None), from the running
-    statistics in eval mode. Differentiable in ``mean``, ``var`` and the affine
-    parameters."""
+def bn_prologue(
+    bn: nn.BatchNorm2d, mean: torch.Tensor | None, var: torch.Tensor | None, count: int
+) -> torch.Tensor:
+    """(C, 3) center, scale and shift per channel such that ``bn(y) == (y - center) *
+    scale + shift``, from the batch ``mean`` and biased ``var`` of ``y`` over ``count``
+    values per channel in training (``running_mean``/``running_var`` updated as
+    ``nn.BatchNorm2d`` does: unbiased variance, ``momentum`` or the cumulative average
+    when it is None), from the running statistics in eval mode. Differentiable in
+    ``mean``, ``var`` and the affine parameters."""
     if bn.training and bn.track_running_stats:
         with torch.no_grad():
             bn.num_batches_tracked += 1
@@ -109,8 +109,8 @@ def bn_scale_shift(
     scale = torch.rsqrt(var + bn.eps)
     if bn.affine:
         scale = scale * bn.weight
-    shift = -mean * scale + (bn.bias if bn.affine else 0)
-    return scale, shift
+    shift = bn.bias if bn.affine else torch.zeros_like(scale)
+    return torch.stack((mean.to(scale.dtype), scale, shift.to(scale.dtype)), dim=1)
 
 
 def is_pointwise(conv: nn.Module) -> bool:
@@ -215,7 +215,7 @@ class FusedConvBNAct(nn.Sequential):
                 x, prologue = x.raw, x
         x, weight, bias = _autocast_args(x, conv.weight, conv.bias)
         stats = bn.training or not bn.track_running_stats
-        pro = (prologue.scale, prologue.shift, prologue.activation) if prologue else ()
+        pro = (prologue.prologue, prologue.activation) if prologue else ()
         args = (conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
         if is_pointwise(conv):
             y, mean, var = pointwise_conv2d(x, weight, bias, *pro, stats=True)
@@ -224,10 +224,9 @@ class FusedConvBNAct(nn.Sequential):
         else:
             y, mean, var = conv2d_relu_stats(x, weight, bias, *args, relu=False)
         count = y.numel() // y.shape[1]
-        scale, shift = bn_scale_shift(bn, mean if stats else None, var if stats else None,
-                                      count)  # fmt: skip
+        folded = bn_prologue(bn, mean if stats else None, var if stats else None, count)
         activation = "identity" if len(self) == 2 else ACTIVATION_NAMES[type(self[2])]
-        out = Pending(y, scale, shift, activation)
+        out = Pending(y, folded, activation)
         return out if self.gives_pending else out.materialise()
 
 

@@ -189,6 +189,7 @@ def record_pointwise(launches, configs, dtypes) -> None:
     """The pointwise op's launches (forward with and without the SiLU prologue, with the
     statistics epilogue; input and weight gradients with the prologue)."""
     from fastcifar.kernels import pointwise
+    from fastcifar.kernels.launch import ACTIVATIONS
 
     for dtype in dtypes:
         for xs, cout, cl in configs:
@@ -196,14 +197,14 @@ def record_pointwise(launches, configs, dtypes) -> None:
             x = torch.empty(xs, dtype=dtype, device="meta")
             x = x.contiguous(memory_format=torch.channels_last) if cl else x
             w = torch.empty((cout, xs[1], 1, 1), dtype=dtype, device="meta")
-            scale = torch.empty((xs[1],), device="meta")
-            y, _, _ = pointwise.launch_forward(x, w, None, None, None, 0, True)
+            pro = torch.empty((xs[1], 3), device="meta")
+            y, _, _ = pointwise.launch_forward(x, w, None, None, 0, True)
             dy = torch.empty_like(y)
             # SiLU: the prologue with the most instructions (ReLU's is a subset of its code)
-            for act in (pointwise.ACTIVATIONS["silu"],):
-                pointwise.launch_forward(x, w, None, scale, scale, act, True)
-                pointwise.launch_grad_input(dy, w, x, scale, scale, act)
-                pointwise.launch_grad_weight(dy, x, scale, scale, act, w.shape)
+            for act in (ACTIVATIONS["silu"],):
+                pointwise.launch_forward(x, w, None, pro, act, True)
+                pointwise.launch_grad_input(dy, w, x, pro, act)
+                pointwise.launch_grad_weight(dy, x, pro, act, w.shape)
             label = f"1x1 {xs[1]}->{cout} {xs[2]}x{xs[3]} {'cl' if cl else 'nchw'}"
             wide = cl and xs[1] % 16 == 0 and cout % 16 == 0
             for la in launches[first:]:
@@ -236,7 +237,7 @@ def record(configs, dtypes, target: str | None = None, pointwise_cfgs=()) -> lis
                 if conv.family(xs[1], ws[0], g, s) in ("depthwise", "depthwise_strided",
                                                        "grouped"):  # fmt: skip
                     # with the BatchNorm-and-activation prologue (a chain's consumer)
-                    pro = (meta((xs[1],), torch.float32),) * 2 + (3,)  # SiLU: the longest
+                    pro = (meta((xs[1], 3), torch.float32), 3)  # SiLU: the longest
                     conv.launch_forward(x, w, None, s, p, d, g, stats=True, prologue=pro)
                     conv.launch_grad_input(dy, w, xs, fmt, s, p, d, g, prologue=pro, x=x)
                     conv.launch_grad_weight(dy, x, ws, s, p, d, g, prologue=pro)

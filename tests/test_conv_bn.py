@@ -142,11 +142,12 @@ PROLOGUE_CONFIGS = [
 ]
 
 
-def prologue_reference(x, w, b, scale, shift, s, p, d, g, activation):
+def prologue_reference(x, w, b, prologue, s, p, d, g, activation):
     """PyTorch's composition: the normalised, activated input written, zero-padded."""
     from tests.test_pointwise import TORCH_ACT
 
-    a = TORCH_ACT[activation](x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+    center, scale, shift = (prologue[:, i].view(1, -1, 1, 1) for i in range(3))
+    a = TORCH_ACT[activation]((x - center) * scale + shift)
     return reference(a.to(x.dtype), w, b, s, p, d, g, relu=False)
 
 
@@ -157,23 +158,24 @@ def test_prologue_matches_pytorch_in_float64_border_included(cfg, activation):
 
     (x, w, b), args = make(cfg, torch.float64, True)
     gen = torch.Generator().manual_seed(5)
-    scale = torch.rand(x.shape[1], generator=gen, dtype=torch.float64) + 0.5
+    c = x.shape[1]
     # a large positive shift: act(shift) is far from 0, so padding before the activation
     # (instead of after it) would show at every border pixel
-    shift = torch.rand(x.shape[1], generator=gen, dtype=torch.float64) + 2.0
+    pro = torch.stack((torch.randn(c, generator=gen, dtype=torch.float64),
+                       torch.rand(c, generator=gen, dtype=torch.float64) + 0.5,
+                       torch.rand(c, generator=gen, dtype=torch.float64) + 2.0), dim=1)  # fmt: skip
     stride, padding, dilation, groups = args[:4]
 
-    def ours(x, w, b, scale, shift, *_):
-        return conv2d_prologue_stats(x, w, b, scale, shift, activation, stride, padding,
-                                     dilation, groups)  # fmt: skip
+    def ours(x, w, b, pro, *_):
+        return conv2d_prologue_stats(x, w, b, pro, activation, stride, padding, dilation,
+                                     groups)  # fmt: skip
 
-    def theirs(x, w, b, scale, shift, *_):
-        return prologue_reference(x, w, b, scale, shift, stride, padding, dilation, groups,
-                                  activation)  # fmt: skip
+    def theirs(x, w, b, pro, *_):
+        return prologue_reference(x, w, b, pro, stride, padding, dilation, groups, activation)
 
-    got = run(ours, [x, w, b, scale.to(DEVICE), shift.to(DEVICE)], (), None)
-    want = run(theirs, [x, w, b, scale.to(DEVICE), shift.to(DEVICE)], (), None)
-    names = ("y", "mean", "var", "grad x", "grad weight", "grad bias", "grad scale", "grad shift")
+    got = run(ours, [x, w, b, pro.to(DEVICE)], (), None)
+    want = run(theirs, [x, w, b, pro.to(DEVICE)], (), None)
+    names = ("y", "mean", "var", "grad x", "grad weight", "grad bias", "grad prologue")
     for name, a, r in zip(names, got, want, strict=True):
         assert rel(a, r) < 1e-12, f"{name}: {rel(a, r):.2e}"
 
@@ -182,6 +184,6 @@ def test_prologue_is_refused_on_the_dot_kernels():
     from fastcifar.kernels.conv_bn import conv2d_prologue_stats
 
     x, w, b = conv_inputs((1, 16, 16, 4, 4, 1, 1, 1, 1), torch.float32, False)
-    one = torch.ones(16, device=DEVICE)
+    pro = torch.ones(16, 3, device=DEVICE)
     with pytest.raises(NotImplementedError, match="dense kernels have no BatchNorm"):
-        conv2d_prologue_stats(x, w, b, one, one, "relu", 1, 1)
+        conv2d_prologue_stats(x, w, b, pro, "relu", 1, 1)

@@ -198,3 +198,30 @@ def test_config_json_records_the_dispatch(tmp_path):
     records = [{"kind": "conv", "config": "dense 3->8", "choice": "torch"}]
     write_config(tmp_path, get_recipe("s7"), RunOptions(), records)
     assert json.loads((tmp_path / "config.json").read_text())["kernel_dispatch"] == records
+
+
+def test_a_chain_is_validated_timed_and_converted_as_one_unit(tmp_path):
+    # depthwise 3x3 -> BN -> ReLU -> 1x1 -> BN: one conv_bn_act unit, validated for real
+    # against float64 (under the interpreter here), timed by the fake timer, converted
+    from fastcifar.chain import FusedConvBNAct
+    from fastcifar.kernel_guard import validate_block
+
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8),
+                      nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 12, 1, bias=False), nn.BatchNorm2d(12)),
+    )  # fmt: skip
+    seen = []
+
+    def validate(kind, unit, cfg, device):
+        seen.append(kind)
+        return validate_block(kind, unit, cfg, device)
+
+    decisions = dispatch.decide(model, torch.randn(2, 8, 6, 6), torch.float32, torch.device("cpu"),
+                                timer=FakeTimer({"conv_bn_act"}), env="e", validate=validate,
+                                cache=dispatch.DispatchCache(tmp_path / "c.json"))  # fmt: skip
+    chain = next(d for d in decisions if d.kind == "conv_bn_act")
+    assert chain.layers == ["0>1"] and chain.choice == "triton" and "conv_bn_act" in seen
+    assert dispatch.apply(model, decisions)["conv_bn_act"] == ["0>1"]
+    assert type(model[0]) is FusedConvBNAct and model[0].gives_pending
+    assert model(torch.randn(2, 8, 6, 6)).shape == (2, 12, 6, 6)

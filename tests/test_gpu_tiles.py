@@ -91,15 +91,45 @@ def test_depthwise_separable(dtype, relu):
     check_depthwise_separable(dtype, relu)
 
 
-@pytest.mark.parametrize("target", sorted(TARGET_TILES))
+# the configurations that run each kernel family (launch.FAMILIES)
+FAMILY_CONFIGS = {
+    "dense": (DENSE,), "depthwise": (DEPTHWISE,), "depthwise_strided": (DEPTHWISE_5X5,),
+    "grouped": (GROUPED,), "grouped_dot": (GROUPS_OF_8,), "reduce": (DEPTHWISE, GROUPED),
+}  # fmt: skip
+
+
+def _distinct_target_tiles() -> list[str]:
+    """The first target of each distinct set of own tile entries (sm_86, sm_89 and sm_120
+    share theirs, as gfx90a and gfx942 do: the same tiles run the same code)."""
+    seen, targets = set(), []
+    for target in sorted(TARGET_TILES):
+        key = tuple(sorted(TARGET_TILES[target].items()))
+        if key not in seen:
+            seen.add(key)
+            targets.append(target)
+    return targets
+
+
+@pytest.mark.parametrize("target", _distinct_target_tiles())
 def test_each_targets_own_tiles_compute_the_same(target):
-    # a target's tile entries (launch.TARGET_TILES) run under the interpreter too
+    # a target's tile entries (launch.TARGET_TILES) run under the interpreter too: the
+    # configurations of every family it has its own tiles for
+    families = TARGET_TILES[target]
     with compile_target(target):
-        for family, t in TARGET_TILES[target].items():
+        for family, t in families.items():
             assert tiles(torch.float16, family) == t
-        for cfg in (DENSE, DEPTHWISE, GROUPED, GROUPS_OF_8):
+        for cfg in dict.fromkeys(c for f in families for c in FAMILY_CONFIGS.get(f, ())):
             check(cfg, torch.float16, channels_last=True)
-        check_depthwise_separable(torch.float16, relu=True)
+        if {"dwsep", "dwsep_weights"} & set(families):
+            check_depthwise_separable(torch.float16, relu=True)
+        if "pointwise" in families:
+            from tests.test_pointwise import NAMES, inputs, ours, reference, run
+
+            tensors = inputs(2, 40, 70, 9, 8, torch.float16, True)
+            exact = run(reference, [t.double() for t in tensors], "silu")
+            theirs, got = run(reference, tensors, "silu"), run(ours, tensors, "silu")
+            for name, a, th, r in zip(NAMES, got, theirs, exact, strict=True):
+                assert rel(a, r) <= low_precision_bound(rel(th, r), torch.float16), name
 
 
 def check_depthwise_separable(dtype, relu):

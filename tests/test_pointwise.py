@@ -7,20 +7,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastcifar.kernels.launch import gpu_tiles
-from fastcifar.kernels.pointwise import ACTIVATIONS, pointwise_conv2d
+from fastcifar.kernels.launch import ACTIVATIONS, gpu_tiles
+from fastcifar.kernels.pointwise import pointwise_conv2d
 from tests.kernel_helpers import DEVICE, low_precision_bound, rel
 
 TORCH_ACT = {"identity": lambda t: t, "relu": F.relu, "relu6": F.relu6, "silu": F.silu}
 
 
-def reference(x, w, b, scale, shift, activation, stats=True):
+def reference(x, w, b, prologue, activation, stats=True):
     """PyTorch's composition: the normalised, activated tensor written, then the conv."""
     a = x
-    if scale is not None:
+    if prologue is not None:
+        center, scale, shift = (prologue[:, i].view(1, -1, 1, 1) for i in range(3))
         # in the input's dtype, as a BatchNorm and activation under autocast write it
-        a = TORCH_ACT[activation](x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
-        a = a.to(x.dtype)
+        a = TORCH_ACT[activation]((x - center) * scale + shift).to(x.dtype)
     y = F.conv2d(a, w, b)
     return (y, y.mean((0, 2, 3)), y.var((0, 2, 3), unbiased=False)) if stats else (y,)
 
@@ -32,11 +32,12 @@ def inputs(n, cin, cout, h, w, dtype, channels_last, prologue=True, bias=True, s
         x = x.contiguous(memory_format=torch.channels_last)
     wt = (torch.randn(cout, cin, 1, 1, generator=gen) / cin**0.5).to(DEVICE, dtype)
     b = torch.randn(cout, generator=gen).to(DEVICE, dtype) if bias else None
-    # BatchNorm's parameters stay float32 under autocast: so do the scale and shift
+    # BatchNorm's parameters stay float32 under autocast: so does the prologue (center near
+    # the input's mean of 1, scale, shift)
     sdt = torch.float64 if dtype == torch.float64 else torch.float32
-    scale = (torch.rand(cin, generator=gen) + 0.2).to(DEVICE, sdt) if prologue else None
-    shift = torch.randn(cin, generator=gen).to(DEVICE, sdt) if prologue else None
-    return [x, wt, b, scale, shift]
+    pro = torch.stack((torch.randn(cin, generator=gen) + 1, torch.rand(cin, generator=gen) + 0.2,
+                       torch.randn(cin, generator=gen)), dim=1).to(DEVICE, sdt)  # fmt: skip
+    return [x, wt, b, pro if prologue else None]
 
 
 def run(fn, tensors, activation, stats=True, seed=1):
@@ -51,11 +52,11 @@ def run(fn, tensors, activation, stats=True, seed=1):
     return [*out, *torch.autograd.grad(loss, present)]
 
 
-def ours(x, w, b, scale, shift, activation, stats):
-    return pointwise_conv2d(x, w, b, scale, shift, activation, stats)
+def ours(x, w, b, prologue, activation, stats):
+    return pointwise_conv2d(x, w, b, prologue, activation, stats)
 
 
-NAMES = ("y", "mean", "var", "grad x", "grad weight", "grad bias", "grad scale", "grad shift")
+NAMES = ("y", "mean", "var", "grad x", "grad weight", "grad bias", "grad prologue")
 
 
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
@@ -94,12 +95,10 @@ def test_low_precision_within_pytorchs_own_error(dtype):
 
 
 def test_bad_input_is_named():
-    x, w, b, scale, shift = inputs(1, 4, 5, 2, 2, torch.float32, False)
+    x, w, b, pro = inputs(1, 4, 5, 2, 2, torch.float32, False)
     with pytest.raises(NotImplementedError, match=r"weight \(COUT, CIN, 1, 1\)"):
         pointwise_conv2d(x, torch.randn(5, 4, 3, 3))
-    with pytest.raises(ValueError, match="both scale and shift"):
-        pointwise_conv2d(x, w, b, scale, None)
+    with pytest.raises(ValueError, match=r"floating \(4, 3\) tensor of center, scale"):
+        pointwise_conv2d(x, w, b, pro[:, :2])
     with pytest.raises(ValueError, match="activation 'gelu'"):
-        pointwise_conv2d(x, w, b, scale, shift, "gelu")
-    with pytest.raises(ValueError, match="one per input channel"):
-        pointwise_conv2d(x, w, b, scale[:3], shift[:3])
+        pointwise_conv2d(x, w, b, pro, "gelu")

@@ -261,3 +261,23 @@ def test_a_runs_compile_count_is_counted_once_and_reused(tmp_path, monkeypatch):
     assert calls == [("compile",), ("compile",)]  # another batch: counted again
     run.count_run(tmp_path / "run0", recipe, RunOptions(compile=False))
     assert calls[-1] == ("eager",)  # eager counts are not cached (seconds)
+
+
+def test_saved_bytes_lose_exactly_the_normalised_tensor_of_a_chain():
+    # conv 3x3 -> BN -> ReLU -> 1x1 -> BN: eager saves x, y1 (BatchNorm's input), a1 (the
+    # ReLU's output, also the 1x1's input) and y2; the chain never materialises a1
+    from torch.nn import functional as F
+
+    from fastcifar.roofline.ledger import StepSetup
+    from fastcifar.roofline.saved import saved_bytes
+
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 4, 1, bias=False), nn.BatchNorm2d(4)),
+        nn.Flatten(), nn.Linear(4 * 32 * 32, 10),
+    )  # fmt: skip
+    sgd = lambda m: torch.optim.SGD(m.parameters(), lr=0.1)  # noqa: E731
+    setup = StepSetup(model, "chain", F.cross_entropy, sgd, 4, None, False)
+    eager, fused = saved_bytes(setup), saved_bytes(setup, fastcifar=True)
+    assert eager - fused == 4 * 8 * 32 * 32 * 4  # a1 in float32
+    assert fused >= 4 * (3 + 8 + 4) * 32 * 32 * 4  # x, y1, y2 are still kept

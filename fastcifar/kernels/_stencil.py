@@ -99,36 +99,42 @@ def activation_grad(z, ACT: tl.constexpr):
 
 
 @triton.jit
-def apply_prologue(xt, scale_ptr, shift_ptr, offs_c, mask_p, mask_c, ACT: tl.constexpr,
-                   ACC: tl.constexpr):  # fmt: skip
-    # a = act(x * scale[c] + shift[c]) of a [pixels, channels] tile, computed in ACC and
-    # cast back to the tile's dtype (as PyTorch's BatchNorm -> activation writes it); zero
-    # where masked, after the activation: a padded border or a pixel or channel outside
-    # the tensor reads as zero (act(shift) need not be 0)
-    scale = tl.load(scale_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
-    shift = tl.load(shift_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
-    z = xt.to(ACC) * scale[None, :] + shift[None, :]
+def _prologue_params(pro_ptr, offs_c, mask_c, ACC: tl.constexpr):
+    # (center, scale, shift) per channel from the (C, 3) prologue tensor
+    center = tl.load(pro_ptr + offs_c * 3, mask=mask_c, other=0.0).to(ACC)
+    scale = tl.load(pro_ptr + offs_c * 3 + 1, mask=mask_c, other=0.0).to(ACC)
+    shift = tl.load(pro_ptr + offs_c * 3 + 2, mask=mask_c, other=0.0).to(ACC)
+    return center, scale, shift
+
+
+@triton.jit
+def apply_prologue(xt, pro_ptr, offs_c, mask_p, mask_c, ACT: tl.constexpr, ACC: tl.constexpr):
+    # a = act((x - center[c]) * scale[c] + shift[c]) of a [pixels, channels] tile, computed
+    # in ACC and cast back to the tile's dtype (as PyTorch's BatchNorm -> activation
+    # writes it); zero where masked, after the activation: a padded border or a pixel or
+    # channel outside the tensor reads as zero (act(shift) need not be 0)
+    center, scale, shift = _prologue_params(pro_ptr, offs_c, mask_c, ACC)
+    z = (xt.to(ACC) - center[None, :]) * scale[None, :] + shift[None, :]
     valid = mask_p[:, None] & mask_c[None, :]
     return tl.where(valid, activation(z, ACT), 0.0).to(xt.dtype)
 
 
 @triton.jit
-def prologue_backward(da, x_ptr, x_off, offs_c, stride_xc, mask_p, mask_c, scale_ptr, shift_ptr,
-                      red_ptr, pid_p, C, ACT: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+def prologue_backward(da, x_ptr, x_off, offs_c, stride_xc, mask_p, mask_c, pro_ptr, red_ptr,
+                      pid_p, C, ACT: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
     # the prologue's backward for a [pixels, channels] tile of da (the gradient of its
-    # output a): dz = da * act'(x * scale + shift) from the raw x; stores this program's
-    # partial sums of dz and dz * x per channel at red[pid_p, c, 0:2] (the shift's and
-    # the scale's gradients once summed) and returns dz * scale, the raw x's direct
-    # gradient
+    # output a): dz = da * act'(z) from the raw x; stores this program's partial sums of
+    # dz and dz * (x - center) per channel at red[pid_p, c, 0:2] (the shift's and the
+    # scale's gradients once summed; centred, so that float32 does not cancel them) and
+    # returns dz * scale, the raw x's direct gradient
     valid = mask_p[:, None] & mask_c[None, :]
-    xt = load_tile(x_ptr, x_off, offs_c, stride_xc, mask_p, mask_c).to(ACC)
-    scale = tl.load(scale_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
-    shift = tl.load(shift_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
-    dz = da * activation_grad(xt * scale[None, :] + shift[None, :], ACT)
+    center, scale, shift = _prologue_params(pro_ptr, offs_c, mask_c, ACC)
+    xc = load_tile(x_ptr, x_off, offs_c, stride_xc, mask_p, mask_c).to(ACC) - center[None, :]
+    dz = da * activation_grad(xc * scale[None, :] + shift[None, :], ACT)
     dz = tl.where(valid, dz, 0.0)
     base = red_ptr + pid_p * C * 2 + offs_c * 2
     tl.store(base, tl.sum(dz, axis=0), mask=mask_c)
-    tl.store(base + 1, tl.sum(dz * xt, axis=0), mask=mask_c)
+    tl.store(base + 1, tl.sum(dz * xc, axis=0), mask=mask_c)
     return dz * scale[None, :]
 
 
@@ -166,7 +172,7 @@ def tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE: tl.constexpr, PADDING: tl
 def _window_row(
     acc, x_ptr, w_ptr, n, oh, ow, mask_p, x_chan, w_chan, mask_c, kh,
     H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh, stride_ww,
-    scale_ptr, shift_ptr,
+    pro_ptr,
     KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
     DILATION: tl.constexpr, ACC: tl.constexpr, PROLOGUE: tl.constexpr, ACT: tl.constexpr,
 ):  # fmt: skip
@@ -176,7 +182,7 @@ def _window_row(
         x_off = pixel_offset(n, ih, iw, stride_xn, stride_xh, stride_xw)
         xt = load_tile(x_ptr, x_off, x_chan, stride_xc, ok, mask_c)
         if PROLOGUE:  # zero outside the image after the activation, not before
-            xt = apply_prologue(xt, scale_ptr, shift_ptr, x_chan, ok, mask_c, ACT, ACC)
+            xt = apply_prologue(xt, pro_ptr, x_chan, ok, mask_c, ACT, ACC)
         wv = tl.load(w_ptr + w_chan + kh * stride_wh + kw * stride_ww, mask=mask_c, other=0.0)
         acc += xt.to(ACC) * wv.to(ACC)[None, :]
     return acc
@@ -188,7 +194,7 @@ def window(
     n, oh, ow, mask_p,  # output pixels [P]
     x_chan, w_chan, mask_c,  # per column: input channel, weight offset of tap (0, 0)
     H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh, stride_ww,
-    scale_ptr, shift_ptr,  # the prologue's (C,) per input channel, when PROLOGUE
+    pro_ptr,  # the prologue's (C, 3) (center, scale, shift) per input channel, when PROLOGUE
     KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
     DILATION: tl.constexpr, ACC: tl.constexpr, PROLOGUE: tl.constexpr, ACT: tl.constexpr,
 ):  # fmt: skip
@@ -200,13 +206,13 @@ def window(
         for kh in range(KSIZE):
             acc = _window_row(acc, x_ptr, w_ptr, n, oh, ow, mask_p, x_chan, w_chan, mask_c, kh,
                               H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh,
-                              stride_ww, scale_ptr, shift_ptr, KSIZE, STRIDE, PADDING,
+                              stride_ww, pro_ptr, KSIZE, STRIDE, PADDING,
                               DILATION, ACC, PROLOGUE, ACT)  # fmt: skip
     else:
         for kh in tl.static_range(KSIZE):
             acc = _window_row(acc, x_ptr, w_ptr, n, oh, ow, mask_p, x_chan, w_chan, mask_c, kh,
                               H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh,
-                              stride_ww, scale_ptr, shift_ptr, KSIZE, STRIDE, PADDING,
+                              stride_ww, pro_ptr, KSIZE, STRIDE, PADDING,
                               DILATION, ACC, PROLOGUE, ACT)  # fmt: skip
     return acc
 

@@ -200,21 +200,21 @@ def span_align(per_group: int, groups: int) -> int:
     return 16 if groups == 1 else min(16, per_group & -per_group)
 
 
-def _prologue_args(prologue, fam: str, dummy: Tensor) -> tuple[Tensor, Tensor, bool, int]:
-    """(scale, shift, PROLOGUE, ACT) kernel arguments of ``prologue`` = (scale, shift,
-    activation code) or None.
+def _prologue_args(prologue, fam: str, dummy: Tensor) -> tuple[Tensor, bool, int]:
+    """(pro, PROLOGUE, ACT) kernel arguments of ``prologue`` = (the (CIN, 3) tensor of
+    center, scale and shift, activation code) or None.
 
     Raises:
         NotImplementedError: a prologue on a ``tl.dot`` family (dense, grouped_dot)."""
     if prologue is None:
-        return dummy, dummy, False, 0
+        return dummy, False, 0
     if _dot_kernels(fam):
         raise NotImplementedError(
             f"fastcifar.kernels: the {fam} kernels have no BatchNorm-and-activation prologue "
             f"(depthwise and groups of under {DOT_MIN_PER_GROUP} channels have)"
         )
-    scale, shift, act = prologue
-    return scale, shift, True, act
+    pro, act = prologue
+    return pro, True, act
 
 
 def launch_forward(
@@ -224,13 +224,13 @@ def launch_forward(
     """The output (N, COUT, HO, WO), ReLU applied if asked; with ``stats`` the per-program
     BatchNorm partials (programs, COUT, 2): (sum, sum of squared deviations), else None;
     and the pixels per program (every program's count but the last's). ``prologue``:
-    (scale (CIN,), shift (CIN,), activation code) applied to ``x`` as it is read
+    (the (CIN, 3) center, scale and shift, activation code) applied to ``x`` as it is read
     (elementwise families only), or None."""
     k = _k()
     n, cin, h, wd = x.shape
     cout, ksize = w.shape[0], w.shape[-1]
     fam = family(cin, cout, groups, stride)
-    scale, shift, has_prologue, act = _prologue_args(prologue, fam, w)
+    pro, has_prologue, act = _prologue_args(prologue, fam, w)
     t = tiles(x.dtype, fam)
     y = empty_output(x, cout, stride, padding, dilation, ksize)
     ho, wo = y.shape[2], y.shape[3]
@@ -255,7 +255,7 @@ def launch_forward(
     else:
         launch(
             k.conv_fwd_grouped_kernel, (programs, cdiv(cout, t.block_c)),
-            *pointers[:3], scale, shift, *pointers[3:], n, h, wd, cout, ho, wo, cout_pg, *layout,
+            *pointers[:3], pro, *pointers[3:], n, h, wd, cout, ho, wo, cout_pg, *layout,
             CIN_PG=cin_pg, BLOCK_C=t.block_c, PROLOGUE=has_prologue, ACT=act, **conv,
         )  # fmt: skip
     return y, part, t.block_p
@@ -265,12 +265,13 @@ def launch_grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding,
                       prologue=None, x: Tensor | None = None):  # fmt: skip
     """The input gradient (N, CIN, H, W) of output gradient ``dy``, in ``x_format``. With
     ``prologue`` (as ``launch_forward``'s; ``x`` the raw input): (the raw input's direct
-    gradient, (CIN, 2) sums of (dz, dz * x)), the prologue's backward in the epilogue."""
+    gradient, (CIN, 2) sums of (dz, dz * (x - center))), the prologue's backward in the
+    epilogue."""
     k = _k()
     n, cin, h, wd = x_shape
     cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     fam = family(cin, cout, groups, stride)
-    scale, shift, has_prologue, act = _prologue_args(prologue, fam, w)
+    pro, has_prologue, act = _prologue_args(prologue, fam, w)
     t = tiles(dy.dtype, fam)
     dx = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=x_format)
     programs = cdiv(n * h * wd, t.block_p)
@@ -292,7 +293,7 @@ def launch_grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding,
         xp = x if has_prologue else dx
         launch(
             k.conv_bwd_input_grouped_kernel, (programs, cdiv(cin, t.block_c)),
-            dy, w, xp, scale, shift, dx, red, n, cin, h, wd, ho, wo, cout_pg, *layout[:8],
+            dy, w, xp, pro, dx, red, n, cin, h, wd, ho, wo, cout_pg, *layout[:8],
             *strides(xp), *layout[8:], CIN_PG=cin_pg, BLOCK_C=t.block_c, PROLOGUE=has_prologue,
             ACT=act, **conv,
         )  # fmt: skip
@@ -310,7 +311,7 @@ def launch_grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation
     cout, cin_pg, ksize = w_shape[0], w_shape[1], w_shape[-1]
     cout_pg, taps = cout // groups, ksize * ksize
     fam = family(cin, cout, groups, stride)
-    scale, shift, has_prologue, act = _prologue_args(prologue, fam, x)
+    pro, has_prologue, act = _prologue_args(prologue, fam, x)
     dot = _dot_kernels(fam)
     t = tiles(x.dtype, fam if dot else "reduce")
     ho, wo = dy.shape[2], dy.shape[3]
@@ -337,7 +338,7 @@ def launch_grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation
     else:
         launch(
             k.conv_bwd_weight_grouped_kernel, (parts, *grid_nz),
-            dy, x, scale, shift, part, n, h, wd, cout, ho, wo, cout_pg, pixels_per_partial,
+            dy, x, pro, part, n, h, wd, cout, ho, wo, cout_pg, pixels_per_partial,
             *layout, CIN_PG=cin_pg, BLOCK_C=t.block_c, PROLOGUE=has_prologue, ACT=act, **conv,
         )  # fmt: skip
     # fixed-order sum of the per-tile partials: deterministic

@@ -27,7 +27,7 @@ from fastcifar.kernels.conv import (
     launch_grad_weight,
     prepare_args,
 )
-from fastcifar.kernels.launch import empty_output, memory_format
+from fastcifar.kernels.launch import ACTIVATIONS, empty_output, memory_format
 
 __all__ = ["conv2d_prologue_stats", "conv2d_relu_stats"]
 
@@ -124,19 +124,36 @@ def conv2d_relu_stats(
 # ---------------------------------------- with the BatchNorm-and-activation prologue
 
 
+def prologue_grad(prologue: Tensor, red: Tensor) -> Tensor:
+    """The (CIN, 3) prologue's gradient from the (CIN, 2) sums (sum dz, sum dz (x -
+    center)): (-scale sum dz, sum dz (x - center), sum dz)."""
+    sums = red.to(prologue.dtype)
+    return torch.stack((-prologue[:, 1] * sums[:, 0], sums[:, 1], sums[:, 0]), dim=1)
+
+
+def check_prologue(prologue: Tensor | None, channels: int, prefix: str) -> None:
+    """Raise ``ValueError`` unless ``prologue`` is None or a contiguous floating (C, 3)."""
+    if prologue is None:
+        return
+    if tuple(prologue.shape) != (channels, 3) or not prologue.is_floating_point():
+        raise ValueError(f"{prefix} the prologue must be a floating ({channels}, 3) tensor of "
+                         f"center, scale and shift per input channel; got "
+                         f"{tuple(prologue.shape)} {prologue.dtype}")  # fmt: skip
+
+
 @torch.library.custom_op("fastcifar::conv2d_prologue_stats", mutates_args=())
 def _prologue_op(
-    input: Tensor, weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor, act: int,
+    input: Tensor, weight: Tensor, bias: Tensor | None, prologue: Tensor, act: int,
     stride: int, padding: int, dilation: int, groups: int,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     y, part, block = launch_forward(input, weight, bias, stride, padding, dilation, groups,
-                                    stats=True, prologue=(scale, shift, act))  # fmt: skip
+                                    stats=True, prologue=(prologue, act))  # fmt: skip
     mean, var = combine_stats(part, y.shape[0] * y.shape[2] * y.shape[3], block)
     return y, mean, var
 
 
 @_prologue_op.register_fake
-def _(input, weight, bias, scale, shift, act, stride, padding, dilation, groups):
+def _(input, weight, bias, prologue, act, stride, padding, dilation, groups):
     return _fake_stats(input, weight, stride, padding, dilation)
 
 
@@ -149,15 +166,15 @@ def _fake_stats(input, weight, stride, padding, dilation):
 
 @torch.library.custom_op("fastcifar::conv2d_prologue_grad_input", mutates_args=())
 def _prologue_grad_input_op(
-    grad: Tensor, weight: Tensor, input: Tensor, scale: Tensor, shift: Tensor, act: int,
+    grad: Tensor, weight: Tensor, input: Tensor, prologue: Tensor, act: int,
     stride: int, padding: int, dilation: int, groups: int,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     return launch_grad_input(grad, weight, input.shape, memory_format(input), stride, padding,
-                             dilation, groups, prologue=(scale, shift, act), x=input)  # fmt: skip
+                             dilation, groups, prologue=(prologue, act), x=input)  # fmt: skip
 
 
 @_prologue_grad_input_op.register_fake
-def _(grad, weight, input, scale, shift, act, stride, padding, dilation, groups):
+def _(grad, weight, input, prologue, act, stride, padding, dilation, groups):
     stat = torch.float64 if input.dtype == torch.float64 else torch.float32
     red = input.new_empty((input.shape[1], 2), dtype=stat)
     return torch.empty_like(input, memory_format=memory_format(input)), red
@@ -165,68 +182,68 @@ def _(grad, weight, input, scale, shift, act, stride, padding, dilation, groups)
 
 @torch.library.custom_op("fastcifar::conv2d_prologue_grad_weight", mutates_args=())
 def _prologue_grad_weight_op(
-    grad: Tensor, input: Tensor, scale: Tensor, shift: Tensor, act: int, weight_shape: list[int],
+    grad: Tensor, input: Tensor, prologue: Tensor, act: int, weight_shape: list[int],
     stride: int, padding: int, dilation: int, groups: int,
 ) -> Tensor:  # fmt: skip
     return launch_grad_weight(grad, input, weight_shape, stride, padding, dilation, groups,
-                              prologue=(scale, shift, act))  # fmt: skip
+                              prologue=(prologue, act))  # fmt: skip
 
 
 @_prologue_grad_weight_op.register_fake
-def _(grad, input, scale, shift, act, weight_shape, stride, padding, dilation, groups):
+def _(grad, input, prologue, act, weight_shape, stride, padding, dilation, groups):
     return input.new_empty(weight_shape)
 
 
 def _prologue_setup_context(ctx, inputs, output):
-    input, weight, bias, scale, shift, act, stride, padding, dilation, groups = inputs
+    input, weight, bias, prologue, act, stride, padding, dilation, groups = inputs
     y, mean, _ = output
-    # the raw input and the per-channel scale and shift: the prologue is recomputed
-    ctx.save_for_backward(input, weight, scale, shift, y, mean)
+    # the raw input and the (CIN, 3) prologue: the normalised input is recomputed
+    ctx.save_for_backward(input, weight, prologue, y, mean)
     ctx.args = (stride, padding, dilation, groups)
     ctx.act, ctx.has_bias = act, bias is not None
 
 
 def _prologue_backward(ctx, gy, gmean, gvar):
-    input, weight, scale, shift, y, mean = ctx.saved_tensors
+    input, weight, prologue, y, mean = ctx.saved_tensors
     g = fold_stats_grad(gy, gmean, gvar, y, mean).to(y.dtype)
-    gi = gw = gb = gscale = gshift = None
-    if any(ctx.needs_input_grad[i] for i in (0, 3, 4)):
-        gi, red = _prologue_grad_input_op(g, weight, input, scale, shift, ctx.act, *ctx.args)
-        gshift, gscale = red[:, 0].to(shift.dtype), red[:, 1].to(scale.dtype)
+    gi = gw = gb = gpro = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
+        gi, red = _prologue_grad_input_op(g, weight, input, prologue, ctx.act, *ctx.args)
+        gpro = prologue_grad(prologue, red)
     if ctx.needs_input_grad[1]:
-        gw = _prologue_grad_weight_op(g, input, scale, shift, ctx.act, list(weight.shape),
+        gw = _prologue_grad_weight_op(g, input, prologue, ctx.act, list(weight.shape),
                                       *ctx.args)  # fmt: skip
     if ctx.has_bias and ctx.needs_input_grad[2]:
         gb = _grad_bias_op(g)
-    return gi, gw, gb, gscale, gshift, None, None, None, None, None
+    return gi, gw, gb, gpro, None, None, None, None, None
 
 
 _prologue_op.register_autograd(_prologue_backward, setup_context=_prologue_setup_context)
 
 
 def conv2d_prologue_stats(
-    input: Tensor, weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor,
+    input: Tensor, weight: Tensor, bias: Tensor | None, prologue: Tensor,
     activation: str = "identity", stride=1, padding=0, dilation=1, groups: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """(y, mean, var): y = conv2d(act(input * scale + shift), weight, bias, ...) for a
-    depthwise or narrow-grouped (under 8 channels a group) KxK convolution, and y's
+    """(y, mean, var): y = conv2d(act((input - center) * scale + shift), weight, bias, ...)
+    for a depthwise or narrow-grouped (under 8 channels a group) KxK convolution, and y's
     per-channel batch mean and biased variance, as ``conv2d_relu_stats``. The prologue
-    (scale, shift (CIN,), ``activation`` one of ``pointwise.ACTIVATIONS``) is applied as
-    the kernel reads the input; the padded border reads as zero after it. The backward
-    recomputes it from the raw input and takes the sums of dz and dz * x (the shift's and
-    scale's gradients) in the input gradient's epilogue.
+    ((CIN, 3) center, scale, shift; ``activation`` one of ``launch.ACTIVATIONS``) is
+    applied as the kernel reads the input; the padded border reads as zero after it.
+    The backward recomputes it from the raw input and takes the sums of dz and
+    dz * (x - center) in the input gradient's epilogue.
 
     Raises:
         NotImplementedError / ValueError: as ``fastcifar.kernels.conv2d``; a dense or wide
-            grouped convolution (its ``tl.dot`` kernels have no prologue); an unknown
-            activation.
+            grouped convolution (its ``tl.dot`` kernels have no prologue); a prologue not
+            (CIN, 3); an unknown activation.
     """
-    from fastcifar.kernels.pointwise import ACTIVATIONS
-
     stride, padding, dilation = prepare_args(input, weight, bias, stride, padding, dilation,
                                              groups)  # fmt: skip
+    prefix = "fastcifar.kernels.conv2d_prologue_stats:"
+    check_prologue(prologue, input.shape[1], prefix)
     if activation not in ACTIVATIONS:
-        raise ValueError(f"fastcifar.kernels.conv2d_prologue_stats: activation {activation!r} "
-                         f"is not one of {', '.join(ACTIVATIONS)}")  # fmt: skip
-    return _prologue_op(input, weight, bias, scale, shift, ACTIVATIONS[activation], stride,
-                        padding, dilation, groups)  # fmt: skip
+        raise ValueError(f"{prefix} activation {activation!r} is not one of "
+                         f"{', '.join(ACTIVATIONS)}")  # fmt: skip
+    return _prologue_op(input, weight, bias, prologue.contiguous(), ACTIVATIONS[activation],
+                        stride, padding, dilation, groups)  # fmt: skip

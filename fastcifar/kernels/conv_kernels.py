@@ -281,8 +281,8 @@ def conv_fwd_grouped_kernel(
     x_ptr,  # input (N, CIN, H, W)
     w_ptr,  # weight (COUT, CIN_PG, KSIZE, KSIZE)
     b_ptr,  # bias (COUT,), or any pointer when HAS_BIAS is false
-    scale_ptr,  # prologue scale (CIN,) when PROLOGUE (x raw: act(x * scale + shift) is read)
-    shift_ptr,  # prologue shift (CIN,) when PROLOGUE
+    pro_ptr,  # prologue (CIN, 3) center, scale, shift when PROLOGUE (x raw: act((x - center)
+    #   * scale + shift) is what the window reads)
     y_ptr,  # output (N, COUT, HO, WO)
     stats_ptr,  # (pixel programs, COUT, 2) partial (sum, M2) when STATS, else any pointer
     # sizes: batch, input height and width, output channels, output height and width,
@@ -320,8 +320,7 @@ def conv_fwd_grouped_kernel(
         acc = window(acc, x_ptr, w_ptr, n, oh, ow, mask_p, group * CIN_PG + ci,
                      offs_co * stride_wo + ci * stride_wi, mask_co, H, W,
                      stride_xn, stride_xc, stride_xh, stride_xw, stride_wh, stride_ww,
-                     scale_ptr, shift_ptr, KSIZE, STRIDE, PADDING, DILATION, ACC, PROLOGUE,
-                     ACT)  # fmt: skip
+                     pro_ptr, KSIZE, STRIDE, PADDING, DILATION, ACC, PROLOGUE, ACT)  # fmt: skip
     # bias, then ReLU, the store and the BatchNorm statistics as asked
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_co, mask=mask_co, other=0.0).to(ACC)[None, :]
@@ -334,8 +333,7 @@ def conv_bwd_input_grouped_kernel(
     dy_ptr,  # output gradient (N, COUT, HO, WO)
     w_ptr,  # weight (COUT, CIN_PG, KSIZE, KSIZE)
     x_ptr,  # raw input (N, CIN, H, W) when PROLOGUE, else any pointer
-    scale_ptr,  # prologue scale (CIN,) when PROLOGUE
-    shift_ptr,  # prologue shift (CIN,) when PROLOGUE
+    pro_ptr,  # prologue (CIN, 3) center, scale, shift when PROLOGUE
     dx_ptr,  # input gradient (N, CIN, H, W): of the raw input when PROLOGUE (direct part)
     red_ptr,  # (pixel programs, CIN, 2) partial (sum dz, sum dz * x) when PROLOGUE
     # sizes: batch, input channels, input and output height and width, outputs per group
@@ -373,7 +371,7 @@ def conv_bwd_input_grouped_kernel(
     if PROLOGUE:
         x_off = pixel_offset(n, ih, iw, stride_xn, stride_xh, stride_xw)
         acc = prologue_backward(acc, x_ptr, x_off, offs_ci, stride_xc, mask_p, mask_ci,
-                                scale_ptr, shift_ptr, red_ptr, pid_p, CIN, ACT, ACC)  # fmt: skip
+                                pro_ptr, red_ptr, pid_p, CIN, ACT, ACC)  # fmt: skip
     dx_off = pixel_offset(n, ih, iw, stride_dxn, stride_dxh, stride_dxw)
     store_tile(dx_ptr, acc, dx_off, offs_ci, stride_dxc, mask_p, mask_ci)
 
@@ -382,8 +380,7 @@ def conv_bwd_input_grouped_kernel(
 def conv_bwd_weight_grouped_kernel(
     dy_ptr,  # output gradient (N, COUT, HO, WO)
     x_ptr,  # input (N, CIN, H, W), raw when PROLOGUE
-    scale_ptr,  # prologue scale (CIN,) when PROLOGUE (recomputed: the normalised x is
-    shift_ptr,  # prologue shift (CIN,)                 never saved)
+    pro_ptr,  # prologue (CIN, 3) when PROLOGUE (recomputed: the normalised x is never saved)
     part_ptr,  # partials (T, COUT, CIN_PG, KSIZE * KSIZE), contiguous, ACC dtype
     # sizes, outputs per group, and the output pixels each partial sums over
     N, H, W, COUT, HO, WO, COUT_PG, PIXELS_PER_PARTIAL,
@@ -426,7 +423,7 @@ def conv_bwd_weight_grouped_kernel(
         x_off = pixel_offset(n, ih, iw, stride_xn, stride_xh, stride_xw)
         xt = load_tile(x_ptr, x_off, cin, stride_xc, ok, mask_co)
         if PROLOGUE:
-            xt = apply_prologue(xt, scale_ptr, shift_ptr, cin, ok, mask_co, ACT, ACC)
+            xt = apply_prologue(xt, pro_ptr, cin, ok, mask_co, ACT, ACC)
         acc += tl.sum(dyt.to(ACC) * xt.to(ACC), axis=0)
     TAPS = KSIZE * KSIZE
     out = part_ptr + pid_t * COUT * CIN_PG * TAPS + offs_co * CIN_PG * TAPS + ci * TAPS + tap

@@ -44,7 +44,7 @@ def _dw_tile(
     # [BLOCK_P, BLOCK_K]
     mid = tl.zeros([BLOCK_P, BLOCK_K], dtype=ACC)
     mid = window(mid, x_ptr, wd_ptr, n, oh, ow, mask_p, offs_c, offs_c * stride_wc, mask_c, H, W,
-                 stride_xn, stride_xc, stride_xh, stride_xw, stride_wh, stride_ww, x_ptr, x_ptr,
+                 stride_xn, stride_xc, stride_xh, stride_xw, stride_wh, stride_ww, x_ptr,
                  3, STRIDE, PADDING, DILATION, ACC, False, 0)  # fmt: skip
     if RELU:
         mid = tl.maximum(mid, 0.0)

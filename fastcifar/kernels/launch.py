@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "ACTIVATIONS",
     "GPU_TILES",
     "INTERPRETER_TILES",
     "TARGET_TILES",
@@ -55,6 +56,9 @@ __all__ = [
     "tl_acc",
 ]
 
+# The activations a BatchNorm-and-activation prologue applies (pointwise_conv2d,
+# conv2d_prologue_stats), by name, and their code in the kernels (_stencil.activation).
+ACTIVATIONS = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3}
 # Streaming multiprocessors assumed when no CUDA device says otherwise (H100 SXM: 132);
 # weight-gradient splits aim at >= 2 programs per SM.
 DEFAULT_SM_COUNT = 132

@@ -5,27 +5,28 @@ statistics taken from its output as it stores it.
 In a training step of conv -> BatchNorm -> activation -> 1x1 conv, PyTorch writes the
 normalised, activated tensor and reads it back into the 1x1 convolution, and saves it
 for the backward. Here the 1x1 convolution reads the raw convolution output and applies
-``act(x * scale + shift)`` per input channel in its prologue (``scale``, ``shift``: the
-BatchNorm's batch statistics folded with its weight and bias, computed by the caller,
-``fastcifar.chain``); the normalised tensor is never written, and the backward
-recomputes it from the raw tensor. This is the scale-bias-activation-convolution of
+``act((x - center) * scale + shift)`` per input channel in its prologue (center: the
+BatchNorm's batch mean; scale: its weight over the batch deviation; shift: its bias;
+computed by the caller, ``fastcifar.chain``); the normalised tensor is never written,
+and the backward recomputes it from the raw tensor. This is the scale-bias-activation-convolution of
 cuDNN's fused-ops API (``CUDNN_FUSED_SCALE_BIAS_ACTIVATION_CONV_BNSTATS``, the MLPerf
 ResNet-50 kernels), written for the pointwise convolutions of the model zoo.
 
 Shapes and layouts: input (N, CIN, H, W), NCHW or channels_last (channels_last in,
-channels_last out); weight (COUT, CIN, 1, 1); bias (COUT,) or None; scale and shift
-(CIN,), any floating dtype (float32 under autocast: BatchNorm's), or both None (a plain
-1x1 convolution); stride 1, no padding. Input, weight and bias share one dtype: float32,
-float16, bfloat16 (float32 accumulation) or float64 (float64 accumulation, for
-gradcheck). Differentiable in input, weight, bias, scale and shift (and through the
-statistics: mean and var carry gradients back into the output).
+channels_last out); weight (COUT, CIN, 1, 1); bias (COUT,) or None; the prologue a
+(CIN, 3) tensor of center, scale and shift, any floating dtype (float32 under autocast:
+BatchNorm's), or None (a plain 1x1 convolution); stride 1, no padding. Input, weight
+and bias share one dtype: float32, float16, bfloat16 (float32 accumulation) or float64
+(float64 accumulation, for gradcheck). Differentiable in input, weight, bias and the
+prologue (and through the statistics: mean and var carry gradients back into the
+output).
 
 Backward: the input gradient's kernel computes ``da = dy @ w``, then in its epilogue
-``dz = da * act'(x * scale + shift)``, stores ``dz * scale`` (the raw input's direct
-gradient) and the per-channel sums of ``dz`` and ``dz * x`` (the gradients of shift
-and scale): the BatchNorm backward's reductions without a pass of their own. The weight
-gradient's kernel recomputes the prologue from the raw input. Saved for the backward:
-the raw input and the per-channel scale and shift only.
+``dz = da * act'(z)``, stores ``dz * scale`` (the raw input's direct gradient) and the
+per-channel sums of ``dz`` and ``dz * (x - center)`` (the prologue's gradients follow):
+the BatchNorm backward's reductions without a pass of their own. The weight gradient's
+kernel recomputes the prologue from the raw input. Saved for the backward: the raw
+input and the (CIN, 3) prologue only.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ import torch
 from torch import Tensor
 
 from fastcifar.kernels.conv import _grad_bias_op, kernels_can_run
-from fastcifar.kernels.conv_bn import combine_stats, fold_stats_grad
+from fastcifar.kernels.conv_bn import check_prologue, combine_stats, fold_stats_grad, prologue_grad
 from fastcifar.kernels.launch import (
+    ACTIVATIONS,
     MAX_INT32_ELEMENTS,
     acc_dtype,
     cdiv,
@@ -50,9 +52,6 @@ from fastcifar.kernels.launch import (
 
 __all__ = ["ACTIVATIONS", "pointwise_conv2d"]
 
-# The prologue's activations, by the name fastcifar.chain gives them, and their code in
-# the kernels (pointwise_kernels._activation): one table.
-ACTIVATIONS = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3}
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -67,8 +66,8 @@ def _dummy(t: Tensor | None, other: Tensor) -> Tensor:
     return t if t is not None else other
 
 
-def launch_forward(x: Tensor, w: Tensor, b: Tensor | None, scale: Tensor | None,
-                   shift: Tensor | None, act: int, stats: bool):  # fmt: skip
+def launch_forward(x: Tensor, w: Tensor, b: Tensor | None, pro: Tensor | None, act: int,
+                   stats: bool):  # fmt: skip
     """(y (N, COUT, H, W), partials (programs, COUT, 2) or None, pixels per program)."""
     t = tiles(x.dtype, "pointwise")
     n, cin, h, wd = x.shape
@@ -80,29 +79,29 @@ def launch_forward(x: Tensor, w: Tensor, b: Tensor | None, scale: Tensor | None,
         part = torch.empty((programs, cout, 2), dtype=acc_dtype(x.dtype), device=x.device)
     launch(
         _k().pointwise_fwd_kernel, (programs, cdiv(cout, t.block_n)),
-        x, w, _dummy(b, w), _dummy(scale, w), _dummy(shift, w), y, _dummy(part, y),
+        x, w, _dummy(b, w), _dummy(pro, w), y, _dummy(part, y),
         n, cin, h, wd, cout, *strides(x), w.stride(0), w.stride(1), *strides(y),
-        HAS_BIAS=b is not None, PROLOGUE=scale is not None, ACT=act, STATS=stats,
+        HAS_BIAS=b is not None, PROLOGUE=pro is not None, ACT=act, STATS=stats,
         USE_DOT=t.use_dot, ACC=tl_acc(x.dtype), BLOCK_P=t.block_p, BLOCK_N=t.block_n,
         BLOCK_K=t.block_k, **t.launch_options,
     )  # fmt: skip
     return y, part, t.block_p
 
 
-def launch_grad_input(dy: Tensor, w: Tensor, x: Tensor, scale: Tensor | None,
-                      shift: Tensor | None, act: int) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """(dx in x's dtype and layout, (CIN, 2) sums of (dz, dz * x) in the accumulator
-    dtype: zeros without a prologue)."""
+def launch_grad_input(dy: Tensor, w: Tensor, x: Tensor, pro: Tensor | None,
+                      act: int) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(dx in x's dtype and layout, (CIN, 2) sums of (dz, dz * (x - center)) in the
+    accumulator dtype: zeros without a prologue)."""
     t = tiles(dy.dtype, "pointwise")
     n, cin, h, wd = x.shape
     dx = torch.empty_like(x, memory_format=memory_format(x))
     programs = cdiv(n * h * wd, t.block_p)
-    prologue = scale is not None
+    prologue = pro is not None
     red = torch.zeros((programs if prologue else 1, cin, 2), dtype=acc_dtype(dy.dtype),
                       device=dy.device)  # fmt: skip
     launch(
         _k().pointwise_bwd_input_kernel, (programs, cdiv(cin, t.block_n)),
-        dy, w, x, _dummy(scale, w), _dummy(shift, w), dx, red,
+        dy, w, x, _dummy(pro, w), dx, red,
         n, cin, h, wd, w.shape[0], *strides(dy), w.stride(0), w.stride(1), *strides(x),
         *strides(dx), PROLOGUE=prologue, ACT=act, USE_DOT=t.use_dot, ACC=tl_acc(dy.dtype),
         BLOCK_P=t.block_p, BLOCK_N=t.block_n, BLOCK_K=t.block_k, **t.launch_options,
@@ -110,8 +109,8 @@ def launch_grad_input(dy: Tensor, w: Tensor, x: Tensor, scale: Tensor | None,
     return dx, red.sum(0)  # fixed-order sum of the partials: deterministic
 
 
-def launch_grad_weight(dy: Tensor, x: Tensor, scale: Tensor | None, shift: Tensor | None,
-                       act: int, w_shape) -> Tensor:  # fmt: skip
+def launch_grad_weight(dy: Tensor, x: Tensor, pro: Tensor | None, act: int,
+                       w_shape) -> Tensor:  # fmt: skip
     """The weight gradient (COUT, CIN, 1, 1) in x's dtype: per-program partials summed in
     a fixed order (deterministic)."""
     t = tiles(x.dtype, "pointwise")
@@ -123,9 +122,9 @@ def launch_grad_weight(dy: Tensor, x: Tensor, scale: Tensor | None, shift: Tenso
     part = torch.empty((parts, cout, cin), dtype=acc_dtype(x.dtype), device=x.device)
     launch(
         _k().pointwise_bwd_weight_kernel, (parts, *grid_nk),
-        dy, x, _dummy(scale, x), _dummy(shift, x), part,
+        dy, x, _dummy(pro, x), part,
         n, cin, h, wd, cout, pixels_per_partial, *strides(dy), *strides(x),
-        PROLOGUE=scale is not None, ACT=act, USE_DOT=t.use_dot, ACC=tl_acc(x.dtype),
+        PROLOGUE=pro is not None, ACT=act, USE_DOT=t.use_dot, ACC=tl_acc(x.dtype),
         BLOCK_P=t.block_p, BLOCK_N=t.block_n, BLOCK_K=t.block_k, **t.launch_options,
     )  # fmt: skip
     return part.sum(0).view(cout, cin, 1, 1).to(x.dtype)
@@ -136,10 +135,10 @@ def launch_grad_weight(dy: Tensor, x: Tensor, scale: Tensor | None, shift: Tenso
 
 @torch.library.custom_op("fastcifar::pointwise_conv2d", mutates_args=())
 def _op(
-    input: Tensor, weight: Tensor, bias: Tensor | None, scale: Tensor | None,
-    shift: Tensor | None, act: int, stats: bool,
+    input: Tensor, weight: Tensor, bias: Tensor | None, prologue: Tensor | None, act: int,
+    stats: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    y, part, block = launch_forward(input, weight, bias, scale, shift, act, stats)
+    y, part, block = launch_forward(input, weight, bias, prologue, act, stats)
     if not stats:
         empty = input.new_empty((0,), dtype=acc_dtype(input.dtype))
         return y, empty, empty.clone()
@@ -148,7 +147,7 @@ def _op(
 
 
 @_op.register_fake
-def _(input, weight, bias, scale, shift, act, stats):
+def _(input, weight, bias, prologue, act, stats):
     y = empty_output(input, weight.shape[0], 1, 0, 1, 1)
     size = (weight.shape[0],) if stats else (0,)
     stat = acc_dtype(input.dtype)
@@ -157,60 +156,58 @@ def _(input, weight, bias, scale, shift, act, stats):
 
 @torch.library.custom_op("fastcifar::pointwise_conv2d_grad_input", mutates_args=())
 def _grad_input_op(
-    grad: Tensor, weight: Tensor, input: Tensor, scale: Tensor | None, shift: Tensor | None,
-    act: int,
+    grad: Tensor, weight: Tensor, input: Tensor, prologue: Tensor | None, act: int,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    return launch_grad_input(grad, weight, input, scale, shift, act)
+    return launch_grad_input(grad, weight, input, prologue, act)
 
 
 @_grad_input_op.register_fake
-def _(grad, weight, input, scale, shift, act):
+def _(grad, weight, input, prologue, act):
     red = input.new_empty((input.shape[1], 2), dtype=acc_dtype(input.dtype))
     return torch.empty_like(input, memory_format=memory_format(input)), red
 
 
 @torch.library.custom_op("fastcifar::pointwise_conv2d_grad_weight", mutates_args=())
 def _grad_weight_op(
-    grad: Tensor, input: Tensor, scale: Tensor | None, shift: Tensor | None, act: int,
-    weight_shape: list[int],
+    grad: Tensor, input: Tensor, prologue: Tensor | None, act: int, weight_shape: list[int],
 ) -> Tensor:  # fmt: skip
-    return launch_grad_weight(grad, input, scale, shift, act, weight_shape)
+    return launch_grad_weight(grad, input, prologue, act, weight_shape)
 
 
 @_grad_weight_op.register_fake
-def _(grad, input, scale, shift, act, weight_shape):
+def _(grad, input, prologue, act, weight_shape):
     return input.new_empty(weight_shape)
 
 
 def _setup_context(ctx, inputs, output):
-    input, weight, bias, scale, shift, act, stats = inputs
+    input, weight, bias, prologue, act, stats = inputs
     y, mean, _ = output
-    # the raw input and the per-channel scale and shift: the prologue is recomputed
-    ctx.save_for_backward(input, weight, scale, shift, y if stats else None, mean)
+    # the raw input and the (CIN, 3) prologue: the normalised input is recomputed
+    ctx.save_for_backward(input, weight, prologue, y if stats else None, mean)
     ctx.act, ctx.stats, ctx.has_bias = act, stats, bias is not None
 
 
 def _backward(ctx, gy, gmean, gvar):
-    input, weight, scale, shift, y, mean = ctx.saved_tensors
+    input, weight, prologue, y, mean = ctx.saved_tensors
     if ctx.stats:
         gy = fold_stats_grad(gy, gmean, gvar, y, mean).to(y.dtype)
-    gi = gw = gb = gscale = gshift = None
-    if any(ctx.needs_input_grad[i] for i in (0, 3, 4)):
-        gi, red = _grad_input_op(gy, weight, input, scale, shift, ctx.act)
-        if scale is not None:
-            gshift, gscale = red[:, 0].to(shift.dtype), red[:, 1].to(scale.dtype)
+    gi = gw = gb = gpro = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
+        gi, red = _grad_input_op(gy, weight, input, prologue, ctx.act)
+        if prologue is not None:
+            gpro = prologue_grad(prologue, red)
     if ctx.needs_input_grad[1]:
-        gw = _grad_weight_op(gy, input, scale, shift, ctx.act, list(weight.shape))
+        gw = _grad_weight_op(gy, input, prologue, ctx.act, list(weight.shape))
     if ctx.has_bias and ctx.needs_input_grad[2]:
         gb = _grad_bias_op(gy)
-    return gi, gw, gb, gscale, gshift, None, None
+    return gi, gw, gb, gpro, None, None
 
 
 _op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def check_pointwise(input: Tensor, weight: Tensor, bias: Tensor | None, scale: Tensor | None,
-                    shift: Tensor | None, activation: str) -> None:  # fmt: skip
+def check_pointwise(input: Tensor, weight: Tensor, bias: Tensor | None,
+                    prologue: Tensor | None, activation: str) -> None:  # fmt: skip
     """Raise ``ValueError`` / ``NotImplementedError`` naming what ``pointwise_conv2d``
     cannot take."""
     prefix = "fastcifar.kernels.pointwise_conv2d:"
@@ -228,11 +225,7 @@ def check_pointwise(input: Tensor, weight: Tensor, bias: Tensor | None, scale: T
     if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
         raise ValueError(f"{prefix} input {input.dtype}, weight {weight.dtype} and bias must "
                          f"share one dtype")  # fmt: skip
-    if (scale is None) != (shift is None):
-        raise ValueError(f"{prefix} give both scale and shift, or neither")
-    if scale is not None and (scale.shape != (input.shape[1],) or shift.shape != scale.shape):
-        raise ValueError(f"{prefix} scale and shift must be ({input.shape[1]},), one per input "
-                         f"channel; got {tuple(scale.shape)} and {tuple(shift.shape)}")  # fmt: skip
+    check_prologue(prologue, input.shape[1], prefix)
     if activation not in ACTIVATIONS:
         raise ValueError(f"{prefix} activation {activation!r} is not one of "
                          f"{', '.join(ACTIVATIONS)}")  # fmt: skip
@@ -250,20 +243,22 @@ def pointwise_conv2d(
     input: Tensor,
     weight: Tensor,
     bias: Tensor | None = None,
-    scale: Tensor | None = None,
-    shift: Tensor | None = None,
+    prologue: Tensor | None = None,
     activation: str = "identity",
     stats: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
-    """``conv2d(act(input * scale + shift), weight, bias)`` for a 1x1 ``weight``, in Triton.
+    """``conv2d(act((input - center) * scale + shift), weight, bias)`` for a 1x1
+    ``weight``, in Triton.
 
     Args:
         input: (N, CIN, H, W), NCHW or channels_last.
         weight: (COUT, CIN, 1, 1), input's dtype; bias (COUT,) or None, likewise.
-        scale, shift: (CIN,) per input channel, or both None (no prologue: a plain 1x1
-            convolution). For a training BatchNorm with batch mean m and biased variance
-            v: ``scale = weight / sqrt(v + eps)``, ``shift = bias - m * scale``.
-        activation: applied after the scale and shift: identity, relu, relu6 or silu.
+        prologue: (CIN, 3) per input channel: center, scale, shift (made contiguous), or
+            None (a plain 1x1 convolution). For a training BatchNorm with batch mean m and
+            biased variance v: center m, scale ``weight / sqrt(v + eps)``, shift its bias.
+            (Centring in the kernel keeps the scale's gradient a sum of dz (x - m): float32
+            would cancel the uncentred sum of dz x against m sum dz.)
+        activation: applied after the prologue's affine map: identity, relu, relu6 or silu.
         stats: also return the output's per-channel batch mean and biased variance over
             (N, H, W), float32 (float64 for float64 input), as a training BatchNorm
             uses them.
@@ -275,8 +270,10 @@ def pointwise_conv2d(
     Raises:
         NotImplementedError: not a 1x1 weight, an unsupported dtype, a device that cannot
             run Triton, or a tensor past int32 offsets.
-        ValueError: mismatched shapes or dtypes, scale without shift, an unknown activation.
+        ValueError: mismatched shapes or dtypes, a prologue not (CIN, 3), an unknown
+            activation.
     """
-    check_pointwise(input, weight, bias, scale, shift, activation)
-    out = _op(input, weight, bias, scale, shift, ACTIVATIONS[activation], stats)
+    check_pointwise(input, weight, bias, prologue, activation)
+    prologue = prologue.contiguous() if prologue is not None else None
+    out = _op(input, weight, bias, prologue, ACTIVATIONS[activation], stats)
     return out if stats else out[0]

@@ -9,16 +9,18 @@ through its four strides (NCHW, channels_last and stride-0 gradients without cop
 ``BLOCK_P`` pixels, ``BLOCK_N`` channels a program produces, ``BLOCK_K`` channels it
 reduces per step; accumulation in ``ACC`` (float32, float64 for float64).
 
-The prologue: ``a = act(x * scale[c] + shift[c])`` per input channel ``c``, computed in
+The prologue: ``a = act((x - center[c]) * scale[c] + shift[c])`` per input channel ``c``
+(``center`` the batch mean, ``scale`` the BatchNorm weight over the deviation,
+``shift`` its bias: a (CIN, 3) tensor), computed in
 ``ACC`` and cast back to the input's dtype before the ``tl.dot`` (what PyTorch's
 BatchNorm -> activation -> convolution computes, whose normalised tensor is in the
-input's dtype too). ``ACT``: 0 identity, 1 ReLU, 2 ReLU6, 3 SiLU (``pointwise.ACTIVATIONS``).
+input's dtype too). ``ACT``: 0 identity, 1 ReLU, 2 ReLU6, 3 SiLU (``launch.ACTIVATIONS``).
 The prologue and its backward are ``_stencil``'s (``apply_prologue``,
 ``prologue_backward``), shared with the depthwise and grouped kernels.
 The backward recomputes ``a`` from the raw ``x`` (it is never saved) and produces, as
 the input gradient's epilogue, the raw input's direct gradient ``dz * scale`` and the
-per-channel sums ``sum dz`` and ``sum dz * x`` that the scale's and shift's gradients
-are, with ``dz = da * act'(x * scale + shift)``.
+per-channel sums ``sum dz`` and ``sum dz * (x - center)``, the shift's and scale's
+gradients (the center's is ``-scale * sum dz``), with ``dz = da * act'(z)``.
 """
 
 from __future__ import annotations
@@ -45,8 +47,7 @@ def pointwise_fwd_kernel(
     x_ptr,  # input (N, CIN, H, W), raw: the prologue normalises it when PROLOGUE
     w_ptr,  # weight (COUT, CIN), the 1x1 filter's two meaningful strides
     b_ptr,  # bias (COUT,), or any pointer when HAS_BIAS is false
-    scale_ptr,  # prologue scale (CIN,), or any pointer when PROLOGUE is false
-    shift_ptr,  # prologue shift (CIN,), likewise
+    pro_ptr,  # prologue (CIN, 3): center, scale, shift; any pointer when PROLOGUE is false
     y_ptr,  # output (N, COUT, H, W)
     stats_ptr,  # (pixel programs, COUT, 2) partial (sum, M2) when STATS, else any pointer
     N, CIN, H, W, COUT,
@@ -57,7 +58,7 @@ def pointwise_fwd_kernel(
     USE_DOT: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Forward, y = act(x * scale + shift) @ w^T + b, with the BatchNorm-statistics
+    """Forward, y = act((x - center) * scale + shift) @ w^T + b, with the BatchNorm-statistics
     epilogue (``conv_kernels._epilogue``) when STATS.
 
     x (N, CIN, H, W), y (N, COUT, H, W): any strides, one dtype. Grid:
@@ -78,7 +79,7 @@ def pointwise_fwd_kernel(
         mask_ci = offs_ci < CIN
         xt = load_tile(x_ptr, x_off, offs_ci, stride_xc, mask_p, mask_ci)
         if PROLOGUE:
-            xt = apply_prologue(xt, scale_ptr, shift_ptr, offs_ci, mask_p, mask_ci, ACT, ACC)
+            xt = apply_prologue(xt, pro_ptr, offs_ci, mask_p, mask_ci, ACT, ACC)
         wt = tl.load(
             w_ptr + offs_co[None, :] * stride_wo + offs_ci[:, None] * stride_wi,
             mask=mask_ci[:, None] & mask_co[None, :],
@@ -96,8 +97,7 @@ def pointwise_bwd_input_kernel(
     dy_ptr,  # output gradient (N, COUT, H, W), any strides (stride 0 too)
     w_ptr,  # weight (COUT, CIN)
     x_ptr,  # raw input (N, CIN, H, W) when PROLOGUE (the prologue is recomputed), else any
-    scale_ptr,  # prologue scale (CIN,) when PROLOGUE
-    shift_ptr,  # prologue shift (CIN,) when PROLOGUE
+    pro_ptr,  # prologue (CIN, 3): center, scale, shift, when PROLOGUE
     dx_ptr,  # input gradient (N, CIN, H, W): of the raw input, direct part dz * scale
     red_ptr,  # (pixel programs, CIN, 2) partial (sum dz, sum dz * x) when PROLOGUE
     N, CIN, H, W, COUT,
@@ -109,8 +109,8 @@ def pointwise_bwd_input_kernel(
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """Input gradient: da = dy @ w; without a prologue dx = da. With one, the epilogue
-    recomputes z = x * scale + shift, takes dz = da * act'(z), stores dx = dz * scale and
-    per-program partial sums of dz and dz * x per input channel (summed on the host in a
+    recomputes z = (x - center) * scale + shift, takes dz = da * act'(z), stores dx = dz * scale and
+    per-program partial sums of dz and dz * (x - center) per input channel (summed on the host in a
     fixed order: deterministic).
 
     Grid: (cdiv(N*H*W, BLOCK_P), cdiv(CIN, BLOCK_N)); each program produces BLOCK_P
@@ -138,7 +138,7 @@ def pointwise_bwd_input_kernel(
     if PROLOGUE:  # the BatchNorm-and-activation backward's epilogue, from the raw input
         x_off = pixel_offset(n, h, w, stride_xn, stride_xh, stride_xw)
         acc = prologue_backward(acc, x_ptr, x_off, offs_ci, stride_xc, mask_p, mask_ci,
-                                scale_ptr, shift_ptr, red_ptr, pid_p, CIN, ACT, ACC)  # fmt: skip
+                                pro_ptr, red_ptr, pid_p, CIN, ACT, ACC)  # fmt: skip
     dx_off = pixel_offset(n, h, w, stride_dxn, stride_dxh, stride_dxw)
     store_tile(dx_ptr, acc, dx_off, offs_ci, stride_dxc, mask_p, mask_ci)
 
@@ -147,8 +147,7 @@ def pointwise_bwd_input_kernel(
 def pointwise_bwd_weight_kernel(
     dy_ptr,  # output gradient (N, COUT, H, W)
     x_ptr,  # raw input (N, CIN, H, W)
-    scale_ptr,  # prologue scale (CIN,) when PROLOGUE
-    shift_ptr,  # prologue shift (CIN,) when PROLOGUE
+    pro_ptr,  # prologue (CIN, 3): center, scale, shift, when PROLOGUE
     part_ptr,  # partials (T, COUT, CIN), contiguous, ACC dtype
     N, CIN, H, W, COUT, PIXELS_PER_PARTIAL,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
@@ -186,7 +185,7 @@ def pointwise_bwd_weight_kernel(
         x_off = pixel_offset(n, h, w, stride_xn, stride_xh, stride_xw)
         xt = load_tile(x_ptr, x_off, offs_ci, stride_xc, mask_p, mask_ci)  # [BLOCK_P, BLOCK_K]
         if PROLOGUE:
-            xt = apply_prologue(xt, scale_ptr, shift_ptr, offs_ci, mask_p, mask_ci, ACT, ACC)
+            xt = apply_prologue(xt, pro_ptr, offs_ci, mask_p, mask_ci, ACT, ACC)
         acc = mac(acc, dyt, xt, USE_DOT, ACC)
     out = part_ptr + pid_t * COUT * CIN + offs_co[:, None] * CIN + offs_ci[None, :]
     tl.store(out, acc, mask=mask_co[:, None] & mask_ci[None, :])

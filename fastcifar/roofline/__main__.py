@@ -122,10 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         runs = [whole_run(recipe, setup, counts[p], gpu) for p in paths]
     out = args.out or Path("runs") / f"roofline-{args.recipe or args.model}"
     out.mkdir(parents=True, exist_ok=True)
+    from fastcifar.roofline.saved import saved_summary
     from fastcifar.roofline.traffic import REREAD_NOTES
 
+    saved, saved_line = saved_summary(setup, paths)
     extra = {"whole_run": runs} if runs else {}
-    payload = json.dumps({"rows": rows, **extra, "rereads": list(REREAD_NOTES)}, indent=1)
+    payload = json.dumps({"rows": rows, **extra, "saved_bytes": saved,
+                          "rereads": list(REREAD_NOTES)}, indent=1)  # fmt: skip
     (out / "roofline.json").write_text(payload)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_roofline(rows, gpu, out / "roofline.png")
     print(format_table(rows))
     print(verdict(rows))
+    print(saved_line)
     for run in runs:
         kinds = sorted(run["train_by_kind_s"].items(), key=lambda kv: -kv[1])[:3]
         line = (f"whole run, {run['path']}: at least {run['floor_s']:.3f} s on {gpu.name} "

@@ -55,3 +55,16 @@ def saved_bytes(setup: StepSetup, fastcifar: bool = False) -> int:
         with setup.autocast():
             setup.loss(model(x), y)
     return sum(saved.values())
+
+
+def saved_summary(setup: StepSetup, paths) -> tuple[dict[str, int], str]:
+    """({path: bytes saved for the backward}, one console line) for the eager and
+    fastcifar paths among ``paths`` (the compile path's saved set is the partitioner's:
+    not counted)."""
+    saved = {p: saved_bytes(setup, fastcifar=p == "fastcifar") for p in paths
+             if p in ("eager", "fastcifar")}  # fmt: skip
+    parts = [f"{p} {b / 1e6:,.0f} MB" for p, b in saved.items()]
+    if len(saved) == 2:
+        parts.append(f"fastcifar/eager {saved['fastcifar'] / saved['eager']:.2f}")
+    line = "activations saved for the backward (one forward, fake tensors): " + ", ".join(parts)
+    return saved, line
