@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from fastcifar.kernels.conv import family
-from fastcifar.kernels.conv_bn import conv2d_prologue_stats, conv2d_relu_stats
+from fastcifar.kernels.conv_bn import conv2d_prologue_stats, conv2d_relu_stats, prologue_grad
 from fastcifar.kernels.pointwise import pointwise_conv2d
 from fastcifar.nn import _autocast_args, config_supported
 
@@ -75,9 +75,7 @@ class Pending(NamedTuple):
     def materialise(self) -> torch.Tensor:
         """The normalised, activated tensor, in ``raw``'s dtype (what an unfused chain
         would have passed on)."""
-        center, scale, shift = (self.prologue[:, i].view(1, -1, 1, 1).to(self.raw.dtype)
-                                for i in range(3))  # fmt: skip
-        return _ACTIVATE[self.activation]((self.raw - center) * scale + shift)
+        return _Materialise.apply(self.raw, self.prologue, self.activation)
 
 
 _ACTIVATE = {
@@ -86,6 +84,37 @@ _ACTIVATE = {
     "relu6": lambda t: torch.clamp(t, 0, 6),
     "silu": torch.nn.functional.silu,
 }
+
+
+def _affine(raw: torch.Tensor, prologue: torch.Tensor) -> torch.Tensor:
+    # (raw - center) * scale + shift in float32 (float64 for float64 raw)
+    acc = torch.float64 if raw.dtype == torch.float64 else torch.float32
+    center, scale, shift = (prologue[:, i].view(1, -1, 1, 1).to(acc) for i in range(3))
+    return (raw.to(acc) - center) * scale + shift
+
+
+class _Materialise(torch.autograd.Function):
+    """``act((raw - center) * scale + shift)``, saving only ``raw`` and the (C, 3)
+    prologue; the backward recomputes the affine map and takes the prologue's gradient
+    as the kernels do, from centred sums (float32 autograd over ``raw * scale`` would
+    cancel ``sum g raw`` against ``center sum g``)."""
+
+    @staticmethod
+    def forward(ctx, raw, prologue, activation):
+        ctx.save_for_backward(raw, prologue)
+        ctx.activation = activation
+        return _ACTIVATE[activation](_affine(raw, prologue)).to(raw.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raw, prologue = ctx.saved_tensors
+        with torch.enable_grad():
+            z = _affine(raw, prologue).detach().requires_grad_()
+            (dz,) = torch.autograd.grad(_ACTIVATE[ctx.activation](z), z, grad.to(z.dtype))
+        centred = raw.to(dz.dtype) - prologue[:, 0].view(1, -1, 1, 1).to(dz.dtype)
+        scale = prologue[:, 1].view(1, -1, 1, 1).to(dz.dtype)
+        sums = torch.stack((dz.sum((0, 2, 3)), (dz * centred).sum((0, 2, 3))), dim=1)
+        return (dz * scale).to(raw.dtype), prologue_grad(prologue, sums), None
 
 
 def bn_prologue(
