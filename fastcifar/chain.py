@@ -86,6 +86,20 @@ _ACTIVATE = {
 }
 
 
+def _silu_grad(z: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+# act'(z) of each activation (0 at ReLU's and ReLU6's kinks, as PyTorch takes them)
+_ACTIVATE_GRAD = {
+    "identity": torch.ones_like,
+    "relu": lambda z: (z > 0).to(z.dtype),
+    "relu6": lambda z: ((z > 0) & (z < 6)).to(z.dtype),
+    "silu": _silu_grad,
+}
+
+
 def _affine(raw: torch.Tensor, prologue: torch.Tensor) -> torch.Tensor:
     # (raw - center) * scale + shift in float32 (float64 for float64 raw)
     acc = torch.float64 if raw.dtype == torch.float64 else torch.float32
@@ -108,9 +122,8 @@ class _Materialise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         raw, prologue = ctx.saved_tensors
-        with torch.enable_grad():
-            z = _affine(raw, prologue).detach().requires_grad_()
-            (dz,) = torch.autograd.grad(_ACTIVATE[ctx.activation](z), z, grad.to(z.dtype))
+        z = _affine(raw, prologue)
+        dz = grad.to(z.dtype) * _ACTIVATE_GRAD[ctx.activation](z)
         centred = raw.to(dz.dtype) - prologue[:, 0].view(1, -1, 1, 1).to(dz.dtype)
         scale = prologue[:, 1].view(1, -1, 1, 1).to(dz.dtype)
         sums = torch.stack((dz.sum((0, 2, 3)), (dz * centred).sum((0, 2, 3))), dim=1)

@@ -5,8 +5,8 @@ configurations the kernels support (3x3; groups == 1 with dilation 1-3, or at mo
 input channels per group; stride 1-2; padding 0..dilation; zero padding mode) and
 PyTorch's convolution otherwise. The choice is made once, at construction, from the
 configuration alone; nothing is decided by catching errors here (``--kernels auto``
-puts a layer whose kernels fail on this GPU back on PyTorch: ``revert_to_torch``, called
-by ``fastcifar.kernel_guard``).
+puts a layer whose kernels fail on this GPU back on PyTorch:
+``fastcifar.fusion.revert_to_torch``, called by ``fastcifar.kernel_guard``).
 
 ``swap_convolutions(model)`` replaces a model's supported ``nn.Conv2d`` layers in place
 by ``Conv2d`` sharing the same parameters (weights kept).

@@ -282,3 +282,21 @@ def test_saved_bytes_lose_exactly_the_normalised_tensor_of_a_chain():
     eager, fused = saved_bytes(setup), saved_bytes(setup, fastcifar=True)
     assert eager - fused == 6 * 8 * 32 * 32 * 4  # a1 in float32
     assert fused >= 6 * (3 + 8 + 4) * 32 * 32 * 4  # x, y1, y2 are still kept
+
+
+def test_the_fastcifar_path_compiles_a_chain_and_moves_fewer_bytes():
+    # the chain's modules, its Pending and its custom autograd.Function under Inductor
+    from fastcifar.roofline.count import count_step
+    from fastcifar.roofline.ledger import StepSetup
+
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),
+                      nn.BatchNorm2d(16), nn.SiLU()),
+        nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8)),
+        nn.Flatten(), nn.Linear(8 * 32 * 32, 10),
+    )  # fmt: skip
+    sgd = lambda m: torch.optim.SGD(m.parameters(), lr=0.1)  # noqa: E731
+    setup = StepSetup(model, "chain", nn.functional.cross_entropy, sgd, 64)
+    counts = count_step(setup, ("compile", "fastcifar"))
+    assert counts["fastcifar"].bytes < counts["compile"].bytes

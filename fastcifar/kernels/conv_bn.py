@@ -57,6 +57,12 @@ def _op(
 
 @_op.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups, relu):
+    return _fake_stats(input, weight, stride, padding, dilation)
+
+
+def _fake_stats(input, weight, stride, padding, dilation):
+    """Fake (y, mean, var) of the statistics ops: y as the convolution's output, the
+    statistics (COUT,) in the accumulator dtype."""
     cout = weight.shape[0]
     y = empty_output(input, cout, stride, padding, dilation, weight.shape[-1])
     stat = torch.float64 if input.dtype == torch.float64 else torch.float32
@@ -155,13 +161,6 @@ def _prologue_op(
 @_prologue_op.register_fake
 def _(input, weight, bias, prologue, act, stride, padding, dilation, groups):
     return _fake_stats(input, weight, stride, padding, dilation)
-
-
-def _fake_stats(input, weight, stride, padding, dilation):
-    cout = weight.shape[0]
-    y = empty_output(input, cout, stride, padding, dilation, weight.shape[-1])
-    stat = torch.float64 if input.dtype == torch.float64 else torch.float32
-    return y, input.new_empty((cout,), dtype=stat), input.new_empty((cout,), dtype=stat)
 
 
 @torch.library.custom_op("fastcifar::conv2d_prologue_grad_input", mutates_args=())

@@ -125,10 +125,10 @@ _FASTCIFAR_CONVS = {
     "conv2d_grad_weight": (1, 2, -1),
     "conv2d_prologue_stats": (0, 1, -1),
     "conv2d_prologue_grad_input": (2, 1, -1),
-    "conv2d_prologue_grad_weight": (1, 5, -1),
+    "conv2d_prologue_grad_weight": (1, 4, -1),
     "pointwise_conv2d": (0, 1, None),
     "pointwise_conv2d_grad_input": (2, 1, None),
-    "pointwise_conv2d_grad_weight": (1, 5, None),
+    "pointwise_conv2d_grad_weight": (1, 4, None),
 }
 
 
