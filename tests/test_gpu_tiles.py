@@ -19,7 +19,7 @@ from fastcifar.kernels.launch import (
     record_launches,
     tiles,
 )
-from tests.kernel_helpers import low_precision_bound, rel
+from tests.kernel_helpers import conv_inputs, low_precision_bound, rel
 from tests.test_conv import check, make
 
 # Shapes larger than one GPU tile (at most 128 pixels, 32 channels) so that several
@@ -202,3 +202,36 @@ def test_int32_offsets_are_guarded_by_shape(input_shape, weight_shape, what):
         check_supported(input_shape, weight_shape, torch.bfloat16, "cuda", padding=1)
     # just below the limit is accepted (no allocation: shapes only)
     check_supported((2**15 - 1, 64, 32, 32), (64, 64, 3, 3), torch.bfloat16, "cuda", padding=1)
+
+
+def test_depthwise_prologue_at_gpu_tiles_matches_float64():
+    """The BatchNorm-and-activation prologue through the depthwise kernels at their GPU
+    tiles (the input gradient at the stride-2 tile, 32 x 8): several pixel and channel
+    blocks, SiLU, float32 against PyTorch's float64 composition."""
+    from fastcifar.kernels import conv as conv_launch
+    from fastcifar.kernels.conv_bn import conv2d_prologue_stats
+    from tests.test_conv_bn import prologue_reference
+    from tests.test_conv_bn import run as run_stats
+
+    (x, w, b), args = (conv_inputs(DEPTHWISE, torch.float32, True), DEPTHWISE[5:9])
+    c = x.shape[1]
+    gen = torch.Generator().manual_seed(3)
+    pro = torch.stack((torch.randn(c, generator=gen), torch.rand(c, generator=gen) + 0.5,
+                       torch.randn(c, generator=gen)), dim=1)  # fmt: skip
+
+    def ours(x, w, b, pro, *_):
+        return conv2d_prologue_stats(x, w, b, pro, "silu", *args)
+
+    def theirs(x, w, b, pro, *_):
+        return prologue_reference(x, w, b, pro, *args, "silu")
+
+    got = run_stats(ours, [x, w, b, pro], (), None)
+    want = run_stats(theirs, [t.double() for t in (x, w, b, pro)], (), None)
+    names = ("y", "mean", "var", "grad x", "grad weight", "grad bias", "grad prologue")
+    for name, a, r in zip(names, got, want, strict=True):
+        assert rel(a.double(), r) < 1e-5, f"{name}: {rel(a.double(), r):.2e}"
+    with record_launches() as launches:
+        conv_launch.launch_grad_input(x, w, x.shape, torch.channels_last, 1, 1, 1, c,
+                                      (pro, 3), x)  # fmt: skip
+    (la,) = launches
+    assert la.meta["BLOCK_P"] == GPU_TILES["depthwise_strided"].block_p
