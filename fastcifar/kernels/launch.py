@@ -113,7 +113,8 @@ class Tiles:
 #   44-100 % occupancy, no spills with triton 3.6 and 3.8 (sm_75/sm_80/sm_90). 128 x 8
 #   (8 channels per lane, 128-bit) compiled without spills on triton 3.8 (96 registers)
 #   but spilled 208 bytes on sm_90 with triton 3.6, the GPU machines' stack (128
-#   registers); 16 x 16: 32-bit loads;
+#   registers); 16 x 16: 32-bit loads. The input gradient with the prologue's backward
+#   takes depthwise_strided's tile (conv.launch_grad_input: 12 bytes spilled at 64 x 8);
 # * grouped (2-4 input channels per group, forward and input gradient): 16 pixels x 16
 #   channels, 4 warps: 48-78 registers, no spills. An output channel reads its group's
 #   channels, not its own, so these loads gather 16 bits at a time at any tile (128 x 8
