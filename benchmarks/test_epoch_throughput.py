@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bench_sizes import FULL, SMOKE
+from bench_sizes import FULL, SMOKE, smoke_sample
 
 from fastcifar.data.augment import AUGMENTATIONS
 from fastcifar.engine import RunOptions
@@ -63,7 +63,10 @@ def _options(config: str) -> RunOptions:
 
 # CPU-sized (CI): the model zoo's _fast variants train the same networks as their reference
 # recipes, so only the references run; --full measures every recipe
-RECIPE_NAMES = [n for n in RECIPES if FULL or not (n.endswith("_fast") and n != "speedrun94_fast")]
+RECIPE_NAMES = smoke_sample(
+    [n for n in RECIPES if FULL or not (n.endswith("_fast") and n != "speedrun94_fast")],
+    key=lambda recipe: recipe.optimizer,
+)
 
 
 @pytest.mark.parametrize("config", ["seeds", "fastcifar"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bench_sizes import FULL, SMOKE
+from bench_sizes import FULL, SMOKE, smoke_sample
 
 from fastcifar.data import AUGMENTATIONS, LoaderConfig
 from fastcifar.data.dali_loader import DALI_AUGMENTATIONS, dali_available
@@ -58,7 +58,7 @@ def _make(backend: str, aug: str, images, labels, batch: int):
 
 
 @pytest.mark.parametrize("backend", ["albumentations", "dali", "gpu"])
-@pytest.mark.parametrize("recipe_name", list(RECIPES))
+@pytest.mark.parametrize("recipe_name", smoke_sample(RECIPES, key=lambda r: r.augmentation))
 def test_loader_alone(benchmark, backend, recipe_name):
     recipe = _recipe_for(backend, recipe_name)
     n = 50_000 if FULL else 64 if SMOKE else 512
