@@ -120,8 +120,9 @@ def test_two_processes_match_one_process_step_by_step(real_archive, tmp_path):
     # GroupNorm (resnet18_ln) makes a step independent of how the batch is split, so the
     # two-process loss per step equals the one-process loss (BatchNorm models differ by
     # their per-rank statistics unless --sync-bn, which is CUDA-only)
+    # 4 steps of 32 (the first 128 of COMMON's 256 images)
     args = ("--recipe", "resnet18_ln", "--data", str(real_archive), "--epochs", "1",
-            "--batch-size", "64", *COMMON)  # fmt: skip
+            "--batch-size", "32", *COMMON, "--train-subset", "128")  # fmt: skip
     one = run_train(*args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
     two = _torchrun(*args, "--out", str(tmp_path / "two"))

@@ -97,7 +97,7 @@ def test_a_second_training_into_a_live_runs_directory_is_refused(tiny_tree, tmp_
 def test_sigint_says_what_was_kept_and_the_resume_command(tiny_tree, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastcifar.train", *_train_args(tiny_tree, out, 12)], cwd=ROOT,
+        [sys.executable, "-m", "fastcifar.train", *_train_args(tiny_tree, out, 4)], cwd=ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default,
     )  # fmt: skip
     _wait_for(lambda: (out / "metrics.jsonl").exists() and read_metrics(out), proc)
@@ -105,12 +105,12 @@ def test_sigint_says_what_was_kept_and_the_resume_command(tiny_tree, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err
     lines = err.strip().splitlines()
-    assert lines[-2].startswith("interrupted in epoch ") and " of 12: epoch" in lines[-2]
+    assert lines[-2].startswith("interrupted in epoch ") and " of 4: epoch" in lines[-2]
     assert f" saved in {out / 'last.pt'}; resume with:" in lines[-2]
     assert lines[-1] == f"  python -m fastcifar.train --resume {out}"
-    resumed = run_train("--resume", str(out), "--epochs", "12")  # the same run, at once
+    resumed = run_train("--resume", str(out), "--epochs", "4")  # the same run, at once
     assert resumed.returncode == 0, resumed.stderr
-    assert len(read_metrics(out)) == 12
+    assert len(read_metrics(out)) == 4
 
 
 def test_a_directory_that_cannot_be_written_is_one_line(tmp_path):
