@@ -160,21 +160,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ loops
 
-    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean criterion loss, output) of the model on a batch: one graph with
-        --compile-step."""
+    def _forward_loss(
+        self, x: torch.Tensor, y: torch.Tensor, res: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean criterion loss, output) of the model on a batch, first downsampled
+        (bilinear, the whole image) to ``res`` x ``res`` pixels when given (the recipe's
+        ``res_schedule``): one graph with --compile-step, one per resolution."""
+        if res is not None and res != x.shape[-1]:
+            x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False)
         step_compiled = self.forward_loss.compiled is not None
         out = self.train_model(x) if step_compiled else self.forward(x)
         return self.components.criterion(out, y), out
 
     def train_step(
-        self, x: torch.Tensor, y: torch.Tensor, step: int
+        self, x: torch.Tensor, y: torch.Tensor, step: int, res: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Optimizer step ``step`` of the run (from 0) on a batch; returns (mean criterion
-        loss, model output)."""
+        """Optimizer step ``step`` of the run (from 0) on a batch, at ``res`` pixels (None:
+        the batch's own); returns (mean criterion loss, model output)."""
         self.model.set_whiten_bias_trainable(step < self.whiten_bias_steps)
         with self._autocast():
-            loss, out = self.forward_loss(x, y)
+            loss, out = self.forward_loss(x, y, res)
             total = loss
             if self.recipe.loss_reduction == "sum":  # over the global batch: DDP averages
                 total = loss * (len(y) * self.world.size)
@@ -184,18 +189,18 @@ class Trainer:
         return loss, out
 
     def warm_up(self, steps: int = 3) -> float:
-        """Run ``steps`` training steps and one evaluation batch so torch.compile builds its
-        graphs before the timed epochs, then restore model, optimizer, schedule, scaler
+        """Run ``steps`` training steps (more where the run has more graphs:
+        ``_step_variants``) and one evaluation batch so torch.compile builds its graphs
+        before the timed epochs, then restore model, optimizer, schedule, scaler
         and EMA exactly. Returns the seconds it took (the compile time, mostly)."""
         saved = copy.deepcopy(self._training_state())
         start = time.perf_counter()
         self.model.train()
         self._seed_epoch(self.state.epoch)
         first = len(self.state.lrs)
-        for i, (x, y) in zip(range(steps), self.components.train_loader, strict=False):
-            # the last step builds the graph without the whitening bias's gradient
-            frozen = self.whiten_bias_steps and i == steps - 1
-            self.train_step(x, y, self.whiten_bias_steps if frozen else first + i)
+        variants = self._step_variants(steps)
+        for (res, frozen), (x, y) in zip(variants, self.components.train_loader, strict=False):
+            self.train_step(x, y, self.whiten_bias_steps if frozen else first, res)
         self.model.set_whiten_bias_trainable(first < self.whiten_bias_steps)
         self.evaluate(max_batches=1)
         if self.recipe.tta != "none":
@@ -205,6 +210,19 @@ class Trainer:
         seconds = time.perf_counter() - start
         self._restore(saved)
         return seconds
+
+    def _step_variants(self, steps: int) -> list[tuple[int | None, bool]]:
+        """The (resolution, whitening bias frozen) of each warm-up step: every graph the
+        run will call, at least ``steps`` steps: the first epoch's resolution with the
+        whitening bias training (when it trains), then each resolution of
+        ``res_schedule`` with it frozen."""
+        resolutions = sorted(set(self.recipe.resolutions())) or [None]
+        first = self.recipe.resolution(self.state.epoch)
+        if not self.whiten_bias_steps:
+            variants = [(r, False) for r in resolutions]
+        else:
+            variants = [(first, False)] + [(r, True) for r in resolutions]
+        return [variants[0]] * max(1, steps - len(variants) + 1) + variants[1:]
 
     def train_epoch(self, epoch: int) -> dict:
         """One epoch (``--last-epoch-fraction`` shortens the last); returns its training
@@ -220,21 +238,22 @@ class Trainer:
         seen, lr, start = 0, self.opt.lr, time.perf_counter()
         every = self.options.progress_every
         bar = progress_bar(steps, f"epoch {epoch + 1}/{self.recipe.epochs}", every)
+        res = self.recipe.resolution(epoch)
         timer = Timer(device)
+        # no host synchronisation inside the loop (no .item(), no checks on device values):
+        # the GPU runs ahead; the bar shows steps and images/s until the epoch's end
         for step, (x, y) in zip(range(steps), loader, strict=False):
             self.state.lrs.append(self.opt.lr)
-            loss, out = self.train_step(x, y, first + step)
+            loss, out = self.train_step(x, y, first + step, res)
             losses[step] = loss.detach()
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
-            if step % 20 == 19 or step == steps - 1:
-                self._check_finite(losses[: step + 1], epoch)
-                bar.set_postfix(loss=f"{losses[step].item():.3f}",
-                                acc=f"{100 * correct.item() / seen:.1f}",
-                                img_s=f"{seen / (time.perf_counter() - start):.0f}")  # fmt: skip
             bar.update(1)
-        bar.close()
         self.state.train_time_s += timer.stop()
+        self._check_finite(losses, epoch)
+        bar.set_postfix(loss=f"{losses[-1].item():.3f}", acc=f"{100 * correct.item() / seen:.1f}",
+                        img_s=f"{seen / (time.perf_counter() - start):.0f}")  # fmt: skip
+        bar.close()
         elapsed = time.perf_counter() - start
         # over all ranks: each step's loss is the mean of the ranks' (equal) shares
         losses = all_reduce_(losses, "mean")

@@ -1,5 +1,5 @@
 """What a recipe trains with: the loss, the L1 penalty, the optimizer, the learning-rate
-schedule (with when it steps), and the EMA of the weights.
+schedule (with when it steps), the EMA of the weights and lookahead averaging.
 """
 
 from __future__ import annotations
@@ -157,6 +157,14 @@ def total_steps(recipe: Recipe, steps_per_epoch: int) -> int:
     return (recipe.epochs - 1) * steps_per_epoch + max(1, last)
 
 
+def decay_steps(recipe: Recipe, steps_per_epoch: int) -> int:
+    """Steps of the ``linear`` schedule's decay: ``ceil(decay_epochs * steps)`` (as the
+    2026 record counts them), or the whole run when ``decay_epochs`` is 0."""
+    if not recipe.decay_epochs:
+        return total_steps(recipe, steps_per_epoch)
+    return max(1, math.ceil(recipe.decay_epochs * steps_per_epoch - 1e-9))
+
+
 def whiten_bias_steps(recipe: Recipe, steps_per_epoch: int) -> int:
     """Steps during which the whitening bias trains (``ceil(whiten_bias_epochs * steps)``)."""
     return math.ceil(recipe.whiten_bias_epochs * steps_per_epoch - 1e-9)
@@ -204,8 +212,8 @@ def make_schedule(
     optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int
 ) -> Schedule:
     """The recipe's schedule: OneCycleLR (per step; every group peaks at its own lr),
-    ``linear`` (per step: ``lr x (1 - step / total_steps)``, no warm-up, the record's; a
-    group named ``whiten_bias`` decays to 0 over ``whiten_bias_steps`` instead), cosine
+    ``linear`` (per step: ``lr x max(lr_floor, 1 - step / decay_steps)``, no warm-up, the
+    records'; a group named ``whiten_bias`` decays to 0 over ``whiten_bias_steps``), cosine
     annealing to 0 over the epochs (per epoch), StepLR (per epoch), ReduceLROnPlateau on
     the test accuracy (per epoch), or a constant lr."""
     r = recipe
@@ -218,11 +226,11 @@ def make_schedule(
             div_factor=r.div_factor, final_div_factor=r.final_div_factor,
         ), "step")  # fmt: skip
     if r.scheduler == "linear":
-        total = total_steps(r, steps_per_epoch)
+        total, floor = decay_steps(r, steps_per_epoch), r.lr_floor
         bias_steps = max(1, whiten_bias_steps(r, steps_per_epoch))
 
         def decay(step: int) -> float:
-            return max(0.0, 1.0 - step / total)
+            return max(floor, 1.0 - step / total)
 
         def bias_decay(step: int) -> float:
             return max(0.0, 1.0 - step / bias_steps)
@@ -242,6 +250,53 @@ def make_schedule(
             optimizer, mode="max", factor=r.plateau_factor, patience=r.plateau_patience
         ), "metric")  # fmt: skip
     return Schedule(None, "never")
+
+
+class Lookahead:
+    """The 2026 record's tail averaging (fulcrumresearch/cifar-10-speedrun,
+    ``fable-100m/recipes/e1_1.74s_single-gpu_CHAMPION.py``, ``LookaheadState``): from step
+    ``start`` (optimizer steps done) an average of the model's floating-point parameters
+    and buffers is kept; every ``every`` steps after it the average moves towards the
+    weights (``average = decay x average + (1 - decay) x weights``) and the weights are
+    set to it. Device operations only: no host synchronisation.
+
+    Args:
+        model: the trained model (its state dict's tensors are read and written in place).
+        start: optimizer steps done when the average is taken (the record: the decay's
+            steps minus ``lookahead_start``); never when negative.
+        every: steps between pulls.
+        decay: the average's weight on itself.
+    """
+
+    def __init__(self, model: nn.Module, start: int, every: int, decay: float):
+        self.start, self.every, self.decay = start, every, decay
+        self._weights = [t for t in model.state_dict().values() if t.is_floating_point()]
+        self.average: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def after_step(self, steps_done: int) -> None:
+        """Called after optimizer step ``steps_done`` (from 1) of the run."""
+        if steps_done == self.start:
+            self.average = [t.detach().clone() for t in self._weights]
+        elif self.average is not None and (steps_done - self.start) % self.every == 0:
+            torch._foreach_lerp_(self.average, self._weights, 1.0 - self.decay)
+            for w, a in zip(self._weights, self.average, strict=True):
+                w.copy_(a)
+
+    def state_dict(self) -> list[torch.Tensor] | None:
+        return self.average
+
+    def load_state_dict(self, average: list[torch.Tensor] | None) -> None:
+        self.average = None if average is None else [a.clone() for a in average]
+
+
+def make_lookahead(model: nn.Module, recipe: Recipe, steps_per_epoch: int) -> Lookahead | None:
+    """The recipe's ``Lookahead`` (starting ``lookahead_start`` steps before the linear
+    decay's end), or None when ``lookahead_start`` is 0."""
+    if not recipe.lookahead_start:
+        return None
+    start = decay_steps(recipe, steps_per_epoch) - recipe.lookahead_start
+    return Lookahead(model, start, recipe.lookahead_every, recipe.lookahead_decay)
 
 
 def make_ema(model: nn.Module, decay: float) -> EMA | None:
@@ -271,6 +326,8 @@ class Optimization:
         self.optimizer = make_optimizer(model, recipe, compile_backend=compile_backend)
         self.schedule = make_schedule(self.optimizer, recipe, steps_per_epoch)
         self.ema = make_ema(model, recipe.ema)
+        self.lookahead = make_lookahead(model, recipe, steps_per_epoch)
+        self.steps_done = 0
         scaled = amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=scaled)
 
@@ -289,18 +346,24 @@ class Optimization:
         if self.ema is not None:
             self.ema.update(model)
         self.schedule.after_step()
+        self.steps_done += 1
+        if self.lookahead is not None:
+            self.lookahead.after_step(self.steps_done)
 
     def evaluated(self, model: nn.Module) -> nn.Module:
         """The weights evaluated and saved as "model": the EMA's when there is one."""
         return self.ema.module if self.ema is not None else model
 
     def state_dict(self) -> dict:
-        """The checkpoint's "ema", "optimizer", "scheduler" and "scaler" entries."""
+        """The checkpoint's "ema", "optimizer", "scheduler", "scaler", "steps_done" and
+        "lookahead" entries."""
         return {
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "steps_done": self.steps_done,
+            "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
         }
 
     def load_state_dict(self, saved: dict) -> None:
@@ -309,3 +372,6 @@ class Optimization:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.schedule.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
+        self.steps_done = saved.get("steps_done", 0)  # checkpoints from before it: 0
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(saved.get("lookahead"))

@@ -63,6 +63,13 @@ MODELS: dict[str, ModelInfo] = {
         "block3",
         "Hiverge cifar10-speedrun network (SiLU blocks)",
     ),
+    "speedrun94_progressive": ModelInfo(
+        lambda: SpeedrunNet(act=nn.SiLU, bn_momentum=1 - 0.5566, global_max_pool=True),
+        1_971_352,
+        "logits",
+        "block3",
+        "fulcrumresearch cifar-10-speedrun E1 network (SiLU blocks, global max pool)",
+    ),
 }
 # the model zoo: the CIFAR-10 models practitioners train after the course models, as
 # kuangliu/pytorch-cifar (commit 49b7aa9, 2021-02-25) builds them for 32x32 inputs

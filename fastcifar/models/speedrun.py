@@ -19,7 +19,9 @@ rest PyTorch's default; the head's weights are rescaled to standard deviation 1.
 BatchNorm: weights frozen at 1, eps 1e-12, running-statistics momentum 0.4 (PyTorch's
 convention: the new batch's share), computed in float32 under autocast. ``act`` is GELU
 (``speedrun94``) or SiLU with BatchNorm momentum 0.4434 (``speedrun94_silu``, the Hiverge
-cifar10-speedrun's variant).
+cifar10-speedrun's variant); ``speedrun94_progressive`` is that network with a global max
+pool as its head's pool (fulcrumresearch/cifar-10-speedrun's record, 2026), so that 24 px
+and 28 px inputs work.
 
 The engine calls ``init_from_data`` (the whitening filters from a seeded sample of the
 training images) inside the timed span, as the record, and ``set_whiten_bias_trainable``
@@ -76,6 +78,15 @@ def _block(cin: int, cout: int, act: type[nn.Module], bn_momentum: float) -> nn.
     )
 
 
+class GlobalMaxPool(nn.Module):
+    """(N, C, H, W) -> (N, C, 1, 1): each channel's maximum over the whole map, any size.
+    ``amax`` (not ``AdaptiveMaxPool2d``): the 2026 record found inductor lowers it to one
+    fused reduction whose backward avoids the adaptive pool's atomic gradient kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3), keepdim=True)
+
+
 class SpeedrunNet(CifarNet):
     """The record's network; see the module docstring.
 
@@ -84,6 +95,9 @@ class SpeedrunNet(CifarNet):
         whiten_width: channels of the whitening layer (twice the 12 patch dimensions).
         act: the blocks' activation (GELU in the record, SiLU in the Hiverge variant).
         bn_momentum: BatchNorm running-statistics momentum (PyTorch convention).
+        global_max_pool: the head pools the whole last map (``GlobalMaxPool``) instead of
+            ``MaxPool2d(3)``: the same on the 3x3 map of a 32 px input, and defined on
+            the 2x2 map of a 24 px one (the 2026 record's progressive resolution).
     """
 
     def __init__(
@@ -92,6 +106,7 @@ class SpeedrunNet(CifarNet):
         whiten_width: int = 24,
         act: type[nn.Module] = nn.GELU,
         bn_momentum: float = 0.4,
+        global_max_pool: bool = False,
     ):
         super().__init__()
         # the bias keeps PyTorch's default initialisation, uniform in +-1/sqrt(fan_in) =
@@ -102,7 +117,7 @@ class SpeedrunNet(CifarNet):
         self.block1 = _block(whiten_width, widths[0], act, bn_momentum)
         self.block2 = _block(widths[0], widths[1], act, bn_momentum)
         self.block3 = _block(widths[1], widths[2], act, bn_momentum)
-        self.pool = nn.MaxPool2d(3)
+        self.pool = GlobalMaxPool() if global_max_pool else nn.MaxPool2d(3)
         self.head = nn.Linear(widths[2], 10, bias=False)
         with torch.no_grad():
             self.head.weight.div_(self.head.weight.std())
