@@ -361,7 +361,7 @@ class Trainer:
             compiled=self.forward.compiled is not None, kernels=c.kernels,
             channels_last=c.channels_last, train_images=len(c.train_loader.dataset),
             world_size=self.world.size, test_images=len(c.test_loader.labels),
-            data=c.arrays.source, versions=versions(),
+            data=c.arrays.source, versions=versions(), timing=self.options.timing,
         )  # fmt: skip
         if self.world.is_main:
             atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -72,7 +72,16 @@ def test_speedrun_script_runs_seeds_reports_and_resumes(tmp_path):
             for i in (1, 2, 3)]  # fmt: skip
     assert stats["accuracy"]["mean"] == pytest.approx(sum(accs) / 3)
     assert stats["accuracy"]["std"] == pytest.approx(statistics.stdev(accs))
-    assert "95 % interval" in (sweep / "sweep.md").read_text()
+    md = (sweep / "sweep.md").read_text()
+    assert "95 % interval" in md
+    # both timing contracts: the record's (no final TTA) below fastcifar's, by the TTA
+    assert "--timing fastcifar (" in md and "--timing record (" in md
+    for run in stats["runs"]:
+        summary = json.loads((sweep / run["run"] / "summary.json").read_text())
+        assert run["record_seconds"] == pytest.approx(
+            run["fastcifar_seconds"] - summary["tta_time_s"]
+        )
+        assert run["seconds"] == run["fastcifar_seconds"]  # --timing fastcifar, the default
     # killed during seed 3, before its first checkpoint: only seed 3 runs again
     for name in ("summary.json", "last.pt", "metrics.jsonl"):
         (sweep / "seed-3" / name).unlink(missing_ok=True)
