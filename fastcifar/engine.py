@@ -49,6 +49,21 @@ from fastcifar.units import plural
 __all__ = ["RunOptions", "RunState", "Trainer", "TrainingDiverged"]
 
 
+def warm_up_variants(
+    recipe: Recipe, epoch: int, whiten_bias_steps: int, steps: int
+) -> list[tuple[int | None, bool]]:
+    """The (resolution, whitening bias frozen) of each warm-up step from epoch ``epoch``:
+    every graph the run will call, at least ``steps`` steps: the epoch's resolution with
+    the whitening bias training (when it trains), then each resolution of
+    ``res_schedule`` with it frozen."""
+    resolutions = sorted(set(recipe.resolutions())) or [None]
+    if not whiten_bias_steps:
+        variants = [(r, False) for r in resolutions]
+    else:
+        variants = [(recipe.resolution(epoch), False)] + [(r, True) for r in resolutions]
+    return [variants[0]] * max(1, steps - len(variants) + 1) + variants[1:]
+
+
 class TrainingDiverged(FastCifarError):
     """The loss became NaN or inf."""
 
@@ -190,7 +205,7 @@ class Trainer:
 
     def warm_up(self, steps: int = 3) -> float:
         """Run ``steps`` training steps (more where the run has more graphs:
-        ``_step_variants``) and one evaluation batch so torch.compile builds its graphs
+        ``warm_up_variants``) and one evaluation batch so torch.compile builds its graphs
         before the timed epochs, then restore model, optimizer, schedule, scaler
         and EMA exactly. Returns the seconds it took (the compile time, mostly)."""
         saved = copy.deepcopy(self._training_state())
@@ -198,7 +213,7 @@ class Trainer:
         self.model.train()
         self._seed_epoch(self.state.epoch)
         first = len(self.state.lrs)
-        variants = self._step_variants(steps)
+        variants = warm_up_variants(self.recipe, self.state.epoch, self.whiten_bias_steps, steps)
         for (res, frozen), (x, y) in zip(variants, self.components.train_loader, strict=False):
             self.train_step(x, y, self.whiten_bias_steps if frozen else first, res)
         self.model.set_whiten_bias_trainable(first < self.whiten_bias_steps)
@@ -210,19 +225,6 @@ class Trainer:
         seconds = time.perf_counter() - start
         self._restore(saved)
         return seconds
-
-    def _step_variants(self, steps: int) -> list[tuple[int | None, bool]]:
-        """The (resolution, whitening bias frozen) of each warm-up step: every graph the
-        run will call, at least ``steps`` steps: the first epoch's resolution with the
-        whitening bias training (when it trains), then each resolution of
-        ``res_schedule`` with it frozen."""
-        resolutions = sorted(set(self.recipe.resolutions())) or [None]
-        first = self.recipe.resolution(self.state.epoch)
-        if not self.whiten_bias_steps:
-            variants = [(r, False) for r in resolutions]
-        else:
-            variants = [(first, False)] + [(r, True) for r in resolutions]
-        return [variants[0]] * max(1, steps - len(variants) + 1) + variants[1:]
 
     def train_epoch(self, epoch: int) -> dict:
         """One epoch (``--last-epoch-fraction`` shortens the last); returns its training
@@ -240,8 +242,7 @@ class Trainer:
         bar = progress_bar(steps, f"epoch {epoch + 1}/{self.recipe.epochs}", every)
         res = self.recipe.resolution(epoch)
         timer = Timer(device)
-        # no host synchronisation inside the loop (no .item(), no checks on device values):
-        # the GPU runs ahead; the bar shows steps and images/s until the epoch's end
+        # no host synchronisation in the loop: losses and accuracy are read at its end
         for step, (x, y) in zip(range(steps), loader, strict=False):
             self.state.lrs.append(self.opt.lr)
             loss, out = self.train_step(x, y, first + step, res)

@@ -142,31 +142,21 @@ class Recipe:
     whiten_bias_epochs: float = option(
         0.0, "whitening nets: epochs the whitening bias trains (then frozen)", min=0
     )
-    decay_epochs: float = option(
-        0.0, "linear: epochs of the decay to lr_floor (0: the whole run, to 0)", min=0
-    )
-    lr_floor: float = option(
-        0.0, "linear: the fraction of each group's lr held after decay_epochs", min=0, below=1
-    )
+    decay_epochs: float = option(0.0, "linear: epochs of the decay (0: the whole run)", min=0)
+    lr_floor: float = option(0.0, "linear: lr fraction held after the decay", min=0, below=1)
     res_schedule: str = option(
-        "",
-        "per-epoch training resolution in pixels, comma-separated, e.g. 24,28,32 (later "
-        "epochs take the last); each batch is downsampled bilinearly inside the training "
-        "step; empty: the data's size",
+        "", "per-epoch training resolution, comma-separated pixels (e.g. 24,28,32; later "
+        "epochs take the last), each batch downsampled inside the step; empty: the data's",
         metavar="PX,PX,...",
-    )
+    )  # fmt: skip
     lookahead_start: int = option(
-        0,
-        "lookahead averaging: starts this many steps before decay_epochs ends, keeping an "
-        "average of the weights that the model is pulled onto every lookahead_every steps "
-        "(0: off)",
-        min=0,
-    )
+        0, "lookahead averaging: starts this many steps before decay_epochs ends; the weights "
+        "are pulled onto their average every lookahead_every steps (0: off)", min=0,
+    )  # fmt: skip
     lookahead_every: int = option(4, "lookahead averaging: steps between pulls", min=1)
     lookahead_decay: float = option(
-        0.7, "lookahead averaging: average = decay x average + (1 - decay) x weights", min=0,
-        below=1,
-    )  # fmt: skip
+        0.7, "lookahead: average = decay x average + (1 - decay) x weights", min=0, below=1
+    )
     compile_mode: str = option(
         "default",
         "torch.compile mode with --compile: default, max-autotune, ...",
@@ -199,18 +189,8 @@ class Recipe:
         return self
 
     def resolutions(self) -> tuple[int, ...]:
-        """``res_schedule`` as integers (pixels; empty: none).
-
-        Raises:
-            FastCifarError: an entry that is not a whole number from 8 to 32.
-        """
-        parts = [p.strip() for p in self.res_schedule.split(",") if p.strip()]
-        if not all(p.isdigit() and 8 <= int(p) <= 32 for p in parts):
-            raise FastCifarError(
-                f"--res-schedule {self.res_schedule!r}: give whole pixel sizes from 8 to 32, "
-                f"comma-separated, one per epoch (e.g. 24,24,28,32)"
-            )
-        return tuple(int(p) for p in parts)
+        """``res_schedule`` as pixels (``parse_resolutions``)."""
+        return parse_resolutions(self.res_schedule)
 
     def resolution(self, epoch: int) -> int | None:
         """Epoch ``epoch``'s (from 0) training resolution in pixels, or None (the data's)."""
@@ -219,6 +199,21 @@ class Recipe:
 
     def replace(self, **changes) -> Recipe:
         return dataclasses.replace(self, **changes)
+
+
+def parse_resolutions(text: str) -> tuple[int, ...]:
+    """``--res-schedule`` as integers (pixels; empty: none).
+
+    Raises:
+        FastCifarError: an entry that is not a whole number from 8 to 32.
+    """
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not all(p.isdigit() and 8 <= int(p) <= 32 for p in parts):
+        raise FastCifarError(
+            f"--res-schedule {text!r}: give whole pixel sizes from 8 to 32, comma-separated, "
+            f"one per epoch (e.g. 24,24,28,32)"
+        )
+    return tuple(int(p) for p in parts)
 
 
 S7 = Recipe(
@@ -449,9 +444,7 @@ register(
         decay_epochs=8.5,
         lr_floor=0.05,
         res_schedule="24,24,24,28,28,28,32,32,32",
-        lookahead_start=8,
-        lookahead_every=4,
-        lookahead_decay=0.7,
+        lookahead_start=8,  # lookahead_every 4 and lookahead_decay 0.7: the defaults
         lr=0.2255,
         whiten_images=5000,
         whiten_bias_epochs=0.2,
@@ -459,23 +452,18 @@ register(
         compile_mode="max-autotune-no-cudagraphs",
         expected_accuracy=94.0,
     ),
-    """The 2026 record: fulcrumresearch/cifar-10-speedrun's E1
-    (``fable-100m/recipes/e1_1.74s_single-gpu_CHAMPION.py``; 94 % in 1.828 s on an
-    A100-SXM4 against 1.978 s for the Hiverge method under that repository's harness, 200
-    trials each: their figures, not measured here). Against ``speedrun94_fast``, each a
-    field: training resolution 24, 28 then 32 px by epoch, downsampled inside the step
-    (``--res-schedule``; empty turns it off); a global max pool for the head (model
-    ``speedrun94_progressive``; ``--model speedrun94_silu`` turns it off, at 32 px only);
-    8.875 epochs (``--epochs 9 --last-epoch-fraction 0.875``) with the lr decaying
-    linearly over 8.5 (``--decay-epochs``) to a floor of 0.05 of its peak (``--lr-floor``);
-    lookahead averaging from 8 steps before the decay's end, every 4 steps, 0.7
-    (``--lookahead-start 0`` turns it off); Muon lr 0.2255; whitening from 5,000 images,
-    its bias trained 0.2 epochs; 6-view TTA on every test image (the harness's grader);
-    compiled max-autotune without inductor's CUDA graphs. Not yet here: the record's Muon
-    step counter (renormalisation every 2 + 15 x progress steps and the target magnitude
-    over the decay's steps, not the run's), Newton-Schulz grouped by filter shape, the
-    whole run as one CUDA graph, and every epoch's augmentation built before the timed
-    loop. Not measured on a GPU yet.""",
+    """The 2026 record: fulcrumresearch/cifar-10-speedrun's E1 (``fable-100m/recipes/
+    e1_1.74s_single-gpu_CHAMPION.py``; 94 % in 1.828 s on an A100-SXM4 against 1.978 s for
+    Hiverge's under its harness: their figures). Against ``speedrun94_fast``, each a field:
+    24/28/32 px by epoch, downsampled inside the step (``--res-schedule``; empty: off);
+    global max pool (model ``speedrun94_progressive``); 8.875 epochs (``--epochs 9
+    --last-epoch-fraction 0.875``), lr decaying over 8.5 (``--decay-epochs``) to 0.05 of its
+    peak (``--lr-floor``); lookahead averaging from 8 steps before the decay's end, every 4,
+    0.7 (``--lookahead-start 0``: off); Muon lr 0.2255; whitening from 5,000 images, bias
+    trained 0.2 epochs; 6-view TTA on every test image; max-autotune without CUDA graphs.
+    Not yet: the record's Muon step counter (renormalising every 2 + 15 x progress steps,
+    magnitude over the decay), Newton-Schulz by filter shape, the run as one CUDA graph,
+    augmentation built before the timed loop. Not measured on a GPU yet.""",
 )
 
 # The model zoo: each model's reference recipe and its ``_fast`` variant, from the data

@@ -94,3 +94,16 @@ def test_global_max_pool_is_the_fixed_pool_at_32_px_and_works_at_24():
     assert model(torch.randn(2, 3, 24, 24)).shape == (2, 10)
     with pytest.raises(RuntimeError):  # the fixed 3x3 pool on the 2x2 map of 24 px
         create_model("speedrun94_silu").eval()(torch.randn(2, 3, 24, 24))
+
+
+def test_the_progressive_run_does_three_quarters_of_the_32_px_arithmetic():
+    """torch's flop counter over the record's schedule: about 0.75x the same steps at
+    32 px (the record's README: a 24 px step 0.56x, a 28 px step 0.77x)."""
+    from fastcifar.roofline.progressive import run_flops
+
+    out = run_flops(get_recipe("speedrun94_progressive"))
+    steps = {res: row["steps"] for res, row in out["by_resolution"].items()}
+    assert steps == {24: 96, 28: 96, 32: 92} and out["steps"] == 284
+    fractions = {res: row["fraction_of_32px"] for res, row in out["by_resolution"].items()}
+    assert 0.5 < fractions[24] < 0.6 and 0.7 < fractions[28] < 0.8 and fractions[32] == 1
+    assert 0.72 < out["fraction_of_32px"] < 0.78
