@@ -78,6 +78,8 @@ class Muon(torch.optim.Optimizer):
             (1: every step, the record; 0: never).
         batched: orthogonalise all filters of a group in one batched iteration over
             zero-padded matrices (one launch per matrix product instead of one per filter).
+        by_shape: with ``batched``, one batched iteration per filter shape instead,
+            without padding (the 2026 record's ``_ns_all``: no work on padded zeros).
         compile_backend: torch.compile the Newton-Schulz iteration with this backend (the
             record compiles it; ``None``: eager).
 
@@ -98,6 +100,7 @@ class Muon(torch.optim.Optimizer):
         ns_dtype: torch.dtype = torch.bfloat16,
         renorm_every: int = 1,
         batched: bool = False,
+        by_shape: bool = False,
         compile_backend: str | None = None,
     ):
         if lr < 0 or momentum < 0 or weight_decay < 0 or ns_steps < 1 or renorm_every < 0:
@@ -105,7 +108,7 @@ class Muon(torch.optim.Optimizer):
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, muon=True,
             ns_steps=ns_steps, ns_coefficients=tuple(ns_coefficients), renorm_every=renorm_every,
-            batched=batched, step=0,
+            batched=batched, by_shape=by_shape, step=0,
         )  # fmt: skip
         self.ns_dtype = ns_dtype
         self._newton_schulz = newton_schulz
@@ -177,6 +180,16 @@ class Muon(torch.optim.Optimizer):
         if not group["batched"] or len(mats) == 1:
             ns = self._newton_schulz
             return [ns(g, **kw).view_as(u) for g, u in zip(mats, updates, strict=True)]
+        if group.get("by_shape"):  # one stack per (C_out, C_in * k * k), no padding
+            out: list[torch.Tensor] = [None] * len(mats)  # type: ignore[list-item]
+            same: dict[tuple, list[int]] = {}
+            for i, g in enumerate(mats):
+                same.setdefault(tuple(g.shape), []).append(i)
+            for idx in same.values():
+                stacked = self._newton_schulz(torch.stack([mats[i] for i in idx]), **kw)
+                for j, i in enumerate(idx):
+                    out[i] = stacked[j].view_as(updates[i])
+            return out
         rows = max(g.shape[0] for g in mats)
         cols = max(g.shape[1] for g in mats)
         stacked = torch.stack(

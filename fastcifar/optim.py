@@ -139,7 +139,7 @@ def make_optimizer(
         return Muon(
             muon_param_groups(model, r), ns_steps=r.muon_ns_steps,
             ns_coefficients=NS_COEFFICIENTS[r.muon_ns], renorm_every=r.muon_renorm_every,
-            batched=r.muon_batched, compile_backend=compile_backend,
+            batched=r.muon_batched, by_shape=r.muon_by_shape, compile_backend=compile_backend,
         )  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
     if r.optimizer == "adam":

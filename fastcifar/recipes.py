@@ -81,6 +81,7 @@ class Recipe:
         1, "muon: rescale filters to norm sqrt(C_out) every N steps (0 never)", min=0
     )
     muon_batched: bool = option(False, "muon: one batched Newton-Schulz over zero-padded filters")
+    muon_by_shape: bool = option(False, "muon, batched: one Newton-Schulz per filter shape")
     scheduler: str = option(
         "constant",
         "onecycle, linear (1 -> 0, no warm-up; both per batch), cosine (CosineAnnealingLR "
@@ -445,6 +446,7 @@ register(
         lr_floor=0.05,
         res_schedule="24,24,24,28,28,28,32,32,32",
         lookahead_start=8,  # lookahead_every 4 and lookahead_decay 0.7: the defaults
+        muon_by_shape=True,
         lr=0.2255,
         whiten_images=5000,
         whiten_bias_epochs=0.2,
@@ -460,9 +462,9 @@ register(
     --last-epoch-fraction 0.875``), lr decaying over 8.5 (``--decay-epochs``) to 0.05 of its
     peak (``--lr-floor``); lookahead averaging from 8 steps before the decay's end, every 4,
     0.7 (``--lookahead-start 0``: off); Muon lr 0.2255; whitening from 5,000 images, bias
-    trained 0.2 epochs; 6-view TTA on every test image; max-autotune without CUDA graphs.
-    Not yet: the record's Muon step counter (renormalising every 2 + 15 x progress steps,
-    magnitude over the decay), Newton-Schulz by filter shape, the run as one CUDA graph,
+    trained 0.2 epochs; Newton-Schulz batched by filter shape (``--muon-by-shape``); 6-view
+    TTA on every test image; max-autotune without CUDA graphs. Not yet: the record's Muon
+    step counter (renormalising every 2 + 15 x progress steps), the run as one CUDA graph,
     augmentation built before the timed loop. Not measured on a GPU yet.""",
 )
 

@@ -42,19 +42,22 @@ def test_record_iteration_gives_the_polar_directions_with_singular_values_near_o
     assert eigs.min() > 0.3 and eigs.max() < 1.6
 
 
-def test_batched_iteration_over_padded_filters_equals_one_filter_at_a_time():
+def test_batched_iterations_padded_or_by_shape_equal_one_filter_at_a_time():
     gen = torch.Generator().manual_seed(2)
-    filters = [torch.randn(64, 24, 3, 3, generator=gen), torch.randn(256, 64, 3, 3, generator=gen),
-               torch.randn(64, 64, 3, 3, generator=gen)]  # fmt: skip
+    shapes = [(64, 24, 3, 3), (256, 64, 3, 3), (64, 64, 3, 3), (64, 64, 3, 3)]  # two alike
+    filters = [torch.randn(*shape, generator=gen) for shape in shapes]
     models = []
-    for batched in (False, True):
+    for batched, by_shape in ((False, False), (True, False), (True, True)):
         params = [torch.nn.Parameter(f.clone()) for f in filters]
         for p in params:
             p.grad = torch.ones_like(p) * 0.01 + p.detach() * 0.1
-        Muon([{"params": params}], lr=0.1, batched=batched, ns_dtype=torch.float32).step()
+        Muon([{"params": params}], lr=0.1, batched=batched, by_shape=by_shape,
+             ns_dtype=torch.float32).step()  # fmt: skip
         models.append(params)
-    for a, b in zip(*models, strict=True):
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+    one_at_a_time = models[0]
+    for other in models[1:]:
+        for a, b in zip(one_at_a_time, other, strict=True):
+            torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
 
 
 def test_muon_step_renormalises_filters_then_adds_the_orthogonal_update():
