@@ -64,6 +64,20 @@ def warm_up_variants(
     return [variants[0]] * max(1, steps - len(variants) + 1) + variants[1:]
 
 
+def prebuild(components: Components, epochs: range) -> float:
+    """The training loader's batches of ``epochs`` built now (``prebuild_augmentation``;
+    the gpu loader's ``prebuild``); returns its device-timed seconds, which both timing
+    contracts charge. Another loader says in one line that it builds batches as it goes."""
+    loader = components.train_loader
+    if not hasattr(loader, "prebuild"):
+        print(f"prebuild-augmentation: the {components.loader_name} loader augments as it "
+              f"goes (only --loader gpu builds epochs ahead); training without it")  # fmt: skip
+        return 0.0
+    timer = Timer(components.device)
+    loader.prebuild(epochs)
+    return timer.stop()
+
+
 class TrainingDiverged(FastCifarError):
     """The loss became NaN or inf."""
 
@@ -319,7 +333,10 @@ class Trainer:
             print(f"compile: warm-up took {compile_s:.1f} s (not timed)")
         if self.state.epoch == 0:
             self._init_from_data()
-        for epoch in range(self.state.epoch, r.epochs):
+        epochs = range(self.state.epoch, r.epochs)
+        if r.prebuild_augmentation:
+            self.state.augment_time_s += prebuild(self.components, epochs)
+        for epoch in epochs:
             self._fit_epoch(epoch)
         session = time.perf_counter() - run_start
         # this call's wall-clock parts (seconds), for the command's "wall time"

@@ -158,6 +158,7 @@ class Recipe:
     lookahead_decay: float = option(
         0.7, "lookahead: average = decay x average + (1 - decay) x weights", min=0, below=1
     )
+    prebuild_augmentation: bool = option(False, "gpu loader: all epochs built before training")
     compile_mode: str = option(
         "default",
         "torch.compile mode with --compile: default, max-autotune, ...",
@@ -447,6 +448,7 @@ register(
         res_schedule="24,24,24,28,28,28,32,32,32",
         lookahead_start=8,  # lookahead_every 4 and lookahead_decay 0.7: the defaults
         muon_by_shape=True,
+        prebuild_augmentation=True,
         lr=0.2255,
         whiten_images=5000,
         whiten_bias_epochs=0.2,
@@ -463,9 +465,10 @@ register(
     peak (``--lr-floor``); lookahead averaging from 8 steps before the decay's end, every 4,
     0.7 (``--lookahead-start 0``: off); Muon lr 0.2255; whitening from 5,000 images, bias
     trained 0.2 epochs; Newton-Schulz batched by filter shape (``--muon-by-shape``); 6-view
-    TTA on every test image; max-autotune without CUDA graphs. Not yet: the record's Muon
-    step counter (renormalising every 2 + 15 x progress steps), the run as one CUDA graph,
-    augmentation built before the timed loop. Not measured on a GPU yet.""",
+    TTA on every test image; max-autotune without CUDA graphs; every epoch's augmentation
+    built before training (``--prebuild-augmentation``). Not yet: the record's Muon step
+    counter (renormalising every 2 + 15 x progress steps) and the run as one CUDA graph.
+    Not measured on a GPU yet.""",
 )
 
 # The model zoo: each model's reference recipe and its ``_fast`` variant, from the data

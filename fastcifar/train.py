@@ -407,8 +407,9 @@ def _print_result(summary: dict, recipe, run_dir: Path, device) -> None:
         )
         print(
             f"speedrun: {spans}, on {summary['device']} (whitening "
-            f"{summary['whiten_time_s']:.2f} + training {summary['train_time_s']:.2f} + final "
-            f"TTA {summary['tta_time_s']:.2f}; timed with "
+            f"{summary['whiten_time_s']:.2f} + augmentation built ahead "
+            f"{summary.get('augment_time_s', 0.0):.2f} + training "
+            f"{summary['train_time_s']:.2f} + final TTA {summary['tta_time_s']:.2f}; timed with "
             f"{'CUDA events' if device.type == 'cuda' else 'the wall clock'}; compile "
             f"warm-up {summary['compile_time_s']:.1f} s and per-epoch evaluation excluded); "
             f"final test accuracy {summary['final_test_acc']:.2f}%"

@@ -135,3 +135,23 @@ def test_loader_choice(monkeypatch):
         resolve_loader("dali", "s7", cpu)
     with pytest.raises(FastCifarError, match="does not implement augmentation 's7'"):
         resolve_loader("gpu", "s7", cpu)
+
+
+def test_prebuilt_epochs_are_the_batches_built_in_the_loop_and_are_freed():
+    aug = "alternating_flip_translate_jitter"  # every random draw of the speed runs
+    ahead, inline = loader(aug=aug, seed=5), loader(aug=aug, seed=5)
+    ahead.prebuild(range(1, 3))
+    assert ahead.epoch == 1 and sorted(ahead._built) == [1, 2]
+    batches = {}
+    for epoch in (1, 2):
+        ahead.set_epoch(epoch)
+        inline.set_epoch(epoch)
+        batches[epoch] = got = list(ahead)
+        want = list(inline)
+        assert len(got) == len(want) == len(ahead)
+        for (xa, ya), (xb, yb) in zip(got, want, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert epoch not in ahead._built  # handed over once, then freed
+    assert not torch.equal(batches[1][0][0], batches[2][0][0])  # epochs differ
+    ahead.set_epoch(1)  # iterated again: built in the loop, the same batches
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(ahead, batches[1], strict=True))

@@ -51,6 +51,7 @@ def test_a_run_follows_the_records_resolution_and_lr_schedule(tmp_path, monkeypa
     monkeypatch.setattr(trainer, "train_step", step)
     trainer.fit()
     assert sizes == [24] * 6 + [28] * 6 + [32] * 6
+    assert trainer.state.augment_time_s > 0  # every epoch built ahead, timed
     peak = recipe.lr
     want = [peak * max(0.05, 1 - s / 17) for s in range(18)]
     assert trainer.state.lrs == pytest.approx(want, rel=1e-12)

@@ -140,6 +140,7 @@ class GpuLoader(EpochLoader):
         self.mean = torch.tensor(config.mean, **stat).view(1, 3, 1, 1)
         self.std = torch.tensor(config.std, **stat).view(1, 3, 1, 1)
         self.dataset = self.images  # len(loader.dataset) is the number of images
+        self._built: dict[int, list] = {}  # epoch -> its prebuilt batches (``prebuild``)
 
     def base_flips(self) -> torch.Tensor:
         """The alternating flip's random half (bool (N,), per image index), drawn from the
@@ -148,7 +149,22 @@ class GpuLoader(EpochLoader):
         gen.manual_seed(self.seed * 7_919 + 17)
         return torch.rand(len(self.images), device=self.device, generator=gen) < 0.5
 
+    def prebuild(self, epochs: range) -> None:
+        """Build the augmented, shuffled batches of ``epochs`` now (the 2026 record builds
+        every epoch's before its timed loop); iterating one of those epochs then yields
+        them (the same batches as building them in the loop) and frees them. Memory: the
+        epochs' images in ``dtype`` on the device (9 epochs of CIFAR-10 in bfloat16:
+        2.8 GB)."""
+        for epoch in epochs:
+            self.set_epoch(epoch)
+            self._built[epoch] = list(self._augmented())
+        self.set_epoch(epochs.start if len(epochs) else self.epoch)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        built = self._built.pop(self.epoch, None)
+        return iter(built) if built is not None else self._augmented()
+
+    def _augmented(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.epoch_seed(29))
         n = len(self.images)
