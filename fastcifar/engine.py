@@ -64,11 +64,14 @@ def warm_up_variants(
     return [variants[0]] * max(1, steps - len(variants) + 1) + variants[1:]
 
 
-def prebuild(components: Components, epochs: range) -> float:
-    """The training loader's batches of ``epochs`` built now (``prebuild_augmentation``;
-    the gpu loader's ``prebuild``); returns its device-timed seconds, which both timing
-    contracts charge. Another loader says in one line that it builds batches as it goes."""
+def prebuild(components: Components, recipe: Recipe, epochs: range) -> float:
+    """With ``recipe.prebuild_augmentation``, the training loader's batches of ``epochs``
+    built now (the gpu loader's ``prebuild``); returns its device-timed seconds (0 when
+    off), which both timing contracts charge. Another loader says in one line that it
+    builds batches as it goes."""
     loader = components.train_loader
+    if not recipe.prebuild_augmentation:
+        return 0.0
     if not hasattr(loader, "prebuild"):
         print(f"prebuild-augmentation: the {components.loader_name} loader augments as it "
               f"goes (only --loader gpu builds epochs ahead); training without it")  # fmt: skip
@@ -189,9 +192,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loops
 
-    def _forward_loss(
-        self, x: torch.Tensor, y: torch.Tensor, res: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_loss(self, x, y, res: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean criterion loss, output) of the model on a batch, first downsampled
         (bilinear, the whole image) to ``res`` x ``res`` pixels when given (the recipe's
         ``res_schedule``): one graph with --compile-step, one per resolution."""
@@ -334,8 +335,7 @@ class Trainer:
         if self.state.epoch == 0:
             self._init_from_data()
         epochs = range(self.state.epoch, r.epochs)
-        if r.prebuild_augmentation:
-            self.state.augment_time_s += prebuild(self.components, epochs)
+        self.state.augment_time_s += prebuild(self.components, r, epochs)
         for epoch in epochs:
             self._fit_epoch(epoch)
         session = time.perf_counter() - run_start

@@ -80,6 +80,9 @@ class Muon(torch.optim.Optimizer):
             zero-padded matrices (one launch per matrix product instead of one per filter).
         by_shape: with ``batched``, one batched iteration per filter shape instead,
             without padding (the 2026 record's ``_ns_all``: no work on padded zeros).
+        renorm_growth, renorm_steps: the renormalisation interval grows from
+            ``renorm_every`` by ``renorm_growth`` over ``renorm_steps`` steps (the 2026
+            record: 2 + int(15 x step / decay steps)); 0: a fixed interval.
         compile_backend: torch.compile the Newton-Schulz iteration with this backend (the
             record compiles it; ``None``: eager).
 
@@ -101,6 +104,8 @@ class Muon(torch.optim.Optimizer):
         renorm_every: int = 1,
         batched: bool = False,
         by_shape: bool = False,
+        renorm_growth: float = 0.0,
+        renorm_steps: int = 1,
         compile_backend: str | None = None,
     ):
         if lr < 0 or momentum < 0 or weight_decay < 0 or ns_steps < 1 or renorm_every < 0:
@@ -108,7 +113,8 @@ class Muon(torch.optim.Optimizer):
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, muon=True,
             ns_steps=ns_steps, ns_coefficients=tuple(ns_coefficients), renorm_every=renorm_every,
-            batched=batched, by_shape=by_shape, step=0,
+            batched=batched, by_shape=by_shape, renorm_growth=renorm_growth,
+            renorm_steps=max(1, renorm_steps), last_renorm=0, step=0,
         )  # fmt: skip
         self.ns_dtype = ns_dtype
         self._newton_schulz = newton_schulz
@@ -162,8 +168,7 @@ class Muon(torch.optim.Optimizer):
             buf.mul_(m).add_(p.grad)
             updates.append(p.grad.add(buf, alpha=m) if group["nesterov"] else buf)
         orthogonal = self._orthogonalise(updates, group)
-        every = group["renorm_every"]
-        if every and group["step"] % every == 0:
+        if self._renorm_due(group):
             for p in params:  # filter norm sqrt(C_out): the record's renormalisation
                 p.mul_(len(p) ** 0.5 / p.norm().clamp_min(1e-12))
         lr = group["lr"]
@@ -171,6 +176,22 @@ class Muon(torch.optim.Optimizer):
             p.add_(u.to(p.dtype), alpha=-lr)
         if group["weight_decay"]:
             torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
+
+    @staticmethod
+    def _renorm_due(group: dict) -> bool:
+        """Whether this step (``group["step"]``, from 1) renormalises the filters: every
+        ``renorm_every`` steps; with ``renorm_growth`` the 2026 record's growing interval,
+        ``renorm_every + int(renorm_growth * step / renorm_steps)`` steps since the last."""
+        every, step = group["renorm_every"], group["step"]
+        if not every:
+            return False
+        if not group["renorm_growth"]:
+            return step % every == 0
+        interval = every + int(group["renorm_growth"] * step / group["renorm_steps"])
+        if step - group["last_renorm"] < interval:
+            return False
+        group["last_renorm"] = step
+        return True
 
     def _orthogonalise(self, updates: list[torch.Tensor], group: dict) -> list[torch.Tensor]:
         """Newton-Schulz of each update reshaped to (C_out, C_in * k * k), back in its shape."""

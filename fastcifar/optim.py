@@ -128,8 +128,9 @@ def muon_param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
 
 
 def make_optimizer(
-    model: nn.Module, recipe: Recipe, compile_backend: str | None = None
-) -> torch.optim.Optimizer:
+    model: nn.Module, recipe: Recipe, compile_backend: str | None = None,
+    steps_per_epoch: int | None = None,
+) -> torch.optim.Optimizer:  # fmt: skip
     """The recipe's optimizer over ``model``'s trainable parameters: Adam (betas
     (momentum, 0.999)), SGD (momentum, Nesterov where set), or ``muon`` (``Muon`` on the
     convolution filters and SGD on the rest, ``muon_param_groups``; its Newton-Schulz
@@ -139,7 +140,10 @@ def make_optimizer(
         return Muon(
             muon_param_groups(model, r), ns_steps=r.muon_ns_steps,
             ns_coefficients=NS_COEFFICIENTS[r.muon_ns], renorm_every=r.muon_renorm_every,
-            batched=r.muon_batched, by_shape=r.muon_by_shape, compile_backend=compile_backend,
+            batched=r.muon_batched, by_shape=r.muon_by_shape,
+            renorm_growth=r.muon_renorm_growth,
+            renorm_steps=decay_steps(r, steps_per_epoch) if steps_per_epoch else 1,
+            compile_backend=compile_backend,
         )  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
     if r.optimizer == "adam":
@@ -323,7 +327,7 @@ class Optimization:
     def __init__(self, model: nn.Module, recipe: Recipe, steps_per_epoch: int,
                  amp_dtype: torch.dtype | None, device: torch.device,
                  compile_backend: str | None = None):  # fmt: skip
-        self.optimizer = make_optimizer(model, recipe, compile_backend=compile_backend)
+        self.optimizer = make_optimizer(model, recipe, compile_backend, steps_per_epoch)
         self.schedule = make_schedule(self.optimizer, recipe, steps_per_epoch)
         self.ema = make_ema(model, recipe.ema)
         self.lookahead = make_lookahead(model, recipe, steps_per_epoch)

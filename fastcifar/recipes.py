@@ -82,6 +82,9 @@ class Recipe:
     )
     muon_batched: bool = option(False, "muon: one batched Newton-Schulz over zero-padded filters")
     muon_by_shape: bool = option(False, "muon, batched: one Newton-Schulz per filter shape")
+    muon_renorm_growth: float = option(
+        0.0, "muon: renormalise every renorm_every + int(x step / decay steps) steps", min=0
+    )
     scheduler: str = option(
         "constant",
         "onecycle, linear (1 -> 0, no warm-up; both per batch), cosine (CosineAnnealingLR "
@@ -448,6 +451,8 @@ register(
         res_schedule="24,24,24,28,28,28,32,32,32",
         lookahead_start=8,  # lookahead_every 4 and lookahead_decay 0.7: the defaults
         muon_by_shape=True,
+        muon_renorm_every=2,
+        muon_renorm_growth=15,
         prebuild_augmentation=True,
         lr=0.2255,
         whiten_images=5000,
@@ -456,19 +461,15 @@ register(
         compile_mode="max-autotune-no-cudagraphs",
         expected_accuracy=94.0,
     ),
-    """The 2026 record: fulcrumresearch/cifar-10-speedrun's E1 (``fable-100m/recipes/
-    e1_1.74s_single-gpu_CHAMPION.py``; 94 % in 1.828 s on an A100-SXM4 against 1.978 s for
-    Hiverge's under its harness: their figures). Against ``speedrun94_fast``, each a field:
-    24/28/32 px by epoch, downsampled inside the step (``--res-schedule``; empty: off);
-    global max pool (model ``speedrun94_progressive``); 8.875 epochs (``--epochs 9
-    --last-epoch-fraction 0.875``), lr decaying over 8.5 (``--decay-epochs``) to 0.05 of its
-    peak (``--lr-floor``); lookahead averaging from 8 steps before the decay's end, every 4,
-    0.7 (``--lookahead-start 0``: off); Muon lr 0.2255; whitening from 5,000 images, bias
-    trained 0.2 epochs; Newton-Schulz batched by filter shape (``--muon-by-shape``); 6-view
-    TTA on every test image; max-autotune without CUDA graphs; every epoch's augmentation
-    built before training (``--prebuild-augmentation``). Not yet: the record's Muon step
-    counter (renormalising every 2 + 15 x progress steps) and the run as one CUDA graph.
-    Not measured on a GPU yet.""",
+    """The 2026 record, fulcrumresearch/cifar-10-speedrun's E1 (``fable-100m/recipes/
+    e1_1.74s_single-gpu_CHAMPION.py``; 94 % in 1.828 s on an A100 under its harness, their
+    figure). Against ``speedrun94_fast``, each a field: 24/28/32 px by epoch inside the step
+    (``--res-schedule``), a global max pool (model ``speedrun94_progressive``), 8.875 epochs
+    decaying over 8.5 to an lr floor of 0.05, lookahead averaging (8 steps before the
+    decay's end, every 4, 0.7), Muon lr 0.2255 batched by filter shape and renormalised
+    every 2 + int(15 x step / decay steps) steps, whitening from 5,000 images (bias 0.2
+    epochs), every epoch's augmentation built before training, 6-view TTA on all test
+    images, max-autotune without CUDA graphs. Not yet: the run as one CUDA graph.""",
 )
 
 # The model zoo: each model's reference recipe and its ``_fast`` variant, from the data

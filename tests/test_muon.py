@@ -147,3 +147,24 @@ def test_compiled_newton_schulz_steps_as_the_eager_one():
         out.append(params)
     for a, b in zip(*out, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_the_growing_renormalisation_interval_follows_the_2026_record():
+    """fulcrumresearch/cifar-10-speedrun E1's OrthoMomentum: norm_freq = 2 + int(15 x
+    progress), progress = step / total; a step renormalises when at least norm_freq steps
+    passed since the last one that did."""
+    total, group = 40, {"renorm_every": 2, "renorm_growth": 15, "renorm_steps": 40,
+                        "last_renorm": 0}  # fmt: skip
+    ours = []
+    for step in range(1, 45):
+        group["step"] = step
+        if Muon._renorm_due(group):
+            ours.append(step)
+    theirs, last = [], 0
+    for step in range(1, 45):
+        if step - last >= 2 + int(15 * step / total):
+            theirs.append(step)
+            last = step
+    assert ours == theirs == [2, 5, 10, 18, 31]
+    fixed = {"renorm_every": 8, "renorm_growth": 0, "renorm_steps": 1, "last_renorm": 0}
+    assert [s for s in range(1, 30) if Muon._renorm_due({**fixed, "step": s})] == [8, 16, 24]
