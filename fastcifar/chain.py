@@ -41,7 +41,7 @@ from torch import nn
 from fastcifar.kernels.conv import family
 from fastcifar.kernels.conv_bn import conv2d_prologue_stats, conv2d_relu_stats, prologue_grad
 from fastcifar.kernels.pointwise import pointwise_conv2d
-from fastcifar.nn import _autocast_args, config_supported
+from fastcifar.nn import _autocast_args, bn_prologue, config_supported
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -128,31 +128,6 @@ class _Materialise(torch.autograd.Function):
         scale = prologue[:, 1].view(1, -1, 1, 1).to(dz.dtype)
         sums = torch.stack((dz.sum((0, 2, 3)), (dz * centred).sum((0, 2, 3))), dim=1)
         return (dz * scale).to(raw.dtype), prologue_grad(prologue, sums), None
-
-
-def bn_prologue(
-    bn: nn.BatchNorm2d, mean: torch.Tensor | None, var: torch.Tensor | None, count: int
-) -> torch.Tensor:
-    """(C, 3) center, scale and shift per channel such that ``bn(y) == (y - center) *
-    scale + shift``, from the batch ``mean`` and biased ``var`` of ``y`` over ``count``
-    values per channel in training (``running_mean``/``running_var`` updated as
-    ``nn.BatchNorm2d`` does: unbiased variance, ``momentum`` or the cumulative average
-    when it is None), from the running statistics in eval mode. Differentiable in
-    ``mean``, ``var`` and the affine parameters."""
-    if bn.training and bn.track_running_stats:
-        with torch.no_grad():
-            bn.num_batches_tracked += 1
-            m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), m)
-            unbiased = var * count / max(count - 1, 1)
-            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), m)
-    if not (bn.training or not bn.track_running_stats):
-        mean, var = bn.running_mean, bn.running_var
-    scale = torch.rsqrt(var + bn.eps)
-    if bn.affine:
-        scale = scale * bn.weight
-    shift = bn.bias if bn.affine else torch.zeros_like(scale)
-    return torch.stack((mean.to(scale.dtype), scale, shift.to(scale.dtype)), dim=1)
 
 
 def is_pointwise(conv: nn.Module) -> bool:

@@ -104,6 +104,31 @@ def swap_convolutions(model: nn.Module, only: set[str] | None = None) -> list[st
     return swapped
 
 
+def bn_prologue(
+    bn: nn.BatchNorm2d, mean: torch.Tensor | None, var: torch.Tensor | None, count: int
+) -> torch.Tensor:
+    """(C, 3) center, scale and shift per channel such that ``bn(y) == (y - center) *
+    scale + shift``, from the batch ``mean`` and biased ``var`` of ``y`` over ``count``
+    values per channel in training (``running_mean``/``running_var`` updated as
+    ``nn.BatchNorm2d`` does: unbiased variance, ``momentum`` or the cumulative average
+    when it is None), from the running statistics in eval mode. Differentiable in
+    ``mean``, ``var`` and the affine parameters."""
+    if bn.training and bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), m)
+            unbiased = var * count / max(count - 1, 1)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), m)
+    if not (bn.training or not bn.track_running_stats):
+        mean, var = bn.running_mean, bn.running_var
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        scale = scale * bn.weight
+    shift = bn.bias if bn.affine else torch.zeros_like(scale)
+    return torch.stack((mean.to(scale.dtype), scale, shift.to(scale.dtype)), dim=1)
+
+
 class FusedConvReLUBN(nn.Sequential):
     """``Sequential(conv, ReLU, BatchNorm2d)`` computed as Triton conv + ReLU + batch
     statistics in one kernel, then ``y * scale + shift`` per channel.
@@ -119,21 +144,8 @@ class FusedConvReLUBN(nn.Sequential):
         x, weight, bias = _autocast_args(x, conv.weight, conv.bias)
         args = (conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
         y, mean, var = conv2d_relu_stats(x, weight, bias, *args, relu=len(self) == 3)
-        use_batch_stats = bn.training or not bn.track_running_stats
-        if bn.training and bn.track_running_stats:
-            with torch.no_grad():
-                bn.num_batches_tracked += 1
-                m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-                count = y.numel() // y.shape[1]
-                bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), m)
-                unbiased = var * count / max(count - 1, 1)
-                bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), m)
-        if not use_batch_stats:
-            mean, var = bn.running_mean, bn.running_var
-        scale = torch.rsqrt(var + bn.eps)
-        if bn.affine:
-            scale = scale * bn.weight
-        shift = -mean * scale + (bn.bias if bn.affine else 0)
+        center, scale, shift = bn_prologue(bn, mean, var, y.numel() // y.shape[1]).unbind(1)
+        shift = -center * scale + shift
         shape = (1, -1, 1, 1)
         return y * scale.view(shape).to(y.dtype) + shift.view(shape).to(y.dtype)
 
@@ -242,6 +254,7 @@ __all__ = [
     "Conv2d",
     "FusedConvReLUBN",
     "FusedDepthwiseSeparable",
+    "bn_prologue",
     "config_supported",
     "fuse_conv_relu_bn",
     "fuse_depthwise_separable",

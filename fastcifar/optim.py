@@ -127,6 +127,16 @@ def muon_param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def newton_schulz_dtype(device: torch.device | str | None) -> torch.dtype:
+    """Muon's Newton-Schulz dtype on ``device``: bfloat16 (the records') on a GPU and on a
+    CPU with bfloat16 instructions; float32 on other CPUs, which emulate bfloat16 (5-9x
+    slower than float32, ``runtime.cpu_has_native_bf16``), the ``--amp`` rule."""
+    from fastcifar.runtime import cpu_has_native_bf16
+
+    cpu = device is not None and torch.device(device).type == "cpu"
+    return torch.float32 if cpu and not cpu_has_native_bf16() else torch.bfloat16
+
+
 def make_optimizer(
     model: nn.Module, recipe: Recipe, compile_backend: str | None = None,
     steps_per_epoch: int | None = None,
@@ -134,11 +144,14 @@ def make_optimizer(
     """The recipe's optimizer over ``model``'s trainable parameters: Adam (betas
     (momentum, 0.999)), SGD (momentum, Nesterov where set), or ``muon`` (``Muon`` on the
     convolution filters and SGD on the rest, ``muon_param_groups``; its Newton-Schulz
-    iteration compiled with ``compile_backend`` when given, as the record does)."""
+    iteration in ``newton_schulz_dtype`` of the model's device, compiled with
+    ``compile_backend`` when given, as the record does)."""
     r = recipe
     if r.optimizer == "muon":
+        device = next(model.parameters()).device
         return Muon(
             muon_param_groups(model, r), ns_steps=r.muon_ns_steps,
+            ns_dtype=newton_schulz_dtype(device),
             ns_coefficients=NS_COEFFICIENTS[r.muon_ns], renorm_every=r.muon_renorm_every,
             batched=r.muon_batched, by_shape=r.muon_by_shape,
             renorm_growth=r.muon_renorm_growth,

@@ -24,10 +24,7 @@ def test_a_run_follows_the_records_resolution_and_lr_schedule(tmp_path, monkeypa
     from fastcifar.train import build_trainer
 
     make_tree(tmp_path / "tree", per_class=1)
-    # SGD: Muon's bfloat16 Newton-Schulz takes seconds a step on this CPU; the schedule is
-    # the same for every optimizer group
-    recipe = get_recipe("speedrun94_progressive").replace(batch_size=4, whiten_images=8,
-                                                          optimizer="sgd")  # fmt: skip
+    recipe = get_recipe("speedrun94_progressive").replace(batch_size=4, whiten_images=8)
     opts = RunOptions(data=str(tmp_path / "tree"), workers=0, device="cpu", loader="gpu",
                       train_subset=8, test_subset=4, compile=False)  # fmt: skip
     (tmp_path / "run").mkdir()

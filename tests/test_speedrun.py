@@ -174,8 +174,8 @@ def test_whitening_bias_trains_for_exactly_its_epochs_and_bn_weights_stay_one(ti
     biases = []
     step = t.train_step
 
-    def recording_step(x, y, i):
-        out = step(x, y, i)
+    def recording_step(*args):
+        out = step(*args)
         biases.append(t.model.whiten.bias.detach().clone())
         return out
 

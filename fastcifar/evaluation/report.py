@@ -35,7 +35,8 @@ BY_OPTIMIZER = {
     "sgd": ("momentum", "nesterov"),
     "adam": ("momentum",),
     "muon": ("momentum", "nesterov", "bias_lr", "head_lr", "sgd_momentum", "muon_weight_decay",
-             "muon_ns_steps", "muon_ns", "muon_renorm_every", "muon_batched"),
+             "muon_ns_steps", "muon_ns", "muon_renorm_every", "muon_batched", "muon_by_shape",
+             "muon_renorm_growth"),
 }  # fmt: skip
 BY_SCHEDULER = {
     "onecycle": ("pct_start", "div_factor", "final_div_factor", "anneal_strategy",
@@ -46,7 +47,9 @@ BY_SCHEDULER = {
 # (field, the value at which it does nothing): shown only when it does something
 WHEN_SET = (("l1", 0.0), ("ema", 0.0), ("tta", "none"), ("lr_find", False),
             ("loss_reduction", "mean"), ("drop_last", False), ("last_epoch_fraction", 1.0),
-            ("compile_step", False), ("compile_mode", "default"))  # fmt: skip
+            ("compile_step", False), ("compile_mode", "default"), ("decay_epochs", 0.0),
+            ("lr_floor", 0.0), ("res_schedule", ""), ("lookahead_start", 0),
+            ("prebuild_augmentation", False))  # fmt: skip
 
 
 @dataclass
