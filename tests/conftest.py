@@ -12,11 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# pytest-xdist runs one worker a core (-n auto): each worker's torch, and every command
+# line it starts, gets its share of the cores' threads instead of all of them, so that the
+# workers' OpenMP pools do not spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _workers))
+
 # Without a GPU the Triton kernels run under the interpreter; it must be chosen before the
 # first kernel is defined.
 try:
     import torch
 
+    if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
 except ImportError:  # pragma: no cover
@@ -56,8 +65,14 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
-    """Every test (and every CLI it starts) uses one fresh cache directory."""
-    cache = tmp_path_factory.mktemp("cache")
+    """Every test (and every CLI it starts) uses one fresh cache directory, shared by the
+    pytest-xdist workers of one run (the cache's writes are atomic), so that the real
+    archive's 60,000 JPEGs are decoded once a run, not once a worker."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # basetemp is <run>/popen-gwN: share <run>
+        base = base.parent
+    cache = base / "cache"
+    cache.mkdir(exist_ok=True)
     old = os.environ.get("FASTCIFAR_CACHE")
     os.environ["FASTCIFAR_CACHE"] = str(cache)
     os.environ.pop("FASTCIFAR_DATA", None)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastcifar.errors import FastCifarError
 from fastcifar.runlock import RunLock
@@ -68,8 +69,8 @@ def test_a_held_directory_is_refused_naming_the_holder_and_freed_by_a_kill(tmp_p
 def test_a_second_training_into_a_live_runs_directory_is_refused(tiny_tree, tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, "-m", "fastcifar.train", *_train_args(tiny_tree, out, 12)], cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "fastcifar.train", *_train_args(tiny_tree, out, 40)], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default,
     )  # fmt: skip
     try:
         lock = out / ".lock"
@@ -84,14 +85,21 @@ def test_a_second_training_into_a_live_runs_directory_is_refused(tiny_tree, tmp_
         evaluated = subprocess.run([sys.executable, "-m", "fastcifar.evaluate", str(out)],
                                    cwd=ROOT, capture_output=True, text=True)  # fmt: skip
         assert evaluated.returncode == 2 and f"(PID {first.pid} on" in evaluated.stderr
-        out_text, err_text = first.communicate(timeout=600)
+        # the first run goes on untouched; it is stopped here (Ctrl-C) rather than waited
+        # for, its files then checked whole
+        _wait_for(lambda: (out / "metrics.jsonl").exists() and read_metrics(out), first)
+        first.send_signal(signal.SIGINT)
+        _, err_text = first.communicate(timeout=120)
     finally:
         if first.poll() is None:
             first.kill()
-    assert first.returncode == 0, err_text
+    assert first.returncode == 130, err_text
     config = json.loads((out / "config.json").read_text())
-    assert config["recipe"]["epochs"] == 12  # the first run's own files, whole
-    assert len(read_metrics(out)) == 12 and (out / "summary.json").exists()
+    assert config["recipe"]["epochs"] == 40  # the first run's own files, whole
+    done = [row["epoch"] for row in read_metrics(out)]
+    assert done == list(range(1, len(done) + 1)) and 1 <= len(done) < 40
+    assert torch.load(out / "last.pt", weights_only=True)["state"]["epoch"] == len(done)
+    RunLock(out).acquire("x").release()  # and the directory is free again
 
 
 def test_sigint_says_what_was_kept_and_the_resume_command(tiny_tree, tmp_path):
