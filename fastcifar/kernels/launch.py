@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fastcifar.kernels.interpreter import round_bfloat16_to_nearest_even
+
 __all__ = [
     "ACTIVATIONS",
     "GPU_TILES",
@@ -384,4 +386,6 @@ def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
     if _recorder is not None:
         _recorder.append(Launch(kernel, tuple(grid), args, meta))
         return
+    if interpreted():  # bfloat16 rounding as on a GPU (fastcifar.kernels.interpreter)
+        round_bfloat16_to_nearest_even()
     kernel[grid](*args, **meta)
