@@ -21,10 +21,13 @@ consecutive children of an ``nn.Sequential``, and consecutive names of a block's
 ``CHAIN`` (a tuple of child names in the order its forward calls them, each taking the
 previous one's output alone; the model zoo's blocks declare theirs). What cannot be
 fused: a producer whose output is also used elsewhere (a residual's input, MobileNetV2's
-stem feeding a block and its shortcut), squeeze-excitation between the two (its pooling
-needs the activated tensor; EfficientNet-B0), and a consumer whose kernel is a ``tl.dot``
-one (dense 3x3, groups of 8 or more channels: no prologue yet). Consumers: 1x1
-(``pointwise_conv2d``) and depthwise or narrow-grouped KxK (``conv2d_prologue_stats``).
+stem feeding a block and its shortcut), the convolution after a squeeze-excitation (its
+input is gated per image and channel, which a per-channel prologue cannot compute;
+EfficientNet-B0's project), and a consumer whose kernel is a ``tl.dot`` one (dense 3x3,
+groups of 8 or more channels: no prologue yet). Consumers: 1x1 (``pointwise_conv2d``),
+depthwise or narrow-grouped KxK (``conv2d_prologue_stats``), and a squeeze-excitation
+gate (``is_gate``: its pooling reads the raw tensor through the prologue and the gated
+tensor is written once, the activated one never; EfficientNet-B0's depthwise -> SE).
 
 Eval mode, ``revert_to_torch`` (both ends of a link go back together), checkpoints
 (children and state-dict keys unchanged) and Grad-CAM (``fastcifar.fusion.revert_all``
@@ -107,11 +110,22 @@ def _affine(raw: torch.Tensor, prologue: torch.Tensor) -> torch.Tensor:
     return (raw.to(acc) - center) * scale + shift
 
 
+def _prologue_backward(raw, prologue, activation, grad_a) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the raw tensor's gradient in its dtype, the (C, 3) prologue's) from ``grad_a``, the
+    gradient of ``act((raw - center) * scale + shift)``, as the kernels take it: the
+    affine map recomputed, the prologue's gradient from centred sums (float32 autograd
+    over ``raw * scale`` would cancel ``sum g raw`` against ``center sum g``)."""
+    z = _affine(raw, prologue)
+    dz = grad_a.to(z.dtype) * _ACTIVATE_GRAD[activation](z)
+    centred = raw.to(dz.dtype) - prologue[:, 0].view(1, -1, 1, 1).to(dz.dtype)
+    scale = prologue[:, 1].view(1, -1, 1, 1).to(dz.dtype)
+    sums = torch.stack((dz.sum((0, 2, 3)), (dz * centred).sum((0, 2, 3))), dim=1)
+    return (dz * scale).to(raw.dtype), prologue_grad(prologue, sums)
+
+
 class _Materialise(torch.autograd.Function):
     """``act((raw - center) * scale + shift)``, saving only ``raw`` and the (C, 3)
-    prologue; the backward recomputes the affine map and takes the prologue's gradient
-    as the kernels do, from centred sums (float32 autograd over ``raw * scale`` would
-    cancel ``sum g raw`` against ``center sum g``)."""
+    prologue; the backward recomputes the affine map (``_prologue_backward``)."""
 
     @staticmethod
     def forward(ctx, raw, prologue, activation):
@@ -122,12 +136,50 @@ class _Materialise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         raw, prologue = ctx.saved_tensors
-        z = _affine(raw, prologue)
-        dz = grad.to(z.dtype) * _ACTIVATE_GRAD[ctx.activation](z)
-        centred = raw.to(dz.dtype) - prologue[:, 0].view(1, -1, 1, 1).to(dz.dtype)
-        scale = prologue[:, 1].view(1, -1, 1, 1).to(dz.dtype)
-        sums = torch.stack((dz.sum((0, 2, 3)), (dz * centred).sum((0, 2, 3))), dim=1)
-        return (dz * scale).to(raw.dtype), prologue_grad(prologue, sums), None
+        return (*_prologue_backward(raw, prologue, ctx.activation, grad), None)
+
+
+class _PooledActivation(torch.autograd.Function):
+    """The (N, C, 1, 1) spatial mean of ``act((raw - center) * scale + shift)`` in
+    ``raw``'s dtype, without writing the activated tensor; saves ``raw`` and the
+    prologue."""
+
+    @staticmethod
+    def forward(ctx, raw, prologue, activation):
+        ctx.save_for_backward(raw, prologue)
+        ctx.activation = activation
+        return (
+            _ACTIVATE[activation](_affine(raw, prologue)).mean((2, 3), keepdim=True).to(raw.dtype)
+        )
+
+    @staticmethod
+    def backward(ctx, grad):
+        raw, prologue = ctx.saved_tensors
+        acc = torch.float64 if raw.dtype == torch.float64 else torch.float32
+        grad_a = (grad.to(acc) / (raw.shape[2] * raw.shape[3])).expand(raw.shape)
+        return (*_prologue_backward(raw, prologue, ctx.activation, grad_a), None)
+
+
+class _Gated(torch.autograd.Function):
+    """``act((raw - center) * scale + shift) * gate`` with a (N, C, 1, 1) gate, rounded
+    once to ``raw``'s dtype; saves ``raw``, the prologue and the gate (the activated
+    tensor is recomputed in the backward, not saved)."""
+
+    @staticmethod
+    def forward(ctx, raw, prologue, activation, gate):
+        ctx.save_for_backward(raw, prologue, gate)
+        ctx.activation = activation
+        a = _ACTIVATE[activation](_affine(raw, prologue))
+        return (a * gate.to(a.dtype)).to(raw.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raw, prologue, gate = ctx.saved_tensors
+        a = _ACTIVATE[ctx.activation](_affine(raw, prologue))
+        g = grad.to(a.dtype)
+        dgate = (g * a).sum((2, 3), keepdim=True).to(gate.dtype)
+        dx, dpro = _prologue_backward(raw, prologue, ctx.activation, g * gate.to(a.dtype))
+        return dx, dpro, None, dgate
 
 
 def is_pointwise(conv: nn.Module) -> bool:
@@ -176,6 +228,46 @@ def can_consume(m: nn.Module) -> bool:
     return _activation_of(m) is not None and takes_prologue(m[0])
 
 
+def is_gate(m: nn.Module) -> bool:
+    """A squeeze-excitation gate that a chain feeds: its class says ``POOLED_GATE = True``,
+    promising ``forward(x) == x * self.gate(adaptive_avg_pool2d(x, 1))`` with ``gate``
+    (N, C, 1, 1) -> (N, C, 1, 1) (``fastcifar.models.mobile.SqueezeExcitation``)."""
+    return bool(getattr(type(m), "POOLED_GATE", False)) and callable(getattr(m, "gate", None))
+
+
+class _PendingGate:
+    """Mixed into a gate's own class by ``fuse_conv_bn_act``: given a ``Pending``, the
+    pooling reads the raw tensor through the prologue and the gated tensor is written
+    once; the normalised and the activated tensors are neither written nor saved for
+    the backward (``_PooledActivation``, ``_Gated``). A plain tensor takes the gate's own
+    forward."""
+
+    takes_pending = True
+
+    def forward(self, x):
+        if not isinstance(x, Pending):
+            return super().forward(x)
+        pooled = _PooledActivation.apply(x.raw, x.prologue, x.activation)
+        return _Gated.apply(x.raw, x.prologue, x.activation, self.gate(pooled))
+
+
+_GATE_CLASSES: dict[type, type] = {}
+
+
+def _pending_gate_class(cls: type) -> type:
+    """``cls`` with ``_PendingGate``'s forward, one class per gate class."""
+    if cls not in _GATE_CLASSES:
+        _GATE_CLASSES[cls] = type(f"Chained{cls.__name__}", (_PendingGate, cls),
+                                  {"_unfused_class": cls})  # fmt: skip
+    return _GATE_CLASSES[cls]
+
+
+def is_chain_module(m: nn.Module) -> bool:
+    """Whether ``m`` is a converted end of a link: a ``FusedConvBNAct`` or a gate taking
+    a ``Pending``."""
+    return type(m) is FusedConvBNAct or isinstance(m, _PendingGate)
+
+
 def _candidate_pairs(model: nn.Module):
     """(parent name, producer child, consumer child) for consecutive children of every
     ``nn.Sequential`` and consecutive names of every block's ``CHAIN``."""
@@ -200,7 +292,9 @@ def find_links(model: nn.Module) -> list[tuple[str, str]]:
         ma, mb = model.get_submodule(pa), model.get_submodule(pb)
         if pa in producers or pb in consumers:
             continue
-        if can_produce(ma) and can_consume(mb) and ma[0].out_channels == mb[0].in_channels:
+        if not can_produce(ma):
+            continue
+        if is_gate(mb) or (can_consume(mb) and ma[0].out_channels == mb[0].in_channels):
             links.append((pa, pb))
             producers.add(pa)
             consumers.add(pb)
@@ -251,28 +345,32 @@ def fuse_conv_bn_act(model: nn.Module, only: set[str] | None = None) -> list[str
     """Convert every chain conv -> BatchNorm2d -> activation -> 1x1 conv of ``model`` (its
     links named ``"producer>consumer"`` in ``only``, when given) in place; returns the
     links converted, as ``"producer>consumer"``. Both modules of a link become
-    ``FusedConvBNAct``, sharing parameters and buffers (module docstring)."""
+    ``FusedConvBNAct`` (a squeeze-excitation consumer: its own class with
+    ``_PendingGate``'s forward), sharing parameters and buffers (module docstring)."""
     converted = []
     for producer, consumer in find_links(model):
         name = f"{producer}>{consumer}"
         if only is not None and name not in only:
             continue
         p, c = model.get_submodule(producer), model.get_submodule(consumer)
-        for m in (p, c):
-            m.__class__ = FusedConvBNAct
+        p.__class__ = FusedConvBNAct
+        if is_gate(c):
+            c.__class__ = _pending_gate_class(getattr(c, "_unfused_class", type(c)))
+        else:
+            c.__class__ = FusedConvBNAct
         p.gives_pending, c.takes_pending = True, True
         p.__dict__["_link_consumer"], c.__dict__["_link_producer"] = c, p
         converted.append(name)
     return converted
 
 
-def revert_link_end(m: FusedConvBNAct) -> None:
+def revert_link_end(m: nn.Module) -> None:
     """Put a chain module back on PyTorch, and with it every module linked to it, end to
     end (a consumer reverted alone would receive a ``Pending``)."""
-    if type(m) is not FusedConvBNAct:
+    if not is_chain_module(m):
         return
     partners = [m.__dict__.pop(k, None) for k in ("_link_consumer", "_link_producer")]
-    m.__class__ = nn.Sequential
+    m.__class__ = m._unfused_class if isinstance(m, _PendingGate) else nn.Sequential
     m.__dict__.pop("gives_pending", None)
     m.__dict__.pop("takes_pending", None)
     for partner in partners:

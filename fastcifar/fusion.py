@@ -7,7 +7,9 @@ blocks its modules could also form, single convolutions last, outside every fuse
 =============  ================================================  ===================
 kind           unit (unfused)                                    fused module
 =============  ================================================  ===================
-conv_bn_act    ``Sequential(conv, BN[, act])`` -> 1x1 conv + BN  ``FusedConvBNAct``
+conv_bn_act    ``Sequential(conv, BN[, act])`` -> 1x1 or          ``FusedConvBNAct``
+               depthwise conv + BN, or -> squeeze-excitation     (the gate: its own
+                                                                 class, chained)
 conv_relu_bn   ``Sequential(conv 3x3, ReLU, BN)`` (the seeds)    ``FusedConvReLUBN``
 conv_bn        ``Sequential(conv, BN)``                          ``FusedConvBN``
 dwsep          ``Sequential(depthwise 3x3, [ReLU], 1x1)``        ``FusedDepthwiseSeparable``
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from fastcifar.chain import FusedConvBNAct, find_links, fuse_conv_bn_act, revert_link_end
+from fastcifar.chain import find_links, fuse_conv_bn_act, is_chain_module, revert_link_end
 from fastcifar.nn import (
     Conv2d,
     FusedConvBN,
@@ -124,7 +126,7 @@ def _conv_off(m: nn.Module) -> None:
 FUSIONS: tuple[FusionKind, ...] = (
     FusionKind("conv_bn_act", "conv-BN-activation chains", _chains,
                lambda name: _first_child(name.split(">")[0]), fuse_conv_bn_act,
-               _class_is(FusedConvBNAct), revert_link_end, triton=True),
+               is_chain_module, revert_link_end, triton=True),
     FusionKind("conv_relu_bn", "conv+ReLU+BN", _blocks_where(is_conv_relu_bn), _first_child,
                fuse_conv_relu_bn, _class_is(FusedConvReLUBN), _to_sequential, triton=False),
     FusionKind("conv_bn", "conv+BN", _blocks_where(is_conv_bn), _first_child, fuse_conv_bn,

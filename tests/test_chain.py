@@ -13,7 +13,7 @@ from torch import nn
 from fastcifar.chain import FusedConvBNAct, Pending, find_links, fuse_conv_bn_act
 from fastcifar.fusion import FUSIONS, convert, fused_copy, revert_all, revert_to_torch, runs_triton
 from fastcifar.models import create_model
-from fastcifar.models.mobile import InvertedResidual, MBConv
+from fastcifar.models.mobile import InvertedResidual, MBConv, SqueezeExcitation
 from fastcifar.models.resnext import GroupedBottleneck
 from fastcifar.models.shufflenet import BasicUnit
 from tests.kernel_helpers import DEVICE, low_precision_bound, rel
@@ -45,6 +45,10 @@ BLOCKS = {
     "mobilenetv2 stride 2": lambda: InvertedResidual(8, 12, 2, 2),
     "resnext (grouped 3x3 -> ReLU -> 1x1)": lambda: GroupedBottleneck(16, 16, 24, 4, 1),
     "shufflenetv2 (depthwise -> BN -> 1x1, no activation)": lambda: BasicUnit(16),
+    "efficientnet_b0 (1x1 -> SiLU -> depthwise 5x5 -> SiLU -> squeeze-excitation)": lambda: MBConv(
+        16, 16, 5, 1, 2
+    ),
+    "efficientnet_b0 stride 2, no expansion": lambda: MBConv(16, 24, 3, 2, 1),
 }
 
 
@@ -75,11 +79,11 @@ def block_input_channels(block: nn.Module) -> int:
     )
 
 
-def _bfloat16_errors(only: set[str]):
-    """Norm-wise errors against float64 of the block with the links ``only`` fused, and
-    of PyTorch's own bfloat16, for each output, gradient and buffer."""
+def _bfloat16_errors(only: set[str], make=lambda: InvertedResidual(16, 16, 2, 1)):
+    """Norm-wise errors against float64 of the block (``make()``) with the links ``only``
+    fused, and of PyTorch's own bfloat16, for each output, gradient and buffer."""
     torch.manual_seed(0)  # the weights: the same draws whatever ran before
-    block = _randomise_bn(InvertedResidual(16, 16, 2, 1)).to(DEVICE)
+    block = _randomise_bn(make()).to(DEVICE)
     fused = copy.deepcopy(block)
     fuse_conv_bn_act(fused, only=only)
     x = torch.randn(2, 16, 6, 6, generator=torch.Generator().manual_seed(0))
@@ -102,12 +106,19 @@ def test_bfloat16_depthwise_consumer_within_pytorchs_own_error():
         assert ours <= low_precision_bound(theirs, torch.bfloat16)
 
 
+def test_bfloat16_squeeze_excitation_consumer_within_pytorchs_own_error():
+    for ours, theirs in _bfloat16_errors({"expand>depthwise", "depthwise>se"},
+                                         lambda: MBConv(16, 16, 3, 1, 2)):  # fmt: skip
+        assert ours <= low_precision_bound(theirs, torch.bfloat16)
+
+
 # links per zoo model: MobileNetV2's 17 expand -> depthwise and 17 depthwise -> project;
-# EfficientNet-B0's 15 expand -> depthwise (squeeze-excitation sits between depthwise and
-# project); ResNeXt29's 9 grouped -> restore and the 3 reduce -> grouped of its first
-# stage (4 channels a group; wider groups take the tl.dot kernels, without a prologue);
-# RegNetX's 13 grouped -> restore (8 a group); ShuffleNetV2's 19 depthwise -> 1x1
-ZOO_LINKS = {"mobilenetv2": 34, "efficientnet_b0": 15, "resnext29_32x4d": 12,
+# EfficientNet-B0's 15 expand -> depthwise and 16 depthwise -> squeeze-excitation (the
+# project takes the gated tensor: no link); ResNeXt29's 9 grouped -> restore and the 3
+# reduce -> grouped of its first stage (4 channels a group; wider groups take the tl.dot
+# kernels, without a prologue); RegNetX's 13 grouped -> restore (8 a group);
+# ShuffleNetV2's 19 depthwise -> 1x1
+ZOO_LINKS = {"mobilenetv2": 34, "efficientnet_b0": 31, "resnext29_32x4d": 12,
              "regnetx_200mf": 13, "shufflenetv2": 19}  # fmt: skip
 
 
@@ -132,10 +143,44 @@ def test_zoo_links_feed_their_consumer_alone(model_name):
         assert inputs[c] is outputs[p], f"{c} does not take {p}'s output"
 
 
-def test_squeeze_excitation_breaks_efficientnets_chain():
-    # MBConv declares expand -> depthwise -> se -> project: only expand -> depthwise links
+def test_squeeze_excitation_takes_the_depthwise_output_and_the_project_does_not():
+    # MBConv declares expand -> depthwise -> se -> project: the gate is fed by the chain,
+    # the project (a per-image gated input) is not
     block = MBConv(16, 16, 5, 1, 2)
-    assert find_links(block) == [("expand", "depthwise")]
+    assert find_links(block) == [("expand", "depthwise"), ("depthwise", "se")]
+    fused = copy.deepcopy(block)
+    fuse_conv_bn_act(fused)
+    assert isinstance(fused.se, SqueezeExcitation) and fused.se.takes_pending
+    assert type(fused.project) is nn.Sequential
+    revert_to_torch(fused.se)  # the whole chain goes back, the gate to its own class
+    assert type(fused.se) is SqueezeExcitation and not hasattr(fused.se, "_link_producer")
+    assert type(fused.depthwise) is nn.Sequential and type(fused.expand) is nn.Sequential
+
+
+def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves over one training forward."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x.requires_grad_())
+    return sum(seen.values())
+
+
+def test_the_chained_gate_saves_neither_the_activated_nor_the_normalised_tensor():
+    torch.manual_seed(0)
+    block = MBConv(8, 8, 3, 1, 4).double()  # 32 channels inside
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    depthwise_only = copy.deepcopy(block)
+    fuse_conv_bn_act(depthwise_only, only={"expand>depthwise"})
+    fused = copy.deepcopy(block)
+    fuse_conv_bn_act(fused)
+    activation = 2 * 32 * 6 * 6 * 8  # one (2, 32, 6, 6) float64 tensor
+    # the gate's input (the activated depthwise output) is no longer saved
+    assert _saved_bytes(depthwise_only, x) - _saved_bytes(fused, x) == activation
 
 
 def test_revert_puts_both_ends_back_and_keys_stay():

@@ -88,23 +88,30 @@ class MobileNetV2(CifarNet):
 
 class SqueezeExcitation(nn.Module):
     """Per-channel gates from the globally pooled features: 1x1 -> SiLU -> 1x1 -> sigmoid
-    (Hu et al., CVPR 2018), both convolutions with bias."""
+    (Hu et al., CVPR 2018), both convolutions with bias. ``POOLED_GATE``: the forward is
+    ``x * self.gate(adaptive_avg_pool2d(x, 1))``, so a conv-BN-activation chain can feed
+    it (``fastcifar.chain``)."""
+
+    POOLED_GATE = True
 
     def __init__(self, channels: int, squeezed: int):
         super().__init__()
         self.reduce = nn.Conv2d(channels, squeezed, 1)
         self.expand = nn.Conv2d(squeezed, channels, 1)
 
+    def gate(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(N, C, 1, 1) gates in (0, 1) from the (N, C, 1, 1) pooled features."""
+        return self.expand(F.silu(self.reduce(pooled))).sigmoid()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.expand(F.silu(self.reduce(F.adaptive_avg_pool2d(x, 1)))).sigmoid()
-        return x * gate
+        return x * self.gate(F.adaptive_avg_pool2d(x, 1))
 
 
 class MBConv(nn.Module):
     """EfficientNet's block: [1x1 expand -> SiLU] -> KxK depthwise -> SiLU -> squeeze-
     excitation -> 1x1 project; the input added when stride and widths allow. ``CHAIN``:
-    as ``InvertedResidual``'s (the squeeze-excitation between depthwise and project needs
-    the activated tensor, so that pair is not fused)."""
+    expand -> depthwise and depthwise -> squeeze-excitation are links; the project takes
+    the gated tensor, which no prologue can compute (a per-image gate), so it is not."""
 
     CHAIN = ("expand", "depthwise", "se", "project")
 
