@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastcifar.muon import NS_COEFFICIENTS, Muon, newton_schulz
+from fastcifar.muon import NS_COEFFICIENTS, Muon, fused_sgd, newton_schulz
 from tests.sync_helpers import assert_no_host_sync
 
 
@@ -99,12 +99,21 @@ def test_sgd_groups_step_exactly_as_torch_sgd():
     ref = torch.nn.Parameter(init.clone())
     opt = Muon([{"params": [ours], "muon": False, "lr": 0.05, "momentum": 0.85,
                  "weight_decay": 0.07}])  # fmt: skip
-    sgd = torch.optim.SGD([ref], lr=0.05, momentum=0.85, nesterov=True, weight_decay=0.07)
+    # the fused kernel where the device has one (the CPU does), as the 2026 record steps
+    assert fused_sgd([ours]) is True
+    sgd = torch.optim.SGD([ref], lr=0.05, momentum=0.85, nesterov=True, weight_decay=0.07,
+                          fused=True)  # fmt: skip
     for g in grads:
         ours.grad, ref.grad = g.clone(), g.clone()
         opt.step()
         sgd.step()
     torch.testing.assert_close(ours.detach(), ref.detach(), atol=0, rtol=0)
+
+
+def test_fused_sgd_only_where_pytorch_has_the_kernel():
+    assert fused_sgd([torch.zeros(3), torch.zeros(2, 2, dtype=torch.float64)]) is True
+    assert fused_sgd([torch.zeros(3, device="meta")]) is None  # the sync check's device
+    assert fused_sgd([torch.zeros(3, dtype=torch.int64)]) is None
 
 
 def test_muon_refuses_a_bias_in_a_muon_group():
