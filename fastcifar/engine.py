@@ -215,7 +215,7 @@ class Trainer:
                 total = loss * (len(y) * self.world.size)
             if self.recipe.l1:
                 total = total + self.recipe.l1 * l1_penalty(self.model)
-        self.opt.step(total, self.model)
+        self.opt.step(total, self.model, step)
         return loss, out
 
     def warm_up(self, steps: int = 3) -> float:

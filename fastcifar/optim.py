@@ -344,7 +344,6 @@ class Optimization:
         self.schedule = make_schedule(self.optimizer, recipe, steps_per_epoch)
         self.ema = make_ema(model, recipe.ema)
         self.lookahead = make_lookahead(model, recipe, steps_per_epoch)
-        self.steps_done = 0
         scaled = amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=scaled)
 
@@ -353,9 +352,10 @@ class Optimization:
         """The first parameter group's current learning rate."""
         return self.optimizer.param_groups[0]["lr"]
 
-    def step(self, loss: torch.Tensor, model: nn.Module) -> None:
-        """Backward of ``loss`` (scaled when float16), one optimizer step, the EMA's update
-        towards ``model`` and the schedule's per-step advance."""
+    def step(self, loss: torch.Tensor, model: nn.Module, step: int) -> None:
+        """Backward of ``loss`` (scaled when float16), optimizer step ``step`` of the run
+        (from 0), the EMA's update towards ``model``, the schedule's per-step advance and
+        the lookahead's (which reads ``step``)."""
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -363,23 +363,21 @@ class Optimization:
         if self.ema is not None:
             self.ema.update(model)
         self.schedule.after_step()
-        self.steps_done += 1
         if self.lookahead is not None:
-            self.lookahead.after_step(self.steps_done)
+            self.lookahead.after_step(step + 1)
 
     def evaluated(self, model: nn.Module) -> nn.Module:
         """The weights evaluated and saved as "model": the EMA's when there is one."""
         return self.ema.module if self.ema is not None else model
 
     def state_dict(self) -> dict:
-        """The checkpoint's "ema", "optimizer", "scheduler", "scaler", "steps_done" and
-        "lookahead" entries."""
+        """The checkpoint's "ema", "optimizer", "scheduler", "scaler" and "lookahead"
+        entries."""
         return {
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "steps_done": self.steps_done,
             "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
         }
 
@@ -389,6 +387,5 @@ class Optimization:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.schedule.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
-        self.steps_done = saved.get("steps_done", 0)  # checkpoints from before it: 0
         if self.lookahead is not None:
             self.lookahead.load_state_dict(saved.get("lookahead"))

@@ -44,9 +44,9 @@ def _model() -> torch.nn.Module:
 
 def _steps(opt: Optimization, model: torch.nn.Module, n: int) -> None:
     gen = torch.Generator().manual_seed(1)
-    for _ in range(n):
+    for step in range(n):
         x = torch.randn(5, 3, 4, 4, generator=gen)
-        opt.step(model(x).square().mean(), model)
+        opt.step(model(x).square().mean(), model, step)
 
 
 @pytest.mark.parametrize("name", ["s7", "speedrun94", "c1c2c3c40"])
@@ -68,9 +68,9 @@ def test_optimization_state_round_trips_through_a_checkpoint(name):
     gen_state = torch.Generator().manual_seed(1)
     for _ in range(3):  # the inputs of steps 4..6
         torch.randn(5, 3, 4, 4, generator=gen_state)
-    for _ in range(3):
+    for step in range(3, 6):
         x = torch.randn(5, 3, 4, 4, generator=gen_state)
-        opt2.step(model2(x).square().mean(), model2)
+        opt2.step(model2(x).square().mean(), model2, step)
     for a, b in zip(straight_model.parameters(), model2.parameters(), strict=True):
         torch.testing.assert_close(a, b)
     assert opt2.lr == straight.lr
