@@ -188,6 +188,7 @@ class Muon(torch.optim.Optimizer):
             updates.append(p.grad.add(buf, alpha=m) if group["nesterov"] else buf)
         orthogonal = self._orthogonalise(updates, group)
         if self._renorm_due(group):
+            group["last_renorm"] = group["step"]
             for p in params:  # filter norm sqrt(C_out): the record's renormalisation
                 p.mul_(len(p) ** 0.5 / p.norm().clamp_min(1e-12))
         lr = group["lr"]
@@ -200,17 +201,15 @@ class Muon(torch.optim.Optimizer):
     def _renorm_due(group: dict) -> bool:
         """Whether this step (``group["step"]``, from 1) renormalises the filters: every
         ``renorm_every`` steps; with ``renorm_growth`` the 2026 record's growing interval,
-        ``renorm_every + int(renorm_growth * step / renorm_steps)`` steps since the last."""
+        ``renorm_every + int(renorm_growth * step / renorm_steps)`` steps since the last
+        (``group["last_renorm"]``, which the step records)."""
         every, step = group["renorm_every"], group["step"]
         if not every:
             return False
         if not group["renorm_growth"]:
             return step % every == 0
         interval = every + int(group["renorm_growth"] * step / group["renorm_steps"])
-        if step - group["last_renorm"] < interval:
-            return False
-        group["last_renorm"] = step
-        return True
+        return step - group["last_renorm"] >= interval
 
     def _orthogonalise(self, updates: list[torch.Tensor], group: dict) -> list[torch.Tensor]:
         """Newton-Schulz of each update reshaped to (C_out, C_in * k * k), back in its shape."""
