@@ -1,7 +1,10 @@
 """Triton convolutions vs cuDNN vs torch.compile on every conv configuration of s7 and
 c1c2c3c40, and with ``FASTCIFAR_BENCH_FULL=1`` every grouped or depthwise one of the model
-zoo (3x3 and 5x5 depthwise, groups of 4 to 16), at batch 512, bfloat16, channels_last; and
-the s7 training step with and without the kernels. Run: ``pytest benchmarks
+zoo (3x3 and 5x5 depthwise, groups of 4 to 16), at batch 512, bfloat16, channels_last; the
+s7 training step with and without the kernels; and, with ``FASTCIFAR_BENCH_FULL=1``, the
+MobileNetV2 and EfficientNet-B0 training steps with PyTorch's modules and as
+``--kernels triton`` converts them (the conv-BN-activation chains: issue 30's seconds,
+beside the bytes the roofline counts). Run: ``pytest benchmarks
 --benchmark-json=bench.json`` on a GPU.
 
 Each benchmark records in ``extra_info``: the configuration, the bytes it must move at
@@ -20,6 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastcifar.fusion import FUSIONS, convert
 from fastcifar.kernels import conv2d, depthwise_separable_conv2d
 from fastcifar.kernels.validate import ConvConfig, collect_conv_configs
 from fastcifar.models import ZOO_MODELS, create_model
@@ -109,21 +113,16 @@ def test_conv(benchmark, copy_bandwidth, name, cfg, kind, mode):
     )
 
 
-@pytest.mark.parametrize("kernels", ["torch", "triton", "triton_fused_crb"])
-def test_s7_training_step(benchmark, kernels):
-    torch.manual_seed(0)
-    model = create_model("s7").cuda().to(memory_format=torch.channels_last)
-    if kernels.startswith("triton"):
-        swap_convolutions(model)
-    if kernels == "triton_fused_crb":
-        fuse_conv_relu_bn(model)
+def _training_step(benchmark, model: torch.nn.Module, kernels: str, loss_fn) -> None:
+    """Time one SGD training step of ``model`` with ``loss_fn`` (batch 512, bfloat16
+    autocast, channels_last), synchronised; images/s in ``extra_info``."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(BATCH, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (BATCH,), device="cuda")
 
     def step():
         with torch.autocast("cuda", dtype=DTYPE):
-            loss = F.nll_loss(model(x).float(), y)
+            loss = loss_fn(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -133,6 +132,37 @@ def test_s7_training_step(benchmark, kernels):
         step()
     benchmark.pedantic(step, rounds=20, iterations=5)
     benchmark.extra_info.update(kernels=kernels, images_per_s=BATCH / benchmark.stats.stats.median)
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton", "triton_fused_crb"])
+def test_s7_training_step(benchmark, kernels):
+    torch.manual_seed(0)
+    model = create_model("s7").cuda().to(memory_format=torch.channels_last)
+    if kernels.startswith("triton"):
+        swap_convolutions(model)
+    if kernels == "triton_fused_crb":
+        fuse_conv_relu_bn(model)
+    _training_step(benchmark, model, kernels, F.nll_loss)  # s7 ends in log_softmax
+
+
+# the two models issue 30's chains were measured on (with FASTCIFAR_BENCH_FULL=1: the
+# chains' Triton kernels compile for a minute or two on first use)
+CHAIN_MODELS = (
+    ("mobilenetv2", "efficientnet_b0") if os.environ.get("FASTCIFAR_BENCH_FULL") == "1" else ()
+)
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+@pytest.mark.parametrize("name", CHAIN_MODELS)
+def test_zoo_training_step_with_chains(benchmark, name, kernels):
+    # triton: as --kernels triton converts the model (the conv-BN-activation chains first,
+    # then single Triton convolutions; fastcifar.fusion.convert with its triton kinds)
+    torch.manual_seed(0)
+    model = create_model(name).cuda().to(memory_format=torch.channels_last)
+    if kernels == "triton":
+        converted = convert(model, kinds=tuple(k.name for k in FUSIONS if k.triton))
+        benchmark.extra_info.update(chains=len(converted["conv_bn_act"]))
+    _training_step(benchmark, model, kernels, F.cross_entropy)
 
 
 @pytest.mark.parametrize("kind", ["fused", "unfused_triton", "unfused_cudnn"])
