@@ -16,6 +16,7 @@ from fastcifar.models import create_model
 from fastcifar.models.mobile import InvertedResidual, MBConv, SqueezeExcitation
 from fastcifar.models.resnext import GroupedBottleneck
 from fastcifar.models.shufflenet import BasicUnit
+from fastcifar.roofline.saved import saved_activations
 from tests.kernel_helpers import DEVICE, low_precision_bound, rel
 
 
@@ -158,16 +159,10 @@ def test_squeeze_excitation_takes_the_depthwise_output_and_the_project_does_not(
 
 
 def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the distinct storages autograd saves over one training forward."""
-    seen = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    """Activation bytes autograd saves over one training forward (each storage once)."""
+    with saved_activations(len(x)) as saved:
         model(x.requires_grad_())
-    return sum(seen.values())
+    return sum(saved.values())
 
 
 def test_the_chained_gate_saves_neither_the_activated_nor_the_normalised_tensor():

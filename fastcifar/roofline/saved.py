@@ -12,7 +12,9 @@ here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import torch
 
@@ -20,7 +22,24 @@ from fastcifar.roofline.count import _fake_copy
 from fastcifar.roofline.inductor import _triton_recorded
 from fastcifar.roofline.ledger import StepSetup
 
-__all__ = ["saved_bytes"]
+__all__ = ["saved_activations", "saved_bytes"]
+
+
+@contextlib.contextmanager
+def saved_activations(batch: int) -> Iterator[dict[int, int]]:
+    """Within it, every tensor autograd saves whose first dimension is ``batch`` (an
+    activation) is recorded in the yielded ``{storage id: bytes}``, each storage once at
+    its full size; ``sum(d.values())`` is the activation memory kept for the backward."""
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        if t.dim() > 0 and t.shape[0] == batch:
+            storage = t.untyped_storage()
+            saved[storage._cdata] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved
 
 
 def saved_bytes(setup: StepSetup, fastcifar: bool = False) -> int:
@@ -41,16 +60,8 @@ def saved_bytes(setup: StepSetup, fastcifar: bool = False) -> int:
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     model = _fake_copy(model, mode).train()
     batch = setup.batch_size
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        if t.dim() > 0 and t.shape[0] == batch:  # an activation: it has the batch dimension
-            storage = t.untyped_storage()
-            saved[storage._cdata] = storage.nbytes()
-        return t
-
     # the kernels' device check passes on the CPU; on fake tensors nothing launches
-    with _triton_recorded(None), mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with _triton_recorded(None), mode, saved_activations(batch) as saved:
         x, y = setup.example(batch)
         with setup.autocast():
             setup.loss(model(x), y)
