@@ -22,6 +22,8 @@ and counters are Python numbers, never tensors read back.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.optim.sgd import sgd
@@ -64,20 +66,24 @@ def newton_schulz(
     return x.mT if transposed else x
 
 
+@functools.cache
+def _fused_devices() -> frozenset[str]:
+    # the device types with PyTorch's fused optimizer kernels (asked once per process)
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a torch without it: the default path everywhere
+        return frozenset()
+    return frozenset(_get_fused_kernels_supported_devices())
+
+
 def fused_sgd(params: list[torch.Tensor]) -> bool | None:
     """True where PyTorch has a fused SGD kernel for ``params`` (floating, dense, one
     device among ``torch.utils._foreach_utils._get_fused_kernels_supported_devices()``:
     CUDA and the CPU in torch 2.11-2.14); None (PyTorch's default, foreach or a loop)
     elsewhere."""
-    try:
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-        devices = set(_get_fused_kernels_supported_devices())
-    except ImportError:  # a torch without it: the default path
-        return None
     first = params[0].device
     ok = all(p.device == first and p.is_floating_point() and not p.is_sparse for p in params)
-    return True if ok and first.type in devices else None
+    return True if ok and first.type in _fused_devices() else None
 
 
 class Muon(torch.optim.Optimizer):
