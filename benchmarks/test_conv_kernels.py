@@ -145,10 +145,13 @@ def test_s7_training_step(benchmark, kernels):
     _training_step(benchmark, model, kernels, F.nll_loss)  # s7 ends in log_softmax
 
 
-# the two models issue 30's chains were measured on (with FASTCIFAR_BENCH_FULL=1: the
-# chains' Triton kernels compile for a minute or two on first use)
+# the two models issue 30's chains were measured on, and RegNetX, whose 1x1 -> grouped
+# links run the tl.dot kernels' prologue (with FASTCIFAR_BENCH_FULL=1: the chains'
+# Triton kernels compile for a minute or two on first use)
 CHAIN_MODELS = (
-    ("mobilenetv2", "efficientnet_b0") if os.environ.get("FASTCIFAR_BENCH_FULL") == "1" else ()
+    ("mobilenetv2", "efficientnet_b0", "regnetx_200mf")
+    if os.environ.get("FASTCIFAR_BENCH_FULL") == "1"
+    else ()
 )
 
 

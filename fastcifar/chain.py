@@ -1,5 +1,5 @@
-"""conv -> BatchNorm -> activation -> 1x1 conv chains, with the normalisation and the
-activation applied as the 1x1 convolution loads its input (layer 2).
+"""conv -> BatchNorm -> activation -> conv chains, with the normalisation and the
+activation applied as the next convolution loads its input (layer 2).
 
 A chain is two ``Sequential(Conv2d, BatchNorm2d[, activation])`` modules, the first's
 output going to the second and nowhere else (the "link"). Converted
@@ -23,9 +23,9 @@ previous one's output alone; the model zoo's blocks declare theirs). What cannot
 fused: a producer whose output is also used elsewhere (a residual's input, MobileNetV2's
 stem feeding a block and its shortcut), the convolution after a squeeze-excitation (its
 input is gated per image and channel, which a per-channel prologue cannot compute;
-EfficientNet-B0's project), and a consumer whose kernel is a ``tl.dot`` one (dense 3x3,
-groups of 8 or more channels: no prologue yet). Consumers: 1x1 (``pointwise_conv2d``),
-depthwise or narrow-grouped KxK (``conv2d_prologue_stats``), and a squeeze-excitation
+EfficientNet-B0's project), and a consumer the Triton kernels do not take (a strided 1x1,
+a dense KxK other than 3x3). Consumers: 1x1 (``pointwise_conv2d``), dense 3x3, grouped
+and depthwise KxK (``conv2d_prologue_stats``), and a squeeze-excitation
 gate (``is_gate``: its pooling reads the raw tensor through the prologue and the gated
 tensor is written once, the activated one never; EfficientNet-B0's depthwise -> SE).
 
@@ -41,7 +41,6 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from fastcifar.kernels.conv import family
 from fastcifar.kernels.conv_bn import conv2d_prologue_stats, conv2d_relu_stats, prologue_grad
 from fastcifar.kernels.pointwise import pointwise_conv2d
 from fastcifar.nn import _autocast_args, bn_prologue, config_supported
@@ -56,7 +55,6 @@ __all__ = [
     "is_pointwise",
 ]
 
-_DOT_FAMILIES = ("dense", "grouped_dot")
 # The activations a chain may hold, by module type: their names are pointwise_conv2d's.
 ACTIVATION_NAMES: dict[type, str] = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu"}
 
@@ -214,13 +212,9 @@ def can_produce(m: nn.Module) -> bool:
 
 def takes_prologue(conv: nn.Module) -> bool:
     """Whether ``conv``'s Triton kernel applies a BatchNorm-and-activation prologue: 1x1
-    (``pointwise_conv2d``), or depthwise and grouped under ``DOT_MIN_PER_GROUP`` channels
-    a group (``conv2d_prologue_stats``; the ``tl.dot`` kernels have none yet)."""
-    if is_pointwise(conv):
-        return True
-    if not (isinstance(conv, nn.Conv2d) and conv.groups > 1 and config_supported(conv)):
-        return False
-    return family(conv.in_channels, conv.out_channels, conv.groups) not in _DOT_FAMILIES
+    (``pointwise_conv2d``), or any KxK the convolution kernels take (dense 3x3, grouped,
+    depthwise: ``conv2d_prologue_stats``)."""
+    return is_pointwise(conv) or (isinstance(conv, nn.Conv2d) and config_supported(conv))
 
 
 def can_consume(m: nn.Module) -> bool:
@@ -305,7 +299,7 @@ class FusedConvBNAct(nn.Sequential):
     """``Sequential(conv, BatchNorm2d[, ReLU | ReLU6 | SiLU])`` at one or both ends of a
     chain: the convolution in Triton with the batch statistics in its epilogue; as a
     producer (``gives_pending``) it returns a ``Pending`` instead of the normalised,
-    activated tensor; as a consumer (``takes_pending``) its 1x1 convolution applies the
+    activated tensor; as a consumer (``takes_pending``) its convolution applies the
     ``Pending`` as it loads it.
 
     Input (N, CIN, H, W) tensor, NCHW or channels_last, or a ``Pending``; output (N, COUT,
@@ -342,7 +336,7 @@ class FusedConvBNAct(nn.Sequential):
 
 
 def fuse_conv_bn_act(model: nn.Module, only: set[str] | None = None) -> list[str]:
-    """Convert every chain conv -> BatchNorm2d -> activation -> 1x1 conv of ``model`` (its
+    """Convert every chain conv -> BatchNorm2d -> activation -> conv of ``model`` (its
     links named ``"producer>consumer"`` in ``only``, when given) in place; returns the
     links converted, as ``"producer>consumer"``. Both modules of a link become
     ``FusedConvBNAct`` (a squeeze-excitation consumer: its own class with

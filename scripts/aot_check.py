@@ -36,9 +36,8 @@ bfloat16 on sm_75 unless ``--dtypes`` asks), channels_last (weights channels_las
 ``model.to(memory_format=torch.channels_last)`` makes them) and NCHW, plus stride 2,
 dilation 3 and grouped extras; for each, the forward (with and without bias, and with the
 ReLU + BatchNorm-statistics epilogue), input, weight and bias gradients, and for
-depthwise ones the fused depthwise-separable forward and backward, for depthwise and
-narrow-grouped ones the forward, input and weight gradients with the
-BatchNorm-and-activation prologue (SiLU); and every 1x1
+depthwise ones the fused depthwise-separable forward and backward, and the forward,
+input and weight gradients with the BatchNorm-and-activation prologue (SiLU); and every 1x1
 convolution of every model through ``pointwise_conv2d`` (with and without the
 BatchNorm-and-activation prologue, with the statistics epilogue). ``--quick``:
 channels_last and 16-bit dtypes only (sm_75: float16), on sm_75, sm_90 and gfx942 unless
@@ -234,13 +233,11 @@ def record(configs, dtypes, target: str | None = None, pointwise_cfgs=()) -> lis
                 conv.launch_grad_input(dy, w, xs, fmt, s, p, d, g)
                 conv.launch_grad_weight(dy, x, ws, s, p, d, g)
                 conv.launch_grad_bias(dy)
-                if conv.family(xs[1], ws[0], g, s) in ("depthwise", "depthwise_strided",
-                                                       "grouped"):  # fmt: skip
-                    # with the BatchNorm-and-activation prologue (a chain's consumer)
-                    pro = (meta((xs[1], 3), torch.float32), 3)  # SiLU: the longest
-                    conv.launch_forward(x, w, None, s, p, d, g, stats=True, prologue=pro)
-                    conv.launch_grad_input(dy, w, xs, fmt, s, p, d, g, prologue=pro, x=x)
-                    conv.launch_grad_weight(dy, x, ws, s, p, d, g, prologue=pro)
+                # with the BatchNorm-and-activation prologue (a chain's consumer)
+                pro = (meta((xs[1], 3), torch.float32), 3)  # SiLU: the longest
+                conv.launch_forward(x, w, None, s, p, d, g, stats=True, prologue=pro)
+                conv.launch_grad_input(dy, w, xs, fmt, s, p, d, g, prologue=pro, x=x)
+                conv.launch_grad_weight(dy, x, ws, s, p, d, g, prologue=pro)
                 if fusable:  # the fused depthwise-separable op, C -> C
                     wp = meta((ws[0], ws[0], 1, 1), dtype, cl)
                     for relu in (False, True):

@@ -43,6 +43,8 @@ def main(folder: Path) -> None:
     runs = []
     for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text())
+        if "rows" not in data:  # a run's FLOP count (*_flops.json), not a roofline
+            continue
         rows = {r["path"]: r for r in data["rows"]}
         e, c, f = rows.get("eager"), rows.get("compile"), rows.get("fastcifar")
         first = e or c or f

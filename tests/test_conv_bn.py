@@ -133,12 +133,17 @@ def test_fuse_s7_keeps_state_dict_and_output():
 # ------------------------------------------- the BatchNorm-and-activation prologue
 
 # (N, C, COUT, H, W, stride, padding, dilation, groups, K): depthwise 3x3, 5x5 at stride 2,
-# dilated, and groups of 4 channels (ResNeXt's first stage)
+# dilated, groups of 4 channels (ResNeXt's first stage), and the tl.dot kernels: dense
+# 3x3 (also strided and dilated) and groups of 8 channels (RegNetX, ResNeXt's wider
+# stages; two groups per 16-wide reduction step), at stride 2
 PROLOGUE_CONFIGS = [
     (2, 6, 6, 7, 9, 1, 1, 1, 6, 3),
     (2, 5, 5, 9, 8, 2, 2, 1, 5, 5),
     (2, 4, 4, 8, 7, 1, 2, 2, 4, 3),
     (2, 8, 8, 6, 5, 1, 1, 1, 2, 3),
+    (2, 5, 6, 7, 6, 1, 1, 1, 1, 3),
+    (2, 6, 4, 9, 8, 2, 2, 2, 1, 3),
+    (2, 24, 16, 6, 7, 2, 1, 1, 2, 3),
 ]
 
 
@@ -178,12 +183,3 @@ def test_prologue_matches_pytorch_in_float64_border_included(cfg, activation):
     names = ("y", "mean", "var", "grad x", "grad weight", "grad bias", "grad prologue")
     for name, a, r in zip(names, got, want, strict=True):
         assert rel(a, r) < 1e-12, f"{name}: {rel(a, r):.2e}"
-
-
-def test_prologue_is_refused_on_the_dot_kernels():
-    from fastcifar.kernels.conv_bn import conv2d_prologue_stats
-
-    x, w, b = conv_inputs((1, 16, 16, 4, 4, 1, 1, 1, 1), torch.float32, False)
-    pro = torch.ones(16, 3, device=DEVICE)
-    with pytest.raises(NotImplementedError, match="dense kernels have no BatchNorm"):
-        conv2d_prologue_stats(x, w, b, pro, "relu", 1, 1)

@@ -208,16 +208,18 @@ def test_int32_offsets_are_guarded_by_shape(input_shape, weight_shape, what):
     check_supported((2**15 - 1, 64, 32, 32), (64, 64, 3, 3), torch.bfloat16, "cuda", padding=1)
 
 
-def test_depthwise_prologue_at_gpu_tiles_matches_float64():
-    """The BatchNorm-and-activation prologue through the depthwise kernels at their GPU
-    tiles (the input gradient at the stride-2 tile, 32 x 8): several pixel and channel
-    blocks, SiLU, float32 against PyTorch's float64 composition."""
+@pytest.mark.parametrize("cfg", [DEPTHWISE, DENSE, GROUPS_OF_8], ids=str)
+def test_prologue_at_gpu_tiles_matches_float64(cfg):
+    """The BatchNorm-and-activation prologue through the depthwise kernels (the input
+    gradient at the stride-2 tile, 32 x 8) and the ``tl.dot`` kernels (dense, groups of 8)
+    at their GPU tiles: several pixel and channel blocks, SiLU, float32 against PyTorch's
+    float64 composition."""
     from fastcifar.kernels import conv as conv_launch
     from fastcifar.kernels.conv_bn import conv2d_prologue_stats
     from tests.test_conv_bn import prologue_reference
     from tests.test_conv_bn import run as run_stats
 
-    (x, w, b), args = (conv_inputs(DEPTHWISE, torch.float32, True), DEPTHWISE[5:9])
+    (x, w, b), args = (conv_inputs(cfg, torch.float32, True), cfg[5:9])
     c = x.shape[1]
     gen = torch.Generator().manual_seed(3)
     pro = torch.stack((torch.randn(c, generator=gen), torch.rand(c, generator=gen) + 0.5,
@@ -235,7 +237,12 @@ def test_depthwise_prologue_at_gpu_tiles_matches_float64():
     for name, a, r in zip(names, got, want, strict=True):
         assert rel(a.double(), r) < 1e-5, f"{name}: {rel(a.double(), r):.2e}"
     with record_launches() as launches:
-        conv_launch.launch_grad_input(x, w, x.shape, torch.channels_last, 1, 1, 1, c,
-                                      (pro, 3), x)  # fmt: skip
-    (la,) = launches
-    assert la.meta["BLOCK_P"] == GPU_TILES["depthwise_strided"].block_p
+        conv_launch.launch_grad_input(x, w, x.shape, torch.channels_last, *args, (pro, 3), x)
+        conv_launch.launch_forward(x, w, None, *args, stats=True, prologue=(pro, 3))
+    grad, forward = launches
+    family = conv_launch.family(c, w.shape[0], args[3], args[0])
+    expected = "depthwise_strided" if family == "depthwise" else family
+    assert grad.meta["PROLOGUE"] and grad.meta["BLOCK_P"] == GPU_TILES[expected].block_p
+    # a tl.dot forward with the prologue runs one pipeline stage (launch.prologue_dot_tiles)
+    stages = 1 if family in ("dense", "grouped_dot") else GPU_TILES[family].num_stages
+    assert forward.meta["PROLOGUE"] and forward.meta["num_stages"] == stages

@@ -43,6 +43,7 @@ from fastcifar.kernels.launch import (
     memory_format,
     out_size,
     partial_pixels,
+    prologue_dot_tiles,
     strides,
     tiles,
     tl_acc,
@@ -200,19 +201,11 @@ def span_align(per_group: int, groups: int) -> int:
     return 16 if groups == 1 else min(16, per_group & -per_group)
 
 
-def _prologue_args(prologue, fam: str, dummy: Tensor) -> tuple[Tensor, bool, int]:
+def _prologue_args(prologue, dummy: Tensor) -> tuple[Tensor, bool, int]:
     """(pro, PROLOGUE, ACT) kernel arguments of ``prologue`` = (the (CIN, 3) tensor of
-    center, scale and shift, activation code) or None.
-
-    Raises:
-        NotImplementedError: a prologue on a ``tl.dot`` family (dense, grouped_dot)."""
+    center, scale and shift, activation code) or None (``dummy`` stands for the pointer)."""
     if prologue is None:
         return dummy, False, 0
-    if _dot_kernels(fam):
-        raise NotImplementedError(
-            f"fastcifar.kernels: the {fam} kernels have no BatchNorm-and-activation prologue "
-            f"(depthwise and groups of under {DOT_MIN_PER_GROUP} channels have)"
-        )
     pro, act = prologue
     return pro, True, act
 
@@ -224,14 +217,16 @@ def launch_forward(
     """The output (N, COUT, HO, WO), ReLU applied if asked; with ``stats`` the per-program
     BatchNorm partials (programs, COUT, 2): (sum, sum of squared deviations), else None;
     and the pixels per program (every program's count but the last's). ``prologue``:
-    (the (CIN, 3) center, scale and shift, activation code) applied to ``x`` as it is read
-    (elementwise families only), or None."""
+    (the (CIN, 3) center, scale and shift, activation code) applied to ``x`` as it is read,
+    or None."""
     k = _k()
     n, cin, h, wd = x.shape
     cout, ksize = w.shape[0], w.shape[-1]
     fam = family(cin, cout, groups, stride)
-    pro, has_prologue, act = _prologue_args(prologue, fam, w)
+    pro, has_prologue, act = _prologue_args(prologue, w)
     t = tiles(x.dtype, fam)
+    if has_prologue and _dot_kernels(fam):
+        t = prologue_dot_tiles(t)
     y = empty_output(x, cout, stride, padding, dilation, ksize)
     ho, wo = y.shape[2], y.shape[3]
     programs = cdiv(n * ho * wo, t.block_p)
@@ -240,23 +235,24 @@ def launch_forward(
         part = torch.empty((programs, cout, 2), dtype=acc_dtype(x.dtype), device=x.device)
     pointers = (x, w, b if b is not None else w, y, part if stats else y)
     conv = dict(KSIZE=ksize, STRIDE=stride, PADDING=padding, DILATION=dilation,
-                HAS_BIAS=b is not None, RELU=relu, STATS=stats, ACC=tl_acc(x.dtype),
-                BLOCK_P=t.block_p, **t.launch_options)  # fmt: skip
+                HAS_BIAS=b is not None, RELU=relu, STATS=stats, PROLOGUE=has_prologue,
+                ACT=act, ACC=tl_acc(x.dtype), BLOCK_P=t.block_p,
+                **t.launch_options)  # fmt: skip
     layout = (*strides(x), *strides(w), *strides(y))
     cin_pg, cout_pg = cin // groups, cout // groups
     if _dot_kernels(fam):
         span = channel_span(t.block_n, cout_pg, cin_pg, cin)
         launch(
             k.conv_fwd_dot_kernel, (programs, cdiv(cout, t.block_n)),
-            *pointers, n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span, *layout,
-            USE_DOT=t.use_dot, GROUPED=groups > 1, SPAN_ALIGN=span_align(cin_pg, groups),
-            BLOCK_N=t.block_n, BLOCK_K=t.block_k, **conv,
+            *pointers[:3], pro, *pointers[3:], n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg,
+            span, *layout, USE_DOT=t.use_dot, GROUPED=groups > 1,
+            SPAN_ALIGN=span_align(cin_pg, groups), BLOCK_N=t.block_n, BLOCK_K=t.block_k, **conv,
         )  # fmt: skip
     else:
         launch(
             k.conv_fwd_grouped_kernel, (programs, cdiv(cout, t.block_c)),
             *pointers[:3], pro, *pointers[3:], n, h, wd, cout, ho, wo, cout_pg, *layout,
-            CIN_PG=cin_pg, BLOCK_C=t.block_c, PROLOGUE=has_prologue, ACT=act, **conv,
+            CIN_PG=cin_pg, BLOCK_C=t.block_c, **conv,
         )  # fmt: skip
     return y, part, t.block_p
 
@@ -271,37 +267,39 @@ def launch_grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding,
     n, cin, h, wd = x_shape
     cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     fam = family(cin, cout, groups, stride)
-    pro, has_prologue, act = _prologue_args(prologue, fam, w)
+    pro, has_prologue, act = _prologue_args(prologue, w)
     # With the prologue's backward as its epilogue, the depthwise input gradient takes the
     # stride-2 tile (32 x 8): at 64 x 8 x 4 warps ptxas (triton 3.6, the GPU machines'
     # stack) spilled 12 bytes on sm_90 in float16 (72 registers); 32 x 8 compiles in 62.
     t = tiles(dy.dtype, "depthwise_strided" if has_prologue and fam == "depthwise" else fam)
     dx = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=x_format)
     programs = cdiv(n * h * wd, t.block_p)
+    # per program and input channel (sum dz, sum dz * (x - center)), the prologue's
+    red = torch.zeros((programs if has_prologue else 1, cin, 2), dtype=acc_dtype(dy.dtype),
+                      device=dy.device)  # fmt: skip
+    xp = x if has_prologue else dx
     conv = dict(KSIZE=w.shape[-1], STRIDE=stride, PADDING=padding, DILATION=dilation,
-                ACC=tl_acc(dy.dtype), BLOCK_P=t.block_p, **t.launch_options)  # fmt: skip
-    layout = (*strides(dy), *strides(w), *strides(dx))
+                PROLOGUE=has_prologue, ACT=act, ACC=tl_acc(dy.dtype), BLOCK_P=t.block_p,
+                **t.launch_options)  # fmt: skip
+    layout = (*strides(dy), *strides(w), *strides(xp), *strides(dx))
     cin_pg, cout_pg = cin // groups, cout // groups
     if _dot_kernels(fam):
         span = channel_span(t.block_n, cin_pg, cout_pg, cout)
         launch(
             k.conv_bwd_input_dot_kernel, (programs, cdiv(cin, t.block_n)),
-            dy, w, dx, n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span, *layout,
-            USE_DOT=t.use_dot, GROUPED=groups > 1, SPAN_ALIGN=span_align(cout_pg, groups),
-            BLOCK_N=t.block_n, BLOCK_K=t.block_k, **conv,
+            dy, w, xp, pro, dx, red, n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span,
+            *layout, USE_DOT=t.use_dot, GROUPED=groups > 1,
+            SPAN_ALIGN=span_align(cout_pg, groups), BLOCK_N=t.block_n, BLOCK_K=t.block_k,
+            **conv,
         )  # fmt: skip
     else:
-        red = torch.zeros((programs if has_prologue else 1, cin, 2), dtype=acc_dtype(dy.dtype),
-                          device=dy.device)  # fmt: skip
-        xp = x if has_prologue else dx
         launch(
             k.conv_bwd_input_grouped_kernel, (programs, cdiv(cin, t.block_c)),
-            dy, w, xp, pro, dx, red, n, cin, h, wd, ho, wo, cout_pg, *layout[:8],
-            *strides(xp), *layout[8:], CIN_PG=cin_pg, BLOCK_C=t.block_c, PROLOGUE=has_prologue,
-            ACT=act, **conv,
+            dy, w, xp, pro, dx, red, n, cin, h, wd, ho, wo, cout_pg, *layout,
+            CIN_PG=cin_pg, BLOCK_C=t.block_c, **conv,
         )  # fmt: skip
-        if has_prologue:
-            return dx, red.sum(0)  # fixed-order sum of the partials: deterministic
+    if has_prologue:
+        return dx, red.sum(0)  # fixed-order sum of the partials: deterministic
     return dx
 
 
@@ -314,7 +312,7 @@ def launch_grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation
     cout, cin_pg, ksize = w_shape[0], w_shape[1], w_shape[-1]
     cout_pg, taps = cout // groups, ksize * ksize
     fam = family(cin, cout, groups, stride)
-    pro, has_prologue, act = _prologue_args(prologue, fam, x)
+    pro, has_prologue, act = _prologue_args(prologue, x)
     dot = _dot_kernels(fam)
     t = tiles(x.dtype, fam if dot else "reduce")
     ho, wo = dy.shape[2], dy.shape[3]
@@ -328,12 +326,13 @@ def launch_grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation
     parts = cdiv(total, pixels_per_partial)
     part = torch.empty((parts, cout, cin_pg, taps), dtype=acc_dtype(x.dtype), device=x.device)
     conv = dict(KSIZE=ksize, STRIDE=stride, PADDING=padding, DILATION=dilation,
-                ACC=tl_acc(x.dtype), BLOCK_P=t.block_p, **t.launch_options)  # fmt: skip
+                PROLOGUE=has_prologue, ACT=act, ACC=tl_acc(x.dtype), BLOCK_P=t.block_p,
+                **t.launch_options)  # fmt: skip
     layout = (*strides(dy), *strides(x))
     if dot:
         launch(
             k.conv_bwd_weight_dot_kernel, (parts, *grid_nz),
-            dy, x, part, n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span,
+            dy, x, pro, part, n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span,
             pixels_per_partial, *layout,
             USE_DOT=t.use_dot, GROUPED=groups > 1, SPAN_ALIGN=span_align(cin_pg, groups),
             BLOCK_N=t.block_n, BLOCK_K=t.block_k, **conv,
@@ -342,7 +341,7 @@ def launch_grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation
         launch(
             k.conv_bwd_weight_grouped_kernel, (parts, *grid_nz),
             dy, x, pro, part, n, h, wd, cout, ho, wo, cout_pg, pixels_per_partial,
-            *layout, CIN_PG=cin_pg, BLOCK_C=t.block_c, PROLOGUE=has_prologue, ACT=act, **conv,
+            *layout, CIN_PG=cin_pg, BLOCK_C=t.block_c, **conv,
         )  # fmt: skip
     # fixed-order sum of the per-tile partials: deterministic
     return part.sum(0).view(cout, cin_pg, ksize, ksize).to(x.dtype)

@@ -225,16 +225,15 @@ def conv2d_prologue_stats(
     activation: str = "identity", stride=1, padding=0, dilation=1, groups: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """(y, mean, var): y = conv2d(act((input - center) * scale + shift), weight, bias, ...)
-    for a depthwise or narrow-grouped (under 8 channels a group) KxK convolution, and y's
-    per-channel batch mean and biased variance, as ``conv2d_relu_stats``. The prologue
+    for any convolution ``fastcifar.kernels.conv2d`` takes (dense 3x3, grouped and depthwise
+    KxK), and y's per-channel batch mean and biased variance, as ``conv2d_relu_stats``. The prologue
     ((CIN, 3) center, scale, shift; ``activation`` one of ``launch.ACTIVATIONS``) is
     applied as the kernel reads the input; the padded border reads as zero after it.
     The backward recomputes it from the raw input and takes the sums of dz and
     dz * (x - center) in the input gradient's epilogue.
 
     Raises:
-        NotImplementedError / ValueError: as ``fastcifar.kernels.conv2d``; a dense or wide
-            grouped convolution (its ``tl.dot`` kernels have no prologue); a prologue not
+        NotImplementedError / ValueError: as ``fastcifar.kernels.conv2d``; a prologue not
             (CIN, 3); an unknown activation.
     """
     stride, padding, dilation = prepare_args(input, weight, bias, stride, padding, dilation,

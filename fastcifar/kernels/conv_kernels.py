@@ -1,7 +1,11 @@
 """Triton kernels of ``fastcifar.kernels.conv`` (and ``conv_bn``).
 
 Two families, each with a forward (optional ReLU / BatchNorm-statistics epilogue), an
-input gradient and a weight gradient, plus the bias gradient:
+input gradient and a weight gradient, plus the bias gradient. Both take the previous
+BatchNorm and activation as a prologue (``PROLOGUE``: a chain's consumer,
+``fastcifar.chain``): the forward and the weight gradient apply it to each input tile as
+they load it, the input gradient runs its backward as its epilogue (``_stencil``'s
+``apply_prologue`` and ``prologue_backward``):
 
 * ``*_dot_kernel``: the channel reduction as an implicit GEMM on ``tl.dot`` (pixels x
   reduced channels @ reduced channels x produced channels), for dense convolutions and
@@ -101,6 +105,8 @@ def conv_fwd_dot_kernel(
     x_ptr,  # input (N, CIN, H, W)
     w_ptr,  # weight (COUT, CIN_PG, KSIZE, KSIZE)
     b_ptr,  # bias (COUT,), or any pointer when HAS_BIAS is false
+    pro_ptr,  # prologue (CIN, 3) center, scale, shift when PROLOGUE (x raw: act((x - center)
+    #   * scale + shift) is what the taps read), else any pointer
     y_ptr,  # output (N, COUT, HO, WO)
     stats_ptr,  # (pixel programs, COUT, 2) partial (sum, M2) when STATS, else any pointer
     # sizes; channels per group; input channels one output block reads (CIN when dense)
@@ -112,10 +118,14 @@ def conv_fwd_dot_kernel(
     # the convolution, the epilogue and the tile, fixed at compile time
     KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr,
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, STATS: tl.constexpr,
+    PROLOGUE: tl.constexpr, ACT: tl.constexpr,
     GROUPED: tl.constexpr, USE_DOT: tl.constexpr, ACC: tl.constexpr, SPAN_ALIGN: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Forward, y = conv2d(x, w, groups) + b, optional ReLU / BatchNorm-statistics epilogue.
+    """Forward, y = conv2d(x, w, groups) + b, optional ReLU / BatchNorm-statistics epilogue;
+    with PROLOGUE the previous BatchNorm and activation applied to each x tile as it is
+    loaded, before the ``tl.dot`` (``_stencil.apply_prologue``: a tap outside the image
+    reads as zero after them, not act(shift)).
 
     x (N, CIN, H, W), w (COUT, CIN_PG, KSIZE, KSIZE), y (N, COUT, HO, WO): any strides
     (NCHW or channels_last), one dtype (float32/16, bfloat16, float64); accumulation in
@@ -143,6 +153,8 @@ def conv_fwd_dot_kernel(
                 offs_ci = ci0 + tl.arange(0, BLOCK_K)
                 mask_ci = offs_ci < CIN
                 xt = load_tile(x_ptr, x_off, offs_ci, stride_xc, ok, mask_ci)
+                if PROLOGUE:  # normalised and activated in ACC, cast back for the tl.dot
+                    xt = apply_prologue(xt, pro_ptr, offs_ci, ok, mask_ci, ACT, ACC)
                 ci_local, w_mask = _weight_index(offs_ci, offs_co, mask_ci, mask_co, CIN_PG,
                                                  COUT_PG, GROUPED)  # fmt: skip
                 wt = tl.load(
@@ -163,18 +175,25 @@ def conv_fwd_dot_kernel(
 def conv_bwd_input_dot_kernel(
     dy_ptr,  # output gradient (N, COUT, HO, WO), any strides (stride 0 too)
     w_ptr,  # weight (COUT, CIN_PG, KSIZE, KSIZE)
-    dx_ptr,  # input gradient (N, CIN, H, W)
+    x_ptr,  # raw input (N, CIN, H, W) when PROLOGUE, else any pointer
+    pro_ptr,  # prologue (CIN, 3) center, scale, shift when PROLOGUE
+    dx_ptr,  # input gradient (N, CIN, H, W): of the raw input when PROLOGUE (direct part)
+    red_ptr,  # (pixel programs, CIN, 2) partial (sum dz, sum dz * x) when PROLOGUE
     # sizes; channels per group; output channels one input block feeds (COUT when dense)
     N, CIN, H, W, COUT, HO, WO, CIN_PG, COUT_PG, CO_SPAN,
-    # element strides (n, c, h, w) of dy, w (out, in, h, w) and dx
+    # element strides (n, c, h, w) of dy, w (out, in, h, w), x and dx
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
     stride_wo, stride_wi, stride_wh, stride_ww,
+    stride_xn, stride_xc, stride_xh, stride_xw,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
     KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr,
+    PROLOGUE: tl.constexpr, ACT: tl.constexpr,
     GROUPED: tl.constexpr, USE_DOT: tl.constexpr, ACC: tl.constexpr, SPAN_ALIGN: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Input gradient, dx = conv_transpose2d(dy, w, groups).
+    """Input gradient, dx = conv_transpose2d(dy, w, groups); with PROLOGUE the prologue's
+    backward as the epilogue (``_stencil.prologue_backward``: dz from the raw x, the raw
+    input's direct gradient dz * scale stored, the per-channel partial sums in ``red``).
 
     dy (N, COUT, HO, WO), w (COUT, CIN_PG, KSIZE, KSIZE), dx (N, CIN, H, W): any strides,
     one dtype. Grid: (cdiv(N*H*W, BLOCK_P), cdiv(CIN, BLOCK_N)); each input pixel gathers
@@ -207,6 +226,10 @@ def conv_bwd_input_dot_kernel(
                     other=0.0,
                 )  # fmt: skip
                 acc = mac(acc, dyt, wt, USE_DOT, ACC)
+    if PROLOGUE:  # the BatchNorm-and-activation backward, from the raw input
+        x_off = pixel_offset(n, ih, iw, stride_xn, stride_xh, stride_xw)
+        acc = prologue_backward(acc, x_ptr, x_off, offs_ci, stride_xc, mask_p, mask_ci,
+                                pro_ptr, red_ptr, pid_p, CIN, ACT, ACC)  # fmt: skip
     dx_off = pixel_offset(n, ih, iw, stride_dxn, stride_dxh, stride_dxw)
     store_tile(dx_ptr, acc, dx_off, offs_ci, stride_dxc, mask_p, mask_ci)
 
@@ -214,17 +237,20 @@ def conv_bwd_input_dot_kernel(
 @triton.jit
 def conv_bwd_weight_dot_kernel(
     dy_ptr,  # output gradient (N, COUT, HO, WO)
-    x_ptr,  # input (N, CIN, H, W)
+    x_ptr,  # input (N, CIN, H, W), raw when PROLOGUE
+    pro_ptr,  # prologue (CIN, 3) when PROLOGUE (recomputed: the normalised x is never saved)
     part_ptr,  # partials (T, COUT, CIN_PG, KSIZE * KSIZE), contiguous, ACC dtype
     # sizes; channels per group; input channels one output block reads; pixels a partial
     N, CIN, H, W, COUT, HO, WO, CIN_PG, COUT_PG, CI_SPAN, PIXELS_PER_PARTIAL,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
     stride_xn, stride_xc, stride_xh, stride_xw,
     KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr, DILATION: tl.constexpr,
+    PROLOGUE: tl.constexpr, ACT: tl.constexpr,
     GROUPED: tl.constexpr, USE_DOT: tl.constexpr, ACC: tl.constexpr, SPAN_ALIGN: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Weight gradient, as per-program partials (summed on the host in order).
+    """Weight gradient, as per-program partials (summed on the host in order); with
+    PROLOGUE, x is read through the prologue.
 
     dy (N, COUT, HO, WO), x (N, CIN, H, W): any strides, one dtype; part (T, COUT, CIN_PG,
     KSIZE * KSIZE) contiguous in ``ACC``. Grid: (T = cdiv(N*HO*WO, PIXELS_PER_PARTIAL),
@@ -262,6 +288,8 @@ def conv_bwd_weight_dot_kernel(
         )  # [BLOCK_N, BLOCK_P]
         x_off = pixel_offset(n, ih, iw, stride_xn, stride_xh, stride_xw)
         xt = load_tile(x_ptr, x_off, offs_ci, stride_xc, ok, mask_ci)  # [BLOCK_P, BLOCK_K]
+        if PROLOGUE:
+            xt = apply_prologue(xt, pro_ptr, offs_ci, ok, mask_ci, ACT, ACC)
         acc = mac(acc, dyt, xt, USE_DOT, ACC)
     # keep what lies inside a group: part[t, co, ci - its group's first channel, tap]
     ci_local, keep = _weight_index(

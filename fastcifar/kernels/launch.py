@@ -52,6 +52,7 @@ __all__ = [
     "memory_format",
     "out_size",
     "partial_pixels",
+    "prologue_dot_tiles",
     "record_launches",
     "strides",
     "tiles",
@@ -283,6 +284,19 @@ def tiles(dtype: torch.dtype, family: str = "dense") -> Tiles:
     if interpreted() and dtype == torch.bfloat16:
         return replace(base, use_dot=False)
     return base
+
+
+def prologue_dot_tiles(t: Tiles) -> Tiles:
+    """The tiles of a ``tl.dot`` convolution forward with the BatchNorm-and-activation
+    prologue (dense 3x3, grouped_dot): ``t`` with one pipeline stage. Its input tiles go
+    through registers to be normalised and activated before the ``tl.dot``, so more
+    stages only keep more of them live: at triton's 3 ptxas spilled 16-60 bytes (SiLU,
+    16-bit, triton 3.8: sm_86 and sm_89 on groups of 8, sm_100 on groups of 16 and dense),
+    at 2 still 8-16; at 1 none of the nine targets spills (the prologue's registers on
+    sm_86 and sm_100 fell from 80-126 to 56-72; benchmarks/RESULTS.md, "the tl.dot
+    kernels' prologue"). What one stage costs in hidden load latency is a GPU timing not
+    yet made."""
+    return replace(t, num_stages=1)
 
 
 def cdiv(a: int, b: int) -> int:
