@@ -274,10 +274,12 @@ def launch_grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding,
     t = tiles(dy.dtype, "depthwise_strided" if has_prologue and fam == "depthwise" else fam)
     dx = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=x_format)
     programs = cdiv(n * h * wd, t.block_p)
-    # per program and input channel (sum dz, sum dz * (x - center)), the prologue's
-    red = torch.zeros((programs if has_prologue else 1, cin, 2), dtype=acc_dtype(dy.dtype),
-                      device=dy.device)  # fmt: skip
-    xp = x if has_prologue else dx
+    # the prologue's per program and input channel (sum dz, sum dz * (x - center)); without
+    # one, the kernel reads neither pointer (dx stands in: no allocation, no fill launch)
+    red, xp = dx, dx
+    if has_prologue:
+        red = torch.zeros((programs, cin, 2), dtype=acc_dtype(dy.dtype), device=dy.device)
+        xp = x
     conv = dict(KSIZE=w.shape[-1], STRIDE=stride, PADDING=padding, DILATION=dilation,
                 PROLOGUE=has_prologue, ACT=act, ACC=tl_acc(dy.dtype), BLOCK_P=t.block_p,
                 **t.launch_options)  # fmt: skip
