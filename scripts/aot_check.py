@@ -36,9 +36,9 @@ bfloat16 on sm_75 unless ``--dtypes`` asks), channels_last (weights channels_las
 ``model.to(memory_format=torch.channels_last)`` makes them) and NCHW, plus stride 2,
 dilation 3 and grouped extras; for each, the forward (with and without bias, and with the
 ReLU + BatchNorm-statistics epilogue), input, weight and bias gradients, and for
-depthwise ones the fused depthwise-separable forward and backward, and the forward,
-input and weight gradients with the BatchNorm-and-activation prologue (SiLU); and every 1x1
-convolution of every model through ``pointwise_conv2d`` (with and without the
+depthwise ones the fused depthwise-separable forward and backward; for every one the
+forward, input and weight gradients with the BatchNorm-and-activation prologue (SiLU);
+and every 1x1 convolution of every model through ``pointwise_conv2d`` (with and without the
 BatchNorm-and-activation prologue, with the statistics epilogue). ``--quick``:
 channels_last and 16-bit dtypes only (sm_75: float16), on sm_75, sm_90 and gfx942 unless
 ``--arch`` says otherwise, and each code path once (``worst_per_code_path``: every kernel,
