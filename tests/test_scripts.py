@@ -1,4 +1,4 @@
-"""scripts/gpu_check.sh and scripts/aot_check.py: their behaviour without a GPU."""
+"""scripts/gpu_check.sh, aot_check.py and chain_error.py: their behaviour without a GPU."""
 
 from __future__ import annotations
 
@@ -154,3 +154,15 @@ def test_aot_findings_name_narrow_loads_missing_tensor_cores_and_16_bit_spills()
     assert "| bias_grad_kernel | fp16 | gfx942 | 0 (1 failed) |" in md
     rows, *_ = aot.summarise(jobs[:1], [narrow])
     assert aot.findings(rows)[0].startswith("NARROW conv_fwd_grouped_kernel bf16 sm_90: 1 of 1")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+def test_chain_error_refuses_in_one_line_without_a_gpu_or_a_chain(monkeypatch, capsys):
+    chain_error = _load("chain_error")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert chain_error.main(["--model", "mobilenetv2"]) == 2
+    assert capsys.readouterr().out.strip().endswith("run with TRITON_INTERPRET=1 to use the "
+                                                    "interpreter")  # fmt: skip
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert chain_error.main(["--model", "s7"]) == 2  # the seeds' blocks are conv -> ReLU -> BN
+    assert "s7 has no conv-BN-activation chain" in capsys.readouterr().out
