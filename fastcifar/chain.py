@@ -205,21 +205,13 @@ def _activation_of(m: nn.Module) -> str | None:
     return "identity" if len(m) == 2 else ACTIVATION_NAMES.get(type(m[2]))
 
 
-def can_produce(m: nn.Module) -> bool:
-    """A producer: its convolution has a Triton kernel with the statistics epilogue."""
+def is_chain_end(m: nn.Module) -> bool:
+    """A ``Sequential(conv, BatchNorm2d[, activation])`` whose convolution the Triton
+    kernels take with both the statistics epilogue and the BatchNorm-and-activation
+    prologue, so that it can end a link on either side: a 1x1 (``pointwise_conv2d``) or
+    any KxK the convolution kernels take (dense 3x3, grouped, depthwise:
+    ``conv2d_relu_stats``, ``conv2d_prologue_stats``)."""
     return _activation_of(m) is not None and (is_pointwise(m[0]) or config_supported(m[0]))
-
-
-def takes_prologue(conv: nn.Module) -> bool:
-    """Whether ``conv``'s Triton kernel applies a BatchNorm-and-activation prologue: 1x1
-    (``pointwise_conv2d``), or any KxK the convolution kernels take (dense 3x3, grouped,
-    depthwise: ``conv2d_prologue_stats``)."""
-    return is_pointwise(conv) or (isinstance(conv, nn.Conv2d) and config_supported(conv))
-
-
-def can_consume(m: nn.Module) -> bool:
-    """A consumer: its convolution takes the prologue (``takes_prologue``)."""
-    return _activation_of(m) is not None and takes_prologue(m[0])
 
 
 def is_gate(m: nn.Module) -> bool:
@@ -286,9 +278,9 @@ def find_links(model: nn.Module) -> list[tuple[str, str]]:
         ma, mb = model.get_submodule(pa), model.get_submodule(pb)
         if pa in producers or pb in consumers:
             continue
-        if not can_produce(ma):
+        if not is_chain_end(ma):
             continue
-        if is_gate(mb) or (can_consume(mb) and ma[0].out_channels == mb[0].in_channels):
+        if is_gate(mb) or (is_chain_end(mb) and ma[0].out_channels == mb[0].in_channels):
             links.append((pa, pb))
             producers.add(pa)
             consumers.add(pb)
@@ -313,11 +305,8 @@ class FusedConvBNAct(nn.Sequential):
     def forward(self, x):
         conv, bn = self[0], self[1]
         prologue = None
-        if isinstance(x, Pending):
-            if not takes_prologue(conv):  # only after a revert that left the producer fused
-                x = x.materialise()
-            else:
-                x, prologue = x.raw, x
+        if isinstance(x, Pending):  # its convolution takes the prologue (is_chain_end)
+            x, prologue = x.raw, x
         x, weight, bias = _autocast_args(x, conv.weight, conv.bias)
         stats = bn.training or not bn.track_running_stats
         pro = (prologue.prologue, prologue.activation) if prologue else ()
