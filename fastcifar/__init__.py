@@ -1,7 +1,7 @@
 """fastcifar: train CIFAR-10 classifiers fast, on fused Triton kernels.
 
 Layers, lowest first (each imports only the ones before it):
-``fastcifar.kernels`` (Triton kernels), ``fastcifar.nn``, ``fastcifar.data``,
+``fastcifar.kernels`` (Triton kernels), ``fastcifar.nn.modules``, ``fastcifar.data``,
 ``fastcifar.models``, then ``fastcifar.recipes`` / ``fastcifar.train``.
 """
 

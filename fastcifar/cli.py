@@ -14,7 +14,9 @@ import argparse
 import difflib
 import os
 import re
+import shutil
 import sys
+from pathlib import Path
 
 __all__ = ["CommandParser", "prog_name"]
 
@@ -58,9 +60,11 @@ class CommandParser(argparse.ArgumentParser):
 
     def suggest(self, message: str) -> str | None:
         """'did you mean --lr?' for the first unknown flag in argparse's ``message``."""
-        unknown = re.findall(r"(--[\w-]+)", message.split(":", 1)[-1]) if (
-            "unrecognized arguments" in message or "ambiguous option" in message
-        ) else []  # fmt: skip
+        unknown = (
+            re.findall(r"(--[\w-]+)", message.split(":", 1)[-1])
+            if ("unrecognized arguments" in message or "ambiguous option" in message)
+            else []
+        )
         known = {f[2:]: f for f in self.flags()}
         for flag in unknown:
             name = flag[2:].lower().replace("_", "-")
@@ -72,3 +76,26 @@ class CommandParser(argparse.ArgumentParser):
                 target = SYNONYMS.get(close[0], close[0])
                 return f"did you mean {known[target]}?"
         return None
+
+
+def help_columns() -> int:
+    """The width ``--help`` wraps at: the terminal's, between 80 and 110 columns."""
+    return min(110, max(80, shutil.get_terminal_size((100, 24)).columns))
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a docstring (its lines joined), for one-line listings."""
+    joined = " ".join(text.split())
+    end = joined.find(". ")
+    return joined if end < 0 else joined[: end + 1]
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux: ``/proc``), so that a command's wall time
+    includes the interpreter's start and ``import torch``; 0.0 where it cannot be read."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0

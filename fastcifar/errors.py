@@ -20,6 +20,13 @@ class Interrupted(KeyboardInterrupt):
     saved and the exact command that continues (one or more lines)."""
 
 
+def first_line(exc: BaseException) -> str:
+    """``"TypeName: first line of the message"``, at most 300 characters: how a caught
+    exception is named in one line of a log or an error."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run ``main(argv)``, turning a FastCifarError into one line on stderr and exit code 2,
     and Ctrl-C into exit code 130 with ``Interrupted``'s message (what was kept, how to

@@ -34,6 +34,8 @@ from torch import nn
 
 from fastcifar.cli import CommandParser, prog_name
 from fastcifar.data import CLASSES, EvalLoader, eval_split, load_cifar10
+from fastcifar.engine.rundir import atomic_write, load_checkpoint, read_config
+from fastcifar.engine.runlock import RunLock
 from fastcifar.errors import FastCifarError, run_cli
 from fastcifar.evaluation.cam import grad_cam, overlay
 from fastcifar.evaluation.figures import (
@@ -45,16 +47,10 @@ from fastcifar.evaluation.figures import (
     plt_agg,
 )
 from fastcifar.evaluation.metrics import confusion_matrix, misclassified, predict
-from fastcifar.evaluation.report import (
-    NEAR_CHANCE,
-    build_report,
-    reevaluation_note,
-    write_report,
-)
+from fastcifar.evaluation.render import write_report
+from fastcifar.evaluation.report import NEAR_CHANCE, build_report, reevaluation_note
 from fastcifar.models import MODELS, create_model
 from fastcifar.roofline.run import count_run
-from fastcifar.rundir import atomic_write, load_checkpoint, read_config
-from fastcifar.runlock import RunLock
 
 # ------------------------------------------------------------------------ model and data
 
@@ -109,8 +105,7 @@ def evaluate_run(
     started = time.perf_counter()
     run_dir = Path(run_dir)
     recipe, options = read_config(run_dir)
-    if n_misclassified < 1:
-        raise FastCifarError(f"--misclassified {n_misclassified} is below 1: pass 1 or more")
+    _check_count(n_misclassified)
     model, ckpt = load_model(run_dir, device=device)
     mean, std = ckpt["mean"], ckpt["std"]
     arrays = load_cifar10(data or options.data)
@@ -120,39 +115,27 @@ def evaluate_run(
     cm = confusion_matrix(preds, labels)
     wrong = misclassified(preds, labels, n_misclassified)
     layers = cam_layers or [MODELS[recipe.model].cam_layer]
-    result = {
-        "test_acc": 100.0 * float((preds == labels).mean()),
-        "test_images": int(len(labels)),
-        "per_class_acc": {
-            c: (100.0 * cm[i, i] / cm[i].sum()) if cm[i].sum() else None
-            for i, c in enumerate(CLASSES)
-        },
-        "confusion_matrix": cm.tolist(),
-        "misclassified_indices": [int(i) for i in wrong],
-        "cam_layers": layers,
-        "checkpoint_epoch": ckpt["state"]["epoch"],
-    }
+    result = _scores(preds, labels, cm, wrong, layers, ckpt["state"]["epoch"])
 
     plt = plt_agg()
     plot_confusion(cm, run_dir / "confusion_matrix.png")
     chance = result["test_acc"] < NEAR_CHANCE
-    figures = _misclassified_figures(run_dir, model, test_x[wrong], test_y[wrong],
-                                     preds[wrong], mean, std, layers, device, chance)  # fmt: skip
+    figures = _misclassified_figures(
+        run_dir,
+        model,
+        test_x[wrong],
+        test_y[wrong],
+        preds[wrong],
+        mean,
+        std,
+        layers,
+        device,
+        chance,
+    )
     metrics = _training_figures(run_dir, recipe, arrays, mean, std)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    if tensorboard if tensorboard is not None else options.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        with SummaryWriter(str(run_dir / "tensorboard")) as writer:
-            for tag, fig in figures.items():
-                writer.add_figure(tag, fig, global_step=result["checkpoint_epoch"])
-    for fig in figures.values():
-        plt.close(fig)
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    if wall is not None and summary:
-        summary["wall"] = {**wall, "evaluation_s": time.perf_counter() - started}
-        atomic_write(summary_path, json.dumps(summary, indent=2) + "\n")
+    _close(figures, run_dir, result["checkpoint_epoch"], tensorboard, options.tensorboard, plt)
+    summary = _summary_with_wall(run_dir, wall, time.perf_counter() - started)
     try:  # the report's "Where the time goes"; a count that fails costs only that section
         count_run(run_dir, recipe, options)
     except Exception as exc:  # noqa: BLE001 - any failure of the count: report without it
@@ -162,8 +145,61 @@ def evaluate_run(
     return result
 
 
-def _misclassified_figures(run_dir, model, images, labels, preds, mean, std, layers, device,
-                           near_chance: bool = False):  # fmt: skip
+def _summary_with_wall(run_dir: Path, wall: dict | None, evaluation_s: float) -> dict:
+    """summary.json's contents ({} before the training has finished); with the train
+    command's ``wall`` parts, those and this evaluation's seconds written into it."""
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    if wall is not None and summary:
+        summary["wall"] = {**wall, "evaluation_s": evaluation_s}
+        atomic_write(path, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _scores(preds, labels, cm, wrong, layers: list[str], epoch: int) -> dict:
+    """eval.json's contents: test accuracy (percent) and images, per-class accuracy, the
+    confusion matrix (rows true, columns predicted), the misclassified images shown (test
+    indices), the Grad-CAM layers and the checkpoint's epoch."""
+    return {
+        "test_acc": 100.0 * float((preds == labels).mean()),
+        "test_images": int(len(labels)),
+        "per_class_acc": {
+            c: (100.0 * cm[i, i] / cm[i].sum()) if cm[i].sum() else None
+            for i, c in enumerate(CLASSES)
+        },
+        "confusion_matrix": cm.tolist(),
+        "misclassified_indices": [int(i) for i in wrong],
+        "cam_layers": layers,
+        "checkpoint_epoch": epoch,
+    }
+
+
+def _check_count(n_misclassified: int) -> None:
+    if n_misclassified < 1:
+        raise FastCifarError(f"--misclassified {n_misclassified} is below 1: pass 1 or more")
+
+
+def _close(figures: dict, run_dir: Path, epoch: int, asked, run_default: bool, plt) -> None:
+    """The figures into TensorBoard when asked (``asked``; None: as the run was,
+    ``run_default``), then closed."""
+    if asked if asked is not None else run_default:
+        _to_tensorboard(run_dir, figures, epoch)
+    for fig in figures.values():
+        plt.close(fig)
+
+
+def _to_tensorboard(run_dir: Path, figures: dict, epoch: int) -> None:
+    """The evaluation's figures into the run's TensorBoard log, at the checkpoint's epoch."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+        for tag, fig in figures.items():
+            writer.add_figure(tag, fig, global_step=epoch)
+
+
+def _misclassified_figures(
+    run_dir, model, images, labels, preds, mean, std, layers, device, near_chance: bool = False
+):
     """misclassified.png and one gradcam_<layer>.png per CAM layer for the misclassified
     ``images`` (uint8 (M, 32, 32, 3)) with their ``labels`` and ``preds``; returns the open
     figures by TensorBoard tag (none when nothing was misclassified)."""
@@ -171,18 +207,20 @@ def _misclassified_figures(run_dir, model, images, labels, preds, mean, std, lay
         return {}
     titles = [f"{CLASSES[p]} /\n{CLASSES[y]}" for p, y in zip(preds, labels, strict=True)]
     grid_title = "Misclassified test images: predicted / actual"
-    figures = {"misclassified": image_grid(images, titles, run_dir / "misclassified.png",
-                                           title=grid_title)}  # fmt: skip
+    figures = {
+        "misclassified": image_grid(images, titles, run_dir / "misclassified.png", title=grid_title)
+    }
     xs = next(iter(EvalLoader(images, labels, mean, std, len(images), device)))[0]
     for layer in layers:
         overlays = overlay(images, grad_cam(model, xs, preds, layer))
         figures[f"gradcam/{layer}"] = image_grid(
-            overlays, titles, run_dir / f"gradcam_{layer}.png",
-            title=f"Grad-CAM at {layer} for the predicted class" + (
-                "\n(model near chance: the maps show no learned evidence)"
-                if near_chance else ""),
+            overlays,
+            titles,
+            run_dir / f"gradcam_{layer}.png",
+            title=f"Grad-CAM at {layer} for the predicted class"
+            + ("\n(model near chance: the maps show no learned evidence)" if near_chance else ""),
             colorbar="Grad-CAM weight (0: none, 1: the map's maximum)",
-        )  # fmt: skip
+        )
     return figures
 
 
@@ -192,8 +230,12 @@ def _training_figures(run_dir, recipe, arrays, mean, std) -> list[dict]:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses_path = run_dir / "losses.json"
     step_losses = json.loads(losses_path.read_text()) if losses_path.exists() else None
-    plot_curves(metrics, run_dir / "curves.png", title=f"{recipe.model}, recipe {recipe.name}",
-                step_losses=step_losses)  # fmt: skip
+    plot_curves(
+        metrics,
+        run_dir / "curves.png",
+        title=f"{recipe.model}, recipe {recipe.name}",
+        step_losses=step_losses,
+    )
     lr_path = run_dir / "lr.json"
     if lr_path.exists():
         plot_lr(json.loads(lr_path.read_text()), run_dir / "lr.png")

@@ -23,27 +23,52 @@ RUN_FLAGS = ("data", "train_subset", "device", "workers")
 RECIPE_FLAGS = ("batch_size",)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> CommandParser:
+    """The command's parser: the recipe, the run and recipe flags it shares with the
+    train command, and the range's start, end and length."""
     p = CommandParser(
         prog=prog_name("fastcifar.lr_find"),
         description="LR range test (Smith, 2017): train with a learning rate growing "
         "exponentially each step, plot the smoothed loss against it and suggest the lr of "
         "its steepest descent, as seed 003 did",
     )
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="NAME",
-                   help=f"the recipe whose model, optimizer, loss and data are tested "
-                        f"(default {DEFAULT_RECIPE})")  # fmt: skip
+    p.add_argument(
+        "--recipe",
+        default=DEFAULT_RECIPE,
+        metavar="NAME",
+        help=f"the recipe whose model, optimizer, loss and data are tested "
+        f"(default {DEFAULT_RECIPE})",
+    )
     add_field_flags(p, RunOptions, RunOptions(), only=RUN_FLAGS)
     add_field_flags(p, Recipe, dest=lambda name: f"r_{name}", only=RECIPE_FLAGS)
-    p.add_argument("--start-lr", type=float, default=1e-6, metavar="LR",
-                   help="the first step's learning rate (default 1e-6)")  # fmt: skip
-    p.add_argument("--end-lr", type=float, default=0.9, metavar="LR",
-                   help="the last step's learning rate (default 0.9, seed 003's)")  # fmt: skip
-    p.add_argument("--num-iter", type=int, default=200, metavar="N",
-                   help="steps, the lr growing exponentially from --start-lr to --end-lr "
-                        "(default 200, as the seeds; under 100: a rough suggestion)")  # fmt: skip
+    p.add_argument(
+        "--start-lr",
+        type=float,
+        default=1e-6,
+        metavar="LR",
+        help="the first step's learning rate (default 1e-6)",
+    )
+    p.add_argument(
+        "--end-lr",
+        type=float,
+        default=0.9,
+        metavar="LR",
+        help="the last step's learning rate (default 0.9, seed 003's)",
+    )
+    p.add_argument(
+        "--num-iter",
+        type=int,
+        default=200,
+        metavar="N",
+        help="steps, the lr growing exponentially from --start-lr to --end-lr "
+        "(default 200, as the seeds; under 100: a rough suggestion)",
+    )
     p.add_argument("--out", default="lr_find.png", help="plot file (default lr_find.png)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.num_iter < 2:
         raise FastCifarError(f"--num-iter {args.num_iter} is below 2: pass 2 or more")
     if not 0 < args.start_lr < args.end_lr:
@@ -55,16 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     given = {n: getattr(args, n) for n in RUN_FLAGS if getattr(args, n) is not None}
     opts = RunOptions(**given, kernels="torch")
     check_fields(opts)
-    from fastcifar.components import build_components
-    from fastcifar.lr_range import range_test
-    from fastcifar.optim import make_optimizer
+    from fastcifar.engine.components import build_components
+    from fastcifar.engine.lr_range import range_test
+    from fastcifar.engine.optim import make_optimizer
 
     c = build_components(recipe, opts, with_test=False)
     c.model.init_from_data(c.train_images, recipe.whiten_images, recipe.seed, c.mean, c.std)
     result = range_test(
-        c.model, make_optimizer(c.model, recipe), c.criterion, c.train_loader,
-        c.device, args.start_lr, args.end_lr, args.num_iter, plot=Path(args.out),
-    )  # fmt: skip
+        c.model,
+        make_optimizer(c.model, recipe),
+        c.criterion,
+        c.train_loader,
+        c.device,
+        args.start_lr,
+        args.end_lr,
+        args.num_iter,
+        plot=Path(args.out),
+    )
     print(f"{recipe.name}: suggested lr {result.suggested_lr:.4g}; plot {args.out}")
     return 0
 

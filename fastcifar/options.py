@@ -7,7 +7,7 @@ flag answer in the time Python starts (``import torch`` alone takes seconds). A 
 names that lives in a module which needs torch (the models, the augmentations) is named
 by a ``Registry``: the module and the dict, imported only when a value is checked.
 
-Layer: below ``fastcifar.recipes`` and ``fastcifar.rundir``; imports only the standard
+Layer: below ``fastcifar.recipes`` and ``fastcifar.engine.rundir``; imports only the standard
 library and ``fastcifar.errors``.
 """
 
@@ -35,7 +35,7 @@ __all__ = [
     "option",
 ]
 
-# The closed sets of run-option values; the modules that act on them (fastcifar.runtime,
+# The closed sets of run-option values; the modules that act on them (fastcifar.engine.runtime,
 # fastcifar.data.factory) import them from here.
 AMP_DTYPE_CHOICES = ("auto", "bfloat16", "float16")
 KERNEL_CHOICES = ("auto", "triton", "torch")
@@ -52,8 +52,12 @@ class Registry:
     attr: str
     also: tuple[Registry, ...] = ()  # further registries whose names are valid too
 
+    def table(self) -> dict:
+        """``module.attr`` itself (the module imported now)."""
+        return getattr(importlib.import_module(self.module), self.attr)
+
     def names(self) -> tuple[str, ...]:
-        own = tuple(getattr(importlib.import_module(self.module), self.attr))
+        own = tuple(self.table())
         return tuple(dict.fromkeys(own + tuple(n for r in self.also for n in r.names())))
 
     def __iter__(self):
@@ -64,17 +68,28 @@ class Registry:
 
 
 def option(
-    default=dataclasses.MISSING, help: str = "", choices=None, metavar: str | None = None,
-    flag: bool = True, min: float | None = None, max: float | None = None,
-    above: float | None = None, below: float | None = None,
-):  # fmt: skip
+    default=dataclasses.MISSING,
+    help: str = "",
+    choices=None,
+    metavar: str | None = None,
+    flag: bool = True,
+    min: float | None = None,
+    max: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+):
     """A dataclass field with its command-line help in its metadata: the one place a
     ``Recipe`` or ``RunOptions`` field is described. ``choices``: a tuple or a
     ``Registry``; bounds: ``min``/``max`` inclusive, ``above``/``below`` exclusive
     (``check_fields`` checks them); ``flag=False``: no command-line flag."""
     bounds = {"min": min, "max": max, "above": above, "below": below}
-    metadata = {"help": help, "choices": choices, "metavar": metavar, "flag": flag,
-                "bounds": {k: v for k, v in bounds.items() if v is not None}}  # fmt: skip
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "metavar": metavar,
+        "flag": flag,
+        "bounds": {k: v for k, v in bounds.items() if v is not None},
+    }
     return field(default=default, metadata=metadata)
 
 
@@ -109,8 +124,11 @@ def check_fields(obj, registries: bool = True) -> None:
         if isinstance(choices, Registry) and not registries:
             choices = None
         if choices is not None and value is not None and value not in choices:
-            shown = (f"unknown {f.name} {value!r}" if isinstance(choices, Registry)
-                     else f"{flag_name(f.name)} {value!r} is not valid")  # fmt: skip
+            shown = (
+                f"unknown {f.name} {value!r}"
+                if isinstance(choices, Registry)
+                else f"{flag_name(f.name)} {value!r} is not valid"
+            )
             raise FastCifarError(f"{shown}: choose one of {', '.join(choices)}")
         bounds = meta.get("bounds") or {}
         if not bounds or value is None or isinstance(value, bool):
@@ -134,8 +152,14 @@ def field_type(f: dataclasses.Field):
     return t
 
 
-def add_field_flags(group, cls, shown=None, dest=lambda name: name, checked: bool = False,
-                    only: tuple[str, ...] | None = None) -> None:  # fmt: skip
+def add_field_flags(
+    group,
+    cls,
+    shown=None,
+    dest=lambda name: name,
+    checked: bool = False,
+    only: tuple[str, ...] | None = None,
+) -> None:
     """``--field-name`` on argparse ``group`` for every flag field of dataclass ``cls``
     (``only``: these names alone): its help, choices and metavar from the field's
     metadata, default None (not given), bools as ``--x/--no-x``. ``shown``: an instance
@@ -187,13 +211,17 @@ class RunOptions:
         False, "download the official CIFAR-10 with torchvision when --data holds none"
     )
     train_subset: int | None = option(
-        None, "train on a stratified subset of N training images (quick runs)", metavar="N",
+        None,
+        "train on a stratified subset of N training images (quick runs)",
+        metavar="N",
         min=1,
-    )  # fmt: skip
+    )
     test_subset: int | None = option(
-        None, "evaluate on a stratified subset of N test images (quick runs)", metavar="N",
+        None,
+        "evaluate on a stratified subset of N test images (quick runs)",
+        metavar="N",
         min=1,
-    )  # fmt: skip
+    )
     out: str | None = option(None, "run directory (default runs/<recipe>-<date>-<time>)")
     device: str = option("auto", "auto (CUDA if present), cpu, cuda or cuda:N")
     amp: bool = option(
@@ -247,8 +275,9 @@ class RunOptions:
         30.0,
         "seconds between progress lines within an epoch when the output is not a terminal "
         "(a log file; 0: none); a terminal gets a progress bar",
-        metavar="SECONDS", min=0,
-    )  # fmt: skip
+        metavar="SECONDS",
+        min=0,
+    )
     tensorboard: bool = option(
         False, "log scalars, the misclassified grid and the CAMs to RUN_DIR/tensorboard"
     )

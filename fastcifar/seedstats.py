@@ -48,16 +48,18 @@ def load_runs(sweep_dir: Path) -> list[dict]:
         config = json.loads((summary_path.parent / "config.json").read_text())
         fastcifar = summary.get("timed_span_s", summary["train_time_s"])
         record = summary.get("record_span_s", fastcifar - summary.get("tta_time_s", 0.0))
-        runs.append({
-            "run": summary_path.parent.name,
-            "seed": config["recipe"]["seed"],
-            "accuracy": summary["final_test_acc"],
-            "seconds": record if summary.get("timing") == "record" else fastcifar,
-            "timing": summary.get("timing", "fastcifar"),
-            "fastcifar_seconds": fastcifar,
-            "record_seconds": record,
-            "device": summary["device"],
-        })  # fmt: skip
+        runs.append(
+            {
+                "run": summary_path.parent.name,
+                "seed": config["recipe"]["seed"],
+                "accuracy": summary["final_test_acc"],
+                "seconds": record if summary.get("timing") == "record" else fastcifar,
+                "timing": summary.get("timing", "fastcifar"),
+                "fastcifar_seconds": fastcifar,
+                "record_seconds": record,
+                "device": summary["device"],
+            }
+        )
     return runs
 
 
@@ -133,7 +135,7 @@ def one_line(stats: dict, sweep_dir: Path) -> str:
 
 def write_report(sweep_dir: Path, stats: dict, title: str) -> None:
     """``sweep.json`` (``stats``) and ``sweep.md`` (``format_markdown``) in ``sweep_dir``."""
-    from fastcifar.rundir import atomic_write
+    from fastcifar.engine.rundir import atomic_write
 
     atomic_write(sweep_dir / "sweep.json", json.dumps(stats, indent=2) + "\n")
     atomic_write(sweep_dir / "sweep.md", format_markdown(stats, title))

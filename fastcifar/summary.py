@@ -3,7 +3,7 @@
 The layer summary comes from torchinfo's per-layer statistics (output shape, kernel,
 trainable parameters and multiply-adds of every leaf layer for one 32x32 image), its rows
 named as the receptive-field table names them; the receptive-field table is
-``fastcifar.receptive``'s: per convolution or pooling, kernel, stride, dilation, padding,
+``fastcifar.models.receptive``'s: per convolution or pooling, kernel, stride, dilation, padding,
 jump, receptive field and output size, as seed 002's table lays it out.
 """
 
@@ -14,7 +14,7 @@ import sys
 from fastcifar.cli import CommandParser, prog_name
 from fastcifar.errors import run_cli
 from fastcifar.models import MODELS, count_parameters, create_model
-from fastcifar.receptive import format_rf_table, receptive_field_table
+from fastcifar.models.receptive import format_rf_table, receptive_field_table
 
 
 def _dotted_name(info) -> str:
@@ -33,8 +33,9 @@ def layer_summary(model, input_size: int = 32) -> str:
     from torchinfo's per-layer statistics, then the totals in their units."""
     from torchinfo import summary
 
-    stats = summary(model, input_size=(1, 3, input_size, input_size), depth=64, verbose=0,
-                    device="cpu")  # fmt: skip
+    stats = summary(
+        model, input_size=(1, 3, input_size, input_size), depth=64, verbose=0, device="cpu"
+    )
     header = (
         f"{'layer':<24} {'type':<18} {'output':<18} {'kernel':<8} {'params':>10} {'mult-adds':>12}"
     )
@@ -45,8 +46,10 @@ def layer_summary(model, input_size: int = 32) -> str:
         shape = "x".join(str(d) for d in info.output_size[1:]) if info.output_size else "-"
         size = info.kernel_size
         kernel = "x".join(map(str, size)) if isinstance(size, list | tuple) else str(size or "-")
-        lines.append(f"{_dotted_name(info):<24} {info.class_name:<18} {shape:<18} {kernel:<8} "
-                     f"{info.trainable_params:>10,} {info.macs:>12,}")  # fmt: skip
+        lines.append(
+            f"{_dotted_name(info):<24} {info.class_name:<18} {shape:<18} {kernel:<8} "
+            f"{info.trainable_params:>10,} {info.macs:>12,}"
+        )
     lines += [
         "-" * len(header),
         f"trainable parameters {stats.trainable_params:,} of {stats.total_params:,}; "

@@ -73,10 +73,20 @@ def run_command(recipe: str, seed: int, run_dir: Path, extra: list[str]) -> list
     """The ``fastcifar.train`` command of one run: a new run, or ``--resume`` of one that
     saved a checkpoint (its config holds every flag)."""
     if (run_dir / "last.pt").exists() and (run_dir / "config.json").exists():
-        return [sys.executable, "-m", "fastcifar.train", "--resume", str(run_dir),
-                "--no-evaluate"]  # fmt: skip
-    return [sys.executable, "-m", "fastcifar.train", "--recipe", recipe, "--seed", str(seed),
-            "--out", str(run_dir), "--no-evaluate", *extra]  # fmt: skip
+        return [sys.executable, "-m", "fastcifar.train", "--resume", str(run_dir), "--no-evaluate"]
+    return [
+        sys.executable,
+        "-m",
+        "fastcifar.train",
+        "--recipe",
+        recipe,
+        "--seed",
+        str(seed),
+        "--out",
+        str(run_dir),
+        "--no-evaluate",
+        *extra,
+    ]
 
 
 def _pending(out: Path, seeds: int) -> list[int]:
@@ -102,8 +112,12 @@ def _worker(gpu, queue: Queue, out: Path, recipe: str, extra: list[str], results
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         with open(out / f"seed-{seed}.log", "a") as log:
-            code = subprocess.call(run_command(recipe, seed, run_dir, extra), stdout=log,
-                                   stderr=subprocess.STDOUT, env=env)  # fmt: skip
+            code = subprocess.call(
+                run_command(recipe, seed, run_dir, extra),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         results[seed] = code
         bar.update(1)
 
@@ -117,10 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", required=True, help=f"one of {', '.join(RECIPES)}")
     p.add_argument("--seeds", type=int, required=True, metavar="N", help="run seeds 1..N")
     p.add_argument("--gpus", default="all", help="all (default), none, a count, or 0,1,...")
-    p.add_argument("--out", help="sweep directory (default runs/sweep-RECIPE-DATE-TIME); "
-                   "an existing one is resumed")  # fmt: skip
-    p.add_argument("--target", type=float, help="accuracy target in percent (default: the "
-                   "recipe's expected accuracy, else 94)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        help="sweep directory (default runs/sweep-RECIPE-DATE-TIME); an existing one is resumed",
+    )
+    p.add_argument(
+        "--target",
+        type=float,
+        help="accuracy target in percent (default: the recipe's expected accuracy, else 94)",
+    )
     args, extra = p.parse_known_args(argv)
     recipe = get_recipe(args.recipe)
     if args.seeds < 1:
@@ -133,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     todo = _pending(out, args.seeds)
     where = "the CPU" if gpus == [None] else f"GPU(s) {', '.join(gpus)}"
-    print(f"sweep: {recipe.name}, seeds 1..{args.seeds} ({len(todo)} to run) on {where}, "
-          f"into {out}", flush=True)  # fmt: skip
+    print(
+        f"sweep: {recipe.name}, seeds 1..{args.seeds} ({len(todo)} to run) on {where}, into {out}",
+        flush=True,
+    )
     from tqdm.auto import tqdm
 
     queue: Queue = Queue()
@@ -142,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         queue.put(seed)
     results: dict[int, int] = {}
     bar = tqdm(total=args.seeds, initial=args.seeds - len(todo), unit="run", desc="sweep")
-    threads = [threading.Thread(target=_worker, args=(g, queue, out, recipe.name, extra,
-                                                      results, bar)) for g in gpus]  # fmt: skip
+    threads = [
+        threading.Thread(target=_worker, args=(g, queue, out, recipe.name, extra, results, bar))
+        for g in gpus
+    ]
     for t in threads:
         t.start()
     for t in threads:

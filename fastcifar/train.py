@@ -3,11 +3,11 @@
 Loads CIFAR-10 (``--data``, ``$FASTCIFAR_DATA`` or the cache directory; ``--download``
 fetches the official set), trains the recipe (default ``s7``) with a progress bar and a
 test evaluation every epoch, and writes the run directory described in
-``fastcifar.engine``. ``--resume RUN_DIR`` continues a stopped run from its last
+``fastcifar.engine.trainer``. ``--resume RUN_DIR`` continues a stopped run from its last
 completed epoch. Every recipe field has a flag (``--lr``, ``--batch-size``, ...).
 
 Under ``torchrun --nproc_per_node N -m fastcifar.train ...`` it trains data-parallel
-(``fastcifar.distributed``): the recipe's batch is the global batch, rank 0 writes the
+(``fastcifar.engine.distributed``): the recipe's batch is the global batch, rank 0 writes the
 run directory, and ``--resume`` needs the same number of processes.
 
 Bad input ends the program with one line naming the problem and the fix, exit status 2.
@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 # torch, triton or DALI are imported (tests/test_cli.py holds this). The rest is imported
 # where the training starts.
 from fastcifar import __version__
-from fastcifar.cli import CommandParser, prog_name
+from fastcifar.cli import CommandParser, first_sentence, help_columns, process_age_s, prog_name
+from fastcifar.engine.runlock import RunLock
 from fastcifar.errors import FastCifarError, Interrupted, run_cli
 from fastcifar.evaluation.report import CIFAR10_TEST, CIFAR10_TRAIN, wall_time
 from fastcifar.options import RunOptions, add_field_flags, check_fields, flag_name
@@ -43,12 +44,11 @@ from fastcifar.recipes import (
     get_recipe,
     overridable_fields,
 )
-from fastcifar.runlock import RunLock
 from fastcifar.units import number, plural, rate
 
 if TYPE_CHECKING:
-    from fastcifar import distributed
-    from fastcifar.engine import Trainer
+    from fastcifar.engine import distributed
+    from fastcifar.engine.trainer import Trainer
 
 
 def run_options(args: argparse.Namespace, **fixed) -> RunOptions:
@@ -58,23 +58,14 @@ def run_options(args: argparse.Namespace, **fixed) -> RunOptions:
     Raises:
         FastCifarError: a value out of its bounds (``options.check_fields``).
     """
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)
-             if f.metadata["flag"] and getattr(args, f.name) is not None}  # fmt: skip
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(RunOptions)
+        if f.metadata["flag"] and getattr(args, f.name) is not None
+    }
     options = RunOptions(**given, **fixed)
     check_fields(options)
     return options
-
-
-def help_columns() -> int:
-    """The width ``--help`` wraps at: the terminal's, between 80 and 110 columns."""
-    return min(110, max(80, shutil.get_terminal_size((100, 24)).columns))
-
-
-def first_sentence(text: str) -> str:
-    """The first sentence of a docstring (its lines joined), for one-line listings."""
-    joined = " ".join(text.split())
-    end = joined.find(". ")
-    return joined if end < 0 else joined[: end + 1]
 
 
 def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
@@ -89,7 +80,7 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
             columns,
             subsequent_indent=" " * indent,
             initial_indent=f"  {name:<{indent - 2}}",
-        )  # fmt: skip
+        )
         for name in RECIPES
     )
     p = CommandParser(
@@ -139,17 +130,6 @@ def _recipe_overrides(args: argparse.Namespace) -> dict:
     }
 
 
-def process_age_s() -> float:
-    """Seconds since this process started (Linux: ``/proc``), so that a command's wall time
-    includes the interpreter's start and ``import torch``; 0.0 where it cannot be read."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
     """The command. ``started``: its start on the ``time.perf_counter()`` clock (the
     console script passes the process's start); default the call's own start."""
@@ -159,7 +139,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     args = build_parser(pre.parse_known_args(argv)[0].recipe).parse_args(argv)
     overrides = _recipe_overrides(args)
     run_options(args)  # every flag's bounds, before anything starts
-    from fastcifar import distributed
+    from fastcifar.engine import distributed
 
     # under torchrun: join the process group; rank 0 alone prints and writes
     world = distributed.init_from_env(args.device or "auto")
@@ -195,8 +175,8 @@ class _Run:
 def _train(
     args: argparse.Namespace, overrides: dict, world: distributed.World, started: float
 ) -> int:
-    from fastcifar import distributed
-    from fastcifar.rundir import atomic_write
+    from fastcifar.engine import distributed
+    from fastcifar.engine.rundir import atomic_write
 
     run = _resumed_run(args, overrides, world) if args.resume else _new_run(args, overrides, world)
     if run is None:
@@ -213,8 +193,11 @@ def _train(
         c = trainer.components
         session = trainer.session_wall  # compile warm-up and epochs, seconds
         before = time.perf_counter() - started
-        wall = {"startup_s": max(0.0, before - sum(session.values())), **session,
-                "resumed": bool(args.resume)}  # fmt: skip
+        wall = {
+            "startup_s": max(0.0, before - sum(session.values())),
+            **session,
+            "resumed": bool(args.resume),
+        }
         if args.evaluate:
             _evaluate(run.run_dir, args.cam_layers, c.device, wall)
         summary["wall"] = {**wall, "evaluation_s": time.perf_counter() - started - before}
@@ -228,6 +211,8 @@ def _start(run: _Run, resume: bool, world: distributed.World) -> Trainer:
     """The run's ``Trainer`` (``build_trainer``), its config.json written (a new run) and
     its one-line description printed. A directory this command created is removed again
     when the run fails or is interrupted before it starts."""
+    from fastcifar.engine.build import build_trainer
+
     try:
         trainer = build_trainer(run.recipe, run.options, run.run_dir, resume, world)
     except KeyboardInterrupt:
@@ -244,10 +229,11 @@ def _start(run: _Run, resume: bool, world: distributed.World) -> Trainer:
             shutil.rmtree(run.run_dir, ignore_errors=True)
         raise
     if not resume and world.is_main:
-        from fastcifar.rundir import write_config
+        from fastcifar.engine.rundir import write_config
 
-        write_config(run.run_dir, trainer.recipe, trainer.options,
-                     trainer.components.kernel_dispatch)  # fmt: skip
+        write_config(
+            run.run_dir, trainer.recipe, trainer.options, trainer.components.kernel_dispatch
+        )
     c, recipe = trainer.components, trainer.recipe
     print(
         f"train: recipe {recipe.name}, model {recipe.model}, "
@@ -259,9 +245,11 @@ def _start(run: _Run, resume: bool, world: distributed.World) -> Trainer:
         flush=True,
     )
     if run.options.compile and c.device.type == "cpu":
-        print("note: --compile on a CPU trains slower than eagerly on short runs (measured on a "
-              "2-core CPU, 1,000 images: 21 img/s after a 75-168 s compile, against 63-74 img/s "
-              "eager; README, \"Two commands\"): --no-compile trains eagerly")  # fmt: skip
+        print(
+            "note: --compile on a CPU trains slower than eagerly on short runs (measured on a "
+            "2-core CPU, 1,000 images: 21 img/s after a 75-168 s compile, against 63-74 img/s "
+            'eager; README, "Two commands"): --no-compile trains eagerly'
+        )
     if trainer.total_steps < MIN_SCHEDULE_STEPS and recipe.scheduler != "constant":
         print(
             f"warning: this run takes only {plural(trainer.total_steps, 'optimizer step')}: the "
@@ -279,11 +267,15 @@ def _interrupted(run: _Run, epochs_done: int, world: distributed.World) -> str:
     resume = f"  {launcher} fastcifar.train --resume {run.run_dir}"
     total = run.recipe.epochs
     if epochs_done == 0:
-        return (f"interrupted in epoch 1 of {total}: no epoch had finished, so only the "
-                f"run's config is saved; train it from the beginning with:\n{resume}")  # fmt: skip
+        return (
+            f"interrupted in epoch 1 of {total}: no epoch had finished, so only the "
+            f"run's config is saved; train it from the beginning with:\n{resume}"
+        )
     kept = "epoch 1 is" if epochs_done == 1 else f"epochs 1-{epochs_done} are"
-    return (f"interrupted in epoch {epochs_done + 1} of {total}: {kept} saved in "
-            f"{run.run_dir / 'last.pt'}; resume with:\n{resume}")  # fmt: skip
+    return (
+        f"interrupted in epoch {epochs_done + 1} of {total}: {kept} saved in "
+        f"{run.run_dir / 'last.pt'}; resume with:\n{resume}"
+    )
 
 
 def _evaluate(run_dir: Path, cam_layers: str | None, device, wall: dict) -> None:
@@ -304,33 +296,6 @@ def _evaluate(run_dir: Path, cam_layers: str | None, device, wall: dict) -> None
     print(f"evaluation: figures and report in {run_dir / 'report.html'}")
 
 
-def build_trainer(
-    recipe: Recipe, options: RunOptions, run_dir: Path, resume: bool = False,
-    world: distributed.World | None = None,
-) -> Trainer:  # fmt: skip
-    """What the command trains with: the run's components (data, loaders, model,
-    kernels; ``build_components``), its peak lr from an LR range test when the recipe
-    asks and the run is new, and the ``Trainer`` with rank 0's loggers (the console,
-    TensorBoard with --tensorboard). Library users and tests build theirs here too.
-
-    Raises:
-        FastCifarError: bad data, a loader or kernel choice that cannot run here, no
-            checkpoint to resume, an LR range test without a suggestion.
-    """
-    from fastcifar.components import build_components
-    from fastcifar.distributed import SINGLE
-    from fastcifar.engine import Trainer
-    from fastcifar.loggers import default_loggers
-    from fastcifar.lr_range import with_found_lr
-
-    world = world or SINGLE
-    components = build_components(recipe, options, world=world)
-    if recipe.lr_find and not resume:
-        recipe = with_found_lr(recipe, components)
-    loggers = default_loggers(recipe.epochs, run_dir, options.tensorboard) if world.is_main else []
-    return Trainer(recipe, components, options, run_dir, resume, world, loggers)
-
-
 def _resumed_run(args, overrides: dict, world: distributed.World) -> _Run | None:
     """The ``--resume`` run, its own config with this command's device and workers, its
     directory locked; None when it has already finished.
@@ -339,7 +304,7 @@ def _resumed_run(args, overrides: dict, world: distributed.World) -> _Run | None
         FastCifarError: another recipe or recipe fields asked for, another world size, or
             a live run holds the directory.
     """
-    from fastcifar.rundir import prepare_run_dir, read_config
+    from fastcifar.engine.rundir import prepare_run_dir, read_config
 
     run_dir = Path(args.resume)
     recipe, options = read_config(run_dir)
@@ -367,10 +332,10 @@ def _resumed_run(args, overrides: dict, world: distributed.World) -> _Run | None
             f"{run_dir} was trained by {options.world_size} process(es), this is "
             f"{world.size}: resume it with torchrun --standalone --nproc_per_node "
             f"{options.world_size}"
-            if options.world_size > 1 else
-            f"{run_dir} was trained by 1 process, this is {world.size}: resume it "
+            if options.world_size > 1
+            else f"{run_dir} was trained by 1 process, this is {world.size}: resume it "
             f"without torchrun"
-        )  # fmt: skip
+        )
     lock = prepare_run_dir(run_dir, resume=True) if world.is_main else None
     return _Run(run_dir, recipe, options, False, lock)
 
@@ -384,8 +349,8 @@ def _new_run(args, overrides: dict, world: distributed.World) -> _Run:
     """
     recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(**overrides).validate()
     options = run_options(args, world_size=world.size)
-    from fastcifar import distributed
-    from fastcifar.rundir import prepare_run_dir
+    from fastcifar.engine import distributed
+    from fastcifar.engine.rundir import prepare_run_dir
 
     default = f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(args.out or distributed.broadcast_object(default))  # one name for all
@@ -398,22 +363,9 @@ def _new_run(args, overrides: dict, world: distributed.World) -> _Run:
 def _print_result(summary: dict, recipe, run_dir: Path, device) -> None:
     """The closing lines: the speed run's timed span, then the accuracies."""
     if recipe.name.startswith("speedrun"):
-        from fastcifar.options import TIMINGS
+        from fastcifar.engine.rundir import speedrun_line
 
-        first = summary.get("timing", "fastcifar")
-        spans = "; ".join(
-            f"{summary[key]:.2f} s under --timing {name} ({what})"
-            for name, (key, what) in sorted(TIMINGS.items(), key=lambda kv: kv[0] != first)
-        )
-        print(
-            f"speedrun: {spans}, on {summary['device']} (whitening "
-            f"{summary['whiten_time_s']:.2f} + augmentation built ahead "
-            f"{summary.get('augment_time_s', 0.0):.2f} + training "
-            f"{summary['train_time_s']:.2f} + final TTA {summary['tta_time_s']:.2f}; timed with "
-            f"{'CUDA events' if device.type == 'cuda' else 'the wall clock'}; compile "
-            f"warm-up {summary['compile_time_s']:.1f} s and per-epoch evaluation excluded); "
-            f"final test accuracy {summary['final_test_acc']:.2f}%"
-        )
+        print(speedrun_line(summary, device.type == "cuda"))
     expected = ""
     if recipe.expected_accuracy:
         full = summary["train_images"] >= CIFAR10_TRAIN and summary["test_images"] >= CIFAR10_TEST

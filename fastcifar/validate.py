@@ -28,10 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--model", default="s7", help="model name (default s7)")
     p.add_argument("--batch", type=int, help="batch size (default 128 on CUDA, 2 on the CPU)")
-    p.add_argument("--dtype", default="float32",
-                   choices=("float32", "float16", "bfloat16", "float64"))  # fmt: skip
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="channels_last memory format (default on)")  # fmt: skip
+    p.add_argument(
+        "--dtype", default="float32", choices=("float32", "float16", "bfloat16", "float64")
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels_last memory format (default on)",
+    )
     p.add_argument("--device", default="auto", help="auto, cuda or cpu (interpreter)")
     args = p.parse_args(argv)
 
@@ -49,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     example = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
     configs = collect_conv_configs(model.to(memory_format=fmt), example, dtype)
     results = validate_configs(configs, device)
-    print(f"{args.model}: {len(configs)} distinct Triton conv configurations, batch {batch}, "
-          f"device {device}")  # fmt: skip
+    print(
+        f"{args.model}: {len(configs)} distinct Triton conv configurations, batch {batch}, "
+        f"device {device}"
+    )
     print(format_table(results))
     failed = [r for r in results if not r.passed]
     if failed:

@@ -140,15 +140,21 @@ def conv_configs(quick: bool, layout: str | None = None) -> list[tuple]:
     ``fusable`` where a model's depthwise-separable block lets the fused op launch."""
     from fastcifar.kernels.validate import collect_conv_configs
     from fastcifar.models import MODELS
-    from fastcifar.nn import is_depthwise_separable
+    from fastcifar.nn.modules import is_depthwise_separable
 
     found, fusable = set(), set()
     for name in MODELS:
         model = MODELS[name].build().eval()
         blocks = {f"{n}.0" for n, m in model.named_modules() if is_depthwise_separable(m)}
         for cfg, layers in collect_conv_configs(model, torch.zeros(1, 3, 32, 32)).items():
-            key = (cfg.input_shape[1:], cfg.weight_shape, cfg.stride, cfg.padding,
-                   cfg.dilation, cfg.groups)  # fmt: skip
+            key = (
+                cfg.input_shape[1:],
+                cfg.weight_shape,
+                cfg.stride,
+                cfg.padding,
+                cfg.dilation,
+                cfg.groups,
+            )
             found.add(key)
             if blocks & set(layers):  # the fused depthwise-separable op can launch here
                 fusable.add(key)
@@ -158,8 +164,9 @@ def conv_configs(quick: bool, layout: str | None = None) -> list[tuple]:
         if g == cin == cout:
             fusable.add(key)
     layouts = LAYOUTS[layout or ("cl" if quick else "both")]
-    return [((BATCH, *key[0]), *key[1:], cl, key in fusable)
-            for key in sorted(found) for cl in layouts]  # fmt: skip
+    return [
+        ((BATCH, *key[0]), *key[1:], cl, key in fusable) for key in sorted(found) for cl in layouts
+    ]
 
 
 def pointwise_configs(quick: bool, layout: str | None = None) -> list[tuple]:
@@ -213,7 +220,7 @@ def record_pointwise(launches, configs, dtypes) -> None:
 def record(configs, dtypes, target: str | None = None, pointwise_cfgs=()) -> list:
     """Every launch the launchers make for these configurations on ``target`` (its tile
     entries), on ``meta`` tensors; channels_last configurations get channels_last weights."""
-    from fastcifar.kernels import conv, dwsep, launch
+    from fastcifar.kernels import conv_launch, dwsep, launch
 
     def meta(shape, dtype, cl=False):
         t = torch.empty(shape, dtype=dtype, device="meta")
@@ -226,25 +233,26 @@ def record(configs, dtypes, target: str | None = None, pointwise_cfgs=()) -> lis
                 x, w = meta(xs, dtype, cl), meta(ws, dtype, cl)
                 b = meta((ws[0],), dtype)
                 fmt = torch.channels_last if cl else torch.contiguous_format
-                y, _, _ = conv.launch_forward(x, w, b, s, p, d, g)
-                conv.launch_forward(x, w, None, s, p, d, g)
-                conv.launch_forward(x, w, b, s, p, d, g, relu=True, stats=True)
+                y, _, _ = conv_launch.launch_forward(x, w, b, s, p, d, g)
+                conv_launch.launch_forward(x, w, None, s, p, d, g)
+                conv_launch.launch_forward(x, w, b, s, p, d, g, relu=True, stats=True)
                 dy = torch.empty_like(y)
-                conv.launch_grad_input(dy, w, xs, fmt, s, p, d, g)
-                conv.launch_grad_weight(dy, x, ws, s, p, d, g)
-                conv.launch_grad_bias(dy)
+                conv_launch.launch_grad_input(dy, w, xs, fmt, s, p, d, g)
+                conv_launch.launch_grad_weight(dy, x, ws, s, p, d, g)
+                conv_launch.launch_grad_bias(dy)
                 # with the BatchNorm-and-activation prologue (a chain's consumer)
                 pro = (meta((xs[1], 3), torch.float32), 3)  # SiLU: the longest
-                conv.launch_forward(x, w, None, s, p, d, g, stats=True, prologue=pro)
-                conv.launch_grad_input(dy, w, xs, fmt, s, p, d, g, prologue=pro, x=x)
-                conv.launch_grad_weight(dy, x, ws, s, p, d, g, prologue=pro)
+                conv_launch.launch_forward(x, w, None, s, p, d, g, stats=True, prologue=pro)
+                conv_launch.launch_grad_input(dy, w, xs, fmt, s, p, d, g, prologue=pro, x=x)
+                conv_launch.launch_grad_weight(dy, x, ws, s, p, d, g, prologue=pro)
                 if fusable:  # the fused depthwise-separable op, C -> C
                     wp = meta((ws[0], ws[0], 1, 1), dtype, cl)
                     for relu in (False, True):
                         y2 = dwsep.launch_forward(x, w, wp, s, p, d, relu)
                         dwsep.launch_backward(torch.empty_like(y2), x, w, wp, s, p, d, relu)
-                label = (f"{xs[1]}->{ws[0]} {xs[2]}x{xs[3]} g{g} s{s} p{p} d{d} "
-                         f"{'cl' if cl else 'nchw'}")  # fmt: skip
+                label = (
+                    f"{xs[1]}->{ws[0]} {xs[2]}x{xs[3]} g{g} s{s} p{p} d{d} {'cl' if cl else 'nchw'}"
+                )
                 # wide (64/128-bit) loads are possible where every tensor's channels are
                 # contiguous and come in multiples of 16 (triton proves alignment from
                 # strides divisible by 16)
@@ -287,10 +295,26 @@ _PTXAS_REGS = re.compile(r"Used (\d+) registers")
 _PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 _SASS_OP = re.compile(r"^\s*/\*[0-9a-f]+\*/\s*(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)", re.M)
 _AMD_MEM = re.compile(r"^\s*(?:global|buffer)_(load|store)_(?:lds_)?(\w+)", re.M)
-_AMD_WIDTH = {"byte": 8, "ubyte": 8, "sbyte": 8, "short": 16, "ushort": 16, "sshort": 16,
-              "b16": 16, "u16": 16, "i16": 16, "d16": 16, "dword": 32, "b32": 32,
-              "dwordx2": 64, "b64": 64, "dwordx3": 96, "b96": 96, "dwordx4": 128,
-              "b128": 128}  # fmt: skip
+_AMD_WIDTH = {
+    "byte": 8,
+    "ubyte": 8,
+    "sbyte": 8,
+    "short": 16,
+    "ushort": 16,
+    "sshort": 16,
+    "b16": 16,
+    "u16": 16,
+    "i16": 16,
+    "d16": 16,
+    "dword": 32,
+    "b32": 32,
+    "dwordx2": 64,
+    "b64": 64,
+    "dwordx3": 96,
+    "b96": 96,
+    "dwordx4": 128,
+    "b128": 128,
+}
 
 
 def sass_width(opcode: str) -> int:
@@ -317,10 +341,15 @@ def amd_width(suffix: str) -> int:
 def access_stats(loads: list[int], stores: list[int], tensor_ops: int) -> dict:
     """Counts and widths of a binary's global loads and stores (bits per lane each)."""
     common = collections.Counter(loads).most_common(1)
-    return dict(loads=len(loads), load_widest=max(loads, default=0),
-                load_common=common[0][0] if common else 0,
-                narrow_loads=sum(b < NARROW_BITS for b in loads), stores=len(stores),
-                store_widest=max(stores, default=0), tensor_ops=tensor_ops)  # fmt: skip
+    return dict(
+        loads=len(loads),
+        load_widest=max(loads, default=0),
+        load_common=common[0][0] if common else 0,
+        narrow_loads=sum(b < NARROW_BITS for b in loads),
+        stores=len(stores),
+        store_widest=max(stores, default=0),
+        tensor_ops=tensor_ops,
+    )
 
 
 def read_sass(sass: str) -> dict:
@@ -350,8 +379,9 @@ def _disassemble(cubin: bytes) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        return subprocess.run([tool, "-sass", f.name], capture_output=True, text=True,
-                              check=True).stdout  # fmt: skip
+        return subprocess.run(
+            [tool, "-sass", f.name], capture_output=True, text=True, check=True
+        ).stdout
 
 
 def compile_one(fn, target, options, signature, constexprs, attrs) -> dict:
@@ -366,8 +396,12 @@ def compile_one(fn, target, options, signature, constexprs, attrs) -> dict:
             ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
         )
     md = compiled.metadata
-    out = dict(shared=int(md.shared), num_warps=int(md.num_warps),
-               num_stages=int(md.num_stages), waves=None)  # fmt: skip
+    out = dict(
+        shared=int(md.shared),
+        num_warps=int(md.num_warps),
+        num_stages=int(md.num_stages),
+        waves=None,
+    )
     if target.backend == "hip":
         asm = compiled.asm["amdgcn"]
         vgprs = re.search(r"; TotalNumVgprs: (\d+)", asm) or re.search(r"; NumVgprs: (\d+)", asm)
@@ -375,16 +409,23 @@ def compile_one(fn, target, options, signature, constexprs, attrs) -> dict:
         waves = re.search(r"; Occupancy: (\d+)", asm)
         if not vgprs:
             raise RuntimeError(f"no register count in the ISA of {fn.__name__}")
-        out.update(registers=int(vgprs.group(1)), spill=int(scratch.group(1)) if scratch else 0,
-                   waves=int(waves.group(1)) if waves else None, **read_amdgcn(asm))  # fmt: skip
+        out.update(
+            registers=int(vgprs.group(1)),
+            spill=int(scratch.group(1)) if scratch else 0,
+            waves=int(waves.group(1)) if waves else None,
+            **read_amdgcn(asm),
+        )
         return out
     text = log.getvalue()
     regs = [int(m) for m in _PTXAS_REGS.findall(text)]
     spills = [int(a) + int(b) for a, b in _PTXAS_SPILL.findall(text)]
     if not regs:
         raise RuntimeError(f"no ptxas -v log captured for {fn.__name__}")
-    out.update(registers=max(regs), spill=max(spills, default=0),
-               **read_sass(_disassemble(compiled.asm["cubin"])))  # fmt: skip
+    out.update(
+        registers=max(regs),
+        spill=max(spills, default=0),
+        **read_sass(_disassemble(compiled.asm["cubin"])),
+    )
     return out
 
 
@@ -467,8 +508,13 @@ def code_path(job_info: tuple) -> tuple:
     compile options): what decides the code ptxas or LLVM sees, but for constants."""
     name, dt, target, (fn, _, options, _, constexprs, _), *_ = job_info
     named = {fn.arg_names[k[0]]: v for k, v in constexprs.items()}
-    shape = tuple(sorted((k, str(v)) for k, v in named.items()
-                         if k not in GEOMETRY and not k.startswith("stride_")))  # fmt: skip
+    shape = tuple(
+        sorted(
+            (k, str(v))
+            for k, v in named.items()
+            if k not in GEOMETRY and not k.startswith("stride_")
+        )
+    )
     return name, dt, target, shape, str(sorted(options.__dict__.items()))
 
 
@@ -490,9 +536,13 @@ def worst_per_code_path(jobs) -> list[tuple]:
 
 
 def run(
-    quick: bool, targets: list, workers: int, dtypes: list[str] | None = None,
-    kernels: str | None = None, layout: str | None = None,
-) -> tuple[list[Row], int, int, int]:  # fmt: skip
+    quick: bool,
+    targets: list,
+    workers: int,
+    dtypes: list[str] | None = None,
+    kernels: str | None = None,
+    layout: str | None = None,
+) -> tuple[list[Row], int, int, int]:
     configs, pointwise_cfgs = conv_configs(quick, layout), pointwise_configs(quick, layout)
     unique: dict[str, tuple] = {}
     for target in targets:
@@ -502,8 +552,15 @@ def run(
             launches = [la for la in launches if re.search(kernels, la.kernel.__name__)]
         for la in launches:
             key, job = specialise(la, target)
-            job_info = (la.kernel.__name__, dtype_of(la), target.name, job, la.meta_label,
-                        calls_dot(la), la.wide_possible)  # fmt: skip
+            job_info = (
+                la.kernel.__name__,
+                dtype_of(la),
+                target.name,
+                job,
+                la.meta_label,
+                calls_dot(la),
+                la.wide_possible,
+            )
             unique.setdefault(key, job_info)
     _JOBS[:] = worst_per_code_path(unique.values()) if quick else unique.values()
     if workers > 1:
@@ -564,9 +621,11 @@ def findings(rows: list[Row]) -> list[str]:
         if r.spill:
             out.append(f"SPILLS {where}: {r.spill} bytes (worst: {r.worst})")
         if r.narrow:
-            out.append(f"NARROW {where}: {r.narrow} of {r.eligible} channels_last compiles "
-                       f"load nothing {NARROW_BITS} bits or wider; worst {r.narrow_worst}: "
-                       f"{r.narrow_loads} of {r.loads} loads narrow")  # fmt: skip
+            out.append(
+                f"NARROW {where}: {r.narrow} of {r.eligible} channels_last compiles "
+                f"load nothing {NARROW_BITS} bits or wider; worst {r.narrow_worst}: "
+                f"{r.narrow_loads} of {r.loads} loads narrow"
+            )
         if r.calls_dot and not r.tensor_cores:
             out.append(f"NO-TC {where}: tl.dot compiled without tensor-core instructions")
     return out
@@ -604,20 +663,29 @@ def prepare_environment() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help=f"channels_last, 16-bit; {QUICK_TARGETS} unless --arch")  # fmt: skip
-    ap.add_argument("--arch", default=None,
-                    help=f"comma-separated targets (default {ALL_TARGETS})")  # fmt: skip
+    ap.add_argument(
+        "--quick", action="store_true", help=f"channels_last, 16-bit; {QUICK_TARGETS} unless --arch"
+    )
+    ap.add_argument("--arch", default=None, help=f"comma-separated targets (default {ALL_TARGETS})")
     ap.add_argument("--markdown", help="also write the table to this Markdown file")
     ap.add_argument("--json", help="also write the rows to this JSON file")
-    ap.add_argument("--dtypes", help="comma-separated subset of bf16,fp16,fp32 for every "
-                    "target (default: the dtypes each target trains in)")  # fmt: skip
+    ap.add_argument(
+        "--dtypes",
+        help="comma-separated subset of bf16,fp16,fp32 for every "
+        "target (default: the dtypes each target trains in)",
+    )
     ap.add_argument("--kernels", help="only kernels whose name matches this regular expression")
-    ap.add_argument("--layout", choices=LAYOUTS,
-                    help="activation layouts: cl, nchw or both (default: cl with --quick, "
-                    "else both)")  # fmt: skip
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                    help="compiler processes (default: one per core)")  # fmt: skip
+    ap.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        help="activation layouts: cl, nchw or both (default: cl with --quick, else both)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="compiler processes (default: one per core)",
+    )
     args = ap.parse_args(argv)
     prepare_environment()
     try:
@@ -635,12 +703,15 @@ def main(argv: list[str] | None = None) -> int:
     if dtypes and not set(dtypes) <= set(DTYPES):
         print(f"aot_check: unknown dtype in {dtypes}: choose from {list(DTYPES)}", file=sys.stderr)
         return 2
-    rows, compiled, failed, spilling = run(args.quick, targets, max(1, args.workers), dtypes,
-                                           args.kernels, args.layout)  # fmt: skip
+    rows, compiled, failed, spilling = run(
+        args.quick, targets, max(1, args.workers), dtypes, args.kernels, args.layout
+    )
     table = markdown(rows)
-    print(f"triton {triton.__version__}, torch {torch.__version__}, batch {BATCH}, "
-          f"{'quick' if args.quick else 'full'}, targets {','.join(t.name for t in targets)}, "
-          f"{time.perf_counter() - start:.0f} s")  # fmt: skip
+    print(
+        f"triton {triton.__version__}, torch {torch.__version__}, batch {BATCH}, "
+        f"{'quick' if args.quick else 'full'}, targets {','.join(t.name for t in targets)}, "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     print(table)
     for r in rows:
         for e in r.errors[:3]:

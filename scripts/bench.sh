@@ -3,7 +3,7 @@
 #   scripts/bench.sh [--smoke|--full] [OUT_DIR]     (default OUT_DIR: benchmarks/out)
 # CPU-sized by default (the numbers in benchmarks/RESULTS.md); --full uses the whole
 # training set (GPU sizes); --smoke runs every benchmark once at the tiniest sizes (CI:
-# proves they run, measures nothing). Sizes: benchmarks/bench_sizes.py.
+# proves they run, measures nothing). Sizes: benchmarks/sizes.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=cpu
@@ -16,7 +16,7 @@ for a in "$@"; do
   esac
 done
 mkdir -p "$out"
-FASTCIFAR_BENCH_SIZE=$size python -m pytest benchmarks -q -p no:cacheprovider \
+FASTCIFAR_BENCH_SIZE=$size python -m pytest benchmarks -q -p no:cacheprovider -o python_files="bench_*.py" \
   --benchmark-json="$out/bench.json" --benchmark-columns=median,rounds
 python scripts/bench_table.py "$out/bench.json" > "$out/bench.md"
 cat "$out/bench.md"

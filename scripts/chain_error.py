@@ -3,7 +3,7 @@
     TRITON_INTERPRET=1 python scripts/chain_error.py --model regnetx_200mf [--batch 4]
 
 Builds the model with every BatchNorm's weight and bias drawn at random (so that no
-chain is an identity), converts a copy with ``fastcifar.chain.fuse_conv_bn_act`` and runs
+chain is an identity), converts a copy with ``fastcifar.nn.chain.fuse_conv_bn_act`` and runs
 one training forward and backward of each on the same batch of random 32 x 32 images:
 float64 PyTorch (the reference), float32 PyTorch and float32 with the chains. Prints the
 norm-wise relative error against the reference of the output and the worst over the
@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fastcifar.chain import fuse_conv_bn_act  # noqa: E402
 from fastcifar.models import MODELS, create_model  # noqa: E402
+from fastcifar.nn.chain import fuse_conv_bn_act  # noqa: E402
 
 
 def _relative(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -70,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     ours = _step(fused.to(device), x.to(device))
     for label, got in (("chains", ours), ("PyTorch", theirs)):
         grads = max(_relative(a, r) for a, r in zip(got[1:], exact[1:], strict=True))
-        print(f"{args.model} ({len(links)} links), batch {args.batch}, float32 on {device}, "
-              f"{label}: output {_relative(got[0], exact[0]):.2e}, worst gradient "
-              f"{grads:.2e}")  # fmt: skip
+        print(
+            f"{args.model} ({len(links)} links), batch {args.batch}, float32 on {device}, "
+            f"{label}: output {_relative(got[0], exact[0]):.2e}, worst gradient "
+            f"{grads:.2e}"
+        )
     return 0
 
 

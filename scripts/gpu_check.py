@@ -12,11 +12,12 @@ recorded and the next stage runs:
 2. ``cuda_tests``: the ``cuda``-marked tests (``pytest -m cuda tests``);
 3. ``validation``: ``python -m fastcifar.validate`` for every model, in the dtype the GPU
    trains in (bfloat16; float16 on sm_75 and older);
-4. ``kernel_bench``: ``benchmarks/test_conv_kernels.py`` (ours vs cuDNN vs
-   torch.compile: ms, GB/s, fraction of the copy bandwidth);
-5. ``loader_bench``: ``benchmarks/test_loaders.py`` (images/s per backend and recipe,
+4. ``kernel_bench``: ``benchmarks/bench_conv.py``, ``bench_dwsep.py``,
+   ``bench_pointwise.py`` and ``bench_conv_bn.py`` (ours vs cuDNN vs torch.compile, each
+   op at the zoo's and the seeds' layer shapes: ms, GB/s, fraction of the copy bandwidth);
+5. ``loader_bench``: ``benchmarks/bench_loaders.py`` (images/s per backend and recipe,
    alone and inside a training step);
-6. ``epoch_bench``: ``benchmarks/test_epoch_throughput.py`` for s7 and resnet18, the
+6. ``epoch_bench``: ``benchmarks/bench_epoch_throughput.py`` for s7 and resnet18, the
    seeds' way against fastcifar's;
 7. ``speedrun``: ``speedrun94``, ``speedrun94_fast`` and ``speedrun94_progressive``, seeds
    1-3 each (``--quick``: ``speedrun94_progressive`` once): accuracy, seconds under both
@@ -87,18 +88,18 @@ def environment() -> dict:
         except ImportError:
             env[name.replace("nvidia.", "")] = None
     env.update(smi_figures(bool(torch.version.hip)))
-    from fastcifar.runtime import copy_bandwidth_gb_s
+    from fastcifar.engine.runtime import copy_bandwidth_gb_s
 
     env["copy_bandwidth_gb_s"] = round(copy_bandwidth_gb_s("cuda"))
     return env
 
 
 def train_dtype() -> str:
-    """What ``--amp`` trains in on GPU 0 (``fastcifar.runtime.amp_dtype``'s policy):
+    """What ``--amp`` trains in on GPU 0 (``fastcifar.engine.runtime.amp_dtype``'s policy):
     bfloat16 where the GPU computes it natively, float16 elsewhere (sm_75 and older)."""
     import torch
 
-    from fastcifar.runtime import amp_dtype
+    from fastcifar.engine.runtime import amp_dtype
 
     return str(amp_dtype(torch.device("cuda", 0))).replace("torch.", "")
 
@@ -143,57 +144,73 @@ def stages(
     full = {"FASTCIFAR_BENCH_FULL": "0" if quick else "1", "FASTCIFAR_DATA": data}
     runs = speedrun_dir(out)
     speed = [
-        [py, "-m", "fastcifar.train", "--recipe", recipe, "--amp", "--compile",
-         "--no-evaluate", "--seed", str(i), "--data", data,
-         "--out", str(runs / f"{recipe}-seed{i}")]
+        [
+            py,
+            "-m",
+            "fastcifar.train",
+            "--recipe",
+            recipe,
+            "--amp",
+            "--compile",
+            "--no-evaluate",
+            "--seed",
+            str(i),
+            "--data",
+            data,
+            "--out",
+            str(runs / f"{recipe}-seed{i}"),
+        ]
         for recipe, i in speedrun_plan(quick)
-    ]  # fmt: skip
+    ]
     return [
         (
             "cuda_tests",
             [[py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"]],
             {},
-        ),  # fmt: skip
+        ),
         (
             "validation",
             [[py, "-m", "fastcifar.validate", "--model", m, "--dtype", dtype] for m in MODELS],
             {},
-        ),  # fmt: skip
+        ),
         (
             "kernel_bench",
             [
                 [
                     *bench,
-                    "benchmarks/test_conv_kernels.py",
+                    "benchmarks/bench_conv.py",
+                    "benchmarks/bench_dwsep.py",
+                    "benchmarks/bench_pointwise.py",
+                    "benchmarks/bench_conv_bn.py",
                     f"--benchmark-json={out / 'kernel_bench.json'}",
                 ]
             ],
             full,
-        ),  # fmt: skip
+        ),
         (
             "loader_bench",
             [
                 [
                     *bench,
-                    "benchmarks/test_loaders.py",
+                    "benchmarks/bench_loaders.py",
                     f"--benchmark-json={out / 'loader_bench.json'}",
                 ]
             ],
             full,
-        ),  # fmt: skip
+        ),
         (
             "epoch_bench",
             [
                 [
                     *bench,
-                    "benchmarks/test_epoch_throughput.py",
+                    "benchmarks/bench_epoch_throughput.py",
                     "-k",
                     "s7- or resnet18-",
                     f"--benchmark-json={out / 'epoch_bench.json'}",
                 ]
             ],
             full,
-        ),  # fmt: skip
+        ),
         ("speedrun", speed, {}),
     ]
 
@@ -211,8 +228,9 @@ def run_stage(name, commands, extra_env, limit, log) -> dict:
             result["status"] = "timeout"
             break
         try:
-            p = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               timeout=left)  # fmt: skip
+            p = subprocess.run(
+                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=left
+            )
         except subprocess.TimeoutExpired:
             result["status"] = "timeout"
             break
@@ -246,8 +264,12 @@ def speedrun_figures(out: Path, quick: bool) -> dict:
         f = speedrun_dir(out) / f"{recipe}-seed{i}" / "summary.json"
         if f.exists():
             s = json.loads(f.read_text())
-            run = {"seed": i, "accuracy": s["final_test_acc"], "seconds": s["timed_span_s"],
-                   "record_seconds": s.get("record_span_s")}  # fmt: skip
+            run = {
+                "seed": i,
+                "accuracy": s["final_test_acc"],
+                "seconds": s["timed_span_s"],
+                "record_seconds": s.get("record_span_s"),
+            }
             figures.setdefault(recipe, {"runs": []})["runs"].append(run)
     for fig in figures.values():
         fig["mean_accuracy"] = statistics.mean(r["accuracy"] for r in fig["runs"])
@@ -273,8 +295,10 @@ def markdown(report: dict) -> str:
             keys = sorted({k for f in figures for k in f} - {"name"})
             lines += ["| benchmark | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
             for f in figures:
-                cells = [f"{f[k]:.4g}" if isinstance(f.get(k), float) else str(f.get(k, ""))
-                         for k in keys]  # fmt: skip
+                cells = [
+                    f"{f[k]:.4g}" if isinstance(f.get(k), float) else str(f.get(k, ""))
+                    for k in keys
+                ]
                 lines.append(f"| {f['name']} | " + " | ".join(cells) + " |")
         else:
             lines.append("```\n" + json.dumps(figures, indent=1) + "\n```")
@@ -287,8 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick", action="store_true", help="CI-sized benchmarks, sized for a 9-minute call"
     )
-    ap.add_argument("--data", help="CIFAR-10 source (default /tmp/cifar10-jpeg.tar.gz as "
-                    "install.sh leaves it, else ../shared/data/cifar10-jpeg.tar.gz)")  # fmt: skip
+    ap.add_argument(
+        "--data",
+        help="CIFAR-10 source (default /tmp/cifar10-jpeg.tar.gz as "
+        "install.sh leaves it, else ../shared/data/cifar10-jpeg.tar.gz)",
+    )
     args = ap.parse_args(argv)
     try:
         import torch
@@ -296,9 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: torch is not installed: pip install -e .", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
-        print("gpu_check: no CUDA GPU visible to torch (torch.cuda.is_available() is False): "
-              "run it on a machine with an NVIDIA GPU (or an AMD one with PyTorch's ROCm "
-              "build)", file=sys.stderr)  # fmt: skip
+        print(
+            "gpu_check: no CUDA GPU visible to torch (torch.cuda.is_available() is False): "
+            "run it on a machine with an NVIDIA GPU (or an AMD one with PyTorch's ROCm "
+            "build)",
+            file=sys.stderr,
+        )
         return 2
     data = args.data or next((str(p) for p in DEFAULT_DATA if p.exists()), None)
     if data is None:
@@ -308,8 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(speedrun_dir(out), ignore_errors=True)
     col = 0 if args.quick else 1
-    report = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "data": data,
-              "stages": []}  # fmt: skip
+    report = {
+        "quick": args.quick,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "data": data,
+        "stages": [],
+    }
     start = time.perf_counter()
     with open(out / "gpu_check.log", "w") as log:
         t0 = time.perf_counter()
@@ -318,8 +352,13 @@ def main(argv: list[str] | None = None) -> int:
             status = "ok"
         except Exception as e:  # noqa: BLE001 - recorded, and the next stage runs
             status = f"failed ({type(e).__name__}: {e})"
-        report["stages"].append({"stage": "environment", "status": status,
-                                 "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
+        report["stages"].append(
+            {
+                "stage": "environment",
+                "status": status,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
         for name, commands, env in stages(out, args.quick, data, train_dtype()):
             result = run_stage(name, commands, env, LIMITS[name][col], log)
             bench = out / f"{name}.json"
@@ -334,8 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "gpu_check.md").write_text(markdown(report))
     print(markdown(report))
     failed = [s["stage"] for s in report["stages"] if s["status"] != "ok"]
-    print(f"gpu_check: {len(report['stages']) - len(failed)} stages ok, {len(failed)} not"
-          f"{': ' + ', '.join(failed) if failed else ''}; {report['seconds']} s")  # fmt: skip
+    print(
+        f"gpu_check: {len(report['stages']) - len(failed)} stages ok, {len(failed)} not"
+        f"{': ' + ', '.join(failed) if failed else ''}; {report['seconds']} s"
+    )
     return 1 if failed else 0
 
 

@@ -36,9 +36,11 @@ def _ratio(a: dict | None, b: dict | None) -> str:
 
 def main(folder: Path) -> None:
     h100, t4 = get_gpu("h100"), get_gpu("t4")
-    print("| recipe | model | batch | GFLOP/img | MB/img eager | compile | fastcifar "
-          "| fastcifar/compile | compile/eager | epoch s, H100 (eager / compile) "
-          "| epoch s, T4 (eager / compile) |")  # fmt: skip
+    print(
+        "| recipe | model | batch | GFLOP/img | MB/img eager | compile | fastcifar "
+        "| fastcifar/compile | compile/eager | epoch s, H100 (eager / compile) "
+        "| epoch s, T4 (eager / compile) |"
+    )
     print("|" + "---|" * 11)
     runs = []
     for path in sorted(folder.glob("*.json")):
@@ -48,23 +50,29 @@ def main(folder: Path) -> None:
         rows = {r["path"]: r for r in data["rows"]}
         e, c, f = rows.get("eager"), rows.get("compile"), rows.get("fastcifar")
         first = e or c or f
-        print(f"| {path.stem} | {first['model']} | {first['batch_size']} "
-              f"| {first['flops_per_image'] / 1e9:.3f} | {_mb(e)} | {_mb(c)} | {_mb(f)} "
-              f"| {_ratio(f, c)} | {_ratio(c, e)} | {_epoch_s(e, h100)} / {_epoch_s(c, h100)} "
-              f"| {_epoch_s(e, t4)} / {_epoch_s(c, t4)} |")  # fmt: skip
+        print(
+            f"| {path.stem} | {first['model']} | {first['batch_size']} "
+            f"| {first['flops_per_image'] / 1e9:.3f} | {_mb(e)} | {_mb(c)} | {_mb(f)} "
+            f"| {_ratio(f, c)} | {_ratio(c, e)} | {_epoch_s(e, h100)} / {_epoch_s(c, h100)} "
+            f"| {_epoch_s(e, t4)} / {_epoch_s(c, t4)} |"
+        )
         runs += data.get("whole_run", [])
     if runs:
         print()
-        print("| recipe | path | steps | floor s (steps + whitening + TTA) | top kinds of the "
-              "steps' floor | record | record s | floor / record |")  # fmt: skip
+        print(
+            "| recipe | path | steps | floor s (steps + whitening + TTA) | top kinds of the "
+            "steps' floor | record | record s | floor / record |"
+        )
         print("|" + "---|" * 8)
         for r in runs:
             kinds = sorted(r["train_by_kind_s"].items(), key=lambda kv: -kv[1])[:3]
             top = ", ".join(f"{k} {s:.3f}" for k, s in kinds)
-            print(f"| {r['recipe']} | {r['path']} | {r['steps']} | {r['floor_s']:.3f} "
-                  f"({r['train_s']:.3f} + {r['whiten_s']:.4f} + {r['tta_s']:.3f}) | {top} "
-                  f"| {r.get('record', '—')} | {r.get('record_s', '—')} "
-                  f"| {r['fraction_of_floor'] * 100:.0f} % |")  # fmt: skip
+            print(
+                f"| {r['recipe']} | {r['path']} | {r['steps']} | {r['floor_s']:.3f} "
+                f"({r['train_s']:.3f} + {r['whiten_s']:.4f} + {r['tta_s']:.3f}) | {top} "
+                f"| {r.get('record', '—')} | {r.get('record_s', '—')} "
+                f"| {r['fraction_of_floor'] * 100:.0f} % |"
+            )
 
 
 if __name__ == "__main__":

@@ -45,10 +45,11 @@ KERNEL_TEST_MODULES = ("test_conv.py", "test_gpu_tiles.py", "test_dwsep.py", "te
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--stack-sample", action="store_true",
+        "--stack-sample",
+        action="store_true",
         help="in the kernel test modules, run a sample that covers every kernel family, "
         "window size, dtype and layout (the second torch/triton stack in .ci/run)",
-    )  # fmt: skip
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -49,12 +49,15 @@ def sample_key(name: str, value) -> object:
     """What a parameter value stands for in the stack sample (``stack_sample``): a
     convolution configuration ``(N, CIN, COUT, H, W, stride, padding, dilation, groups[,
     K])`` stands for its kernel family and window size; anything else for itself."""
-    from fastcifar.kernels.conv import family
+    from fastcifar.kernels.conv_launch import family
 
     if name in SAMPLED_ONCE:
         return None
-    if (isinstance(value, tuple) and len(value) in (9, 10)
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):  # fmt: skip
+    if (
+        isinstance(value, tuple)
+        and len(value) in (9, 10)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
         _, cin, cout, _, _, stride, _, _, groups, *k = value
         return family(cin, cout, groups, stride), (k or [3])[0]
     return repr(value)

@@ -17,11 +17,13 @@ from tests.conftest import run_train
 
 @pytest.mark.parametrize(
     ("argv", "suggestion"),
-    [(["--lerning-rate", "0.1"], "did you mean --lr?"),
-     (["--batch_size", "3"], "did you mean --batch-size?"),
-     (["--labelsmoothing", "0.1"], "did you mean --label-smoothing?"),
-     (["--zzzz"], None)],
-)  # fmt: skip
+    [
+        (["--lerning-rate", "0.1"], "did you mean --lr?"),
+        (["--batch_size", "3"], "did you mean --batch-size?"),
+        (["--labelsmoothing", "0.1"], "did you mean --label-smoothing?"),
+        (["--zzzz"], None),
+    ],
+)
 def test_an_unknown_flag_is_three_lines_at_most(argv, suggestion, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(argv)
@@ -66,8 +68,9 @@ def test_no_cuda_runtime_warning_on_a_cpu_machine(tmp_path):
     # makes torch.utils.cpp_extension warn on any machine without a CUDA runtime
     code = "import fastcifar, torch, torch.utils.cpp_extension; print(torch.cuda.is_available())"
     env = {**os.environ, "CUDA_HOME": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     if r.stdout.strip() == "False":
         assert "No CUDA runtime" not in r.stderr, r.stderr

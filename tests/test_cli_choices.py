@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastcifar import runtime
 from fastcifar.data import factory
 from fastcifar.data.factory import LOADER_CHOICES
+from fastcifar.engine import runtime
+from fastcifar.engine.runtime import AMP_DTYPE_CHOICES, KERNEL_CHOICES
 from fastcifar.errors import FastCifarError
-from fastcifar.runtime import AMP_DTYPE_CHOICES, KERNEL_CHOICES
 from fastcifar.train import build_parser
 from tests.conftest import ROOT, run_train
 
@@ -34,7 +34,7 @@ def _choices(flag: str) -> tuple:
         ("--loader", LOADER_CHOICES),
         ("--kernels", KERNEL_CHOICES),
         ("--amp-dtype", AMP_DTYPE_CHOICES),
-    ],  # fmt: skip
+    ],
 )
 def test_parser_offers_exactly_the_engines_choices(flag, shared):
     assert _choices(flag) == shared
@@ -84,8 +84,13 @@ def _installed_script() -> Path:
 
 
 def test_console_script_bad_recipe_is_one_line():
-    r = subprocess.run([str(_installed_script()), "--recipe", "nope"], capture_output=True,
-                       text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    r = subprocess.run(
+        [str(_installed_script()), "--recipe", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()]
@@ -96,9 +101,23 @@ def test_console_script_bad_recipe_is_one_line():
 def test_cli_trains_through_dali_on_the_cpu(real_archive, tmp_path):
     pytest.importorskip("nvidia.dali")
     run = tmp_path / "run"
-    r = run_train("--loader", "dali", "--data", str(real_archive), "--train-subset", "512",
-                  "--test-subset", "256", "--epochs", "1", "--device", "cpu", "--no-evaluate",
-                  "--out", str(run))  # fmt: skip
+    r = run_train(
+        "--loader",
+        "dali",
+        "--data",
+        str(real_archive),
+        "--train-subset",
+        "512",
+        "--test-subset",
+        "256",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--no-evaluate",
+        "--out",
+        str(run),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "loader: dali (asked for with --loader)" in r.stdout
     summary = json.loads((run / "summary.json").read_text())

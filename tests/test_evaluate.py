@@ -12,7 +12,7 @@ from PIL import Image
 from fastcifar import FastCifarError
 from fastcifar.evaluate import confusion_matrix, evaluate_run, grad_cam, misclassified
 from fastcifar.models import create_model
-from fastcifar.nn import swap_convolutions
+from fastcifar.nn.modules import swap_convolutions
 from tests.conftest import run_train
 
 
@@ -20,17 +20,35 @@ from tests.conftest import run_train
 def finished_run(real_archive, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
     r = run_train(
-        "--data", str(real_archive), "--train-subset", "300", "--test-subset", "300",
-        "--epochs", "2", "--batch-size", "50", "--workers", "0", "--out", str(out),
+        "--data",
+        str(real_archive),
+        "--train-subset",
+        "300",
+        "--test-subset",
+        "300",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "50",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
         "--tensorboard",
-    )  # fmt: skip
+    )
     assert r.returncode == 0, r.stderr
     assert "evaluation: figures and report" in r.stdout
     return out
 
 
-FIGURES = ["curves.png", "lr.png", "confusion_matrix.png", "misclassified.png",
-           "gradcam_dilated5A.png", "augmented.png"]  # fmt: skip
+FIGURES = [
+    "curves.png",
+    "lr.png",
+    "confusion_matrix.png",
+    "misclassified.png",
+    "gradcam_dilated5A.png",
+    "augmented.png",
+]
 
 
 @pytest.mark.slow
@@ -74,8 +92,10 @@ def test_evaluate_needs_a_run_directory(tmp_path, capsys):
 
     assert run_cli(main, [str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"error: {tmp_path} is not a run directory (no config.json): pass a "
-                   f"directory that fastcifar.train created")  # fmt: skip
+    assert err == (
+        f"error: {tmp_path} is not a run directory (no config.json): pass a "
+        f"directory that fastcifar.train created"
+    )
     assert not (tmp_path / ".lock").exists()  # refused before it took anything
 
 

@@ -26,8 +26,12 @@ def _load(name: str):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
 def test_gpu_check_without_a_gpu_says_so_in_one_line_and_exits_2(tmp_path):
     out = tmp_path / "out"
-    r = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), str(out), "--quick"],
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts/gpu_check.sh"), str(out), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
@@ -38,8 +42,13 @@ def test_gpu_check_stage_records_failures_and_time_outs_and_goes_on(tmp_path):
     gc = _load("gpu_check")
     log = open(tmp_path / "log", "w+")  # noqa: SIM115 - the stages write to its descriptor
     ok = gc.run_stage("a", [[sys.executable, "-c", "print('hi')"]], {}, 30, log)
-    failed = gc.run_stage("b", [[sys.executable, "-c", "raise SystemExit(3)"],
-                                [sys.executable, "-c", "print('next')"]], {}, 30, log)  # fmt: skip
+    failed = gc.run_stage(
+        "b",
+        [[sys.executable, "-c", "raise SystemExit(3)"], [sys.executable, "-c", "print('next')"]],
+        {},
+        30,
+        log,
+    )
     slow = gc.run_stage("c", [[sys.executable, "-c", "import time; time.sleep(30)"]], {}, 1, log)
     assert ok["status"] == "ok"
     assert failed["status"] == "failed (exit 3)"
@@ -48,8 +57,12 @@ def test_gpu_check_stage_records_failures_and_time_outs_and_goes_on(tmp_path):
     text = log.read()
     log.close()
     assert "hi" in text and "next" in text  # the command after the failure still ran
-    report = {"quick": True, "date": "d", "stages": [ok, failed, slow],
-              "environment": {"gpu": "X", "copy_bandwidth_gb_s": 3000}}  # fmt: skip
+    report = {
+        "quick": True,
+        "date": "d",
+        "stages": [ok, failed, slow],
+        "environment": {"gpu": "X", "copy_bandwidth_gb_s": 3000},
+    }
     md = gc.markdown(report)
     assert "| b | failed (exit 3) |" in md and "| copy_bandwidth_gb_s | 3000 |" in md
     json.dumps(report)  # the report is JSON as written
@@ -80,8 +93,17 @@ def test_aot_occupancy_estimate():
 def test_aot_targets_parse_and_unknown_ones_are_named():
     aot = _load("aot_check")
     names = [t.name for t in aot.parse_targets(aot.ALL_TARGETS)]
-    assert names == ["sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120",
-                     "gfx90a", "gfx942"]  # fmt: skip
+    assert names == [
+        "sm_75",
+        "sm_80",
+        "sm_86",
+        "sm_89",
+        "sm_90",
+        "sm_100",
+        "sm_120",
+        "gfx90a",
+        "gfx942",
+    ]
     assert [t.name for t in aot.parse_targets("sm_90, gfx942")] == ["sm_90", "gfx942"]
     with pytest.raises(ValueError, match="unknown target 'sm_61'.*sm_75"):
         aot.parse_targets("sm_61")
@@ -123,9 +145,21 @@ def test_aot_reads_load_widths_and_tensor_cores_from_the_disassembly():
 
 def test_aot_findings_name_narrow_loads_missing_tensor_cores_and_16_bit_spills():
     aot = _load("aot_check")
-    base = dict(shared=0, num_warps=4, num_stages=3, waves=None, registers=64, spill=0,
-                loads=9, load_widest=128, load_common=16, narrow_loads=8, stores=1,
-                store_widest=128, tensor_ops=0)  # fmt: skip
+    base = dict(
+        shared=0,
+        num_warps=4,
+        num_stages=3,
+        waves=None,
+        registers=64,
+        spill=0,
+        loads=9,
+        load_widest=128,
+        load_common=16,
+        narrow_loads=8,
+        stores=1,
+        store_widest=128,
+        tensor_ops=0,
+    )
     narrow = {**base, "load_widest": 32, "load_common": 32, "narrow_loads": 9}
     # (kernel, dtype, target, job, label, calls tl.dot, wide loads possible)
     jobs = [
@@ -134,11 +168,16 @@ def test_aot_findings_name_narrow_loads_missing_tensor_cores_and_16_bit_spills()
         ("dwsep_fwd_kernel", "fp16", "sm_75", None, "32->32 20x20 g32 cl", True, True),
         ("conv_fwd_dot_kernel", "fp32", "sm_90", None, "64->64 cl", True, True),
         ("bias_grad_kernel", "fp16", "gfx942", None, "64->64 cl", False, True),
-        ("conv_bwd_input_grouped_kernel", "fp16", "sm_90", None, "144->144 g144 5x5", False,
-         True),
-    ]  # fmt: skip
-    results = [base, narrow, {**base, "spill": 48}, {**narrow, "spill": 96}, {"error": "E: x"},
-               {**base, "spill": 360}]  # fmt: skip
+        ("conv_bwd_input_grouped_kernel", "fp16", "sm_90", None, "144->144 g144 5x5", False, True),
+    ]
+    results = [
+        base,
+        narrow,
+        {**base, "spill": 48},
+        {**narrow, "spill": 96},
+        {"error": "E: x"},
+        {**base, "spill": 360},
+    ]
     rows, compiled, failed, spilling = aot.summarise(jobs, results)
     assert (compiled, failed, spilling) == (5, 1, 3)
     found = aot.findings(rows)
@@ -161,8 +200,11 @@ def test_chain_error_refuses_in_one_line_without_a_gpu_or_a_chain(monkeypatch, c
     chain_error = _load("chain_error")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert chain_error.main(["--model", "mobilenetv2"]) == 2
-    assert capsys.readouterr().out.strip().endswith("run with TRITON_INTERPRET=1 to use the "
-                                                    "interpreter")  # fmt: skip
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .endswith("run with TRITON_INTERPRET=1 to use the interpreter")
+    )
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert chain_error.main(["--model", "s7"]) == 2  # the seeds' blocks are conv -> ReLU -> BN
     assert "s7 has no conv-BN-activation chain" in capsys.readouterr().out

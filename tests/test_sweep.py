@@ -31,9 +31,11 @@ def _fake_run(root, name, seed, acc, seconds):
     d = root / name
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps({"recipe": {"seed": seed}, "run": {}}))
-    (d / "summary.json").write_text(json.dumps(
-        {"final_test_acc": acc, "timed_span_s": seconds, "train_time_s": 0, "device": "X"}
-    ))  # fmt: skip
+    (d / "summary.json").write_text(
+        json.dumps(
+            {"final_test_acc": acc, "timed_span_s": seconds, "train_time_s": 0, "device": "X"}
+        )
+    )
 
 
 def test_summary_counts_runs_at_the_target_and_skips_unfinished_ones(tmp_path):
@@ -59,17 +61,39 @@ def test_speedrun_script_runs_seeds_reports_and_resumes(tmp_path):
     make_tree(tmp_path / "tree", per_class=4)
     sweep = tmp_path / "sweep"
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    cmd = ["bash", str(ROOT / "scripts/speedrun.sh"), "3", "speedrun94", "--out", str(sweep),
-           "--gpus", "none", "--data", str(tmp_path / "tree"), "--epochs", "1",
-           "--batch-size", "16", "--device", "cpu", "--workers", "0", "--no-compile",
-           "--no-amp", "--whiten-images", "20"]  # fmt: skip
+    cmd = [
+        "bash",
+        str(ROOT / "scripts/speedrun.sh"),
+        "3",
+        "speedrun94",
+        "--out",
+        str(sweep),
+        "--gpus",
+        "none",
+        "--data",
+        str(tmp_path / "tree"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-compile",
+        "--no-amp",
+        "--whiten-images",
+        "20",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "3 to run" in r.stdout and "sweep: 3 runs: accuracy" in r.stdout
     stats = json.loads((sweep / "sweep.json").read_text())
     assert [run["seed"] for run in stats["runs"]] == [1, 2, 3]
-    accs = [json.loads((sweep / f"seed-{i}" / "summary.json").read_text())["final_test_acc"]
-            for i in (1, 2, 3)]  # fmt: skip
+    accs = [
+        json.loads((sweep / f"seed-{i}" / "summary.json").read_text())["final_test_acc"]
+        for i in (1, 2, 3)
+    ]
     assert stats["accuracy"]["mean"] == pytest.approx(sum(accs) / 3)
     assert stats["accuracy"]["std"] == pytest.approx(statistics.stdev(accs))
     md = (sweep / "sweep.md").read_text()
@@ -95,9 +119,14 @@ def test_speedrun_script_runs_seeds_reports_and_resumes(tmp_path):
 
 @pytest.mark.parametrize(
     ("spec", "count", "expected"),
-    [("all", 0, [None]), ("all", 3, ["0", "1", "2"]), ("none", 3, [None]), ("2", 3, ["0", "1"]),
-     ("0,2", 3, ["0", "2"])],
-)  # fmt: skip
+    [
+        ("all", 0, [None]),
+        ("all", 3, ["0", "1", "2"]),
+        ("none", 3, [None]),
+        ("2", 3, ["0", "1"]),
+        ("0,2", 3, ["0", "2"]),
+    ],
+)
 def test_gpu_list(spec, count, expected, monkeypatch):
     monkeypatch.setattr("torch.cuda.device_count", lambda: count)
     assert gpu_list(spec) == expected

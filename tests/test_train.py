@@ -1,5 +1,5 @@
 """The train command: real runs and their run directory, resume after a kill, Ctrl-C, bad input
-and its one-line errors, --help. The Trainer's own paths are in test_engine.py."""
+and its one-line errors, --help. The Trainer's own paths are in tests/engine/test_trainer.py."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import time
 import pytest
 import torch
 
-from fastcifar.engine import RunOptions
+from fastcifar.engine.rundir import write_config
+from fastcifar.engine.trainer import RunOptions
 from fastcifar.errors import run_cli
 from fastcifar.recipes import RECIPES, get_recipe
-from fastcifar.rundir import write_config
 from fastcifar.train import main
 from tests.conftest import ROOT, make_tar, make_tree, read_metrics, run_train, sigint_default
 
@@ -39,9 +39,21 @@ METRIC_KEYS = {
 def test_cli_trains_s7_on_real_data(real_archive, tmp_path):
     out = tmp_path / "run"
     r = run_train(
-        "--data", str(real_archive), "--train-subset", "200", "--test-subset", "200",
-        "--epochs", "2", "--batch-size", "50", "--workers", "0", "--out", str(out),
-    )  # fmt: skip
+        "--data",
+        str(real_archive),
+        "--train-subset",
+        "200",
+        "--test-subset",
+        "200",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "50",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     assert "done: test accuracy" in r.stdout
     for name in ("config.json", "metrics.jsonl", "summary.json", "last.pt", "best.pt"):
@@ -65,10 +77,22 @@ def test_cli_trains_s7_on_real_data(real_archive, tmp_path):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics(real_archive, tmp_path):
     args = [
-        "--recipe", "c1c2c3c40", "--data", str(real_archive), "--train-subset", "300",
-        "--test-subset", "100", "--epochs", "3", "--batch-size", "50", "--workers", "1",
+        "--recipe",
+        "c1c2c3c40",
+        "--data",
+        str(real_archive),
+        "--train-subset",
+        "300",
+        "--test-subset",
+        "100",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "50",
+        "--workers",
+        "1",
         "--no-evaluate",
-    ]  # fmt: skip
+    ]
     straight = tmp_path / "straight"
     r = run_train(*args, "--out", str(straight))
     assert r.returncode == 0, r.stderr
@@ -125,9 +149,24 @@ def _reported_recipes() -> set[str]:
 def test_every_recipe_trains_and_ends_with_its_report(name, tiny_tree, tmp_path):
     out = tmp_path / "run"
     report = name in _reported_recipes()
-    r = run_train("--recipe", name, "--data", str(tiny_tree), "--epochs", "1", "--batch-size",
-                  "20", "--workers", "0", "--device", "cpu", "--no-lr-find",
-                  "--out", str(out), *([] if report else ["--no-evaluate"]))  # fmt: skip
+    r = run_train(
+        "--recipe",
+        name,
+        "--data",
+        str(tiny_tree),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-lr-find",
+        "--out",
+        str(out),
+        *([] if report else ["--no-evaluate"]),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     # the real wall time and its parts, in summary.json and the last line
     wall = json.loads((out / "summary.json").read_text())["wall"]
@@ -167,21 +206,28 @@ def test_bad_trees_and_archives(tmp_path, capsys):
     for f in (tmp_path / "t1" / "train" / "dog").iterdir():
         f.unlink()
     (tmp_path / "t1" / "train" / "dog").rmdir()
-    _fails(["--data", str(tmp_path / "t1"), "--out", str(tmp_path / "r")], capsys,
-           "no folder for class dog")  # fmt: skip
+    _fails(
+        ["--data", str(tmp_path / "t1"), "--out", str(tmp_path / "r")],
+        capsys,
+        "no folder for class dog",
+    )
 
     make_tree(tmp_path / "t2", per_class=1)
     bad = tmp_path / "t2" / "test" / "cat" / "0000.png"
     bad.write_bytes(b"broken")
-    err = _fails(["--data", str(tmp_path / "t2"), "--out", str(tmp_path / "r")], capsys,
-                 "does not decode")  # fmt: skip
+    err = _fails(
+        ["--data", str(tmp_path / "t2"), "--out", str(tmp_path / "r")], capsys, "does not decode"
+    )
     assert str(bad) in err
 
     make_tree(tmp_path / "t3", per_class=2)
     archive = make_tar(tmp_path / "t3", tmp_path / "a.tar.gz")
     (tmp_path / "cut.tar.gz").write_bytes(archive.read_bytes()[:-400])
-    _fails(["--data", str(tmp_path / "cut.tar.gz"), "--out", str(tmp_path / "r")], capsys,
-           "truncated or corrupt")  # fmt: skip
+    _fails(
+        ["--data", str(tmp_path / "cut.tar.gz"), "--out", str(tmp_path / "r")],
+        capsys,
+        "truncated or corrupt",
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -200,16 +246,22 @@ def test_bad_names_and_numbers(tiny_tree, tmp_path, capsys):
 def test_unwritable_output(tiny_tree, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a directory")
-    _fails(["--data", str(tiny_tree), "--out", str(blocker / "run")], capsys,
-           "cannot write the output directory")  # fmt: skip
+    _fails(
+        ["--data", str(tiny_tree), "--out", str(blocker / "run")],
+        capsys,
+        "cannot write the output directory",
+    )
 
 
 def test_resume_with_another_recipe(tiny_tree, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     write_config(run, get_recipe("s7"), RunOptions(data=str(tiny_tree)))
-    _fails(["--resume", str(run), "--recipe", "resnet18"], capsys,
-           "was made with recipe s7, not resnet18")  # fmt: skip
+    _fails(
+        ["--resume", str(run), "--recipe", "resnet18"],
+        capsys,
+        "was made with recipe s7, not resnet18",
+    )
     _fails(["--resume", str(run), "--lr", "0.5"], capsys, "--lr differ from the run")
     _fails(["--resume", str(tmp_path / "nothing")], capsys, "is not a run directory")
 
@@ -232,9 +284,24 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
 def test_help_explains_every_flag():
     r = run_train("--help")
     assert r.returncode == 0
-    for flag in ("--recipe", "--data", "--download", "--epochs", "--batch-size", "--lr",
-                 "--train-subset", "--out", "--seed", "--device", "--amp", "--no-amp",
-                 "--compile", "--no-compile", "--channels-last", "--resume"):  # fmt: skip
+    for flag in (
+        "--recipe",
+        "--data",
+        "--download",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--train-subset",
+        "--out",
+        "--seed",
+        "--device",
+        "--amp",
+        "--no-amp",
+        "--compile",
+        "--no-compile",
+        "--channels-last",
+        "--resume",
+    ):
         assert flag in r.stdout, flag
 
 
@@ -242,12 +309,32 @@ def test_help_explains_every_flag():
 def test_ctrl_c_leaves_no_worker_processes(real_archive, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastcifar.train", "--data", str(real_archive), "--train-subset",
-         "2000", "--test-subset", "100", "--epochs", "3", "--batch-size", "20", "--workers", "2",
-         "--no-evaluate", "--out", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "fastcifar.train",
+            "--data",
+            str(real_archive),
+            "--train-subset",
+            "2000",
+            "--test-subset",
+            "100",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "20",
+            "--workers",
+            "2",
+            "--no-evaluate",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=sigint_default,
-    )  # fmt: skip
+    )
 
     def workers() -> list[str]:
         ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout

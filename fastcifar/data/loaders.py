@@ -167,8 +167,9 @@ class AlbumentationsLoader(EpochLoader):
             ``config.augmentation``, ``config.mean``, ``config.std``).
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, config: LoaderConfig,
-                 transform=None):  # fmt: skip
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, config: LoaderConfig, transform=None
+    ):
         super().__init__(config)
         if transform is None:
             from fastcifar.data.augment import build_augmentation

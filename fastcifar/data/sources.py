@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcifar._io import cache_dir
 from fastcifar.data.readers import (
     CifarArrays,
     download_cifar10,
@@ -40,15 +41,6 @@ from fastcifar.data.readers import (
 from fastcifar.errors import FastCifarError
 
 _CACHE_VERSION = 1
-
-
-def cache_dir() -> Path:
-    """The cache directory: ``$FASTCIFAR_CACHE``, else ``$XDG_CACHE_HOME/fastcifar``, else
-    ``~/.cache/fastcifar``."""
-    if os.environ.get("FASTCIFAR_CACHE"):
-        return Path(os.environ["FASTCIFAR_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "fastcifar"
 
 
 def resolve_source(data: str | os.PathLike | None) -> Path:

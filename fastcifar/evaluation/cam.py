@@ -19,7 +19,7 @@ def eager_float32_copy(model: nn.Module) -> nn.Module:
     torch.compile, float32, contiguous memory, PyTorch's convolutions (not Triton's)."""
     import copy
 
-    from fastcifar.fusion import revert_all
+    from fastcifar.nn.fusion import revert_all
 
     base = getattr(model, "_orig_mod", model)
     clone = copy.deepcopy(base).float().to(memory_format=torch.contiguous_format)

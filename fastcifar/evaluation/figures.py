@@ -32,8 +32,14 @@ def plt_agg():
     return plt
 
 
-def image_grid(images: np.ndarray, titles: list[str], path: Path, cols: int = 5, title=None,
-               colorbar: str | None = None):  # fmt: skip
+def image_grid(
+    images: np.ndarray,
+    titles: list[str],
+    path: Path,
+    cols: int = 5,
+    title=None,
+    colorbar: str | None = None,
+):
     """Save uint8 (K, H, W, 3) images as a grid with one title each (two lines at most),
     under ``title``; ``colorbar`` adds the jet colour scale from 0 to 1 with that label
     (the Grad-CAM overlays' colours). Returns the open figure.
@@ -70,8 +76,14 @@ def image_grid(images: np.ndarray, titles: list[str], path: Path, cols: int = 5,
         from matplotlib.colors import Normalize
 
         grid_h = rows * cell_h - 0.3
-        cax = fig.add_axes(((width - pad - bar + 0.15) / width, (pad + 0.15) / height,
-                            0.15 / width, grid_h / height))  # fmt: skip
+        cax = fig.add_axes(
+            (
+                (width - pad - bar + 0.15) / width,
+                (pad + 0.15) / height,
+                0.15 / width,
+                grid_h / height,
+            )
+        )
         fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap="jet"), cax=cax)
         cax.tick_params(labelsize=8)
         cax.set_ylabel("\n".join(bar_label), fontsize=8)
@@ -97,8 +109,9 @@ def plot_confusion(cm: np.ndarray, path: Path):
     plt.close(fig)
 
 
-def plot_curves(metrics: list[dict], path: Path, title: str = "",
-                step_losses: list[float] | None = None):  # fmt: skip
+def plot_curves(
+    metrics: list[dict], path: Path, title: str = "", step_losses: list[float] | None = None
+):
     """Loss and accuracy against epochs (x from 0 to the last epoch), train and test, the
     best test accuracy marked (a star, named in the legend, inside the frame).
 
@@ -112,15 +125,28 @@ def plot_curves(metrics: list[dict], path: Path, title: str = "",
     fig.suptitle(f"{title}: loss and accuracy per epoch" if title else "loss and accuracy")
     if step_losses:
         steps = np.arange(1, len(step_losses) + 1) / len(step_losses) * epochs[-1]
-        a.plot(steps, step_losses, "-", color="C0", alpha=0.35, linewidth=0.8,
-               label="train, every step")  # fmt: skip
+        a.plot(
+            steps,
+            step_losses,
+            "-",
+            color="C0",
+            alpha=0.35,
+            linewidth=0.8,
+            label="train, every step",
+        )
     a.plot(epochs, [m["train_loss"] for m in metrics], "o-", color="C0", label="train (epoch)")
     a.plot(epochs, [m["test_loss"] for m in metrics], "o-", color="C1", label="test")
     a.set_ylabel("loss")
     b.plot(epochs, [m["train_acc"] for m in metrics], "o-", color="C0", label="train")
     b.plot(epochs, [m["test_acc"] for m in metrics], "o-", color="C1", label="test")
-    b.plot([best["epoch"]], [best["test_acc"]], "*", color="black", markersize=12,
-           label=f"best test {best['test_acc']:.2f} % (epoch {best['epoch']})")  # fmt: skip
+    b.plot(
+        [best["epoch"]],
+        [best["test_acc"]],
+        "*",
+        color="black",
+        markersize=12,
+        label=f"best test {best['test_acc']:.2f} % (epoch {best['epoch']})",
+    )
     b.set_ylabel("accuracy (%)")
     from matplotlib.ticker import MaxNLocator
 
@@ -183,8 +209,9 @@ def augmented_samples(augmentation: str, arrays, mean, std, per_class: int = 5, 
         pipe.set_random_seed(seed)
         batch = torch.stack([pipe(image=arrays.train_images[i])["image"] for i in idx])
         return denormalize(batch, mean, std), titles
-    config = LoaderConfig(augmentation, mean, std, batch_size=len(idx), shuffle=False,
-                          seed=seed, workers=0)  # fmt: skip
+    config = LoaderConfig(
+        augmentation, mean, std, batch_size=len(idx), shuffle=False, seed=seed, workers=0
+    )
     loader = GpuLoader(arrays.train_images[idx], arrays.train_labels[idx], config)
     batch, _ = next(iter(loader))
     return denormalize(batch, mean, std), titles

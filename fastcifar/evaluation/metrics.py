@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastcifar.tta import tta_logits
+from fastcifar.engine.tta import tta_logits
 
 __all__ = ["confusion_matrix", "misclassified", "predict"]
 
@@ -17,7 +17,7 @@ def predict(
     model: nn.Module, loader, tta: str = "none", tta_fraction: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(predicted class (N,), true labels (N,)) over a loader, with the recipe's test-time
-    augmentation (``fastcifar.tta``: ``none``, ``flip``, ``flip_translate``) as the training
+    augmentation (``fastcifar.engine.tta``: ``none``, ``flip``, ``flip_translate``) as the training
     run's final evaluation."""
     xs, labels = [], []
     for x, y in loader:

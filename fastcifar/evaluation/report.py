@@ -1,6 +1,6 @@
 """The evaluation report, written for people: ``report.html`` and ``report.md`` with the
-same content (``build_report`` gathers it, ``render_html`` and ``render_markdown`` lay it
-out).
+same content (``build_report`` gathers it here; ``render.render_html`` and
+``render.render_markdown`` lay it out, ``render.write_report`` writes both).
 
 What it holds, top to bottom: a headline (model, recipe, the test accuracy with and
 without TTA against the seed's reported accuracy and its source); a banner when the run
@@ -13,43 +13,20 @@ away); the versions. No number is printed raw and no Python literal reaches the 
 
 from __future__ import annotations
 
-import dataclasses
-import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastcifar.evaluation.recipe_fields import flag as _flag
+from fastcifar.evaluation.recipe_fields import recipe_fields_used
+from fastcifar.evaluation.recipe_fields import value as _value
 from fastcifar.recipes import RECIPES
 from fastcifar.units import duration, number, percent, plural, rate
 
-__all__ = ["Report", "build_report", "recipe_fields_used", "render_html", "render_markdown",
-           "write_report"]  # fmt: skip
+__all__ = ["Report", "build_report"]
 
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000  # the seeds' data: all of CIFAR-10
 # a test accuracy below this (percent; chance is 10 %) means nothing was learned yet
 NEAR_CHANCE = 20.0
-
-# recipe fields every run uses, then those that depend on a choice
-ALWAYS = ("model", "augmentation", "batch_size", "epochs", "optimizer", "lr", "weight_decay",
-          "scheduler", "loss", "label_smoothing", "seed")  # fmt: skip
-BY_OPTIMIZER = {
-    "sgd": ("momentum", "nesterov"),
-    "adam": ("momentum",),
-    "muon": ("momentum", "nesterov", "bias_lr", "head_lr", "sgd_momentum", "muon_weight_decay",
-             "muon_ns_steps", "muon_ns", "muon_renorm_every", "muon_batched", "muon_by_shape",
-             "muon_renorm_growth"),
-}  # fmt: skip
-BY_SCHEDULER = {
-    "onecycle": ("pct_start", "div_factor", "final_div_factor", "anneal_strategy",
-                 "cycle_momentum"),
-    "step": ("step_size", "gamma"),
-    "plateau": ("plateau_factor", "plateau_patience"),
-}  # fmt: skip
-# (field, the value at which it does nothing): shown only when it does something
-WHEN_SET = (("l1", 0.0), ("ema", 0.0), ("tta", "none"), ("lr_find", False),
-            ("loss_reduction", "mean"), ("drop_last", False), ("last_epoch_fraction", 1.0),
-            ("compile_step", False), ("compile_mode", "default"), ("decay_epochs", 0.0),
-            ("lr_floor", 0.0), ("res_schedule", ""), ("lookahead_start", 0),
-            ("prebuild_augmentation", False))  # fmt: skip
 
 
 @dataclass
@@ -82,55 +59,30 @@ def _roofline(run_dir: Path) -> tuple[str, str, list[str], list[list[str]]] | No
 
     (r,) = json.loads(path.read_text())["rows"]
     n = r["batch_size"]
-    text = (f"A model of an {r['gpu'].upper()}, not a timing: the FLOPs and bytes one training "
-            f"step of the {r['path']} path moves at batch {n} in {r['dtype']}, counted on the "
-            f"CPU (python -m fastcifar.roofline), give at least "
-            f"{r['lower_bound_ms_per_step']:.2f} ms per step and "
-            f"{duration(r['lower_bound_s_per_epoch'])} per epoch; "
-            f"{r['bytes_per_image'] / 1e6:.1f} MB and {r['flops_per_image'] / 1e9:.2f} GFLOP per "
-            f"image per step.")  # fmt: skip
+    text = (
+        f"A model of an {r['gpu'].upper()}, not a timing: the FLOPs and bytes one training "
+        f"step of the {r['path']} path moves at batch {n} in {r['dtype']}, counted on the "
+        f"CPU (python -m fastcifar.roofline), give at least "
+        f"{r['lower_bound_ms_per_step']:.2f} ms per step and "
+        f"{duration(r['lower_bound_s_per_epoch'])} per epoch; "
+        f"{r['bytes_per_image'] / 1e6:.1f} MB and {r['flops_per_image'] / 1e9:.2f} GFLOP per "
+        f"image per step."
+    )
     header = ["layer", "kind", "shape", "GFLOP", "MB", "FLOP/byte", "lower bound"]
     top = sorted(r["layers"], key=lambda x: -x["lower_bound_us"])[:10]
-    rows = [[x["name"], x["kind"], x["shape"] or "\u2014", number(x["flops"] / 1e9, 2),
-             number(x["bytes"] / 1e6, 1),
-             "\u2014" if x["intensity"] is None else number(x["intensity"], 1),
-             f"{number(x['lower_bound_us'], 1)} \u00b5s"] for x in top]  # fmt: skip
+    rows = [
+        [
+            x["name"],
+            x["kind"],
+            x["shape"] or "\u2014",
+            number(x["flops"] / 1e9, 2),
+            number(x["bytes"] / 1e6, 1),
+            "\u2014" if x["intensity"] is None else number(x["intensity"], 1),
+            f"{number(x['lower_bound_us'], 1)} \u00b5s",
+        ]
+        for x in top
+    ]
     return text, "roofline.png", header, rows
-
-
-def recipe_fields_used(recipe) -> tuple[list[str], list[str]]:
-    """(the recipe fields this run used, the rest): the fields every run uses, those of
-    its optimizer and schedule, TTA's fraction with TTA, the LR range test's length with
-    it, whitening's with a whitening net, and any other field away from its no-op value.
-    ``name`` and ``expected_accuracy`` are in the headline, not here."""
-    used = list(ALWAYS) + list(BY_OPTIMIZER.get(recipe.optimizer, ()))
-    used += BY_SCHEDULER.get(recipe.scheduler, ())
-    used += [name for name, idle in WHEN_SET if getattr(recipe, name) != idle]
-    if recipe.tta != "none":
-        used.append("tta_fraction")
-    if recipe.lr_find:
-        used.append("lr_find_iters")
-    if recipe.model.startswith("speedrun"):
-        used += ["whiten_images", "whiten_bias_epochs"]
-    names = [f.name for f in dataclasses.fields(recipe)]
-    rest = [n for n in names if n not in used and n not in ("name", "expected_accuracy")]
-    return [n for n in names if n in used], rest
-
-
-def _flag(name: str) -> str:
-    """A recipe field as the flag that sets it: ``batch_size`` -> ``--batch-size``."""
-    return "--" + name.replace("_", "-")
-
-
-def _value(value) -> str:
-    """A recipe value for people: on/off, 0.0125, 10,000, 1e-06."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, int):
-        return number(value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return "\u2014" if value is None else str(value)
 
 
 def _banner(recipe, summary: dict, metrics: list[dict], result: dict):
@@ -147,8 +99,11 @@ def _banner(recipe, summary: dict, metrics: list[dict], result: dict):
         parts.append(f"{len(metrics)} of {plural(epochs, 'epoch')}")
     if not parts:
         return None
-    seed = f"the seed's {percent(recipe.expected_accuracy)}" if recipe.expected_accuracy else (
-        "a full run")  # fmt: skip
+    seed = (
+        f"the seed's {percent(recipe.expected_accuracy)}"
+        if recipe.expected_accuracy
+        else ("a full run")
+    )
     return f"{', '.join(parts)}: not comparable with {seed}"
 
 
@@ -167,8 +122,10 @@ def _headline(recipe, summary: dict, result: dict, model_source: str) -> tuple[s
         line += f" with TTA ({recipe.tta}), {percent(single)} single view"
     if recipe.expected_accuracy:
         epochs = _registered(recipe).epochs
-        comparison = (f"The seed reported {percent(recipe.expected_accuracy)} "
-                      f"({model_source}, {plural(epochs, 'epoch')}).")  # fmt: skip
+        comparison = (
+            f"The seed reported {percent(recipe.expected_accuracy)} "
+            f"({model_source}, {plural(epochs, 'epoch')})."
+        )
     else:
         comparison = "The seed claims no accuracy for this recipe."
     return line, comparison
@@ -182,8 +139,11 @@ def reevaluation_note(summary: dict, result: dict) -> str | None:
     final = summary.get("final_test_acc")
     if final is None or abs(final - result["test_acc"]) < 0.005:
         return None
-    how = ", ".join(p for p in (summary.get("amp") or "float32",
-                                "compiled" if summary.get("compiled") else "") if p)  # fmt: skip
+    how = ", ".join(
+        p
+        for p in (summary.get("amp") or "float32", "compiled" if summary.get("compiled") else "")
+        if p
+    )
     return (
         f"{percent(result['test_acc'])} when the evaluation re-runs the checkpoint in "
         f"float32, eagerly (the per-class table and the confusion matrix); "
@@ -206,14 +166,21 @@ def _facts(summary: dict, result: dict, metrics: list[dict]) -> list[tuple[str, 
             wall_time(summary),
             _timed(summary),
             ("throughput", rate(summary["mean_images_per_s"])),
-            ("device", summary["device"] + (f" \u00d7 {summary['world_size']} processes"
-                                            if summary.get("world_size", 1) > 1 else "")),
+            (
+                "device",
+                summary["device"]
+                + (
+                    f" \u00d7 {summary['world_size']} processes"
+                    if summary.get("world_size", 1) > 1
+                    else ""
+                ),
+            ),
             ("mixed precision", summary["amp"] or "off (float32)"),
             ("memory format", "channels_last" if summary["channels_last"] else "NCHW"),
             ("torch.compile", "on" if summary["compiled"] else "off"),
             ("convolutions", summary["kernels"]),
             ("loader", summary["loader"]),
-        ]  # fmt: skip
+        ]
     facts.append(("evaluated checkpoint", f"epoch {result['checkpoint_epoch']} (last.pt)"))
     return facts
 
@@ -225,11 +192,17 @@ def wall_time(summary: dict) -> tuple[str, str]:
     without them, ("epochs", the epochs' seconds with their evaluations)."""
     wall = summary.get("wall")
     if not wall:
-        return ("epochs", f"{duration(summary['total_time_s'])} (with their evaluations; "
-                          f"start-up and the final evaluation not recorded)")  # fmt: skip
-    parts = [("start-up", wall["startup_s"]), ("compile warm-up", wall["compile_s"]),
-             ("epochs", wall["epochs_s"]),
-             ("evaluation and report", wall["evaluation_s"])]  # fmt: skip
+        return (
+            "epochs",
+            f"{duration(summary['total_time_s'])} (with their evaluations; "
+            f"start-up and the final evaluation not recorded)",
+        )
+    parts = [
+        ("start-up", wall["startup_s"]),
+        ("compile warm-up", wall["compile_s"]),
+        ("epochs", wall["epochs_s"]),
+        ("evaluation and report", wall["evaluation_s"]),
+    ]
     shown = ", ".join(f"{name} {duration(s)}" for name, s in parts if s or name == "epochs")
     total = sum(s for _, s in parts)
     resumed = "; this session, a resumed run" if wall.get("resumed") else ""
@@ -239,53 +212,97 @@ def wall_time(summary: dict) -> tuple[str, str]:
 def _timed(summary: dict) -> tuple[str, str]:
     """The device-timed seconds: the speed records' span where there is whitening or a
     final TTA, else the training loops; a compile warm-up is said apart."""
-    compiled = (f"; compile warm-up {duration(summary['compile_time_s'])} apart"
-                if summary["compiled"] else "")  # fmt: skip
+    compiled = (
+        f"; compile warm-up {duration(summary['compile_time_s'])} apart"
+        if summary["compiled"]
+        else ""
+    )
     if summary["whiten_time_s"] or summary["tta_time_s"]:
-        return ("timed span", f"{duration(summary['timed_span_s'])} (whitening "
-                f"{duration(summary['whiten_time_s'])}, training loops "
-                f"{duration(summary['train_time_s'])}, final TTA "
-                f"{duration(summary['tta_time_s'])}{compiled})")  # fmt: skip
+        return (
+            "timed span",
+            f"{duration(summary['timed_span_s'])} (whitening "
+            f"{duration(summary['whiten_time_s'])}, training loops "
+            f"{duration(summary['train_time_s'])}, final TTA "
+            f"{duration(summary['tta_time_s'])}{compiled})",
+        )
     return ("training loops", f"{duration(summary['train_time_s'])} (device-timed{compiled})")
 
 
 def _epochs(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["epoch", "lr at its start", "train loss", "train acc", "test loss", "test acc",
-              "time", "images/s"]  # fmt: skip
-    rows = [[str(m["epoch"]), f"{m['lr']:.3g}", f"{m['train_loss']:.3f}",
-             percent(m["train_acc"]), f"{m['test_loss']:.3f}",
-             percent(m.get("tta_test_acc", m["test_acc"])) + (" (TTA)" if "tta_test_acc" in m
-                                                              else ""),
-             duration(m["epoch_time_s"]), number(m["images_per_s"])]
-            for m in metrics]  # fmt: skip
+    header = [
+        "epoch",
+        "lr at its start",
+        "train loss",
+        "train acc",
+        "test loss",
+        "test acc",
+        "time",
+        "images/s",
+    ]
+    rows = [
+        [
+            str(m["epoch"]),
+            f"{m['lr']:.3g}",
+            f"{m['train_loss']:.3f}",
+            percent(m["train_acc"]),
+            f"{m['test_loss']:.3f}",
+            percent(m.get("tta_test_acc", m["test_acc"]))
+            + (" (TTA)" if "tta_test_acc" in m else ""),
+            duration(m["epoch_time_s"]),
+            number(m["images_per_s"]),
+        ]
+        for m in metrics
+    ]
     return header, rows
 
 
 def _figures(run_dir: Path, result: dict) -> list[tuple[str, str, str]]:
     chance = result["test_acc"] < NEAR_CHANCE
-    cam_note = (" The model is still near chance (10 %): its maps show where an untrained "
-                "net happens to respond, not what it learned." if chance else "")  # fmt: skip
+    cam_note = (
+        " The model is still near chance (10 %): its maps show where an untrained "
+        "net happens to respond, not what it learned."
+        if chance
+        else ""
+    )
     figures = [
-        ("Loss and accuracy", "curves.png",
-         "Per epoch, train and test, with the training loss of every step as a thin line; "
-         "the star marks the best test accuracy."),
+        (
+            "Loss and accuracy",
+            "curves.png",
+            "Per epoch, train and test, with the training loss of every step as a thin line; "
+            "the star marks the best test accuracy.",
+        ),
         ("Learning rate", "lr.png", "The learning rate of every optimizer step."),
-        ("Confusion matrix", "confusion_matrix.png",
-         "Rows: the actual class; columns: the predicted one; counts of test images."),
-        ("Misclassified test images", "misclassified.png",
-         "Each titled predicted / actual, in a fixed shuffled order of the test set."),
-        *[(f"Grad-CAM at {layer}", f"gradcam_{layer}.png",
-           "Where the layer's activations raise the predicted class's score (Selvaraju et "
-           "al., 2017), on the misclassified images above." + cam_note)
-          for layer in result["cam_layers"]],
-        ("Augmented training samples", "augmented.png",
-         "Five training images per class after the recipe's augmentation."),
-    ]  # fmt: skip
+        (
+            "Confusion matrix",
+            "confusion_matrix.png",
+            "Rows: the actual class; columns: the predicted one; counts of test images.",
+        ),
+        (
+            "Misclassified test images",
+            "misclassified.png",
+            "Each titled predicted / actual, in a fixed shuffled order of the test set.",
+        ),
+        *[
+            (
+                f"Grad-CAM at {layer}",
+                f"gradcam_{layer}.png",
+                "Where the layer's activations raise the predicted class's score (Selvaraju et "
+                "al., 2017), on the misclassified images above." + cam_note,
+            )
+            for layer in result["cam_layers"]
+        ],
+        (
+            "Augmented training samples",
+            "augmented.png",
+            "Five training images per class after the recipe's augmentation.",
+        ),
+    ]
     return [f for f in figures if (run_dir / f[1]).exists()]
 
 
-def build_report(run_dir: Path, recipe, result: dict, metrics: list[dict], summary: dict,
-                 model_source: str) -> Report:  # fmt: skip
+def build_report(
+    run_dir: Path, recipe, result: dict, metrics: list[dict], summary: dict, model_source: str
+) -> Report:
     """The report's content from eval.json's ``result``, the ``metrics`` rows, summary.json
     (``summary``; empty while the run has not finished) and the seed the model comes from
     (``model_source``)."""
@@ -295,108 +312,16 @@ def build_report(run_dir: Path, recipe, result: dict, metrics: list[dict], summa
     header, rows = _epochs(metrics)
     return Report(
         title=f"{recipe.model} trained with recipe {recipe.name} ({run_dir.name})",
-        headline=headline, comparison=comparison,
+        headline=headline,
+        comparison=comparison,
         banner=_banner(recipe, summary, metrics, result),
-        facts=_facts(summary, result, metrics), epoch_header=header, epoch_rows=rows,
-        per_class=per_class, figures=_figures(run_dir, result),
+        facts=_facts(summary, result, metrics),
+        epoch_header=header,
+        epoch_rows=rows,
+        per_class=per_class,
+        figures=_figures(run_dir, result),
         recipe_used=[(_flag(n), _value(getattr(recipe, n))) for n in used],
         recipe_rest=[(_flag(n), _value(getattr(recipe, n))) for n in rest],
         versions=sorted(summary.get("versions", {}).items()),
         roofline=_roofline(run_dir),
-    )  # fmt: skip
-
-
-STYLE = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:auto;padding:0 12px;
-line-height:1.45;color:#222}
-h1{font-size:1.5em}.headline{font-size:1.35em;font-weight:600;margin:.2em 0}
-.banner{background:#fff4d6;border-left:5px solid #e0a800;padding:8px 12px;margin:12px 0}
-.scroll{overflow-x:auto}table{border-collapse:collapse;margin:8px 0}
-td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
-table.wide td,table.wide th{white-space:nowrap}
-td.num,th.num{text-align:right}img{max-width:100%;height:auto}
-figure{margin:18px 0}figcaption{color:#555;font-size:.92em}
-"""
-
-
-def _table(
-    header: list[str] | None, rows: list, numeric_from: int | None = None, wide: bool = False
-) -> str:
-    """An HTML table (scrolling sideways on a narrow screen); columns from
-    ``numeric_from`` on are right-aligned numbers."""
-
-    def cells(values, tag):
-        def num(i):
-            return " class=num" if numeric_from is not None and i >= numeric_from else ""
-
-        return "".join(f"<{tag}{num(i)}>{html.escape(str(v))}</{tag}>"
-                       for i, v in enumerate(values))  # fmt: skip
-
-    head = f"<tr>{cells(header, 'th')}</tr>" if header else ""
-    body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
-    kind = " class=wide" if wide else ""  # wide: one line a row, scrolled on a phone
-    return f"<div class=scroll><table{kind}>{head}{body}</table></div>"
-
-
-def render_html(r: Report) -> str:
-    e = html.escape
-    parts = ["<!doctype html><html lang=en><head><meta charset=utf-8>",
-             "<meta name=viewport content='width=device-width, initial-scale=1'>",
-             f"<title>{e(r.title)}</title><style>{STYLE}</style></head><body>",
-             f"<h1>{e(r.title)}</h1>", f"<p class=headline>{e(r.headline)}</p>",
-             f"<p>{e(r.comparison)}</p>"]  # fmt: skip
-    if r.banner:
-        parts.append(f"<p class=banner>{e(r.banner)}</p>")
-    parts += ["<h2>The run</h2>", _table(None, r.facts)]
-    parts += ["<h2>Per epoch</h2>", _table(r.epoch_header, r.epoch_rows, numeric_from=0, wide=True)]
-    parts += ["<h2>Per class</h2>", _table(["class", "test accuracy"], r.per_class, 1)]
-    for title, name, caption in r.figures:
-        parts.append(f"<figure><h2>{e(title)}</h2><img src='{e(name)}' alt='{e(title)}'>"
-                     f"<figcaption>{e(caption)}</figcaption></figure>")  # fmt: skip
-    if r.roofline:
-        text, name, header, rows = r.roofline
-        parts += ["<h2>Where the time goes</h2>", f"<p>{e(text)}</p>",
-                  f"<img src='{e(name)}' alt='roofline of the training step'>",
-                  _table(header, rows, numeric_from=3, wide=True)]  # fmt: skip
-    parts += ["<h2>Recipe</h2>", "<p>The fields this run's optimizer, schedule and "
-              "augmentation used:</p>", _table(None, r.recipe_used)]  # fmt: skip
-    parts.append("<details><summary>The other recipe fields (not used by this run)</summary>"
-                 + _table(None, r.recipe_rest) + "</details>")  # fmt: skip
-    if r.versions:
-        parts.append("<details><summary>Versions</summary>"
-                     + _table(None, r.versions) + "</details>")  # fmt: skip
-    return "\n".join(parts + ["</body></html>"]) + "\n"
-
-
-def _md_table(header: list[str], rows: list) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-
-
-def render_markdown(r: Report) -> str:
-    md = [f"# {r.title}", "", f"**{r.headline}**", "", r.comparison]
-    if r.banner:
-        md += ["", f"> **{r.banner}**"]
-    md += ["", "## The run", "", *_md_table(["", ""], r.facts)]
-    md += ["", "## Per epoch", "", *_md_table(r.epoch_header, r.epoch_rows)]
-    md += ["", "## Per class", "", *_md_table(["class", "test accuracy"], r.per_class)]
-    for title, name, caption in r.figures:
-        md += ["", f"## {title}", "", f"![{title}]({name})", "", caption]
-    if r.roofline:
-        text, name, header, rows = r.roofline
-        md += ["", "## Where the time goes", "", text, "", f"![roofline]({name})", "",
-               *_md_table(header, rows)]  # fmt: skip
-    md += ["", "## Recipe", "", "The fields this run's optimizer, schedule and augmentation "
-           "used:", "", *_md_table(["flag", "value"], r.recipe_used)]  # fmt: skip
-    md += ["", "<details><summary>The other recipe fields (not used by this run)</summary>",
-           "", *_md_table(["flag", "value"], r.recipe_rest), "", "</details>"]  # fmt: skip
-    if r.versions:
-        md += ["", "<details><summary>Versions</summary>", "",
-               *_md_table(["package", "version"], r.versions), "", "</details>"]  # fmt: skip
-    return "\n".join(md) + "\n"
-
-
-def write_report(run_dir: Path, report: Report) -> None:
-    """report.html and report.md beside the figures (relative links)."""
-    (run_dir / "report.html").write_text(render_html(report))
-    (run_dir / "report.md").write_text(render_markdown(report))
+    )

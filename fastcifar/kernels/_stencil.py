@@ -1,8 +1,10 @@
 """``@triton.jit`` helpers every convolution kernel shares: a program's tile, pixel
 coordinates and offsets, where a tap reads or writes (stride, padding and dilation
 applied, borders masked), 2-D loads and stores of (pixels x channels) tiles, the channel
-reduction (``tl.dot`` or a broadcast multiply-add), a depthwise window and its
-transpose, and the pixel range of a weight-gradient partial.
+reduction (``tl.dot`` or a broadcast multiply-add), the pixel range of a weight-gradient
+partial, the BatchNorm-and-activation prologue and its backward, and a forward's store
+epilogue (ReLU, BatchNorm statistics). The depthwise window and its transpose are in
+``_window``.
 
 Index conventions: a flattened pixel index runs over (n, row, col); ``STRIDE``,
 ``PADDING``, ``DILATION`` are the convolution's; the taps of a ``KSIZE`` x ``KSIZE``
@@ -120,8 +122,21 @@ def apply_prologue(xt, pro_ptr, offs_c, mask_p, mask_c, ACT: tl.constexpr, ACC: 
 
 
 @triton.jit
-def prologue_backward(da, x_ptr, x_off, offs_c, stride_xc, mask_p, mask_c, pro_ptr, red_ptr,
-                      pid_p, C, ACT: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+def prologue_backward(
+    da,
+    x_ptr,
+    x_off,
+    offs_c,
+    stride_xc,
+    mask_p,
+    mask_c,
+    pro_ptr,
+    red_ptr,
+    pid_p,
+    C,
+    ACT: tl.constexpr,
+    ACC: tl.constexpr,
+):
     # the prologue's backward for a [pixels, channels] tile of da (the gradient of its
     # output a): dz = da * act'(z) from the raw x; stores this program's partial sums of
     # dz and dz * (x - center) per channel at red[pid_p, c, 0:2] (the shift's and the
@@ -146,8 +161,18 @@ def partial_range(pid_t, PIXELS_PER_PARTIAL, total):
 
 
 @triton.jit
-def tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE: tl.constexpr, PADDING: tl.constexpr,
-               DILATION: tl.constexpr):  # fmt: skip
+def tap_source(
+    oh,
+    ow,
+    mask_p,
+    kh,
+    kw,
+    H,
+    W,
+    STRIDE: tl.constexpr,
+    PADDING: tl.constexpr,
+    DILATION: tl.constexpr,
+):
     # the input pixel tap (kh, kw) of output pixel (oh, ow) reads, and whether it lies inside
     ih = oh * STRIDE - PADDING + kh * DILATION
     iw = ow * STRIDE - PADDING + kw * DILATION
@@ -155,8 +180,18 @@ def tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE: tl.constexpr, PADDING: tl.c
 
 
 @triton.jit
-def tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE: tl.constexpr, PADDING: tl.constexpr,
-               DILATION: tl.constexpr):  # fmt: skip
+def tap_target(
+    ih,
+    iw,
+    mask_p,
+    kh,
+    kw,
+    HO,
+    WO,
+    STRIDE: tl.constexpr,
+    PADDING: tl.constexpr,
+    DILATION: tl.constexpr,
+):
     # the output pixel whose tap (kh, kw) reads input pixel (ih, iw), and whether one exists
     th = ih + PADDING - kh * DILATION
     tw = iw + PADDING - kw * DILATION
@@ -169,93 +204,43 @@ def tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE: tl.constexpr, PADDING: tl
 
 
 @triton.jit
-def _window_row(
-    acc, x_ptr, w_ptr, n, oh, ow, mask_p, x_chan, w_chan, mask_c, kh,
-    H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh, stride_ww,
-    pro_ptr,
-    KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
-    DILATION: tl.constexpr, ACC: tl.constexpr, PROLOGUE: tl.constexpr, ACT: tl.constexpr,
-):  # fmt: skip
-    # row kh of ``window``'s taps
-    for kw in tl.static_range(KSIZE):
-        ih, iw, ok = tap_source(oh, ow, mask_p, kh, kw, H, W, STRIDE, PADDING, DILATION)
-        x_off = pixel_offset(n, ih, iw, stride_xn, stride_xh, stride_xw)
-        xt = load_tile(x_ptr, x_off, x_chan, stride_xc, ok, mask_c)
-        if PROLOGUE:  # zero outside the image after the activation, not before
-            xt = apply_prologue(xt, pro_ptr, x_chan, ok, mask_c, ACT, ACC)
-        wv = tl.load(w_ptr + w_chan + kh * stride_wh + kw * stride_ww, mask=mask_c, other=0.0)
-        acc += xt.to(ACC) * wv.to(ACC)[None, :]
-    return acc
-
-
-@triton.jit
-def window(
-    acc, x_ptr, w_ptr,  # accumulator [P, C]; input; weight (c, ., KSIZE, KSIZE)
-    n, oh, ow, mask_p,  # output pixels [P]
-    x_chan, w_chan, mask_c,  # per column: input channel, weight offset of tap (0, 0)
-    H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh, stride_ww,
-    pro_ptr,  # the prologue's (C, 3) (center, scale, shift) per input channel, when PROLOGUE
-    KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
-    DILATION: tl.constexpr, ACC: tl.constexpr, PROLOGUE: tl.constexpr, ACT: tl.constexpr,
-):  # fmt: skip
-    # acc[p, c] += sum over the taps of x[n, x_chan[c], tap source of p] * w[w_chan[c], tap]:
-    # one channel per column, the depthwise (or one input channel of a group's) window.
-    # 3x3 unrolls all 9 taps; 5x5 and 7x7 loop over rows, so that 25-49 loads and their
-    # addresses are not live at once (unrolled, the 5x5 spilled 338 bytes on sm_90)
-    if KSIZE > 3:
-        for kh in range(KSIZE):
-            acc = _window_row(acc, x_ptr, w_ptr, n, oh, ow, mask_p, x_chan, w_chan, mask_c, kh,
-                              H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh,
-                              stride_ww, pro_ptr, KSIZE, STRIDE, PADDING,
-                              DILATION, ACC, PROLOGUE, ACT)  # fmt: skip
-    else:
-        for kh in tl.static_range(KSIZE):
-            acc = _window_row(acc, x_ptr, w_ptr, n, oh, ow, mask_p, x_chan, w_chan, mask_c, kh,
-                              H, W, stride_xn, stride_xc, stride_xh, stride_xw, stride_wh,
-                              stride_ww, pro_ptr, KSIZE, STRIDE, PADDING,
-                              DILATION, ACC, PROLOGUE, ACT)  # fmt: skip
-    return acc
-
-
-@triton.jit
-def _window_transposed_row(
-    acc, dy_ptr, w_ptr, n, ih, iw, mask_p, dy_chan, w_chan, mask_c, kh,
-    HO, WO, stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_wh, stride_ww,
-    KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
-    DILATION: tl.constexpr, ACC: tl.constexpr,
-):  # fmt: skip
-    # row kh of ``window_transposed``'s taps
-    for kw in tl.static_range(KSIZE):
-        oh, ow, ok = tap_target(ih, iw, mask_p, kh, kw, HO, WO, STRIDE, PADDING, DILATION)
-        d_off = pixel_offset(n, oh, ow, stride_dyn, stride_dyh, stride_dyw)
-        dyt = load_tile(dy_ptr, d_off, dy_chan, stride_dyc, ok, mask_c)
-        wv = tl.load(w_ptr + w_chan + kh * stride_wh + kw * stride_ww, mask=mask_c, other=0.0)
-        acc += dyt.to(ACC) * wv.to(ACC)[None, :]
-    return acc
-
-
-@triton.jit
-def window_transposed(
-    acc, dy_ptr, w_ptr,  # accumulator [P, C]; output gradient; weight (., ., KSIZE, KSIZE)
-    n, ih, iw, mask_p,  # input pixels [P]
-    dy_chan, w_chan, mask_c,  # per column: output channel, weight offset of tap (0, 0)
-    HO, WO, stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_wh, stride_ww,
-    KSIZE: tl.constexpr, STRIDE: tl.constexpr, PADDING: tl.constexpr,
-    DILATION: tl.constexpr, ACC: tl.constexpr,
-):  # fmt: skip
-    # acc[p, c] += sum over the taps of dy[n, dy_chan[c], the output pixel whose tap reads
-    # p] * w[w_chan[c], tap]: ``window``'s adjoint, the input gradient of one channel; rows
-    # looped for 5x5 and 7x7 as in ``window`` (unrolled, 360 bytes spilled on sm_90)
-    if KSIZE > 3:
-        for kh in range(KSIZE):
-            acc = _window_transposed_row(
-                acc, dy_ptr, w_ptr, n, ih, iw, mask_p, dy_chan, w_chan, mask_c, kh, HO, WO,
-                stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_wh, stride_ww, KSIZE,
-                STRIDE, PADDING, DILATION, ACC)  # fmt: skip
-    else:
-        for kh in tl.static_range(KSIZE):
-            acc = _window_transposed_row(
-                acc, dy_ptr, w_ptr, n, ih, iw, mask_p, dy_chan, w_chan, mask_c, kh, HO, WO,
-                stride_dyn, stride_dyc, stride_dyh, stride_dyw, stride_wh, stride_ww, KSIZE,
-                STRIDE, PADDING, DILATION, ACC)  # fmt: skip
-    return acc
+def store_epilogue(
+    acc,
+    y_ptr,
+    stats_ptr,
+    pid_p,
+    n,
+    oh,
+    ow,
+    offs_co,
+    mask_p,
+    mask_co,
+    COUT,
+    stride_yn,
+    stride_yc,
+    stride_yh,
+    stride_yw,
+    RELU: tl.constexpr,
+    STATS: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    # a forward's last step: optional ReLU, the store, and optional BatchNorm statistics
+    # of what was stored:
+    # per program and channel the sum and the sum of squared deviations from the tile's
+    # own mean (combined on the host with Chan's formula: no cancellation, deterministic)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    out = acc.to(y_ptr.dtype.element_ty)
+    y_off = pixel_offset(n, oh, ow, stride_yn, stride_yh, stride_yw)
+    store_tile(y_ptr, out, y_off, offs_co, stride_yc, mask_p, mask_co)
+    if STATS:
+        valid = mask_p[:, None] & mask_co[None, :]
+        v = tl.where(valid, out.to(ACC), 0.0)
+        count = tl.sum(mask_p.to(ACC), axis=0)
+        total = tl.sum(v, axis=0)
+        mean = total / tl.maximum(count, 1.0)
+        dev = tl.where(valid, v - mean[None, :], 0.0)
+        m2 = tl.sum(dev * dev, axis=0)
+        base = stats_ptr + pid_p * COUT * 2 + offs_co * 2
+        tl.store(base, total, mask=mask_co)
+        tl.store(base + 1, m2, mask=mask_co)

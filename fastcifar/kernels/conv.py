@@ -16,8 +16,9 @@ Supported (anything else raises ``NotImplementedError`` naming what is not):
   for gradcheck); input, weight and bias of one dtype.
 
 Forward, input gradient, weight gradient and bias gradient are each a Triton kernel
-(``conv_kernels``); no PyTorch convolution is called. Dense convolutions and groups of
-at least ``DOT_MIN_PER_GROUP`` (8) channels reduce on tensor cores (``tl.dot``, a
+(``conv_dot_kernels``, ``conv_grouped_kernels``), launched by ``conv_launch``; no PyTorch
+convolution is called. Dense convolutions and groups of
+at least ``conv_launch.DOT_MIN_PER_GROUP`` (8) channels reduce on tensor cores (``tl.dot``, a
 block-diagonal weight tile for groups); depthwise and narrower groups elementwise
 (``family``). Weight and bias gradients are
 deterministic: per-tile partials summed afterwards in a fixed order, no atomics.
@@ -34,29 +35,24 @@ import os
 import torch
 from torch import Tensor
 
+from fastcifar.kernels.conv_launch import (
+    launch_forward,
+    launch_grad_bias,
+    launch_grad_input,
+    launch_grad_weight,
+)
+from fastcifar.kernels.flops import register_conv_flops, register_no_flops
 from fastcifar.kernels.launch import (
     MAX_INT32_ELEMENTS,
-    acc_dtype,
-    cdiv,
     empty_output,
-    launch,
     memory_format,
     out_size,
-    partial_pixels,
-    prologue_dot_tiles,
-    strides,
-    tiles,
-    tl_acc,
 )
 
 __all__ = ["SUPPORTED_DTYPES", "check_supported", "conv2d", "is_supported", "kernels_can_run"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MAX_CIN_PER_GROUP = 16  # the grouped kernel unrolls its input channels: 16 x K x K loads
-# Groups this wide (in and out) take the tl.dot kernels: a 16-wide K step holds two groups
-# of 8 (half the block-diagonal weight tile is zeros) or one of 16; narrower groups would
-# leave three quarters or more of each tensor-core step zero, so they run elementwise.
-DOT_MIN_PER_GROUP = 8
 GROUPED_KERNEL_SIZES = (3, 5, 7)
 
 
@@ -68,8 +64,10 @@ def _pair(v, name: str) -> int:
         return int(v[0])
     if len(v) == 1:
         return int(v[0])
-    raise NotImplementedError(f"fastcifar.kernels.conv2d: {name}={v} differs between height "
-                              f"and width; only equal values are supported")  # fmt: skip
+    raise NotImplementedError(
+        f"fastcifar.kernels.conv2d: {name}={v} differs between height "
+        f"and width; only equal values are supported"
+    )
 
 
 def kernels_can_run(device: torch.device) -> bool:
@@ -82,10 +80,18 @@ def kernels_can_run(device: torch.device) -> bool:
 
 
 def check_supported(
-    input_shape, weight_shape, dtype, device, stride=1, padding=0, dilation=1, groups=1,
+    input_shape,
+    weight_shape,
+    dtype,
+    device,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
     bias: bool = False,
-) -> None:  # fmt: skip
-    """Raise ``NotImplementedError`` naming the first unsupported part of a configuration."""
+) -> None:
+    """Raise ``NotImplementedError`` naming the first unsupported part of a configuration
+    (``ValueError`` for a weight that does not match the input and groups)."""
     stride, padding, dilation = (
         _pair(stride, "stride"),
         _pair(padding, "padding"),
@@ -94,6 +100,19 @@ def check_supported(
     prefix = "fastcifar.kernels.conv2d:"
     if len(input_shape) != 4 or len(weight_shape) != 4:
         raise NotImplementedError(f"{prefix} only 4-D input and weight are supported")
+    _check_window(input_shape, weight_shape, stride, padding, dilation, groups, prefix)
+    if dtype not in SUPPORTED_DTYPES:
+        raise NotImplementedError(f"{prefix} dtype {dtype} is not float32/16, bfloat16 or float64")
+    _check_sizes(input_shape, weight_shape, stride, padding, dilation, prefix)
+    if not kernels_can_run(torch.device(device)):
+        raise NotImplementedError(
+            f"{prefix} device {device} cannot run Triton: use a CUDA tensor, or set "
+            f"TRITON_INTERPRET=1 before the first launch to run on the CPU"
+        )
+
+
+def _check_window(input_shape, weight_shape, stride, padding, dilation, groups, prefix) -> None:
+    """The kernel size, groups, dilation, stride and padding the kernels take."""
     cin, cout, k = input_shape[1], weight_shape[0], weight_shape[2]
     if weight_shape[2] != weight_shape[3]:
         raise NotImplementedError(f"{prefix} kernel {tuple(weight_shape[2:])} is not square")
@@ -120,16 +139,18 @@ def check_supported(
             f"{prefix} padding {padding} is outside 0..dilation x (K - 1) / 2 "
             f"({dilation * (k - 1) // 2})"
         )
-    if dtype not in SUPPORTED_DTYPES:
-        raise NotImplementedError(f"{prefix} dtype {dtype} is not float32/16, bfloat16 or float64")
-    h, w = input_shape[2], input_shape[3]
+
+
+def _check_sizes(input_shape, weight_shape, stride, padding, dilation, prefix) -> None:
+    """The dilated window fits in the padded input; input and output below int32 offsets."""
+    n, cin, h, w = input_shape
+    cout, k = weight_shape[0], weight_shape[2]
     span = dilation * (k - 1) + 1
     if h + 2 * padding < span or w + 2 * padding < span:
         raise NotImplementedError(
             f"{prefix} the dilated {k}x{k} kernel does not fit in a {h}x{w} input with "
             f"padding {padding}"
         )
-    n = input_shape[0]
     ho, wo = out_size(h, stride, padding, dilation, k), out_size(w, stride, padding, dilation, k)
     for what, elements in (("input", n * cin * h * w), ("output", n * cout * ho * wo)):
         if elements >= MAX_INT32_ELEMENTS:
@@ -137,232 +158,17 @@ def check_supported(
                 f"{prefix} the {what} has {elements:,} elements, past the kernels' int32 "
                 f"offsets (2**31): split the batch into chunks below that"
             )
-    if not kernels_can_run(torch.device(device)):
-        raise NotImplementedError(
-            f"{prefix} device {device} cannot run Triton: use a CUDA tensor, or set "
-            f"TRITON_INTERPRET=1 before the first launch to run on the CPU"
-        )
 
 
 def is_supported(input: Tensor, weight: Tensor, stride=1, padding=0, dilation=1, groups=1) -> bool:
     """Whether ``conv2d`` accepts these tensors and arguments (no exception raised)."""
     try:
-        check_supported(input.shape, weight.shape, input.dtype, input.device, stride, padding,
-                        dilation, groups)  # fmt: skip
+        check_supported(
+            input.shape, weight.shape, input.dtype, input.device, stride, padding, dilation, groups
+        )
     except (NotImplementedError, ValueError):
         return False
     return input.dtype == weight.dtype
-
-
-def _k():
-    # imported at the first launch: triton is a Linux-only dependency
-    from fastcifar.kernels import conv_kernels
-
-    return conv_kernels
-
-
-# ------------------------------------------------------------------------- launchers
-
-
-def family(cin: int, cout: int, groups: int, stride: int = 1) -> str:
-    """The kernel and tile family of a convolution: ``dense`` (groups == 1) and
-    ``grouped_dot`` (at least ``DOT_MIN_PER_GROUP`` channels a group, in and out) run the
-    ``tl.dot`` kernels; ``depthwise`` (one input channel per group; at stride 2
-    ``depthwise_strided``, smaller tiles) and ``grouped`` (narrower groups) the
-    elementwise ones."""
-    if groups == 1:
-        return "dense"
-    if cin == groups:
-        return "depthwise_strided" if stride > 1 else "depthwise"
-    return "grouped_dot" if min(cin, cout) // groups >= DOT_MIN_PER_GROUP else "grouped"
-
-
-def channel_span(block: int, per_group: int, other_per_group: int, other_total: int) -> int:
-    """Channels of the other side (``other_per_group`` a group, ``other_total`` in all) that
-    a block of ``block`` consecutive channels (``per_group`` a group, starting at a
-    multiple of ``block``) is connected to: the groups it touches times their width."""
-    if block % per_group == 0:
-        touched = block // per_group
-    elif per_group % block == 0:
-        touched = 1
-    else:  # blocks straddle group borders: at most two partial groups more
-        touched = block // per_group + 2
-    return min(other_total, touched * other_per_group)
-
-
-def _dot_kernels(fam: str) -> bool:
-    return fam in ("dense", "grouped_dot")
-
-
-def span_align(per_group: int, groups: int) -> int:
-    """A power of two (at most 16) dividing the first channel of every program's reduced
-    span in the ``tl.dot`` kernels, a multiple of ``per_group`` (0 when dense): the
-    ``SPAN_ALIGN`` hint that lets the compiler prove 16-byte aligned channel loads."""
-    return 16 if groups == 1 else min(16, per_group & -per_group)
-
-
-def _prologue_args(prologue, dummy: Tensor) -> tuple[Tensor, bool, int]:
-    """(pro, PROLOGUE, ACT) kernel arguments of ``prologue`` = (the (CIN, 3) tensor of
-    center, scale and shift, activation code) or None (``dummy`` stands for the pointer)."""
-    if prologue is None:
-        return dummy, False, 0
-    pro, act = prologue
-    return pro, True, act
-
-
-def launch_forward(
-    x: Tensor, w: Tensor, b: Tensor | None, stride, padding, dilation, groups,
-    relu: bool = False, stats: bool = False, prologue=None,
-) -> tuple[Tensor, Tensor | None, int]:  # fmt: skip
-    """The output (N, COUT, HO, WO), ReLU applied if asked; with ``stats`` the per-program
-    BatchNorm partials (programs, COUT, 2): (sum, sum of squared deviations), else None;
-    and the pixels per program (every program's count but the last's). ``prologue``:
-    (the (CIN, 3) center, scale and shift, activation code) applied to ``x`` as it is read,
-    or None."""
-    k = _k()
-    n, cin, h, wd = x.shape
-    cout, ksize = w.shape[0], w.shape[-1]
-    fam = family(cin, cout, groups, stride)
-    pro, has_prologue, act = _prologue_args(prologue, w)
-    t = tiles(x.dtype, fam)
-    if has_prologue and _dot_kernels(fam):
-        t = prologue_dot_tiles(t)
-    y = empty_output(x, cout, stride, padding, dilation, ksize)
-    ho, wo = y.shape[2], y.shape[3]
-    programs = cdiv(n * ho * wo, t.block_p)
-    part = None
-    if stats:
-        part = torch.empty((programs, cout, 2), dtype=acc_dtype(x.dtype), device=x.device)
-    pointers = (x, w, b if b is not None else w, y, part if stats else y)
-    conv = dict(KSIZE=ksize, STRIDE=stride, PADDING=padding, DILATION=dilation,
-                HAS_BIAS=b is not None, RELU=relu, STATS=stats, PROLOGUE=has_prologue,
-                ACT=act, ACC=tl_acc(x.dtype), BLOCK_P=t.block_p,
-                **t.launch_options)  # fmt: skip
-    layout = (*strides(x), *strides(w), *strides(y))
-    cin_pg, cout_pg = cin // groups, cout // groups
-    if _dot_kernels(fam):
-        span = channel_span(t.block_n, cout_pg, cin_pg, cin)
-        launch(
-            k.conv_fwd_dot_kernel, (programs, cdiv(cout, t.block_n)),
-            *pointers[:3], pro, *pointers[3:], n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg,
-            span, *layout, USE_DOT=t.use_dot, GROUPED=groups > 1,
-            SPAN_ALIGN=span_align(cin_pg, groups), BLOCK_N=t.block_n, BLOCK_K=t.block_k, **conv,
-        )  # fmt: skip
-    else:
-        launch(
-            k.conv_fwd_grouped_kernel, (programs, cdiv(cout, t.block_c)),
-            *pointers[:3], pro, *pointers[3:], n, h, wd, cout, ho, wo, cout_pg, *layout,
-            CIN_PG=cin_pg, BLOCK_C=t.block_c, **conv,
-        )  # fmt: skip
-    return y, part, t.block_p
-
-
-def launch_grad_input(dy: Tensor, w: Tensor, x_shape, x_format, stride, padding, dilation, groups,
-                      prologue=None, x: Tensor | None = None):  # fmt: skip
-    """The input gradient (N, CIN, H, W) of output gradient ``dy``, in ``x_format``. With
-    ``prologue`` (as ``launch_forward``'s; ``x`` the raw input): (the raw input's direct
-    gradient, (CIN, 2) sums of (dz, dz * (x - center))), the prologue's backward in the
-    epilogue."""
-    k = _k()
-    n, cin, h, wd = x_shape
-    cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
-    fam = family(cin, cout, groups, stride)
-    pro, has_prologue, act = _prologue_args(prologue, w)
-    # With the prologue's backward as its epilogue, the depthwise input gradient takes the
-    # stride-2 tile (32 x 8): at 64 x 8 x 4 warps ptxas (triton 3.6, the GPU machines'
-    # stack) spilled 12 bytes on sm_90 in float16 (72 registers); 32 x 8 compiles in 62.
-    t = tiles(dy.dtype, "depthwise_strided" if has_prologue and fam == "depthwise" else fam)
-    dx = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=x_format)
-    programs = cdiv(n * h * wd, t.block_p)
-    # the prologue's per program and input channel (sum dz, sum dz * (x - center)); without
-    # one, the kernel reads neither pointer (dx stands in: no allocation, no fill launch)
-    red, xp = dx, dx
-    if has_prologue:
-        red = torch.zeros((programs, cin, 2), dtype=acc_dtype(dy.dtype), device=dy.device)
-        xp = x
-    conv = dict(KSIZE=w.shape[-1], STRIDE=stride, PADDING=padding, DILATION=dilation,
-                PROLOGUE=has_prologue, ACT=act, ACC=tl_acc(dy.dtype), BLOCK_P=t.block_p,
-                **t.launch_options)  # fmt: skip
-    layout = (*strides(dy), *strides(w), *strides(xp), *strides(dx))
-    cin_pg, cout_pg = cin // groups, cout // groups
-    if _dot_kernels(fam):
-        span = channel_span(t.block_n, cin_pg, cout_pg, cout)
-        launch(
-            k.conv_bwd_input_dot_kernel, (programs, cdiv(cin, t.block_n)),
-            dy, w, xp, pro, dx, red, n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span,
-            *layout, USE_DOT=t.use_dot, GROUPED=groups > 1,
-            SPAN_ALIGN=span_align(cout_pg, groups), BLOCK_N=t.block_n, BLOCK_K=t.block_k,
-            **conv,
-        )  # fmt: skip
-    else:
-        launch(
-            k.conv_bwd_input_grouped_kernel, (programs, cdiv(cin, t.block_c)),
-            dy, w, xp, pro, dx, red, n, cin, h, wd, ho, wo, cout_pg, *layout,
-            CIN_PG=cin_pg, BLOCK_C=t.block_c, **conv,
-        )  # fmt: skip
-    if has_prologue:
-        return dx, red.sum(0)  # fixed-order sum of the partials: deterministic
-    return dx
-
-
-def launch_grad_weight(dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, groups,
-                       prologue=None):  # fmt: skip
-    """The weight gradient (COUT, CIN / groups, K, K): per-program partials summed in a
-    fixed order (deterministic). ``prologue`` as ``launch_forward``'s (``x`` raw)."""
-    k = _k()
-    n, cin, h, wd = x.shape
-    cout, cin_pg, ksize = w_shape[0], w_shape[1], w_shape[-1]
-    cout_pg, taps = cout // groups, ksize * ksize
-    fam = family(cin, cout, groups, stride)
-    pro, has_prologue, act = _prologue_args(prologue, x)
-    dot = _dot_kernels(fam)
-    t = tiles(x.dtype, fam if dot else "reduce")
-    ho, wo = dy.shape[2], dy.shape[3]
-    total = n * ho * wo
-    if dot:
-        span = channel_span(t.block_n, cout_pg, cin_pg, cin)
-        grid_nz = (cdiv(cout, t.block_n), taps * cdiv(span, t.block_k))
-    else:
-        grid_nz = (cdiv(cout, t.block_c), taps * cin_pg)
-    pixels_per_partial = partial_pixels(total, grid_nz[0] * grid_nz[1], t, x.device)
-    parts = cdiv(total, pixels_per_partial)
-    part = torch.empty((parts, cout, cin_pg, taps), dtype=acc_dtype(x.dtype), device=x.device)
-    conv = dict(KSIZE=ksize, STRIDE=stride, PADDING=padding, DILATION=dilation,
-                PROLOGUE=has_prologue, ACT=act, ACC=tl_acc(x.dtype), BLOCK_P=t.block_p,
-                **t.launch_options)  # fmt: skip
-    layout = (*strides(dy), *strides(x))
-    if dot:
-        launch(
-            k.conv_bwd_weight_dot_kernel, (parts, *grid_nz),
-            dy, x, pro, part, n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span,
-            pixels_per_partial, *layout,
-            USE_DOT=t.use_dot, GROUPED=groups > 1, SPAN_ALIGN=span_align(cin_pg, groups),
-            BLOCK_N=t.block_n, BLOCK_K=t.block_k, **conv,
-        )  # fmt: skip
-    else:
-        launch(
-            k.conv_bwd_weight_grouped_kernel, (parts, *grid_nz),
-            dy, x, pro, part, n, h, wd, cout, ho, wo, cout_pg, pixels_per_partial,
-            *layout, CIN_PG=cin_pg, BLOCK_C=t.block_c, **conv,
-        )  # fmt: skip
-    # fixed-order sum of the per-tile partials: deterministic
-    return part.sum(0).view(cout, cin_pg, ksize, ksize).to(x.dtype)
-
-
-def launch_grad_bias(dy: Tensor) -> Tensor:
-    k = _k()
-    t = tiles(dy.dtype, "reduce")
-    n, c, ho, wo = dy.shape
-    total = n * ho * wo
-    pixels_per_partial = partial_pixels(total, cdiv(c, t.block_c), t, dy.device)
-    parts = cdiv(total, pixels_per_partial)
-    part = torch.empty((parts, c), dtype=acc_dtype(dy.dtype), device=dy.device)
-    launch(
-        k.bias_grad_kernel, (parts, cdiv(c, t.block_c)),
-        dy, part, n, c, ho, wo, pixels_per_partial, *strides(dy),
-        ACC=tl_acc(dy.dtype), BLOCK_P=t.block_p, BLOCK_C=t.block_c, **t.launch_options,
-    )  # fmt: skip
-    return part.sum(0).to(dy.dtype)
 
 
 # ------------------------------------------------------------------------- custom ops
@@ -435,6 +241,13 @@ def _(grad):
     return torch.empty((grad.shape[1],), dtype=grad.dtype, device=grad.device)
 
 
+# FLOPs, for torch.utils.flop_counter and the roofline (kernels/flops.py)
+register_conv_flops(torch.ops.fastcifar.conv2d, "input", "weight")
+register_conv_flops(torch.ops.fastcifar.conv2d_grad_input, "input_shape", "weight")
+register_conv_flops(torch.ops.fastcifar.conv2d_grad_weight, "input", "weight_shape")
+register_no_flops(torch.ops.fastcifar.conv2d_grad_bias)
+
+
 def _setup_context(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation, groups = inputs
     ctx.save_for_backward(input, weight)
@@ -478,8 +291,9 @@ def prepare_args(input, weight, bias, stride, padding, dilation, groups) -> tupl
         _pair(padding, "padding"),
         _pair(dilation, "dilation"),
     )
-    check_supported(input.shape, weight.shape, input.dtype, input.device, stride, padding,
-                    dilation, groups)  # fmt: skip
+    check_supported(
+        input.shape, weight.shape, input.dtype, input.device, stride, padding, dilation, groups
+    )
     if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
         raise ValueError(
             f"fastcifar.kernels.conv2d: input {input.dtype}, weight {weight.dtype} and bias "
@@ -516,6 +330,5 @@ def conv2d(
         ValueError: the weight does not match the input channels and groups, or the
             dtypes differ.
     """
-    stride, padding, dilation = prepare_args(input, weight, bias, stride, padding, dilation,
-                                             groups)  # fmt: skip
+    stride, padding, dilation = prepare_args(input, weight, bias, stride, padding, dilation, groups)
     return _conv2d_op(input, weight, bias, stride, padding, dilation, groups)

@@ -19,14 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastcifar.kernels.conv import (
-    _grad_bias_op,
-    conv_grads,
-    launch_forward,
-    launch_grad_input,
-    launch_grad_weight,
-    prepare_args,
-)
+from fastcifar.kernels.conv import _grad_bias_op, conv_grads, prepare_args
+from fastcifar.kernels.conv_launch import launch_forward, launch_grad_input, launch_grad_weight
+from fastcifar.kernels.flops import register_conv_flops
 from fastcifar.kernels.launch import ACTIVATIONS, empty_output, memory_format
 
 __all__ = ["conv2d_prologue_stats", "conv2d_relu_stats"]
@@ -46,11 +41,18 @@ def combine_stats(part: Tensor, pixels: int, block: int) -> tuple[Tensor, Tensor
 
 @torch.library.custom_op("fastcifar::conv2d_relu_stats", mutates_args=())
 def _op(
-    input: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int,
-    dilation: int, groups: int, relu: bool,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    y, part, block = launch_forward(input, weight, bias, stride, padding, dilation, groups, relu,
-                              stats=True)  # fmt: skip
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int,
+    relu: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    y, part, block = launch_forward(
+        input, weight, bias, stride, padding, dilation, groups, relu, stats=True
+    )
     mean, var = combine_stats(part, y.shape[0] * y.shape[2] * y.shape[3], block)
     return y, mean, var
 
@@ -88,8 +90,9 @@ def _backward(ctx, gy, gmean, gvar):
     return (*conv_grads(ctx, g, input, weight), None, None, None, None, None)
 
 
-def fold_stats_grad(gy: Tensor | None, gmean: Tensor | None, gvar: Tensor | None, y: Tensor,
-                    mean: Tensor) -> Tensor:  # fmt: skip
+def fold_stats_grad(
+    gy: Tensor | None, gmean: Tensor | None, gvar: Tensor | None, y: Tensor, mean: Tensor
+) -> Tensor:
     """The gradient reaching ``y`` (N, C, HO, WO) from an op that returns y and its batch
     mean and biased variance per channel: ``gy + gmean / M + 2 gvar (y - mean) / M`` with
     M = N HO WO pixels, in float32 (float64 for float64 ``y``)."""
@@ -104,6 +107,7 @@ def fold_stats_grad(gy: Tensor | None, gmean: Tensor | None, gvar: Tensor | None
 
 
 _op.register_autograd(_backward, setup_context=_setup_context)
+register_conv_flops(torch.ops.fastcifar.conv2d_relu_stats, "input", "weight")
 
 
 def conv2d_relu_stats(
@@ -122,8 +126,7 @@ def conv2d_relu_stats(
     Raises:
         NotImplementedError / ValueError: as ``fastcifar.kernels.conv2d``.
     """
-    stride, padding, dilation = prepare_args(input, weight, bias, stride, padding, dilation,
-                                             groups)  # fmt: skip
+    stride, padding, dilation = prepare_args(input, weight, bias, stride, padding, dilation, groups)
     return _op(input, weight, bias, stride, padding, dilation, groups, relu)
 
 
@@ -142,18 +145,28 @@ def check_prologue(prologue: Tensor | None, channels: int, prefix: str) -> None:
     if prologue is None:
         return
     if tuple(prologue.shape) != (channels, 3) or not prologue.is_floating_point():
-        raise ValueError(f"{prefix} the prologue must be a floating ({channels}, 3) tensor of "
-                         f"center, scale and shift per input channel; got "
-                         f"{tuple(prologue.shape)} {prologue.dtype}")  # fmt: skip
+        raise ValueError(
+            f"{prefix} the prologue must be a floating ({channels}, 3) tensor of "
+            f"center, scale and shift per input channel; got "
+            f"{tuple(prologue.shape)} {prologue.dtype}"
+        )
 
 
 @torch.library.custom_op("fastcifar::conv2d_prologue_stats", mutates_args=())
 def _prologue_op(
-    input: Tensor, weight: Tensor, bias: Tensor | None, prologue: Tensor, act: int,
-    stride: int, padding: int, dilation: int, groups: int,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    y, part, block = launch_forward(input, weight, bias, stride, padding, dilation, groups,
-                                    stats=True, prologue=(prologue, act))  # fmt: skip
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    prologue: Tensor,
+    act: int,
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    y, part, block = launch_forward(
+        input, weight, bias, stride, padding, dilation, groups, stats=True, prologue=(prologue, act)
+    )
     mean, var = combine_stats(part, y.shape[0] * y.shape[2] * y.shape[3], block)
     return y, mean, var
 
@@ -165,11 +178,28 @@ def _(input, weight, bias, prologue, act, stride, padding, dilation, groups):
 
 @torch.library.custom_op("fastcifar::conv2d_prologue_grad_input", mutates_args=())
 def _prologue_grad_input_op(
-    grad: Tensor, weight: Tensor, input: Tensor, prologue: Tensor, act: int,
-    stride: int, padding: int, dilation: int, groups: int,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    return launch_grad_input(grad, weight, input.shape, memory_format(input), stride, padding,
-                             dilation, groups, prologue=(prologue, act), x=input)  # fmt: skip
+    grad: Tensor,
+    weight: Tensor,
+    input: Tensor,
+    prologue: Tensor,
+    act: int,
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int,
+) -> tuple[Tensor, Tensor]:
+    return launch_grad_input(
+        grad,
+        weight,
+        input.shape,
+        memory_format(input),
+        stride,
+        padding,
+        dilation,
+        groups,
+        prologue=(prologue, act),
+        x=input,
+    )
 
 
 @_prologue_grad_input_op.register_fake
@@ -181,11 +211,19 @@ def _(grad, weight, input, prologue, act, stride, padding, dilation, groups):
 
 @torch.library.custom_op("fastcifar::conv2d_prologue_grad_weight", mutates_args=())
 def _prologue_grad_weight_op(
-    grad: Tensor, input: Tensor, prologue: Tensor, act: int, weight_shape: list[int],
-    stride: int, padding: int, dilation: int, groups: int,
-) -> Tensor:  # fmt: skip
-    return launch_grad_weight(grad, input, weight_shape, stride, padding, dilation, groups,
-                              prologue=(prologue, act))  # fmt: skip
+    grad: Tensor,
+    input: Tensor,
+    prologue: Tensor,
+    act: int,
+    weight_shape: list[int],
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int,
+) -> Tensor:
+    return launch_grad_weight(
+        grad, input, weight_shape, stride, padding, dilation, groups, prologue=(prologue, act)
+    )
 
 
 @_prologue_grad_weight_op.register_fake
@@ -210,20 +248,30 @@ def _prologue_backward(ctx, gy, gmean, gvar):
         gi, red = _prologue_grad_input_op(g, weight, input, prologue, ctx.act, *ctx.args)
         gpro = prologue_grad(prologue, red)
     if ctx.needs_input_grad[1]:
-        gw = _prologue_grad_weight_op(g, input, prologue, ctx.act, list(weight.shape),
-                                      *ctx.args)  # fmt: skip
+        gw = _prologue_grad_weight_op(g, input, prologue, ctx.act, list(weight.shape), *ctx.args)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         gb = _grad_bias_op(g)
     return gi, gw, gb, gpro, None, None, None, None, None
 
 
 _prologue_op.register_autograd(_prologue_backward, setup_context=_prologue_setup_context)
+# FLOPs, for torch.utils.flop_counter and the roofline (kernels/flops.py)
+register_conv_flops(torch.ops.fastcifar.conv2d_prologue_stats, "input", "weight")
+register_conv_flops(torch.ops.fastcifar.conv2d_prologue_grad_input, "input", "weight")
+register_conv_flops(torch.ops.fastcifar.conv2d_prologue_grad_weight, "input", "weight_shape")
 
 
 def conv2d_prologue_stats(
-    input: Tensor, weight: Tensor, bias: Tensor | None, prologue: Tensor,
-    activation: str = "identity", stride=1, padding=0, dilation=1, groups: int = 1,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    prologue: Tensor,
+    activation: str = "identity",
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean, var): y = conv2d(act((input - center) * scale + shift), weight, bias, ...)
     for any convolution ``fastcifar.kernels.conv2d`` takes (dense 3x3, grouped and depthwise
     KxK), and y's per-channel batch mean and biased variance, as ``conv2d_relu_stats``. The prologue
@@ -236,12 +284,21 @@ def conv2d_prologue_stats(
         NotImplementedError / ValueError: as ``fastcifar.kernels.conv2d``; a prologue not
             (CIN, 3); an unknown activation.
     """
-    stride, padding, dilation = prepare_args(input, weight, bias, stride, padding, dilation,
-                                             groups)  # fmt: skip
+    stride, padding, dilation = prepare_args(input, weight, bias, stride, padding, dilation, groups)
     prefix = "fastcifar.kernels.conv2d_prologue_stats:"
     check_prologue(prologue, input.shape[1], prefix)
     if activation not in ACTIVATIONS:
-        raise ValueError(f"{prefix} activation {activation!r} is not one of "
-                         f"{', '.join(ACTIVATIONS)}")  # fmt: skip
-    return _prologue_op(input, weight, bias, prologue.contiguous(), ACTIVATIONS[activation],
-                        stride, padding, dilation, groups)  # fmt: skip
+        raise ValueError(
+            f"{prefix} activation {activation!r} is not one of {', '.join(ACTIVATIONS)}"
+        )
+    return _prologue_op(
+        input,
+        weight,
+        bias,
+        prologue.contiguous(),
+        ACTIVATIONS[activation],
+        stride,
+        padding,
+        dilation,
+        groups,
+    )

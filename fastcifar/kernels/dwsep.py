@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from fastcifar.kernels.conv import check_supported
+from fastcifar.kernels.flops import dwsep_flops
 from fastcifar.kernels.launch import (
     acc_dtype,
     cdiv,
@@ -44,8 +45,12 @@ from fastcifar.kernels.launch import (
 __all__ = ["depthwise_separable_conv2d"]
 
 
-def _k():
+def _k(backward: bool = False):
     # imported at the first launch: triton is a Linux-only dependency
+    if backward:
+        from fastcifar.kernels import dwsep_bwd_kernels
+
+        return dwsep_bwd_kernels
     from fastcifar.kernels import dwsep_kernels
 
     return dwsep_kernels
@@ -61,51 +66,61 @@ def _wp_strides(w: Tensor) -> tuple[int, int]:
     return s[0], s[1]
 
 
+def _meta(t, x: Tensor, stride, padding, dilation, relu) -> dict:
+    """The constexprs every dwsep kernel takes: the convolution, the ReLU, the tile and
+    the target's launch options (``t``: ``launch.Tiles``)."""
+    return dict(
+        STRIDE=stride,
+        PADDING=padding,
+        DILATION=dilation,
+        RELU=relu,
+        USE_DOT=t.use_dot,
+        ACC=tl_acc(x.dtype),
+        BLOCK_P=t.block_p,
+        BLOCK_K=t.block_k,
+        BLOCK_N=t.block_n,
+        **t.launch_options,
+    )
+
+
 def launch_forward(x, wd, wp, stride, padding, dilation, relu):
     t = tiles(x.dtype, "dwsep")
     n, c, h, w = x.shape
     cout = wp.shape[0]
     y = empty_output(x, cout, stride, padding, dilation)
     ho, wo = y.shape[2], y.shape[3]
-    launch(
-        _k().dwsep_fwd_kernel, (cdiv(n * ho * wo, t.block_p), cdiv(cout, t.block_n)),
-        x, wd, wp, y, n, c, h, w, cout, ho, wo,
-        *strides(x), *_wd_strides(wd), *_wp_strides(wp), *strides(y),
-        STRIDE=stride, PADDING=padding, DILATION=dilation, RELU=relu, USE_DOT=t.use_dot,
-        ACC=tl_acc(x.dtype), BLOCK_P=t.block_p, BLOCK_K=t.block_k, BLOCK_N=t.block_n,
-        **t.launch_options,
-    )  # fmt: skip
+    grid = (cdiv(n * ho * wo, t.block_p), cdiv(cout, t.block_n))
+    layout = (*strides(x), *_wd_strides(wd), *_wp_strides(wp), *strides(y))
+    meta = _meta(t, x, stride, padding, dilation, relu)
+    launch(_k().dwsep_fwd_kernel, grid, x, wd, wp, y, n, c, h, w, cout, ho, wo, *layout, **meta)
     return y
 
 
 def launch_backward(dy, x, wd, wp, stride, padding, dilation, relu):
-    k = _k()
+    k = _k(backward=True)
     n, c, h, w = x.shape
     cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    sizes = (n, c, h, w, cout, ho, wo)
     strided = (*strides(x), *_wd_strides(wd), *_wp_strides(wp), *strides(dy))
-
-    def meta(t):
-        return dict(STRIDE=stride, PADDING=padding, DILATION=dilation, RELU=relu,
-                    USE_DOT=t.use_dot, ACC=tl_acc(x.dtype), BLOCK_P=t.block_p,
-                    BLOCK_K=t.block_k, BLOCK_N=t.block_n, **t.launch_options)  # fmt: skip
-
     tw = tiles(x.dtype, "dwsep_weights")
     c_blocks = cdiv(c, tw.block_k)
     pixels_per_partial = partial_pixels(n * ho * wo, c_blocks, tw, x.device)
     parts = cdiv(n * ho * wo, pixels_per_partial)
     part_dw = torch.empty((parts, c, 9), dtype=acc_dtype(x.dtype), device=x.device)
     part_pw = torch.zeros((parts, cout, c), dtype=acc_dtype(x.dtype), device=x.device)
+    pointers = (x, wd, wp, dy, part_dw, part_pw)
+    meta = _meta(tw, x, stride, padding, dilation, relu)
+    grid = (parts, c_blocks)
     launch(
-        k.dwsep_bwd_weights_kernel, (parts, c_blocks),
-        x, wd, wp, dy, part_dw, part_pw, n, c, h, w, cout, ho, wo, pixels_per_partial,
-        *strided, **meta(tw),
-    )  # fmt: skip
+        k.dwsep_bwd_weights_kernel, grid, *pointers, *sizes, pixels_per_partial, *strided, **meta
+    )
     ti = tiles(x.dtype, "dwsep")
     dx = torch.empty_like(x, memory_format=memory_format(x))
+    grid = (cdiv(n * h * w, ti.block_p), cdiv(c, ti.block_k))
+    meta = _meta(ti, x, stride, padding, dilation, relu)
     launch(
-        k.dwsep_bwd_input_kernel, (cdiv(n * h * w, ti.block_p), cdiv(c, ti.block_k)),
-        x, wd, wp, dy, dx, n, c, h, w, cout, ho, wo, *strided, *strides(dx), **meta(ti),
-    )  # fmt: skip
+        k.dwsep_bwd_input_kernel, grid, x, wd, wp, dy, dx, *sizes, *strided, *strides(dx), **meta
+    )
     g_wd = part_dw.sum(0).view(c, 1, 3, 3).to(x.dtype)
     g_wp = part_pw.sum(0).view(cout, c, 1, 1).to(x.dtype)
     return dx, g_wd, g_wp
@@ -113,9 +128,14 @@ def launch_backward(dy, x, wd, wp, stride, padding, dilation, relu):
 
 @torch.library.custom_op("fastcifar::dwsep_conv2d", mutates_args=())
 def _dwsep_op(
-    input: Tensor, w_dw: Tensor, w_pw: Tensor, stride: int, padding: int, dilation: int,
+    input: Tensor,
+    w_dw: Tensor,
+    w_pw: Tensor,
+    stride: int,
+    padding: int,
+    dilation: int,
     relu: bool,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     return launch_forward(input, w_dw, w_pw, stride, padding, dilation, relu)
 
 
@@ -126,16 +146,23 @@ def _(input, w_dw, w_pw, stride, padding, dilation, relu):
 
 @torch.library.custom_op("fastcifar::dwsep_conv2d_backward", mutates_args=())
 def _dwsep_backward_op(
-    grad: Tensor, input: Tensor, w_dw: Tensor, w_pw: Tensor, stride: int, padding: int,
-    dilation: int, relu: bool,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    grad: Tensor,
+    input: Tensor,
+    w_dw: Tensor,
+    w_pw: Tensor,
+    stride: int,
+    padding: int,
+    dilation: int,
+    relu: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     return launch_backward(grad, input, w_dw, w_pw, stride, padding, dilation, relu)
 
 
 @_dwsep_backward_op.register_fake
 def _(grad, input, w_dw, w_pw, stride, padding, dilation, relu):
-    dx = torch.empty(input.shape, dtype=input.dtype, device=input.device,
-                     memory_format=memory_format(input))  # fmt: skip
+    dx = torch.empty(
+        input.shape, dtype=input.dtype, device=input.device, memory_format=memory_format(input)
+    )
     return (
         dx,
         torch.empty(w_dw.shape, dtype=input.dtype, device=input.device),
@@ -156,6 +183,9 @@ def _autograd_backward(ctx, grad):
 
 
 _dwsep_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+# FLOPs, for torch.utils.flop_counter and the roofline (kernels/flops.py)
+dwsep_flops(torch.ops.fastcifar.dwsep_conv2d, depthwise=1, pointwise=1)
+dwsep_flops(torch.ops.fastcifar.dwsep_conv2d_backward, depthwise=3, pointwise=2)
 
 
 def depthwise_separable_conv2d(
@@ -184,8 +214,9 @@ def depthwise_separable_conv2d(
             f"depthwise_separable_conv2d: depthwise kernel {tuple(w_dw.shape[2:])} is not 3x3 "
             f"(larger ones run unfused through fastcifar.kernels.conv2d)"
         )
-    check_supported(input.shape, w_dw.shape, input.dtype, input.device, stride, padding,
-                    dilation, groups=c)  # fmt: skip
+    check_supported(
+        input.shape, w_dw.shape, input.dtype, input.device, stride, padding, dilation, groups=c
+    )
     if not input.dtype == w_dw.dtype == w_pw.dtype:
         raise ValueError("depthwise_separable_conv2d: input and weights must share one dtype")
     return _dwsep_op(input, w_dw, w_pw, stride, padding, dilation, relu)

@@ -142,27 +142,18 @@ class Tiles:
 # * pointwise (the 1x1 GEMM with the BatchNorm-and-activation prologue and the statistics
 #   epilogue, its input and weight gradients): 64 pixels x 32 channels, K = 32: a
 #   channels_last row of 32 16-bit channels is 64 contiguous bytes per pixel.
-GPU_TILES = {
-    "dense": Tiles(block_p=64, block_c=32, block_n=32, block_k=16, pixels_per_partial=4096),
-    "depthwise": Tiles(block_p=64, block_c=8, block_n=16, block_k=16, pixels_per_partial=4096),
-    "depthwise_strided": Tiles(
-        block_p=32, block_c=8, block_n=16, block_k=16, pixels_per_partial=4096
-    ),
-    "grouped": Tiles(block_p=16, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
-    "grouped_dot": Tiles(block_p=64, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
-    "reduce": Tiles(block_p=128, block_c=8, block_n=16, block_k=16, pixels_per_partial=4096),
-    "dwsep": Tiles(
-        block_p=64,
-        block_c=16,
-        block_n=32,
-        block_k=16,
-        pixels_per_partial=4096,
-        num_warps=8,
-        num_stages=1,
-    ),
-    "dwsep_weights": Tiles(block_p=16, block_c=16, block_n=16, block_k=16, pixels_per_partial=4096),
-    "pointwise": Tiles(block_p=64, block_c=32, block_n=32, block_k=32, pixels_per_partial=4096),
-}
+# (kept aligned, the formatter told to skip it: a table of numbers, one family a row)
+GPU_TILES = {  # block_p, block_c, block_n, block_k, pixels_per_partial[, launch options]
+    "dense":             Tiles(64,  32, 32, 16, 4096),
+    "depthwise":         Tiles(64,   8, 16, 16, 4096),
+    "depthwise_strided": Tiles(32,   8, 16, 16, 4096),
+    "grouped":           Tiles(16,  16, 16, 16, 4096),
+    "grouped_dot":       Tiles(64,  16, 16, 16, 4096),
+    "reduce":            Tiles(128,  8, 16, 16, 4096),
+    "dwsep":             Tiles(64,  16, 32, 16, 4096, num_warps=8, num_stages=1),
+    "dwsep_weights":     Tiles(16,  16, 16, 16, 4096),
+    "pointwise":         Tiles(64,  32, 32, 32, 4096),
+}  # fmt: skip
 FAMILIES = tuple(GPU_TILES)
 # Per target (``fastcifar.kernels.targets``), the families whose compiles there called for
 # other tiles than GPU_TILES, each with its reason. Empty entries use GPU_TILES.
@@ -341,13 +332,12 @@ def strides(t: Tensor) -> tuple[int, int, int, int]:
 
 def memory_format(t: Tensor) -> torch.memory_format:
     """channels_last when ``t`` is laid out so (and not also plain contiguous)."""
-    if (
+    cl = (
         t.dim() == 4
         and not t.is_contiguous()
         and t.is_contiguous(memory_format=torch.channels_last)
-    ):
-        return torch.channels_last
-    return torch.contiguous_format
+    )
+    return torch.channels_last if cl else torch.contiguous_format
 
 
 def out_size(size: int, stride: int, padding: int, dilation: int, kernel: int = 3) -> int:
@@ -356,16 +346,17 @@ def out_size(size: int, stride: int, padding: int, dilation: int, kernel: int = 
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def empty_output(x: Tensor, cout: int, stride: int, padding: int, dilation: int,
-                 kernel: int = 3) -> Tensor:  # fmt: skip
+def empty_output(
+    x: Tensor, cout: int, stride: int, padding: int, dilation: int, kernel: int = 3
+) -> Tensor:
     """The uninitialised (N, COUT, HO, WO) output of a ``kernel`` x ``kernel`` convolution
     of ``x``, in ``x``'s dtype, device and memory format (what the ops and their fake
     implementations return)."""
     n, _, h, w = x.shape
     ho = out_size(h, stride, padding, dilation, kernel)
     wo = out_size(w, stride, padding, dilation, kernel)
-    return torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device,
-                       memory_format=memory_format(x))  # fmt: skip
+    fmt = memory_format(x)
+    return torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 # ------------------------------------------------------------------------ launching

@@ -7,7 +7,7 @@ normalised, activated tensor and reads it back into the 1x1 convolution, and sav
 for the backward. Here the 1x1 convolution reads the raw convolution output and applies
 ``act((x - center) * scale + shift)`` per input channel in its prologue (center: the
 BatchNorm's batch mean; scale: its weight over the batch deviation; shift: its bias;
-computed by the caller, ``fastcifar.chain``); the normalised tensor is never written,
+computed by the caller, ``fastcifar.nn.chain``); the normalised tensor is never written,
 and the backward recomputes it from the raw tensor. This is the scale-bias-activation-convolution of
 cuDNN's fused-ops API (``CUDNN_FUSED_SCALE_BIAS_ACTIVATION_CONV_BNSTATS``, the MLPerf
 ResNet-50 kernels), written for the pointwise convolutions of the model zoo.
@@ -36,6 +36,7 @@ from torch import Tensor
 
 from fastcifar.kernels.conv import _grad_bias_op, kernels_can_run
 from fastcifar.kernels.conv_bn import check_prologue, combine_stats, fold_stats_grad, prologue_grad
+from fastcifar.kernels.flops import register_conv_flops
 from fastcifar.kernels.launch import (
     ACTIVATIONS,
     MAX_INT32_ELEMENTS,
@@ -66,8 +67,9 @@ def _dummy(t: Tensor | None, other: Tensor) -> Tensor:
     return t if t is not None else other
 
 
-def launch_forward(x: Tensor, w: Tensor, b: Tensor | None, pro: Tensor | None, act: int,
-                   stats: bool):  # fmt: skip
+def launch_forward(
+    x: Tensor, w: Tensor, b: Tensor | None, pro: Tensor | None, act: int, stats: bool
+):
     """(y (N, COUT, H, W), partials (programs, COUT, 2) or None, pixels per program)."""
     t = tiles(x.dtype, "pointwise")
     n, cin, h, wd = x.shape
@@ -78,18 +80,40 @@ def launch_forward(x: Tensor, w: Tensor, b: Tensor | None, pro: Tensor | None, a
     if stats:
         part = torch.empty((programs, cout, 2), dtype=acc_dtype(x.dtype), device=x.device)
     launch(
-        _k().pointwise_fwd_kernel, (programs, cdiv(cout, t.block_n)),
-        x, w, _dummy(b, w), _dummy(pro, w), y, _dummy(part, y),
-        n, cin, h, wd, cout, *strides(x), w.stride(0), w.stride(1), *strides(y),
-        HAS_BIAS=b is not None, PROLOGUE=pro is not None, ACT=act, STATS=stats,
-        USE_DOT=t.use_dot, ACC=tl_acc(x.dtype), BLOCK_P=t.block_p, BLOCK_N=t.block_n,
-        BLOCK_K=t.block_k, **t.launch_options,
-    )  # fmt: skip
+        _k().pointwise_fwd_kernel,
+        (programs, cdiv(cout, t.block_n)),
+        x,
+        w,
+        _dummy(b, w),
+        _dummy(pro, w),
+        y,
+        _dummy(part, y),
+        n,
+        cin,
+        h,
+        wd,
+        cout,
+        *strides(x),
+        w.stride(0),
+        w.stride(1),
+        *strides(y),
+        HAS_BIAS=b is not None,
+        PROLOGUE=pro is not None,
+        ACT=act,
+        STATS=stats,
+        USE_DOT=t.use_dot,
+        ACC=tl_acc(x.dtype),
+        BLOCK_P=t.block_p,
+        BLOCK_N=t.block_n,
+        BLOCK_K=t.block_k,
+        **t.launch_options,
+    )
     return y, part, t.block_p
 
 
-def launch_grad_input(dy: Tensor, w: Tensor, x: Tensor, pro: Tensor | None,
-                      act: int) -> tuple[Tensor, Tensor]:  # fmt: skip
+def launch_grad_input(
+    dy: Tensor, w: Tensor, x: Tensor, pro: Tensor | None, act: int
+) -> tuple[Tensor, Tensor]:
     """(dx in x's dtype and layout, (CIN, 2) sums of (dz, dz * (x - center)) in the
     accumulator dtype: zeros without a prologue)."""
     t = tiles(dy.dtype, "pointwise")
@@ -97,20 +121,41 @@ def launch_grad_input(dy: Tensor, w: Tensor, x: Tensor, pro: Tensor | None,
     dx = torch.empty_like(x, memory_format=memory_format(x))
     programs = cdiv(n * h * wd, t.block_p)
     prologue = pro is not None
-    red = torch.zeros((programs if prologue else 1, cin, 2), dtype=acc_dtype(dy.dtype),
-                      device=dy.device)  # fmt: skip
+    red = torch.zeros(
+        (programs if prologue else 1, cin, 2), dtype=acc_dtype(dy.dtype), device=dy.device
+    )
     launch(
-        _k().pointwise_bwd_input_kernel, (programs, cdiv(cin, t.block_n)),
-        dy, w, x, _dummy(pro, w), dx, red,
-        n, cin, h, wd, w.shape[0], *strides(dy), w.stride(0), w.stride(1), *strides(x),
-        *strides(dx), PROLOGUE=prologue, ACT=act, USE_DOT=t.use_dot, ACC=tl_acc(dy.dtype),
-        BLOCK_P=t.block_p, BLOCK_N=t.block_n, BLOCK_K=t.block_k, **t.launch_options,
-    )  # fmt: skip
+        _k().pointwise_bwd_input_kernel,
+        (programs, cdiv(cin, t.block_n)),
+        dy,
+        w,
+        x,
+        _dummy(pro, w),
+        dx,
+        red,
+        n,
+        cin,
+        h,
+        wd,
+        w.shape[0],
+        *strides(dy),
+        w.stride(0),
+        w.stride(1),
+        *strides(x),
+        *strides(dx),
+        PROLOGUE=prologue,
+        ACT=act,
+        USE_DOT=t.use_dot,
+        ACC=tl_acc(dy.dtype),
+        BLOCK_P=t.block_p,
+        BLOCK_N=t.block_n,
+        BLOCK_K=t.block_k,
+        **t.launch_options,
+    )
     return dx, red.sum(0)  # fixed-order sum of the partials: deterministic
 
 
-def launch_grad_weight(dy: Tensor, x: Tensor, pro: Tensor | None, act: int,
-                       w_shape) -> Tensor:  # fmt: skip
+def launch_grad_weight(dy: Tensor, x: Tensor, pro: Tensor | None, act: int, w_shape) -> Tensor:
     """The weight gradient (COUT, CIN, 1, 1) in x's dtype: per-program partials summed in
     a fixed order (deterministic)."""
     t = tiles(x.dtype, "pointwise")
@@ -121,12 +166,29 @@ def launch_grad_weight(dy: Tensor, x: Tensor, pro: Tensor | None, act: int,
     parts = cdiv(total, pixels_per_partial)
     part = torch.empty((parts, cout, cin), dtype=acc_dtype(x.dtype), device=x.device)
     launch(
-        _k().pointwise_bwd_weight_kernel, (parts, *grid_nk),
-        dy, x, _dummy(pro, x), part,
-        n, cin, h, wd, cout, pixels_per_partial, *strides(dy), *strides(x),
-        PROLOGUE=pro is not None, ACT=act, USE_DOT=t.use_dot, ACC=tl_acc(x.dtype),
-        BLOCK_P=t.block_p, BLOCK_N=t.block_n, BLOCK_K=t.block_k, **t.launch_options,
-    )  # fmt: skip
+        _k().pointwise_bwd_weight_kernel,
+        (parts, *grid_nk),
+        dy,
+        x,
+        _dummy(pro, x),
+        part,
+        n,
+        cin,
+        h,
+        wd,
+        cout,
+        pixels_per_partial,
+        *strides(dy),
+        *strides(x),
+        PROLOGUE=pro is not None,
+        ACT=act,
+        USE_DOT=t.use_dot,
+        ACC=tl_acc(x.dtype),
+        BLOCK_P=t.block_p,
+        BLOCK_N=t.block_n,
+        BLOCK_K=t.block_k,
+        **t.launch_options,
+    )
     return part.sum(0).view(cout, cin, 1, 1).to(x.dtype)
 
 
@@ -135,9 +197,13 @@ def launch_grad_weight(dy: Tensor, x: Tensor, pro: Tensor | None, act: int,
 
 @torch.library.custom_op("fastcifar::pointwise_conv2d", mutates_args=())
 def _op(
-    input: Tensor, weight: Tensor, bias: Tensor | None, prologue: Tensor | None, act: int,
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    prologue: Tensor | None,
+    act: int,
     stats: bool,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor, Tensor]:
     y, part, block = launch_forward(input, weight, bias, prologue, act, stats)
     if not stats:
         empty = input.new_empty((0,), dtype=acc_dtype(input.dtype))
@@ -156,8 +222,12 @@ def _(input, weight, bias, prologue, act, stats):
 
 @torch.library.custom_op("fastcifar::pointwise_conv2d_grad_input", mutates_args=())
 def _grad_input_op(
-    grad: Tensor, weight: Tensor, input: Tensor, prologue: Tensor | None, act: int,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+    grad: Tensor,
+    weight: Tensor,
+    input: Tensor,
+    prologue: Tensor | None,
+    act: int,
+) -> tuple[Tensor, Tensor]:
     return launch_grad_input(grad, weight, input, prologue, act)
 
 
@@ -169,8 +239,12 @@ def _(grad, weight, input, prologue, act):
 
 @torch.library.custom_op("fastcifar::pointwise_conv2d_grad_weight", mutates_args=())
 def _grad_weight_op(
-    grad: Tensor, input: Tensor, prologue: Tensor | None, act: int, weight_shape: list[int],
-) -> Tensor:  # fmt: skip
+    grad: Tensor,
+    input: Tensor,
+    prologue: Tensor | None,
+    act: int,
+    weight_shape: list[int],
+) -> Tensor:
     return launch_grad_weight(grad, input, prologue, act, weight_shape)
 
 
@@ -204,10 +278,15 @@ def _backward(ctx, gy, gmean, gvar):
 
 
 _op.register_autograd(_backward, setup_context=_setup_context)
+# FLOPs, for torch.utils.flop_counter and the roofline (kernels/flops.py)
+register_conv_flops(torch.ops.fastcifar.pointwise_conv2d, "input", "weight")
+register_conv_flops(torch.ops.fastcifar.pointwise_conv2d_grad_input, "input", "weight")
+register_conv_flops(torch.ops.fastcifar.pointwise_conv2d_grad_weight, "input", "weight_shape")
 
 
-def check_pointwise(input: Tensor, weight: Tensor, bias: Tensor | None,
-                    prologue: Tensor | None, activation: str) -> None:  # fmt: skip
+def check_pointwise(
+    input: Tensor, weight: Tensor, bias: Tensor | None, prologue: Tensor | None, activation: str
+) -> None:
     """Raise ``ValueError`` / ``NotImplementedError`` naming what ``pointwise_conv2d``
     cannot take."""
     prefix = "fastcifar.kernels.pointwise_conv2d:"
@@ -217,26 +296,34 @@ def check_pointwise(input: Tensor, weight: Tensor, bias: Tensor | None,
             f"{tuple(input.shape)} and {tuple(weight.shape)}"
         )
     if weight.shape[1] != input.shape[1]:
-        raise ValueError(f"{prefix} weight {tuple(weight.shape)} does not match input "
-                         f"channels {input.shape[1]}")  # fmt: skip
+        raise ValueError(
+            f"{prefix} weight {tuple(weight.shape)} does not match input channels {input.shape[1]}"
+        )
     if input.dtype not in _DTYPES:
-        raise NotImplementedError(f"{prefix} dtype {input.dtype} is not float32/16, bfloat16 "
-                                  f"or float64")  # fmt: skip
+        raise NotImplementedError(
+            f"{prefix} dtype {input.dtype} is not float32/16, bfloat16 or float64"
+        )
     if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
-        raise ValueError(f"{prefix} input {input.dtype}, weight {weight.dtype} and bias must "
-                         f"share one dtype")  # fmt: skip
+        raise ValueError(
+            f"{prefix} input {input.dtype}, weight {weight.dtype} and bias must share one dtype"
+        )
     check_prologue(prologue, input.shape[1], prefix)
     if activation not in ACTIVATIONS:
-        raise ValueError(f"{prefix} activation {activation!r} is not one of "
-                         f"{', '.join(ACTIVATIONS)}")  # fmt: skip
+        raise ValueError(
+            f"{prefix} activation {activation!r} is not one of {', '.join(ACTIVATIONS)}"
+        )
     biggest = max(input.numel(), input.shape[0] * weight.shape[0] * input[0, 0].numel())
     if biggest >= MAX_INT32_ELEMENTS:
-        raise NotImplementedError(f"{prefix} {biggest:,} elements, past the kernels' int32 "
-                                  f"offsets (2**31): split the batch")  # fmt: skip
+        raise NotImplementedError(
+            f"{prefix} {biggest:,} elements, past the kernels' int32 "
+            f"offsets (2**31): split the batch"
+        )
     if not kernels_can_run(input.device):
-        raise NotImplementedError(f"{prefix} device {input.device} cannot run Triton: use a "
-                                  f"CUDA tensor, or set TRITON_INTERPRET=1 before the first "
-                                  f"launch to run on the CPU")  # fmt: skip
+        raise NotImplementedError(
+            f"{prefix} device {input.device} cannot run Triton: use a "
+            f"CUDA tensor, or set TRITON_INTERPRET=1 before the first "
+            f"launch to run on the CPU"
+        )
 
 
 def pointwise_conv2d(

@@ -4,7 +4,7 @@ BatchNorm and activation applied to its input as it is loaded (the prologue) and
 next BatchNorm's statistics taken from its output as it is stored (the epilogue).
 
 Private: the launchers in ``fastcifar.kernels.pointwise`` call these. Conventions are
-``conv_kernels``': ``P`` the flattened (n, h, w) pixel, every 4-D tensor addressed
+``conv_dot_kernels``': ``P`` the flattened (n, h, w) pixel, every 4-D tensor addressed
 through its four strides (NCHW, channels_last and stride-0 gradients without copies),
 ``BLOCK_P`` pixels, ``BLOCK_N`` channels a program produces, ``BLOCK_K`` channels it
 reduces per step; accumulation in ``ACC`` (float32, float64 for float64).
@@ -37,9 +37,9 @@ from fastcifar.kernels._stencil import (
     pixel_offset,
     program_tile,
     prologue_backward,
+    store_epilogue,
     store_tile,
 )
-from fastcifar.kernels.conv_kernels import _epilogue
 
 
 @triton.jit
@@ -50,16 +50,33 @@ def pointwise_fwd_kernel(
     pro_ptr,  # prologue (CIN, 3): center, scale, shift; any pointer when PROLOGUE is false
     y_ptr,  # output (N, COUT, H, W)
     stats_ptr,  # (pixel programs, COUT, 2) partial (sum, M2) when STATS, else any pointer
-    N, CIN, H, W, COUT,
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    stride_wo, stride_wi,
-    stride_yn, stride_yc, stride_yh, stride_yw,
-    HAS_BIAS: tl.constexpr, PROLOGUE: tl.constexpr, ACT: tl.constexpr, STATS: tl.constexpr,
-    USE_DOT: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+    N,
+    CIN,
+    H,
+    W,
+    COUT,
+    stride_xn,
+    stride_xc,
+    stride_xh,
+    stride_xw,
+    stride_wo,
+    stride_wi,
+    stride_yn,
+    stride_yc,
+    stride_yh,
+    stride_yw,
+    HAS_BIAS: tl.constexpr,
+    PROLOGUE: tl.constexpr,
+    ACT: tl.constexpr,
+    STATS: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """Forward, y = act((x - center) * scale + shift) @ w^T + b, with the BatchNorm-statistics
-    epilogue (``conv_kernels._epilogue``) when STATS.
+    epilogue (``_stencil.store_epilogue``) when STATS.
 
     x (N, CIN, H, W), y (N, COUT, H, W): any strides, one dtype. Grid:
     (cdiv(N*H*W, BLOCK_P), cdiv(COUT, BLOCK_N)); each program computes a BLOCK_P x
@@ -68,8 +85,7 @@ def pointwise_fwd_kernel(
     # this program's tile: BLOCK_P pixels x BLOCK_N output channels
     pid_p = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_p, offs_co, mask_p, mask_co = program_tile(pid_p, pid_n, N * H * W, COUT, BLOCK_P,
-                                                    BLOCK_N)  # fmt: skip
+    offs_p, offs_co, mask_p, mask_co = program_tile(pid_p, pid_n, N * H * W, COUT, BLOCK_P, BLOCK_N)
     n, h, w = pixel_coords(offs_p, H, W)
     x_off = pixel_offset(n, h, w, stride_xn, stride_xh, stride_xw)
     acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=ACC)
@@ -88,8 +104,26 @@ def pointwise_fwd_kernel(
         acc = mac(acc, xt, wt, USE_DOT, ACC)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_co, mask=mask_co, other=0.0).to(ACC)[None, :]
-    _epilogue(acc, y_ptr, stats_ptr, pid_p, n, h, w, offs_co, mask_p, mask_co, COUT,
-              stride_yn, stride_yc, stride_yh, stride_yw, False, STATS, ACC)  # fmt: skip
+    store_epilogue(
+        acc,
+        y_ptr,
+        stats_ptr,
+        pid_p,
+        n,
+        h,
+        w,
+        offs_co,
+        mask_p,
+        mask_co,
+        COUT,
+        stride_yn,
+        stride_yc,
+        stride_yh,
+        stride_yw,
+        False,
+        STATS,
+        ACC,
+    )
 
 
 @triton.jit
@@ -100,14 +134,33 @@ def pointwise_bwd_input_kernel(
     pro_ptr,  # prologue (CIN, 3): center, scale, shift, when PROLOGUE
     dx_ptr,  # input gradient (N, CIN, H, W): of the raw input, direct part dz * scale
     red_ptr,  # (pixel programs, CIN, 2) partial (sum dz, sum dz * x) when PROLOGUE
-    N, CIN, H, W, COUT,
-    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
-    stride_wo, stride_wi,
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    stride_dxn, stride_dxc, stride_dxh, stride_dxw,
-    PROLOGUE: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+    N,
+    CIN,
+    H,
+    W,
+    COUT,
+    stride_dyn,
+    stride_dyc,
+    stride_dyh,
+    stride_dyw,
+    stride_wo,
+    stride_wi,
+    stride_xn,
+    stride_xc,
+    stride_xh,
+    stride_xw,
+    stride_dxn,
+    stride_dxc,
+    stride_dxh,
+    stride_dxw,
+    PROLOGUE: tl.constexpr,
+    ACT: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """Input gradient: da = dy @ w; without a prologue dx = da. With one, the epilogue
     recomputes z = (x - center) * scale + shift, takes dz = da * act'(z), stores dx = dz * scale and
     per-program partial sums of dz and dz * (x - center) per input channel (summed on the host in a
@@ -119,8 +172,7 @@ def pointwise_bwd_input_kernel(
     # this program's tile: BLOCK_P pixels x BLOCK_N input channels
     pid_p = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_p, offs_ci, mask_p, mask_ci = program_tile(pid_p, pid_n, N * H * W, CIN, BLOCK_P,
-                                                    BLOCK_N)  # fmt: skip
+    offs_p, offs_ci, mask_p, mask_ci = program_tile(pid_p, pid_n, N * H * W, CIN, BLOCK_P, BLOCK_N)
     n, h, w = pixel_coords(offs_p, H, W)
     dy_off = pixel_offset(n, h, w, stride_dyn, stride_dyh, stride_dyw)
     acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=ACC)
@@ -137,8 +189,21 @@ def pointwise_bwd_input_kernel(
         acc = mac(acc, dyt, wt, USE_DOT, ACC)
     if PROLOGUE:  # the BatchNorm-and-activation backward's epilogue, from the raw input
         x_off = pixel_offset(n, h, w, stride_xn, stride_xh, stride_xw)
-        acc = prologue_backward(acc, x_ptr, x_off, offs_ci, stride_xc, mask_p, mask_ci,
-                                pro_ptr, red_ptr, pid_p, CIN, ACT, ACC)  # fmt: skip
+        acc = prologue_backward(
+            acc,
+            x_ptr,
+            x_off,
+            offs_ci,
+            stride_xc,
+            mask_p,
+            mask_ci,
+            pro_ptr,
+            red_ptr,
+            pid_p,
+            CIN,
+            ACT,
+            ACC,
+        )
     dx_off = pixel_offset(n, h, w, stride_dxn, stride_dxh, stride_dxw)
     store_tile(dx_ptr, acc, dx_off, offs_ci, stride_dxc, mask_p, mask_ci)
 
@@ -149,12 +214,28 @@ def pointwise_bwd_weight_kernel(
     x_ptr,  # raw input (N, CIN, H, W)
     pro_ptr,  # prologue (CIN, 3): center, scale, shift, when PROLOGUE
     part_ptr,  # partials (T, COUT, CIN), contiguous, ACC dtype
-    N, CIN, H, W, COUT, PIXELS_PER_PARTIAL,
-    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    PROLOGUE: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+    N,
+    CIN,
+    H,
+    W,
+    COUT,
+    PIXELS_PER_PARTIAL,
+    stride_dyn,
+    stride_dyc,
+    stride_dyh,
+    stride_dyw,
+    stride_xn,
+    stride_xc,
+    stride_xh,
+    stride_xw,
+    PROLOGUE: tl.constexpr,
+    ACT: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """Weight gradient as per-program partials: dy^T [BLOCK_N, BLOCK_P] @ a [BLOCK_P,
     BLOCK_K] over the program's pixel range, ``a`` the prologue recomputed from the raw
     input (the normalised, activated tensor is never saved).

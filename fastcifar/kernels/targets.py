@@ -35,7 +35,7 @@ class Target:
     warp_size: 32 (NVIDIA) or 64 (CDNA wavefronts); regs: 32-bit registers per SM
     (NVIDIA); warps: resident warps per SM (NVIDIA) or wavefronts per SIMD (AMD);
     blocks: resident blocks per SM; smem: shared memory (LDS) bytes per SM (CU);
-    dtypes: what training runs in there (``fastcifar.runtime.amp_dtype``'s policy);
+    dtypes: what training runs in there (``fastcifar.engine.runtime.amp_dtype``'s policy);
     gpus: examples.
     """
 

@@ -47,9 +47,15 @@ class ConvConfig:
 
     def describe(self) -> str:
         n, cin, h, w = self.input_shape
-        kind = "dense" if self.groups == 1 else (
-            "depthwise" if self.groups == cin == self.weight_shape[0] else f"groups={self.groups}"
-        )  # fmt: skip
+        kind = (
+            "dense"
+            if self.groups == 1
+            else (
+                "depthwise"
+                if self.groups == cin == self.weight_shape[0]
+                else f"groups={self.groups}"
+            )
+        )
         layout = "cl" if self.channels_last else "nchw"
         k = self.weight_shape[-1]
         kind = kind if k == 3 else f"{kind} {k}x{k}"
@@ -85,13 +91,27 @@ def collect_conv_configs(
         def fn(module, args, _output):
             x = args[0]
             cfg = ConvConfig(
-                tuple(x.shape), tuple(module.weight.shape), module.stride[0], module.padding[0],
-                module.dilation[0], module.groups, module.bias is not None, dtype or x.dtype,
+                tuple(x.shape),
+                tuple(module.weight.shape),
+                module.stride[0],
+                module.padding[0],
+                module.dilation[0],
+                module.groups,
+                module.bias is not None,
+                dtype or x.dtype,
                 x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
-            )  # fmt: skip
+            )
             try:
-                check_supported(cfg.input_shape, cfg.weight_shape, cfg.dtype, "cuda", cfg.stride,
-                                cfg.padding, cfg.dilation, cfg.groups)  # fmt: skip
+                check_supported(
+                    cfg.input_shape,
+                    cfg.weight_shape,
+                    cfg.dtype,
+                    "cuda",
+                    cfg.stride,
+                    cfg.padding,
+                    cfg.dilation,
+                    cfg.groups,
+                )
             except (NotImplementedError, ValueError):
                 return
             found.setdefault(cfg, []).append(name)

@@ -23,6 +23,7 @@ from fastcifar.models.resnext import RegNetX, ResNeXt29
 from fastcifar.models.seeds import C1C2C3C40, S7, AttentionNet, S7Mixed
 from fastcifar.models.shufflenet import ShuffleNetV2
 from fastcifar.models.speedrun import SpeedrunNet
+from fastcifar.recipes.zoo import ZOO_ACCURACY
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,9 @@ MODELS.update(
         ),
     }
 )
-ZOO_MODELS = ("mobilenetv2", "resnext29_32x4d", "regnetx_200mf", "efficientnet_b0",
-              "shufflenetv2")  # fmt: skip
+# the zoo's names, in one place: its recipes' table (``fastcifar.recipes.zoo``), which also
+# holds each one's reported accuracy; tests/models/test_models.py checks MODELS builds each
+ZOO_MODELS = tuple(ZOO_ACCURACY)
 SEED_MODELS = ("s7", "s7_mixed", "attention", "c1c2c3c40", "resnet18", "resnet18_ln")
 
 

@@ -30,8 +30,9 @@ from fastcifar.models.base import CifarNet
 __all__ = ["EfficientNetB0", "MobileNetV2"]
 
 
-def conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1,
-            act: nn.Module | None = None) -> nn.Sequential:  # fmt: skip
+def conv_bn(
+    cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, act: nn.Module | None = None
+) -> nn.Sequential:
     """A bias-free KxK convolution ('same' padding), its BatchNorm and, when given, its
     activation (a module without parameters: the state-dict keys are the same either
     way)."""
@@ -44,7 +45,7 @@ class InvertedResidual(nn.Module):
     at stride 1 the input is added (through a 1x1 projection when the widths differ).
 
     ``CHAIN``: the children the forward calls one on the other's output alone, in order
-    (``fastcifar.chain`` fuses depthwise -> BatchNorm -> ReLU into project's prologue)."""
+    (``fastcifar.nn.chain`` fuses depthwise -> BatchNorm -> ReLU into project's prologue)."""
 
     CHAIN = ("expand", "depthwise", "project")
 
@@ -66,8 +67,15 @@ class MobileNetV2(CifarNet):
     """MobileNetV2 for 32x32 inputs; see the module docstring. Grad-CAM: ``head``."""
 
     # (expansion, output channels, blocks, first block's stride)
-    STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-              (6, 160, 3, 2), (6, 320, 1, 1))  # fmt: skip
+    STAGES = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 1),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
@@ -90,7 +98,7 @@ class SqueezeExcitation(nn.Module):
     """Per-channel gates from the globally pooled features: 1x1 -> SiLU -> 1x1 -> sigmoid
     (Hu et al., CVPR 2018), both convolutions with bias. ``POOLED_GATE``: the forward is
     ``x * self.gate(adaptive_avg_pool2d(x, 1))``, so a conv-BN-activation chain can feed
-    it (``fastcifar.chain``)."""
+    it (``fastcifar.nn.chain``)."""
 
     POOLED_GATE = True
 
@@ -134,8 +142,15 @@ class EfficientNetB0(CifarNet):
     """EfficientNet-B0 for 32x32 inputs; see the module docstring. Grad-CAM: ``blocks``."""
 
     # (expansion, output channels, blocks, kernel, first block's stride)
-    STAGES = ((1, 16, 1, 3, 1), (6, 24, 2, 3, 2), (6, 40, 2, 5, 2), (6, 80, 3, 3, 2),
-              (6, 112, 3, 5, 1), (6, 192, 4, 5, 2), (6, 320, 1, 3, 1))  # fmt: skip
+    STAGES = (
+        (1, 16, 1, 3, 1),
+        (6, 24, 2, 3, 2),
+        (6, 40, 2, 5, 2),
+        (6, 80, 3, 3, 2),
+        (6, 112, 3, 5, 1),
+        (6, 192, 4, 5, 2),
+        (6, 320, 1, 3, 1),
+    )
 
     def __init__(self, num_classes: int = 10, dropout: float = 0.2):
         super().__init__()

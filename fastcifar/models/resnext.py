@@ -33,7 +33,7 @@ class GroupedBottleneck(nn.Module):
     """1x1 (cin -> mid) -> grouped 3x3 (``groups``, ``stride``) -> 1x1 (mid -> cout), with
     BatchNorm after each and ReLU after the first two; the shortcut added, then ReLU.
     ``CHAIN``: the children the forward calls one on the other's output alone
-    (``fastcifar.chain`` fuses grouped -> BatchNorm -> ReLU into restore's prologue)."""
+    (``fastcifar.nn.chain`` fuses grouped -> BatchNorm -> ReLU into restore's prologue)."""
 
     CHAIN = ("reduce", "grouped", "restore")
 
@@ -67,8 +67,9 @@ class ResNeXt29(CifarNet):
             mid = cardinality * width
             blocks = []
             for i in range(3):
-                blocks.append(GroupedBottleneck(cin, mid, 2 * mid, cardinality,
-                                                stride if i == 0 else 1))  # fmt: skip
+                blocks.append(
+                    GroupedBottleneck(cin, mid, 2 * mid, cardinality, stride if i == 0 else 1)
+                )
                 cin = 2 * mid
             stages.append(_stage(blocks))
             width *= 2
@@ -85,16 +86,25 @@ class RegNetX(CifarNet):
     ``group_width`` channels (defaults: 200MF); see the module docstring. Grad-CAM:
     ``layer4``."""
 
-    def __init__(self, depths=(1, 1, 4, 7), widths=(24, 56, 152, 368), strides=(1, 1, 2, 2),
-                 group_width: int = 8, num_classes: int = 10):  # fmt: skip
+    def __init__(
+        self,
+        depths=(1, 1, 4, 7),
+        widths=(24, 56, 152, 368),
+        strides=(1, 1, 2, 2),
+        group_width: int = 8,
+        num_classes: int = 10,
+    ):
         super().__init__()
         self.stem = nn.Sequential(conv_bn(3, 64, 3), nn.ReLU())
         cin, stages = 64, []
         for depth, width, stride in zip(depths, widths, strides, strict=True):
             blocks = []
             for i in range(depth):
-                blocks.append(GroupedBottleneck(cin, width, width, width // group_width,
-                                                stride if i == 0 else 1))  # fmt: skip
+                blocks.append(
+                    GroupedBottleneck(
+                        cin, width, width, width // group_width, stride if i == 0 else 1
+                    )
+                )
                 cin = width
             stages.append(_stage(blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages

@@ -30,8 +30,13 @@ def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
 
 def _branch(cin: int, cout: int, stride: int) -> nn.Sequential:
     """1x1 -> BN -> ReLU -> 3x3 depthwise (``stride``) -> BN -> 1x1 -> BN -> ReLU."""
-    return nn.Sequential(conv_bn(cin, cout), nn.ReLU(), conv_bn(cout, cout, 3, stride, cout),
-                         conv_bn(cout, cout), nn.ReLU())  # fmt: skip
+    return nn.Sequential(
+        conv_bn(cin, cout),
+        nn.ReLU(),
+        conv_bn(cout, cout, 3, stride, cout),
+        conv_bn(cout, cout),
+        nn.ReLU(),
+    )
 
 
 class BasicUnit(nn.Module):
@@ -64,8 +69,9 @@ class DownUnit(nn.Module):
 class ShuffleNetV2(CifarNet):
     """ShuffleNetV2 1x for 32x32 inputs; see the module docstring. Grad-CAM: ``head``."""
 
-    def __init__(self, widths=(116, 232, 464), blocks=(3, 7, 3), head: int = 1024,
-                 num_classes: int = 10):  # fmt: skip
+    def __init__(
+        self, widths=(116, 232, 464), blocks=(3, 7, 3), head: int = 1024, num_classes: int = 10
+    ):
         super().__init__()
         self.stem = nn.Sequential(conv_bn(3, 24, 3), nn.ReLU())
         cin, stages = 24, []

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from fastcifar.cli import CommandParser, prog_name
-from fastcifar.errors import FastCifarError, run_cli
+from fastcifar.errors import FastCifarError, first_line, run_cli
 
 AMP = {"bf16": "bfloat16", "fp16": "float16", "off": None}
 PATH_NAMES = ("eager", "compile", "fastcifar")
@@ -35,25 +35,50 @@ def build_parser() -> CommandParser:
         "GPU, not a timing). Runs on the CPU.",
     )
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--recipe", metavar="NAME", help="a recipe (its model, batch, loss, "
-                       "optimizer and EMA)")  # fmt: skip
-    which.add_argument("--model", metavar="NAME", help="a model: the first recipe training it "
-                       "gives the loss, optimizer and batch")  # fmt: skip
-    p.add_argument("--batch-size", type=int, metavar="N", help="images per step (default: the "
-                   "recipe's)")  # fmt: skip
-    p.add_argument("--amp", choices=tuple(AMP), default="bf16", help="autocast dtype (default "
-                   "bf16; off: float32)")  # fmt: skip
+    which.add_argument(
+        "--recipe", metavar="NAME", help="a recipe (its model, batch, loss, optimizer and EMA)"
+    )
+    which.add_argument(
+        "--model",
+        metavar="NAME",
+        help="a model: the first recipe training it gives the loss, optimizer and batch",
+    )
+    p.add_argument(
+        "--batch-size", type=int, metavar="N", help="images per step (default: the recipe's)"
+    )
+    p.add_argument(
+        "--amp",
+        choices=tuple(AMP),
+        default="bf16",
+        help="autocast dtype (default bf16; off: float32)",
+    )
     p.add_argument("--nchw", action="store_true", help="count in NCHW (default channels_last)")
-    p.add_argument("--paths", default=",".join(PATH_NAMES), metavar="LIST",
-                   help="comma-separated: eager, compile, fastcifar (default: all)")  # fmt: skip
-    p.add_argument("--gpu", default="h100", choices=tuple(GPUS), help="the GPU of the lower "
-                   "bound (default h100)")  # fmt: skip
-    p.add_argument("--whole-run", action="store_true", help="also the floor of a whole run "
-                   "(every step, whitening, TTA) and, for the speed-run recipes, the published "
-                   "time of the method each follows")  # fmt: skip
+    p.add_argument(
+        "--paths",
+        default=",".join(PATH_NAMES),
+        metavar="LIST",
+        help="comma-separated: eager, compile, fastcifar (default: all)",
+    )
+    p.add_argument(
+        "--gpu",
+        default="h100",
+        choices=tuple(GPUS),
+        help="the GPU of the lower bound (default h100)",
+    )
+    p.add_argument(
+        "--whole-run",
+        action="store_true",
+        help="also the floor of a whole run "
+        "(every step, whitening, TTA) and, for the speed-run recipes, the published "
+        "time of the method each follows",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="write the JSON here too")
-    p.add_argument("--out", type=Path, metavar="DIR", help="where roofline.json and "
-                   "roofline.png go (default runs/roofline-NAME)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="where roofline.json and roofline.png go (default runs/roofline-NAME)",
+    )
     return p
 
 
@@ -75,8 +100,7 @@ def _paths(text: str) -> tuple[str, ...]:
     paths = tuple(p.strip() for p in text.split(",") if p.strip())
     bad = [p for p in paths if p not in PATH_NAMES]
     if bad or not paths:
-        raise FastCifarError(f"--paths {text!r}: a comma-separated list of "
-                             f"{', '.join(PATH_NAMES)}")  # fmt: skip
+        raise FastCifarError(f"--paths {text!r}: a comma-separated list of {', '.join(PATH_NAMES)}")
     return paths
 
 
@@ -86,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     paths = _paths(args.paths)
     if args.batch_size is not None and args.batch_size < 2:
         raise FastCifarError(f"--batch-size {args.batch_size}: at least 2 (BatchNorm needs two)")
-
     import torch
 
     from fastcifar.roofline.count import count_step
@@ -108,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_error(path: str, exc: Exception) -> None:
         failed.append(path)
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        progress(f"the {path} path failed and is left out: {type(exc).__name__}: {first}")
+        progress(f"the {path} path failed and is left out: {first_line(exc)}")
 
     counts = count_step(setup, paths, progress=progress, on_error=on_error)
     paths = tuple(p for p in paths if p in counts)
@@ -127,31 +149,49 @@ def main(argv: list[str] | None = None) -> int:
 
     saved, saved_line = saved_summary(setup, paths)
     extra = {"whole_run": runs} if runs else {}
-    payload = json.dumps({"rows": rows, **extra, "saved_bytes": saved,
-                          "rereads": list(REREAD_NOTES)}, indent=1)  # fmt: skip
-    (out / "roofline.json").write_text(payload)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(payload)
+    payload = json.dumps(
+        {"rows": rows, **extra, "saved_bytes": saved, "rereads": list(REREAD_NOTES)}, indent=1
+    )
+    for target in (out / "roofline.json", args.json):
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(payload)
     plot_roofline(rows, gpu, out / "roofline.png")
     print(format_table(rows))
     print(verdict(rows))
     print(saved_line)
     for run in runs:
-        kinds = sorted(run["train_by_kind_s"].items(), key=lambda kv: -kv[1])[:3]
-        line = (f"whole run, {run['path']}: at least {run['floor_s']:.3f} s on {gpu.name} "
-                f"({run['steps']} steps {run['train_s']:.3f} s, whitening {run['whiten_s']:.4f} s, "
-                f"TTA {run['tta_s']:.3f} s); the steps' floor is mostly "
-                + ", ".join(f"{k} {s:.3f} s" for k, s in kinds))  # fmt: skip
-        if "record_s" in run:
-            line += (f"; {run['record']} published {run['record_s']} s: "
-                     f"{run['fraction_of_floor'] * 100:.0f} % of the way to the floor")  # fmt: skip
-        print(line)
-    print(f"roofline: {gpu.name}: {gpu.bandwidth / 1e12:.2f} TB/s, "
-          f"{gpu.peak_flops / 1e12:.0f} TFLOP/s dense 16-bit ({gpu.source.split(':')[0]}); "
-          f"a lower bound, not a timing; wrote {out / 'roofline.json'} and "
-          f"{out / 'roofline.png'} in {time.perf_counter() - start:.0f} s")  # fmt: skip
+        print(_whole_run_line(run, gpu.name))
+    print(_closing_line(gpu, out, time.perf_counter() - start))
     return 1 if failed else 0
+
+
+def _closing_line(gpu, out: Path, seconds: float) -> str:
+    """The GPU the bound is for, with its data-sheet source, and what was written."""
+    return (
+        f"roofline: {gpu.name}: {gpu.bandwidth / 1e12:.2f} TB/s, "
+        f"{gpu.peak_flops / 1e12:.0f} TFLOP/s dense 16-bit ({gpu.source.split(':')[0]}); "
+        f"a lower bound, not a timing; wrote {out / 'roofline.json'} and "
+        f"{out / 'roofline.png'} in {seconds:.0f} s"
+    )
+
+
+def _whole_run_line(run: dict, gpu: str) -> str:
+    """One line of a whole run's floor (``wholerun.whole_run``'s dict): its parts, the three
+    kinds of layer that most of the steps' floor is, and a published record's fraction."""
+    kinds = sorted(run["train_by_kind_s"].items(), key=lambda kv: -kv[1])[:3]
+    line = (
+        f"whole run, {run['path']}: at least {run['floor_s']:.3f} s on {gpu} "
+        f"({run['steps']} steps {run['train_s']:.3f} s, whitening {run['whiten_s']:.4f} s, "
+        f"TTA {run['tta_s']:.3f} s); the steps' floor is mostly "
+        + ", ".join(f"{k} {s:.3f} s" for k, s in kinds)
+    )
+    if "record_s" in run:
+        line += (
+            f"; {run['record']} published {run['record_s']} s: "
+            f"{run['fraction_of_floor'] * 100:.0f} % of the way to the floor"
+        )
+    return line
 
 
 if __name__ == "__main__":

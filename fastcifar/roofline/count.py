@@ -128,8 +128,26 @@ def count_call(setup: StepSetup, fn: Callable[[nn.Module], object], name: str) -
     ):
         counter.on = True
         fn(model)
-    return StepCount(setup.name, name, setup.batch_size, setup.dtype_name, setup.channels_last,
-                     list(ledger.rows.values()))  # fmt: skip
+    return StepCount(
+        setup.name,
+        name,
+        setup.batch_size,
+        setup.dtype_name,
+        setup.channels_last,
+        list(ledger.rows.values()),
+    )
+
+
+def _compiled(setup: StepSetup, path: str, target: str | None, progress: Callable):
+    """The ledger of a compile path: the model as Inductor compiles it (``fastcifar``: as
+    ``--kernels triton`` converts it first), forward and backward."""
+    progress(f"{setup.name}: {path} (Inductor compiles forward and backward)")
+    model = copy.deepcopy(setup.model)
+    if path == "fastcifar":  # what --kernels triton converts
+        from fastcifar.nn.fusion import FUSIONS, convert
+
+        convert(model, kinds=tuple(k.name for k in FUSIONS if k.triton))
+    return compiled_count(setup, model, target, path == "fastcifar", progress)
 
 
 def count_step(
@@ -163,21 +181,14 @@ def count_step(
     progress = progress or (lambda line: None)
     progress(f"{setup.name}: eager (fake tensors, batch {setup.batch_size})")
     eager = _eager(setup)
-    outside = [row for (name, _), row in eager.rows.items()
-               if name in (LOSS, "optimizer", "ema")]  # fmt: skip
+    outside = [row for (name, _), row in eager.rows.items() if name in (LOSS, "optimizer", "ema")]
     counts = {}
     for path in paths:
         if path == "eager":
             ledger = eager
         else:
-            progress(f"{setup.name}: {path} (Inductor compiles forward and backward)")
-            model = copy.deepcopy(setup.model)
-            if path == "fastcifar":  # what --kernels triton converts
-                from fastcifar.fusion import FUSIONS, convert
-
-                convert(model, kinds=tuple(k.name for k in FUSIONS if k.triton))
             try:
-                ledger = compiled_count(setup, model, target, path == "fastcifar", progress)
+                ledger = _compiled(setup, path, target, progress)
             except Exception as exc:
                 if on_error is None:
                     raise
@@ -185,7 +196,13 @@ def count_step(
                 continue
             for row in outside:
                 ledger.rows.setdefault((row.name, row.kind), copy.copy(row))
-        counts[path] = StepCount(setup.name, path, setup.batch_size, setup.dtype_name,
-                                 setup.channels_last, list(ledger.rows.values()),
-                                 ledger.scheduler)  # fmt: skip
+        counts[path] = StepCount(
+            setup.name,
+            path,
+            setup.batch_size,
+            setup.dtype_name,
+            setup.channels_last,
+            list(ledger.rows.values()),
+            ledger.scheduler,
+        )
     return counts

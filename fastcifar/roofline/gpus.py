@@ -39,34 +39,74 @@ class Gpu:
 GPUS: dict[str, Gpu] = {
     g.key: g
     for g in (
-        Gpu("t4", "NVIDIA T4", 320e9, 65e12,
+        Gpu(
+            "t4",
+            "NVIDIA T4",
+            320e9,
+            65e12,
             "NVIDIA T4 Tensor Core GPU data sheet (nvidia.com, t4-tensor-core-datasheet): "
             "320 GB/s GDDR6, 65 TFLOPS mixed-precision FP16/FP32",
-            note="no bfloat16 on Turing: FP16 peak"),
-        Gpu("a100", "NVIDIA A100 80GB SXM", 2039e9, 312e12,
+            note="no bfloat16 on Turing: FP16 peak",
+        ),
+        Gpu(
+            "a100",
+            "NVIDIA A100 80GB SXM",
+            2039e9,
+            312e12,
             "NVIDIA A100 Tensor Core GPU data sheet (nvidia.com, nvidia-a100-datasheet): "
             "2,039 GB/s HBM2e (80GB SXM), 312 TFLOPS BF16 Tensor Core dense",
-            note="the A100 40GB: 1,555 GB/s, same peak"),
-        Gpu("l4", "NVIDIA L4", 300e9, 121e12,
+            note="the A100 40GB: 1,555 GB/s, same peak",
+        ),
+        Gpu(
+            "l4",
+            "NVIDIA L4",
+            300e9,
+            121e12,
             "NVIDIA L4 Tensor Core GPU data sheet (nvidia.com): 300 GB/s GDDR6, "
-            "242 TFLOPS BF16 with sparsity, 121 dense"),
-        Gpu("rtx4090", "NVIDIA GeForce RTX 4090", 1008e9, 165.2e12,
+            "242 TFLOPS BF16 with sparsity, 121 dense",
+        ),
+        Gpu(
+            "rtx4090",
+            "NVIDIA GeForce RTX 4090",
+            1008e9,
+            165.2e12,
             "NVIDIA Ada GPU Architecture whitepaper v2.1, appendix A, RTX 4090: "
-            "1,008 GB/s GDDR6X, 165.2 TFLOPS FP16/BF16 Tensor with FP32 accumulate, dense"),
-        Gpu("h100", "NVIDIA H100 SXM", 3.35e12, 989e12,
+            "1,008 GB/s GDDR6X, 165.2 TFLOPS FP16/BF16 Tensor with FP32 accumulate, dense",
+        ),
+        Gpu(
+            "h100",
+            "NVIDIA H100 SXM",
+            3.35e12,
+            989e12,
             "NVIDIA H100 Tensor Core GPU data sheet (nvidia.com, h100-datasheet): "
-            "3.35 TB/s HBM3 (SXM), 1,979 TFLOPS BF16 with sparsity, 989 dense"),
-        Gpu("h200", "NVIDIA H200 SXM", 4.8e12, 989e12,
+            "3.35 TB/s HBM3 (SXM), 1,979 TFLOPS BF16 with sparsity, 989 dense",
+        ),
+        Gpu(
+            "h200",
+            "NVIDIA H200 SXM",
+            4.8e12,
+            989e12,
             "NVIDIA H200 Tensor Core GPU data sheet (nvidia.com): 4.8 TB/s HBM3e, "
-            "1,979 TFLOPS BF16 with sparsity, 989 dense"),
-        Gpu("b200", "NVIDIA B200", 8e12, 2.25e15,
+            "1,979 TFLOPS BF16 with sparsity, 989 dense",
+        ),
+        Gpu(
+            "b200",
+            "NVIDIA B200",
+            8e12,
+            2.25e15,
             "NVIDIA DGX B200 / HGX B200 data sheet (nvidia.com): 8 TB/s HBM3e per GPU, "
-            "4.5 PFLOPS FP16/BF16 with sparsity per GPU, 2.25 dense"),
-        Gpu("mi300x", "AMD Instinct MI300X", 5.3e12, 1307.4e12,
+            "4.5 PFLOPS FP16/BF16 with sparsity per GPU, 2.25 dense",
+        ),
+        Gpu(
+            "mi300x",
+            "AMD Instinct MI300X",
+            5.3e12,
+            1307.4e12,
             "AMD Instinct MI300X data sheet (amd.com): 5.3 TB/s HBM3, "
-            "1,307.4 TFLOPS BF16 dense (2,614.9 with sparsity)"),
+            "1,307.4 TFLOPS BF16 dense (2,614.9 with sparsity)",
+        ),
     )
-}  # fmt: skip
+}
 
 
 def get_gpu(key: str) -> Gpu:

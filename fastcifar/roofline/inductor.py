@@ -44,8 +44,14 @@ class _InductorHook:
     """Reads every graph Inductor compiles: its kernels, their bytes at ``batch`` (the
     symbolic batch evaluated there) and the layer each comes from."""
 
-    def __init__(self, recorder: _Recorder, batch: int, run_batch: int, fastcifar_costs,
-                 progress: Callable[[str], None] = lambda line: None):  # fmt: skip
+    def __init__(
+        self,
+        recorder: _Recorder,
+        batch: int,
+        run_batch: int,
+        fastcifar_costs,
+        progress: Callable[[str], None] = lambda line: None,
+    ):
         self.recorder, self.batch, self.run_batch = recorder, batch, run_batch
         self.fastcifar_costs = fastcifar_costs
         self.progress = progress
@@ -123,8 +129,9 @@ class _InductorHook:
                     if not isinstance(node.node, ir.MultiOutput):
                         self._extern(node)
                     continue
-                accesses = node.get_read_write_buffer_accesses(include_reads=True,
-                                                               include_writes=True)  # fmt: skip
+                accesses = node.get_read_write_buffer_accesses(
+                    include_reads=True, include_writes=True
+                )
                 origins = set()
                 for sub in node.get_nodes():
                     origins |= set(getattr(sub.node, "origins", ()) or ())
@@ -150,8 +157,11 @@ class _InductorHook:
 
     def _generated(self, node, origins, nbytes: int, kind_hint: str | None = None) -> None:
         layer = self._layer(origins)
-        kinds = [op_kind(getattr(o.target, "_schema", None) and o.target._schema.name or "")
-                 for o in origins if o.op == "call_function"]  # fmt: skip
+        kinds = [
+            op_kind(getattr(o.target, "_schema", None) and o.target._schema.name or "")
+            for o in origins
+            if o.op == "call_function"
+        ]
         kind = self.recorder.kinds.get(layer) or kind_hint or _dominant(kinds)
         self.recorder.ledger.add(layer, kind, "", 0, [nbytes])
 
@@ -222,8 +232,9 @@ def _dominant(kinds: list[str]) -> str:
 
 def _meta_like(t, size: Callable) -> torch.Tensor:
     """A ``meta`` tensor with ``t``'s (evaluated) sizes, strides and dtype."""
-    return torch.empty_strided([size(s) for s in t.shape], [size(s) for s in t.stride()],
-                               dtype=t.dtype, device="meta")  # fmt: skip
+    return torch.empty_strided(
+        [size(s) for s in t.shape], [size(s) for s in t.stride()], dtype=t.dtype, device="meta"
+    )
 
 
 def fastcifar_op_costs(target: str | None) -> Callable:
@@ -281,9 +292,7 @@ def _inductor_reading(hook: _InductorHook) -> Iterator[None]:
 
     with (
         inductor_config.patch(fx_graph_cache=False, autotune_local_cache=False),
-        functorch_config.patch(
-            enable_autograd_cache=False, force_non_lazy_backward_lowering=True
-        ),  # fmt: skip
+        functorch_config.patch(enable_autograd_cache=False, force_non_lazy_backward_lowering=True),
         mock.patch.object(GraphLowering, "compile_to_module", compile_to_module),
         mock.patch.object(AsyncCompile, "cpp", lambda self, source: _zero_fill),
         mock.patch.object(AsyncCompile, "cpp_pybinding", lambda self, types, source: _zero_fill),
@@ -333,8 +342,13 @@ def _triton_recorded(target: str | None) -> Iterator[None]:
             os.environ["TRITON_INTERPRET"] = old
 
 
-def compiled_count(setup: StepSetup, model: nn.Module, target: str | None, triton: bool,
-                   progress: Callable[[str], None] = lambda line: None) -> _Ledger:  # fmt: skip
+def compiled_count(
+    setup: StepSetup,
+    model: nn.Module,
+    target: str | None,
+    triton: bool,
+    progress: Callable[[str], None] = lambda line: None,
+) -> _Ledger:
     """The model's forward and backward graphs as Inductor compiles them (the batch
     symbolic, traced with ``COMPILE_BATCH`` images; nothing runs), counted at the batch;
     ``progress`` hears of each graph as it is read."""
@@ -361,6 +375,8 @@ def compiled_count(setup: StepSetup, model: nn.Module, target: str | None, trito
         torch._dynamo.reset()
     ledger.scheduler = hook.scheduler
     if hook.graphs < 2:
-        raise RuntimeError(f"Inductor compiled {hook.graphs} graph(s) of {setup.name}; "
-                           f"expected a forward and a backward")  # fmt: skip
+        raise RuntimeError(
+            f"Inductor compiled {hook.graphs} graph(s) of {setup.name}; "
+            f"expected a forward and a backward"
+        )
     return ledger

@@ -13,25 +13,67 @@ from torch import nn
 __all__ = ["KINDS", "conv_kind", "module_kind", "op_kind"]
 
 # every kind, in the order tables list them
-KINDS = ("dense", "depthwise", "grouped", "1x1", "batchnorm", "activation", "pooling", "linear",
-         "loss", "optimizer", "other")  # fmt: skip
+KINDS = (
+    "dense",
+    "depthwise",
+    "grouped",
+    "1x1",
+    "batchnorm",
+    "activation",
+    "pooling",
+    "linear",
+    "loss",
+    "optimizer",
+    "other",
+)
 
 _MODULE_KINDS = (
     ((nn.BatchNorm2d, nn.BatchNorm1d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm), "batchnorm"),
-    ((nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.LeakyReLU,
-      nn.Sigmoid, nn.Tanh, nn.ELU, nn.PReLU), "activation"),
+    (
+        (
+            nn.ReLU,
+            nn.ReLU6,
+            nn.SiLU,
+            nn.GELU,
+            nn.Hardswish,
+            nn.Hardsigmoid,
+            nn.Mish,
+            nn.LeakyReLU,
+            nn.Sigmoid,
+            nn.Tanh,
+            nn.ELU,
+            nn.PReLU,
+        ),
+        "activation",
+    ),
     ((nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d), "pooling"),
     ((nn.Linear,), "linear"),
-)  # fmt: skip
+)
 
 _OP_WORDS = (
     (("batch_norm", "group_norm", "layer_norm"), "batchnorm"),
-    (("relu", "hardtanh", "silu", "gelu", "sigmoid", "hardswish", "hardsigmoid", "mish",
-      "threshold_backward", "leaky_relu", "elu", "tanh", "clamp"), "activation"),
+    (
+        (
+            "relu",
+            "hardtanh",
+            "silu",
+            "gelu",
+            "sigmoid",
+            "hardswish",
+            "hardsigmoid",
+            "mish",
+            "threshold_backward",
+            "leaky_relu",
+            "elu",
+            "tanh",
+            "clamp",
+        ),
+        "activation",
+    ),
     (("pool",), "pooling"),
     (("addmm", "mm", "linear"), "linear"),
     (("softmax", "nll_loss", "cross_entropy"), "loss"),
-)  # fmt: skip
+)
 
 
 def conv_kind(in_channels: int, out_channels: int, groups: int, kernel: tuple[int, ...]) -> str:
@@ -46,8 +88,7 @@ def conv_kind(in_channels: int, out_channels: int, groups: int, kernel: tuple[in
 def module_kind(module: nn.Module) -> str | None:
     """The kind of a leaf module of a known type; None for containers and others."""
     if isinstance(module, nn.Conv2d):
-        return conv_kind(module.in_channels, module.out_channels, module.groups,
-                         module.kernel_size)  # fmt: skip
+        return conv_kind(module.in_channels, module.out_channels, module.groups, module.kernel_size)
     for types, kind in _MODULE_KINDS:
         if isinstance(module, types):
             return kind

@@ -115,38 +115,32 @@ def _describe(args, size: Callable = int, weight: bool = False) -> str:
     return text
 
 
-# fastcifar's convolution operators: the argument positions of (input or its shape,
-# weight or its shape, groups); the output (or output gradient) is the result's first
-# tensor, or the argument ``grad`` (position 0) of a gradient operator.
-_FASTCIFAR_CONVS = {
-    "conv2d": (0, 1, -1),
-    "conv2d_relu_stats": (0, 1, -2),
-    "conv2d_grad_input": (2, 1, -1),
-    "conv2d_grad_weight": (1, 2, -1),
-    "conv2d_prologue_stats": (0, 1, -1),
-    "conv2d_prologue_grad_input": (2, 1, -1),
-    "conv2d_prologue_grad_weight": (1, 4, -1),
-    "pointwise_conv2d": (0, 1, None),
-    "pointwise_conv2d_grad_input": (2, 1, None),
-    "pointwise_conv2d_grad_weight": (1, 4, None),
-}
+def _argument(func, args, *names):
+    """The first of ``names`` among ``func``'s schema arguments, from ``args``; None if
+    it has none of them."""
+    schema = [a.name for a in func._schema.arguments]
+    for name in names:
+        if name in schema and schema.index(name) < len(args):
+            return args[schema.index(name)]
+    return None
 
 
-def _shape(value) -> tuple[int, ...]:
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value)
-
-
-def _conv_weight(name: str, args) -> tuple[tuple[int, ...] | None, int]:
-    """(weight shape, groups) of a convolution operator's arguments; (None, 1) otherwise."""
+def _conv_weight(func, args) -> tuple[tuple[int, ...] | None, int]:
+    """(weight shape, groups) of a convolution operator's arguments; (None, 1) otherwise.
+    ATen's by position; fastcifar's by their schema's names (``weight`` or
+    ``weight_shape``, ``groups``; a 1x1 operator has no groups: 1)."""
+    name = func._schema.name
     base = name.split("::")[-1]
     if base == "convolution":
         return tuple(args[1].shape), int(args[8])
     if base == "convolution_backward":
         return tuple(args[2].shape), int(args[9])
-    if base in _FASTCIFAR_CONVS:
-        _, w, groups = _FASTCIFAR_CONVS[base]
-        return _shape(args[w]), int(args[groups]) if groups is not None else 1
-    return None, 1
+    weight = _argument(func, args, "weight", "weight_shape")
+    if not name.startswith("fastcifar::") or weight is None:
+        return None, 1
+    groups = _argument(func, args, "groups")
+    shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else tuple(weight)
+    return shape, int(groups) if groups is not None else 1
 
 
 def _flops(func, args, kwargs, out, size: Callable = int) -> int:
@@ -154,8 +148,9 @@ def _flops(func, args, kwargs, out, size: Callable = int) -> int:
     each gradient it computes costs the forward's multiply-adds (``conv_flop_count``).
     torch's own ``conv_backward_flop`` ignores groups in the weight gradient, so it
     counts a depthwise layer's weight gradient CIN times over (torch 2.11-2.14).
-    fastcifar's convolution operators count as the ATen convolution they compute (a
-    prologue's and an epilogue's elementwise work is not counted: it is bytes-bound)."""
+    fastcifar's operators register their own formulas (``fastcifar.kernels.flops``): a
+    convolution operator counts as the ATen convolution it computes (a prologue's and an
+    epilogue's elementwise work is not counted: it is bytes-bound)."""
     packet = func._overloadpacket
     if packet is torch.ops.aten.convolution_backward:
         dy, x, w, mask = args[0], args[1], args[2], args[10]
@@ -163,14 +158,7 @@ def _flops(func, args, kwargs, out, size: Callable = int) -> int:
         return int(conv_flop_count(*shapes)) * (int(mask[0]) + int(mask[1]))
     if packet in flop_registry:
         return int(size(flop_registry[packet](*args, **(kwargs or {}), out_val=out)))
-    base = func._schema.name
-    if not base.startswith("fastcifar::") or base.split("::")[-1] not in _FASTCIFAR_CONVS:
-        return 0
-    x, _, _ = _FASTCIFAR_CONVS[base.split("::")[-1]]
-    weight, _ = _conv_weight(base, args)
-    dy = args[0] if "grad" in base else out
-    dy = dy[0] if isinstance(dy, (tuple, list)) else dy
-    return int(size(conv_flop_count(list(_shape(args[x])), list(weight), list(dy.shape), False)))
+    return 0
 
 
 class _Recorder:
@@ -186,7 +174,7 @@ class _Recorder:
         if not kernels and not flops:
             return
         name = func._schema.name
-        weight, groups = _conv_weight(name, args)
+        weight, groups = _conv_weight(func, args)
         kind = _PHASE_KINDS.get(layer) or self.kinds.get(layer) or op_kind(name, weight, groups)
         shape = _describe(args, self.size, weight=weight is not None or "mm" in name)
         self.ledger.add(layer, kind, shape, flops, kernels)
@@ -245,7 +233,7 @@ def module_kinds(model: nn.Module) -> dict[str, str]:
 @dataclass
 class StepSetup:
     """What a step is made of: the model (real, on the CPU), its name, the loss
-    (``fastcifar.optim.criterion``), the optimizer factory (model -> optimizer), an
+    (``fastcifar.engine.optim.criterion``), the optimizer factory (model -> optimizer), an
     optional EMA factory, the batch, the autocast dtype (None: float32) and the layout."""
 
     model: nn.Module

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastcifar.optim import total_steps
+from fastcifar.engine.optim import total_steps
 from fastcifar.roofline.result import steps_per_epoch
 
 __all__ = ["run_flops", "step_flops"]
@@ -67,10 +67,15 @@ def run_flops(recipe) -> dict:
         row["fraction_of_32px"] = row["flops_per_step"] / full
     total = sum(row["steps"] * row["flops_per_step"] for row in per_res.values())
     return {
-        "recipe": recipe.name, "model": recipe.model, "batch_size": recipe.batch_size,
-        "steps": steps, "by_resolution": dict(sorted(per_res.items())), "run_flops": total,
-        "run_flops_at_32px": steps * full, "fraction_of_32px": total / (steps * full),
-    }  # fmt: skip
+        "recipe": recipe.name,
+        "model": recipe.model,
+        "batch_size": recipe.batch_size,
+        "steps": steps,
+        "by_resolution": dict(sorted(per_res.items())),
+        "run_flops": total,
+        "run_flops_at_32px": steps * full,
+        "fraction_of_32px": total / (steps * full),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,11 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = run_flops(get_recipe(args.recipe))
     for res, row in out["by_resolution"].items():
-        print(f"{res} px: {row['steps']} steps x {row['flops_per_step'] / 1e12:.3f} TFLOP "
-              f"({row['fraction_of_32px']:.3f} of a 32 px step)")  # fmt: skip
-    print(f"{out['recipe']}: {out['steps']} steps, {out['run_flops'] / 1e12:.1f} TFLOP; the same "
-          f"steps at 32 px {out['run_flops_at_32px'] / 1e12:.1f} TFLOP "
-          f"({out['fraction_of_32px']:.3f})")  # fmt: skip
+        print(
+            f"{res} px: {row['steps']} steps x {row['flops_per_step'] / 1e12:.3f} TFLOP "
+            f"({row['fraction_of_32px']:.3f} of a 32 px step)"
+        )
+    print(
+        f"{out['recipe']}: {out['steps']} steps, {out['run_flops'] / 1e12:.1f} TFLOP; the same "
+        f"steps at 32 px {out['run_flops_at_32px'] / 1e12:.1f} TFLOP "
+        f"({out['fraction_of_32px']:.3f})"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

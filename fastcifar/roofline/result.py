@@ -40,21 +40,35 @@ def row(count: StepCount, gpu: Gpu, steps: int) -> dict:
     layers = []
     for layer in count.layers:
         seconds = lower_bound_s(layer.flops, layer.bytes, gpu)
-        layers.append({
-            "name": layer.name, "kind": layer.kind, "shape": layer.shape,
-            "kernels": layer.kernels, "flops": layer.flops, "bytes": layer.bytes,
-            "intensity": layer.flops / layer.bytes if layer.bytes else None,
-            "lower_bound_us": seconds * 1e6,
-        })  # fmt: skip
+        layers.append(
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "shape": layer.shape,
+                "kernels": layer.kernels,
+                "flops": layer.flops,
+                "bytes": layer.bytes,
+                "intensity": layer.flops / layer.bytes if layer.bytes else None,
+                "lower_bound_us": seconds * 1e6,
+            }
+        )
     step_ms = sum(layer["lower_bound_us"] for layer in layers) / 1e3
     n = count.batch_size
     return {
-        "model": count.model, "path": count.path, "batch_size": n, "dtype": count.dtype,
-        "channels_last": count.channels_last, "gpu": gpu.key, "steps_per_epoch": steps,
-        "flops_per_image": count.flops / n, "bytes_per_image": count.bytes / n,
-        "lower_bound_ms_per_step": step_ms, "lower_bound_s_per_epoch": step_ms * steps / 1e3,
-        "inductor_scheduler": count.scheduler or None, "layers": layers,
-    }  # fmt: skip
+        "model": count.model,
+        "path": count.path,
+        "batch_size": n,
+        "dtype": count.dtype,
+        "channels_last": count.channels_last,
+        "gpu": gpu.key,
+        "steps_per_epoch": steps,
+        "flops_per_image": count.flops / n,
+        "bytes_per_image": count.bytes / n,
+        "lower_bound_ms_per_step": step_ms,
+        "lower_bound_s_per_epoch": step_ms * steps / 1e3,
+        "inductor_scheduler": count.scheduler or None,
+        "layers": layers,
+    }
 
 
 def _mb(nbytes: float) -> str:
@@ -65,8 +79,10 @@ def format_table(rows: list[dict], top: int = 10) -> str:
     """The ``top`` costliest layers of the first row's path (by lower-bound time), then
     every path's totals: GFLOP, MB and lower-bound ms per step, per image, per epoch."""
     first = rows[0]
-    lines = [f"{first['model']}, {first['path']} path, batch {first['batch_size']}, "
-             f"{first['dtype']}: the {top} costliest layers on {first['gpu']}"]  # fmt: skip
+    lines = [
+        f"{first['model']}, {first['path']} path, batch {first['batch_size']}, "
+        f"{first['dtype']}: the {top} costliest layers on {first['gpu']}"
+    ]
     header = f"  {'layer':<34} {'kind':<10} {'GFLOP':>8} {'MB':>9} {'FLOP/B':>7} {'us':>9}"
     lines.append(header)
     for layer in sorted(first["layers"], key=lambda x: -x["lower_bound_us"])[:top]:
@@ -75,10 +91,12 @@ def format_table(rows: list[dict], top: int = 10) -> str:
             f"  {layer['name'][:34]:<34} {layer['kind']:<10} {layer['flops'] / 1e9:>8.2f} "
             f"{layer['bytes'] / 1e6:>9.1f} {'-' if intensity is None else f'{intensity:.1f}':>7} "
             f"{layer['lower_bound_us']:>9.1f}"
-        )  # fmt: skip
+        )
     lines.append("")
-    lines.append(f"  {'path':<10} {'GFLOP/step':>11} {'MB/step':>10} {'ms/step':>8} "
-                 f"{'MB/image':>9} {'s/epoch':>8}")  # fmt: skip
+    lines.append(
+        f"  {'path':<10} {'GFLOP/step':>11} {'MB/step':>10} {'ms/step':>8} "
+        f"{'MB/image':>9} {'s/epoch':>8}"
+    )
     for r in rows:
         n = r["batch_size"]
         lines.append(
@@ -101,5 +119,7 @@ def verdict(rows: list[dict]) -> str:
         f"{r['path']} ({r['bytes_per_image'] / 1e6:.2f})"
         for r in ranked[1:]
     )
-    return (f"{best['path']} moves fewest bytes: {best['bytes_per_image'] / 1e6:.2f} MB per "
-            f"image per step, {others}")  # fmt: skip
+    return (
+        f"{best['path']} moves fewest bytes: {best['bytes_per_image'] / 1e6:.2f} MB per "
+        f"image per step, {others}"
+    )

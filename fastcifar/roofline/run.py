@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from fastcifar import _io
+from fastcifar.engine.averaging import make_ema
+from fastcifar.engine.optim import criterion, make_optimizer
 from fastcifar.models import create_model
-from fastcifar.optim import criterion, make_ema, make_optimizer
 from fastcifar.roofline.count import count_step
 from fastcifar.roofline.gpus import get_gpu
 from fastcifar.roofline.ledger import StepSetup
@@ -29,17 +30,22 @@ __all__ = ["REPORT_GPU", "cache_dir", "count_run", "recipe_setup", "run_path"]
 REPORT_GPU = "h100"
 
 
-def recipe_setup(recipe, batch_size: int | None = None, amp_dtype=torch.bfloat16,
-                 channels_last: bool = True) -> StepSetup:  # fmt: skip
+def recipe_setup(
+    recipe, batch_size: int | None = None, amp_dtype=torch.bfloat16, channels_last: bool = True
+) -> StepSetup:
     """One training step of ``recipe``: its model (freshly initialised: values do not
     change a count), loss, optimizer and EMA, at ``batch_size`` (default the recipe's)."""
     torch.manual_seed(recipe.seed)
     return StepSetup(
-        create_model(recipe.model), recipe.model, criterion(recipe.loss, recipe.label_smoothing),
-        lambda m: make_optimizer(m, recipe), batch_size or recipe.batch_size, amp_dtype,
+        create_model(recipe.model),
+        recipe.model,
+        criterion(recipe.loss, recipe.label_smoothing),
+        lambda m: make_optimizer(m, recipe),
+        batch_size or recipe.batch_size,
+        amp_dtype,
         channels_last=channels_last,
         ema=(lambda m: make_ema(m, recipe.ema)) if recipe.ema else None,
-    )  # fmt: skip
+    )
 
 
 def run_path(options) -> str:
@@ -50,9 +56,10 @@ def run_path(options) -> str:
 
 
 def cache_dir() -> Path:
-    """Where compile-path counts are kept between runs: ``$XDG_CACHE_HOME`` (default
-    ``~/.cache``) ``/fastcifar/roofline``."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastcifar/roofline"
+    """Where compile-path counts are kept between runs: ``roofline/`` in the project's
+    cache directory (``fastcifar._io.cache_dir``: ``$FASTCIFAR_CACHE``, else
+    ``$XDG_CACHE_HOME/fastcifar``, else ``~/.cache/fastcifar``)."""
+    return _io.cache_dir() / "roofline"
 
 
 def _cache_key(recipe, setup: StepSetup, path: str) -> str:
@@ -61,9 +68,15 @@ def _cache_key(recipe, setup: StepSetup, path: str) -> str:
     source = hashlib.sha256()
     for module in sorted(Path(__file__).parent.glob("*.py")):
         source.update(module.read_bytes())
-    key = {"recipe": dataclasses.asdict(recipe), "batch": setup.batch_size, "path": path,
-           "dtype": setup.dtype_name, "channels_last": setup.channels_last,
-           "torch": torch.__version__, "source": source.hexdigest()}  # fmt: skip
+    key = {
+        "recipe": dataclasses.asdict(recipe),
+        "batch": setup.batch_size,
+        "path": path,
+        "dtype": setup.dtype_name,
+        "channels_last": setup.channels_last,
+        "torch": torch.__version__,
+        "source": source.hexdigest(),
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -87,8 +100,11 @@ def count_run(run_dir: Path, recipe, options) -> dict:
     else:
         if cached is not None:
             where = cached.parent
-            print(f"evaluate: counting the {path} path's bytes for the report (an Inductor "
-                  f"compile on the CPU; kept in {where} for later runs)", flush=True)  # fmt: skip
+            print(
+                f"evaluate: counting the {path} path's bytes for the report (an Inductor "
+                f"compile on the CPU; kept in {where} for later runs)",
+                flush=True,
+            )
         count = count_step(setup, [path])[path]
         out = row(count, gpu, steps_per_epoch(setup.batch_size, recipe.drop_last))
         if cached is not None:

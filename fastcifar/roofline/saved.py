@@ -3,7 +3,7 @@ autograd saves during the forward (``torch.autograd.graph.saved_tensors_hooks``)
 storage once, parameters and their 16-bit casts left out.
 
 Counted on fake tensors at the full batch (no memory is allocated), for the eager model
-and for the model as ``--kernels triton`` converts it (``fastcifar.fusion``): the
+and for the model as ``--kernels triton`` converts it (``fastcifar.nn.fusion``): the
 fastcifar path's custom operators save what their ``setup_context`` saves (a chain saves
 the raw convolution output and per-channel statistics, never the normalised tensor).
 torch.compile's partitioner chooses its own saved set (it may recompute): not counted
@@ -54,7 +54,7 @@ def saved_bytes(setup: StepSetup, fastcifar: bool = False) -> int:
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if fastcifar:
-        from fastcifar.fusion import FUSIONS, convert
+        from fastcifar.nn.fusion import FUSIONS, convert
 
         convert(model, kinds=tuple(k.name for k in FUSIONS if k.triton))
     mode = FakeTensorMode(allow_non_fake_inputs=True)
@@ -72,8 +72,11 @@ def saved_summary(setup: StepSetup, paths) -> tuple[dict[str, int], str]:
     """({path: bytes saved for the backward}, one console line) for the eager and
     fastcifar paths among ``paths`` (the compile path's saved set is the partitioner's:
     not counted)."""
-    saved = {p: saved_bytes(setup, fastcifar=p == "fastcifar") for p in paths
-             if p in ("eager", "fastcifar")}  # fmt: skip
+    saved = {
+        p: saved_bytes(setup, fastcifar=p == "fastcifar")
+        for p in paths
+        if p in ("eager", "fastcifar")
+    }
     parts = [f"{p} {b / 1e6:,.0f} MB" for p, b in saved.items()]
     if len(saved) == 2:
         parts.append(f"fastcifar/eager {saved['fastcifar'] / saved['eager']:.2f}")

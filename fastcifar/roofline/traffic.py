@@ -79,18 +79,68 @@ REREAD_NOTES = (
 # operators that move nothing: views, metadata, allocations, profiler markers
 _FREE_NAMESPACES = {"prim", "profiler"}
 _FREE = {
-    "detach", "alias", "view", "_unsafe_view", "reshape", "t", "transpose", "permute",
-    "expand", "squeeze", "unsqueeze", "slice", "select", "as_strided", "unfold",
-    "_reshape_alias", "view_as", "split", "split_with_sizes", "unbind", "chunk", "narrow",
-    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
-    "lift_fresh", "_to_copy_if_needed", "set_", "resize_", "_local_scalar_dense",
-    "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "is_same_size",
-    "_has_compatible_shallow_copy_type", "record_stream",
-}  # fmt: skip
+    "detach",
+    "alias",
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "t",
+    "transpose",
+    "permute",
+    "expand",
+    "squeeze",
+    "unsqueeze",
+    "slice",
+    "select",
+    "as_strided",
+    "unfold",
+    "_reshape_alias",
+    "view_as",
+    "split",
+    "split_with_sizes",
+    "unbind",
+    "chunk",
+    "narrow",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "lift_fresh",
+    "_to_copy_if_needed",
+    "set_",
+    "resize_",
+    "_local_scalar_dense",
+    "sym_size",
+    "sym_stride",
+    "sym_numel",
+    "sym_storage_offset",
+    "is_same_size",
+    "_has_compatible_shallow_copy_type",
+    "record_stream",
+}
 # mutating operators that overwrite what they mutate without reading it
-_WRITE_ONLY = {"copy_", "fill_", "zero_", "normal_", "uniform_", "bernoulli_", "random_",
-               "exponential_", "zeros_like", "ones_like", "full_like", "zeros", "ones",
-               "full", "scalar_tensor", "arange", "randn", "rand", "randint"}  # fmt: skip
+_WRITE_ONLY = {
+    "copy_",
+    "fill_",
+    "zero_",
+    "normal_",
+    "uniform_",
+    "bernoulli_",
+    "random_",
+    "exponential_",
+    "zeros_like",
+    "ones_like",
+    "full_like",
+    "zeros",
+    "ones",
+    "full",
+    "scalar_tensor",
+    "arange",
+    "randn",
+    "rand",
+    "randint",
+}
 
 
 def _name(func) -> str:
@@ -189,8 +239,10 @@ def _batch_norm_backward(func, args, kwargs, out, size) -> list[int]:
 
 def _two_pass(x, y, small: int, stats: int, size) -> list[int]:
     """Statistics pass (x in, statistics out), then elementwise (x, statistics in, y out)."""
-    return [tensor_bytes(x, size) + small + stats,
-            tensor_bytes(x, size) + tensor_bytes(y, size) + small + stats]  # fmt: skip
+    return [
+        tensor_bytes(x, size) + small + stats,
+        tensor_bytes(x, size) + tensor_bytes(y, size) + small + stats,
+    ]
 
 
 def _two_pass_backward(args, kwargs, out, small: list, size) -> list[int]:
@@ -264,8 +316,14 @@ def _scatter_add(func, args, kwargs, out, size) -> list[int]:
 
 _RULES: dict[str, Callable] = {
     **dict.fromkeys(
-        ("native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
-         "_native_batch_norm_legit_no_training", "cudnn_batch_norm", "miopen_batch_norm"),
+        (
+            "native_batch_norm",
+            "_native_batch_norm_legit",
+            "_native_batch_norm_legit_functional",
+            "_native_batch_norm_legit_no_training",
+            "cudnn_batch_norm",
+            "miopen_batch_norm",
+        ),
         _batch_norm,
     ),
     **dict.fromkeys(
@@ -279,7 +337,7 @@ _RULES: dict[str, Callable] = {
     "max_pool2d_with_indices_backward": _max_pool_backward,
     "scatter_add": _scatter_add,
     "scatter_add_": _scatter_add,
-}  # fmt: skip
+}
 
 
 def op_kernels(func, args, kwargs, out, size: Callable[[object], int] = int) -> list[int]:

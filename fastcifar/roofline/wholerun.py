@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastcifar.optim import total_steps
+from fastcifar.engine.optim import total_steps
 from fastcifar.roofline.count import count_call
 from fastcifar.roofline.gpus import Gpu, lower_bound_s, sum_lower_bound_s
 from fastcifar.roofline.ledger import StepCount, StepSetup
@@ -44,16 +44,25 @@ class Record:
 
 RECORDS: dict[str, Record] = {
     "airbench94_muon": Record(
-        "airbench94_muon", 2.59, "a100",
-        "KellerJordan/cifar10-airbench README (airbench94_muon.py, NVIDIA A100)"),
+        "airbench94_muon",
+        2.59,
+        "a100",
+        "KellerJordan/cifar10-airbench README (airbench94_muon.py, NVIDIA A100)",
+    ),
     "hiverge": Record(
-        "Hiverge", 1.978, "a100",
+        "Hiverge",
+        1.978,
+        "a100",
         "fulcrumresearch/cifar-10-speedrun README: the Hiverge method under its harness, "
-        "200 trials, A100-SXM4, 2026-07-06 (about 2.0 s as published by Hiverge)"),
+        "200 trials, A100-SXM4, 2026-07-06 (about 2.0 s as published by Hiverge)",
+    ),
     "record_2026": Record(
-        "2026 record (progressive resolution)", 1.828, "a100",
-        "fulcrumresearch/cifar-10-speedrun README: e1, 200 trials, A100-SXM4, 2026-07-06"),
-}  # fmt: skip
+        "2026 record (progressive resolution)",
+        1.828,
+        "a100",
+        "fulcrumresearch/cifar-10-speedrun README: e1, 200 trials, A100-SXM4, 2026-07-06",
+    ),
+}
 # the method each speed-run recipe reproduces (the 2026 record's recipe is issue 31's)
 RECIPE_RECORD = {"speedrun94": "airbench94_muon", "speedrun94_fast": "hiverge"}
 
@@ -97,20 +106,32 @@ def whole_run(recipe, setup: StepSetup, step: StepCount, gpu: Gpu) -> dict:
 
     infer = count_call(setup, forward, "inference")
     views = VIEWS[recipe.tta]
-    uncertain = CIFAR10_TEST if recipe.tta_fraction >= 1 else math.ceil(
-        recipe.tta_fraction * CIFAR10_TEST)  # fmt: skip
+    uncertain = (
+        CIFAR10_TEST if recipe.tta_fraction >= 1 else math.ceil(recipe.tta_fraction * CIFAR10_TEST)
+    )
     images = CIFAR10_TEST * (views if recipe.tta_fraction >= 1 else 1)
     images += 0 if recipe.tta_fraction >= 1 else uncertain * views
     tta_s = _seconds(infer, gpu) * images / eval_batch
     total = train_s + whiten_s + tta_s
     out = {
-        "recipe": recipe.name, "path": step.path, "gpu": gpu.key, "steps": steps,
-        "batch_size": setup.batch_size, "train_s": train_s, "whiten_s": whiten_s,
-        "tta_s": tta_s, "tta_forward_images": images, "floor_s": total,
+        "recipe": recipe.name,
+        "path": step.path,
+        "gpu": gpu.key,
+        "steps": steps,
+        "batch_size": setup.batch_size,
+        "train_s": train_s,
+        "whiten_s": whiten_s,
+        "tta_s": tta_s,
+        "tta_forward_images": images,
+        "floor_s": total,
         "train_by_kind_s": _by_kind(step, gpu, steps),
-    }  # fmt: skip
+    }
     record = RECORDS.get(RECIPE_RECORD.get(recipe.name, ""))
     if record is not None:
-        out.update(record=record.method, record_s=record.seconds, record_source=record.source,
-                   fraction_of_floor=total / record.seconds)  # fmt: skip
+        out.update(
+            record=record.method,
+            record_s=record.seconds,
+            record_source=record.source,
+            fraction_of_floor=total / record.seconds,
+        )
     return out

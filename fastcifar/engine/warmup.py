@@ -1,0 +1,44 @@
+"""What runs before the timed training loop: the graphs the compile warm-up calls
+(``warm_up_variants``) and the augmented epochs built ahead (``prebuild``)."""
+
+from __future__ import annotations
+
+from fastcifar.engine.components import Components
+from fastcifar.engine.runtime import Timer
+from fastcifar.recipes import Recipe
+
+__all__ = ["prebuild", "warm_up_variants"]
+
+
+def warm_up_variants(
+    recipe: Recipe, epoch: int, whiten_bias_steps: int, steps: int
+) -> list[tuple[int | None, bool]]:
+    """The (resolution, whitening bias frozen) of each warm-up step from epoch ``epoch``:
+    every graph the run will call, at least ``steps`` steps: the epoch's resolution with
+    the whitening bias training (when it trains), then each resolution of
+    ``res_schedule`` with it frozen."""
+    resolutions = sorted(set(recipe.resolutions())) or [None]
+    if not whiten_bias_steps:
+        variants = [(r, False) for r in resolutions]
+    else:
+        variants = [(recipe.resolution(epoch), False)] + [(r, True) for r in resolutions]
+    return [variants[0]] * max(1, steps - len(variants) + 1) + variants[1:]
+
+
+def prebuild(components: Components, recipe: Recipe, epochs: range) -> float:
+    """With ``recipe.prebuild_augmentation``, the training loader's batches of ``epochs``
+    built now (the gpu loader's ``prebuild``); returns its device-timed seconds (0 when
+    off), which both timing contracts charge. Another loader says in one line that it
+    builds batches as it goes."""
+    loader = components.train_loader
+    if not recipe.prebuild_augmentation:
+        return 0.0
+    if not hasattr(loader, "prebuild"):
+        print(
+            f"prebuild-augmentation: the {components.loader_name} loader augments as it "
+            f"goes (only --loader gpu builds epochs ahead); training without it"
+        )
+        return 0.0
+    timer = Timer(components.device)
+    loader.prebuild(epochs)
+    return timer.stop()

@@ -1,0 +1,294 @@
+"""The launchers of ``fastcifar.kernels.conv``'s (and ``conv_bn``'s) kernels: which family
+a convolution takes (``family``), its tiles, grid and arguments, and the launch of the
+forward, input-gradient, weight-gradient and bias-gradient kernels
+(``conv_dot_kernels``: dense and wide groups on ``tl.dot``; ``conv_grouped_kernels``:
+depthwise and narrow groups, elementwise), each with the optional BatchNorm-and-activation
+prologue. Every launch goes through ``launch.launch`` (recorded by the AOT check).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastcifar.kernels.launch import (
+    acc_dtype,
+    cdiv,
+    empty_output,
+    launch,
+    partial_pixels,
+    prologue_dot_tiles,
+    strides,
+    tiles,
+    tl_acc,
+)
+
+__all__ = [
+    "DOT_MIN_PER_GROUP",
+    "channel_span",
+    "family",
+    "launch_forward",
+    "launch_grad_bias",
+    "launch_grad_input",
+    "launch_grad_weight",
+    "span_align",
+]
+
+# Groups this wide (in and out) take the tl.dot kernels: a 16-wide K step holds two groups
+# of 8 (half the block-diagonal weight tile is zeros) or one of 16; narrower groups would
+# leave three quarters or more of each tensor-core step zero, so they run elementwise.
+DOT_MIN_PER_GROUP = 8
+
+
+def _k(dot: bool):
+    # imported at the first launch: triton is a Linux-only dependency
+    if dot:
+        from fastcifar.kernels import conv_dot_kernels
+
+        return conv_dot_kernels
+    from fastcifar.kernels import conv_grouped_kernels
+
+    return conv_grouped_kernels
+
+
+def family(cin: int, cout: int, groups: int, stride: int = 1) -> str:
+    """The kernel and tile family of a convolution: ``dense`` (groups == 1) and
+    ``grouped_dot`` (at least ``DOT_MIN_PER_GROUP`` channels a group, in and out) run the
+    ``tl.dot`` kernels; ``depthwise`` (one input channel per group; at stride 2
+    ``depthwise_strided``, smaller tiles) and ``grouped`` (narrower groups) the
+    elementwise ones."""
+    if groups == 1:
+        return "dense"
+    if cin == groups:
+        return "depthwise_strided" if stride > 1 else "depthwise"
+    return "grouped_dot" if min(cin, cout) // groups >= DOT_MIN_PER_GROUP else "grouped"
+
+
+def channel_span(block: int, per_group: int, other_per_group: int, other_total: int) -> int:
+    """Channels of the other side (``other_per_group`` a group, ``other_total`` in all) that
+    a block of ``block`` consecutive channels (``per_group`` a group, starting at a
+    multiple of ``block``) is connected to: the groups it touches times their width."""
+    if block % per_group == 0:
+        touched = block // per_group
+    elif per_group % block == 0:
+        touched = 1
+    else:  # blocks straddle group borders: at most two partial groups more
+        touched = block // per_group + 2
+    return min(other_total, touched * other_per_group)
+
+
+def _dot_kernels(fam: str) -> bool:
+    return fam in ("dense", "grouped_dot")
+
+
+def span_align(per_group: int, groups: int) -> int:
+    """A power of two (at most 16) dividing the first channel of every program's reduced
+    span in the ``tl.dot`` kernels, a multiple of ``per_group`` (0 when dense): the
+    ``SPAN_ALIGN`` hint that lets the compiler prove 16-byte aligned channel loads."""
+    return 16 if groups == 1 else min(16, per_group & -per_group)
+
+
+def _prologue_args(prologue, dummy: Tensor) -> tuple[Tensor, bool, int]:
+    """(pro, PROLOGUE, ACT) kernel arguments of ``prologue`` = (the (CIN, 3) tensor of
+    center, scale and shift, activation code) or None (``dummy`` stands for the pointer)."""
+    if prologue is None:
+        return dummy, False, 0
+    pro, act = prologue
+    return pro, True, act
+
+
+def _meta(t, ksize, stride, padding, dilation, prologue: bool, act: int, dtype, **more) -> dict:
+    """The constexprs every convolution kernel takes (the window, the prologue, the
+    accumulator, the pixel block, ``more`` and the target's launch options; ``t``:
+    ``launch.Tiles``)."""
+    return dict(
+        KSIZE=ksize,
+        STRIDE=stride,
+        PADDING=padding,
+        DILATION=dilation,
+        PROLOGUE=prologue,
+        ACT=act,
+        ACC=tl_acc(dtype),
+        BLOCK_P=t.block_p,
+        **more,
+        **t.launch_options,
+    )
+
+
+def _dot_meta(t, groups: int, per_group: int) -> dict:
+    """The ``tl.dot`` kernels' own constexprs; ``per_group``: channels a group of the
+    reduced side."""
+    return dict(
+        USE_DOT=t.use_dot,
+        GROUPED=groups > 1,
+        SPAN_ALIGN=span_align(per_group, groups),
+        BLOCK_N=t.block_n,
+        BLOCK_K=t.block_k,
+    )
+
+
+def launch_forward(
+    x: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    stride,
+    padding,
+    dilation,
+    groups,
+    relu: bool = False,
+    stats: bool = False,
+    prologue=None,
+) -> tuple[Tensor, Tensor | None, int]:
+    """The output (N, COUT, HO, WO), ReLU applied if asked; with ``stats`` the per-program
+    BatchNorm partials (programs, COUT, 2): (sum, sum of squared deviations), else None;
+    and the pixels per program (every program's count but the last's). ``prologue``:
+    (the (CIN, 3) center, scale and shift, activation code) applied to ``x`` as it is read,
+    or None."""
+    n, cin, h, wd = x.shape
+    cout, ksize = w.shape[0], w.shape[-1]
+    fam = family(cin, cout, groups, stride)
+    pro, has_prologue, act = _prologue_args(prologue, w)
+    dot = _dot_kernels(fam)
+    t = prologue_dot_tiles(tiles(x.dtype, fam)) if has_prologue and dot else tiles(x.dtype, fam)
+    y = empty_output(x, cout, stride, padding, dilation, ksize)
+    ho, wo = y.shape[2], y.shape[3]
+    programs = cdiv(n * ho * wo, t.block_p)
+    part = None
+    if stats:
+        part = torch.empty((programs, cout, 2), dtype=acc_dtype(x.dtype), device=x.device)
+    pointers = (x, w, b if b is not None else w, pro, y, part if stats else y)
+    flags = dict(HAS_BIAS=b is not None, RELU=relu, STATS=stats)
+    meta = _meta(t, ksize, stride, padding, dilation, has_prologue, act, x.dtype, **flags)
+    layout = (*strides(x), *strides(w), *strides(y))
+    cin_pg, cout_pg = cin // groups, cout // groups
+    if dot:
+        span = channel_span(t.block_n, cout_pg, cin_pg, cin)
+        sizes = (n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span)
+        grid = (programs, cdiv(cout, t.block_n))
+        dot_meta = _dot_meta(t, groups, cin_pg)
+        launch(_k(True).conv_fwd_dot_kernel, grid, *pointers, *sizes, *layout, **dot_meta, **meta)
+    else:
+        sizes = (n, h, wd, cout, ho, wo, cout_pg)
+        grid = (programs, cdiv(cout, t.block_c))
+        own = dict(CIN_PG=cin_pg, BLOCK_C=t.block_c)
+        launch(_k(False).conv_fwd_grouped_kernel, grid, *pointers, *sizes, *layout, **own, **meta)
+    return y, part, t.block_p
+
+
+def launch_grad_input(
+    dy: Tensor,
+    w: Tensor,
+    x_shape,
+    x_format,
+    stride,
+    padding,
+    dilation,
+    groups,
+    prologue=None,
+    x: Tensor | None = None,
+):
+    """The input gradient (N, CIN, H, W) of output gradient ``dy``, in ``x_format``. With
+    ``prologue`` (as ``launch_forward``'s; ``x`` the raw input): (the raw input's direct
+    gradient, (CIN, 2) sums of (dz, dz * (x - center))), the prologue's backward in the
+    epilogue."""
+    n, cin, h, wd = x_shape
+    cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    fam = family(cin, cout, groups, stride)
+    pro, has_prologue, act = _prologue_args(prologue, w)
+    # With the prologue's backward as its epilogue, the depthwise input gradient takes the
+    # stride-2 tile (32 x 8): at 64 x 8 x 4 warps ptxas (triton 3.6, the GPU machines'
+    # stack) spilled 12 bytes on sm_90 in float16 (72 registers); 32 x 8 compiles in 62.
+    t = tiles(dy.dtype, "depthwise_strided" if has_prologue and fam == "depthwise" else fam)
+    dx = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=x_format)
+    programs = cdiv(n * h * wd, t.block_p)
+    # the prologue's per program and input channel (sum dz, sum dz * (x - center)); without
+    # one, the kernel reads neither pointer (dx stands in: no allocation, no fill launch)
+    red, xp = dx, dx
+    if has_prologue:
+        red = torch.zeros((programs, cin, 2), dtype=acc_dtype(dy.dtype), device=dy.device)
+        xp = x
+    meta = _meta(t, w.shape[-1], stride, padding, dilation, has_prologue, act, dy.dtype)
+    pointers = (dy, w, xp, pro, dx, red)
+    layout = (*strides(dy), *strides(w), *strides(xp), *strides(dx))
+    cin_pg, cout_pg = cin // groups, cout // groups
+    if _dot_kernels(fam):
+        span = channel_span(t.block_n, cin_pg, cout_pg, cout)
+        sizes = (n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span)
+        grid = (programs, cdiv(cin, t.block_n))
+        kernel, own = _k(True).conv_bwd_input_dot_kernel, _dot_meta(t, groups, cout_pg)
+    else:
+        sizes = (n, cin, h, wd, ho, wo, cout_pg)
+        grid = (programs, cdiv(cin, t.block_c))
+        kernel, own = (
+            _k(False).conv_bwd_input_grouped_kernel,
+            dict(CIN_PG=cin_pg, BLOCK_C=t.block_c),
+        )
+    launch(kernel, grid, *pointers, *sizes, *layout, **own, **meta)
+    if has_prologue:
+        return dx, red.sum(0)  # fixed-order sum of the partials: deterministic
+    return dx
+
+
+def launch_grad_weight(
+    dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, groups, prologue=None
+):
+    """The weight gradient (COUT, CIN / groups, K, K): per-program partials summed in a
+    fixed order (deterministic). ``prologue`` as ``launch_forward``'s (``x`` raw)."""
+    n, cin, h, wd = x.shape
+    cout, cin_pg, ksize = w_shape[0], w_shape[1], w_shape[-1]
+    cout_pg, taps = cout // groups, ksize * ksize
+    fam = family(cin, cout, groups, stride)
+    pro, has_prologue, act = _prologue_args(prologue, x)
+    dot = _dot_kernels(fam)
+    t = tiles(x.dtype, fam if dot else "reduce")
+    ho, wo = dy.shape[2], dy.shape[3]
+    total = n * ho * wo
+    if dot:
+        span = channel_span(t.block_n, cout_pg, cin_pg, cin)
+        grid_nz = (cdiv(cout, t.block_n), taps * cdiv(span, t.block_k))
+    else:
+        grid_nz = (cdiv(cout, t.block_c), taps * cin_pg)
+    pixels_per_partial = partial_pixels(total, grid_nz[0] * grid_nz[1], t, x.device)
+    parts = cdiv(total, pixels_per_partial)
+    part = torch.empty((parts, cout, cin_pg, taps), dtype=acc_dtype(x.dtype), device=x.device)
+    meta = _meta(t, ksize, stride, padding, dilation, has_prologue, act, x.dtype)
+    layout = (*strides(dy), *strides(x))
+    if dot:
+        sizes = (n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span, pixels_per_partial)
+        kernel, own = _k(True).conv_bwd_weight_dot_kernel, _dot_meta(t, groups, cin_pg)
+    else:
+        sizes = (n, h, wd, cout, ho, wo, cout_pg, pixels_per_partial)
+        kernel, own = (
+            _k(False).conv_bwd_weight_grouped_kernel,
+            dict(CIN_PG=cin_pg, BLOCK_C=t.block_c),
+        )
+    launch(kernel, (parts, *grid_nz), dy, x, pro, part, *sizes, *layout, **own, **meta)
+    # fixed-order sum of the per-tile partials: deterministic
+    return part.sum(0).view(cout, cin_pg, ksize, ksize).to(x.dtype)
+
+
+def launch_grad_bias(dy: Tensor) -> Tensor:
+    """The bias gradient (C,) of output gradient ``dy`` (N, C, HO, WO): per-program
+    partial sums over the pixels, summed in a fixed order (deterministic)."""
+    t = tiles(dy.dtype, "reduce")
+    n, c, ho, wo = dy.shape
+    total = n * ho * wo
+    pixels_per_partial = partial_pixels(total, cdiv(c, t.block_c), t, dy.device)
+    parts = cdiv(total, pixels_per_partial)
+    part = torch.empty((parts, c), dtype=acc_dtype(dy.dtype), device=dy.device)
+    meta = dict(ACC=tl_acc(dy.dtype), BLOCK_P=t.block_p, BLOCK_C=t.block_c, **t.launch_options)
+    grid = (parts, cdiv(c, t.block_c))
+    launch(
+        _k(False).bias_grad_kernel,
+        grid,
+        dy,
+        part,
+        n,
+        c,
+        ho,
+        wo,
+        pixels_per_partial,
+        *strides(dy),
+        **meta,
+    )
+    return part.sum(0).to(dy.dtype)

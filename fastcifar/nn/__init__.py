@@ -1,0 +1,38 @@
+"""Layer 2: putting the kernels into a model.
+
+- ``modules``: drop-in modules (``Conv2d``, ``FusedConvReLUBN``, ``FusedConvBN``,
+  ``FusedDepthwiseSeparable``) and the converters that swap them in;
+- ``chain``: conv -> BatchNorm -> activation -> conv chains (``FusedConvBNAct``);
+- ``fusion``: ``FUSIONS``, the one table of the kinds the kernels take;
+- ``autotune``: ``--kernels auto``, Triton timed against cuDNN per configuration;
+- ``kernel_guard``: a Triton failure sends the layer back to PyTorch.
+
+The names below are README's documented Python API.
+"""
+
+from fastcifar.nn.chain import FusedConvBNAct, fuse_conv_bn_act
+from fastcifar.nn.modules import (
+    Conv2d,
+    FusedConvBN,
+    FusedConvReLUBN,
+    FusedDepthwiseSeparable,
+    config_supported,
+    fuse_conv_bn,
+    fuse_conv_relu_bn,
+    fuse_depthwise_separable,
+    swap_convolutions,
+)
+
+__all__ = [
+    "Conv2d",
+    "FusedConvBN",
+    "FusedConvBNAct",
+    "FusedConvReLUBN",
+    "FusedDepthwiseSeparable",
+    "config_supported",
+    "fuse_conv_bn",
+    "fuse_conv_bn_act",
+    "fuse_conv_relu_bn",
+    "fuse_depthwise_separable",
+    "swap_convolutions",
+]

@@ -1,0 +1,264 @@
+"""Drop-in layers that route to the Triton kernels where they apply (layer 2).
+
+``Conv2d`` is an ``nn.Conv2d`` that calls ``fastcifar.kernels.conv2d`` for the
+configurations the kernels support (3x3; groups == 1 with dilation 1-3, or at most 4
+input channels per group; stride 1-2; padding 0..dilation; zero padding mode) and
+PyTorch's convolution otherwise. The choice is made once, at construction, from the
+configuration alone; nothing is decided by catching errors here (``--kernels auto``
+puts a layer whose kernels fail on this GPU back on PyTorch:
+``fastcifar.nn.fusion.revert_to_torch``, called by ``fastcifar.nn.kernel_guard``).
+
+``swap_convolutions(model)`` replaces a model's supported ``nn.Conv2d`` layers in place
+by ``Conv2d`` sharing the same parameters (weights kept).
+
+``FusedConvReLUBN`` runs a seed's Conv -> ReLU -> BatchNorm block (``Sequential`` of the
+three) with one Triton kernel for the convolution, the ReLU and the batch statistics,
+then one elementwise pass for the normalisation; ``fuse_conv_relu_bn(model)`` converts a
+model's supported blocks in place, keeping their children, parameters and state-dict keys.
+Opt-in: it becomes a default only where a GPU benchmark shows it faster.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastcifar.kernels import conv2d as triton_conv2d
+from fastcifar.kernels.conv import GROUPED_KERNEL_SIZES, MAX_CIN_PER_GROUP
+from fastcifar.kernels.conv_bn import conv2d_relu_stats
+from fastcifar.kernels.dwsep import depthwise_separable_conv2d
+
+
+def config_supported(conv: nn.Conv2d) -> bool:
+    """Whether the Triton kernels implement this layer's configuration (device aside)."""
+    (k, k2), (s, s2), (p, p2), (d, d2) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return False
+    if k != k2 or s != s2 or p != p2 or d != d2:
+        return False
+    if conv.groups == 1:
+        fits = k == 3
+    else:  # the grouped kernel: 3x3, 5x5, 7x7, up to MAX_CIN_PER_GROUP channels a group
+        fits = k in GROUPED_KERNEL_SIZES and conv.in_channels // conv.groups <= MAX_CIN_PER_GROUP
+    return fits and s in (1, 2) and d in (1, 2, 3) and 0 <= p <= d * (k - 1) // 2
+
+
+def _autocast_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """Cast to the autocast dtype when autocast is on (the kernels take one dtype)."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    return x, weight, bias
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that runs the Triton kernels for supported configurations.
+
+    Same arguments and parameters as ``nn.Conv2d``. ``uses_triton`` says which path it
+    takes. Input (N, CIN, H, W), NCHW or channels_last; under autocast the input, weight
+    and bias are cast to the autocast dtype first (the kernels take one dtype).
+    The Triton path needs a CUDA device, or ``TRITON_INTERPRET=1`` on a CPU.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.uses_triton = config_supported(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.uses_triton:
+            return super().forward(x)
+        x, weight, bias = _autocast_args(x, self.weight, self.bias)
+        return triton_conv2d(
+            x, weight, bias, self.stride[0], self.padding[0], self.dilation[0], self.groups
+        )
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> Conv2d:
+        """A ``Conv2d`` sharing ``conv``'s weight and bias tensors."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.__dict__.update({k: v for k, v in conv.__dict__.items() if k != "_modules"})
+        new._modules = {}
+        new.uses_triton = config_supported(conv)
+        return new
+
+
+def swap_convolutions(model: nn.Module, only: set[str] | None = None) -> list[str]:
+    """Replace every supported ``nn.Conv2d`` in ``model`` (or those of them named in
+    ``only``) by ``Conv2d``, in place.
+
+    The parameters are shared, not copied: optimizers built before or after see the same
+    tensors, and state dicts keep their keys. Returns the qualified names swapped.
+    """
+    swapped = []
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            qualified = f"{parent_name}.{name}" if parent_name else name
+            if only is not None and qualified not in only:
+                continue
+            if type(child) is nn.Conv2d and config_supported(child):
+                setattr(parent, name, Conv2d.from_conv(child))
+                swapped.append(qualified)
+    return swapped
+
+
+def bn_prologue(
+    bn: nn.BatchNorm2d, mean: torch.Tensor | None, var: torch.Tensor | None, count: int
+) -> torch.Tensor:
+    """(C, 3) center, scale and shift per channel such that ``bn(y) == (y - center) *
+    scale + shift``, from the batch ``mean`` and biased ``var`` of ``y`` over ``count``
+    values per channel in training (``running_mean``/``running_var`` updated as
+    ``nn.BatchNorm2d`` does: unbiased variance, ``momentum`` or the cumulative average
+    when it is None), from the running statistics in eval mode. Differentiable in
+    ``mean``, ``var`` and the affine parameters."""
+    if bn.training and bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), m)
+            unbiased = var * count / max(count - 1, 1)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), m)
+    if not (bn.training or not bn.track_running_stats):
+        mean, var = bn.running_mean, bn.running_var
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        scale = scale * bn.weight
+    shift = bn.bias if bn.affine else torch.zeros_like(scale)
+    return torch.stack((mean.to(scale.dtype), scale, shift.to(scale.dtype)), dim=1)
+
+
+class FusedConvReLUBN(nn.Sequential):
+    """``Sequential(conv, ReLU, BatchNorm2d)`` computed as Triton conv + ReLU + batch
+    statistics in one kernel, then ``y * scale + shift`` per channel.
+
+    Same children, parameters, buffers and state-dict keys as the block it replaces; same
+    training-mode semantics as PyTorch's BatchNorm2d (biased variance to normalise,
+    unbiased variance into ``running_var``, ``momentum`` or the cumulative average when
+    it is None). Input (N, CIN, H, W), NCHW or channels_last.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn = self[0], self[-1]
+        x, weight, bias = _autocast_args(x, conv.weight, conv.bias)
+        args = (conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
+        y, mean, var = conv2d_relu_stats(x, weight, bias, *args, relu=len(self) == 3)
+        center, scale, shift = bn_prologue(bn, mean, var, y.numel() // y.shape[1]).unbind(1)
+        shift = -center * scale + shift
+        shape = (1, -1, 1, 1)
+        return y * scale.view(shape).to(y.dtype) + shift.view(shape).to(y.dtype)
+
+
+class FusedConvBN(FusedConvReLUBN):
+    """``Sequential(conv, BatchNorm2d)`` (the model zoo's convolution -> BatchNorm, its
+    activation outside): the Triton conv with the batch statistics of its output in the
+    same kernel, then ``y * scale + shift``. PyTorch's block writes the conv output and
+    reads it back once to take the statistics; here that read is gone: one read of the
+    output tensor per block and step (docs/DESIGN.md, "Fusions for the model zoo"). Same
+    children, parameters, state-dict keys and BatchNorm semantics as the block."""
+
+
+def _conv_then(m: nn.Module, *after: type) -> bool:
+    """Whether ``m`` is ``Sequential(Conv2d the kernels support, *after)``, each module after
+    the convolution of exactly the type given."""
+    return (
+        type(m) is nn.Sequential
+        and len(m) == 1 + len(after)
+        and isinstance(m[0], nn.Conv2d)
+        and config_supported(m[0])
+        and all(type(child) is cls for child, cls in zip(m[1:], after, strict=True))
+    )
+
+
+def is_conv_bn(m: nn.Module) -> bool:
+    """Whether ``m`` is a ``Sequential(Conv2d, BatchNorm2d)`` the fused kernel covers."""
+    return _conv_then(m, nn.BatchNorm2d)
+
+
+def fuse_conv_bn(model: nn.Module, only: set[str] | None = None) -> list[str]:
+    """Turn every supported ``Sequential(Conv2d, BatchNorm2d)`` of ``model`` (or those named
+    in ``only``) into a ``FusedConvBN`` in place. Returns the qualified names converted."""
+    return _convert_blocks(model, is_conv_bn, FusedConvBN, only)
+
+
+def is_conv_relu_bn(m: nn.Module) -> bool:
+    """Whether ``m`` is a ``Sequential(Conv2d, ReLU, BatchNorm2d)`` the fused kernel covers."""
+    return _conv_then(m, nn.ReLU, nn.BatchNorm2d)
+
+
+def fuse_conv_relu_bn(model: nn.Module, only: set[str] | None = None) -> list[str]:
+    """Turn every supported ``Sequential(Conv2d, ReLU, BatchNorm2d)`` of ``model`` (or those
+    named in ``only``) into a ``FusedConvReLUBN`` in place (children and state-dict keys
+    unchanged). Returns the qualified names converted."""
+    return _convert_blocks(model, is_conv_relu_bn, FusedConvReLUBN, only)
+
+
+def _convert_blocks(model: nn.Module, test, cls: type, only: set[str] | None) -> list[str]:
+    """Give every block of ``model`` that passes ``test`` (and is named in ``only``, when
+    given) the class ``cls`` in place; returns their qualified names."""
+    converted = []
+    for name, m in model.named_modules():
+        if test(m) and (only is None or name in only):
+            m.__class__ = cls
+            converted.append(name)
+    return converted
+
+
+class FusedDepthwiseSeparable(nn.Sequential):
+    """``Sequential(depthwise 3x3 conv, [ReLU], pointwise 1x1 conv)``, both bias-free,
+    computed by ``fastcifar.kernels.depthwise_separable_conv2d``: the depthwise output is
+    never written to memory. Same children, parameters and state-dict keys as the block it
+    replaces. Input (N, C, H, W), NCHW or channels_last; output (N, COUT, HO, WO)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dw, pw = self[0], self[-1]
+        x, w_dw, _ = _autocast_args(x, dw.weight, None)
+        _, w_pw, _ = _autocast_args(x, pw.weight, None)
+        relu = len(self) == 3
+        return depthwise_separable_conv2d(
+            x, w_dw, w_pw, dw.stride[0], dw.padding[0], dw.dilation[0], relu
+        )
+
+
+def is_depthwise_separable(m: nn.Module) -> bool:
+    """Whether ``m`` is a bias-free ``Sequential(depthwise 3x3, [ReLU], pointwise 1x1)`` the
+    fused depthwise-separable kernel covers."""
+    if type(m) is not nn.Sequential or len(m) not in (2, 3):
+        return False
+    dw, pw = m[0], m[-1]
+    return (
+        isinstance(dw, nn.Conv2d)
+        and config_supported(dw)
+        and dw.kernel_size == (3, 3)
+        and dw.groups == dw.in_channels == dw.out_channels
+        and dw.bias is None
+        and isinstance(pw, nn.Conv2d)
+        and pw.kernel_size == (1, 1)
+        and pw.stride == (1, 1)
+        and pw.groups == 1
+        and pw.bias is None
+        and pw.in_channels == dw.out_channels
+        and (len(m) == 2 or type(m[1]) is nn.ReLU)
+    )
+
+
+def fuse_depthwise_separable(model: nn.Module, only: set[str] | None = None) -> list[str]:
+    """Turn every bias-free ``Sequential(depthwise 3x3, [ReLU], pointwise 1x1)`` of
+    ``model`` (or those named in ``only``) into a ``FusedDepthwiseSeparable`` in place.
+    Returns the qualified names converted."""
+    return _convert_blocks(model, is_depthwise_separable, FusedDepthwiseSeparable, only)
+
+
+__all__ = [
+    "Conv2d",
+    "FusedConvReLUBN",
+    "FusedDepthwiseSeparable",
+    "bn_prologue",
+    "config_supported",
+    "fuse_conv_relu_bn",
+    "fuse_depthwise_separable",
+    "is_conv_relu_bn",
+    "is_depthwise_separable",
+    "swap_convolutions",
+]
