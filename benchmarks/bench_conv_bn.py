@@ -5,16 +5,15 @@ grouped KxK convolutions reading a raw tensor through the BatchNorm-and-activati
 prologue), forward and forward + backward, against PyTorch's unfused composition of the
 same arithmetic (sizes: benchmarks/op_shapes.py).
 
-Bytes are the compulsory ones of the fused op: input, weight and output once each
-forward (the statistics are (C,)); the backward reads dy twice and the input and weight
-once more, and writes dx and dw. Nothing here asserts speed."""
+Bytes: the fused op's compulsory ones (``op_shapes.time_conv``; the statistics are (C,)).
+Nothing here asserts speed."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-from op_shapes import layer_shapes, tensor, time_step
+from op_shapes import identity_prologue, layer_shapes, tensor, time_conv
 
 from fastcifar.kernels.conv_bn import conv2d_prologue_stats, conv2d_relu_stats
 
@@ -47,26 +46,6 @@ def _args(conv):
     return conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups
 
 
-def _bytes(x, w, y, backward: bool) -> int:
-    nbytes = (x.numel() + w.numel() + y.numel()) * x.element_size()
-    if backward:
-        nbytes += (2 * y.numel() + 2 * x.numel() + 2 * w.numel()) * x.element_size()
-    return nbytes
-
-
-def _run(benchmark, copy_bandwidth, forward, x, w, mode, **info) -> None:
-    y = forward()
-    gy = torch.randn_like(y)
-
-    def step():
-        out = forward()
-        if mode == "forward_backward":
-            torch.autograd.grad(out, (x, w), gy)
-
-    time_step(benchmark, step, _bytes(x, w, y, mode == "forward_backward"), copy_bandwidth)
-    benchmark.extra_info.update(**info)
-
-
 @pytest.mark.parametrize("mode", ["forward", "forward_backward"])
 @pytest.mark.parametrize("impl", ["triton", "torch"])
 @pytest.mark.parametrize("layer,conv,shape", RELU_STATS, ids=[s[0] for s in RELU_STATS])
@@ -81,7 +60,7 @@ def test_conv2d_relu_stats(benchmark, copy_bandwidth, layer, conv, shape, impl, 
             var, mean = torch.var_mean(y.float(), dim=(0, 2, 3), correction=0)
         return y + 0 * (mean.sum() + var.sum()).to(y.dtype)  # the statistics in the graph
 
-    _run(benchmark, copy_bandwidth, forward, x, w, mode, layer=layer, shape=list(shape))
+    time_conv(benchmark, copy_bandwidth, forward, x, w, mode, layer=layer, shape=list(shape))
 
 
 @pytest.mark.parametrize("mode", ["forward", "forward_backward"])
@@ -89,9 +68,7 @@ def test_conv2d_relu_stats(benchmark, copy_bandwidth, layer, conv, shape, impl, 
 @pytest.mark.parametrize("layer,conv,shape", PROLOGUE, ids=[s[0] for s in PROLOGUE])
 def test_conv2d_prologue_stats(benchmark, copy_bandwidth, layer, conv, shape, impl, mode):
     x, w = tensor(shape), tensor(conv.weight.shape, 0.1)
-    cin = shape[1]
-    prologue = torch.stack([torch.zeros(cin), torch.ones(cin), torch.zeros(cin)], 1)
-    prologue = prologue.to(x.device, torch.float32)
+    prologue = identity_prologue(shape[1])
 
     def forward():
         if impl == "triton":
@@ -105,4 +82,4 @@ def test_conv2d_prologue_stats(benchmark, copy_bandwidth, layer, conv, shape, im
             var, mean = torch.var_mean(y.float(), dim=(0, 2, 3), correction=0)
         return y + 0 * (mean.sum() + var.sum()).to(y.dtype)
 
-    _run(benchmark, copy_bandwidth, forward, x, w, mode, layer=layer, shape=list(shape))
+    time_conv(benchmark, copy_bandwidth, forward, x, w, mode, layer=layer, shape=list(shape))

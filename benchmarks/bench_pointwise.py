@@ -2,15 +2,12 @@
 plain 1x1 and the chain consumer's form (BatchNorm-and-ReLU prologue, statistics
 epilogue), forward and forward + backward (sizes: benchmarks/op_shapes.py).
 
-Bytes are the compulsory ones: input, weight and output once each forward; the backward
-reads dy twice and the input and weight once more, and writes dx and dw. Nothing here
-asserts speed."""
+Bytes: the compulsory ones (``op_shapes.time_conv``). Nothing here asserts speed."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-from op_shapes import layer_shapes, tensor, time_step
+from op_shapes import identity_prologue, layer_shapes, tensor, time_conv
 
 from fastcifar.kernels.pointwise import pointwise_conv2d
 
@@ -24,11 +21,7 @@ SHAPES = layer_shapes(
 @pytest.mark.parametrize("layer,conv,shape", SHAPES, ids=[s[0] for s in SHAPES])
 def test_pointwise_conv2d(benchmark, copy_bandwidth, layer, conv, shape, form, mode):
     x, w = tensor(shape), tensor(conv.weight.shape, 0.1)
-    prologue = None
-    if form == "prologue_stats":
-        cin = shape[1]
-        prologue = torch.stack([torch.zeros(cin), torch.ones(cin), torch.zeros(cin)], 1)
-        prologue = prologue.to(x.device, torch.float32)
+    prologue = identity_prologue(shape[1]) if form == "prologue_stats" else None
     activation = "relu" if prologue is not None else "identity"
     stats = prologue is not None
 
@@ -36,17 +29,5 @@ def test_pointwise_conv2d(benchmark, copy_bandwidth, layer, conv, shape, form, m
         out = pointwise_conv2d(x, w, None, prologue, activation, stats)
         return out[0] if stats else out
 
-    y = forward()
-    gy = torch.randn_like(y)
-
-    def step():
-        out = forward()
-        if mode == "forward_backward":
-            torch.autograd.grad(out, (x, w), gy)
-
-    e = x.element_size()
-    nbytes = (x.numel() + w.numel() + y.numel()) * e
-    if mode == "forward_backward":
-        nbytes += (2 * y.numel() + 2 * x.numel() + 2 * w.numel()) * e
-    time_step(benchmark, step, nbytes, copy_bandwidth)
-    benchmark.extra_info.update(layer=layer, shape=list(shape), cout=w.shape[0], form=form)
+    info = dict(layer=layer, shape=list(shape), cout=w.shape[0], form=form)
+    time_conv(benchmark, copy_bandwidth, forward, x, w, mode, **info)

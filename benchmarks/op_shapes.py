@@ -85,3 +85,33 @@ def time_step(benchmark, step: Callable[[], None], nbytes: int, copy_bandwidth) 
     benchmark.extra_info.update(bytes=nbytes, gb_per_s=nbytes / seconds / 1e9)
     if copy_bandwidth:
         benchmark.extra_info.update(copy_fraction=nbytes / seconds / 1e9 / copy_bandwidth)
+
+
+def identity_prologue(channels: int) -> torch.Tensor:
+    """A (C, 3) BatchNorm-and-activation prologue that changes nothing (center 0, scale 1,
+    shift 0): the fused op's full work at a known result."""
+    ones, zeros = torch.ones(channels), torch.zeros(channels)
+    return torch.stack([zeros, ones, zeros], 1).to(DEVICE, torch.float32)
+
+
+def time_conv(benchmark, copy_bandwidth, forward, x, w, mode: str, **info) -> None:
+    """Time a convolution op: ``forward()`` alone (``mode`` "forward") or with the input's
+    and weight's gradients ("forward_backward"); ``info`` into ``extra_info``. Bytes are
+    the compulsory ones: input, weight and output once each forward; the backward reads
+    the output's gradient twice and the input and weight once more, and writes their
+    gradients."""
+    y = forward()
+    gy = torch.randn_like(y)
+    backward = mode == "forward_backward"
+
+    def step():
+        out = forward()
+        if backward:
+            torch.autograd.grad(out, (x, w), gy)
+
+    e = x.element_size()
+    nbytes = (x.numel() + w.numel() + y.numel()) * e
+    if backward:
+        nbytes += (2 * y.numel() + 2 * x.numel() + 2 * w.numel()) * e
+    time_step(benchmark, step, nbytes, copy_bandwidth)
+    benchmark.extra_info.update(**info)

@@ -71,8 +71,12 @@ def _pair(v, name: str) -> int:
 
 
 def kernels_can_run(device: torch.device) -> bool:
-    """True where the Triton kernels can launch: a CUDA device, or the CPU when
-    ``TRITON_INTERPRET=1`` was set before the first kernel launch."""
+    """Whether the Triton kernels can launch on ``device``.
+
+    Returns:
+        True for a CUDA (or ROCm) device, or the CPU when ``TRITON_INTERPRET=1`` was set
+        before the first kernel launch.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         return True
@@ -90,8 +94,22 @@ def check_supported(
     groups=1,
     bias: bool = False,
 ) -> None:
-    """Raise ``NotImplementedError`` naming the first unsupported part of a configuration
-    (``ValueError`` for a weight that does not match the input and groups)."""
+    """Check a convolution configuration against the kernels' subset (module docstring).
+
+    Args:
+        input_shape: (N, CIN, H, W).
+        weight_shape: (COUT, CIN / groups, K, K).
+        dtype: the input's (and weight's) torch dtype.
+        device: where it would run (a CUDA device, or the CPU under ``TRITON_INTERPRET=1``).
+        stride, padding, dilation: ints or equal (height, width) pairs.
+        groups: the convolution's groups.
+        bias: whether a bias is added (every configuration takes one).
+
+    Raises:
+        NotImplementedError: the first unsupported part, named, with the fix where one
+            exists (a batch past int32 offsets: split it).
+        ValueError: a weight that does not match the input channels and groups.
+    """
     stride, padding, dilation = (
         _pair(stride, "stride"),
         _pair(padding, "padding"),
@@ -161,7 +179,13 @@ def _check_sizes(input_shape, weight_shape, stride, padding, dilation, prefix) -
 
 
 def is_supported(input: Tensor, weight: Tensor, stride=1, padding=0, dilation=1, groups=1) -> bool:
-    """Whether ``conv2d`` accepts these tensors and arguments (no exception raised)."""
+    """Whether ``conv2d`` accepts these tensors and arguments, as ``check_supported``
+    decides, with input and weight of one dtype.
+
+    Returns:
+        True when ``conv2d(input, weight, None, stride, padding, dilation, groups)`` would
+        run (no exception raised).
+    """
     try:
         check_supported(
             input.shape, weight.shape, input.dtype, input.device, stride, padding, dilation, groups

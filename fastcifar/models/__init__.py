@@ -109,7 +109,11 @@ def create_model(name: str) -> CifarNet:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters, each tensor counted once."""
+    """Trainable parameters of ``model``, each tensor counted once (shared ones once).
+
+    Returns:
+        The number of elements of the parameters with ``requires_grad``.
+    """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -329,11 +329,21 @@ class FusedConvBNAct(nn.Sequential):
 
 
 def fuse_conv_bn_act(model: nn.Module, only: set[str] | None = None) -> list[str]:
-    """Convert every chain conv -> BatchNorm2d -> activation -> conv of ``model`` (its
-    links named ``"producer>consumer"`` in ``only``, when given) in place; returns the
-    links converted, as ``"producer>consumer"``. Both modules of a link become
-    ``FusedConvBNAct`` (a squeeze-excitation consumer: its own class with
-    ``_PendingGate``'s forward), sharing parameters and buffers (module docstring)."""
+    """Convert every chain conv -> BatchNorm2d -> activation -> conv of ``model`` in place.
+
+    Both modules of a link become ``FusedConvBNAct`` (a squeeze-excitation consumer: its
+    own class with ``_PendingGate``'s forward), keeping their children, parameters,
+    buffers and state-dict keys; the producer then hands its raw output and folded
+    BatchNorm to the consumer, whose kernel applies them as it loads (module docstring).
+
+    Args:
+        model: any module; its links are found by ``find_links`` (consecutive in an
+            ``nn.Sequential`` or declared in a block's ``CHAIN``).
+        only: links to convert, named ``"producer>consumer"``; None: every link.
+
+    Returns:
+        The links converted, as ``"producer>consumer"``.
+    """
     converted = []
     for producer, consumer in find_links(model):
         name = f"{producer}>{consumer}"

@@ -30,7 +30,17 @@ from fastcifar.kernels.dwsep import depthwise_separable_conv2d
 
 
 def config_supported(conv: nn.Conv2d) -> bool:
-    """Whether the Triton kernels implement this layer's configuration (device aside)."""
+    """Whether the Triton kernels implement this layer's configuration (device aside).
+
+    Args:
+        conv: any ``nn.Conv2d``: zero padding, square kernel, equal stride, padding and
+            dilation in height and width are required.
+
+    Returns:
+        True for a dense 3x3, or a grouped (depthwise included) 3x3, 5x5 or 7x7 with at
+        most 16 input channels a group; stride 1-2, dilation 1-3, padding 0..dilation x
+        (K - 1) / 2 (``fastcifar.kernels.conv`` states the same subset for tensors).
+    """
     (k, k2), (s, s2), (p, p2), (d, d2) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return False
@@ -56,10 +66,14 @@ def _autocast_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` that runs the Triton kernels for supported configurations.
 
-    Same arguments and parameters as ``nn.Conv2d``. ``uses_triton`` says which path it
-    takes. Input (N, CIN, H, W), NCHW or channels_last; under autocast the input, weight
-    and bias are cast to the autocast dtype first (the kernels take one dtype).
-    The Triton path needs a CUDA device, or ``TRITON_INTERPRET=1`` on a CPU.
+    Same arguments, parameters and state-dict keys as ``nn.Conv2d``; ``uses_triton`` says
+    which path it takes (``config_supported``, decided at construction; an unsupported
+    configuration runs ``nn.Conv2d.forward``). Input (N, CIN, H, W), NCHW or
+    channels_last, float32, float16, bfloat16 or float64; output (N, COUT, HO, WO) in the
+    input's memory format. Under autocast the input, weight and bias are cast to the
+    autocast dtype first (the kernels take one dtype). The Triton path needs a CUDA
+    device, or ``TRITON_INTERPRET=1`` on a CPU; elsewhere the kernels raise
+    ``NotImplementedError`` naming the device.
     """
 
     def __init__(self, *args, **kwargs):
@@ -86,11 +100,17 @@ class Conv2d(nn.Conv2d):
 
 
 def swap_convolutions(model: nn.Module, only: set[str] | None = None) -> list[str]:
-    """Replace every supported ``nn.Conv2d`` in ``model`` (or those of them named in
-    ``only``) by ``Conv2d``, in place.
+    """Replace every supported ``nn.Conv2d`` in ``model`` by ``Conv2d``, in place.
 
     The parameters are shared, not copied: optimizers built before or after see the same
-    tensors, and state dicts keep their keys. Returns the qualified names swapped.
+    tensors, and state dicts keep their keys. Subclasses of ``nn.Conv2d`` are left alone.
+
+    Args:
+        model: any module; its ``nn.Conv2d`` children at any depth are candidates.
+        only: qualified names (``"layer1.0.conv1"``) to swap; None: every supported one.
+
+    Returns:
+        The qualified names swapped, in ``named_modules`` order.
     """
     swapped = []
     for parent_name, parent in list(model.named_modules()):
@@ -107,12 +127,20 @@ def swap_convolutions(model: nn.Module, only: set[str] | None = None) -> list[st
 def bn_prologue(
     bn: nn.BatchNorm2d, mean: torch.Tensor | None, var: torch.Tensor | None, count: int
 ) -> torch.Tensor:
-    """(C, 3) center, scale and shift per channel such that ``bn(y) == (y - center) *
-    scale + shift``, from the batch ``mean`` and biased ``var`` of ``y`` over ``count``
-    values per channel in training (``running_mean``/``running_var`` updated as
-    ``nn.BatchNorm2d`` does: unbiased variance, ``momentum`` or the cumulative average
-    when it is None), from the running statistics in eval mode. Differentiable in
-    ``mean``, ``var`` and the affine parameters."""
+    """The BatchNorm folded into a per-channel affine map: ``bn(y) == (y - center) * scale
+    + shift``. In training the running statistics are updated as ``nn.BatchNorm2d`` does
+    (unbiased variance, ``momentum`` or the cumulative average when it is None).
+    Differentiable in ``mean``, ``var`` and the affine parameters.
+
+    Args:
+        bn: the BatchNorm2d of C channels.
+        mean, var: (C,) batch mean and biased variance of ``y`` (float32; float64 for
+            float64 input), used in training; ignored in eval mode (the running ones are).
+        count: values per channel the batch statistics were taken over (N x H x W).
+
+    Returns:
+        (C, 3): center, scale and shift per channel, in the statistics' dtype.
+    """
     if bn.training and bn.track_running_stats:
         with torch.no_grad():
             bn.num_batches_tracked += 1
@@ -177,8 +205,16 @@ def is_conv_bn(m: nn.Module) -> bool:
 
 
 def fuse_conv_bn(model: nn.Module, only: set[str] | None = None) -> list[str]:
-    """Turn every supported ``Sequential(Conv2d, BatchNorm2d)`` of ``model`` (or those named
-    in ``only``) into a ``FusedConvBN`` in place. Returns the qualified names converted."""
+    """Turn every supported ``Sequential(Conv2d, BatchNorm2d)`` of ``model`` into a
+    ``FusedConvBN`` in place (children, parameters and state-dict keys unchanged).
+
+    Args:
+        model: any module; its ``nn.Sequential`` blocks at any depth are candidates.
+        only: qualified names of the blocks to convert; None: every supported one.
+
+    Returns:
+        The qualified names converted.
+    """
     return _convert_blocks(model, is_conv_bn, FusedConvBN, only)
 
 
@@ -188,9 +224,17 @@ def is_conv_relu_bn(m: nn.Module) -> bool:
 
 
 def fuse_conv_relu_bn(model: nn.Module, only: set[str] | None = None) -> list[str]:
-    """Turn every supported ``Sequential(Conv2d, ReLU, BatchNorm2d)`` of ``model`` (or those
-    named in ``only``) into a ``FusedConvReLUBN`` in place (children and state-dict keys
-    unchanged). Returns the qualified names converted."""
+    """Turn every supported ``Sequential(Conv2d, ReLU, BatchNorm2d)`` of ``model`` (the
+    seeds' block) into a ``FusedConvReLUBN`` in place (children, parameters and state-dict
+    keys unchanged).
+
+    Args:
+        model: any module; its ``nn.Sequential`` blocks at any depth are candidates.
+        only: qualified names of the blocks to convert; None: every supported one.
+
+    Returns:
+        The qualified names converted.
+    """
     return _convert_blocks(model, is_conv_relu_bn, FusedConvReLUBN, only)
 
 
@@ -245,19 +289,29 @@ def is_depthwise_separable(m: nn.Module) -> bool:
 
 def fuse_depthwise_separable(model: nn.Module, only: set[str] | None = None) -> list[str]:
     """Turn every bias-free ``Sequential(depthwise 3x3, [ReLU], pointwise 1x1)`` of
-    ``model`` (or those named in ``only``) into a ``FusedDepthwiseSeparable`` in place.
-    Returns the qualified names converted."""
+    ``model`` into a ``FusedDepthwiseSeparable`` in place (``is_depthwise_separable``).
+
+    Args:
+        model: any module; its ``nn.Sequential`` blocks at any depth are candidates.
+        only: qualified names of the blocks to convert; None: every supported one.
+
+    Returns:
+        The qualified names converted.
+    """
     return _convert_blocks(model, is_depthwise_separable, FusedDepthwiseSeparable, only)
 
 
 __all__ = [
     "Conv2d",
+    "FusedConvBN",
     "FusedConvReLUBN",
     "FusedDepthwiseSeparable",
     "bn_prologue",
     "config_supported",
+    "fuse_conv_bn",
     "fuse_conv_relu_bn",
     "fuse_depthwise_separable",
+    "is_conv_bn",
     "is_conv_relu_bn",
     "is_depthwise_separable",
     "swap_convolutions",
