@@ -3,8 +3,10 @@
 Runs torch-lr-finder's range test (Smith, "Cyclical Learning Rates for Training Neural
 Networks", 2017: the learning rate grows exponentially each step while the smoothed loss
 is recorded) on the recipe's model, optimizer, loss and training loader, saves the
-loss-vs-lr plot with the suggested value (the steepest descent of the loss, as seed 003
-used it), and restores model and optimizer to their state before the test.
+loss-vs-lr plot with the suggested value (torch-lr-finder's steepest descent of the
+smoothed loss, taken before the loss's minimum: ``fastcifar.engine.lr_range``), warns
+when it is far from the recipe's lr or the loss never diverged, and restores model and
+optimizer to their state before the test.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = RunOptions(**given, kernels="torch")
     check_fields(opts)
     from fastcifar.engine.components import build_components
-    from fastcifar.engine.lr_range import range_test
+    from fastcifar.engine.lr_range import RULE, range_test
     from fastcifar.engine.optim import make_optimizer
 
     c = build_components(recipe, opts, with_test=False)
@@ -96,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         args.end_lr,
         args.num_iter,
         plot=Path(args.out),
+        reference_lr=recipe.lr,
     )
-    print(f"{recipe.name}: suggested lr {result.suggested_lr:.4g}; plot {args.out}")
+    print(f"{recipe.name}: suggested lr {result.suggested_lr:.4g} ({RULE}); plot {args.out}")
     return 0
 
 

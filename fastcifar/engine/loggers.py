@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+import torch
+
 from fastcifar.units import duration
 
 __all__ = [
@@ -75,13 +77,45 @@ def default_loggers(epochs: int, run_dir: Path, tensorboard: bool) -> list[Epoch
 def progress_bar(steps: int, description: str, every_s: float = 30.0):
     """The training epoch's progress: on a terminal a tqdm bar on standard error (refreshed
     at most once a second, removed when the epoch ends); otherwise (a log file) a
-    ``ProgressLines``, one line every ``every_s`` seconds. Both take ``update(n)``,
+    ``ProgressLines``, one line every ``every_s`` seconds. Both take ``due()`` (whether
+    the next ``update`` shows values: post them first), ``update(n)``,
     ``set_postfix(**values)`` and ``close()``."""
     if not sys.stderr.isatty():
         return ProgressLines(steps, description, every_s)
-    from tqdm.auto import tqdm
+    return TerminalBar(steps, description)
 
-    return tqdm(total=steps, desc=description, unit="batch", leave=False, mininterval=1.0)
+
+class TerminalBar:
+    """A tqdm bar on standard error for one epoch, refreshed at most once a second and
+    removed when the epoch ends; ``due()`` says when fresh values are worth posting (once
+    a second), so the loop reads its running loss back from the device that often, not at
+    every step."""
+
+    REFRESH_S = 1.0
+
+    def __init__(self, steps: int, description: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=steps, desc=description, unit="batch", leave=False, mininterval=self.REFRESH_S
+        )
+        self.last = time.perf_counter() - self.REFRESH_S  # the first step posts at once
+
+    def due(self) -> bool:
+        now = time.perf_counter()
+        if now - self.last < self.REFRESH_S:
+            return False
+        self.last = now
+        return True
+
+    def set_postfix(self, **values) -> None:
+        self.bar.set_postfix(**values, refresh=False)
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class ProgressLines:
@@ -101,6 +135,11 @@ class ProgressLines:
     def set_postfix(self, **values) -> None:
         self.values = values
 
+    def due(self) -> bool:
+        """Whether the next ``update(1)`` prints a line (post the values first)."""
+        now = time.perf_counter()
+        return self.every_s > 0 and now - self.last >= self.every_s and self.done + 1 < self.steps
+
     def update(self, n: int = 1) -> None:
         self.done += n
         now = time.perf_counter()
@@ -118,3 +157,15 @@ class ProgressLines:
 
     def close(self) -> None:
         pass
+
+
+def running_values(losses: torch.Tensor, correct: torch.Tensor, seen: int, start: float) -> dict:
+    """The progress's running values of an epoch so far: mean train loss over the steps
+    in ``losses``, accuracy (percent of the ``seen`` images ``correct``), images per second
+    since ``start`` (``time.perf_counter()``), as text. One read back from the device."""
+    loss_sum, right = torch.stack([losses.sum(), correct.to(losses.dtype)]).tolist()
+    return {
+        "loss": f"{loss_sum / max(len(losses), 1):.3f}",
+        "acc": f"{100 * right / max(seen, 1):.1f}",
+        "img_s": f"{seen / max(time.perf_counter() - start, 1e-9):.0f}",
+    }

@@ -3,7 +3,11 @@
 
 torch-lr-finder runs the test (Smith, "Cyclical Learning Rates for Training Neural
 Networks", 2017: the learning rate grows exponentially each step while the smoothed loss
-is recorded); the suggestion is the steepest descent of the loss, as seed 003 used it.
+is recorded). The suggestion is torch-lr-finder's own rule (``LRFinder.plot(suggest_lr=
+True)``: the steepest descent, the most negative gradient of the smoothed loss), applied
+to the curve up to the smoothed loss's minimum, as fastai's ``valley`` does: after the
+minimum the loss is diverging, and a steep fall in a recovery there is no learning rate to
+train at. The plot shows the whole curve, the part the rule left out in grey.
 """
 
 from __future__ import annotations
@@ -28,13 +32,20 @@ __all__ = ["RangeTest", "range_test", "with_found_lr"]
 
 @dataclass
 class RangeTest:
+    """A range test's record: the lr of each step, the smoothed loss after it, and the
+    suggestion (``suggested_lr``) with whether the loss diverged before ``end_lr``."""
+
     lrs: list[float]
     losses: list[float]
     suggested_lr: float
+    diverged: bool = False
 
 
 # below this many steps the smoothed loss curve is too short to trust (the seeds used 200)
 MIN_ITERS = 100
+# a suggestion this many times above or below the recipe's own lr gets a warning
+FAR_FROM_RECIPE = 3.0
+RULE = "steepest descent of the smoothed loss before its minimum"
 
 
 def _adapter(loader, progress):
@@ -56,18 +67,18 @@ def _quiet_library():
     {finder_name}.plot()", sic; "Suggested LR") and its tqdm bar, which it imports into its
     module and offers no switch for (the module's ``tqdm`` name is swapped for a plain
     iterator meanwhile): ``range_test`` reports progress and the result itself. A
-    divergence notice it prints is passed on."""
+    divergence notice it prints is recorded in the dict it yields (``"diverged"``)."""
     from torch_lr_finder import lr_finder
 
     out, bar = io.StringIO(), lr_finder.tqdm
     lr_finder.tqdm = lambda iterable, *args, **kwargs: iterable
+    said: dict[str, bool] = {}
     try:
         with contextlib.redirect_stdout(out):
-            yield
+            yield said
     finally:
         lr_finder.tqdm = bar
-        if "diverged" in out.getvalue():
-            print("lr_find: the loss diverged before --end-lr: the test stopped there")
+        said["diverged"] = "diverged" in out.getvalue()
 
 
 def range_test(
@@ -80,11 +91,13 @@ def range_test(
     end_lr: float = 0.9,
     num_iter: int = 200,
     plot: Path | None = None,
+    reference_lr: float | None = None,
 ) -> RangeTest:
     """Range test from ``start_lr`` to ``end_lr`` over ``num_iter`` steps (exponential);
     ``model`` and ``optimizer`` come back exactly as they were. Defaults are seed 003's.
     Shows its progress (a bar on a terminal, lines every 30 s in a log), warns below
-    ``MIN_ITERS`` steps and when the suggestion is the first point it considers.
+    ``MIN_ITERS`` steps and in one line each case of ``warnings`` (``reference_lr``: the
+    recipe's lr, to warn when the suggestion is far from it).
 
     Raises:
         FastCifarError: the loss never gave a usable suggestion (too few steps).
@@ -100,7 +113,7 @@ def range_test(
     for group in optimizer.param_groups:
         group["lr"] = start_lr
     progress = progress_bar(num_iter, "lr_find")
-    with _quiet_library():
+    with _quiet_library() as said:
         finder.range_test(
             _adapter(loader, progress), end_lr=end_lr, num_iter=num_iter, step_mode="exp"
         )
@@ -108,45 +121,83 @@ def range_test(
     lrs, losses = list(finder.history["lr"]), list(finder.history["loss"])
     skip_start = min(10, max(0, len(lrs) - 3))
     try:
-        suggested = _plot(finder, skip_start, plot)
+        suggested = suggest(finder, skip_start, plot)
     finally:
         finder.reset()  # model and optimizer back to their state before the test
-    if suggested <= lrs[skip_start]:
-        print(
-            "warning: the suggestion is the first point the test considers: the loss "
-            "never fell faster later; raise --num-iter or lower --start-lr"
+    result = RangeTest(lrs, losses, suggested, said["diverged"])
+    for line in warnings(result, skip_start, reference_lr):
+        print(f"warning: {line}")
+    return result
+
+
+def warnings(result: RangeTest, skip_start: int, reference_lr: float | None) -> list[str]:
+    """One line each: the suggestion is the first point the rule considers; it is more
+    than ``FAR_FROM_RECIPE`` times above or below ``reference_lr`` (the recipe's); the
+    range ended before the loss diverged (the curve may not have reached its minimum)."""
+    out = []
+    if result.suggested_lr <= result.lrs[skip_start]:
+        out.append(
+            "the suggestion is the first point the test considers: the loss never fell "
+            "faster later; raise --num-iter or lower --start-lr"
         )
-    return RangeTest(lrs, losses, suggested)
+    lr = result.suggested_lr
+    if reference_lr and not reference_lr / FAR_FROM_RECIPE <= lr <= reference_lr * FAR_FROM_RECIPE:
+        out.append(
+            f"the suggested lr {lr:.4g} is {_times(lr, reference_lr)} the recipe's "
+            f"{reference_lr:.4g}: check the plot before training at it"
+        )
+    if not result.diverged:
+        out.append(
+            f"the loss had not diverged by the last lr ({result.lrs[-1]:.3g}): the curve may "
+            f"not have reached its minimum; raise --end-lr to see it"
+        )
+    return out
 
 
-def _plot(finder, skip_start: int, path: Path | None) -> float:
-    """torch-lr-finder's loss-against-lr plot with its suggestion (the steepest descent
-    of the smoothed loss), the rule written on it, saved to ``path``; the suggestion.
+def _times(value: float, reference: float) -> str:
+    ratio = value / reference
+    return f"{ratio:.1f}x" if ratio >= 1 else f"1/{1 / ratio:.1f} of"
+
+
+def before_minimum(losses: list[float], skip_start: int) -> int:
+    """``skip_end`` for torch-lr-finder's ``plot``: the points after the smoothed loss's
+    minimum (from ``skip_start`` on), which the suggestion rule leaves out."""
+    tail = losses[skip_start:]
+    lowest = skip_start + min(range(len(tail)), key=tail.__getitem__)
+    return len(losses) - lowest - 1
+
+
+def suggest(finder, skip_start: int, path: Path | None) -> float:
+    """torch-lr-finder's suggestion (``plot(suggest_lr=True)``: the steepest descent of the
+    smoothed loss) over the curve from ``skip_start`` up to the loss's minimum
+    (``before_minimum``); the loss-against-lr plot with the whole curve (the part left
+    out in grey), the suggestion as a red dot and the rule in its title, saved to ``path``.
 
     Raises:
-        FastCifarError: no suggestion.
+        FastCifarError: no suggestion (fewer than two points before the minimum).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    lrs, losses = finder.history["lr"], finder.history["loss"]
+    skip_end = before_minimum(losses, skip_start)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     try:
+        if len(losses) - skip_end - skip_start < 2:
+            raise ValueError("the loss was lowest at the first points considered")
+        ax.plot(lrs[skip_start:], losses[skip_start:], color="#bbbbbb", label="after the minimum")
         with _quiet_library():
-            ax, suggested = finder.plot(skip_start=skip_start, skip_end=1, ax=ax, suggest_lr=True)
-        if suggested is None:
-            raise ValueError("no steepest descent")
-        ax.set_title(
-            f"LR range test: suggested lr {suggested:.3g}\n(the steepest descent of "
-            f"the smoothed loss, red dot)",
-            fontsize=10,
-        )
+            ax, suggested = finder.plot(
+                skip_start=skip_start, skip_end=skip_end, ax=ax, suggest_lr=True
+            )
+        ax.set_title(f"LR range test: suggested lr {suggested:.3g}\n({RULE}, red dot)", fontsize=10)
         if path is not None:
             fig.savefig(path, dpi=120, bbox_inches="tight")
     except (ValueError, IndexError, TypeError) as exc:
         raise FastCifarError(
-            f"the LR range test gave no suggestion ({exc}): raise --num-iter"
+            f"the LR range test gave no suggestion ({exc}): raise --num-iter or lower --start-lr"
         ) from None
     finally:
         plt.close(fig)
@@ -166,10 +217,16 @@ def with_found_lr(recipe: Recipe, components: Components) -> Recipe:
     c = components
     optimizer = make_optimizer(c.model, recipe)
     result = range_test(
-        c.model, optimizer, c.criterion, c.train_loader, c.device, num_iter=recipe.lr_find_iters
+        c.model,
+        optimizer,
+        c.criterion,
+        c.train_loader,
+        c.device,
+        num_iter=recipe.lr_find_iters,
+        reference_lr=recipe.lr,
     )
     print(
-        f"lr_find: suggested lr {result.suggested_lr:.4g} (steepest descent); the recipe "
-        f"uses it as its peak lr"
+        f"lr_find: suggested lr {result.suggested_lr:.4g} ({RULE}); the recipe uses it as "
+        f"its peak lr"
     )
     return recipe.replace(lr=broadcast_object(float(result.suggested_lr)))

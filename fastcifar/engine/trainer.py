@@ -34,7 +34,7 @@ from fastcifar.engine.distributed import (
     broadcast_buffers,
     data_parallel,
 )
-from fastcifar.engine.loggers import EpochLogger, progress_bar
+from fastcifar.engine.loggers import EpochLogger, progress_bar, running_values
 from fastcifar.engine.optim import l1_penalty, total_steps, whiten_bias_steps
 from fastcifar.engine.optimization import Optimization
 from fastcifar.engine.rundir import (
@@ -222,21 +222,20 @@ class Trainer:
         bar = progress_bar(steps, f"epoch {epoch + 1}/{self.recipe.epochs}", every)
         res = self.recipe.resolution(epoch)
         timer = Timer(device)
-        # no host synchronisation in the loop: losses and accuracy are read at its end
+        # the loop reads nothing back from the device but the progress's running values,
+        # once a progress refresh (a second on a terminal, --progress-every in a log)
         for step, (x, y) in zip(range(steps), loader, strict=False):
             self.state.lrs.append(self.opt.lr)
             loss, out = self.train_step(x, y, first + step, res)
             losses[step] = loss.detach()
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
+            if bar.due():
+                bar.set_postfix(**running_values(losses[: step + 1], correct, seen, start))
             bar.update(1)
         self.state.train_time_s += timer.stop()
         self._check_finite(losses, epoch)
-        bar.set_postfix(
-            loss=f"{losses[-1].item():.3f}",
-            acc=f"{100 * correct.item() / seen:.1f}",
-            img_s=f"{seen / (time.perf_counter() - start):.0f}",
-        )
+        bar.set_postfix(**running_values(losses, correct, seen, start))
         bar.close()
         elapsed = time.perf_counter() - start
         # over all ranks: each step's loss is the mean of the ranks' (equal) shares

@@ -109,6 +109,37 @@ def test_a_logged_run_prints_progress_lines(tiny_tree, tmp_path):
     assert "warning: this run takes only 4 optimizer steps: the onecycle schedule" in r.stdout
     assert "(seed reported 87.17% on all of CIFAR-10: not comparable" in r.stdout
     progress = [line for line in r.stdout.splitlines() if "batches (" in line]
-    assert progress and all(
-        re.match(r"epoch 1/1: [123]/4 batches \(\d+ %\), .* left$", line) for line in progress
-    ), progress
+    # from the first logged step: the running loss, accuracy and speed
+    line = (
+        r"epoch 1/1: ([123])/4 batches \(\d+ %\), "
+        r"loss=(\d\.\d{3}) acc=(\d+\.\d) img_s=\d+, .* left$"
+    )
+    matches = [re.match(line, text) for text in progress]
+    assert progress and all(matches), progress
+    assert matches[0].group(1) == "1" and 1.0 < float(matches[0].group(2)) < 4.0
+
+
+def test_the_running_values_are_the_epochs_means_so_far():
+    import torch
+
+    from fastcifar.engine.loggers import running_values
+
+    losses = torch.tensor([2.0, 1.0, 0.0])
+    values = running_values(losses[:2], torch.tensor(3), seen=20, start=0.0)
+    assert values["loss"] == "1.500" and values["acc"] == "15.0" and int(values["img_s"]) >= 0
+
+
+def test_progress_lines_say_when_values_are_due(monkeypatch, capsys):
+    now = [0.0]
+    monkeypatch.setattr("fastcifar.engine.loggers.time.perf_counter", lambda: now[0])
+    bar = ProgressLines(8, "epoch 1/1", every_s=25)  # started at 0 s
+    now[0] = 10.0
+    assert not bar.due()
+    bar.update(1)
+    now[0] = 30.0
+    assert bar.due()  # the next update prints: post the values first
+    bar.set_postfix(loss="1.000")
+    bar.update(1)
+    assert capsys.readouterr().out.startswith("epoch 1/1: 2/8 batches (25 %), loss=1.000")
+    now[0] = 31.0
+    assert not bar.due()

@@ -84,3 +84,57 @@ def test_lr_find_command_plots_and_suggests(tmp_path, capsys):
     assert "warning: an LR range test of 6 steps gives a rough suggestion" in out
     assert "See the graph" not in out and "Suggested LR" not in out  # the library's prints
     assert "lr_find: 6/6" not in out  # progress lines only every 30 s
+
+
+def _recorded_curve():
+    """A smoothed loss of the shape issue 44 recorded for resnet18 (2,000 images): flat,
+    a fall to its minimum near 5e-3, a climb to 2.67 by 0.25, then a steeper fall in a
+    recovery after it, which the whole curve's steepest descent would pick."""
+    import numpy as np
+
+    lrs = np.logspace(-6, 0, 120)
+    x = np.log10(lrs)
+    fall = 2.3 - 0.24 / (1 + np.exp(-(x + 3.0) * 4))  # steepest near 1e-3, to 2.06
+    climb = np.where(x > -2.3, 0.61 * np.clip((x + 2.3) / 1.7, 0, 1), 0.0)  # to 2.67 at 0.25
+    recovery = np.where(x > -0.55, -0.67 * (x + 0.55), 0.0)  # a steeper fall past 0.28
+    return lrs.tolist(), (fall + climb + recovery).tolist()
+
+
+def _finder_with(lrs, losses):
+    from torch_lr_finder import LRFinder
+
+    model = torch.nn.Linear(2, 2)
+    finder = LRFinder(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.MSELoss())
+    finder.history = {"lr": list(lrs), "loss": list(losses)}
+    return finder
+
+
+def test_the_suggestion_is_taken_before_the_loss_blows_up(tmp_path):
+    import numpy as np
+
+    from fastcifar.engine.lr_range import before_minimum, suggest
+
+    lrs, losses = _recorded_curve()
+    lowest = int(np.argmin(losses[10:])) + 10
+    assert 2e-3 < lrs[lowest] < 1e-2  # the curve's own minimum, before the blow-up
+    # torch-lr-finder's rule over the whole curve (the old call) picks the recovery
+    _, whole = _finder_with(lrs, losses).plot(skip_start=10, skip_end=1, suggest_lr=True)
+    assert whole > 0.25
+    assert before_minimum(losses, 10) == len(losses) - lowest - 1
+    suggested = suggest(_finder_with(lrs, losses), 10, tmp_path / "lr.png")
+    assert 3e-4 < suggested < 3e-3  # the steepest fall before the minimum (1e-3)
+    assert (tmp_path / "lr.png").stat().st_size > 10_000
+
+
+def test_range_test_warnings_name_a_far_suggestion_and_no_divergence():
+    from fastcifar.engine.lr_range import RangeTest, warnings
+
+    lrs, losses = _recorded_curve()
+    far = warnings(RangeTest(lrs, losses, 0.4218, diverged=True), 10, reference_lr=0.0657)
+    assert len(far) == 1 and "0.4218 is 6.4x the recipe's 0.0657" in far[0]
+    low = warnings(RangeTest(lrs, losses, 0.01, diverged=True), 10, reference_lr=0.0657)
+    assert len(low) == 1 and "1/6.6 of the recipe's" in low[0]
+    near = RangeTest(lrs, losses, 0.05, diverged=False)
+    (line,) = warnings(near, 10, reference_lr=0.0657)
+    assert line.startswith("the loss had not diverged by the last lr (1)") and "--end-lr" in line
+    assert warnings(RangeTest(lrs, losses, 0.05, diverged=True), 10, 0.0657) == []
