@@ -24,6 +24,7 @@ the training model is never touched; Grad-CAM runs with gradients on, on that co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -50,6 +51,7 @@ from fastcifar.evaluation.metrics import confusion_matrix, misclassified, predic
 from fastcifar.evaluation.render import write_report
 from fastcifar.evaluation.report import NEAR_CHANCE, build_report, reevaluation_note
 from fastcifar.models import MODELS, create_model
+from fastcifar.roofline.gpus import GPUS
 from fastcifar.roofline.run import count_run
 
 # ------------------------------------------------------------------------ model and data
@@ -92,11 +94,14 @@ def evaluate_run(
     tensorboard: bool | None = None,
     data: str | None = None,
     wall: dict | None = None,
+    roofline_gpu: str | None = None,
 ) -> dict:
     """Write the evaluation files listed in the module docstring; return eval.json's dict.
     ``wall``: the train command's wall-clock parts in seconds (start-up, compile warm-up,
     epochs); this evaluation's own seconds up to the report are added, and the whole goes
-    into summary.json as ``"wall"`` and into the report's "wall time".
+    into summary.json as ``"wall"`` and into the report's "wall time". ``roofline_gpu``:
+    the GPU the report's roofline models, over the run's ``--roofline-gpu`` (None: the
+    run's; "": none).
 
     Raises:
         FastCifarError: not a run directory, no checkpoint, an unknown CAM layer.
@@ -136,13 +141,21 @@ def evaluate_run(
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     _close(figures, run_dir, result["checkpoint_epoch"], tensorboard, options.tensorboard, plt)
     summary = _summary_with_wall(run_dir, wall, time.perf_counter() - started)
-    try:  # the report's "Where the time goes"; a count that fails costs only that section
-        count_run(run_dir, recipe, options)
-    except Exception as exc:  # noqa: BLE001 - any failure of the count: report without it
-        print(f"evaluate: roofline count skipped ({type(exc).__name__}: {str(exc)[:200]})")
+    _count_roofline(run_dir, recipe, options, summary.get("device", ""), roofline_gpu)
     report = build_report(run_dir, recipe, result, metrics, summary, MODELS[recipe.model].source)
     write_report(run_dir, report)
     return result
+
+
+def _count_roofline(run_dir: Path, recipe, options, device: str, gpu: str | None) -> None:
+    """The report's "Where the time goes" (``count_run``), for ``gpu`` over the run's own
+    ``--roofline-gpu`` when given ("": none); a count that fails costs only that section."""
+    if gpu is not None:
+        options = dataclasses.replace(options, roofline_gpu=gpu or None)
+    try:
+        count_run(run_dir, recipe, options, device)
+    except Exception as exc:  # noqa: BLE001 - any failure of the count: report without it
+        print(f"evaluate: roofline count skipped ({type(exc).__name__}: {str(exc)[:200]})")
 
 
 def _summary_with_wall(run_dir: Path, wall: dict | None, evaluation_s: float) -> dict:
@@ -247,7 +260,8 @@ def _training_figures(run_dir, recipe, arrays, mean, std) -> list[dict]:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> CommandParser:
+    """The command's parser: the run directory and what to show."""
     p = CommandParser(
         prog=prog_name("fastcifar.evaluate"),
         description="Evaluate a run directory: accuracy, confusion matrix, misclassified "
@@ -274,7 +288,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="also log the figures to RUN_DIR/tensorboard (default: as trained)",
     )
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--roofline-gpu",
+        metavar="GPU",
+        choices=sorted(GPUS),
+        help="the GPU whose roofline the report draws for a CPU run (one of "
+        f"{', '.join(sorted(GPUS))}; default: the run's --roofline-gpu; a GPU run draws its "
+        "own GPU)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     layers = (
         [x.strip() for x in args.cam_layers.split(",") if x.strip()] if args.cam_layers else None
     )
@@ -283,7 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         read_config(run_dir)  # the one-line error naming what is missing
     with RunLock(run_dir).acquire("wait for it to finish, then evaluate it"):
         result = evaluate_run(
-            run_dir, args.misclassified, layers, args.device, args.tensorboard, args.data
+            run_dir,
+            args.misclassified,
+            layers,
+            args.device,
+            args.tensorboard,
+            args.data,
+            roofline_gpu=args.roofline_gpu,
         )
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}

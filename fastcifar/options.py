@@ -281,6 +281,14 @@ class RunOptions:
     tensorboard: bool = option(
         False, "log scalars, the misclassified grid and the CAMs to RUN_DIR/tensorboard"
     )
+    roofline_gpu: str | None = option(
+        None,
+        "the GPU whose roofline a CPU run's report draws (its eager path, a few seconds to "
+        "count; default none: the report says how to get it); a GPU run's report draws "
+        "its own GPU and path",
+        choices=Registry("fastcifar.roofline.gpus", "GPUS"),
+        metavar="GPU",
+    )
     world_size: int = option(
         1, "data-parallel processes (torchrun); a resume needs the same", flag=False
     )

@@ -66,12 +66,12 @@ def render_html(r: Report) -> str:
         )
     if r.roofline:
         text, name, header, rows = r.roofline
-        parts += [
-            "<h2>Where the time goes</h2>",
-            f"<p>{e(text)}</p>",
-            f"<img src='{e(name)}' alt='roofline of the training step'>",
-            _table(header, rows, numeric_from=3, wide=True),
-        ]
+        parts += ["<h2>Where the time goes</h2>", f"<p>{e(text)}</p>"]
+        if name:
+            parts += [
+                f"<img src='{e(name)}' alt='roofline of the training step'>",
+                _table(header, rows, numeric_from=3, wide=True),
+            ]
     parts += [
         "<h2>Recipe</h2>",
         "<p>The fields this run's optimizer, schedule and augmentation used:</p>",
@@ -105,16 +105,9 @@ def render_markdown(r: Report) -> str:
         md += ["", f"## {title}", "", f"![{title}]({name})", "", caption]
     if r.roofline:
         text, name, header, rows = r.roofline
-        md += [
-            "",
-            "## Where the time goes",
-            "",
-            text,
-            "",
-            f"![roofline]({name})",
-            "",
-            *_md_table(header, rows),
-        ]
+        md += ["", "## Where the time goes", "", text]
+        if name:
+            md += ["", f"![roofline]({name})", "", *_md_table(header, rows)]
     md += [
         "",
         "## Recipe",

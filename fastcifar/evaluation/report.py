@@ -49,20 +49,28 @@ class Report:
     roofline: tuple[str, str, list[str], list[list[str]]] | None = None
 
 
+# "Where the time goes" of a run that models no GPU (a CPU run without --roofline-gpu)
+NO_GPU_MODELLED = (
+    "This run trained on a CPU, and where a GPU's time would go is a model of that GPU: "
+    "python -m fastcifar.evaluate {run_dir} --roofline-gpu h100 draws one (the eager "
+    "path's FLOPs and bytes per layer, counted in seconds; a100, h200, l4, t4 ... too)."
+)
+
+
 def _roofline(run_dir: Path) -> tuple[str, str, list[str], list[list[str]]] | None:
     """The run's roofline (``fastcifar.roofline.run.count_run`` wrote it): a sentence, the
     figure and the ten layers with the largest lower bound."""
     path = run_dir / "roofline.json"
     if not path.exists():
-        return None
+        return NO_GPU_MODELLED.format(run_dir=run_dir), "", [], []
     import json
 
     (r,) = json.loads(path.read_text())["rows"]
     n = r["batch_size"]
     text = (
         f"A model of an {r['gpu'].upper()}, not a timing: the FLOPs and bytes one training "
-        f"step of the {r['path']} path moves at batch {n} in {r['dtype']}, counted on the "
-        f"CPU (python -m fastcifar.roofline), give at least "
+        f"step of the {r['path']} path moves at batch {n} in {r['dtype']}, counted "
+        f"(python -m fastcifar.roofline), give at least "
         f"{r['lower_bound_ms_per_step']:.2f} ms per step and "
         f"{duration(r['lower_bound_s_per_epoch'])} per epoch; "
         f"{r['bytes_per_image'] / 1e6:.1f} MB and {r['flops_per_image'] / 1e9:.2f} GFLOP per "

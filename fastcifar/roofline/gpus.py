@@ -11,6 +11,7 @@ this project yet: ``scripts/gpu_check.sh`` measures it on one that is).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = ["GPUS", "Gpu", "get_gpu", "lower_bound_s", "sum_lower_bound_s"]
@@ -119,6 +120,15 @@ def get_gpu(key: str) -> Gpu:
         return GPUS[key.lower()]
     except KeyError:
         raise ValueError(f"unknown GPU {key!r}: one of {', '.join(GPUS)}") from None
+
+
+def gpu_for_device(name: str) -> Gpu | None:
+    """The table's entry for a device as ``torch.cuda.get_device_name`` names it ("NVIDIA
+    H100 80GB HBM3", "AMD Instinct MI300X"), or None (a CPU, a GPU the table lacks)."""
+    words = re.findall(r"[a-z0-9]+", name.lower())
+    pairs = {a + b for a, b in zip(words, words[1:], strict=False)}  # "rtx 4090": rtx4090
+    names = set(words) | pairs
+    return next((gpu for key, gpu in GPUS.items() if key in names), None)
 
 
 def lower_bound_s(flops: float, nbytes: float, gpu: Gpu) -> float:

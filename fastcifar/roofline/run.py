@@ -1,7 +1,8 @@
 """A recipe's training step as the roofline counts it, and the count a run's report
-shows ("Where the time goes"): the path the run used, on an H100.
+shows ("Where the time goes"): on a GPU run, the path the run used on its own GPU; on a
+CPU run, the eager path on the GPU ``--roofline-gpu`` names, or none.
 
-``roofline.json`` / ``roofline.png`` in a run directory hold one row, the run's path:
+``roofline.json`` / ``roofline.png`` in a run directory hold one row. A run's path:
 ``compile`` for ``--compile`` with Inductor (``fastcifar`` with ``--kernels triton``
 too), else ``eager`` (``--compile`` with another backend runs PyTorch's kernels). The
 GPU's dtype stands in for ``--amp`` (bfloat16; float16 when ``--amp-dtype float16``;
@@ -22,12 +23,10 @@ from fastcifar.engine.averaging import make_ema
 from fastcifar.engine.optim import criterion, make_optimizer
 from fastcifar.models import create_model
 from fastcifar.roofline.count import count_step
-from fastcifar.roofline.gpus import get_gpu
+from fastcifar.roofline.gpus import Gpu, get_gpu, gpu_for_device
 from fastcifar.roofline.ledger import StepSetup
 
-__all__ = ["REPORT_GPU", "cache_dir", "count_run", "recipe_setup", "run_path"]
-
-REPORT_GPU = "h100"
+__all__ = ["cache_dir", "count_run", "recipe_setup", "report_target", "run_path"]
 
 
 def recipe_setup(
@@ -80,20 +79,39 @@ def _cache_key(recipe, setup: StepSetup, path: str) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def count_run(run_dir: Path, recipe, options) -> dict:
-    """Count the run's path at the recipe's batch, write ``roofline.json`` and
-    ``roofline.png`` into ``run_dir``; returns the JSON row. A compile path's count
-    (an Inductor compile on the CPU, a minute or two) is kept in ``cache_dir()`` and
-    reused by later runs of the same recipe, batch, dtype, layout and torch."""
+def report_target(options, device: str) -> tuple[Gpu | None, str]:
+    """(GPU, path) a run's report models: a GPU run, its own GPU (``gpu_for_device`` on
+    the device summary.json names) and path; a CPU run, the eager path on the GPU
+    ``options.roofline_gpu`` names (the compile paths would cost an Inductor compile on the
+    CPU for a GPU the run never used), or no GPU at all when it names none. An asked GPU
+    wins over the run's own."""
+    on_gpu = bool(device) and not device.lower().startswith("cpu")
+    if options.roofline_gpu:
+        return get_gpu(options.roofline_gpu), run_path(options) if on_gpu else "eager"
+    if on_gpu:
+        return gpu_for_device(device), run_path(options)
+    return None, "eager"
+
+
+def count_run(run_dir: Path, recipe, options, device: str = "") -> dict | None:
+    """Count the step a run's report models (``report_target``: ``device`` is the device
+    summary.json names) at the recipe's batch, write ``roofline.json`` and ``roofline.png``
+    into ``run_dir``; returns the JSON row, or None (nothing to model: any earlier
+    roofline.json and roofline.png are removed). A compile path's count (an Inductor
+    compile on the CPU, a minute or two) is kept in ``cache_dir()`` and reused by later
+    runs of the same recipe, batch, dtype, layout and torch."""
     from fastcifar.roofline.figure import plot_roofline
     from fastcifar.roofline.result import row, steps_per_epoch
 
+    gpu, path = report_target(options, device)
+    if gpu is None:
+        for name in ("roofline.json", "roofline.png"):
+            (Path(run_dir) / name).unlink(missing_ok=True)
+        return None
     amp = None
     if options.amp:
         amp = torch.float16 if options.amp_dtype == "float16" else torch.bfloat16
     setup = recipe_setup(recipe, amp_dtype=amp, channels_last=options.channels_last is not False)
-    path = run_path(options)
-    gpu = get_gpu(REPORT_GPU)
     cached = cache_dir() / f"{_cache_key(recipe, setup, path)}.json" if path != "eager" else None
     if cached is not None and cached.exists():
         out = json.loads(cached.read_text())

@@ -181,3 +181,16 @@ def test_the_wall_time_is_the_commands_with_its_parts(tmp_path):
         "5 min 45 s (start-up 21.0 s, compile warm-up 57.0 s, epochs 4 min 17 s, evaluation "
         "and report 10.0 s)"
     )
+
+
+def test_a_cpu_run_without_a_named_gpu_says_how_to_model_one(tmp_path):
+    recipe = get_recipe("s7").replace(epochs=3)
+    report = build_report(tmp_path, recipe, _result(2000), _metrics(3), _summary(1000, 3), "EVA6")
+    text, figure, _, rows = report.roofline
+    assert figure == "" and rows == []
+    assert f"python -m fastcifar.evaluate {tmp_path} --roofline-gpu h100" in text
+    write_report(tmp_path, report)
+    html, md = (tmp_path / "report.html").read_text(), (tmp_path / "report.md").read_text()
+    assert "Where the time goes" in html and "roofline of the training step" not in html
+    assert "--roofline-gpu h100" in md and "![roofline]" not in md
+    assert "H100" not in _visible_text(html)  # no GPU claimed for this CPU run

@@ -3,6 +3,7 @@ on every model, the GPU table's sources."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -266,9 +267,9 @@ def test_max_pool_backward_reads_the_gradient_and_indices_not_the_input():
     assert pool.bytes == (a + p + idx) + (p + idx + a)
 
 
-def test_a_runs_compile_count_is_counted_once_and_reused(tmp_path, monkeypatch):
-    from fastcifar.options import RunOptions
-    from fastcifar.recipes import get_recipe
+def _counting(monkeypatch, tmp_path) -> list:
+    """count_step replaced by a cheap eager count that records the paths asked for; the
+    roofline cache in ``tmp_path``."""
     from fastcifar.roofline import run
 
     calls = []
@@ -281,19 +282,68 @@ def test_a_runs_compile_count_is_counted_once_and_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "count_step", counting)
     monkeypatch.delenv("FASTCIFAR_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return calls
+
+
+H100 = "NVIDIA H100 80GB HBM3"  # as torch.cuda.get_device_name names it
+
+
+def test_a_gpu_runs_compile_count_is_counted_once_and_reused(tmp_path, monkeypatch):
+    from fastcifar.options import RunOptions
+    from fastcifar.recipes import get_recipe
+    from fastcifar.roofline import run
+
+    calls = _counting(monkeypatch, tmp_path)
     recipe = get_recipe("c1c2c3c40")
     options = RunOptions(compile=True, compile_backend="inductor", amp=True)
     for i in range(2):
         (tmp_path / f"run{i}").mkdir()
-        row = run.count_run(tmp_path / f"run{i}", recipe, options)
+        row = run.count_run(tmp_path / f"run{i}", recipe, options, H100)
         assert (tmp_path / f"run{i}" / "roofline.png").exists()
     assert calls == [("compile",)]  # the second run read the cache
     assert row["batch_size"] == recipe.batch_size and row["dtype"] == "bfloat16"
+    assert row["gpu"] == "h100"  # the run's own GPU
     assert len(list((tmp_path / "cache" / "fastcifar" / "roofline").glob("*.json"))) == 1
-    run.count_run(tmp_path / "run0", recipe.replace(batch_size=64), options)
+    run.count_run(tmp_path / "run0", recipe.replace(batch_size=64), options, H100)
     assert calls == [("compile",), ("compile",)]  # another batch: counted again
-    run.count_run(tmp_path / "run0", recipe, RunOptions(compile=False))
+    run.count_run(tmp_path / "run0", recipe, RunOptions(compile=False), "NVIDIA A100-SXM4-80GB")
     assert calls[-1] == ("eager",)  # eager counts are not cached (seconds)
+    assert json.loads((tmp_path / "run0" / "roofline.json").read_text())["rows"][0]["gpu"] == "a100"
+
+
+def test_a_cpu_run_models_no_gpu_unless_asked_and_never_compiles(tmp_path, monkeypatch):
+    from fastcifar.options import RunOptions
+    from fastcifar.recipes import get_recipe
+    from fastcifar.roofline import run
+
+    calls = _counting(monkeypatch, tmp_path)
+    recipe = get_recipe("c1c2c3c40")
+    options = RunOptions(compile=True, compile_backend="inductor", amp=True)
+    cpu = "cpu (x86_64, 2 cores)"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "roofline.json").write_text("{}")  # a stale one from before
+    assert run.count_run(tmp_path / "run", recipe, options, cpu) is None
+    assert calls == [] and not (tmp_path / "run" / "roofline.json").exists()
+    asked = dataclasses.replace(options, roofline_gpu="a100")
+    row = run.count_run(tmp_path / "run", recipe, asked, cpu)
+    assert calls == [("eager",)] and row["gpu"] == "a100" and row["path"] == "eager"
+
+
+def test_device_names_map_to_the_table():
+    from fastcifar.roofline.gpus import gpu_for_device
+
+    names = {
+        "NVIDIA H100 80GB HBM3": "h100",
+        "NVIDIA H200": "h200",
+        "NVIDIA A100-SXM4-40GB": "a100",
+        "Tesla T4": "t4",
+        "NVIDIA L4": "l4",
+        "NVIDIA GeForce RTX 4090": "rtx4090",
+        "AMD Instinct MI300X": "mi300x",
+    }
+    assert {n: gpu_for_device(n).key for n in names} == names
+    for other in ("NVIDIA A10G", "NVIDIA L40S", "cpu (x86_64)"):  # not in the table
+        assert gpu_for_device(other) is None, other
 
 
 def test_saved_bytes_lose_exactly_the_normalised_tensor_of_a_chain():
