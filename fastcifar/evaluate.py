@@ -98,8 +98,9 @@ def evaluate_run(
 ) -> dict:
     """Write the evaluation files listed in the module docstring; return eval.json's dict.
     ``wall``: the train command's wall-clock parts in seconds (start-up, compile warm-up,
-    epochs); this evaluation's own seconds up to the report are added, and the whole goes
-    into summary.json as ``"wall"`` and into the report's "wall time". ``roofline_gpu``:
+    epochs); this evaluation's own seconds up to the report (the roofline count included)
+    are added, and the whole goes into summary.json as ``"wall"``, which the report's
+    "wall time" and the train command's closing line both read: one measurement. ``roofline_gpu``:
     the GPU the report's roofline models, over the run's ``--roofline-gpu`` (None: the
     run's; "": none).
 
@@ -125,26 +126,31 @@ def evaluate_run(
     plt = plt_agg()
     plot_confusion(cm, run_dir / "confusion_matrix.png")
     chance = result["test_acc"] < NEAR_CHANCE
-    figures = _misclassified_figures(
-        run_dir,
-        model,
-        test_x[wrong],
-        test_y[wrong],
-        preds[wrong],
-        mean,
-        std,
-        layers,
-        device,
-        chance,
-    )
+    shown = (test_x[wrong], test_y[wrong], preds[wrong])
+    figures = _misclassified_figures(run_dir, model, *shown, mean, std, layers, device, chance)
     metrics = _training_figures(run_dir, recipe, arrays, mean, std)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     _close(figures, run_dir, result["checkpoint_epoch"], tensorboard, options.tensorboard, plt)
-    summary = _summary_with_wall(run_dir, wall, time.perf_counter() - started)
+    summary = _read_summary(run_dir)
     _count_roofline(run_dir, recipe, options, summary.get("device", ""), roofline_gpu)
+    _record_wall(run_dir, summary, wall, time.perf_counter() - started)
     report = build_report(run_dir, recipe, result, metrics, summary, MODELS[recipe.model].source)
     write_report(run_dir, report)
     return result
+
+
+def _read_summary(run_dir: Path) -> dict:
+    """summary.json's contents; {} while the run has not finished."""
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _record_wall(run_dir: Path, summary: dict, wall: dict | None, evaluation_s: float) -> None:
+    """The train command's wall-clock parts (``wall``) with this evaluation's seconds, into
+    ``summary`` and summary.json: measured once, read by the report and the console."""
+    if wall is not None and summary:
+        summary["wall"] = {**wall, "evaluation_s": evaluation_s}
+        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def _count_roofline(run_dir: Path, recipe, options, device: str, gpu: str | None) -> None:
@@ -156,17 +162,6 @@ def _count_roofline(run_dir: Path, recipe, options, device: str, gpu: str | None
         count_run(run_dir, recipe, options, device)
     except Exception as exc:  # noqa: BLE001 - any failure of the count: report without it
         print(f"evaluate: roofline count skipped ({type(exc).__name__}: {str(exc)[:200]})")
-
-
-def _summary_with_wall(run_dir: Path, wall: dict | None, evaluation_s: float) -> dict:
-    """summary.json's contents ({} before the training has finished); with the train
-    command's ``wall`` parts, those and this evaluation's seconds written into it."""
-    path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else {}
-    if wall is not None and summary:
-        summary["wall"] = {**wall, "evaluation_s": evaluation_s}
-        atomic_write(path, json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def _scores(preds, labels, cm, wrong, layers: list[str], epoch: int) -> dict:
@@ -317,8 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             args.data,
             roofline_gpu=args.roofline_gpu,
         )
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = _read_summary(run_dir)
     note = reevaluation_note(summary, result)
     print(
         f"test accuracy {result['test_acc']:.2f} % on {result['test_images']} images"

@@ -198,10 +198,11 @@ def _train(
             **session,
             "resumed": bool(args.resume),
         }
-        if args.evaluate:
+        if args.evaluate:  # the evaluation writes the wall time into summary.json
             _evaluate(run.run_dir, args.cam_layers, c.device, wall)
-        summary["wall"] = {**wall, "evaluation_s": time.perf_counter() - started - before}
-        if not args.evaluate:
+            summary = json.loads((run.run_dir / "summary.json").read_text())
+        else:
+            summary["wall"] = {**wall, "evaluation_s": 0.0}
             atomic_write(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         _print_result(summary, trainer.recipe, run.run_dir, c.device)
     return 0

@@ -38,6 +38,7 @@ def finished_run(real_archive, tmp_path_factory):
     )
     assert r.returncode == 0, r.stderr
     assert "evaluation: figures and report" in r.stdout
+    (out.parent / "stdout.txt").write_text(r.stdout)
     return out
 
 
@@ -137,3 +138,18 @@ def test_grad_cam_on_a_triton_model_uses_an_eager_copy():
     reference = grad_cam(plain, images, [3, 4], "dilated5A")
     assert reference.std() > 0  # a real map, not a constant
     np.testing.assert_allclose(maps, reference, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_one_wall_time_is_shown_by_the_console_the_report_and_the_summary(finished_run):
+    import re
+
+    from fastcifar.evaluation.report import wall_time
+
+    summary = json.loads((finished_run / "summary.json").read_text())
+    _, shown = wall_time(summary)  # what the report and the console both write
+    console = (finished_run.parent / "stdout.txt").read_text()
+    assert f"wall time {shown};" in console
+    assert f"<td>{shown}</td>" in (finished_run / "report.html").read_text()
+    evaluation = re.search(r"evaluation and report ([^,)]+)", shown).group(1)
+    assert evaluation != "0.00 s" and summary["wall"]["evaluation_s"] > 0
