@@ -4,6 +4,7 @@ beside it) and ``report.md``, from the ``Report`` that ``report.build_report`` g
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 from fastcifar.evaluation.report import Report
@@ -21,6 +22,7 @@ td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left;vertical-ali
 table.wide td,table.wide th{white-space:nowrap}
 td.num,th.num{text-align:right}img{max-width:100%;height:auto}
 figure{margin:18px 0}figcaption{color:#555;font-size:.92em}
+code{white-space:nowrap;background:#f3f3f3;padding:0 3px}
 """
 
 
@@ -42,6 +44,12 @@ def _table(
     body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
     kind = " class=wide" if wide else ""  # wide: one line a row, scrolled on a phone
     return f"<div class=scroll><table{kind}>{head}{body}</table></div>"
+
+
+def _commands(escaped: str) -> str:
+    """``escaped`` HTML text with each ``python -m ...`` command (up to a parenthesis or a
+    semicolon) set as code that does not break across lines."""
+    return re.sub(r"(python -m [^();]+?)(?= \(|\)|;|$)", r"<code>\1</code>", escaped)
 
 
 def render_html(r: Report) -> str:
@@ -66,7 +74,7 @@ def render_html(r: Report) -> str:
         )
     if r.roofline:
         text, name, header, rows = r.roofline
-        parts += ["<h2>Where the time goes</h2>", f"<p>{e(text)}</p>"]
+        parts += ["<h2>Where the time goes</h2>", f"<p>{_commands(e(text))}</p>"]
         if name:
             parts += [
                 f"<img src='{e(name)}' alt='roofline of the training step'>",

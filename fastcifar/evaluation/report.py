@@ -51,9 +51,9 @@ class Report:
 
 # "Where the time goes" of a run that models no GPU (a CPU run without --roofline-gpu)
 NO_GPU_MODELLED = (
-    "This run trained on a CPU, and where a GPU's time would go is a model of that GPU: "
-    "python -m fastcifar.evaluate {run_dir} --roofline-gpu h100 draws one (the eager "
-    "path's FLOPs and bytes per layer, counted in seconds; a100, h200, l4, t4 ... too)."
+    "This run trained on a CPU, and where a GPU's time would go is a model of that GPU, "
+    "the eager path's FLOPs and bytes per layer (counted in seconds; h100, a100, h200, l4, "
+    "t4 and more): python -m fastcifar.evaluate {run_dir} --roofline-gpu h100"
 )
 
 
