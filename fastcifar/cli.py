@@ -85,7 +85,7 @@ def help_columns() -> int:
 
 def first_sentence(text: str) -> str:
     """The first sentence of a docstring (its lines joined), for one-line listings."""
-    joined = " ".join(text.split())
+    joined = " ".join(text.replace("``", "").split())  # reStructuredText's literals: plain
     end = joined.find(". ")
     return joined if end < 0 else joined[: end + 1]
 

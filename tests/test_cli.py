@@ -110,3 +110,4 @@ def test_help_fits_a_terminal_and_lists_every_recipe_in_whole_sentences(capsys):
     # every description ends its sentence: none is cut at a line of its docstring
     entries = [" ".join(e.split()) for e in re.split(r"\n  (?=\S)", "\n" + listing) if e.strip()]
     assert all(e.endswith((".", ")")) for e in entries), entries
+    assert "``" not in text  # reStructuredText's literal marks are the docstrings', not --help's

@@ -53,6 +53,22 @@ def resolve_source(data: str | os.PathLike | None) -> Path:
     return cache_dir() / "data"
 
 
+def _existing(given: Path, download: bool) -> Path:
+    """``given`` resolved; it must exist unless it is to be downloaded.
+
+    Raises:
+        FastCifarError: it does not exist, named as typed and as resolved.
+    """
+    path = given.resolve()
+    if not path.exists() and not download:
+        where = f"{given}" if str(given) == str(path) else f"{given} (that is {path})"
+        raise FastCifarError(
+            f"data path {where} does not exist: pass --data with a CIFAR-10 directory or "
+            f".tar/.tar.gz archive, or add --download to fetch the official set there"
+        )
+    return path
+
+
 def load_cifar10(
     data: str | os.PathLike | None = None,
     download: bool = False,
@@ -73,12 +89,7 @@ def load_cifar10(
             class or split, holds an image that does not decode or is not 32x32 RGB, or
             is a truncated archive.
     """
-    path = resolve_source(data).resolve()
-    if not path.exists() and not download:
-        raise FastCifarError(
-            f"data path {path} does not exist: pass --data with a CIFAR-10 directory or "
-            f".tar/.tar.gz archive, or add --download to fetch the official set there"
-        )
+    path = _existing(resolve_source(data), download)
     if download and find_batches_dir(path) is None and not _is_image_tree_or_archive(path):
         download_cifar10(path)
 

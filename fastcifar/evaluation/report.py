@@ -102,9 +102,12 @@ def _banner(recipe, summary: dict, metrics: list[dict], result: dict):
         parts.append(f"{number(trained)} of {plural(CIFAR10_TRAIN, 'training image')}")
     if result["test_images"] < CIFAR10_TEST:
         parts.append(f"{number(result['test_images'])} of 10,000 test images")
-    epochs = _registered(recipe).epochs  # the recipe as the seed ran it, not as overridden
+    ran = _registered(recipe)  # the recipe as the seed ran it, not as overridden
+    epochs = ran.epochs
     if len(metrics) < epochs:
-        parts.append(f"{len(metrics)} of {plural(epochs, 'epoch')}")
+        length = epochs - 1 + ran.last_epoch_fraction  # 8.875 epochs: 9, the last cut short
+        of = plural(epochs, "epoch") if length == epochs else f"{length:g} epochs"
+        parts.append(f"{len(metrics)} of {of}")
     if not parts:
         return None
     seed = (

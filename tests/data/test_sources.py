@@ -129,6 +129,15 @@ def test_missing_path(tmp_path):
         load_cifar10(tmp_path / "nope", cache=tmp_path / "c")
 
 
+def test_a_mistyped_relative_path_is_named_as_typed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FastCifarError) as err:
+        load_cifar10("../shared/data/cifar10.tar.gz", cache=tmp_path / "c")
+    typed = "../shared/data/cifar10.tar.gz"
+    resolved = (tmp_path / typed).resolve()
+    assert str(err.value).startswith(f"data path {typed} (that is {resolved}) does not exist")
+
+
 def test_file_that_is_no_source(tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("hello")

@@ -194,3 +194,9 @@ def test_a_cpu_run_without_a_named_gpu_says_how_to_model_one(tmp_path):
     assert "Where the time goes" in html and "roofline of the training step" not in html
     assert "--roofline-gpu h100" in md and "![roofline]" not in md
     assert "H100" not in _visible_text(html)  # no GPU claimed for this CPU run
+
+
+def test_a_fractional_recipe_length_is_written_as_it_is(tmp_path):
+    recipe = get_recipe("speedrun94_progressive")  # 8.875 epochs
+    report = build_report(tmp_path, recipe, _result(2000), _metrics(1), _summary(1000, 1), "E1")
+    assert "1 of 8.875 epochs" in report.banner and "of 9 epochs" not in report.banner
