@@ -93,8 +93,7 @@ def build_components(
         rank=world.rank,
         world_size=world.size,
     )
-    loader_name, why = resolve_loader(options.loader, recipe.augmentation, device)
-    print(f"loader: {loader_name} ({why})")
+    loader_name = _loader(options.loader, recipe.augmentation, device)
     train_loader = make_train_loader(loader_name, train_x, train_y, config)
     test_loader = _test_loader(arrays, options, config, recipe.batch_size) if with_test else None
     model, kernels, dispatch = _model(recipe, options, device, dtype, channels_last, batch_size)
@@ -114,6 +113,15 @@ def build_components(
         criterion(recipe.loss, recipe.label_smoothing),
         dispatch,
     )
+
+
+def _loader(name: str, augmentation: str, device: torch.device) -> str:
+    """The training loader's backend (``resolve_loader``), said in one line: on a CPU the
+    gpu and dali backends' code runs there, and the line says so."""
+    backend, why = resolve_loader(name, augmentation, device)
+    where = " on the CPU" if device.type == "cpu" and backend in ("gpu", "dali") else ""
+    print(f"loader: {backend}{where} ({why})")
+    return backend
 
 
 def _training_data(options: RunOptions, seed: int):

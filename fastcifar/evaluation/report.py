@@ -19,7 +19,7 @@ from pathlib import Path
 from fastcifar.evaluation.recipe_fields import flag as _flag
 from fastcifar.evaluation.recipe_fields import recipe_fields_used
 from fastcifar.evaluation.recipe_fields import value as _value
-from fastcifar.recipes import RECIPES
+from fastcifar.recipes import RECIPES, seeds
 from fastcifar.units import duration, number, percent, plural, rate
 
 __all__ = ["Report", "build_report"]
@@ -27,6 +27,7 @@ __all__ = ["Report", "build_report"]
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000  # the seeds' data: all of CIFAR-10
 # a test accuracy below this (percent; chance is 10 %) means nothing was learned yet
 NEAR_CHANCE = 20.0
+SEED_RECIPES = seeds.NAMES  # the course models' recipes: their accuracy is the seed's
 
 
 @dataclass
@@ -102,20 +103,17 @@ def _banner(recipe, summary: dict, metrics: list[dict], result: dict):
         parts.append(f"{number(trained)} of {plural(CIFAR10_TRAIN, 'training image')}")
     if result["test_images"] < CIFAR10_TEST:
         parts.append(f"{number(result['test_images'])} of 10,000 test images")
-    ran = _registered(recipe)  # the recipe as the seed ran it, not as overridden
-    epochs = ran.epochs
-    if len(metrics) < epochs:
-        length = epochs - 1 + ran.last_epoch_fraction  # 8.875 epochs: 9, the last cut short
-        of = plural(epochs, "epoch") if length == epochs else f"{length:g} epochs"
-        parts.append(f"{len(metrics)} of {of}")
+    ran = _registered(recipe)  # the recipe as its reference ran it, not as overridden
+    if len(metrics) < ran.epochs:
+        parts.append(f"{len(metrics)} of {_length(ran)}")
     if not parts:
         return None
-    seed = (
-        f"the seed's {percent(recipe.expected_accuracy)}"
+    claim = (
+        f"{_reference(recipe)}'s {percent(recipe.expected_accuracy)}"
         if recipe.expected_accuracy
-        else ("a full run")
+        else "a full run"
     )
-    return f"{', '.join(parts)}: not comparable with {seed}"
+    return f"{', '.join(parts)}: not comparable with {claim}"
 
 
 def _registered(recipe):
@@ -131,15 +129,28 @@ def _headline(recipe, summary: dict, result: dict, model_source: str) -> tuple[s
     line = f"{percent(final)} test accuracy"
     if recipe.tta != "none" and single is not None:
         line += f" with TTA ({recipe.tta}), {percent(single)} single view"
+    ref = _reference(recipe).capitalize()
     if recipe.expected_accuracy:
-        epochs = _registered(recipe).epochs
         comparison = (
-            f"The seed reported {percent(recipe.expected_accuracy)} "
-            f"({model_source}, {plural(epochs, 'epoch')})."
+            f"{ref} reported {percent(recipe.expected_accuracy)} "
+            f"({model_source}, {_length(_registered(recipe))})."
         )
     else:
-        comparison = "The seed claims no accuracy for this recipe."
+        comparison = f"{ref} ({model_source}) reports no accuracy for this recipe."
     return line, comparison
+
+
+def _reference(recipe) -> str:
+    """What a recipe's reported accuracy comes from: "the seed" for the course models'
+    recipes, "the reference" for the others (the speed records, the model zoo's source)."""
+    return "the seed" if recipe.name in SEED_RECIPES else "the reference"
+
+
+def _length(recipe) -> str:
+    """A recipe's length in epochs as it ran: ``8.875 epochs`` for 9 with the last cut to
+    0.875 (``last_epoch_fraction``)."""
+    length = recipe.epochs - 1 + recipe.last_epoch_fraction
+    return plural(recipe.epochs, "epoch") if length == recipe.epochs else f"{length:g} epochs"
 
 
 def reevaluation_note(summary: dict, result: dict) -> str | None:

@@ -3,7 +3,9 @@ seed's README intended, followed here, and what its run really did."""
 
 from __future__ import annotations
 
-from fastcifar.recipes.recipe import Recipe, register
+from fastcifar.recipes.recipe import RECIPES, Recipe, register
+
+_BEFORE = set(RECIPES)
 
 S7 = Recipe(
     name="s7",
@@ -124,3 +126,6 @@ register(
     Adam 1e-3 with weight decay 1e-4, ReduceLROnPlateau(x0.2, patience 3) on test accuracy
     once per epoch, cross-entropy (the notebook's run-time recipe).""",
 )
+
+# the seed recipes' names, those registered above (the report calls their claim the seed's)
+NAMES = tuple(name for name in RECIPES if name not in _BEFORE)

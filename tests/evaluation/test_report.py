@@ -200,3 +200,13 @@ def test_a_fractional_recipe_length_is_written_as_it_is(tmp_path):
     recipe = get_recipe("speedrun94_progressive")  # 8.875 epochs
     report = build_report(tmp_path, recipe, _result(2000), _metrics(1), _summary(1000, 1), "E1")
     assert "1 of 8.875 epochs" in report.banner and "of 9 epochs" not in report.banner
+
+
+def test_a_reference_that_is_no_seed_is_called_the_reference(tmp_path):
+    fast = get_recipe("speedrun94_progressive")
+    report = build_report(tmp_path, fast, _result(2000), _metrics(1), _summary(1000, 1), "E1")
+    assert report.comparison == "The reference reported 94.00 % (E1, 8.875 epochs)."
+    assert report.banner.endswith("not comparable with the reference's 94.00 %")
+    zoo = get_recipe("efficientnet_b0")
+    report = build_report(tmp_path, zoo, _result(2000), _metrics(1), _summary(1000, 1), "kuangliu")
+    assert report.comparison == "The reference (kuangliu) reports no accuracy for this recipe."

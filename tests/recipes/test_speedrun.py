@@ -288,6 +288,6 @@ def test_speedrun_cli_reports_its_timed_span(real_archive, tmp_path):
         str(tmp_path / "run"),
     )
     assert r.returncode == 0, r.stderr
-    assert "loader: gpu" in r.stdout  # the alternating flip exists only there, CPU too
+    assert "loader: gpu on the CPU" in r.stdout  # the alternating flip exists only there
     assert "speedrun: " in r.stdout and "final TTA" in r.stdout
     assert "per-epoch evaluation excluded" in r.stdout
