@@ -119,7 +119,7 @@ def test_cli_trains_through_dali_on_the_cpu(real_archive, tmp_path):
         str(run),
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "loader: dali (asked for with --loader)" in r.stdout
+    assert "loader: dali on the CPU (asked for with --loader)" in r.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert summary["loader"] == "dali" and summary["train_images"] == 512
     assert 0 <= summary["final_test_acc"] <= 100

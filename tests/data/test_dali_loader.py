@@ -165,7 +165,7 @@ def test_trainer_trains_with_dali(tmp_path, capsys):
     recipe = get_recipe("attention").replace(epochs=1, batch_size=10)
     opts = RunOptions(data=str(tmp_path / "tree"), workers=1, device="cpu", loader="dali")
     t = build_trainer(recipe, opts, tmp_path)
-    assert "loader: dali (asked for with --loader)" in capsys.readouterr().out
+    assert "loader: dali on the CPU (asked for with --loader)" in capsys.readouterr().out
     summary = t.fit()
     assert summary["loader"] == "dali" and summary["train_images"] == 30
 
