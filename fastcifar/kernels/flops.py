@@ -34,6 +34,13 @@ def _argument_index(op: torch._ops.OpOverloadPacket, name: str) -> int:
     return names.index(name)
 
 
+def _grad_index(op: torch._ops.OpOverloadPacket) -> int | None:
+    """The position of a gradient operator's ``grad`` argument (the output's gradient,
+    whose shape the FLOPs follow); None for a forward operator (its output's shape)."""
+    names = [a.name for a in op.default._schema.arguments]
+    return names.index("grad") if "grad" in names else None
+
+
 def register_conv_flops(op: torch._ops.OpOverloadPacket, input: str, weight: str) -> None:
     """Register ``op``'s FLOPs as the convolution of its arguments named ``input`` (a
     tensor (N, CIN, H, W) or its shape) and ``weight`` (a tensor (COUT, CIN / groups, KH,
@@ -45,8 +52,7 @@ def register_conv_flops(op: torch._ops.OpOverloadPacket, input: str, weight: str
         RuntimeError: ``op`` already has a formula (torch refuses a second one).
     """
     x, w = _argument_index(op, input), _argument_index(op, weight)
-    names = [a.name for a in op.default._schema.arguments]
-    grad = names.index("grad") if "grad" in names else None
+    grad = _grad_index(op)
 
     @register_flop_formula(op)
     def formula(*args, out_shape=None, **kwargs) -> int:
@@ -75,8 +81,7 @@ def dwsep_flops(op: torch._ops.OpOverloadPacket, depthwise: int, pointwise: int)
         RuntimeError: ``op`` already has a formula.
     """
     x, wd, wp = (_argument_index(op, n) for n in ("input", "w_dw", "w_pw"))
-    names = [a.name for a in op.default._schema.arguments]
-    grad = names.index("grad") if "grad" in names else None
+    grad = _grad_index(op)
 
     @register_flop_formula(op)
     def formula(*args, out_shape=None, **kwargs) -> int:
