@@ -6,9 +6,11 @@ optimizer step) along the eager, torch.compile and fastcifar paths
 (``fastcifar.roofline.count``), prints the ten costliest layers of the first path and
 every path's totals with their lower-bound time on ``--gpu``, says which path moves
 fewest bytes, and writes ``roofline.json`` and ``roofline.png`` under ``--out``. The
-eager count takes seconds at any batch (fake tensors); each compile path one Inductor
-compile of the forward and backward graphs on the CPU, 10-50 s (the batch dimension
-traced symbolic and evaluated at the batch asked for; nothing runs, no C++ is built).
+eager count takes seconds at any batch (fake tensors); each compile path is Inductor
+lowering the forward and backward graphs for a fake CUDA device with ``--gpu``'s profile
+at the batch asked for, on the CPU (nothing runs; 10-100 s). ``--whole-run`` adds the
+floor of a whole run, against the published times of the speed-run recipes' methods on
+both A100s, flagged SUSPECT above 80 % of one.
 """
 
 from __future__ import annotations
@@ -130,18 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
 
     def on_error(path: str, exc: Exception) -> None:
+        if isinstance(exc, FastCifarError):  # the user's to fix: one line, exit 2
+            raise exc
         failed.append(path)
         progress(f"the {path} path failed and is left out: {first_line(exc)}")
 
-    counts = count_step(setup, paths, progress=progress, on_error=on_error)
+    counts = count_step(setup, paths, gpu, progress=progress, on_error=on_error)
     paths = tuple(p for p in paths if p in counts)
     steps = steps_per_epoch(batch, recipe.drop_last)
     rows = [row(counts[p], gpu, steps) for p in paths]
     runs = []
     if args.whole_run:
-        from fastcifar.roofline.wholerun import whole_run
-
-        runs = [whole_run(recipe, setup, counts[p], gpu) for p in paths]
+        runs = _whole_runs(recipe, setup, counts, gpu, progress)
     out = args.out or Path("runs") / f"roofline-{args.recipe or args.model}"
     out.mkdir(parents=True, exist_ok=True)
     from fastcifar.roofline.saved import saved_summary
@@ -166,6 +168,34 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def _whole_runs(recipe, setup, counts: dict, gpu, progress) -> list[dict]:
+    """Each path's whole-run floor (``wholerun.whole_run``, its layers' excess measured
+    against the eager path's). A compile path of a model with max-pooling is counted a
+    second time without Inductor's decomposition of the max-pool backward, its floor
+    under ``without_maxpool_decomposition``: what torch's lowering costs."""
+    from torch import nn
+
+    from fastcifar.roofline.count import count_step
+    from fastcifar.roofline.wholerun import whole_run
+
+    eager = counts.get("eager")
+    runs = [
+        whole_run(recipe, setup, counts[p], gpu, baseline=eager if p != "eager" else None)
+        for p in counts
+    ]
+    pools = any(isinstance(m, nn.MaxPool2d) for m in setup.model.modules())
+    compiled = [p for p in counts if p != "eager"]
+    if pools and compiled:
+        progress("again without Inductor's decomposition of the max-pool backward")
+        again = count_step(setup, compiled, gpu, progress=progress, maxpool_decomposition=False)
+        for run in runs:
+            if run["path"] in again:
+                other = whole_run(recipe, setup, again[run["path"]], gpu, eager, False)
+                other["bytes_per_image"] = again[run["path"]].bytes / setup.batch_size
+                run["without_maxpool_decomposition"] = other
+    return runs
+
+
 def _closing_line(gpu, out: Path, seconds: float) -> str:
     """The GPU the bound is for, with its data-sheet source, and what was written."""
     return (
@@ -177,21 +207,42 @@ def _closing_line(gpu, out: Path, seconds: float) -> str:
 
 
 def _whole_run_line(run: dict, gpu: str) -> str:
-    """One line of a whole run's floor (``wholerun.whole_run``'s dict): its parts, the three
-    kinds of layer that most of the steps' floor is, and a published record's fraction."""
+    """A whole run's floor (``wholerun.whole_run``'s dict): its parts, the three kinds of
+    layer that most of the steps' floor is, how it was lowered; then a line per published
+    time of its method, the floor on each GPU the record may have used, flagged SUSPECT
+    when above ``wholerun.SUSPECT`` of the time."""
+    from fastcifar.roofline.wholerun import SUSPECT
+
     kinds = sorted(run["train_by_kind_s"].items(), key=lambda kv: -kv[1])[:3]
-    line = (
+    lowered = f"lowered for {run['lowered_for']}, " if run["lowered_for"] else ""
+    lines = [
         f"whole run, {run['path']}: at least {run['floor_s']:.3f} s on {gpu} "
         f"({run['steps']} steps {run['train_s']:.3f} s, whitening {run['whiten_s']:.4f} s, "
         f"TTA {run['tta_s']:.3f} s); the steps' floor is mostly "
         + ", ".join(f"{k} {s:.3f} s" for k, s in kinds)
-    )
-    if "record_s" in run:
-        line += (
-            f"; {run['record']} published {run['record_s']} s: "
-            f"{run['fraction_of_floor'] * 100:.0f} % of the way to the floor"
+        + f" ({lowered}torch {run['torch']}, max-pool backward: {run['maxpool_backward']})"
+    ]
+    other = run.get("without_maxpool_decomposition")
+    if other is not None:
+        lines.append(
+            f"  without the max-pool backward's decomposition: {other['floor_s']:.3f} s on "
+            f"{gpu}, {other['bytes_per_image'] / 1e6:.2f} MB per image a step: torch's "
+            f"lowering costs {run['floor_s'] - other['floor_s']:.3f} s"
         )
-    return line
+    for rec in run["records"]:
+        floors = ", ".join(
+            f"{rec['floor_s'][k]:.3f} s on {k} ({f * 100:.0f} %)"
+            for k, f in rec["floor_over_record"].items()
+        )
+        flag = ""
+        if rec["suspect"]:
+            excess = rec["excess_layers"]
+            layers = ", ".join(f"{n} ({k}, {us:.0f} us a step)" for n, k, us in excess)
+            flag = f"; SUSPECT: a floor above {SUSPECT * 100:.0f} % of a measured time" + (
+                f", the excess in {layers}" if layers else ""
+            )
+        lines.append(f"  {rec['record']} published {rec['record_s']} s; floor {floors}{flag}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -3,37 +3,35 @@ along the three ways fastcifar can run it.
 
 - ``eager``: PyTorch as the seeds run it. A ``TorchDispatchMode`` sees every ATen
   operator of a steady-state step (the second: the first creates the optimizer's state)
-  on fake tensors of the full batch (no arithmetic runs, so any batch counts in seconds);
-  each operator costs the kernels ``traffic.op_kernels`` gives it; a module tracker
-  names the layer, in the forward and the backward.
-- ``compile``: ``torch.compile`` (Inductor) of the model, forward and backward graphs.
-  Inductor's own count of the bytes each of its generated kernels accesses (every buffer
-  once per kernel, ``BaseSchedulerNode.get_read_write_buffer_accesses``, what its
-  metrics log sums) for the kernels it writes; ``traffic.op_kernels`` for the extern ones
-  (convolutions, matmuls, custom ops), so that both paths use the same rules. The
-  lowered graphs are scheduled again by Inductor's Triton backend, the scheduler its CUDA
-  backend uses (``inductor._InductorHook._scheduled``). The batch dimension is traced
-  symbolic with ``COMPILE_BATCH`` images and every size is evaluated at the batch counted
-  (exact for the graph compiled; Inductor's choices at a symbolic batch can differ a
-  little from a static one). Nothing runs: the compile stops once the backward graph is
-  read. Each fused kernel is charged to the layer most of its operators come from (a
-  max-pool's scatter to the pool). The loss and the optimizer step stay
-  eager, as the train command runs them: their rows are the eager path's.
+  on fake tensors of the full batch (no arithmetic runs, so any batch counts in seconds),
+  under CUDA's autocast policy (``autocast.CudaAutocast``: what ``torch.autocast("cuda")``
+  casts, learnt from fake CUDA tensors); each operator costs the kernels
+  ``traffic.op_kernels`` gives it; a module tracker names the layer, in the forward and
+  the backward.
+- ``compile``: ``torch.compile`` (Inductor) of the model, forward and backward graphs,
+  lowered for a fake ``cuda:0`` with the GPU's profile at the recipe's static batch, CUDA's
+  autocast casts in the graph (``lowering``: nothing is generated or run). Inductor's own
+  count of the bytes each of its generated kernels accesses (every buffer once per kernel,
+  ``BaseSchedulerNode.get_read_write_buffer_accesses``, what its metrics log sums) for the
+  kernels its CUDA scheduler fuses; ``traffic.op_kernels`` for the extern ones
+  (convolutions, matmuls, custom ops), so that both paths use the same rules. Each fused
+  kernel is charged to the layer most of its operators come from (a max-pool's scatter to
+  the pool), and named by ``kinds.kernel_kind`` (a BatchNorm fused with its activation is
+  ``batchnorm+act``, on this path and the next alike). The loss and the optimizer step
+  stay eager, as the train command runs them: their rows are the eager path's.
 - ``fastcifar``: the model as ``--kernels triton`` converts it, counted as ``compile``;
   fastcifar's custom operators are extern kernels there, costed by running their
   launchers on ``meta`` tensors with the launches recorded (``launch.record_launches``):
   each launch moves its distinct tensor arguments once, and the PyTorch operators a
   launcher runs (the weight gradient's sum over partials) are costed like eager ones.
 
-What differs from Inductor on a GPU, which this CPU cannot run: Inductor's CPU backend
-fuses loops that share outer dimensions into one kernel (``OuterLoopFusedSchedulerNode``),
-which its CUDA backend does not; those are counted as the separate kernels they would be
-on a GPU. The CUDA backend splits large reductions in two (a partial buffer, a few KB) and
-can fuse a BatchNorm backward's reductions with its elementwise pass
-(``mix_order_reduction``), neither of which the CPU backend does: on a GPU the compile
-paths move a little more (split reductions) or less (mixed-order) than counted here.
-FLOPs are ``torch.utils.flop_counter``'s formulas (convolutions and matmuls, forward and
-backward; elementwise work is not counted, as in that counter).
+What still differs from a GPU: Inductor's autotuning (``max_autotune``) is off, as in the
+train command, so every convolution and matmul is ATen's; and a count is of one lowering,
+at one torch version (the JSON says which): torch 2.14 decomposes the max-pool backward
+into a zero-filled float32 gradient and a scatter-add that 2.11 does not
+(``lowering.MAXPOOL_BACKWARD``; ``--whole-run`` counts both). FLOPs are
+``torch.utils.flop_counter``'s formulas (convolutions and matmuls, forward and backward;
+elementwise work is not counted, as in that counter).
 """
 
 from __future__ import annotations
@@ -45,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.module_tracker import ModuleTracker
 
-from fastcifar.roofline.inductor import compiled_count
+from fastcifar.roofline.gpus import Gpu, get_gpu
 from fastcifar.roofline.ledger import (
     LOSS,
     PATHS,
@@ -56,6 +54,7 @@ from fastcifar.roofline.ledger import (
     _Recorder,
     module_kinds,
 )
+from fastcifar.roofline.lowering import compiled_count
 
 __all__ = ["count_call", "count_step"]
 
@@ -86,8 +85,9 @@ def _fake_counting(setup: StepSetup):
     return mode, model, ledger, _Recorder(ledger, module_kinds(model))
 
 
-def _eager(setup: StepSetup) -> _Ledger:
-    """The eager path: two steps on fake tensors, the second counted."""
+def _eager(setup: StepSetup, autocast: str = "cuda") -> _Ledger:
+    """The eager path: two steps on fake tensors, the second counted, under ``autocast``'s
+    policy (``StepSetup.autocast``)."""
     mode, model, ledger, recorder = _fake_counting(setup)
     model.train()
     with mode:
@@ -101,7 +101,7 @@ def _eager(setup: StepSetup) -> _Ledger:
             for counted in (False, True):
                 c.on = counted
                 optimizer.zero_grad(set_to_none=True)
-                with setup.autocast():
+                with setup.autocast(autocast):
                     loss = setup.loss(model(x), y)
                 loss.backward()
                 c.phase = "optimizer"
@@ -138,33 +138,47 @@ def count_call(setup: StepSetup, fn: Callable[[nn.Module], object], name: str) -
     )
 
 
-def _compiled(setup: StepSetup, path: str, target: str | None, progress: Callable):
-    """The ledger of a compile path: the model as Inductor compiles it (``fastcifar``: as
-    ``--kernels triton`` converts it first), forward and backward."""
-    progress(f"{setup.name}: {path} (Inductor compiles forward and backward)")
+def _compiled(
+    setup: StepSetup, path: str, gpu: Gpu | None, progress: Callable, maxpool_decomposition: bool
+):
+    """The ledger of a compile path: the model as Inductor lowers it for ``gpu`` (None:
+    the CPU) (``fastcifar``: as ``--kernels triton`` converts it first), forward and
+    backward."""
+    where = f"CUDA, {gpu.name} profile" if gpu is not None else "the CPU (control)"
+    progress(
+        f"{setup.name}: {path} (Inductor lowers forward and backward for {where}, "
+        f"batch {setup.batch_size})"
+    )
     model = copy.deepcopy(setup.model)
     if path == "fastcifar":  # what --kernels triton converts
         from fastcifar.nn.fusion import FUSIONS, convert
 
         convert(model, kinds=tuple(k.name for k in FUSIONS if k.triton))
-    return compiled_count(setup, model, target, path == "fastcifar", progress)
+    target = gpu.target if gpu is not None else "sm_90"
+    triton = path == "fastcifar"
+    return compiled_count(setup, model, target, triton, gpu, progress, maxpool_decomposition)
 
 
 def count_step(
     setup: StepSetup,
     paths=PATHS,
-    target: str | None = "sm_90",
+    gpu: Gpu | None = None,
     progress: Callable | None = None,
     on_error: Callable[[str, Exception], None] | None = None,
+    cpu_control: bool = False,
+    maxpool_decomposition: bool = True,
 ) -> dict[str, StepCount]:
     """Count one training step of ``setup`` along ``paths`` (``PATHS``).
 
     Args:
         setup: the model, loss, optimizer, batch, dtype and layout.
         paths: which of ``eager``, ``compile``, ``fastcifar``.
-        target: the GPU target whose kernel tiles fastcifar's launchers use
-            (``fastcifar.kernels.targets``; the weight gradient's partial sums depend
-            on it).
+        gpu: the GPU the compile paths lower for (a fake ``cuda:0`` with its
+            ``CudaProfile``; default the H100); its ``target``'s tiles are the ones
+            fastcifar's launchers use (the weight gradient's partial sums depend on it).
+        cpu_control: the tests' control: as the roofline counted before it lowered for
+            CUDA (``lowering.compiled_count``).
+        maxpool_decomposition: False: without ``lowering.MAXPOOL_BACKWARD``.
         progress: called with a line before each path starts (None: silent).
         on_error: called with (path, exception) when a compile path fails, which is then
             left out of the result (None: the exception propagates).
@@ -179,8 +193,11 @@ def count_step(
     if unknown:
         raise ValueError(f"unknown path {unknown[0]!r}: one of {', '.join(PATHS)}")
     progress = progress or (lambda line: None)
-    progress(f"{setup.name}: eager (fake tensors, batch {setup.batch_size})")
-    eager = _eager(setup)
+    gpu = None if cpu_control else (gpu or get_gpu("h100"))
+    autocast = "cpu" if cpu_control else "cuda"
+    amp = "no" if setup.amp_dtype is None else {"cpu": "the CPU's", "cuda": "CUDA's"}[autocast]
+    progress(f"{setup.name}: eager (fake tensors, batch {setup.batch_size}, {amp} autocast)")
+    eager = _eager(setup, autocast)
     outside = [row for (name, _), row in eager.rows.items() if name in (LOSS, "optimizer", "ema")]
     counts = {}
     for path in paths:
@@ -188,7 +205,7 @@ def count_step(
             ledger = eager
         else:
             try:
-                ledger = _compiled(setup, path, target, progress)
+                ledger = _compiled(setup, path, gpu, progress, maxpool_decomposition)
             except Exception as exc:
                 if on_error is None:
                     raise
@@ -196,13 +213,9 @@ def count_step(
                 continue
             for row in outside:
                 ledger.rows.setdefault((row.name, row.kind), copy.copy(row))
+        rows = list(ledger.rows.values())
         counts[path] = StepCount(
-            setup.name,
-            path,
-            setup.batch_size,
-            setup.dtype_name,
-            setup.channels_last,
-            list(ledger.rows.values()),
-            ledger.scheduler,
+            setup.name, path, setup.batch_size, setup.dtype_name, setup.channels_last, rows
         )
+        counts[path].lowered_for = ledger.lowered_for
     return counts

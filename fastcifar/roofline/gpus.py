@@ -14,7 +14,31 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["GPUS", "Gpu", "get_gpu", "lower_bound_s", "sum_lower_bound_s"]
+__all__ = [
+    "GPUS",
+    "CudaProfile",
+    "Gpu",
+    "get_gpu",
+    "gpu_for_device",
+    "lower_bound_s",
+    "sum_lower_bound_s",
+]
+
+
+@dataclass(frozen=True)
+class CudaProfile:
+    """What Inductor asks a CUDA device when it lowers a graph for it
+    (``torch.cuda.get_device_properties``), for a GPU that is not there: ``sm_count``
+    streaming multiprocessors, compute ``capability`` (major, minor), ``smem_optin`` the
+    shared memory one block may opt in to (bytes), ``l2_bytes``, ``memory_bytes``. SM
+    counts and memory: the GPU's data sheet or architecture whitepaper; shared memory: the
+    CUDA C++ Programming Guide's table of compute capabilities."""
+
+    sm_count: int
+    capability: tuple[int, int]
+    smem_optin: int
+    l2_bytes: int
+    memory_bytes: int
 
 
 @dataclass(frozen=True)
@@ -30,12 +54,24 @@ class Gpu:
     note: str = ""
     attainable: float | None = None
     attainable_source: str = ""
+    cuda: CudaProfile | None = None  # None: not a CUDA GPU (the compile paths lower for CUDA)
+
+    @property
+    def target(self) -> str | None:
+        """Its ``fastcifar.kernels.targets`` name (``sm_90``), whose tiles fastcifar's
+        launchers use; None without a CUDA profile."""
+        if self.cuda is None:
+            return "gfx942" if self.key == "mi300x" else None
+        major, minor = self.cuda.capability
+        return f"sm_{major}{minor}"
 
     @property
     def ridge(self) -> float:
         """Arithmetic intensity (FLOP/byte) above which a kernel is compute bound."""
         return self.peak_flops / self.bandwidth
 
+
+MB, GB = 2**20, 2**30
 
 GPUS: dict[str, Gpu] = {
     g.key: g
@@ -48,6 +84,7 @@ GPUS: dict[str, Gpu] = {
             "NVIDIA T4 Tensor Core GPU data sheet (nvidia.com, t4-tensor-core-datasheet): "
             "320 GB/s GDDR6, 65 TFLOPS mixed-precision FP16/FP32",
             note="no bfloat16 on Turing: FP16 peak",
+            cuda=CudaProfile(40, (7, 5), 65536, 4 * MB, 16 * GB),
         ),
         Gpu(
             "a100",
@@ -56,7 +93,18 @@ GPUS: dict[str, Gpu] = {
             312e12,
             "NVIDIA A100 Tensor Core GPU data sheet (nvidia.com, nvidia-a100-datasheet): "
             "2,039 GB/s HBM2e (80GB SXM), 312 TFLOPS BF16 Tensor Core dense",
-            note="the A100 40GB: 1,555 GB/s, same peak",
+            note="the A100 40GB (a100-40gb): 1,555 GB/s, same peak",
+            cuda=CudaProfile(108, (8, 0), 166912, 40 * MB, 80 * GB),
+        ),
+        Gpu(
+            "a100-40gb",
+            "NVIDIA A100 40GB SXM",
+            1555e9,
+            312e12,
+            "NVIDIA A100 Tensor Core GPU data sheet (nvidia.com, nvidia-a100-datasheet): "
+            "1,555 GB/s HBM2 (40GB SXM), 312 TFLOPS BF16 Tensor Core dense",
+            note="the speed-run records name an A100 without its memory",
+            cuda=CudaProfile(108, (8, 0), 166912, 40 * MB, 40 * GB),
         ),
         Gpu(
             "l4",
@@ -65,6 +113,7 @@ GPUS: dict[str, Gpu] = {
             121e12,
             "NVIDIA L4 Tensor Core GPU data sheet (nvidia.com): 300 GB/s GDDR6, "
             "242 TFLOPS BF16 with sparsity, 121 dense",
+            cuda=CudaProfile(58, (8, 9), 101376, 48 * MB, 24 * GB),
         ),
         Gpu(
             "rtx4090",
@@ -73,6 +122,7 @@ GPUS: dict[str, Gpu] = {
             165.2e12,
             "NVIDIA Ada GPU Architecture whitepaper v2.1, appendix A, RTX 4090: "
             "1,008 GB/s GDDR6X, 165.2 TFLOPS FP16/BF16 Tensor with FP32 accumulate, dense",
+            cuda=CudaProfile(128, (8, 9), 101376, 72 * MB, 24 * GB),
         ),
         Gpu(
             "h100",
@@ -81,6 +131,7 @@ GPUS: dict[str, Gpu] = {
             989e12,
             "NVIDIA H100 Tensor Core GPU data sheet (nvidia.com, h100-datasheet): "
             "3.35 TB/s HBM3 (SXM), 1,979 TFLOPS BF16 with sparsity, 989 dense",
+            cuda=CudaProfile(132, (9, 0), 232448, 50 * MB, 80 * GB),
         ),
         Gpu(
             "h200",
@@ -89,6 +140,7 @@ GPUS: dict[str, Gpu] = {
             989e12,
             "NVIDIA H200 Tensor Core GPU data sheet (nvidia.com): 4.8 TB/s HBM3e, "
             "1,979 TFLOPS BF16 with sparsity, 989 dense",
+            cuda=CudaProfile(132, (9, 0), 232448, 50 * MB, 141 * GB),
         ),
         Gpu(
             "b200",
@@ -97,6 +149,7 @@ GPUS: dict[str, Gpu] = {
             2.25e15,
             "NVIDIA DGX B200 / HGX B200 data sheet (nvidia.com): 8 TB/s HBM3e per GPU, "
             "4.5 PFLOPS FP16/BF16 with sparsity per GPU, 2.25 dense",
+            cuda=CudaProfile(148, (10, 0), 232448, 126 * MB, 180 * GB),
         ),
         Gpu(
             "mi300x",
@@ -124,11 +177,14 @@ def get_gpu(key: str) -> Gpu:
 
 def gpu_for_device(name: str) -> Gpu | None:
     """The table's entry for a device as ``torch.cuda.get_device_name`` names it ("NVIDIA
-    H100 80GB HBM3", "AMD Instinct MI300X"), or None (a CPU, a GPU the table lacks)."""
+    H100 80GB HBM3", "AMD Instinct MI300X", "NVIDIA A100-SXM4-40GB"), or None (a CPU, a
+    GPU the table lacks). The key whose every word the name has wins, the longest first
+    (``a100-40gb`` over ``a100``)."""
     words = re.findall(r"[a-z0-9]+", name.lower())
     pairs = {a + b for a, b in zip(words, words[1:], strict=False)}  # "rtx 4090": rtx4090
     names = set(words) | pairs
-    return next((gpu for key, gpu in GPUS.items() if key in names), None)
+    matches = [key for key in GPUS if set(key.split("-")) <= names]
+    return GPUS[max(matches, key=len)] if matches else None
 
 
 def lower_bound_s(flops: float, nbytes: float, gpu: Gpu) -> float:

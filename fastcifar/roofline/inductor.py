@@ -8,25 +8,20 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterator
-from unittest import mock
 
 import torch
-from torch import nn
 from torch.utils.module_tracker import ModuleTracker
 
-from fastcifar.roofline.kinds import op_kind
+from fastcifar.roofline.kinds import kernel_kind, op_kind
 from fastcifar.roofline.ledger import (
-    COMPILE_BATCH,
     ROOT,
-    StepSetup,
     _EagerCounter,
     _Ledger,
     _Recorder,
-    module_kinds,
 )
 from fastcifar.roofline.traffic import tensor_bytes
 
-__all__ = ["compiled_count", "fastcifar_op_costs"]
+__all__ = ["fastcifar_op_costs"]
 
 _MODULE_PATH = re.compile(r"\[['\"]([^'\"]+)['\"]\]")
 
@@ -41,34 +36,65 @@ def _module_path(key: str) -> str:
 
 
 class _InductorHook:
-    """Reads every graph Inductor compiles: its kernels, their bytes at ``batch`` (the
-    symbolic batch evaluated there) and the layer each comes from."""
+    """Reads every graph Inductor lowers: its kernels as the scheduler fuses them, their
+    bytes, and the layer each comes from."""
 
     def __init__(
         self,
         recorder: _Recorder,
-        batch: int,
-        run_batch: int,
         fastcifar_costs,
-        progress: Callable[[str], None] = lambda line: None,
+        progress: Callable[[str], None],
+        symbolic: tuple[int, int] | None = None,
     ):
-        self.recorder, self.batch, self.run_batch = recorder, batch, run_batch
+        self.recorder = recorder
         self.fastcifar_costs = fastcifar_costs
         self.progress = progress
         self.by_seq: dict[int, str] = {}  # forward sequence number -> layer
         self.graphs = 0
-        self.scheduler = "triton"  # whose fusion decisions were counted
+        # the CPU control: the batch traced symbolic with symbolic[1] images, counted at
+        # symbolic[0] (as the roofline counted before it lowered for CUDA)
+        self.symbolic = symbolic
 
     def size(self, value) -> int:
-        """An int, or a symbolic size with the batch symbol at ``batch``."""
+        """A size: an int, or (the control) a symbolic size at the batch counted."""
         import sympy
 
         if isinstance(value, torch.SymInt):
             value = value.node.expr
         if isinstance(value, sympy.Expr):
-            subs = {s: self.batch for s in value.free_symbols}
-            return int(value.xreplace(subs))
+            return int(value.xreplace({s: self.symbolic[0] for s in value.free_symbols}))
         return int(value)
+
+    @contextlib.contextmanager
+    def _batch_hints(self, graph) -> Iterator[None]:
+        """The control: Inductor's size hints with the batch symbol at the batch counted
+        (so its bytes are the counted batch's)."""
+        if self.symbolic is None:
+            yield
+            return
+        import sympy
+
+        batch, traced = self.symbolic
+        sizevars = graph.sizevars
+        values = getattr(sizevars.shape_env, "backed_var_to_val", None)
+        values = values or sizevars.shape_env.var_to_val  # torch 2.14, 2.11
+        batch_syms = {s for s, v in values.items() if int(v) == traced}
+        original = sizevars.optimization_hint
+
+        def hint(expr, fallback=None):
+            if isinstance(expr, int):
+                return expr
+            expr = sympy.sympify(expr)
+            value = expr.xreplace({s: batch for s in expr.free_symbols if s in batch_syms})
+            if getattr(value, "free_symbols", None):
+                return original(value, fallback=fallback)
+            return int(value)
+
+        sizevars.optimization_hint = hint
+        try:
+            yield
+        finally:
+            del sizevars.optimization_hint
 
     def layer_of(self, fx_node) -> str | None:
         stack = fx_node.meta.get("nn_module_stack")
@@ -92,78 +118,45 @@ class _InductorHook:
         return best or ROOT
 
     def read(self, graph) -> None:
-        """Called inside ``GraphLowering.compile_to_module``, after it (``V.graph`` is
-        ``graph``)."""
-        from torch._inductor import ir
-        from torch._inductor.scheduler import ExternKernelSchedulerNode, NopKernelSchedulerNode
+        """Called in place of ``GraphLowering.compile_to_module`` (``V.graph`` is
+        ``graph``): the lowered graph scheduled (``Scheduler``: the fusions Inductor's
+        code generation would make), each kernel recorded."""
+        from torch._inductor.scheduler import Scheduler
 
         self.graphs += 1
         for fx_node in graph.graph.nodes:  # forward graphs name the layers first
             self.layer_of(fx_node)
-        sizevars = graph.sizevars
-        env = sizevars.shape_env
-        values = getattr(env, "backed_var_to_val", None) or env.var_to_val  # torch 2.14, 2.11
-        batch_syms = {s for s, v in values.items() if int(v) == self.run_batch}
-
-        def hint(expr, fallback=None):
-            import sympy
-
-            if isinstance(expr, int):
-                return expr
-            expr = sympy.sympify(expr)
-            value = expr.xreplace({s: self.batch for s in expr.free_symbols if s in batch_syms})
-            if getattr(value, "free_symbols", None):
-                return original(value, fallback=fallback)
-            return int(value)
-
-        original = sizevars.optimization_hint
-        sizevars.optimization_hint = hint
-        try:
-            nodes = self._scheduled(graph)
-            which = "backward" if graph.is_backward else "forward"
-            self.progress(f"  Inductor's {which} graph: {len(nodes)} kernels read")
-            for node in nodes:
-                if isinstance(node, NopKernelSchedulerNode):
-                    continue
-                if isinstance(node, ExternKernelSchedulerNode):
-                    if not isinstance(node.node, ir.MultiOutput):
-                        self._extern(node)
-                    continue
-                accesses = node.get_read_write_buffer_accesses(
-                    include_reads=True, include_writes=True
-                )
-                origins = set()
-                for sub in node.get_nodes():
-                    origins |= set(getattr(sub.node, "origins", ()) or ())
-                self._generated(node, origins, sum(accesses.values()))
-        finally:
-            del sizevars.optimization_hint
-
-    def _scheduled(self, graph) -> list:
-        """The graph's kernels as Inductor's Triton backend (its CUDA backend's scheduler)
-        fuses them: the lowered graph scheduled again with ``cpu_backend="triton"``. Where
-        that fails (an Inductor version without it), the CPU backend's own kernels."""
         import torch._inductor.config as inductor_config
-        from torch._inductor.scheduler import Scheduler
 
-        try:
-            with inductor_config.patch(cpu_backend="triton"):
-                nodes = Scheduler(graph.operations).nodes
-            self.scheduler = "triton"
-            return nodes
-        except Exception:  # noqa: BLE001 - any failure: the CPU backend's schedule stands
-            self.scheduler = "cpp"
-            return graph.scheduler.nodes
+        # the control's CPU graph scheduled as Inductor's Triton backend (its CUDA
+        # backend's scheduler) would, not its C++ one; a CUDA graph is Triton's anyway
+        with self._batch_hints(graph), inductor_config.patch(cpu_backend="triton"):
+            self._read(graph, Scheduler(graph.operations).nodes)
+
+    def _read(self, graph, nodes) -> None:
+        from torch._inductor import ir
+        from torch._inductor.scheduler import ExternKernelSchedulerNode, NopKernelSchedulerNode
+
+        which = "backward" if graph.is_backward else "forward"
+        self.progress(f"  Inductor's {which} graph: {len(nodes)} kernels read")
+        for node in nodes:
+            if isinstance(node, NopKernelSchedulerNode):
+                continue
+            if isinstance(node, ExternKernelSchedulerNode):
+                if not isinstance(node.node, ir.MultiOutput):
+                    self._extern(node)
+                continue
+            accesses = node.get_read_write_buffer_accesses(include_reads=True, include_writes=True)
+            origins = set()
+            for sub in node.get_nodes():
+                origins |= set(getattr(sub.node, "origins", ()) or ())
+            self._generated(node, origins, sum(accesses.values()))
 
     def _generated(self, node, origins, nbytes: int, kind_hint: str | None = None) -> None:
         layer = self._layer(origins)
-        kinds = [
-            op_kind(getattr(o.target, "_schema", None) and o.target._schema.name or "")
-            for o in origins
-            if o.op == "call_function"
-        ]
-        kind = self.recorder.kinds.get(layer) or kind_hint or _dominant(kinds)
-        self.recorder.ledger.add(layer, kind, "", 0, [nbytes])
+        kinds = [op_kind(_op_name(o)) for o in origins if o.op == "call_function"]
+        layer_kind = self.recorder.fused.get(layer) or self.recorder.kinds.get(layer) or kind_hint
+        self.recorder.ledger.add(layer, kernel_kind(kinds, layer_kind), "", 0, [nbytes])
 
     def _ir_bytes(self, buffer) -> int:
         """Bytes of an Inductor buffer, its symbolic batch evaluated."""
@@ -209,6 +202,15 @@ class _InductorHook:
         self.recorder.record(func, args, kwargs, out, layer, kernels)
 
 
+def _op_name(fx_node) -> str:
+    """The ATen operator an fx node of a lowered graph comes from: the one before
+    decomposition (``original_aten``: ``native_batch_norm`` rather than the ``sub`` and
+    ``mul`` it became), else its own."""
+    op = fx_node.meta.get("original_aten") or fx_node.target
+    schema = getattr(op, "_schema", None)
+    return schema.name if schema is not None else ""
+
+
 def _is_extern_op(target) -> bool:
     """An ATen operator that is not pointwise (the one an extern kernel runs)."""
     is_op = isinstance(target, torch._ops.OpOverload)
@@ -221,13 +223,6 @@ def _vals(tree):
     from torch.utils._pytree import tree_map
 
     return tree_map(lambda a: a.meta.get("val") if isinstance(a, Node) else a, tree)
-
-
-def _dominant(kinds: list[str]) -> str:
-    named = [k for k in kinds if k != "other"]
-    if not named:
-        return "other"
-    return max(set(named), key=named.count)
 
 
 def _meta_like(t, size: Callable) -> torch.Tensor:
@@ -268,63 +263,6 @@ def fastcifar_op_costs(target: str | None) -> Callable:
 
 
 @contextlib.contextmanager
-def _inductor_reading(hook: _InductorHook) -> Iterator[None]:
-    """Inductor with its caches off (every graph is lowered, so the hook sees it), the
-    backward compiled with the forward (``force_non_lazy_backward_lowering``), the hook
-    on every lowered graph, and no work that a count does not need: the forward's C++
-    kernels are not built (``_zero_fill`` stands in), and once the backward graph is read
-    ``_BothGraphsRead`` ends the compile before its code generation and before anything
-    runs."""
-    import torch._functorch.config as functorch_config
-    import torch._inductor.config as inductor_config
-    from torch._inductor.async_compile import AsyncCompile
-    from torch._inductor.graph import GraphLowering
-
-    original = GraphLowering.compile_to_module
-
-    def compile_to_module(graph):
-        if graph.is_backward:
-            hook.read(graph)
-            raise _BothGraphsRead
-        module = original(graph)
-        hook.read(graph)
-        return module
-
-    with (
-        inductor_config.patch(fx_graph_cache=False, autotune_local_cache=False),
-        functorch_config.patch(enable_autograd_cache=False, force_non_lazy_backward_lowering=True),
-        mock.patch.object(GraphLowering, "compile_to_module", compile_to_module),
-        mock.patch.object(AsyncCompile, "cpp", lambda self, source: _zero_fill),
-        mock.patch.object(AsyncCompile, "cpp_pybinding", lambda self, types, source: _zero_fill),
-    ):
-        yield
-
-
-class _BothGraphsRead(Exception):
-    """Raised out of Inductor once the backward graph has been read: the count is done."""
-
-
-def _ended_by_count(exc: BaseException) -> bool:
-    """Whether ``exc`` (as torch.compile wraps it) is ``_BothGraphsRead``."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, _BothGraphsRead):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _zero_fill(*args, **kwargs) -> None:
-    """What each of Inductor's generated C++ kernels does while counting: nothing but
-    zero its tensors (indices read later stay in range). The count needs the kernels'
-    shapes, not their values, and skipping the C++ build takes most of a compile's time."""
-    for arg in args:
-        if isinstance(arg, torch.Tensor):
-            arg.zero_()
-
-
-@contextlib.contextmanager
 def _triton_recorded(target: str | None) -> Iterator[None]:
     """fastcifar's custom operators runnable on the CPU with their launches recorded
     (nothing computes: their outputs are uninitialised, which a count does not read)."""
@@ -340,43 +278,3 @@ def _triton_recorded(target: str | None) -> Iterator[None]:
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = old
-
-
-def compiled_count(
-    setup: StepSetup,
-    model: nn.Module,
-    target: str | None,
-    triton: bool,
-    progress: Callable[[str], None] = lambda line: None,
-) -> _Ledger:
-    """The model's forward and backward graphs as Inductor compiles them (the batch
-    symbolic, traced with ``COMPILE_BATCH`` images; nothing runs), counted at the batch;
-    ``progress`` hears of each graph as it is read."""
-    ledger = _Ledger()
-    recorder = _Recorder(ledger, module_kinds(model))
-    costs = fastcifar_op_costs(target)
-    hook = _InductorHook(recorder, setup.batch_size, COMPILE_BATCH, costs, progress)
-    recorder.size = hook.size
-    model = model.train()
-    if setup.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    x, _ = setup.example(COMPILE_BATCH)
-    torch._dynamo.mark_dynamic(x, 0)
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, dynamic=None)
-    running = _triton_recorded(target) if triton else contextlib.nullcontext()
-    try:
-        with _inductor_reading(hook), running, setup.autocast():
-            compiled(x)  # traces, compiles the forward and then the backward graph
-    except Exception as exc:
-        if not _ended_by_count(exc):
-            raise
-    finally:
-        torch._dynamo.reset()
-    ledger.scheduler = hook.scheduler
-    if hook.graphs < 2:
-        raise RuntimeError(
-            f"Inductor compiled {hook.graphs} graph(s) of {setup.name}; "
-            f"expected a forward and a backward"
-        )
-    return ledger

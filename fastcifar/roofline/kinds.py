@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["KINDS", "conv_kind", "module_kind", "op_kind"]
+__all__ = ["KINDS", "conv_kind", "fused_kind", "kernel_kind", "module_kind", "op_kind"]
 
 # every kind, in the order tables list them
 KINDS = (
@@ -19,13 +19,26 @@ KINDS = (
     "grouped",
     "1x1",
     "batchnorm",
+    "batchnorm+act",  # one kernel normalising and activating (a compiler's or ours)
     "activation",
     "pooling",
     "linear",
+    "elementwise",  # a residual add, a gate's multiply
+    "copy",  # a dtype cast or a layout copy
     "loss",
     "optimizer",
     "other",
 )
+
+# fastcifar's fused modules (``fastcifar.nn``), by class name: the kind of the kernels
+# they leave to the compiler (the BatchNorm statistics, the normalisation and activation
+# between convolutions); their convolutions keep the convolution's kind
+_FUSED_KINDS = {
+    "FusedConvBNAct": "batchnorm+act",
+    "FusedConvReLUBN": "batchnorm+act",
+    "FusedDepthwiseSeparable": "batchnorm+act",
+    "FusedConvBN": "batchnorm",
+}
 
 _MODULE_KINDS = (
     ((nn.BatchNorm2d, nn.BatchNorm1d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm), "batchnorm"),
@@ -73,6 +86,8 @@ _OP_WORDS = (
     (("pool",), "pooling"),
     (("addmm", "mm", "linear"), "linear"),
     (("softmax", "nll_loss", "cross_entropy"), "loss"),
+    (("_to_copy", "convert_element_type", "copy", "clone", "contiguous"), "copy"),
+    (("add", "mul", "sub", "div", "where", "cat"), "elementwise"),
 )
 
 
@@ -93,6 +108,25 @@ def module_kind(module: nn.Module) -> str | None:
         if isinstance(module, types):
             return kind
     return None
+
+
+def fused_kind(module: nn.Module) -> str | None:
+    """The kind of the compiler's kernels inside one of fastcifar's fused modules (None
+    for any other module)."""
+    return _FUSED_KINDS.get(type(module).__name__)
+
+
+def kernel_kind(op_kinds: list[str], layer_kind: str | None) -> str:
+    """The kind of one compiled kernel from the kinds of the operators fused into it
+    (``op_kind`` of each) and its layer's kind (a module's, when it has one): a kernel
+    that both normalises and activates is ``batchnorm+act`` on any path; otherwise the
+    layer's kind, else the operators' most common named kind."""
+    named = [k for k in op_kinds if k != "other"]
+    if "batchnorm" in named and "activation" in named:
+        return "batchnorm+act"
+    if layer_kind is not None:
+        return layer_kind
+    return max(set(named), key=named.count) if named else "other"
 
 
 def op_kind(name: str, weight_shape: tuple[int, ...] | None = None, groups: int = 1) -> str:

@@ -5,6 +5,7 @@ layer, kind, shape and FLOPs, the eager dispatch mode, and what a step is made o
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -14,11 +15,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import conv_flop_count, flop_registry
 from torch.utils.module_tracker import ModuleTracker
 
-from fastcifar.roofline.kinds import module_kind, op_kind
+from fastcifar.roofline.kinds import fused_kind, module_kind, op_kind
 from fastcifar.roofline.traffic import op_kernels
 
 __all__ = [
-    "COMPILE_BATCH",
     "LOSS",
     "PATHS",
     "ROOT",
@@ -29,8 +29,6 @@ __all__ = [
 ]
 
 PATHS = ("eager", "compile", "fastcifar")
-# images per batch the compile paths trace with (the batch dimension symbolic)
-COMPILE_BATCH = 8
 ROOT = "(model)"  # operators in the model's own forward, outside any child module
 LOSS = "loss"  # the loss and its backward: outside the model
 _PHASE_KINDS = {LOSS: "loss", "optimizer": "optimizer", "ema": "optimizer"}
@@ -63,8 +61,8 @@ class StepCount:
     dtype: str  # bfloat16, float16 or float32
     channels_last: bool
     layers: list[Layer] = field(default_factory=list)
-    # compile paths: "triton" (Inductor's GPU scheduler) or "cpp" (its CPU one, a fallback)
-    scheduler: str = ""
+    # compile paths: the GPU whose fake cuda:0 Inductor lowered for ("h100"), or "cpu"
+    lowered_for: str = ""
 
     @property
     def flops(self) -> int:
@@ -88,7 +86,7 @@ class _Ledger:
 
     def __init__(self):
         self.rows: dict[tuple[str, str], Layer] = {}
-        self.scheduler = ""  # the compile paths: whose fusion decisions ("triton", "cpp")
+        self.lowered_for = ""  # the compile paths: the GPU key lowered for, or "cpu"
 
     def add(self, name: str, kind: str, shape: str, flops: int, kernels: list[int]) -> None:
         row = self.rows.get((name, kind))
@@ -166,6 +164,7 @@ class _Recorder:
 
     def __init__(self, ledger: _Ledger, kinds: dict[str, str], size: Callable = int):
         self.ledger, self.kinds, self.size = ledger, kinds, size
+        self.fused: dict[str, str] = {}  # the compile paths: ``fused_kinds``
 
     def record(self, func, args, kwargs, out, layer: str, kernels: list[int] | None = None):
         if kernels is None:
@@ -220,6 +219,12 @@ class _EagerCounter(TorchDispatchMode):
         return out
 
 
+def fused_kinds(model: nn.Module) -> dict[str, str]:
+    """{qualified name: kind of the compiler's kernels inside it} of ``model``'s fused
+    modules (``kinds.fused_kind``)."""
+    return {name: k for name, m in model.named_modules() if (k := fused_kind(m)) is not None}
+
+
 def module_kinds(model: nn.Module) -> dict[str, str]:
     """{qualified name: kind} of ``model``'s leaf modules of known type."""
     kinds = {}
@@ -250,8 +255,17 @@ class StepSetup:
         x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
         return x, torch.randint(0, 10, (batch,), device=device)
 
-    def autocast(self):
-        return torch.autocast("cpu", dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+    def autocast(self, device: str = "cuda"):
+        """The autocast of the step's forward: CUDA's policy (``autocast.CudaAutocast``,
+        what a GPU user's ``torch.autocast("cuda")`` casts) on the CPU's fake tensors, or
+        the CPU's own (``device="cpu"``, the tests' control); nothing without a dtype."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        if device == "cpu":
+            return torch.autocast("cpu", dtype=self.amp_dtype)
+        from fastcifar.roofline.autocast import CudaAutocast
+
+        return CudaAutocast(self.amp_dtype)
 
     @property
     def dtype_name(self) -> str:

@@ -4,7 +4,7 @@ lower-bound times on a GPU, the table of the costliest layers and the one-line v
 JSON (``roofline.json``): ``{"rows": [row, ...]}``, a row per (model, path)::
 
     {"model", "path", "batch_size", "dtype", "channels_last", "gpu", "steps_per_epoch",
-     "inductor_scheduler",                            # compile paths: "triton" or "cpp"
+     "lowered_for", "torch",                          # compile paths: "cuda:h100" or "cpu"
      "flops_per_image", "bytes_per_image",            # one training step, per image
      "lower_bound_ms_per_step", "lower_bound_s_per_epoch",
      "layers": [{"name", "kind", "shape", "kernels",
@@ -20,6 +20,8 @@ the whole step's FLOPs or bytes alone). It is a model of a GPU, not a timing.
 from __future__ import annotations
 
 import math
+
+import torch
 
 from fastcifar.roofline.gpus import Gpu, lower_bound_s
 from fastcifar.roofline.ledger import StepCount
@@ -66,9 +68,18 @@ def row(count: StepCount, gpu: Gpu, steps: int) -> dict:
         "bytes_per_image": count.bytes / n,
         "lower_bound_ms_per_step": step_ms,
         "lower_bound_s_per_epoch": step_ms * steps / 1e3,
-        "inductor_scheduler": count.scheduler or None,
+        "lowered_for": _lowered_for(count.lowered_for),
+        "torch": torch.__version__,
         "layers": layers,
     }
+
+
+def _lowered_for(key: str) -> str | None:
+    """The JSON's ``lowered_for``: ``cuda:<gpu>`` for a fake CUDA device with that GPU's
+    profile, ``cpu`` for the control, None for the eager path (nothing lowered)."""
+    if not key:
+        return None
+    return key if key == "cpu" else f"cuda:{key}"
 
 
 def _mb(nbytes: float) -> str:

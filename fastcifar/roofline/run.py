@@ -61,9 +61,10 @@ def cache_dir() -> Path:
     return _io.cache_dir() / "roofline"
 
 
-def _cache_key(recipe, setup: StepSetup, path: str) -> str:
+def _cache_key(recipe, setup: StepSetup, path: str, gpu: Gpu) -> str:
     """A digest of everything a count depends on: the recipe, batch, dtype, layout, path,
-    torch's version and the roofline's own source (a rule change recounts)."""
+    the GPU lowered for, torch's version and the roofline's own source (a rule change
+    recounts)."""
     source = hashlib.sha256()
     for module in sorted(Path(__file__).parent.glob("*.py")):
         source.update(module.read_bytes())
@@ -71,6 +72,7 @@ def _cache_key(recipe, setup: StepSetup, path: str) -> str:
         "recipe": dataclasses.asdict(recipe),
         "batch": setup.batch_size,
         "path": path,
+        "gpu": gpu.key,
         "dtype": setup.dtype_name,
         "channels_last": setup.channels_last,
         "torch": torch.__version__,
@@ -112,18 +114,20 @@ def count_run(run_dir: Path, recipe, options, device: str = "") -> dict | None:
     if options.amp:
         amp = torch.float16 if options.amp_dtype == "float16" else torch.bfloat16
     setup = recipe_setup(recipe, amp_dtype=amp, channels_last=options.channels_last is not False)
-    cached = cache_dir() / f"{_cache_key(recipe, setup, path)}.json" if path != "eager" else None
+    cached = None
+    if path != "eager":
+        cached = cache_dir() / f"{_cache_key(recipe, setup, path, gpu)}.json"
     if cached is not None and cached.exists():
         out = json.loads(cached.read_text())
     else:
         if cached is not None:
             where = cached.parent
             print(
-                f"evaluate: counting the {path} path's bytes for the report (an Inductor "
-                f"compile on the CPU; kept in {where} for later runs)",
+                f"evaluate: counting the {path} path's bytes for the report (Inductor "
+                f"lowering for the {gpu.name} on the CPU; kept in {where} for later runs)",
                 flush=True,
             )
-        count = count_step(setup, [path])[path]
+        count = count_step(setup, [path], gpu=gpu)[path]
         out = row(count, gpu, steps_per_epoch(setup.batch_size, recipe.drop_last))
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
