@@ -1,11 +1,14 @@
-"""``roofline.png``: a GPU's roofline with every layer of a training step on it.
+"""``roofline.png``: where a training step's lower-bound time goes, and which kinds of
+layer bytes bound.
 
-x: arithmetic intensity (FLOP per byte moved, log scale); y: FLOP/s (log scale). The
-roof is min(peak, intensity x bandwidth) from ``gpus``. Each layer sits on the roof at
-its intensity (no timing exists: this is the bound, not a measurement), its marker's
-area its share of the step's lower-bound time, one colour per path. Layers without
-counted FLOPs (BatchNorm, activations, the optimizer: elementwise work, which
-torch.utils.flop_counter does not count) sit in a strip at the left, placed by bytes.
+Left (first): each path's lower-bound milliseconds per step on the GPU, stacked by kind
+(``kinds.KINDS``, one vocabulary on every path). Right: each kind's arithmetic
+intensity (its FLOPs over its bytes, summed over the step's layers of that kind; log
+scale) per path, against the GPU's ridge point (peak FLOP/s over bandwidth, ``gpus``):
+a kind left of the ridge is bound by the bytes it moves, right of it by arithmetic.
+Kinds without counted FLOPs (BatchNorm, activations, the optimizer: elementwise work,
+which torch.utils.flop_counter does not count) sit at the left edge, marked. This is a
+model of the GPU, not a timing.
 """
 
 from __future__ import annotations
@@ -20,18 +23,18 @@ from fastcifar.roofline.gpus import Gpu
 __all__ = ["PATH_COLOURS", "plot_roofline"]
 
 PATH_COLOURS = {"eager": "#d62728", "compile": "#1f77b4", "fastcifar": "#2ca02c"}
-_STRIP = 0.02  # the x of layers without counted FLOPs
+_NO_FLOPS = 0.02  # the intensity axis's place for kinds without counted FLOPs
 
 
 def plot_roofline(rows: list[dict], gpu: Gpu, path: Path) -> Path:
     """Draw ``rows`` (``result.row`` dicts, one per path, one model) into ``path`` (PNG,
-    120 dpi): left, ``gpu``'s roofline with each layer on it (layers without counted
-    FLOPs gathered per kind in the grey strip); right, each path's lower-bound
-    milliseconds per step stacked by kind. Returns ``path``."""
+    120 dpi): left, each path's lower-bound milliseconds per step on ``gpu`` stacked by
+    kind; right, each kind's arithmetic intensity per path against ``gpu``'s ridge point.
+    Returns ``path``."""
     plt = plt_agg()
-    fig, (ax, bars) = plt.subplots(1, 2, figsize=(12, 5.4), width_ratios=(3, 2))
-    _roofline_axes(ax, rows, gpu)
+    fig, (bars, ax) = plt.subplots(1, 2, figsize=(12, 5.6), width_ratios=(3, 2))
     _bars_by_kind(bars, rows, gpu, plt)
+    _intensity_by_kind(ax, rows, gpu)
     first = rows[0]
     fig.suptitle(
         f"{first['model']}: one training step at batch {first['batch_size']} "
@@ -46,64 +49,57 @@ def plot_roofline(rows: list[dict], gpu: Gpu, path: Path) -> Path:
     return path
 
 
-def _roofline_axes(ax, rows: list[dict], gpu: Gpu) -> None:
-    """The left panel: ``gpu``'s roofline (log-log, FLOP/s against FLOP per byte) with
-    each row's layers on it, marker area their share of the step's bound."""
-    x = np.logspace(np.log10(_STRIP / 2), 4, 200)
-    ax.plot(x, np.minimum(gpu.peak_flops, x * gpu.bandwidth), color="black", lw=1.5)
-    ax.axvline(gpu.ridge, color="grey", ls=":", lw=1)
-    ax.text(
-        gpu.ridge * 1.1,
-        gpu.peak_flops * 0.55,
-        f"ridge {gpu.ridge:.0f} FLOP/B",
-        fontsize=8,
-        color="grey",
-    )
-    ax.axvspan(_STRIP / 2, _STRIP * 2, color="#eeeeee", zorder=0)
-    for r in rows:
-        total = sum(layer["lower_bound_us"] for layer in r["layers"]) or 1.0
-        xs, ys, sizes = [], [], []
-        flat: dict[str, float] = {}  # kind -> lower-bound us of its layers without FLOPs
-        for layer in r["layers"]:
-            if layer["intensity"]:
-                xs.append(layer["intensity"])
-                ys.append(min(gpu.peak_flops, layer["intensity"] * gpu.bandwidth))
-                sizes.append(2 + 800 * layer["lower_bound_us"] / total)
-            else:
-                flat[layer["kind"]] = flat.get(layer["kind"], 0.0) + layer["lower_bound_us"]
-        for i, us in enumerate(sorted(flat.values(), reverse=True)):
-            xs.append(_STRIP * (0.6 + 0.2 * i))
-            ys.append(xs[-1] * gpu.bandwidth)
-            sizes.append(2 + 800 * us / total)
-        label = (
-            f"{r['path']}: {r['bytes_per_image'] / 1e6:.1f} MB/image, "
-            f"{r['lower_bound_ms_per_step']:.2f} ms/step"
+def _kind_totals(row: dict) -> dict[str, tuple[float, float, float]]:
+    """{kind: (FLOPs, bytes, lower-bound us)} of one row's layers."""
+    out: dict[str, tuple[float, float, float]] = {}
+    for layer in row["layers"]:
+        f, b, us = out.get(layer["kind"], (0.0, 0.0, 0.0))
+        out[layer["kind"]] = (f + layer["flops"], b + layer["bytes"], us + layer["lower_bound_us"])
+    return out
+
+
+def _intensity_by_kind(ax, rows: list[dict], gpu: Gpu) -> None:
+    """The right panel: one row per kind that takes at least 1 % of some path's bound,
+    its arithmetic intensity on each path (a marker per path), the ridge labelled."""
+    from fastcifar.roofline.kinds import KINDS
+
+    totals = [_kind_totals(r) for r in rows]
+
+    def visible(kind: str) -> bool:
+        shares = (
+            t.get(kind, (0, 0, 0))[2] / (r["lower_bound_ms_per_step"] * 1e3 or 1)
+            for t, r in zip(totals, rows, strict=True)
         )
-        ax.scatter(
-            xs,
-            ys,
-            s=sizes,
-            alpha=0.4,
-            color=PATH_COLOURS.get(r["path"], "grey"),
-            edgecolors="none",
-            label=label,
-        )
+        return max(shares) >= 0.01
+
+    shown = [k for k in KINDS if visible(k)]
+    for j, (r, t) in enumerate(zip(rows, totals, strict=True)):
+        counted, uncounted = [], []
+        for i, kind in enumerate(shown):
+            flops, nbytes, _ = t.get(kind, (0.0, 0.0, 0.0))
+            y = i + (j - (len(rows) - 1) / 2) * 0.22  # the paths side by side
+            if flops and nbytes:
+                counted.append((flops / nbytes, y))
+            elif nbytes:
+                uncounted.append((_NO_FLOPS, y))
+        colour = PATH_COLOURS.get(r["path"], "grey")
+        for points, marker, label in ((counted, "o", r["path"]), (uncounted, "x", None)):
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.scatter(xs, ys, color=colour, marker=marker, s=36, label=label, zorder=3)
+    ax.axvline(gpu.ridge, color="black", ls="--", lw=1)
+    ax.text(gpu.ridge * 1.15, -0.6, f"ridge {gpu.ridge:.0f} FLOP/B", fontsize=8, va="center")
+    ax.axvspan(_NO_FLOPS / 2, _NO_FLOPS * 2, color="#eeeeee", zorder=0)
     ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(_STRIP / 2, 1e4)
-    ax.set_ylim(gpu.bandwidth * _STRIP / 4, gpu.peak_flops * 2)
+    ax.set_xlim(_NO_FLOPS / 2, max(1e4, gpu.ridge * 10))
+    ax.set_yticks(range(len(shown)), shown, fontsize=8)
+    ax.set_ylim(len(shown) - 0.5, -1)
     ax.set_xlabel(
-        "arithmetic intensity (FLOP per byte moved)\n"
-        "grey strip: layers without counted FLOPs, one point per kind"
+        "arithmetic intensity, FLOP per byte (log)\n"
+        "left of the ridge bytes bound it; x: no FLOPs counted"
     )
-    ax.set_ylabel("FLOP/s at the bound")
-    ax.legend(
-        fontsize=8,
-        loc="lower right",
-        title="marker area: share of the step's bound",
-        title_fontsize=8,
-    )
-    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(True, axis="x", which="major", alpha=0.3)
 
 
 def _bars_by_kind(bars, rows: list[dict], gpu: Gpu, plt) -> None:

@@ -24,6 +24,7 @@ KINDS = (
     "pooling",
     "linear",
     "elementwise",  # a residual add, a gate's multiply
+    "dropout",
     "copy",  # a dtype cast or a layout copy
     "loss",
     "optimizer",
@@ -61,6 +62,7 @@ _MODULE_KINDS = (
     ),
     ((nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d), "pooling"),
     ((nn.Linear,), "linear"),
+    ((nn.Dropout, nn.Dropout2d), "dropout"),
 )
 
 _OP_WORDS = (
@@ -86,6 +88,7 @@ _OP_WORDS = (
     (("pool",), "pooling"),
     (("addmm", "mm", "linear"), "linear"),
     (("softmax", "nll_loss", "cross_entropy"), "loss"),
+    (("dropout", "bernoulli"), "dropout"),
     (("_to_copy", "convert_element_type", "copy", "clone", "contiguous"), "copy"),
     (("add", "mul", "sub", "div", "where", "cat"), "elementwise"),
 )

@@ -86,24 +86,30 @@ def _mb(nbytes: float) -> str:
     return number(nbytes / 1e6, 1)
 
 
-def format_table(rows: list[dict], top: int = 10) -> str:
-    """The ``top`` costliest layers of the first row's path (by lower-bound time), then
-    every path's totals: GFLOP, MB and lower-bound ms per step, per image, per epoch."""
-    first = rows[0]
+def _costliest(r: dict, top: int) -> list[str]:
+    """One path's ``top`` costliest layers (by lower-bound time) as table lines."""
+    lowered = f", lowered for {r['lowered_for']}" if r.get("lowered_for") else ""
     lines = [
-        f"{first['model']}, {first['path']} path, batch {first['batch_size']}, "
-        f"{first['dtype']}: the {top} costliest layers on {first['gpu']}"
+        f"{r['model']}, {r['path']} path{lowered}, batch {r['batch_size']}, {r['dtype']}: "
+        f"the {top} costliest layers on {r['gpu']}",
+        f"  {'layer':<34} {'kind':<13} {'GFLOP':>8} {'MB':>9} {'FLOP/B':>7} {'us':>9}",
     ]
-    header = f"  {'layer':<34} {'kind':<10} {'GFLOP':>8} {'MB':>9} {'FLOP/B':>7} {'us':>9}"
-    lines.append(header)
-    for layer in sorted(first["layers"], key=lambda x: -x["lower_bound_us"])[:top]:
+    for layer in sorted(r["layers"], key=lambda x: -x["lower_bound_us"])[:top]:
         intensity = layer["intensity"]
         lines.append(
-            f"  {layer['name'][:34]:<34} {layer['kind']:<10} {layer['flops'] / 1e9:>8.2f} "
+            f"  {layer['name'][:34]:<34} {layer['kind']:<13} {layer['flops'] / 1e9:>8.2f} "
             f"{layer['bytes'] / 1e6:>9.1f} {'-' if intensity is None else f'{intensity:.1f}':>7} "
             f"{layer['lower_bound_us']:>9.1f}"
         )
-    lines.append("")
+    return lines + [""]
+
+
+def format_table(rows: list[dict], top: int = 10) -> str:
+    """The ``top`` costliest layers of each row's path (by lower-bound time), then every
+    path's totals: GFLOP, MB and lower-bound ms per step, per image, per epoch."""
+    lines = []
+    for r in rows:
+        lines += _costliest(r, top)
     lines.append(
         f"  {'path':<10} {'GFLOP/step':>11} {'MB/step':>10} {'ms/step':>8} "
         f"{'MB/image':>9} {'s/epoch':>8}"

@@ -192,6 +192,11 @@ def test_the_command_runs_all_three_paths(tmp_path):
     # the compile paths are lowered for a fake cuda:0 with the H100's profile
     assert [r["lowered_for"] for r in rows] == [None, "cuda:h100", "cuda:h100"]
     assert "lowers forward and backward for CUDA, NVIDIA H100 SXM profile" in out
+    # a top ten for each path, every kernel named by kind (no "other")
+    for path in ("eager path, batch 4", "compile path, lowered for cuda:h100, batch 4"):
+        assert f"c1c2c3c40, {path}, bfloat16: the 10 costliest layers" in out
+    assert "fastcifar path, lowered for cuda:h100" in out
+    assert all(x["kind"] != "other" for r in rows for x in r["layers"])
     flops = [r["flops_per_image"] for r in rows]  # the same arithmetic (Inductor may
     assert flops[1:] == pytest.approx(flops[:-1], rel=1e-3)  # decompose a tiny matmul)
     assert "moves fewest bytes" in out
