@@ -208,3 +208,34 @@ def test_chain_error_refuses_in_one_line_without_a_gpu_or_a_chain(monkeypatch, c
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert chain_error.main(["--model", "s7"]) == 2  # the seeds' blocks are conv -> ReLU -> BN
     assert "s7 has no conv-BN-activation chain" in capsys.readouterr().out
+
+
+def test_the_offline_wheel_list_is_what_fastcifar_needs_less_the_gpu_stack():
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    wheels = _load("offline_wheels")
+    assert wheels.main(["check"]) == 0, "run: python scripts/offline_wheels.py write"
+    names = {Requirement(w).name for w in wheels.wheels()}
+    # the ones README's hand-written list lacked, and the direct ones
+    assert {
+        "opencv-python-headless",
+        "matplotlib",
+        "scipy",
+        "tensorboard",
+        "tqdm",
+        "pyyaml",
+        "scikit-learn",
+        "albumentations",
+        "grad-cam",
+        "nvidia-dali-cuda130",
+    } <= names
+    assert not names & {"torch", "torchvision", "triton", "numpy"}  # the GPU machine's
+    stack = set(wheels.closure([Requirement(n) for n in wheels.STACK]))
+    for text in metadata.distribution("fastcifar").requires:
+        req = Requirement(text)
+        if req.marker is None or req.marker.evaluate({"extra": "dali"}):
+            assert wheels._norm(req.name) in names | stack, req.name
+    for name in names:  # each one a distribution that exists here
+        assert metadata.distribution(name).version
