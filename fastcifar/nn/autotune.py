@@ -38,6 +38,7 @@ from fastcifar.kernels.validate import ConvConfig, collect_conv_configs
 from fastcifar.nn.autotune_cache import DispatchCache, default_cache, environment_key
 from fastcifar.nn.fusion import FUSIONS, convert, fused_copy, summary_line
 from fastcifar.nn.kernel_guard import is_triton_failure, run_block, trial_step, validate_block
+from fastcifar.nn.modules import own_forward_convs
 
 __all__ = [
     "Decision",
@@ -329,12 +330,8 @@ def choose_kernels(
     mark_reverted(decisions, reverted)
     print("kernels: auto, measured (forward + backward, Triton against PyTorch):")
     print(format_table(decisions))
-    print(
-        summary_line(
-            {kind: len([x for x in names if x not in reverted]) for kind, names in changed.items()}
-        ),
-        flush=True,
-    )
+    counts = {kind: len([x for x in names if x not in reverted]) for kind, names in changed.items()}
+    print(summary_line(counts, own_forward_convs(model)), flush=True)
     return as_records(decisions)
 
 
@@ -380,4 +377,4 @@ def _use_triton(model, example, device, dtype, results: list, validate) -> None:
                 )
     converted = convert(model, kinds=kinds)
     counts = {kind: len(converted[kind]) for kind in kinds}
-    print(summary_line(counts), flush=True)
+    print(summary_line(counts, own_forward_convs(model)), flush=True)

@@ -43,7 +43,7 @@ from torch import nn
 
 from fastcifar.kernels.conv_bn import conv2d_prologue_stats, conv2d_relu_stats, prologue_grad
 from fastcifar.kernels.pointwise import pointwise_conv2d
-from fastcifar.nn.modules import _autocast_args, bn_prologue, config_supported
+from fastcifar.nn.modules import _autocast_args, bn_prologue, config_supported, plain_conv
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -184,7 +184,7 @@ def is_pointwise(conv: nn.Module) -> bool:
     """Whether ``conv`` is a 1x1, stride-1, unpadded, ungrouped ``nn.Conv2d``: what
     ``pointwise_conv2d`` computes."""
     return (
-        isinstance(conv, nn.Conv2d)
+        plain_conv(conv)
         and conv.kernel_size == (1, 1)
         and conv.stride == (1, 1)
         and conv.padding in ((0, 0), "valid")
@@ -198,7 +198,7 @@ def _activation_of(m: nn.Module) -> str | None:
     without one), or None when ``m`` is not such a block."""
     if type(m) not in (nn.Sequential, FusedConvBNAct) or len(m) not in (2, 3):
         return None
-    if not isinstance(m[0], nn.Conv2d) or type(m[1]) is not nn.BatchNorm2d:
+    if not plain_conv(m[0]) or type(m[1]) is not nn.BatchNorm2d:
         return None
     if m[0].out_channels != m[1].num_features:
         return None

@@ -45,6 +45,7 @@ from fastcifar.nn.modules import (
     is_conv_bn,
     is_conv_relu_bn,
     is_depthwise_separable,
+    plain_conv,
     swap_convolutions,
 )
 
@@ -120,7 +121,7 @@ def _swap_outside_fused(model: nn.Module, only: set[str] | None) -> list[str]:
         if runs_triton(m) and not isinstance(m, Conv2d)
         for child, _ in m.named_children()
     }
-    candidates = {n for n, m in model.named_modules() if type(m) is nn.Conv2d} - inside
+    candidates = {n for n, m in model.named_modules() if plain_conv(m)} - inside
     return swap_convolutions(model, only=candidates if only is None else candidates & only)
 
 
@@ -172,7 +173,7 @@ FUSIONS: tuple[FusionKind, ...] = (
     FusionKind(
         "conv",
         "convolutions in Triton",
-        _blocks_where(lambda m: type(m) is nn.Conv2d and config_supported(m)),
+        _blocks_where(lambda m: plain_conv(m) and config_supported(m)),
         lambda name: name,
         _swap_outside_fused,
         lambda m: isinstance(m, Conv2d) and m.uses_triton,
@@ -236,13 +237,21 @@ def revert_all(model: nn.Module) -> None:
         revert_to_torch(m)
 
 
-def summary_line(counts: dict[str, int]) -> str:
+def summary_line(counts: dict[str, int], own_forward: list[str] = ()) -> str:
     """The console's line for {kind: units converted}: convolutions first, then each
-    fused kind ``counts`` has."""
+    fused kind ``counts`` has; then the convolutions left on PyTorch because their class
+    has a forward of its own (``own_forward``: ``modules.own_forward_convs``), and why."""
     fused = [
         f"{counts[k.name]} {k.label}" for k in FUSIONS if k.name != "conv" and k.name in counts
     ]
-    return (
+    line = (
         f"kernels: {counts.get('conv', 0)} convolutions in Triton, {', '.join(fused)} "
         f"fused; the rest PyTorch's"
     )
+    if own_forward:
+        names = ", ".join(own_forward[:3]) + (", ..." if len(own_forward) > 3 else "")
+        line += (
+            f" ({len(own_forward)} nn.Conv2d subclasses with a forward of their own stay "
+            f"on PyTorch: the kernels cannot know what it computes: {names})"
+        )
+    return line

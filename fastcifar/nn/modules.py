@@ -99,11 +99,38 @@ class Conv2d(nn.Conv2d):
         return new
 
 
+def plain_conv(module: nn.Module) -> bool:
+    """Whether ``module`` computes exactly ``nn.Conv2d``'s convolution: an ``nn.Conv2d``,
+    or a subclass overriding neither ``forward`` nor ``_conv_forward`` (one that only
+    initialises its weight its own way, as the speed run's ``DiracConv``), and not
+    already fastcifar's ``Conv2d``."""
+    cls = type(module)
+    return (
+        isinstance(module, nn.Conv2d)
+        and not isinstance(module, Conv2d)
+        and cls.forward is nn.Conv2d.forward
+        and cls._conv_forward is nn.Conv2d._conv_forward
+    )
+
+
+def own_forward_convs(model: nn.Module) -> list[str]:
+    """The qualified names of ``model``'s ``nn.Conv2d`` subclasses with a ``forward`` (or
+    ``_conv_forward``) of their own: the kernels cannot know what it computes, so they
+    stay on PyTorch."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and not isinstance(m, Conv2d) and not plain_conv(m)
+    ]
+
+
 def swap_convolutions(model: nn.Module, only: set[str] | None = None) -> list[str]:
-    """Replace every supported ``nn.Conv2d`` in ``model`` by ``Conv2d``, in place.
+    """Replace every supported plain convolution in ``model`` (``plain_conv``: an
+    ``nn.Conv2d`` or a subclass that keeps its forward) by ``Conv2d``, in place.
 
     The parameters are shared, not copied: optimizers built before or after see the same
-    tensors, and state dicts keep their keys. Subclasses of ``nn.Conv2d`` are left alone.
+    tensors, and state dicts keep their keys. Subclasses with a forward of their own are
+    left alone (``own_forward_convs``).
 
     Args:
         model: any module; its ``nn.Conv2d`` children at any depth are candidates.
@@ -118,7 +145,7 @@ def swap_convolutions(model: nn.Module, only: set[str] | None = None) -> list[st
             qualified = f"{parent_name}.{name}" if parent_name else name
             if only is not None and qualified not in only:
                 continue
-            if type(child) is nn.Conv2d and config_supported(child):
+            if plain_conv(child) and config_supported(child):
                 setattr(parent, name, Conv2d.from_conv(child))
                 swapped.append(qualified)
     return swapped
@@ -193,7 +220,7 @@ def _conv_then(m: nn.Module, *after: type) -> bool:
     return (
         type(m) is nn.Sequential
         and len(m) == 1 + len(after)
-        and isinstance(m[0], nn.Conv2d)
+        and plain_conv(m[0])
         and config_supported(m[0])
         and all(type(child) is cls for child, cls in zip(m[1:], after, strict=True))
     )
@@ -272,12 +299,12 @@ def is_depthwise_separable(m: nn.Module) -> bool:
         return False
     dw, pw = m[0], m[-1]
     return (
-        isinstance(dw, nn.Conv2d)
+        plain_conv(dw)
         and config_supported(dw)
         and dw.kernel_size == (3, 3)
         and dw.groups == dw.in_channels == dw.out_channels
         and dw.bias is None
-        and isinstance(pw, nn.Conv2d)
+        and plain_conv(pw)
         and pw.kernel_size == (1, 1)
         and pw.stride == (1, 1)
         and pw.groups == 1

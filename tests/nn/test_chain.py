@@ -297,3 +297,19 @@ def test_fast_zoo_recipe_trains_with_triton_chains_as_with_torch(tmp_path, capsy
     # sums) errs 1.6e-5: ReLU kinks at outputs that are 0 in exact arithmetic (with SiLU
     # instead, 8.6e-6 against 9.1e-6; at 4 images 1.1e-5 as PyTorch's; RESULTS.md)
     assert losses["triton"][1] == pytest.approx(losses["torch"][1], rel=2e-3)
+
+
+def test_a_convolution_with_a_forward_of_its_own_ends_no_link():
+    from fastcifar.models.speedrun import DiracConv
+
+    class Doubled(nn.Conv2d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    def unit(conv):
+        return nn.Sequential(conv, nn.BatchNorm2d(8), nn.ReLU())
+
+    plain = nn.Sequential(unit(nn.Conv2d(8, 8, 1)), unit(DiracConv(8, 8)))
+    assert find_links(plain) == [("0", "1")]  # a subclass that only initialises: linked
+    odd = nn.Sequential(unit(nn.Conv2d(8, 8, 1)), unit(Doubled(8, 8, 3, padding=1)))
+    assert find_links(odd) == []

@@ -75,6 +75,32 @@ def test_swap_keeps_weights_keys_and_outputs():
     torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
 
 
+def test_a_conv2d_subclass_converts_when_its_forward_is_the_convolution():
+    from fastcifar.models.speedrun import DiracConv
+    from fastcifar.nn.fusion import summary_line
+    from fastcifar.nn.modules import own_forward_convs, plain_conv
+
+    class Doubled(nn.Conv2d):  # a forward of its own: not what the kernels compute
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(DiracConv(8, 8), Doubled(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3))
+    x = torch.randn(2, 8, 8, 8, device=DEVICE)
+    model = model.to(DEVICE)
+    before = model(x)
+    assert [plain_conv(m) for m in model] == [True, False, True]
+    assert swap_convolutions(model) == ["0", "2"]  # the speed run's convolutions convert
+    assert isinstance(model[0], Conv2d) and type(model[1]) is Doubled
+    torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
+    assert own_forward_convs(model) == ["1"]
+    line = summary_line({"conv": 2}, own_forward_convs(model))
+    assert "1 nn.Conv2d subclasses with a forward of their own stay on PyTorch" in line
+    assert line.endswith(": 1)") and swap_convolutions(model) == []  # nothing left to swap
+    speedrun = create_model("speedrun94")
+    assert len(swap_convolutions(speedrun)) == 6 and own_forward_convs(speedrun) == []
+
+
 def test_s7_training_steps_match_torch_convolutions():
     """An SGD step of s7: its gradients agree per convolution, the loss before and after."""
     torch.manual_seed(0)
