@@ -15,19 +15,14 @@ from fastcifar.roofline.fake_cuda import check_torch, fake_cuda, fake_cuda_tenso
 from fastcifar.roofline.gpus import GPUS, get_gpu
 from fastcifar.roofline.ledger import StepSetup
 from tests.conftest import run_train
+from tests.roofline.test_roofline import _setup as step_setup
 
 TORCH_2_14 = torch.__version__.startswith("2.14")
 
 
 def _setup(model: nn.Module, amp=torch.bfloat16, batch=4) -> StepSetup:
-    return StepSetup(
-        model,
-        "test",
-        lambda out, y: out.float().mean(),
-        lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
-        batch,
-        amp_dtype=amp,
-    )
+    """test_roofline's step (a mean loss, plain SGD), in bfloat16 unless told."""
+    return step_setup(model, amp=amp, batch=batch)
 
 
 def _block() -> nn.Module:
