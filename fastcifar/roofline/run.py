@@ -86,13 +86,17 @@ def report_target(options, device: str) -> tuple[Gpu | None, str]:
     the device summary.json names) and path; a CPU run, the eager path on the GPU
     ``options.roofline_gpu`` names (the compile paths would cost an Inductor compile on the
     CPU for a GPU the run never used), or no GPU at all when it names none. An asked GPU
-    wins over the run's own."""
+    wins over the run's own. A GPU without a CUDA profile (the MI300X) gets the eager
+    path: the compile paths lower for CUDA only."""
     on_gpu = bool(device) and not device.lower().startswith("cpu")
+    gpu, path = None, "eager"
     if options.roofline_gpu:
-        return get_gpu(options.roofline_gpu), run_path(options) if on_gpu else "eager"
-    if on_gpu:
-        return gpu_for_device(device), run_path(options)
-    return None, "eager"
+        gpu, path = get_gpu(options.roofline_gpu), run_path(options) if on_gpu else "eager"
+    elif on_gpu:
+        gpu, path = gpu_for_device(device), run_path(options)
+    if gpu is not None and gpu.cuda is None:
+        path = "eager"
+    return gpu, path
 
 
 def count_run(run_dir: Path, recipe, options, device: str = "") -> dict | None:

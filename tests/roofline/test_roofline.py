@@ -341,6 +341,17 @@ def test_a_cpu_run_models_no_gpu_unless_asked_and_never_compiles(tmp_path, monke
     assert calls == [("eager",)] and row["gpu"] == "a100" and row["path"] == "eager"
 
 
+def test_a_rocm_runs_report_models_the_eager_path():
+    from fastcifar.options import RunOptions
+    from fastcifar.roofline.run import report_target
+
+    options = RunOptions(compile=True, compile_backend="inductor", amp=True)
+    gpu, path = report_target(options, "AMD Instinct MI300X")
+    assert (gpu.key, path) == ("mi300x", "eager")  # the compile paths lower for CUDA only
+    gpu, path = report_target(options, "NVIDIA H100 80GB HBM3")
+    assert (gpu.key, path) == ("h100", "compile")
+
+
 def test_device_names_map_to_the_table():
     from fastcifar.roofline.gpus import gpu_for_device
 
