@@ -90,11 +90,20 @@ def _mb(value: float) -> str:
     return f"{value / 1e6:.2f}"
 
 
+def _epoch_floor_s(row: dict, gpu) -> float:
+    """One epoch's floor of a JSON row on ``gpu`` (the row's own is for the GPU it was
+    counted for: the speed runs' is an A100)."""
+    from fastcifar.roofline.gpus import sum_lower_bound_s
+
+    step = sum_lower_bound_s(((x["flops"], x["bytes"]) for x in row["layers"]), gpu)
+    return step * row["steps_per_epoch"]
+
+
 def recipes_table(data: dict[str, dict]) -> str:
     """RESULTS: per recipe, GFLOP and MB per image a step on each path (the compile paths
     lowered for CUDA, the CPU-lowered figure beside), fastcifar/compile, and one epoch's
     floor on an H100 SXM."""
-    from fastcifar.roofline.gpus import get_gpu, sum_lower_bound_s
+    from fastcifar.roofline.gpus import get_gpu
 
     h100 = get_gpu("h100")
     lines = [
@@ -106,10 +115,7 @@ def recipes_table(data: dict[str, dict]) -> str:
     for name, d in data.items():
         r, cpu = _rows(d), d["cpu_lowered"]
         e, c, f = r["eager"], r["compile"], r["fastcifar"]
-        floors = " / ".join(
-            f"{sum_lower_bound_s(((x['flops'], x['bytes']) for x in r[p]['layers']), h100) * r[p]['steps_per_epoch']:.2f}"  # noqa: E501
-            for p in PATHS
-        )
+        floors = " / ".join(f"{_epoch_floor_s(r[p], h100):.2f}" for p in PATHS)
         lines.append(
             f"| {name} | {e['batch_size']} | {e['flops_per_image'] / 1e9:.3f} "
             f"| {_mb(e['bytes_per_image'])} | {_mb(c['bytes_per_image'])} "

@@ -213,9 +213,6 @@ def count_step(
                 continue
             for row in outside:
                 ledger.rows.setdefault((row.name, row.kind), copy.copy(row))
-        rows = list(ledger.rows.values())
-        counts[path] = StepCount(
-            setup.name, path, setup.batch_size, setup.dtype_name, setup.channels_last, rows
-        )
-        counts[path].lowered_for = ledger.lowered_for
+        step = (setup.name, path, setup.batch_size, setup.dtype_name, setup.channels_last)
+        counts[path] = StepCount(*step, list(ledger.rows.values()), ledger.lowered_for)
     return counts

@@ -27,7 +27,7 @@ import torch
 from fastcifar.errors import FastCifarError
 from fastcifar.roofline.gpus import Gpu
 
-__all__ = ["SUPPORTED_TORCH", "check_torch", "fake_cuda", "fake_cuda_tensor"]
+__all__ = ["SUPPORTED_TORCH", "check_torch", "fake_cuda", "fake_cuda_tensor", "require_cuda"]
 
 # torch releases whose private device layer these patches were written against: the
 # development and CI stack (2.14) and the GPU machines' (2.11)
@@ -44,6 +44,17 @@ def check_torch(version: str | None = None) -> None:
             f"the roofline's compile paths lower for CUDA through Inductor internals "
             f"tested on torch {' and '.join(SUPPORTED_TORCH)}, not {version}: count "
             f"--paths eager, or install one of those"
+        )
+
+
+def require_cuda(gpu: Gpu) -> None:
+    """Raises ``FastCifarError`` unless this torch is one of ``SUPPORTED_TORCH`` and
+    ``gpu`` has a CUDA profile (what ``fake_cuda`` needs)."""
+    check_torch()
+    if gpu.cuda is None:
+        raise FastCifarError(
+            f"the compile paths lower for CUDA, and the {gpu.name} is not a CUDA GPU: "
+            f"count --paths eager for it, or pick a CUDA --gpu"
         )
 
 
@@ -114,12 +125,7 @@ def fake_cuda(gpu: Gpu) -> Iterator[None]:
     Raises:
         FastCifarError: a torch not in ``SUPPORTED_TORCH``, or a GPU with no CUDA profile.
     """
-    check_torch()
-    if gpu.cuda is None:
-        raise FastCifarError(
-            f"the compile paths lower for CUDA, and the {gpu.name} is not a CUDA GPU: "
-            f"count --paths eager for it, or pick a CUDA --gpu"
-        )
+    require_cuda(gpu)
     from torch._dynamo.device_interface import CudaInterface
 
     props = _properties(gpu)

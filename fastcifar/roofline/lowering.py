@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fastcifar.roofline.autocast import cast_graph
-from fastcifar.roofline.fake_cuda import check_torch, fake_cuda, fake_cuda_tensor
+from fastcifar.roofline.fake_cuda import fake_cuda, fake_cuda_tensor, require_cuda
 from fastcifar.roofline.gpus import Gpu
 from fastcifar.roofline.inductor import _InductorHook, _triton_recorded, fastcifar_op_costs
 from fastcifar.roofline.ledger import StepSetup, _Ledger, _Recorder, fused_kinds, module_kinds
@@ -190,10 +190,7 @@ def compiled_count(
         RuntimeError: Inductor failed to lower a graph (never a silent fallback).
     """
     if gpu is not None:
-        check_torch()
-        if gpu.cuda is None:
-            with fake_cuda(gpu):  # raises: not a CUDA GPU
-                pass
+        require_cuda(gpu)  # before any tracing
     ledger = _Ledger()
     recorder = _Recorder(ledger, module_kinds(model))
     recorder.fused = fused_kinds(model)
