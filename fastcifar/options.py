@@ -30,6 +30,7 @@ __all__ = [
     "Registry",
     "RunOptions",
     "add_field_flags",
+    "check_field",
     "check_fields",
     "flag_name",
     "option",
@@ -110,36 +111,45 @@ def _range(bounds: dict) -> str:
 
 
 def check_fields(obj, registries: bool = True) -> None:
-    """Check every field of dataclass ``obj`` that has choices or bounds in its metadata;
-    ``registries=False`` leaves out the choices a ``Registry`` names (checking them
-    imports their modules, and so torch).
+    """Check every field of dataclass ``obj`` that has choices or bounds in its metadata
+    (``check_field``); ``registries=False`` leaves out the choices a ``Registry`` names
+    (checking them imports their modules, and so torch).
 
     Raises:
         FastCifarError: one line naming the flag, the value and the valid choices or
             range (a NaN fails any bound).
     """
     for f in dataclasses.fields(obj):
-        value, meta = getattr(obj, f.name), f.metadata
-        choices = meta.get("choices")
-        if isinstance(choices, Registry) and not registries:
-            choices = None
-        if choices is not None and value is not None and value not in choices:
-            shown = (
-                f"unknown {f.name} {value!r}"
-                if isinstance(choices, Registry)
-                else f"{flag_name(f.name)} {value!r} is not valid"
-            )
-            raise FastCifarError(f"{shown}: choose one of {', '.join(choices)}")
-        bounds = meta.get("bounds") or {}
-        if not bounds or value is None or isinstance(value, bool):
-            continue
-        ok = not (isinstance(value, float) and math.isnan(value))
-        ok = ok and value >= bounds.get("min", -math.inf) and value <= bounds.get("max", math.inf)
-        ok = ok and value > bounds.get("above", -math.inf) and value < bounds.get("below", math.inf)
-        if not ok:
-            raise FastCifarError(
-                f"{flag_name(f.name)} {value:g} is out of range: pass {_range(bounds)}"
-            )
+        check_field(f, getattr(obj, f.name), registries)
+
+
+def check_field(f: dataclasses.Field, value, registries: bool = True) -> None:
+    """Check ``value`` against the choices and bounds in field ``f``'s metadata.
+
+    Raises:
+        FastCifarError: as ``check_fields``.
+    """
+    meta = f.metadata
+    choices = meta.get("choices")
+    if isinstance(choices, Registry) and not registries:
+        choices = None
+    if choices is not None and value is not None and value not in choices:
+        shown = (
+            f"unknown {f.name} {value!r}"
+            if isinstance(choices, Registry)
+            else f"{flag_name(f.name)} {value!r} is not valid"
+        )
+        raise FastCifarError(f"{shown}: choose one of {', '.join(choices)}")
+    bounds = meta.get("bounds") or {}
+    if not bounds or value is None or isinstance(value, bool):
+        return
+    ok = not (isinstance(value, float) and math.isnan(value))
+    ok = ok and value >= bounds.get("min", -math.inf) and value <= bounds.get("max", math.inf)
+    ok = ok and value > bounds.get("above", -math.inf) and value < bounds.get("below", math.inf)
+    if not ok:
+        raise FastCifarError(
+            f"{flag_name(f.name)} {value:g} is out of range: pass {_range(bounds)}"
+        )
 
 
 def field_type(f: dataclasses.Field):

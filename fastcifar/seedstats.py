@@ -40,7 +40,7 @@ def describe(values: list[float]) -> dict:
 
 
 def load_runs(sweep_dir: Path) -> list[dict]:
-    """{run, seed, accuracy, seconds, device} of each finished run under ``sweep_dir``
+    """{run, seed, accuracy, seconds, device, node} of each finished run under ``sweep_dir``
     (a directory holding summary.json and config.json), sorted by directory name."""
     runs = []
     for summary_path in sorted(Path(sweep_dir).glob("*/summary.json")):
@@ -58,9 +58,19 @@ def load_runs(sweep_dir: Path) -> list[dict]:
                 "fastcifar_seconds": fastcifar,
                 "record_seconds": record,
                 "device": summary["device"],
+                # the Ray node that ran it (fastcifar.engine.cluster writes ray.json)
+                "node": _node(summary_path.parent),
             }
         )
     return runs
+
+
+def _node(run_dir: Path) -> str | None:
+    """The Ray node id of a sweep's run (its ray.json), None for a run without one."""
+    try:
+        return json.loads((run_dir / "ray.json").read_text())["node_id"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def summarise(runs: list[dict], target: float) -> dict:
@@ -79,6 +89,7 @@ def summarise(runs: list[dict], target: float) -> dict:
         "reached": reached,
         "fraction_reached": reached / len(runs),
         "devices": sorted({r["device"] for r in runs}),
+        "nodes": sorted({r["node"] for r in runs if r.get("node")}),
     }
 
 
@@ -87,7 +98,8 @@ def format_markdown(stats: dict, title: str) -> str:
     lines = [
         f"# {title}",
         "",
-        f"{a['n']} runs on {', '.join(stats['devices'])}.",
+        f"{a['n']} runs on {', '.join(stats['devices'])}"
+        + (f", on {len(stats['nodes'])} Ray node(s)." if stats.get("nodes") else "."),
         "",
         "| | mean | std | 95 % interval of the mean |",
         "|---|---|---|---|",

@@ -1,39 +1,38 @@
-"""Seed sweeps over every GPU: ``python -m fastcifar.sweep --recipe speedrun94 --seeds 25``.
+"""Seed sweeps on Ray: ``python -m fastcifar.sweep --recipe speedrun94 --seeds 25``.
 
-Runs seeds 1..N of a recipe as independent ``fastcifar.train`` processes, one at a time
-per visible GPU (``--gpus all``, a count, or a comma-separated list of CUDA device
-indices; one at a time on a CPU), each pinned to its GPU with ``CUDA_VISIBLE_DEVICES``,
-with a progress bar over runs. Every run is a normal run directory ``OUT/seed-K`` (its
-log in ``OUT/seed-K.log``); when all have ended the sweep writes ``OUT/sweep.json`` and
-``OUT/sweep.md`` (``fastcifar.seedstats``: per-run accuracy and seconds, mean, standard
-deviation, 95 % interval, fraction at or above the target).
+Runs seeds 1..N of a recipe as independent fastcifar runs, each a Ray Tune trial
+(``fastcifar.engine.cluster.train_trial``, one GPU each where there are GPUs, else
+``--cpus-per-run`` CPUs), over every GPU of this machine (a local Ray; ``--gpus all``, a
+count, or a comma-separated list of CUDA device indices) or of every node of a Ray
+cluster (``--address auto`` or ``HOST:PORT``). Every run is a normal run directory
+``OUT/seed-K`` (its log in ``OUT/seed-K.log``; ``ray.json`` there names the node that ran
+it); when all have ended the sweep writes ``OUT/sweep.json`` and ``OUT/sweep.md``
+(``fastcifar.seedstats``: per-run accuracy and seconds, mean, standard deviation, 95 %
+interval, fraction at or above the target).
 
-Flags it does not know are passed to every ``fastcifar.train`` (``--amp --compile
---data PATH --epochs 4``...). Resuming: run the same command with ``--out OUT``: finished
-runs (``summary.json``) are not repeated, a run stopped after an epoch continues from its
-checkpoint (``--resume``), and one stopped before its first checkpoint starts again.
+Flags it does not know are the train command's, for every run (``--amp --compile --data
+PATH --epochs 4``...). Resuming: run the same command with ``--out OUT``: finished runs
+(``summary.json``) are not repeated, a run stopped after an epoch continues from its
+checkpoint, and one stopped before its first checkpoint starts again; a run whose worker
+dies is retried from its checkpoint (``--max-failures``).
 
-Bad input ends in one line, exit status 2; a failed run is reported (its log named) and
-the others go on; the exit status is then 1.
+Bad input ends in one line, exit status 2, before Ray starts; a failed run is reported
+(its log named) and the others go on; the exit status is then 1.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from queue import Empty, Queue
 
 from fastcifar.cli import CommandParser, prog_name
-from fastcifar.errors import FastCifarError, run_cli
-from fastcifar.recipes import RECIPES, get_recipe
+from fastcifar.errors import FastCifarError, Interrupted, first_line, run_cli
+from fastcifar.recipes import RECIPES
 from fastcifar.seedstats import load_runs, one_line, summarise, write_report
 
-__all__ = ["gpu_list", "main", "run_command"]
+__all__ = ["gpu_list", "main", "pending_seeds"]
 
 
 def gpu_list(spec: str | None) -> list[str | None]:
@@ -69,68 +68,38 @@ def gpu_list(spec: str | None) -> list[str | None]:
     return ids
 
 
-def run_command(recipe: str, seed: int, run_dir: Path, extra: list[str]) -> list[str]:
-    """The ``fastcifar.train`` command of one run: a new run, or ``--resume`` of one that
-    saved a checkpoint (its config holds every flag)."""
-    if (run_dir / "last.pt").exists() and (run_dir / "config.json").exists():
-        return [sys.executable, "-m", "fastcifar.train", "--resume", str(run_dir), "--no-evaluate"]
-    return [
-        sys.executable,
-        "-m",
-        "fastcifar.train",
-        "--recipe",
-        recipe,
-        "--seed",
-        str(seed),
-        "--out",
-        str(run_dir),
-        "--no-evaluate",
-        *extra,
-    ]
+def pending_seeds(out: Path, seeds: int) -> list[int]:
+    """The seeds of 1..``seeds`` whose run under ``out`` has not finished (no
+    ``seed-K/summary.json``)."""
+    return [k for k in range(1, seeds + 1) if not (out / f"seed-{k}" / "summary.json").exists()]
 
 
-def _pending(out: Path, seeds: int) -> list[int]:
-    todo = []
-    for seed in range(1, seeds + 1):
-        run_dir = out / f"seed-{seed}"
-        if (run_dir / "summary.json").exists():
-            continue
-        if run_dir.exists() and not (run_dir / "last.pt").exists():
-            shutil.rmtree(run_dir)  # stopped before its first checkpoint: start again
-        todo.append(seed)
-    return todo
-
-
-def _worker(gpu, queue: Queue, out: Path, recipe: str, extra: list[str], results: dict, bar):
-    while True:
-        try:
-            seed = queue.get_nowait()
-        except Empty:
-            return
-        run_dir = out / f"seed-{seed}"
-        env = dict(os.environ)
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
-        with open(out / f"seed-{seed}.log", "a") as log:
-            code = subprocess.call(
-                run_command(recipe, seed, run_dir, extra),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        results[seed] = code
-        bar.update(1)
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> CommandParser:
     p = CommandParser(
         prog=prog_name("fastcifar.sweep"),
-        description="Run seeds 1..N of a recipe, one process per GPU, and report the "
-        "statistics over them. Unknown flags go to every fastcifar.train.",
+        description="Run seeds 1..N of a recipe on Ray (every GPU here, or every node of a "
+        "cluster) and report the statistics over them. Unknown flags go to every run's "
+        "fastcifar.train.",
     )
     p.add_argument("--recipe", required=True, help=f"one of {', '.join(RECIPES)}")
     p.add_argument("--seeds", type=int, required=True, metavar="N", help="run seeds 1..N")
-    p.add_argument("--gpus", default="all", help="all (default), none, a count, or 0,1,...")
+    p.add_argument(
+        "--gpus", default="all", help="local Ray: all (default), none, a count, or 0,1,..."
+    )
+    p.add_argument(
+        "--cpus-per-run", type=float, default=1.0, metavar="X", help="CPUs each run holds [1]"
+    )
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        metavar="N",
+        help="retries of a run whose worker died, from its last checkpoint [2]",
+    )
+    p.add_argument(
+        "--address", help="a Ray cluster to join: auto or HOST:PORT (default: a local Ray)"
+    )
+    p.add_argument("--storage", help="where Ray keeps the sweep's state: a path every node sees")
     p.add_argument(
         "--out",
         help="sweep directory (default runs/sweep-RECIPE-DATE-TIME); an existing one is resumed",
@@ -140,41 +109,37 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="accuracy target in percent (default: the recipe's expected accuracy, else 94)",
     )
-    args, extra = p.parse_known_args(argv)
-    recipe = get_recipe(args.recipe)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = build_parser().parse_known_args(argv)
     if args.seeds < 1:
         raise FastCifarError(f"--seeds {args.seeds} is below 1: pass 1 or more")
-    if "--seed" in extra or "--out" in extra or "--resume" in extra:
-        raise FastCifarError("--seed, --out and --resume are the sweep's own: drop them")
-    gpus = gpu_list(args.gpus)
+    if "--seed" in extra:
+        raise FastCifarError("--seed is the sweep's own (seeds 1..N): drop it")
+    if args.cpus_per_run <= 0:
+        raise FastCifarError(f"--cpus-per-run {args.cpus_per_run:g}: pass a number above 0")
+    from fastcifar.train_flags import recipe_and_options
+
+    recipe, options = recipe_and_options(args.recipe, extra, "fastcifar.sweep")
+    gpus = gpu_list(args.gpus) if args.address is None else None
     target = args.target if args.target is not None else (recipe.expected_accuracy or 94.0)
-    out = Path(args.out or f"runs/sweep-{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out or f"runs/sweep-{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    todo = _pending(out, args.seeds)
-    where = "the CPU" if gpus == [None] else f"GPU(s) {', '.join(gpus)}"
+    todo = pending_seeds(out, args.seeds)
+    where = (
+        f"the Ray cluster at {args.address}"
+        if gpus is None
+        else ("the CPU" if gpus == [None] else f"GPU(s) {', '.join(gpus)}")
+    )
     print(
         f"sweep: {recipe.name}, seeds 1..{args.seeds} ({len(todo)} to run) on {where}, into {out}",
         flush=True,
     )
-    from tqdm.auto import tqdm
-
-    queue: Queue = Queue()
-    for seed in todo:
-        queue.put(seed)
-    results: dict[int, int] = {}
-    bar = tqdm(total=args.seeds, initial=args.seeds - len(todo), unit="run", desc="sweep")
-    threads = [
-        threading.Thread(target=_worker, args=(g, queue, out, recipe.name, extra, results, bar))
-        for g in gpus
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    bar.close()
-    failed = sorted(s for s, code in results.items() if code != 0)
-    for seed in failed:
-        print(f"sweep: seed {seed} failed (exit {results[seed]}); see {out}/seed-{seed}.log")
+    failed = _run(args, recipe, options, out, todo, gpus) if todo else {}
+    for seed, error in sorted(failed.items()):
+        print(f"sweep: seed {seed} failed ({error}); see {out}/seed-{seed}.log")
     runs = load_runs(out)
     if not runs:
         raise FastCifarError(f"no run of {out} finished: see the seed-K.log files there")
@@ -182,6 +147,56 @@ def main(argv: list[str] | None = None) -> int:
     write_report(out, stats, f"{recipe.name}: {len(runs)} seeds")
     print(f"sweep: {one_line(stats, out)}")
     return 1 if failed else 0
+
+
+def _run(args, recipe, options, out: Path, todo: list[int], gpus) -> dict[int, str]:
+    """The pending seeds as Ray Tune trials; returns {seed: error} of those that failed.
+
+    Raises:
+        Interrupted: Ctrl-C (the runs' checkpoints are kept: the same command continues).
+    """
+    from fastcifar.engine import cluster
+
+    if gpus is not None and gpus != [None]:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)  # the local Ray's GPUs
+    local_gpus = None if gpus is None else (0 if gpus == [None] else len(gpus))
+    ray = cluster.connect("fastcifar.sweep", args.address, num_gpus=local_gpus)
+    try:
+        from ray import tune
+
+        gpu = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
+        spec = cluster.TrialSpec(recipe, options, str(out), by_seed=True)
+        trainable = tune.with_resources(
+            tune.with_parameters(cluster.train_trial, spec=spec),
+            {"cpu": args.cpus_per_run, "gpu": gpu},
+        )
+        storage = Path(args.storage).resolve() if args.storage else out
+        name = f"ray-{out.name}" if args.storage else "ray"
+        lines = cluster.trial_lines(
+            "sweep", lambda t: f"seed {t.config['seed']}", lambda t: recipe.epochs
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"seed": tune.grid_search(todo)},
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(storage),
+                failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=0,
+                callbacks=[lines],
+            ),
+        )
+        grid = tuner.fit()
+        ended = cluster.ended_trials(grid, storage / name)
+        if any(status not in ("TERMINATED", "ERROR") for _, _, status in ended):
+            raise Interrupted(
+                f"interrupted: the finished runs and every run's last epoch are kept in {out}; "
+                f"continue with the same command and --out {out}"
+            )
+        return {r.config["seed"]: first_line(r.error) for _, r, _ in ended if r.error is not None}
+    finally:
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,104 +29,18 @@ from typing import TYPE_CHECKING
 # Only torch-free modules at the top: --help, --version and a mistyped flag answer before
 # torch, triton or DALI are imported (tests/test_cli.py holds this). The rest is imported
 # where the training starts.
-from fastcifar import __version__
-from fastcifar.cli import CommandParser, first_sentence, help_columns, process_age_s, prog_name
+from fastcifar.cli import process_age_s
 from fastcifar.engine.runlock import RunLock
 from fastcifar.errors import FastCifarError, Interrupted, run_cli
 from fastcifar.evaluation.report import CIFAR10_TEST, CIFAR10_TRAIN, wall_time
-from fastcifar.options import RunOptions, add_field_flags, check_fields, flag_name
-from fastcifar.recipes import (
-    DEFAULT_RECIPE,
-    RECIPE_DOCS,
-    RECIPES,
-    Recipe,
-    get_recipe,
-    overridable_fields,
-)
+from fastcifar.options import RunOptions, flag_name
+from fastcifar.recipes import DEFAULT_RECIPE, Recipe, get_recipe
+from fastcifar.train_flags import build_parser, recipe_overrides, run_options
 from fastcifar.units import number, plural, rate
 
 if TYPE_CHECKING:
     from fastcifar.engine import distributed
     from fastcifar.engine.trainer import Trainer
-
-
-def run_options(args: argparse.Namespace, **fixed) -> RunOptions:
-    """The ``RunOptions`` the flags give (fields not given keep their defaults), with
-    ``fixed`` fields set.
-
-    Raises:
-        FastCifarError: a value out of its bounds (``options.check_fields``).
-    """
-    given = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(RunOptions)
-        if f.metadata["flag"] and getattr(args, f.name) is not None
-    }
-    options = RunOptions(**given, **fixed)
-    check_fields(options)
-    return options
-
-
-def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
-    """The command's parser; each recipe-field flag's help ends with ``recipe``'s value
-    (the default recipe's when ``recipe`` is None or unknown)."""
-    shown = RECIPES.get(recipe or DEFAULT_RECIPE, RECIPES[DEFAULT_RECIPE])
-    columns = help_columns()
-    indent = max(map(len, RECIPES)) + 4
-    recipes = "\n".join(
-        textwrap.fill(
-            first_sentence(RECIPE_DOCS[name]),
-            columns,
-            subsequent_indent=" " * indent,
-            initial_indent=f"  {name:<{indent - 2}}",
-        )
-        for name in RECIPES
-    )
-    p = CommandParser(
-        prog=prog_name("fastcifar.train", "fastcifar-train"),
-        usage="%(prog)s [--recipe NAME] [--resume RUN_DIR] [options]",
-        description="Train a CIFAR-10 classifier from a named recipe.",
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(
-            prog, max_help_position=32, width=columns
-        ),
-        epilog=f"recipes (default {DEFAULT_RECIPE}):\n{recipes}",
-    )
-    p.add_argument("--version", action="version", version=f"fastcifar {__version__}")
-    p.add_argument("--recipe", metavar="NAME", help=f"recipe name (default {DEFAULT_RECIPE})")
-    p.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue RUN_DIR from its last completed epoch, with its own config",
-    )
-    p.add_argument(
-        "--evaluate",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="after training, write the evaluation figures and report.html into "
-        "the run directory (python -m fastcifar.evaluate; default on)",
-    )
-    p.add_argument(
-        "--cam-layers",
-        help="comma-separated Grad-CAM layers for the evaluation "
-        "(default: the model's last convolutional block)",
-    )
-    run = p.add_argument_group('how the run trains (saved in config.json as "run")')
-    add_field_flags(run, RunOptions, RunOptions(), checked=True)
-    group = p.add_argument_group(
-        f"recipe fields (each overrides the recipe's value; in brackets {shown.name}'s: "
-        f"`--recipe R --help` shows R's)"
-    )
-    names = tuple(f.name for f in overridable_fields())
-    add_field_flags(group, Recipe, shown, dest=lambda name: f"r_{name}", only=names)
-    return p
-
-
-def _recipe_overrides(args: argparse.Namespace) -> dict:
-    return {
-        f.name: getattr(args, f"r_{f.name}")
-        for f in overridable_fields()
-        if getattr(args, f"r_{f.name}") is not None
-    }
 
 
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
@@ -137,7 +50,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe")
     args = build_parser(pre.parse_known_args(argv)[0].recipe).parse_args(argv)
-    overrides = _recipe_overrides(args)
+    overrides = recipe_overrides(args)
     run_options(args)  # every flag's bounds, before anything starts
     from fastcifar.engine import distributed
 

@@ -107,11 +107,17 @@ def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def make_tree(root: Path, per_class: int = 2, suffix: str = ".png", seed: int = 0) -> dict:
-    """An image-folder tree of random 32x32 RGB images; returns {split: (images, labels)}."""
+def make_tree(
+    root: Path, per_class: int = 2, suffix: str = ".png", seed: int = 0, signal: float = 0.0
+) -> dict:
+    """An image-folder tree of random 32x32 RGB images; returns {split: (images, labels)}.
+    ``signal`` (0 to 1): how much of each image is its class's own colour pattern rather
+    than noise (0: noise only; 0.5: a model learns the classes within a few steps)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
+    patterns = np.random.default_rng(1234).integers(0, 256, (len(CLASSES), 4, 4, 3))
+    patterns = np.kron(patterns, np.ones((8, 8, 1)))  # 4x4 blocks of 8x8 pixels
     out = {}
     for split in ("train", "test"):
         images, labels = [], []
@@ -119,7 +125,8 @@ def make_tree(root: Path, per_class: int = 2, suffix: str = ".png", seed: int = 
             d = root / split / cls
             d.mkdir(parents=True)
             for i in range(per_class):
-                img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                noise = rng.integers(0, 256, (32, 32, 3))
+                img = ((1 - signal) * noise + signal * patterns[label]).astype(np.uint8)
                 Image.fromarray(img).save(d / f"{i:04d}{suffix}")
                 images.append(img)
                 labels.append(label)

@@ -1,19 +1,24 @@
 """Seed sweeps: the statistics (fastcifar.seedstats), the GPU list and resume rules of
-fastcifar.sweep, and scripts/speedrun.sh (a thin call of it) end to end."""
+fastcifar.sweep, scripts/speedrun.sh (a thin call of it) end to end on a local Ray, and a
+sweep over a two-node Ray cluster on loopback addresses."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import statistics
 import subprocess
 import sys
+import time
 
 import pytest
 
 from fastcifar.errors import FastCifarError
 from fastcifar.seedstats import describe, load_runs, summarise
-from fastcifar.sweep import gpu_list, run_command
+from fastcifar.sweep import gpu_list, pending_seeds
 from tests.conftest import ROOT, make_tree, run_train
 
 
@@ -139,11 +144,83 @@ def test_gpu_list_refuses_what_the_machine_lacks(spec, monkeypatch):
         gpu_list(spec)
 
 
-def test_a_run_with_a_checkpoint_is_resumed_not_restarted(tmp_path):
-    fresh = run_command("speedrun94", 4, tmp_path / "seed-4", ["--epochs", "2"])
-    assert fresh[-5:] == ["--out", str(tmp_path / "seed-4"), "--no-evaluate", "--epochs", "2"]
-    (tmp_path / "seed-4").mkdir()
-    (tmp_path / "seed-4" / "config.json").write_text("{}")
-    (tmp_path / "seed-4" / "last.pt").write_bytes(b"")
-    resumed = run_command("speedrun94", 4, tmp_path / "seed-4", ["--epochs", "2"])
-    assert resumed[-3:] == ["--resume", str(tmp_path / "seed-4"), "--no-evaluate"]
+def test_only_unfinished_seeds_are_pending(tmp_path):
+    for seed in (1, 3):
+        (tmp_path / f"seed-{seed}").mkdir()
+    (tmp_path / "seed-1" / "summary.json").write_text("{}")
+    (tmp_path / "seed-3" / "last.pt").write_bytes(b"")  # stopped after an epoch: resumes
+    assert pending_seeds(tmp_path, 4) == [2, 3, 4]
+
+
+@contextlib.contextmanager
+def ray_cluster(env: dict):
+    """A head node (127.0.0.2) and a second node (127.0.0.3, resource ``second_node``) of
+    one CPU each, started with ``ray start --block`` in sessions of their own and stopped
+    by those sessions' process groups: SIGTERM, then SIGKILL after 10 s. Yields the
+    head's HOST:PORT."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        port = s.getsockname()[1]
+    common = ["--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats", "--block"]
+    head = ["--head", "--port", str(port), "--node-ip-address", "127.0.0.2"]
+    second = ["--address", f"127.0.0.2:{port}", "--node-ip-address", "127.0.0.3"]
+    nodes = []
+    try:
+        for args in (head, [*second, "--resources", '{"second_node": 1}']):
+            nodes.append(
+                subprocess.Popen(
+                    ["ray", "start", *args, *common],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                )
+            )
+            _wait_for_port("127.0.0.2", port)
+        yield f"127.0.0.2:{port}"
+    finally:
+        for node in nodes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGTERM)
+        for node in nodes:
+            try:
+                node.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.pid, signal.SIGKILL)
+                node.wait(timeout=10)
+
+
+def _wait_for_port(host: str, port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"ray start: nothing listens on {host}:{port} after {timeout} s")
+
+
+def test_a_sweep_runs_on_both_nodes_of_a_ray_cluster(tiny_tree, tmp_path):
+    """Four seeds over a two-node cluster on this machine (``--address``): two at a time,
+    one per node, so the runs are on both nodes; the test stops both nodes itself."""
+    pytest.importorskip("ray.tune", reason="fastcifar[tune] is not installed")
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    sweep = tmp_path / "sweep"
+    flags = "--recipe speedrun94 --seeds 4 --epochs 1 --batch-size 16 --whiten-images 20"
+    run = "--device cpu --workers 0 --no-compile --no-amp"
+    with ray_cluster(env) as address:
+        r = subprocess.run(
+            [sys.executable, "-m", "fastcifar.sweep", *flags.split(), *run.split()]
+            + ["--address", address, "--out", str(sweep), "--data", str(tiny_tree)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"on the Ray cluster at {address}" in r.stdout
+    stats = json.loads((sweep / "sweep.json").read_text())
+    assert [run["seed"] for run in stats["runs"]] == [1, 2, 3, 4]
+    assert len(stats["nodes"]) == 2, stats["nodes"]
+    assert "on 2 Ray node(s)" in (sweep / "sweep.md").read_text()
