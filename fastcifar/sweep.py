@@ -164,11 +164,10 @@ def _run(args, recipe, options, out: Path, todo: list[int], gpus) -> dict[int, s
     try:
         from ray import tune
 
-        gpu = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
+        resources = cluster.trial_resources(ray, None, args.cpus_per_run)
         spec = cluster.TrialSpec(recipe, options, str(out), by_seed=True)
         trainable = tune.with_resources(
-            tune.with_parameters(cluster.train_trial, spec=spec),
-            {"cpu": args.cpus_per_run, "gpu": gpu},
+            tune.with_parameters(cluster.train_trial, spec=spec), resources
         )
         storage = Path(args.storage).resolve() if args.storage else out
         name = f"ray-{out.name}" if args.storage else "ray"

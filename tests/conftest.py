@@ -125,8 +125,9 @@ def make_tree(
             d = root / split / cls
             d.mkdir(parents=True)
             for i in range(per_class):
-                noise = rng.integers(0, 256, (32, 32, 3))
-                img = ((1 - signal) * noise + signal * patterns[label]).astype(np.uint8)
+                img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                if signal:
+                    img = ((1 - signal) * img + signal * patterns[label]).astype(np.uint8)
                 Image.fromarray(img).save(d / f"{i:04d}{suffix}")
                 images.append(img)
                 labels.append(label)

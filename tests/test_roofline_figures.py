@@ -56,9 +56,12 @@ def test_the_committed_counts_are_what_the_roofline_counts_today(name):
     check = COMMITTED[name]["check"]
     paths = [p for p in FIGURES.PATHS if p in check]
     assert paths == (list(FIGURES.PATHS) if name in FIGURES.CHECK_COMPILED else ["eager"])
-    gpu = get_gpu(COMMITTED[name]["rows"][1]["lowered_for"].removeprefix("cuda:"))
-    counts = count_step(recipe_setup(get_recipe(name), check["batch"]), paths, gpu)
-    today = {p: {"bytes": c.bytes, "flops": c.flops} for p, c in counts.items()}
+    key = COMMITTED[name]["rows"][1]["lowered_for"].removeprefix("cuda:")
+    if name in FIGURES.CHECK_COMPILED:  # in a fresh process, as it was counted
+        today = {p: c for p, c in FIGURES.check_count(name, key).items() if p != "batch"}
+    else:
+        counts = count_step(recipe_setup(get_recipe(name), check["batch"]), paths, get_gpu(key))
+        today = {p: {"bytes": c.bytes, "flops": c.flops} for p, c in counts.items()}
     assert today == {p: check[p] for p in paths}, (
         f"{name}: the roofline counts differently now: recount with python "
         f"scripts/roofline_figures.py count {name}, then write"

@@ -156,7 +156,7 @@ def test_only_unfinished_seeds_are_pending(tmp_path):
 def ray_cluster(env: dict):
     """A head node (127.0.0.2) and a second node (127.0.0.3, resource ``second_node``) of
     one CPU each, started with ``ray start --block`` in sessions of their own and stopped
-    by those sessions' process groups: SIGTERM, then SIGKILL after 10 s. Yields the
+    by those sessions' process groups: SIGTERM, then SIGKILL after 3 s. Yields the
     head's HOST:PORT."""
     with socket.socket() as s:
         s.bind(("127.0.0.2", 0))
@@ -184,7 +184,7 @@ def ray_cluster(env: dict):
                 os.killpg(node.pid, signal.SIGTERM)
         for node in nodes:
             try:
-                node.wait(timeout=10)
+                node.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(node.pid, signal.SIGKILL)

@@ -1,7 +1,7 @@
 """fastcifar.tune on a real local Ray (no mocks of Ray): an ASHA study of s7 whose best
 command reproduces its trial alone, a worker killed mid-trial and retried from its
-checkpoint, Ctrl-C and --resume, Optuna's searcher from a YAML space, and bad input
-refused in one line before Ray starts."""
+checkpoint (Optuna's searcher, a YAML space), Ctrl-C and --resume, and bad input refused
+in one line before Ray starts."""
 
 from __future__ import annotations
 
@@ -111,11 +111,15 @@ def _first_epoch_run(out: Path, timeout: float = 300) -> Path:
 
 
 def test_a_killed_worker_is_retried_from_its_checkpoint(tiny_tree, tmp_path):
+    """Optuna's searcher over a space from a YAML file, two trials; one trial's Ray worker
+    is killed after its first epoch: Ray retries it in a new worker, which resumes from the
+    checkpoint, and the study ends with both trials complete."""
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: loguniform(0.05, 0.5)\nlabel_smoothing: {choice: [0.0, 0.1]}\n")
     out = tmp_path / "study"
-    study = "--recipe s7 --epochs 4 --batch-size 16 --space lr=grid(0.2,0.3) --samples 1"
-    proc = start_tune(
-        *study.split(), "--scheduler", "fifo", "--out", str(out), "--data", str(tiny_tree), *RUN
-    )
+    study = "--recipe s7 --epochs 4 --batch-size 16 --samples 2 --searcher optuna"
+    flags = [*study.split(), "--scheduler", "fifo", "--space", str(space), "--out", str(out)]
+    proc = start_tune(*flags, "--data", str(tiny_tree), *RUN)
     try:
         run_dir = _first_epoch_run(out)
         pid = json.loads((run_dir / "ray.json").read_text())["pid"]
@@ -126,6 +130,8 @@ def test_a_killed_worker_is_retried_from_its_checkpoint(tiny_tree, tmp_path):
     assert proc.returncode == 0, output[-3000:]
     study = json.loads((out / "tune.json").read_text())
     assert [t["stopped"] for t in study["trials"]] == ["completed", "completed"]
+    for t in study["trials"]:
+        assert 0.05 <= t["config"]["lr"] < 0.5 and t["config"]["label_smoothing"] in (0.0, 0.1)
     # retried in a new worker from its last epoch, not from the start: epochs once each
     assert json.loads((run_dir / "ray.json").read_text())["pid"] != pid
     assert "resume: " in (run_dir.parent / f"{run_dir.name}.log").read_text()
@@ -159,21 +165,6 @@ def test_ctrl_c_saves_the_study_and_resume_repeats_no_finished_trial(tiny_tree, 
     assert f"trial {finished} epoch" not in r.stdout
 
 
-def test_optuna_searches_a_space_from_a_yaml_file(tiny_tree, tmp_path):
-    space = tmp_path / "space.yaml"
-    space.write_text("lr: loguniform(0.01, 0.5)\nlabel_smoothing: {choice: [0.0, 0.1]}\n")
-    out = tmp_path / "study"
-    study = "--recipe s7 --epochs 1 --batch-size 16 --samples 2 --searcher optuna"
-    r = tune(
-        *study.split(), "--space", str(space), "--out", str(out), "--data", str(tiny_tree), *RUN
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    study = json.loads((out / "tune.json").read_text())
-    assert len(study["trials"]) == 2 and "optuna" in r.stdout
-    for t in study["trials"]:
-        assert 0.01 <= t["config"]["lr"] < 0.5 and t["config"]["label_smoothing"] in (0.0, 0.1)
-
-
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.2", 0))
@@ -190,6 +181,7 @@ def _closed_port() -> int:
         (["--space", "lr=grid(0.1,1)", "--searcher", "optuna"], "write grid(...) as choice"),
         (["--space", "lr=uniform(0.1,1)", "--address", "127.0.0.2:PORT"], "no Ray cluster"),
         (["--space", "lr=uniform(0.1,1)", "--samples", "0"], "--samples 0 is below 1"),
+        (["--space", "lr=uniform(0.1,1)", "--cpus-per-trial", "512"], "the largest node"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path):

@@ -136,13 +136,22 @@ def trial_resources(ray, gpus_per_trial: float | None, cpus_per_trial: float) ->
     default one where the cluster has GPUs, else none) and ``cpus_per_trial`` CPUs.
 
     Raises:
-        FastCifarError: GPUs asked of a cluster without any, or more than one node has.
+        FastCifarError: more GPUs or CPUs than the largest node has (Ray would wait for
+            such a node for ever).
     """
-    have = ray.cluster_resources().get("GPU", 0)
-    gpus = (1.0 if have else 0.0) if gpus_per_trial is None else gpus_per_trial
-    if gpus and not have:
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    gpus = (1.0 if most_gpus else 0.0) if gpus_per_trial is None else gpus_per_trial
+    if gpus > most_gpus:
         raise FastCifarError(
-            f"--gpus-per-trial {gpus:g}: the Ray cluster has no GPU: pass 0 for CPU trials"
+            f"--gpus-per-trial {gpus:g}: the largest node of the Ray cluster has "
+            f"{most_gpus:g} GPU(s): pass at most that (0 for CPU trials)"
+        )
+    if cpus_per_trial > most_cpus:
+        raise FastCifarError(
+            f"{cpus_per_trial:g} CPUs a trial: the largest node of the Ray cluster has "
+            f"{most_cpus:g}: pass at most that"
         )
     return {"cpu": cpus_per_trial, "gpu": gpus}
 
