@@ -97,7 +97,9 @@ def build_parser() -> CommandParser:
         help="retries of a run whose worker died, from its last checkpoint [2]",
     )
     p.add_argument(
-        "--address", help="a Ray cluster to join: auto or HOST:PORT (default: a local Ray)"
+        "--address",
+        metavar="ADDR",
+        help="a Ray cluster to join: auto or HOST:PORT (default: a local Ray)",
     )
     p.add_argument("--storage", help="where Ray keeps the sweep's state: a path every node sees")
     p.add_argument(

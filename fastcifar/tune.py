@@ -62,14 +62,24 @@ def build_parser() -> CommandParser:
         description="Search a recipe's hyper-parameters with Ray Tune (ASHA by default). "
         "Unknown flags go to every trial's fastcifar.train.",
     )
-    p.add_argument("--recipe", help=f"one of {', '.join(RECIPES)}")
+    p.add_argument("--recipe", metavar="NAME", help=f"one of {', '.join(RECIPES)}")
     p.add_argument(
         "--space",
         help=f"the search space: 'field=distribution(args) ...' ({USAGE}) or a YAML/JSON file",
     )
     p.add_argument("--samples", type=int, default=8, metavar="N", help="trials to draw [8]")
-    p.add_argument("--searcher", choices=SEARCHERS, default="random", help="[random]")
-    p.add_argument("--scheduler", choices=SCHEDULERS, default="asha", help="[asha]")
+    p.add_argument(
+        "--searcher",
+        choices=SEARCHERS,
+        default="random",
+        help="random draws (seeded by the recipe's seed) or Optuna's TPE [random]",
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default="asha",
+        help="asha stops trailing trials after each epoch; fifo runs all to the end [asha]",
+    )
     p.add_argument(
         "--grace-period",
         type=int,
@@ -86,7 +96,9 @@ def build_parser() -> CommandParser:
         metavar="X",
         help="GPUs of one trial; fractions share a GPU (default 1 where there are GPUs, else 0)",
     )
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="X", help="[1]")
+    p.add_argument(
+        "--cpus-per-trial", type=float, default=1.0, metavar="X", help="CPUs of one trial [1]"
+    )
     p.add_argument(
         "--max-failures",
         type=int,
@@ -95,10 +107,16 @@ def build_parser() -> CommandParser:
         help="retries of a failed trial from its last checkpoint [2]",
     )
     p.add_argument(
-        "--address", help="a Ray cluster to join: auto or HOST:PORT (default: a local Ray)"
+        "--address",
+        metavar="ADDR",
+        help="a Ray cluster to join: auto or HOST:PORT (default: a local Ray)",
     )
-    p.add_argument("--storage", help="where Ray keeps the study's state: a path every node sees")
-    p.add_argument("--out", help="study folder (default runs/tune-RECIPE-DATE-TIME)")
+    p.add_argument(
+        "--storage",
+        metavar="PATH",
+        help="where Ray keeps the study's state: a path every node sees (default the study)",
+    )
+    p.add_argument("--out", metavar="DIR", help="study folder (default runs/tune-RECIPE-DATE-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the study in --out")
     return p
 

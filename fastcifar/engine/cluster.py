@@ -93,6 +93,24 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
+def _auto_address() -> str:
+    """``--address auto``: ``RAY_ADDRESS``, else the cluster ``ray start`` last started on
+    this machine (Ray's ``ray_current_cluster`` file in its temporary directory).
+
+    Raises:
+        FastCifarError: neither (Ray itself would search for minutes).
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if current.exists() and current.read_text().strip():
+        return current.read_text().strip()
+    raise FastCifarError(
+        "--address auto: no Ray cluster was started on this machine (no RAY_ADDRESS, no "
+        "`ray start`): start one with `ray start --head`, or drop --address for a local Ray"
+    )
+
+
 def connect(command: str, address: str | None, num_gpus: int | None = None):
     """Ray, started or joined: with no ``address`` a Ray of this process on this machine
     (on a loopback address, ``LOCAL_IP``; no dashboard; ``num_gpus`` GPUs, default every
@@ -119,8 +137,9 @@ def connect(command: str, address: str | None, num_gpus: int | None = None):
             **quiet,
         )
         return ray
-    if address != "auto":
-        _check_reachable(address)
+    if address == "auto":
+        address = _auto_address()
+    _check_reachable(address)
     try:
         ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError) as exc:
