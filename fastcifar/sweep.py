@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from fastcifar.cli import CommandParser, prog_name
+from fastcifar.engine import cluster
 from fastcifar.errors import FastCifarError, Interrupted, first_line, run_cli
 from fastcifar.recipes import RECIPES
 from fastcifar.seedstats import load_runs, one_line, summarise, write_report
@@ -90,19 +91,6 @@ def build_parser() -> CommandParser:
         "--cpus-per-run", type=float, default=1.0, metavar="X", help="CPUs each run holds [1]"
     )
     p.add_argument(
-        "--max-failures",
-        type=int,
-        default=2,
-        metavar="N",
-        help="retries of a run whose worker died, from its last checkpoint [2]",
-    )
-    p.add_argument(
-        "--address",
-        metavar="ADDR",
-        help="a Ray cluster to join: auto or HOST:PORT (default: a local Ray)",
-    )
-    p.add_argument("--storage", help="where Ray keeps the sweep's state: a path every node sees")
-    p.add_argument(
         "--out",
         help="sweep directory (default runs/sweep-RECIPE-DATE-TIME); an existing one is resumed",
     )
@@ -111,6 +99,7 @@ def build_parser() -> CommandParser:
         type=float,
         help="accuracy target in percent (default: the recipe's expected accuracy, else 94)",
     )
+    cluster.add_ray_flags(p, "sweep")
     return p
 
 
@@ -157,8 +146,6 @@ def _run(args, recipe, options, out: Path, todo: list[int], gpus) -> dict[int, s
     Raises:
         Interrupted: Ctrl-C (the runs' checkpoints are kept: the same command continues).
     """
-    from fastcifar.engine import cluster
-
     if gpus is not None and gpus != [None]:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)  # the local Ray's GPUs
     local_gpus = None if gpus is None else (0 if gpus == [None] else len(gpus))

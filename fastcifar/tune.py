@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from fastcifar.cli import CommandParser, prog_name
+from fastcifar.engine import cluster
 from fastcifar.errors import FastCifarError, Interrupted, run_cli
 from fastcifar.recipes import RECIPES
 from fastcifar.recipes.space import USAGE, space_from_argument
@@ -99,25 +100,9 @@ def build_parser() -> CommandParser:
     p.add_argument(
         "--cpus-per-trial", type=float, default=1.0, metavar="X", help="CPUs of one trial [1]"
     )
-    p.add_argument(
-        "--max-failures",
-        type=int,
-        default=2,
-        metavar="N",
-        help="retries of a failed trial from its last checkpoint [2]",
-    )
-    p.add_argument(
-        "--address",
-        metavar="ADDR",
-        help="a Ray cluster to join: auto or HOST:PORT (default: a local Ray)",
-    )
-    p.add_argument(
-        "--storage",
-        metavar="PATH",
-        help="where Ray keeps the study's state: a path every node sees (default the study)",
-    )
     p.add_argument("--out", metavar="DIR", help="study folder (default runs/tune-RECIPE-DATE-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the study in --out")
+    cluster.add_ray_flags(p, "study")
     return p
 
 
@@ -171,8 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     out, study, space, recipe, options = _study(args, extra)
     if args.searcher == "optuna" and any(d.distribution == "grid" for d in space):
         raise FastCifarError("--searcher optuna draws every value: write grid(...) as choice(...)")
-    from fastcifar.engine import cluster
-
     ray = cluster.connect("fastcifar.tune", args.address)
     try:
         return _run(ray, args, out, study, space, recipe, options)
@@ -228,8 +211,6 @@ def _new_tuner(args, trainable, path: Path, space, recipe):
     """A new study's ``ray.tune.Tuner``: its space, searcher, scheduler (ASHA's ``max_t``
     the most epochs a trial can plan), retries and Ray's experiment at ``path``."""
     from ray import tune
-
-    from fastcifar.engine import cluster
 
     epochs = max([recipe.epochs, *(v for d in space if d.field == "epochs" for v in d.args)])
     return tune.Tuner(

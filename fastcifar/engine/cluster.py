@@ -40,6 +40,7 @@ from fastcifar.recipes import Recipe
 
 __all__ = [
     "CHECKPOINT_FILES",
+    "add_ray_flags",
     "TrialSpec",
     "connect",
     "ended_trials",
@@ -57,6 +58,29 @@ CHECKPOINT_FILES = ("last.pt", "config.json", "metrics.jsonl")
 LOCAL_IP = "127.0.0.2"
 # The seconds an --address gets to answer before the command gives up on it.
 CONNECT_TIMEOUT_S = 5.0
+
+
+def add_ray_flags(parser, what: str) -> None:
+    """The flags that place a command's runs on Ray, one definition for the sweep and the
+    search: ``--max-failures``, ``--address``, ``--storage`` (``what``: "study" or
+    "sweep", as the help names it)."""
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        metavar="N",
+        help="retries of a run whose worker died, each from its last checkpoint [2]",
+    )
+    parser.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="a Ray cluster to join: auto or HOST:PORT (default: a local Ray)",
+    )
+    parser.add_argument(
+        "--storage",
+        metavar="PATH",
+        help=f"where Ray keeps the {what}'s state: a path every node sees (default the {what})",
+    )
 
 
 def import_ray(command: str):

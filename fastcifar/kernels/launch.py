@@ -244,11 +244,6 @@ def _device_target(index: int) -> str | None:
     return target_of(torch.device("cuda", index))
 
 
-def device_target_cache_clear() -> None:
-    """Forget each CUDA device's target (the roofline's fake devices change under it)."""
-    _device_target.cache_clear()
-
-
 def current_target() -> str | None:
     """The target whose tiles a launch uses: ``compile_target``'s, else the current CUDA
     device's (``sm_90``, ``gfx942``, ...), else None (CPU, interpreter)."""

@@ -103,17 +103,12 @@ def _no_op(*args, **kwargs) -> None:
 
 
 def _clear_device_caches() -> None:
-    """Forget what PyTorch and fastcifar's launchers cached about the devices (Triton's
-    availability, device properties, a device's tile target), so that answers given
-    inside ``fake_cuda`` do not outlive it: a count for one GPU would otherwise size the
-    next GPU's launches (the weight gradient's partials) by the first one's tiles."""
+    """Forget what PyTorch cached about the devices (Triton's availability, device
+    properties), so that answers given inside ``fake_cuda`` do not outlive it."""
     import torch._inductor.runtime.hints as hints
     import torch._inductor.utils as inductor_utils
     import torch.utils._triton as triton_utils
 
-    from fastcifar.kernels import launch
-
-    launch.device_target_cache_clear()
     for module in (triton_utils, inductor_utils):
         for value in list(vars(module).values()):
             if callable(getattr(value, "cache_clear", None)):
