@@ -1,6 +1,6 @@
 """Seed sweeps: the statistics (fastcifar.seedstats), the GPU list and resume rules of
-fastcifar.sweep, scripts/speedrun.sh (a thin call of it) end to end on a local Ray, and a
-sweep over a two-node Ray cluster on loopback addresses."""
+fastcifar.sweep, and scripts/speedrun.sh (a thin call of it) end to end: a sweep over a
+two-node Ray cluster on loopback addresses, resumed on a local Ray."""
 
 from __future__ import annotations
 
@@ -59,67 +59,59 @@ def test_seedstats_without_runs_says_so_in_one_line(tmp_path):
     assert r.returncode == 2 and "no finished run" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_speedrun_script_runs_seeds_reports_and_resumes(tmp_path):
-    """The issue's 3-seed sweep at tiny size, through scripts/speedrun.sh (a thin call of
-    fastcifar.sweep): three run directories, sweep.json from them; with the last run
-    unfinished, the same command runs only that one again."""
+def test_speedrun_script_runs_seeds_on_both_nodes_of_a_ray_cluster_reports_and_resumes(
+    tmp_path,
+):
+    """Four seeds at tiny size through scripts/speedrun.sh (a thin call of fastcifar.sweep)
+    over a two-node Ray cluster on this machine (``--address``; one CPU a node, so two
+    runs at a time, one on each): four run directories, on both nodes, sweep.json from
+    them; with the last run unfinished, the same command without ``--address`` (a local
+    Ray) runs only that one again. The test starts both nodes and stops them itself."""
+    pytest.importorskip("ray.tune", reason="fastcifar[tune] is not installed")
     make_tree(tmp_path / "tree", per_class=4)
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    cmd = [
-        "bash",
-        str(ROOT / "scripts/speedrun.sh"),
-        "3",
-        "speedrun94",
-        "--out",
-        str(sweep),
-        "--gpus",
-        "none",
-        "--data",
-        str(tmp_path / "tree"),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--no-compile",
-        "--no-amp",
-        "--whiten-images",
-        "20",
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    flags = "--epochs 1 --batch-size 16 --device cpu --workers 0 --no-compile --no-amp"
+    with ray_cluster(env) as address:
+        cmd = ["bash", str(ROOT / "scripts/speedrun.sh"), "4", "speedrun94", "--out", str(sweep)]
+        cmd += ["--address", address, "--data", str(tmp_path / "tree"), "--whiten-images", "20"]
+        cmd += flags.split()
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert "4 to run" in r.stdout and "sweep: 4 runs: accuracy" in r.stdout
+        assert f"on the Ray cluster at {address}" in r.stdout
+        stats = json.loads((sweep / "sweep.json").read_text())
+        assert [run["seed"] for run in stats["runs"]] == [1, 2, 3, 4]
+        assert len(stats["nodes"]) == 2, stats["nodes"]
+        assert "on 2 Ray node(s)" in (sweep / "sweep.md").read_text()
+        accs = [
+            json.loads((sweep / f"seed-{i}" / "summary.json").read_text())["final_test_acc"]
+            for i in (1, 2, 3, 4)
+        ]
+        assert stats["accuracy"]["mean"] == pytest.approx(sum(accs) / 4)
+        assert stats["accuracy"]["std"] == pytest.approx(statistics.stdev(accs))
+        md = (sweep / "sweep.md").read_text()
+        assert "95 % interval" in md
+        # both timing contracts: the record's (no final TTA) below fastcifar's, by the TTA
+        assert "--timing fastcifar (" in md and "--timing record (" in md
+        for run in stats["runs"]:
+            summary = json.loads((sweep / run["run"] / "summary.json").read_text())
+            assert run["record_seconds"] == pytest.approx(
+                run["fastcifar_seconds"] - summary["tta_time_s"]
+            )
+            assert run["seconds"] == run["fastcifar_seconds"]  # --timing fastcifar, the default
+        # killed during seed 4, before its first checkpoint: only seed 4 runs again
+        for name in ("summary.json", "last.pt", "metrics.jsonl"):
+            (sweep / "seed-4" / name).unlink(missing_ok=True)
+        stamp = (sweep / "seed-1" / "summary.json").stat().st_mtime_ns
+    # resumed on this machine's own Ray (no --address: the default), the cluster gone
+    local = [a for a in cmd if a not in ("--address", address)] + ["--gpus", "none"]
+    r = subprocess.run(local, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "3 to run" in r.stdout and "sweep: 3 runs: accuracy" in r.stdout
-    stats = json.loads((sweep / "sweep.json").read_text())
-    assert [run["seed"] for run in stats["runs"]] == [1, 2, 3]
-    accs = [
-        json.loads((sweep / f"seed-{i}" / "summary.json").read_text())["final_test_acc"]
-        for i in (1, 2, 3)
-    ]
-    assert stats["accuracy"]["mean"] == pytest.approx(sum(accs) / 3)
-    assert stats["accuracy"]["std"] == pytest.approx(statistics.stdev(accs))
-    md = (sweep / "sweep.md").read_text()
-    assert "95 % interval" in md
-    # both timing contracts: the record's (no final TTA) below fastcifar's, by the TTA
-    assert "--timing fastcifar (" in md and "--timing record (" in md
-    for run in stats["runs"]:
-        summary = json.loads((sweep / run["run"] / "summary.json").read_text())
-        assert run["record_seconds"] == pytest.approx(
-            run["fastcifar_seconds"] - summary["tta_time_s"]
-        )
-        assert run["seconds"] == run["fastcifar_seconds"]  # --timing fastcifar, the default
-    # killed during seed 3, before its first checkpoint: only seed 3 runs again
-    for name in ("summary.json", "last.pt", "metrics.jsonl"):
-        (sweep / "seed-3" / name).unlink(missing_ok=True)
-    stamp = (sweep / "seed-1" / "summary.json").stat().st_mtime_ns
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "1 to run" in r.stdout and "sweep: 3 runs" in r.stdout
+    assert "1 to run" in r.stdout and "on the CPU" in r.stdout and "sweep: 4 runs" in r.stdout
     assert (sweep / "seed-1" / "summary.json").stat().st_mtime_ns == stamp
-    assert (sweep / "seed-3" / "summary.json").exists()
+    assert (sweep / "seed-4" / "summary.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -198,29 +190,3 @@ def _wait_for_port(host: str, port: int, timeout: float = 60) -> None:
             return
         time.sleep(0.25)
     raise AssertionError(f"ray start: nothing listens on {host}:{port} after {timeout} s")
-
-
-def test_a_sweep_runs_on_both_nodes_of_a_ray_cluster(tiny_tree, tmp_path):
-    """Four seeds over a two-node cluster on this machine (``--address``): two at a time,
-    one per node, so the runs are on both nodes; the test stops both nodes itself."""
-    pytest.importorskip("ray.tune", reason="fastcifar[tune] is not installed")
-    bin_dir = os.path.dirname(sys.executable)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
-    sweep = tmp_path / "sweep"
-    flags = "--recipe speedrun94 --seeds 4 --epochs 1 --batch-size 16 --whiten-images 20"
-    run = "--device cpu --workers 0 --no-compile --no-amp"
-    with ray_cluster(env) as address:
-        r = subprocess.run(
-            [sys.executable, "-m", "fastcifar.sweep", *flags.split(), *run.split()]
-            + ["--address", address, "--out", str(sweep), "--data", str(tiny_tree)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert f"on the Ray cluster at {address}" in r.stdout
-    stats = json.loads((sweep / "sweep.json").read_text())
-    assert [run["seed"] for run in stats["runs"]] == [1, 2, 3, 4]
-    assert len(stats["nodes"]) == 2, stats["nodes"]
-    assert "on 2 Ray node(s)" in (sweep / "sweep.md").read_text()

@@ -141,7 +141,7 @@ def test_a_killed_worker_is_retried_from_its_checkpoint(tiny_tree, tmp_path):
 
 def test_ctrl_c_saves_the_study_and_resume_repeats_no_finished_trial(tiny_tree, tmp_path):
     out = tmp_path / "study"
-    study = "--recipe s7 --epochs 4 --batch-size 16 --space lr=grid(0.1,0.2,0.3) --samples 1"
+    study = "--recipe s7 --epochs 3 --batch-size 16 --space lr=grid(0.1,0.2,0.3) --samples 1"
     proc = start_tune(
         *study.split(), "--scheduler", "fifo", "--out", str(out), "--data", str(tiny_tree), *RUN
     )
