@@ -166,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(ray, args, out: Path, study: dict, space, recipe, options) -> int:
     from ray import tune
 
-    from fastcifar.engine import cluster
     from fastcifar.evaluation.study import collect, write_study
 
     resources = cluster.trial_resources(ray, args.gpus_per_trial, args.cpus_per_trial)
