@@ -158,8 +158,7 @@ def _run(args, recipe, options, out: Path, todo: list[int], gpus) -> dict[int, s
         trainable = tune.with_resources(
             tune.with_parameters(cluster.train_trial, spec=spec), resources
         )
-        storage = Path(args.storage).resolve() if args.storage else out
-        name = f"ray-{out.name}" if args.storage else "ray"
+        path = cluster.experiment_path(out, args.storage)
         lines = cluster.trial_lines(
             "sweep", lambda t: f"seed {t.config['seed']}", lambda t: recipe.epochs
         )
@@ -167,8 +166,8 @@ def _run(args, recipe, options, out: Path, todo: list[int], gpus) -> dict[int, s
             trainable,
             param_space={"seed": tune.grid_search(todo)},
             run_config=tune.RunConfig(
-                name=name,
-                storage_path=str(storage),
+                name=path.name,
+                storage_path=str(path.parent),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 verbose=0,
@@ -176,7 +175,7 @@ def _run(args, recipe, options, out: Path, todo: list[int], gpus) -> dict[int, s
             ),
         )
         grid = tuner.fit()
-        ended = cluster.ended_trials(grid, storage / name)
+        ended = cluster.ended_trials(grid, path)
         if any(status not in ("TERMINATED", "ERROR") for _, _, status in ended):
             raise Interrupted(
                 f"interrupted: the finished runs and every run's last epoch are kept in {out}; "

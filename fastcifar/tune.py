@@ -13,7 +13,7 @@ crossed with ``--samples``) or by Optuna's TPE (``--searcher optuna``;
 Flags it does not know are the train command's, for every trial (``--epochs 3
 --train-subset 1000 --amp --compile --data PATH``). The study's folder ``--out`` holds
 ``study.json`` (how it was started), ``trials/trial-ID/`` (run directories, each with
-its log beside it), Ray's experiment (``ray/``, or under ``--storage``), and at the end
+its log beside it), Ray's experiment (``ray/``, or ``ray-NAME`` under ``--storage``), and at the end
 ``tune.json``, ``tune.md`` and ``tune.png`` (``fastcifar.evaluation.study``); the best
 configuration is printed as a ready ``python -m fastcifar.train`` command.
 
@@ -171,8 +171,7 @@ def _run(ray, args, out: Path, study: dict, space, recipe, options) -> int:
     resources = cluster.trial_resources(ray, args.gpus_per_trial, args.cpus_per_trial)
     spec = cluster.TrialSpec(recipe, options, str(out))
     trainable = tune.with_resources(tune.with_parameters(cluster.train_trial, spec=spec), resources)
-    storage = Path(args.storage).resolve() if args.storage else out
-    path = storage / ("ray" if not args.storage else out.name)
+    path = cluster.experiment_path(out, args.storage)
     out.mkdir(parents=True, exist_ok=True)
     study["ray"] = str(path)
     (out / "study.json").write_text(json.dumps(study, indent=2) + "\n")

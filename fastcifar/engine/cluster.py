@@ -44,6 +44,7 @@ __all__ = [
     "TrialSpec",
     "connect",
     "ended_trials",
+    "experiment_path",
     "import_ray",
     "train_trial",
     "trial_lines",
@@ -81,6 +82,14 @@ def add_ray_flags(parser, what: str) -> None:
         metavar="PATH",
         help=f"where Ray keeps the {what}'s state: a path every node sees (default the {what})",
     )
+
+
+def experiment_path(out: Path, storage: str | None) -> Path:
+    """Where Ray keeps a study's or sweep's experiment state: ``OUT/ray``, or with
+    ``--storage PATH`` ``PATH/ray-OUTNAME`` (a path every node sees)."""
+    if storage is None:
+        return Path(out) / "ray"
+    return Path(storage).resolve() / f"ray-{Path(out).name}"
 
 
 def import_ray(command: str):
