@@ -245,6 +245,17 @@ def record(configs, dtypes, target: str | None = None, pointwise_cfgs=()) -> lis
                 conv_launch.launch_forward(x, w, None, s, p, d, g, stats=True, prologue=pro)
                 conv_launch.launch_grad_input(dy, w, xs, fmt, s, p, d, g, prologue=pro, x=x)
                 conv_launch.launch_grad_weight(dy, x, ws, s, p, d, g, prologue=pro)
+                dot = conv_launch.family(xs[1], ws[0], g, s) in ("dense", "grouped_dot")
+                if dot and s == 1 and min(y.shape[2:]) >= 2:
+                    # the 2x2 max pool in the epilogue, un-pooled on the gradients' load
+                    # (conv_pool; with the prologue, as the speed run's blocks 2 and 3)
+                    yp, _, _, idx = conv_launch.launch_pool_forward(x, w, b, s, p, d, g, pro)
+                    unpool = (idx, y.shape[2], y.shape[3])
+                    dyp = torch.empty_like(yp)
+                    conv_launch.launch_grad_input(
+                        dyp, w, xs, fmt, s, p, d, g, prologue=pro, x=x, unpool=unpool
+                    )
+                    conv_launch.launch_grad_weight(dyp, x, ws, s, p, d, g, pro, unpool)
                 if fusable:  # the fused depthwise-separable op, C -> C
                     wp = meta((ws[0], ws[0], 1, 1), dtype, cl)
                     for relu in (False, True):

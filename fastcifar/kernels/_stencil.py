@@ -1,10 +1,10 @@
 """``@triton.jit`` helpers every convolution kernel shares: a program's tile, pixel
 coordinates and offsets, where a tap reads or writes (stride, padding and dilation
 applied, borders masked), 2-D loads and stores of (pixels x channels) tiles, the channel
-reduction (``tl.dot`` or a broadcast multiply-add), the pixel range of a weight-gradient
-partial, the BatchNorm-and-activation prologue and its backward, and a forward's store
-epilogue (ReLU, BatchNorm statistics). The depthwise window and its transpose are in
-``_window``.
+reduction (``tl.dot`` or a broadcast multiply-add), a grouped weight tile's index, the
+pixel range of a weight-gradient partial, the BatchNorm-and-activation prologue and its
+backward, and a forward's store epilogue (ReLU, BatchNorm statistics). The depthwise
+window and its transpose are in ``_window``.
 
 Index conventions: a flattened pixel index runs over (n, row, col); ``STRIDE``,
 ``PADDING``, ``DILATION`` are the convolution's; the taps of a ``KSIZE`` x ``KSIZE``
@@ -70,6 +70,22 @@ def mac(acc, a, b, USE_DOT: tl.constexpr, ACC: tl.constexpr):
     else:
         acc += tl.sum(a.to(ACC)[:, :, None] * b.to(ACC)[None, :, :], axis=1)
     return acc
+
+
+@triton.jit
+def weight_index(offs_ci, offs_co, mask_ci, mask_co, CIN_PG, COUT_PG, GROUPED: tl.constexpr):
+    # for a weight tile (input channels offs_ci x output channels offs_co): the index along
+    # the weight's input-channel axis and where to load it. Grouped, an input channel's
+    # index is its place inside the output channel's group, and outside that group the
+    # tile stays zero (block-diagonal); dense needs neither (fewer registers: the dense
+    # forward spilled 72 bytes on sm_75 with the group arithmetic in)
+    mask = mask_ci[:, None] & mask_co[None, :]
+    if GROUPED:
+        ci_local = offs_ci[:, None] - (offs_co[None, :] // COUT_PG) * CIN_PG
+        mask = mask & (ci_local >= 0) & (ci_local < CIN_PG)
+    else:
+        ci_local = offs_ci[:, None]
+    return ci_local, mask
 
 
 @triton.jit

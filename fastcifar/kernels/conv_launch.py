@@ -1,9 +1,12 @@
-"""The launchers of ``fastcifar.kernels.conv``'s (and ``conv_bn``'s) kernels: which family
-a convolution takes (``family``), its tiles, grid and arguments, and the launch of the
-forward, input-gradient, weight-gradient and bias-gradient kernels
-(``conv_dot_kernels``: dense and wide groups on ``tl.dot``; ``conv_grouped_kernels``:
-depthwise and narrow groups, elementwise), each with the optional BatchNorm-and-activation
-prologue. Every launch goes through ``launch.launch`` (recorded by the AOT check).
+"""The launchers of ``fastcifar.kernels.conv``'s (and ``conv_bn``'s, ``conv_pool``'s)
+kernels: which family a convolution takes (``family``), its tiles, grid and arguments,
+and the launch of the forward, input-gradient, weight-gradient and bias-gradient kernels
+(``conv_dot_kernels`` and ``conv_dot_bwd_kernels``: dense and wide groups on ``tl.dot``;
+``conv_grouped_kernels``: depthwise and narrow groups, elementwise), each with the
+optional BatchNorm-and-activation prologue; the ``tl.dot`` family also with a 2x2 max
+pool in the forward's epilogue (``launch_pool_forward``) and its un-pool on the
+gradients' load (``unpool``). Every launch goes through ``launch.launch`` (recorded by
+the AOT check).
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from fastcifar.kernels.launch import (
     acc_dtype,
     cdiv,
     empty_output,
+    fused_dot_tiles,
     launch,
+    memory_format,
+    out_size,
     partial_pixels,
-    prologue_dot_tiles,
     strides,
     tiles,
     tl_acc,
@@ -31,6 +36,8 @@ __all__ = [
     "launch_grad_bias",
     "launch_grad_input",
     "launch_grad_weight",
+    "launch_pool_forward",
+    "empty_pooled_output",
     "span_align",
 ]
 
@@ -40,8 +47,12 @@ __all__ = [
 DOT_MIN_PER_GROUP = 8
 
 
-def _k(dot: bool):
+def _k(dot: bool, backward: bool = False):
     # imported at the first launch: triton is a Linux-only dependency
+    if dot and backward:
+        from fastcifar.kernels import conv_dot_bwd_kernels
+
+        return conv_dot_bwd_kernels
     if dot:
         from fastcifar.kernels import conv_dot_kernels
 
@@ -149,7 +160,7 @@ def launch_forward(
     fam = family(cin, cout, groups, stride)
     pro, has_prologue, act = _prologue_args(prologue, w)
     dot = _dot_kernels(fam)
-    t = prologue_dot_tiles(tiles(x.dtype, fam)) if has_prologue and dot else tiles(x.dtype, fam)
+    t = fused_dot_tiles(tiles(x.dtype, fam), prologue=has_prologue) if dot else tiles(x.dtype, fam)
     y = empty_output(x, cout, stride, padding, dilation, ksize)
     ho, wo = y.shape[2], y.shape[3]
     programs = cdiv(n * ho * wo, t.block_p)
@@ -175,6 +186,64 @@ def launch_forward(
     return y, part, t.block_p
 
 
+def empty_pooled_output(
+    x: Tensor, cout: int, stride: int, padding: int, dilation: int, kernel: int = 3
+) -> Tensor:
+    """The uninitialised (N, COUT, HO // 2, WO // 2) output of a ``kernel`` x ``kernel``
+    convolution of ``x`` followed by a 2x2, stride-2 max pool (floor, as
+    ``nn.MaxPool2d(2)``), in ``x``'s dtype, device and memory format."""
+    n, _, h, w = x.shape
+    hp = out_size(h, stride, padding, dilation, kernel) // 2
+    wp = out_size(w, stride, padding, dilation, kernel) // 2
+    fmt = memory_format(x)
+    return torch.empty((n, cout, hp, wp), dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def launch_pool_forward(
+    x: Tensor, w: Tensor, b: Tensor | None, stride, padding, dilation, groups, prologue=None
+) -> tuple[Tensor, Tensor, int, Tensor]:
+    """``max_pool2d(conv2d(x, w, b), 2)`` with the pool in the ``tl.dot`` forward's
+    epilogue: (the pooled output (N, COUT, HO // 2, WO // 2) in ``x``'s dtype and memory
+    format, its BatchNorm partials (programs, COUT, 2), pooled pixels per program, the
+    packed window positions (N * HP * WP, cdiv(COUT, 4)) uint8). ``prologue`` as
+    ``launch_forward``'s.
+
+    Raises:
+        NotImplementedError: a depthwise or narrow-grouped convolution (not the ``tl.dot``
+            family); a stride other than 1.
+    """
+    n, cin, h, wd = x.shape
+    cout, ksize = w.shape[0], w.shape[-1]
+    fam = family(cin, cout, groups, stride)
+    _unpool_args((None, 0, 0), x, fam)  # refuses the elementwise family
+    if stride != 1:  # compiled and checked at stride 1 only (the unpool spilled on sm_100)
+        raise NotImplementedError(
+            f"fastcifar.kernels: the pool in the epilogue takes stride-1 convolutions, not "
+            f"stride {stride}; leave the max pool to PyTorch"
+        )
+    pro, has_prologue, act = _prologue_args(prologue, w)
+    t = fused_dot_tiles(tiles(x.dtype, fam), prologue=has_prologue, pool=True)
+    ho, wo = (
+        out_size(h, stride, padding, dilation, ksize),
+        out_size(wd, stride, padding, dilation, ksize),
+    )
+    y = empty_pooled_output(x, cout, stride, padding, dilation, ksize)
+    hp, wp = y.shape[2], y.shape[3]
+    programs = cdiv(n * hp * wp, t.block_p)
+    part = torch.empty((programs, cout, 2), dtype=acc_dtype(x.dtype), device=x.device)
+    idx = torch.empty((n * hp * wp, cdiv(cout, 4)), dtype=torch.uint8, device=x.device)
+    cin_pg, cout_pg = cin // groups, cout // groups
+    span = channel_span(t.block_n, cout_pg, cin_pg, cin)
+    pointers = (x, w, b if b is not None else w, pro, y, part, idx)
+    sizes = (n, cin, h, wd, cout, ho, wo, hp, wp, cin_pg, cout_pg, span)
+    layout = (*strides(x), *strides(w), *strides(y))
+    meta = _meta(t, ksize, stride, padding, dilation, has_prologue, act, x.dtype)
+    own = dict(_dot_meta(t, groups, cin_pg), HAS_BIAS=b is not None, STATS=True)
+    grid = (programs, cdiv(cout, t.block_n))
+    launch(_k(True).conv_pool_fwd_dot_kernel, grid, *pointers, *sizes, *layout, **own, **meta)
+    return y, part, t.block_p, idx
+
+
 def launch_grad_input(
     dy: Tensor,
     w: Tensor,
@@ -186,19 +255,23 @@ def launch_grad_input(
     groups,
     prologue=None,
     x: Tensor | None = None,
+    unpool=None,
 ):
     """The input gradient (N, CIN, H, W) of output gradient ``dy``, in ``x_format``. With
     ``prologue`` (as ``launch_forward``'s; ``x`` the raw input): (the raw input's direct
     gradient, (CIN, 2) sums of (dz, dz * (x - center))), the prologue's backward in the
-    epilogue."""
+    epilogue. ``unpool``: (the packed window positions, HO, WO) when ``dy`` is the
+    gradient of the convolution's pooled output (``launch_pool_forward``), else None."""
     n, cin, h, wd = x_shape
-    cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    cout = dy.shape[1]
     fam = family(cin, cout, groups, stride)
+    idx, ho, wo, hp, wp = _unpool_args(unpool, dy, fam)
     pro, has_prologue, act = _prologue_args(prologue, w)
     # With the prologue's backward as its epilogue, the depthwise input gradient takes the
     # stride-2 tile (32 x 8): at 64 x 8 x 4 warps ptxas (triton 3.6, the GPU machines'
     # stack) spilled 12 bytes on sm_90 in float16 (72 registers); 32 x 8 compiles in 62.
     t = tiles(dy.dtype, "depthwise_strided" if has_prologue and fam == "depthwise" else fam)
+    t = fused_dot_tiles(t, unpool=True) if unpool is not None else t
     dx = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=x_format)
     programs = cdiv(n * h * wd, t.block_p)
     # the prologue's per program and input channel (sum dz, sum dz * (x - center)); without
@@ -208,15 +281,17 @@ def launch_grad_input(
         red = torch.zeros((programs, cin, 2), dtype=acc_dtype(dy.dtype), device=dy.device)
         xp = x
     meta = _meta(t, w.shape[-1], stride, padding, dilation, has_prologue, act, dy.dtype)
-    pointers = (dy, w, xp, pro, dx, red)
     layout = (*strides(dy), *strides(w), *strides(xp), *strides(dx))
     cin_pg, cout_pg = cin // groups, cout // groups
     if _dot_kernels(fam):
         span = channel_span(t.block_n, cin_pg, cout_pg, cout)
-        sizes = (n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span)
+        pointers = (dy, w, xp, pro, idx, dx, red)
+        sizes = (n, cin, h, wd, cout, ho, wo, hp, wp, cin_pg, cout_pg, span)
         grid = (programs, cdiv(cin, t.block_n))
-        kernel, own = _k(True).conv_bwd_input_dot_kernel, _dot_meta(t, groups, cout_pg)
+        kernel = _k(True, backward=True).conv_bwd_input_dot_kernel
+        own = dict(_dot_meta(t, groups, cout_pg), UNPOOL=unpool is not None)
     else:
+        pointers = (dy, w, xp, pro, dx, red)
         sizes = (n, cin, h, wd, ho, wo, cout_pg)
         grid = (programs, cdiv(cin, t.block_c))
         kernel, own = (
@@ -229,19 +304,36 @@ def launch_grad_input(
     return dx
 
 
+def _unpool_args(unpool, dy: Tensor, fam: str) -> tuple:
+    """(positions pointer, HO, WO, HP, WP) of a gradient kernel: ``unpool`` = (the packed
+    positions, HO, WO) or None (``dy`` is the convolution's own output gradient; ``dy``
+    stands in for the pointer)."""
+    hp, wp = dy.shape[2], dy.shape[3]
+    if unpool is None:
+        return dy, hp, wp, hp, wp
+    if not _dot_kernels(fam):
+        raise NotImplementedError(
+            f"fastcifar.kernels: the pool in the epilogue takes dense and grouped_dot "
+            f"convolutions (the tl.dot kernels), not {fam}; leave the max pool to PyTorch"
+        )
+    idx, ho, wo = unpool
+    return idx, ho, wo, hp, wp
+
+
 def launch_grad_weight(
-    dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, groups, prologue=None
+    dy: Tensor, x: Tensor, w_shape, stride, padding, dilation, groups, prologue=None, unpool=None
 ):
     """The weight gradient (COUT, CIN / groups, K, K): per-program partials summed in a
-    fixed order (deterministic). ``prologue`` as ``launch_forward``'s (``x`` raw)."""
+    fixed order (deterministic). ``prologue`` as ``launch_forward``'s (``x`` raw);
+    ``unpool`` as ``launch_grad_input``'s."""
     n, cin, h, wd = x.shape
     cout, cin_pg, ksize = w_shape[0], w_shape[1], w_shape[-1]
     cout_pg, taps = cout // groups, ksize * ksize
     fam = family(cin, cout, groups, stride)
+    idx, ho, wo, hp, wp = _unpool_args(unpool, dy, fam)
     pro, has_prologue, act = _prologue_args(prologue, x)
     dot = _dot_kernels(fam)
     t = tiles(x.dtype, fam if dot else "reduce")
-    ho, wo = dy.shape[2], dy.shape[3]
     total = n * ho * wo
     if dot:
         span = channel_span(t.block_n, cout_pg, cin_pg, cin)
@@ -254,15 +346,18 @@ def launch_grad_weight(
     meta = _meta(t, ksize, stride, padding, dilation, has_prologue, act, x.dtype)
     layout = (*strides(dy), *strides(x))
     if dot:
-        sizes = (n, cin, h, wd, cout, ho, wo, cin_pg, cout_pg, span, pixels_per_partial)
-        kernel, own = _k(True).conv_bwd_weight_dot_kernel, _dot_meta(t, groups, cin_pg)
+        pointers = (dy, x, pro, idx, part)
+        sizes = (n, cin, h, wd, cout, ho, wo, hp, wp, cin_pg, cout_pg, span, pixels_per_partial)
+        kernel = _k(True, backward=True).conv_bwd_weight_dot_kernel
+        own = dict(_dot_meta(t, groups, cin_pg), UNPOOL=unpool is not None)
     else:
+        pointers = (dy, x, pro, part)
         sizes = (n, h, wd, cout, ho, wo, cout_pg, pixels_per_partial)
         kernel, own = (
             _k(False).conv_bwd_weight_grouped_kernel,
             dict(CIN_PG=cin_pg, BLOCK_C=t.block_c),
         )
-    launch(kernel, (parts, *grid_nz), dy, x, pro, part, *sizes, *layout, **own, **meta)
+    launch(kernel, (parts, *grid_nz), *pointers, *sizes, *layout, **own, **meta)
     # fixed-order sum of the per-tile partials: deterministic
     return part.sum(0).view(cout, cin_pg, ksize, ksize).to(x.dtype)
 

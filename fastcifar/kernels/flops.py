@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
-__all__ = ["dwsep_flops", "register_conv_flops", "register_no_flops"]
+__all__ = ["dwsep_flops", "register_conv_flops", "register_no_flops", "register_pooled_conv_flops"]
 
 
 def _first_shape(shape):
@@ -58,6 +58,29 @@ def register_conv_flops(op: torch._ops.OpOverloadPacket, input: str, weight: str
     def formula(*args, out_shape=None, **kwargs) -> int:
         out = args[grad] if grad is not None else out_shape
         return conv_flop_count(list(args[x]), list(args[w]), _first_shape(out), False)
+
+
+def register_pooled_conv_flops(op: torch._ops.OpOverloadPacket, weight: str) -> None:
+    """Register ``op``, a convolution whose output is max-pooled in its epilogue (or a
+    gradient of one, un-pooled on its load), as the convolution at its own, pre-pool
+    output size: arguments ``input`` (N, CIN, H, W), ``weight`` (a tensor or its shape),
+    ``stride``, ``padding``, ``dilation`` (ints) give (N, COUT, HO, WO); the pool's
+    comparisons are elementwise and not counted.
+
+    Raises:
+        ValueError: ``op`` lacks one of those arguments.
+        RuntimeError: ``op`` already has a formula.
+    """
+    from fastcifar.kernels.launch import out_size
+
+    names = ("input", weight, "stride", "padding", "dilation")
+    x, w, s, p, d = (_argument_index(op, n) for n in names)
+
+    @register_flop_formula(op)
+    def formula(*args, out_shape=None, **kwargs) -> int:
+        shape, wshape = list(args[x]), list(args[w])
+        side = [out_size(shape[i], args[s], args[p], args[d], wshape[-1]) for i in (2, 3)]
+        return conv_flop_count(shape, wshape, [shape[0], wshape[0], *side], False)
 
 
 def register_no_flops(op: torch._ops.OpOverloadPacket) -> None:

@@ -52,7 +52,7 @@ __all__ = [
     "memory_format",
     "out_size",
     "partial_pixels",
-    "prologue_dot_tiles",
+    "fused_dot_tiles",
     "record_launches",
     "strides",
     "tiles",
@@ -277,17 +277,19 @@ def tiles(dtype: torch.dtype, family: str = "dense") -> Tiles:
     return base
 
 
-def prologue_dot_tiles(t: Tiles) -> Tiles:
-    """The tiles of a ``tl.dot`` convolution forward with the BatchNorm-and-activation
-    prologue (dense 3x3, grouped_dot): ``t`` with one pipeline stage. Its input tiles go
-    through registers to be normalised and activated before the ``tl.dot``, so more
-    stages only keep more of them live: at triton's 3 ptxas spilled 16-60 bytes (SiLU,
-    16-bit, triton 3.8: sm_86 and sm_89 on groups of 8, sm_100 on groups of 16 and dense),
-    at 2 still 8-16; at 1 none of the nine targets spills (the prologue's registers on
-    sm_86 and sm_100 fell from 80-126 to 56-72; benchmarks/RESULTS.md, "the tl.dot
-    kernels' prologue"). What one stage costs in hidden load latency is a GPU timing not
-    yet made."""
-    return replace(t, num_stages=1)
+def fused_dot_tiles(t: Tiles, prologue=False, pool=False, unpool=False) -> Tiles:
+    """``t`` for a ``tl.dot`` convolution kernel whose fused work keeps more registers live
+    (AOT compiles, 16-bit, triton 3.8; benchmarks/RESULTS.md): ``prologue`` (a forward's
+    BatchNorm-and-activation prologue) one pipeline stage: 16-60 bytes spilled at 3 (sm_86,
+    sm_89, sm_100), 8-16 at 2, none at 1; ``pool`` (a forward's 2x2 max pool epilogue) at
+    most 16 output channels: 8 bytes (sm_80), 116 (sm_75) at 64 x 32; ``unpool`` (an input
+    gradient un-pooling as it loads) one stage and at most 32 pixels: 16 bytes (sm_100) at
+    64 x 32 x 3, 8 (sm_86) at 64 x 16 x 1. The latency one stage leaves unhidden is untimed."""
+    if prologue or unpool:
+        t = replace(t, num_stages=1)
+    if pool:
+        t = replace(t, block_n=min(t.block_n, 16))
+    return replace(t, block_p=min(t.block_p, 32)) if unpool else t
 
 
 def cdiv(a: int, b: int) -> int:

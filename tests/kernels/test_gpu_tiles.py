@@ -256,6 +256,6 @@ def test_prologue_at_gpu_tiles_matches_float64(cfg):
     family = conv_launch.family(c, w.shape[0], args[3], args[0])
     expected = "depthwise_strided" if family == "depthwise" else family
     assert grad.meta["PROLOGUE"] and grad.meta["BLOCK_P"] == GPU_TILES[expected].block_p
-    # a tl.dot forward with the prologue runs one pipeline stage (launch.prologue_dot_tiles)
+    # a tl.dot forward with the prologue runs one pipeline stage (launch.fused_dot_tiles)
     stages = 1 if family in ("dense", "grouped_dot") else GPU_TILES[family].num_stages
     assert forward.meta["PROLOGUE"] and forward.meta["num_stages"] == stages
