@@ -30,7 +30,7 @@ RUN = ["--device", "cpu", "--workers", "0", "--no-compile", "--no-amp"]
 @pytest.fixture(scope="module")
 def learnable_tree(tmp_path_factory) -> Path:
     """260 + 260 images whose classes are 80 % a colour pattern of their own: s7 learns
-    them within three epochs of 256 images at a batch of 16, so trials differ by epoch 2."""
+    them within three epochs of 128 images at a batch of 16, so trials differ by epoch 2."""
     root = tmp_path_factory.mktemp("learnable") / "tree"
     make_tree(root, per_class=26, signal=0.8)
     return root
@@ -60,8 +60,9 @@ def start_tune(*args: str) -> subprocess.Popen:
 
 
 def study_flags(tree: Path, out: Path, more: str) -> list[str]:
-    """s7 for three epochs of 256 images at a batch of 16, then ``more`` (split at spaces)."""
-    s7 = "--recipe s7 --epochs 3 --train-subset 256 --test-subset 100 --batch-size 16"
+    """s7 for three epochs of 128 images at a batch of 16 (50 test images), then ``more``
+    (split at spaces)."""
+    s7 = "--recipe s7 --epochs 3 --train-subset 128 --test-subset 50 --batch-size 16"
     return [*s7.split(), "--out", str(out), "--data", str(tree), *RUN, *more.split()]
 
 
