@@ -90,6 +90,9 @@ class GlobalMaxPool(nn.Module):
 class SpeedrunNet(CifarNet):
     """The record's network; see the module docstring.
 
+    ``CHAIN``: the blocks in the order ``forward`` calls them, each taking the previous
+    one's output alone (``fastcifar.nn.pool_chain`` links them).
+
     Args:
         widths: channels of the three blocks.
         whiten_width: channels of the whitening layer (twice the 12 patch dimensions).
@@ -99,6 +102,8 @@ class SpeedrunNet(CifarNet):
             ``MaxPool2d(3)``: the same on the 3x3 map of a 32 px input, and defined on
             the 2x2 map of a 24 px one (the 2026 record's progressive resolution).
     """
+
+    CHAIN = ("block1", "block2", "block3")
 
     def __init__(
         self,

@@ -10,6 +10,8 @@ kind           unit (unfused)                                    fused module
 conv_bn_act    ``Sequential(conv, BN[, act])`` -> 1x1 or          ``FusedConvBNAct``
                depthwise conv + BN, or -> squeeze-excitation     (the gate: its own
                                                                  class, chained)
+pooled_block   ``Sequential(conv 3x3, MaxPool2d(2), BN, act,    ``PooledBlock``
+               conv 3x3, BN, act)`` (the speed run's blocks)
 conv_relu_bn   ``Sequential(conv 3x3, ReLU, BN)`` (the seeds)    ``FusedConvReLUBN``
 conv_bn        ``Sequential(conv, BN)``                          ``FusedConvBN``
 dwsep          ``Sequential(depthwise 3x3, [ReLU], 1x1)``        ``FusedDepthwiseSeparable``
@@ -47,6 +49,12 @@ from fastcifar.nn.modules import (
     is_depthwise_separable,
     plain_conv,
     swap_convolutions,
+)
+from fastcifar.nn.pool_chain import (
+    PooledBlock,
+    find_pooled_blocks,
+    fuse_pooled_blocks,
+    revert_pooled_block,
 )
 
 __all__ = [
@@ -138,6 +146,16 @@ FUSIONS: tuple[FusionKind, ...] = (
         fuse_conv_bn_act,
         is_chain_module,
         revert_link_end,
+        triton=True,
+    ),
+    FusionKind(
+        "pooled_block",
+        "conv-pool-BN-activation blocks",
+        find_pooled_blocks,
+        _first_child,
+        fuse_pooled_blocks,
+        _class_is(PooledBlock),
+        revert_pooled_block,
         triton=True,
     ),
     FusionKind(

@@ -115,13 +115,13 @@ class CudaAutocast(TorchFunctionMode):
         self._modules = contextlib.ExitStack()
 
     def __enter__(self):
-        from fastcifar.nn import chain, modules
+        from fastcifar.nn import chain, modules, pool_chain
 
         def cast(x, weight, bias):
             bias = bias.to(self.dtype) if bias is not None else None
             return x.to(self.dtype), weight.to(self.dtype), bias
 
-        for module in (modules, chain):
+        for module in (modules, chain, pool_chain):
             self._modules.enter_context(mock.patch.object(module, "_autocast_args", cast))
         return super().__enter__()
 

@@ -1,0 +1,162 @@
+"""The speed run's blocks as chains (layer 2): a flat ``nn.Sequential(conv3x3,
+MaxPool2d(2), BN, act, conv3x3, BN, act)`` (``fastcifar.models.speedrun``'s ``_block``,
+and any model written the same way) runs as two kernels a direction:
+
+* the first convolution with its max pool in the epilogue (``conv2d_pool_stats``): it
+  writes only the pooled output, its BatchNorm statistics and 2 bits a channel of window
+  positions; its gradient kernels un-pool as they load;
+* the second convolution applies the first BatchNorm and activation as it loads the
+  pooled output (``conv2d_prologue_stats``) and takes the second BatchNorm's statistics
+  in its epilogue; the block hands a ``Pending`` (raw output, folded BatchNorm,
+  activation) to the next block where the model's ``CHAIN`` says one follows (the next
+  block's first convolution applies it as it loads), else the activated tensor.
+
+So a block's pre-pool output, its gradient and its normalised, activated tensors are never
+written. The BatchNorms may be ``nn.BatchNorm2d`` or a subclass that keeps its forward
+(the speed run's ``FrozenScaleBatchNorm``); activations those of ``chain.ACTIVATION_NAMES``
+(ReLU, ReLU6, SiLU: the record's GELU blocks stay on PyTorch). Children, parameters,
+buffers and state-dict keys stay as they are; eval mode uses the running statistics.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fastcifar.kernels.conv_bn import conv2d_prologue_stats
+from fastcifar.kernels.conv_pool import conv2d_pool_stats
+from fastcifar.nn.chain import ACTIVATION_NAMES, Pending
+from fastcifar.nn.modules import _autocast_args, bn_prologue, config_supported, plain_conv
+
+__all__ = [
+    "PooledBlock",
+    "find_pooled_blocks",
+    "fuse_pooled_blocks",
+    "is_pooled_block",
+    "revert_pooled_block",
+]
+
+
+def _plain_bn(m: nn.Module, channels: int) -> bool:
+    # a BatchNorm2d (or a subclass keeping its forward) over ``channels`` channels
+    return (
+        isinstance(m, nn.BatchNorm2d)
+        and type(m).forward is nn.BatchNorm2d.forward
+        and m.num_features == channels
+    )
+
+
+def _dense_3x3(m: nn.Module) -> bool:
+    # what both kernels take: a plain stride-1 3x3 dense convolution the kernels support
+    return (
+        plain_conv(m)
+        and m.kernel_size == (3, 3)
+        and m.stride == (1, 1)
+        and m.groups == 1
+        and config_supported(m)
+    )
+
+
+def is_pooled_block(m: nn.Module) -> bool:
+    """Whether ``m`` is ``Sequential(conv3x3, MaxPool2d(2), BN, act, conv3x3, BN, act)``
+    (or its converted ``PooledBlock``) that the kernels take: stride-1 dense 3x3
+    convolutions, a 2x2 stride-2 max pool without padding, dilation or ceil mode,
+    BatchNorms as ``_plain_bn``, activations of ``ACTIVATION_NAMES``."""
+    if type(m) not in (nn.Sequential, PooledBlock) or len(m) != 7:
+        return False
+    conv1, pool, bn1, act1, conv2, bn2, act2 = m
+    pool_ok = (
+        type(pool) is nn.MaxPool2d
+        and pool.kernel_size in (2, (2, 2))
+        and pool.stride in (2, (2, 2))
+        and pool.padding in (0, (0, 0))
+        and pool.dilation in (1, (1, 1))
+        and not pool.ceil_mode
+        and not pool.return_indices
+    )
+    return (
+        pool_ok
+        and _dense_3x3(conv1)
+        and _dense_3x3(conv2)
+        and conv2.in_channels == conv1.out_channels
+        and _plain_bn(bn1, conv1.out_channels)
+        and _plain_bn(bn2, conv2.out_channels)
+        and type(act1) in ACTIVATION_NAMES
+        and type(act2) in ACTIVATION_NAMES
+    )
+
+
+def find_pooled_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """{qualified name: block} of every ``is_pooled_block`` module of ``model``."""
+    return {name: m for name, m in model.named_modules() if is_pooled_block(m)}
+
+
+class PooledBlock(nn.Sequential):
+    """A converted ``Sequential(conv3x3, MaxPool2d(2), BN, act, conv3x3, BN, act)``: see
+    the module docstring.
+
+    Input (N, CIN, H, W) NCHW or channels_last, or a ``Pending`` from the block before;
+    output (N, COUT, (H - 2 + 2 * padding) // 2 ...) as the unconverted block's (the
+    convolutions' own padding), or a ``Pending`` when ``gives_pending``. Training and eval
+    as PyTorch's modules (batch statistics and running-statistics updates, then the
+    running ones in eval).
+    """
+
+    gives_pending = False
+
+    def forward(self, x):
+        conv1, _, bn1, act1, conv2, bn2, act2 = self
+        prologue, activation = None, "identity"
+        if isinstance(x, Pending):  # the previous block's BatchNorm and activation
+            x, prologue, activation = x.raw, x.prologue, x.activation
+        x, w1, b1 = _autocast_args(x, conv1.weight, conv1.bias)
+        args1 = (conv1.stride[0], conv1.padding[0], conv1.dilation[0], 1)
+        y, mean, var = conv2d_pool_stats(x, w1, b1, prologue, activation, *args1)
+        folded = _fold(bn1, y, mean, var)
+        y, w2, b2 = _autocast_args(y, conv2.weight, conv2.bias)
+        args2 = (conv2.stride[0], conv2.padding[0], conv2.dilation[0], 1)
+        z, mean, var = conv2d_prologue_stats(
+            y, w2, b2, folded, ACTIVATION_NAMES[type(act1)], *args2
+        )
+        out = Pending(z, _fold(bn2, z, mean, var), ACTIVATION_NAMES[type(act2)])
+        return out if self.gives_pending else out.materialise()
+
+
+def _fold(bn: nn.BatchNorm2d, y, mean, var):
+    # the BatchNorm as a (C, 3) prologue: batch statistics in training, running in eval
+    stats = bn.training or not bn.track_running_stats
+    count = y.numel() // y.shape[1]
+    return bn_prologue(bn, mean if stats else None, var if stats else None, count)
+
+
+def fuse_pooled_blocks(model: nn.Module, only: set[str] | None = None) -> list[str]:
+    """Convert every ``is_pooled_block`` of ``model`` (or those named in ``only``) in
+    place to ``PooledBlock``; where a module's ``CHAIN`` (names of its children in the
+    order its forward calls them, each taking the previous one's output alone) puts a
+    converted block right before another, the first hands the second a ``Pending``.
+    Returns the names converted."""
+    names = [n for n in find_pooled_blocks(model) if only is None or n in only]
+    for name in names:
+        model.get_submodule(name).__class__ = PooledBlock
+    for parent_name, parent in model.named_modules():
+        chain = getattr(type(parent), "CHAIN", ())
+        prefix = f"{parent_name}." if parent_name else ""
+        for a, b in zip(chain, chain[1:], strict=False):
+            if f"{prefix}{a}" in names and f"{prefix}{b}" in names:
+                first, second = getattr(parent, a), getattr(parent, b)
+                first.gives_pending = True
+                first.__dict__["_link_consumer"] = second
+                second.__dict__["_link_producer"] = first
+    return names
+
+
+def revert_pooled_block(m: nn.Module) -> None:
+    """Put a ``PooledBlock`` back on PyTorch (``nn.Sequential``), and the blocks linked to
+    it with it (a block handed a ``Pending`` cannot run alone on PyTorch)."""
+    if type(m) is not PooledBlock:
+        return
+    partners = [m.__dict__.pop(k, None) for k in ("_link_consumer", "_link_producer")]
+    m.__class__ = nn.Sequential
+    m.__dict__.pop("gives_pending", None)
+    for partner in partners:
+        if partner is not None:
+            revert_pooled_block(partner)
