@@ -99,3 +99,19 @@ def process_age_s() -> float:
         return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def interpret_triton_on_cpu(device: str) -> None:
+    """Choose the Triton interpreter (``TRITON_INTERPRET=1``) when ``device`` (``auto``,
+    ``cpu``, ``cuda``, ...) is the CPU. It must be chosen before triton is first imported:
+    triton makes its own ``@triton.jit`` helpers then (``tl.sum``'s combine function among
+    them), and a kernel interpreted later cannot call them ("Cannot call @triton.jit'd
+    outside of the scope of a kernel"); torch 2.14's ``torch.utils.flop_counter``, which
+    ``fastcifar.kernels`` imports, imports triton. A command that may run the kernels on
+    the CPU calls this before importing them; once triton is imported it does nothing."""
+    if "triton" in sys.modules:
+        return
+    import torch
+
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        os.environ["TRITON_INTERPRET"] = "1"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 # Only torch-free modules at the top: --help, --version and a mistyped flag answer before
 # torch, triton or DALI are imported (tests/test_cli.py holds this). The rest is imported
 # where the training starts.
-from fastcifar.cli import process_age_s
+from fastcifar.cli import interpret_triton_on_cpu, process_age_s
 from fastcifar.engine.runlock import RunLock
 from fastcifar.errors import FastCifarError, Interrupted, run_cli
 from fastcifar.evaluation.report import CIFAR10_TEST, CIFAR10_TRAIN, wall_time
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     args = build_parser(pre.parse_known_args(argv)[0].recipe).parse_args(argv)
     overrides = recipe_overrides(args)
     run_options(args)  # every flag's bounds, before anything starts
+    if args.kernels == "triton":
+        interpret_triton_on_cpu(args.device or "auto")
     from fastcifar.engine import distributed
 
     # under torchrun: join the process group; rank 0 alone prints and writes

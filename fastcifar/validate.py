@@ -14,10 +14,8 @@ import sys
 
 import torch
 
-from fastcifar.cli import CommandParser, prog_name
+from fastcifar.cli import CommandParser, interpret_triton_on_cpu, prog_name
 from fastcifar.errors import FastCifarError, run_cli
-from fastcifar.kernels.validate import collect_conv_configs, format_table, validate_configs
-from fastcifar.models import create_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--device", default="auto", help="auto, cuda or cpu (interpreter)")
     args = p.parse_args(argv)
+    interpret_triton_on_cpu(args.device)  # before fastcifar.kernels imports triton
+    from fastcifar.kernels.validate import collect_conv_configs, format_table, validate_configs
+    from fastcifar.models import create_model
 
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

@@ -19,9 +19,10 @@ recorded and the next stage runs:
    alone and inside a training step);
 6. ``epoch_bench``: ``benchmarks/bench_epoch_throughput.py`` for s7 and resnet18, the
    seeds' way against fastcifar's;
-7. ``speedrun``: ``speedrun94``, ``speedrun94_fast`` and ``speedrun94_progressive``, seeds
-   1-3 each (``--quick``: ``speedrun94_progressive`` once): accuracy, seconds under both
-   timing contracts.
+7. ``speedrun``: ``speedrun94_progressive`` with ``--kernels triton`` (its blocks chained,
+   the pool in the convolutions' epilogue) and with ``--kernels torch``; then (not with
+   ``--quick``) ``speedrun94``, ``speedrun94_fast`` and ``speedrun94_progressive``, seeds
+   1-3 each: accuracy, seconds under both timing contracts.
 
 Writes ``OUT_DIR/gpu_check.json`` (every stage: command, status, seconds, figures),
 ``OUT_DIR/gpu_check.md`` (the same as tables) and ``OUT_DIR/gpu_check.log`` (every
@@ -50,15 +51,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = [Path("/tmp/cifar10-jpeg.tar.gz"), ROOT.parent / "shared/data/cifar10-jpeg.tar.gz"]
 MODELS = ("s7", "s7_mixed", "attention", "c1c2c3c40", "resnet18", "resnet18_ln", "speedrun94")
-# seconds per stage: (quick, full); quick sums to 8.5 minutes, full to 29
+# seconds per stage: (quick, full); quick sums to 8.9 minutes (two speed runs with their
+# compile warm-ups), full to 29.9
 LIMITS = {
     "environment": (30, 60),
-    "cuda_tests": (90, 300),
+    "cuda_tests": (80, 300),
     "validation": (60, 180),
     "kernel_bench": (100, 360),
-    "loader_bench": (60, 300),
-    "epoch_bench": (80, 300),
-    "speedrun": (90, 280),
+    "loader_bench": (60, 270),
+    "epoch_bench": (60, 300),
+    "speedrun": (145, 325),
 }
 
 
@@ -153,14 +155,16 @@ def stages(
             "--amp",
             "--compile",
             "--no-evaluate",
+            "--kernels",
+            kernels,
             "--seed",
             str(i),
             "--data",
             data,
             "--out",
-            str(runs / f"{recipe}-seed{i}"),
+            str(runs / f"{recipe}-seed{i}-{kernels}"),
         ]
-        for recipe, i in speedrun_plan(quick)
+        for recipe, i, kernels in speedrun_plan(quick)
     ]
     return [
         (
@@ -249,19 +253,24 @@ def speedrun_dir(out: Path) -> Path:
 SPEEDRUN_RECIPES = ("speedrun94", "speedrun94_fast", "speedrun94_progressive")
 
 
-def speedrun_plan(quick: bool) -> list[tuple[str, int]]:
-    """(recipe, seed) of each speed run: with ``--quick`` the newest recipe once (its
-    compile warm-up fits the quick limit once), else every recipe with seeds 1-3."""
+def speedrun_plan(quick: bool) -> list[tuple[str, int, str]]:
+    """(recipe, seed, ``--kernels``) of each speed run: with ``--quick`` the newest recipe
+    once with its speed-run blocks chained (``--kernels triton``: the pool in the
+    convolution's epilogue, ``fastcifar.nn.pool_chain``) and once on PyTorch's modules
+    (``--kernels torch``), the two steps timed against each other; the full run adds every
+    recipe with seeds 1-3 as the train command runs it (``--kernels auto``)."""
+    paired = [(SPEEDRUN_RECIPES[-1], 1, "triton"), (SPEEDRUN_RECIPES[-1], 1, "torch")]
     if quick:
-        return [(SPEEDRUN_RECIPES[-1], 1)]
-    return [(recipe, i) for recipe in SPEEDRUN_RECIPES for i in (1, 2, 3)]
+        return paired
+    return paired + [(recipe, i, "auto") for recipe in SPEEDRUN_RECIPES for i in (1, 2, 3)]
 
 
 def speedrun_figures(out: Path, quick: bool) -> dict:
-    """Per recipe: each finished run's accuracy and timed seconds, and their means."""
+    """Per recipe and ``--kernels``: each finished run's accuracy and timed seconds, and
+    their means."""
     figures = {}
-    for recipe, i in speedrun_plan(quick):
-        f = speedrun_dir(out) / f"{recipe}-seed{i}" / "summary.json"
+    for recipe, i, kernels in speedrun_plan(quick):
+        f = speedrun_dir(out) / f"{recipe}-seed{i}-{kernels}" / "summary.json"
         if f.exists():
             s = json.loads(f.read_text())
             run = {
@@ -270,7 +279,8 @@ def speedrun_figures(out: Path, quick: bool) -> dict:
                 "seconds": s["timed_span_s"],
                 "record_seconds": s.get("record_span_s"),
             }
-            figures.setdefault(recipe, {"runs": []})["runs"].append(run)
+            key = f"{recipe} --kernels {kernels}"
+            figures.setdefault(key, {"runs": []})["runs"].append(run)
     for fig in figures.values():
         fig["mean_accuracy"] = statistics.mean(r["accuracy"] for r in fig["runs"])
         fig["mean_seconds"] = statistics.mean(r["seconds"] for r in fig["runs"])

@@ -111,3 +111,19 @@ def test_help_fits_a_terminal_and_lists_every_recipe_in_whole_sentences(capsys):
     entries = [" ".join(e.split()) for e in re.split(r"\n  (?=\S)", "\n" + listing) if e.strip()]
     assert all(e.endswith((".", ")")) for e in entries), entries
     assert "``" not in text  # reStructuredText's literal marks are the docstrings', not --help's
+
+
+def test_validate_on_a_cpu_chooses_the_interpreter_itself():
+    # as a user runs it: no TRITON_INTERPRET in the environment (the tests' conftest sets
+    # it). torch 2.14's flop counter imports triton with fastcifar.kernels, so the command
+    # must choose the interpreter before that import, or every kernel fails
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run(
+        [sys.executable, "-m", "fastcifar.validate", "--model", "s7", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert " pass" in r.stdout and "FAIL" not in r.stdout
