@@ -74,6 +74,16 @@ def test_gpu_check_stage_limits_fit_the_promised_totals():
     assert sum(f for _, f in gc.LIMITS.values()) < 30 * 60
 
 
+def test_gpu_check_times_the_chained_speed_run_against_pytorchs_modules(tmp_path):
+    gc = _load("gpu_check")
+    paired = [("speedrun94_progressive", 1, "triton"), ("speedrun94_progressive", 1, "torch")]
+    assert gc.speedrun_plan(quick=True) == paired
+    assert gc.speedrun_plan(quick=False)[:2] == paired
+    commands = dict((name, cmds) for name, cmds, _ in gc.stages(tmp_path, True, "d", "bfloat16"))
+    kernels = [c[c.index("--kernels") + 1] for c in commands["speedrun"]]
+    assert kernels == ["triton", "torch"]
+
+
 def test_aot_occupancy_estimate():
     aot = _load("aot_check")
     # 56 registers x 32 lanes -> 1,792 per warp; 4 warps -> 9 blocks -> 36 of 64 warps
