@@ -68,10 +68,11 @@ def run_block(
 
 def validate_block(kind: str, block: nn.Module, cfg: ConvConfig, device) -> str:
     """Run the fused version of ``block`` (a unit of ``kind``, as
-    ``fastcifar.nn.fusion.FUSIONS`` finds it: ``conv_bn_act``, ``conv_relu_bn``, ``conv_bn``,
-    ``dwsep``) and the unit itself in ``cfg.dtype`` against a float64 PyTorch reference,
-    on ``cfg``'s input shape and layout; "" when the fused output, input gradient and
-    parameter gradients are within bounds, else what failed.
+    ``fastcifar.nn.fusion.FUSIONS`` finds it: ``conv_bn_act``, ``pooled_block``,
+    ``conv_relu_bn``, ``conv_bn``, ``dwsep``) and the unit itself in ``cfg.dtype``
+    against a float64 PyTorch reference, on ``cfg``'s input shape and layout; "" when the
+    fused output, input gradient and parameter gradients are within bounds, else what
+    failed.
 
     Bounds (norm-wise relative error): float32 1e-5; 16-bit at most 3x PyTorch's own error
     in that dtype or 4 units of roundoff, whichever is larger (``fastcifar.kernels.validate``'s
