@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from fastcifar.cli import interpret_triton_on_cpu, process_age_s
 from fastcifar.engine.runlock import RunLock
 from fastcifar.errors import FastCifarError, Interrupted, run_cli
-from fastcifar.evaluation.report import CIFAR10_TEST, CIFAR10_TRAIN, wall_time
+from fastcifar.evaluation.report import CIFAR10_TEST, CIFAR10_TRAIN, reference_name, wall_time
 from fastcifar.options import RunOptions, flag_name
 from fastcifar.recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from fastcifar.train_flags import build_parser, recipe_overrides, run_options
@@ -286,7 +286,7 @@ def _print_result(summary: dict, recipe, run_dir: Path, device) -> None:
     expected = ""
     if recipe.expected_accuracy:
         full = summary["train_images"] >= CIFAR10_TRAIN and summary["test_images"] >= CIFAR10_TEST
-        expected = f" (seed reported {recipe.expected_accuracy}%" + (
+        expected = f" ({reference_name(recipe)} reported {recipe.expected_accuracy}%" + (
             ")" if full else " on all of CIFAR-10: not comparable with this subset)"
         )
     _, wall = wall_time(summary)

@@ -22,7 +22,7 @@ from fastcifar.evaluation.recipe_fields import value as _value
 from fastcifar.recipes import RECIPES, seeds
 from fastcifar.units import duration, number, percent, plural, rate
 
-__all__ = ["Report", "build_report"]
+__all__ = ["Report", "build_report", "reference_name"]
 
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000  # the seeds' data: all of CIFAR-10
 # a test accuracy below this (percent; chance is 10 %) means nothing was learned yet
@@ -109,7 +109,7 @@ def _banner(recipe, summary: dict, metrics: list[dict], result: dict):
     if not parts:
         return None
     claim = (
-        f"{_reference(recipe)}'s {percent(recipe.expected_accuracy)}"
+        f"{reference_name(recipe)}'s {percent(recipe.expected_accuracy)}"
         if recipe.expected_accuracy
         else "a full run"
     )
@@ -129,7 +129,7 @@ def _headline(recipe, summary: dict, result: dict, model_source: str) -> tuple[s
     line = f"{percent(final)} test accuracy"
     if recipe.tta != "none" and single is not None:
         line += f" with TTA ({recipe.tta}), {percent(single)} single view"
-    ref = _reference(recipe).capitalize()
+    ref = reference_name(recipe).capitalize()
     if recipe.expected_accuracy:
         comparison = (
             f"{ref} reported {percent(recipe.expected_accuracy)} "
@@ -140,7 +140,7 @@ def _headline(recipe, summary: dict, result: dict, model_source: str) -> tuple[s
     return line, comparison
 
 
-def _reference(recipe) -> str:
+def reference_name(recipe) -> str:
     """What a recipe's reported accuracy comes from: "the seed" for the course models'
     recipes, "the reference" for the others (the speed records, the model zoo's source)."""
     return "the seed" if recipe.name in SEED_RECIPES else "the reference"

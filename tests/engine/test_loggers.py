@@ -107,7 +107,7 @@ def test_a_logged_run_prints_progress_lines(tiny_tree, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "batch 10, 1 epoch, device cpu" in r.stdout  # one epoch, not "1 epochs"
     assert "warning: this run takes only 4 optimizer steps: the onecycle schedule" in r.stdout
-    assert "(seed reported 87.17% on all of CIFAR-10: not comparable" in r.stdout
+    assert "(the seed reported 87.17% on all of CIFAR-10: not comparable" in r.stdout
     progress = [line for line in r.stdout.splitlines() if "batches (" in line]
     # from the first logged step: the running loss, accuracy and speed
     line = (

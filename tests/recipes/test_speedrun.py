@@ -291,3 +291,4 @@ def test_speedrun_cli_reports_its_timed_span(real_archive, tmp_path):
     assert "loader: gpu on the CPU" in r.stdout  # the alternating flip exists only there
     assert "speedrun: " in r.stdout and "final TTA" in r.stdout
     assert "per-epoch evaluation excluded" in r.stdout
+    assert "(the reference reported 94" in r.stdout  # a speed record is no course seed
