@@ -119,7 +119,7 @@ def test_validate_on_a_cpu_chooses_the_interpreter_itself():
     # must choose the interpreter before that import, or every kernel fails
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run(
-        [sys.executable, "-m", "fastcifar.validate", "--model", "s7", "--device", "cpu"],
+        [sys.executable, "-m", "fastcifar.validate", "--model", "attention", "--device", "cpu"],
         capture_output=True,
         text=True,
         timeout=300,
