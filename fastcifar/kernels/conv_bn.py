@@ -22,7 +22,7 @@ from torch import Tensor
 from fastcifar.kernels.conv import _grad_bias_op, conv_grads, prepare_args
 from fastcifar.kernels.conv_launch import launch_forward, launch_grad_input, launch_grad_weight
 from fastcifar.kernels.flops import register_conv_flops
-from fastcifar.kernels.launch import ACTIVATIONS, empty_output, memory_format
+from fastcifar.kernels.launch import ACTIVATIONS, acc_dtype, empty_output, memory_format
 
 __all__ = ["conv2d_prologue_stats", "conv2d_relu_stats"]
 
@@ -67,7 +67,7 @@ def _fake_stats(input, weight, stride, padding, dilation):
     statistics (COUT,) in the accumulator dtype."""
     cout = weight.shape[0]
     y = empty_output(input, cout, stride, padding, dilation, weight.shape[-1])
-    stat = torch.float64 if input.dtype == torch.float64 else torch.float32
+    stat = acc_dtype(input.dtype)
     return y, input.new_empty((cout,), dtype=stat), input.new_empty((cout,), dtype=stat)
 
 
@@ -97,7 +97,7 @@ def fold_stats_grad(
     mean and biased variance per channel: ``gy + gmean / M + 2 gvar (y - mean) / M`` with
     M = N HO WO pixels, in float32 (float64 for float64 ``y``)."""
     pixels = y.shape[0] * y.shape[2] * y.shape[3]
-    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(y.dtype)
     g = gy.to(acc) if gy is not None else torch.zeros_like(y, dtype=acc)
     if gmean is not None:  # d mean / d y = 1 / M
         g = g + (gmean / pixels).view(1, -1, 1, 1)
@@ -140,15 +140,24 @@ def prologue_grad(prologue: Tensor, red: Tensor) -> Tensor:
     return torch.stack((-prologue[:, 1] * sums[:, 0], sums[:, 1], sums[:, 0]), dim=1)
 
 
-def check_prologue(prologue: Tensor | None, channels: int, prefix: str) -> None:
-    """Raise ``ValueError`` unless ``prologue`` is None or a contiguous floating (C, 3)."""
-    if prologue is None:
-        return
-    if tuple(prologue.shape) != (channels, 3) or not prologue.is_floating_point():
+def check_prologue(
+    prologue: Tensor | None, channels: int, prefix: str, activation: str = "identity"
+) -> None:
+    """Raise ``ValueError`` unless ``prologue`` is None or a floating (C, 3) and
+    ``activation`` is one of ``launch.ACTIVATIONS`` (checked in that order); ``prefix``
+    starts the message."""
+    bad_shape = prologue is not None and (
+        tuple(prologue.shape) != (channels, 3) or not prologue.is_floating_point()
+    )
+    if bad_shape:
         raise ValueError(
             f"{prefix} the prologue must be a floating ({channels}, 3) tensor of "
             f"center, scale and shift per input channel; got "
             f"{tuple(prologue.shape)} {prologue.dtype}"
+        )
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"{prefix} activation {activation!r} is not one of {', '.join(ACTIVATIONS)}"
         )
 
 
@@ -204,7 +213,7 @@ def _prologue_grad_input_op(
 
 @_prologue_grad_input_op.register_fake
 def _(grad, weight, input, prologue, act, stride, padding, dilation, groups):
-    stat = torch.float64 if input.dtype == torch.float64 else torch.float32
+    stat = acc_dtype(input.dtype)
     red = input.new_empty((input.shape[1], 2), dtype=stat)
     return torch.empty_like(input, memory_format=memory_format(input)), red
 
@@ -286,11 +295,7 @@ def conv2d_prologue_stats(
     """
     stride, padding, dilation = prepare_args(input, weight, bias, stride, padding, dilation, groups)
     prefix = "fastcifar.kernels.conv2d_prologue_stats:"
-    check_prologue(prologue, input.shape[1], prefix)
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"{prefix} activation {activation!r} is not one of {', '.join(ACTIVATIONS)}"
-        )
+    check_prologue(prologue, input.shape[1], prefix, activation)
     return _prologue_op(
         input,
         weight,

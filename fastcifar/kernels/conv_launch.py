@@ -215,7 +215,7 @@ def launch_pool_forward(
     n, cin, h, wd = x.shape
     cout, ksize = w.shape[0], w.shape[-1]
     fam = family(cin, cout, groups, stride)
-    _unpool_args((None, 0, 0), x, fam)  # refuses the elementwise family
+    _require_pool_family(fam)
     if stride != 1:  # compiled and checked at stride 1 only (the unpool spilled on sm_100)
         raise NotImplementedError(
             f"fastcifar.kernels: the pool in the epilogue takes stride-1 convolutions, not "
@@ -304,6 +304,16 @@ def launch_grad_input(
     return dx
 
 
+def _require_pool_family(fam: str) -> None:
+    """Raise ``NotImplementedError`` unless the pool in the epilogue (and its un-pool)
+    can run in ``fam``'s kernels: the ``tl.dot`` family only."""
+    if not _dot_kernels(fam):
+        raise NotImplementedError(
+            f"fastcifar.kernels: the pool in the epilogue takes dense and grouped_dot "
+            f"convolutions (the tl.dot kernels), not {fam}; leave the max pool to PyTorch"
+        )
+
+
 def _unpool_args(unpool, dy: Tensor, fam: str) -> tuple:
     """(positions pointer, HO, WO, HP, WP) of a gradient kernel: ``unpool`` = (the packed
     positions, HO, WO) or None (``dy`` is the convolution's own output gradient; ``dy``
@@ -311,11 +321,7 @@ def _unpool_args(unpool, dy: Tensor, fam: str) -> tuple:
     hp, wp = dy.shape[2], dy.shape[3]
     if unpool is None:
         return dy, hp, wp, hp, wp
-    if not _dot_kernels(fam):
-        raise NotImplementedError(
-            f"fastcifar.kernels: the pool in the epilogue takes dense and grouped_dot "
-            f"convolutions (the tl.dot kernels), not {fam}; leave the max pool to PyTorch"
-        )
+    _require_pool_family(fam)
     idx, ho, wo = unpool
     return idx, ho, wo, hp, wp
 

@@ -35,17 +35,13 @@ from fastcifar.kernels.conv_launch import (
     launch_pool_forward,
 )
 from fastcifar.kernels.flops import register_pooled_conv_flops
-from fastcifar.kernels.launch import ACTIVATIONS, cdiv, memory_format, out_size
+from fastcifar.kernels.launch import ACTIVATIONS, acc_dtype, cdiv, memory_format, out_size
 
 __all__ = ["conv2d_pool_stats"]
 
 
 def _prologue(prologue: Tensor | None, act: int):
     return None if prologue is None else (prologue, act)
-
-
-def _stat_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 @torch.library.custom_op("fastcifar::conv2d_pool_stats", mutates_args=())
@@ -71,7 +67,7 @@ def _op(
 def _(input, weight, bias, prologue, act, stride, padding, dilation, groups):
     cout = weight.shape[0]
     y = empty_pooled_output(input, cout, stride, padding, dilation, weight.shape[-1])
-    stat = input.new_empty((cout,), dtype=_stat_dtype(input))
+    stat = input.new_empty((cout,), dtype=acc_dtype(input.dtype))
     idx_shape = (y.shape[0] * y.shape[2] * y.shape[3], cdiv(cout, 4))
     return y, stat, torch.empty_like(stat), input.new_empty(idx_shape, dtype=torch.uint8)
 
@@ -109,14 +105,14 @@ def _grad_input_op(
         unpool=(idx, ho, wo),
     )
     if prologue is None:  # no prologue: no sums (an empty (0, 2) in their place)
-        return out, input.new_empty((0, 2), dtype=_stat_dtype(input))
+        return out, input.new_empty((0, 2), dtype=acc_dtype(input.dtype))
     return out
 
 
 @_grad_input_op.register_fake
 def _(grad, weight, idx, input, prologue, act, stride, padding, dilation, groups):
     rows = 0 if prologue is None else input.shape[1]
-    red = input.new_empty((rows, 2), dtype=_stat_dtype(input))
+    red = input.new_empty((rows, 2), dtype=acc_dtype(input.dtype))
     return torch.empty_like(input, memory_format=memory_format(input)), red
 
 
@@ -209,11 +205,7 @@ def conv2d_pool_stats(
     """
     stride, padding, dilation = prepare_args(input, weight, bias, stride, padding, dilation, groups)
     prefix = "fastcifar.kernels.conv2d_pool_stats:"
-    check_prologue(prologue, input.shape[1], prefix)
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"{prefix} activation {activation!r} is not one of {', '.join(ACTIVATIONS)}"
-        )
+    check_prologue(prologue, input.shape[1], prefix, activation)
     if min(_pre_pool_size(input, weight, stride, padding, dilation)) < 2:
         raise ValueError(
             f"{prefix} the convolution's output of input {tuple(input.shape)} is smaller "

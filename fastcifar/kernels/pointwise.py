@@ -307,11 +307,7 @@ def check_pointwise(
         raise ValueError(
             f"{prefix} input {input.dtype}, weight {weight.dtype} and bias must share one dtype"
         )
-    check_prologue(prologue, input.shape[1], prefix)
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"{prefix} activation {activation!r} is not one of {', '.join(ACTIVATIONS)}"
-        )
+    check_prologue(prologue, input.shape[1], prefix, activation)
     biggest = max(input.numel(), input.shape[0] * weight.shape[0] * input[0, 0].numel())
     if biggest >= MAX_INT32_ELEMENTS:
         raise NotImplementedError(

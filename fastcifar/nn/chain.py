@@ -312,7 +312,6 @@ class FusedConvBNAct(nn.Sequential):
         if isinstance(x, Pending):  # its convolution takes the prologue (is_chain_end)
             x, prologue = x.raw, x
         x, weight, bias = _autocast_args(x, conv.weight, conv.bias)
-        stats = bn.training or not bn.track_running_stats
         pro = (prologue.prologue, prologue.activation) if prologue else ()
         args = (conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
         if is_pointwise(conv):
@@ -322,7 +321,7 @@ class FusedConvBNAct(nn.Sequential):
         else:
             y, mean, var = conv2d_relu_stats(x, weight, bias, *args, relu=False)
         count = y.numel() // y.shape[1]
-        folded = bn_prologue(bn, mean if stats else None, var if stats else None, count)
+        folded = bn_prologue(bn, mean, var, count)  # the running statistics in eval
         activation = "identity" if len(self) == 2 else ACTIVATION_NAMES[type(self[2])]
         out = Pending(y, folded, activation)
         return out if self.gives_pending else out.materialise()

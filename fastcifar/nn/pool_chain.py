@@ -122,10 +122,8 @@ class PooledBlock(nn.Sequential):
 
 
 def _fold(bn: nn.BatchNorm2d, y, mean, var):
-    # the BatchNorm as a (C, 3) prologue: batch statistics in training, running in eval
-    stats = bn.training or not bn.track_running_stats
-    count = y.numel() // y.shape[1]
-    return bn_prologue(bn, mean if stats else None, var if stats else None, count)
+    # the BatchNorm as a (C, 3) prologue (bn_prologue takes the running statistics in eval)
+    return bn_prologue(bn, mean, var, y.numel() // y.shape[1])
 
 
 def fuse_pooled_blocks(model: nn.Module, only: set[str] | None = None) -> list[str]:
