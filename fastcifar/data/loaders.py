@@ -129,6 +129,15 @@ class EpochLoader:
         full, rest = divmod(n, batch)
         return full + (rest >= self.world_size)
 
+    def last_step_size(self) -> int:
+        """Images this rank takes in the epoch's last step: ``batch_size``, or fewer where a
+        last partial global batch is kept (split as ``global_batches`` splits it). A
+        compiled run warms up on that shape too, or its first epoch recompiles there."""
+        rest = len(self.dataset) % (self.batch_size * self.world_size)
+        if self.drop_last or rest < self.world_size:
+            return self.batch_size
+        return rest // self.world_size + (self.rank < rest % self.world_size)
+
     def global_batches(self, order):
         """(global batch indices, this rank's slice of them) for every step of the epoch;
         ``order`` is the epoch's permutation (a tensor or an array)."""

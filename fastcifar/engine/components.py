@@ -26,7 +26,13 @@ from fastcifar.data.loaders import EpochLoader, LoaderConfig
 from fastcifar.engine.distributed import SINGLE, World, per_rank_batch, sync_batchnorm
 from fastcifar.engine.optim import criterion
 from fastcifar.engine.rundir import RunOptions
-from fastcifar.engine.runtime import amp_dtype, resolve_device, resolve_kernels
+from fastcifar.engine.runtime import (
+    amp_dtype,
+    device_name,
+    resolve_device,
+    resolve_kernels,
+    versions,
+)
 from fastcifar.models import CifarNet, create_model
 from fastcifar.recipes import Recipe
 
@@ -52,6 +58,24 @@ class Components:
     kernels: str
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> loss
     kernel_dispatch: list[dict]  # --kernels auto on CUDA: fastcifar.nn.autotune's decisions
+
+    def facts(self, compiled: bool, world_size: int) -> dict:
+        """What the run ran on, for summary.json: loader, device, AMP dtype, compiled or
+        not, kernels, layout, the images trained and tested on, ranks, the data's source
+        and the versions."""
+        return dict(
+            loader=self.loader_name,
+            device=device_name(self.device),
+            amp=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,
+            compiled=compiled,
+            kernels=self.kernels,
+            channels_last=self.channels_last,
+            train_images=len(self.train_loader.dataset),
+            world_size=world_size,
+            test_images=len(self.test_loader.labels),
+            data=self.arrays.source,
+            versions=versions(),
+        )
 
 
 def build_components(

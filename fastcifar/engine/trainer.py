@@ -46,9 +46,14 @@ from fastcifar.engine.rundir import (
     save_epoch,
     summarise,
 )
-from fastcifar.engine.runtime import CompiledForward, Timer, device_name, versions
+from fastcifar.engine.runtime import CompiledForward, Timer
 from fastcifar.engine.tta import tta_logits
-from fastcifar.engine.warmup import prebuild, warm_up_variants
+from fastcifar.engine.warmup import (
+    announce_first_step,
+    last_partial_batch,
+    prebuild,
+    warm_up_variants,
+)
 from fastcifar.errors import FastCifarError
 from fastcifar.recipes import Recipe
 from fastcifar.units import plural
@@ -184,27 +189,30 @@ class Trainer:
         return loss, out
 
     def warm_up(self, steps: int = 3) -> float:
-        """Run ``steps`` training steps (more where the run has more graphs:
-        ``warm_up_variants``) and one evaluation batch so torch.compile builds its graphs
-        before the timed epochs, then restore model, optimizer, schedule, scaler
-        and EMA exactly. Returns the seconds it took (the compile time, mostly)."""
-        saved = copy.deepcopy(self._training_state())
-        start = time.perf_counter()
+        """Run the training steps of ``warm_up_variants`` (and one on the epoch's last,
+        partial batch) and, where the recipe times it, the final TTA, so torch.compile
+        builds the timed span's graphs before it; then restore model, optimizer, schedule,
+        scaler and EMA exactly. The untimed per-epoch evaluation compiles at its first call.
+        Prints the first step's loss when it is done. Returns the seconds it took."""
+        saved, start = copy.deepcopy(self._training_state()), time.perf_counter()
         self.model.train()
         self._seed_epoch(self.state.epoch)
         first = len(self.state.lrs)
         variants = warm_up_variants(self.recipe, self.state.epoch, self.whiten_bias_steps, steps)
-        for (res, frozen), (x, y) in zip(variants, self.components.train_loader, strict=False):
-            self.train_step(x, y, self.whiten_bias_steps if frozen else first, res)
+        loader = self.components.train_loader
+        for i, ((res, frozen), (x, y)) in enumerate(zip(variants, loader, strict=False)):
+            loss, _ = self.train_step(x, y, self.whiten_bias_steps if frozen else first, res)
+            if i == 0:
+                announce_first_step(loss, time.perf_counter() - start, len(variants))
+                for xs, ys in last_partial_batch(loader, x, y):
+                    self.train_step(xs, ys, first, res)
         self.model.set_whiten_bias_trainable(first < self.whiten_bias_steps)
-        self.evaluate(max_batches=1)
         if self.recipe.tta != "none":
-            self.evaluate(tta=True)  # the final evaluation's shapes
+            self.evaluate(tta=True)  # the final evaluation's shapes: timed
         if self.components.device.type == "cuda":
             torch.cuda.synchronize(self.components.device)
-        seconds = time.perf_counter() - start
         self._restore(saved)
-        return seconds
+        return time.perf_counter() - start
 
     def train_epoch(self, epoch: int) -> dict:
         """One epoch (``--last-epoch-fraction`` shortens the last); returns its training
@@ -261,7 +269,7 @@ class Trainer:
             )
 
     @torch.no_grad()
-    def evaluate(self, max_batches: int | None = None, tta: bool = False) -> dict:
+    def evaluate(self, tta: bool = False) -> dict:
         """Test loss (mean per image) and accuracy (percent) of the evaluated weights (the
         EMA's when used): single view, or with ``tta`` the recipe's TTA (``tta``,
         ``tta_fraction``; ``fastcifar.engine.tta``) over the whole test set."""
@@ -272,7 +280,7 @@ class Trainer:
             broadcast_buffers(ema.module)
         forward = ema.module.eval() if ema is not None else self.eval_forward
         test_loader = self.components.test_loader
-        batches = [b for i, b in enumerate(test_loader) if max_batches is None or i < max_batches]
+        batches = list(test_loader)
         x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
         mode = self.recipe.tta if tta else "none"
         with self._autocast():
@@ -345,7 +353,7 @@ class Trainer:
 
     def _write_summary(self, session_time: float) -> dict:
         """summary.json (rank 0) from the run's state and what it ran on (``summarise``)."""
-        facts = _run_facts(self.components, self.forward.compiled is not None, self.world.size)
+        facts = self.components.facts(self.forward.compiled is not None, self.world.size)
         summary = summarise(
             self.recipe,
             self.state,
@@ -367,25 +375,6 @@ def _what_was_kept(epochs_done: int, run_dir: Path, amp_dtype) -> str:
         else "no epoch had finished, so no checkpoint was written"
     )
     return f"{kept}; {'lower --lr or try --no-amp' if amp_dtype else 'lower --lr'}"
-
-
-def _run_facts(c: Components, compiled: bool, world_size: int) -> dict:
-    """What a run ran on, for summary.json: loader, device, AMP dtype, compiled or not,
-    kernels, layout, the images trained and tested on, ranks, the data's source and the
-    versions."""
-    return dict(
-        loader=c.loader_name,
-        device=device_name(c.device),
-        amp=str(c.amp_dtype).replace("torch.", "") if c.amp_dtype else None,
-        compiled=compiled,
-        kernels=c.kernels,
-        channels_last=c.channels_last,
-        train_images=len(c.train_loader.dataset),
-        world_size=world_size,
-        test_images=len(c.test_loader.labels),
-        data=c.arrays.source,
-        versions=versions(),
-    )
 
 
 def _nothing_to_resume(run_dir: Path) -> str:

@@ -1,13 +1,16 @@
 """What runs before the timed training loop: the graphs the compile warm-up calls
-(``warm_up_variants``) and the augmented epochs built ahead (``prebuild``)."""
+(``warm_up_variants``, ``last_partial_batch``), its first line (``announce_first_step``)
+and the augmented epochs built ahead (``prebuild``)."""
 
 from __future__ import annotations
+
+import torch
 
 from fastcifar.engine.components import Components
 from fastcifar.engine.runtime import Timer
 from fastcifar.recipes import Recipe
 
-__all__ = ["prebuild", "warm_up_variants"]
+__all__ = ["announce_first_step", "last_partial_batch", "prebuild", "warm_up_variants"]
 
 
 def warm_up_variants(
@@ -23,6 +26,24 @@ def warm_up_variants(
     else:
         variants = [(recipe.resolution(epoch), False)] + [(r, True) for r in resolutions]
     return [variants[0]] * max(1, steps - len(variants) + 1) + variants[1:]
+
+
+def last_partial_batch(loader, x: torch.Tensor, y: torch.Tensor) -> list[tuple]:
+    """``[(x, y)]`` cut to the size of the epoch's last, partial step
+    (``EpochLoader.last_step_size``), which torch.compile would otherwise compile inside
+    the first timed epoch; ``[]`` when every step of the epoch is full."""
+    rest = loader.last_step_size()
+    return [(x[:rest], y[:rest])] if rest < len(y) else []
+
+
+def announce_first_step(loss: torch.Tensor, seconds: float, steps: int) -> None:
+    """The compile warm-up's first line: the first step's loss as soon as it is known (a
+    cold compile on a CPU takes minutes), and that the warm-up is undone."""
+    print(
+        f"compile: warm-up step 1/{steps}: loss={float(loss.detach()):.3f} after "
+        f"{seconds:.1f} s (compiling, mostly; the warm-up's steps are undone before epoch 1)",
+        flush=True,
+    )
 
 
 def prebuild(components: Components, recipe: Recipe, epochs: range) -> float:

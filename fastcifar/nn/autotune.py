@@ -39,6 +39,7 @@ from fastcifar.nn.autotune_cache import DispatchCache, default_cache, environmen
 from fastcifar.nn.fusion import FUSIONS, convert, fused_copy, summary_line
 from fastcifar.nn.kernel_guard import is_triton_failure, run_block, trial_step, validate_block
 from fastcifar.nn.modules import own_forward_convs
+from fastcifar.nn.traced_chain import traced_link_notes
 
 __all__ = [
     "Decision",
@@ -331,8 +332,17 @@ def choose_kernels(
     print("kernels: auto, measured (forward + backward, Triton against PyTorch):")
     print(format_table(decisions))
     counts = {kind: len([x for x in names if x not in reverted]) for kind, names in changed.items()}
-    print(summary_line(counts, own_forward_convs(model)), flush=True)
+    _print_summary(model, counts)
     return as_records(decisions)
+
+
+def _print_summary(model: nn.Module, counts: dict[str, int]) -> None:
+    """The console's kernels line, then one line per module whose links were left and why
+    (``traced_link_notes``: a forward that cannot be traced, a consumer not taken)."""
+    print(summary_line(counts, own_forward_convs(model)))
+    for note in traced_link_notes(model):
+        print(f"kernels: not linked: {note}")
+    print(end="", flush=True)
 
 
 def _example(batch: int, device, channels_last: bool) -> torch.Tensor:
@@ -377,4 +387,4 @@ def _use_triton(model, example, device, dtype, results: list, validate) -> None:
                 )
     converted = convert(model, kinds=kinds)
     counts = {kind: len(converted[kind]) for kind in kinds}
-    print(summary_line(counts, own_forward_convs(model)), flush=True)
+    _print_summary(model, counts)

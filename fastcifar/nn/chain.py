@@ -36,14 +36,19 @@ on its float32 copy) behave as PyTorch's modules do.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import nn
 
-from fastcifar.kernels.conv_bn import conv2d_prologue_stats, conv2d_relu_stats, prologue_grad
+from fastcifar.kernels.conv_bn import conv2d_prologue_stats, conv2d_relu_stats
 from fastcifar.kernels.pointwise import pointwise_conv2d
-from fastcifar.nn.modules import _autocast_args, bn_prologue, config_supported, plain_conv
+from fastcifar.nn.modules import (
+    _autocast_args,
+    bn_prologue,
+    config_supported,
+    plain_bn,
+    plain_conv,
+)
+from fastcifar.nn.pending import Pending, gated, pooled_activation
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -59,133 +64,16 @@ __all__ = [
 ACTIVATION_NAMES: dict[type, str] = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu"}
 
 
-class Pending(NamedTuple):
-    """A BatchNorm and activation not yet applied: ``act((raw - center) * scale + shift)``.
-
-    raw: (N, C, H, W) the producing convolution's output, its dtype and layout;
-    prologue: (C, 3) float32 (float64 for float64 ``raw``): per channel the center (the
-    batch mean, or the running mean in eval), the scale (BatchNorm's weight over the
-    deviation) and the shift (its bias); activation: a name of
-    ``fastcifar.kernels.launch.ACTIVATIONS``.
-    """
-
-    raw: torch.Tensor
-    prologue: torch.Tensor
-    activation: str
-
-    def materialise(self) -> torch.Tensor:
-        """The normalised, activated tensor, in ``raw``'s dtype (what an unfused chain
-        would have passed on)."""
-        return _Materialise.apply(self.raw, self.prologue, self.activation)
-
-
-_ACTIVATE = {
-    "identity": lambda t: t,
-    "relu": torch.relu,
-    "relu6": lambda t: torch.clamp(t, 0, 6),
-    "silu": torch.nn.functional.silu,
-}
-
-
-def _silu_grad(z: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(z)
-    return s * (1 + z * (1 - s))
-
-
-# act'(z) of each activation (0 at ReLU's and ReLU6's kinks, as PyTorch takes them)
-_ACTIVATE_GRAD = {
-    "identity": torch.ones_like,
-    "relu": lambda z: (z > 0).to(z.dtype),
-    "relu6": lambda z: ((z > 0) & (z < 6)).to(z.dtype),
-    "silu": _silu_grad,
-}
-
-
-def _affine(raw: torch.Tensor, prologue: torch.Tensor) -> torch.Tensor:
-    # (raw - center) * scale + shift in float32 (float64 for float64 raw)
-    acc = torch.float64 if raw.dtype == torch.float64 else torch.float32
-    center, scale, shift = (prologue[:, i].view(1, -1, 1, 1).to(acc) for i in range(3))
-    return (raw.to(acc) - center) * scale + shift
-
-
-def _prologue_backward(raw, prologue, activation, grad_a) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the raw tensor's gradient in its dtype, the (C, 3) prologue's) from ``grad_a``, the
-    gradient of ``act((raw - center) * scale + shift)``, as the kernels take it: the
-    affine map recomputed, the prologue's gradient from centred sums (float32 autograd
-    over ``raw * scale`` would cancel ``sum g raw`` against ``center sum g``)."""
-    z = _affine(raw, prologue)
-    dz = grad_a.to(z.dtype) * _ACTIVATE_GRAD[activation](z)
-    centred = raw.to(dz.dtype) - prologue[:, 0].view(1, -1, 1, 1).to(dz.dtype)
-    scale = prologue[:, 1].view(1, -1, 1, 1).to(dz.dtype)
-    sums = torch.stack((dz.sum((0, 2, 3)), (dz * centred).sum((0, 2, 3))), dim=1)
-    return (dz * scale).to(raw.dtype), prologue_grad(prologue, sums)
-
-
-class _Materialise(torch.autograd.Function):
-    """``act((raw - center) * scale + shift)``, saving only ``raw`` and the (C, 3)
-    prologue; the backward recomputes the affine map (``_prologue_backward``)."""
-
-    @staticmethod
-    def forward(ctx, raw, prologue, activation):
-        ctx.save_for_backward(raw, prologue)
-        ctx.activation = activation
-        return _ACTIVATE[activation](_affine(raw, prologue)).to(raw.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        raw, prologue = ctx.saved_tensors
-        return (*_prologue_backward(raw, prologue, ctx.activation, grad), None)
-
-
-class _PooledActivation(torch.autograd.Function):
-    """The (N, C, 1, 1) spatial mean of ``act((raw - center) * scale + shift)`` in
-    ``raw``'s dtype, without writing the activated tensor; saves ``raw`` and the
-    prologue."""
-
-    @staticmethod
-    def forward(ctx, raw, prologue, activation):
-        ctx.save_for_backward(raw, prologue)
-        ctx.activation = activation
-        return (
-            _ACTIVATE[activation](_affine(raw, prologue)).mean((2, 3), keepdim=True).to(raw.dtype)
-        )
-
-    @staticmethod
-    def backward(ctx, grad):
-        raw, prologue = ctx.saved_tensors
-        acc = torch.float64 if raw.dtype == torch.float64 else torch.float32
-        grad_a = (grad.to(acc) / (raw.shape[2] * raw.shape[3])).expand(raw.shape)
-        return (*_prologue_backward(raw, prologue, ctx.activation, grad_a), None)
-
-
-class _Gated(torch.autograd.Function):
-    """``act((raw - center) * scale + shift) * gate`` with a (N, C, 1, 1) gate, rounded
-    once to ``raw``'s dtype; saves ``raw``, the prologue and the gate (the activated
-    tensor is recomputed in the backward, not saved)."""
-
-    @staticmethod
-    def forward(ctx, raw, prologue, activation, gate):
-        ctx.save_for_backward(raw, prologue, gate)
-        ctx.activation = activation
-        a = _ACTIVATE[activation](_affine(raw, prologue))
-        return (a * gate.to(a.dtype)).to(raw.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        raw, prologue, gate = ctx.saved_tensors
-        a = _ACTIVATE[ctx.activation](_affine(raw, prologue))
-        g = grad.to(a.dtype)
-        dgate = (g * a).sum((2, 3), keepdim=True).to(gate.dtype)
-        dx, dpro = _prologue_backward(raw, prologue, ctx.activation, g * gate.to(a.dtype))
-        return dx, dpro, None, dgate
-
-
 def is_pointwise(conv: nn.Module) -> bool:
     """Whether ``conv`` is a 1x1, stride-1, unpadded, ungrouped ``nn.Conv2d``: what
     ``pointwise_conv2d`` computes."""
+    return plain_conv(conv) and _pointwise_shape(conv)
+
+
+def _pointwise_shape(conv: nn.Conv2d) -> bool:
+    # the geometry alone (a converted end's class is no longer a plain convolution's)
     return (
-        plain_conv(conv)
-        and conv.kernel_size == (1, 1)
+        conv.kernel_size == (1, 1)
         and conv.stride == (1, 1)
         and conv.padding in ((0, 0), "valid")
         and conv.dilation == (1, 1)
@@ -195,12 +83,12 @@ def is_pointwise(conv: nn.Module) -> bool:
 
 def _activation_of(m: nn.Module) -> str | None:
     """The activation name of a ``Sequential(conv, BatchNorm2d[, act])`` (identity
-    without one), or None when ``m`` is not such a block."""
-    if type(m) not in (nn.Sequential, FusedConvBNAct) or len(m) not in (2, 3):
+    without one), or None when ``m`` is not such a block. A subclass of ``nn.Sequential``
+    keeping its forward (torchvision's ``Conv2dNormActivation``) is one."""
+    sequential = isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
+    if not (sequential or type(m) is FusedConvBNAct) or len(m) not in (2, 3):
         return None
-    if not plain_conv(m[0]) or type(m[1]) is not nn.BatchNorm2d:
-        return None
-    if m[0].out_channels != m[1].num_features:
+    if not plain_conv(m[0]) or not plain_bn(m[1], m[0].out_channels):
         return None
     return "identity" if len(m) == 2 else ACTIVATION_NAMES.get(type(m[2]))
 
@@ -229,12 +117,12 @@ class _PendingGate:
     forward."""
 
     takes_pending = True
+    chain_end = True  # is_chain_module
 
     def forward(self, x):
         if not isinstance(x, Pending):
             return super().forward(x)
-        pooled = _PooledActivation.apply(x.raw, x.prologue, x.activation)
-        return _Gated.apply(x.raw, x.prologue, x.activation, self.gate(pooled))
+        return gated(x, self.gate(pooled_activation(x)))
 
 
 _GATE_CLASSES: dict[type, type] = {}
@@ -243,16 +131,14 @@ _GATE_CLASSES: dict[type, type] = {}
 def _pending_gate_class(cls: type) -> type:
     """``cls`` with ``_PendingGate``'s forward, one class per gate class."""
     if cls not in _GATE_CLASSES:
-        _GATE_CLASSES[cls] = type(
-            f"Chained{cls.__name__}", (_PendingGate, cls), {"_unfused_class": cls}
-        )
+        _GATE_CLASSES[cls] = type(f"Chained{cls.__name__}", (_PendingGate, cls), {})
     return _GATE_CLASSES[cls]
 
 
 def is_chain_module(m: nn.Module) -> bool:
-    """Whether ``m`` is a converted end of a link: a ``FusedConvBNAct`` or a gate taking
-    a ``Pending``."""
-    return type(m) is FusedConvBNAct or isinstance(m, _PendingGate)
+    """Whether ``m`` is a converted end of a link: a ``FusedConvBNAct``, a gate taking a
+    ``Pending`` or a ``traced_chain.LinkedConv2d`` (their classes say ``chain_end``)."""
+    return getattr(type(m), "chain_end", False)
 
 
 def _candidate_pairs(model: nn.Module):
@@ -305,26 +191,50 @@ class FusedConvBNAct(nn.Sequential):
 
     gives_pending = False
     takes_pending = False
+    chain_end = True  # is_chain_module
 
     def forward(self, x):
-        conv, bn = self[0], self[1]
-        prologue = None
-        if isinstance(x, Pending):  # its convolution takes the prologue (is_chain_end)
-            x, prologue = x.raw, x
-        x, weight, bias = _autocast_args(x, conv.weight, conv.bias)
-        pro = (prologue.prologue, prologue.activation) if prologue else ()
-        args = (conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
-        if is_pointwise(conv):
-            y, mean, var = pointwise_conv2d(x, weight, bias, *pro, stats=True)
-        elif prologue is not None:
-            y, mean, var = conv2d_prologue_stats(x, weight, bias, *pro, *args)
-        else:
-            y, mean, var = conv2d_relu_stats(x, weight, bias, *args, relu=False)
-        count = y.numel() // y.shape[1]
-        folded = bn_prologue(bn, mean, var, count)  # the running statistics in eval
         activation = "identity" if len(self) == 2 else ACTIVATION_NAMES[type(self[2])]
-        out = Pending(y, folded, activation)
-        return out if self.gives_pending else out.materialise()
+        return link_end(self[0], self[1], activation, x, self.gives_pending)
+
+
+def link_end(
+    conv: nn.Conv2d, bn: nn.BatchNorm2d | None, activation: str, x, gives_pending: bool
+) -> torch.Tensor | Pending:
+    """One end of a link: ``conv`` in Triton on ``x`` (a tensor, or a ``Pending`` that its
+    kernel applies as it loads), then ``bn`` from the statistics in its epilogue.
+
+    Args:
+        conv: a ``plain_conv`` that ``is_chain_end`` accepts (1x1, or a KxK the kernels
+            take); its weight and bias, cast to the autocast dtype when autocast is on.
+        bn: its BatchNorm2d (training: batch statistics, running ones updated; eval: the
+            running ones), or None for a consumer whose BatchNorm stays PyTorch's.
+        activation: after ``bn``: a name of ``ACTIVATION_NAMES``' values or "identity".
+        x: (N, CIN, H, W) NCHW or channels_last, or a ``Pending`` of CIN channels.
+        gives_pending: return the ``Pending`` (raw output, folded ``bn``, activation)
+            instead of the normalised, activated tensor.
+
+    Returns:
+        (N, COUT, HO, WO) in the compute dtype (``conv``'s raw output when ``bn`` is None),
+        or a ``Pending``.
+    """
+    prologue = None
+    if isinstance(x, Pending):  # its convolution takes the prologue (is_chain_end)
+        x, prologue = x.raw, x
+    x, weight, bias = _autocast_args(x, conv.weight, conv.bias)
+    pro = (prologue.prologue, prologue.activation) if prologue else ()
+    args = (conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
+    if _pointwise_shape(conv):
+        y, mean, var = pointwise_conv2d(x, weight, bias, *pro, stats=True)
+    elif prologue is not None:
+        y, mean, var = conv2d_prologue_stats(x, weight, bias, *pro, *args)
+    else:
+        y, mean, var = conv2d_relu_stats(x, weight, bias, *args, relu=False)
+    if bn is None:
+        return y
+    folded = bn_prologue(bn, mean, var, y.numel() // y.shape[1])  # running ones in eval
+    out = Pending(y, folded, activation)
+    return out if gives_pending else out.materialise()
 
 
 def fuse_conv_bn_act(model: nn.Module, only: set[str] | None = None) -> list[str]:
@@ -349,9 +259,11 @@ def fuse_conv_bn_act(model: nn.Module, only: set[str] | None = None) -> list[str
         if only is not None and name not in only:
             continue
         p, c = model.get_submodule(producer), model.get_submodule(consumer)
+        for m in (p, c):
+            m.__dict__.setdefault("_unfused_class", type(m))
         p.__class__ = FusedConvBNAct
         if is_gate(c):
-            c.__class__ = _pending_gate_class(getattr(c, "_unfused_class", type(c)))
+            c.__class__ = _pending_gate_class(c.__dict__["_unfused_class"])
         else:
             c.__class__ = FusedConvBNAct
         p.gives_pending, c.takes_pending = True, True
@@ -361,14 +273,21 @@ def fuse_conv_bn_act(model: nn.Module, only: set[str] | None = None) -> list[str
 
 
 def revert_link_end(m: nn.Module) -> None:
-    """Put a chain module back on PyTorch, and with it every module linked to it, end to
-    end (a consumer reverted alone would receive a ``Pending``)."""
+    """Put a chain module back on PyTorch (its class before the conversion), and with it
+    every module linked to it, end to end (a consumer reverted alone would receive a
+    ``Pending``), and the module whose forward was rewritten around it
+    (``_link_owner``: ``fastcifar.nn.traced_chain``) with all of that module's links."""
     if not is_chain_module(m):
         return
     partners = [m.__dict__.pop(k, None) for k in ("_link_consumer", "_link_producer")]
-    m.__class__ = m._unfused_class if isinstance(m, _PendingGate) else nn.Sequential
-    m.__dict__.pop("gives_pending", None)
-    m.__dict__.pop("takes_pending", None)
+    owner = m.__dict__.pop("_link_owner", None)
+    m.__class__ = m.__dict__.pop("_unfused_class")
+    for key in ("gives_pending", "takes_pending", "_link_bn", "_link_activation"):
+        m.__dict__.pop(key, None)
     for partner in partners:
         if partner is not None:
             revert_link_end(partner)
+    if owner is not None and "_unfused_class" in owner.__dict__:
+        owner.__class__ = owner.__dict__.pop("_unfused_class")
+        for end in owner.__dict__.pop("_link_ends"):
+            revert_link_end(end)

@@ -10,6 +10,9 @@ kind           unit (unfused)                                    fused module
 conv_bn_act    ``Sequential(conv, BN[, act])`` -> 1x1 or          ``FusedConvBNAct``
                depthwise conv + BN, or -> squeeze-excitation     (the gate: its own
                                                                  class, chained)
+traced_chain   conv -> BN [-> act] -> conv found in a traced     ``LinkedConv2d`` (the
+               forward: flat Sequentials, ``F.relu(self.bn1(     module: its forward
+               self.conv1(x)))``, a unit -> a bare conv          the rewritten graph)
 pooled_block   ``Sequential(conv 3x3, MaxPool2d(2), BN, act,    ``PooledBlock``
                conv 3x3, BN, act)`` (the speed run's blocks)
 conv_relu_bn   ``Sequential(conv 3x3, ReLU, BN)`` (the seeds)    ``FusedConvReLUBN``
@@ -56,6 +59,7 @@ from fastcifar.nn.pool_chain import (
     fuse_pooled_blocks,
     revert_pooled_block,
 )
+from fastcifar.nn.traced_chain import LinkedConv2d, fuse_traced_links, traced_units
 
 __all__ = [
     "FUSIONS",
@@ -144,7 +148,17 @@ FUSIONS: tuple[FusionKind, ...] = (
         _chains,
         lambda name: _first_child(name.split(">")[0]),
         fuse_conv_bn_act,
-        is_chain_module,
+        lambda m: is_chain_module(m) and not isinstance(m, LinkedConv2d),
+        revert_link_end,
+        triton=True,
+    ),
+    FusionKind(
+        "traced_chain",
+        "conv-BN-activation links in forward",
+        traced_units,
+        lambda name: name.split(">")[0],
+        fuse_traced_links,
+        lambda m: isinstance(m, LinkedConv2d),
         revert_link_end,
         triton=True,
     ),

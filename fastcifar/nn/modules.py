@@ -113,6 +113,17 @@ def plain_conv(module: nn.Module) -> bool:
     )
 
 
+def plain_bn(module: nn.Module, channels: int) -> bool:
+    """Whether ``module`` computes exactly ``nn.BatchNorm2d``'s normalisation over
+    ``channels`` channels: a BatchNorm2d, or a subclass keeping its forward (the speed
+    run's ``FrozenScaleBatchNorm``, which only freezes its weight)."""
+    return (
+        isinstance(module, nn.BatchNorm2d)
+        and type(module).forward is nn.BatchNorm2d.forward
+        and module.num_features == channels
+    )
+
+
 def own_forward_convs(model: nn.Module) -> list[str]:
     """The qualified names of ``model``'s ``nn.Conv2d`` subclasses with a ``forward`` (or
     ``_conv_forward``) of their own: the kernels cannot know what it computes, so they

@@ -25,7 +25,13 @@ from torch import nn
 from fastcifar.kernels.conv_bn import conv2d_prologue_stats
 from fastcifar.kernels.conv_pool import conv2d_pool_stats
 from fastcifar.nn.chain import ACTIVATION_NAMES, Pending
-from fastcifar.nn.modules import _autocast_args, bn_prologue, config_supported, plain_conv
+from fastcifar.nn.modules import (
+    _autocast_args,
+    bn_prologue,
+    config_supported,
+    plain_bn,
+    plain_conv,
+)
 
 __all__ = [
     "PooledBlock",
@@ -34,15 +40,6 @@ __all__ = [
     "is_pooled_block",
     "revert_pooled_block",
 ]
-
-
-def _plain_bn(m: nn.Module, channels: int) -> bool:
-    # a BatchNorm2d (or a subclass keeping its forward) over ``channels`` channels
-    return (
-        isinstance(m, nn.BatchNorm2d)
-        and type(m).forward is nn.BatchNorm2d.forward
-        and m.num_features == channels
-    )
 
 
 def _dense_3x3(m: nn.Module) -> bool:
@@ -60,7 +57,7 @@ def is_pooled_block(m: nn.Module) -> bool:
     """Whether ``m`` is ``Sequential(conv3x3, MaxPool2d(2), BN, act, conv3x3, BN, act)``
     (or its converted ``PooledBlock``) that the kernels take: stride-1 dense 3x3
     convolutions, a 2x2 stride-2 max pool without padding, dilation or ceil mode,
-    BatchNorms as ``_plain_bn``, activations of ``ACTIVATION_NAMES``."""
+    BatchNorms as ``plain_bn``, activations of ``ACTIVATION_NAMES``."""
     if type(m) not in (nn.Sequential, PooledBlock) or len(m) != 7:
         return False
     conv1, pool, bn1, act1, conv2, bn2, act2 = m
@@ -78,8 +75,8 @@ def is_pooled_block(m: nn.Module) -> bool:
         and _dense_3x3(conv1)
         and _dense_3x3(conv2)
         and conv2.in_channels == conv1.out_channels
-        and _plain_bn(bn1, conv1.out_channels)
-        and _plain_bn(bn2, conv2.out_channels)
+        and plain_bn(bn1, conv1.out_channels)
+        and plain_bn(bn2, conv2.out_channels)
         and type(act1) in ACTIVATION_NAMES
         and type(act2) in ACTIVATION_NAMES
     )

@@ -48,6 +48,8 @@ def test_shards_are_disjoint_and_cover_the_epoch(drop_last):
         loader = GpuLoader(images, labels, config)
         loader.set_epoch(1)
         assert len(loader) == (2 if drop_last else 3)
+        sizes = [len(y) for _, y in loader]
+        assert loader.last_step_size() == sizes[-1]  # the shape the compile warm-up adds
         seen.append([int(v) for _, y in loader for v in y])
     assert not set(seen[0]) & set(seen[1])
     assert len(seen[0] + seen[1]) == (32 if drop_last else 43)  # only drop_last drops

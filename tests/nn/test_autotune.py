@@ -91,6 +91,7 @@ def test_choice_follows_the_timings_for_each_configuration_and_block(tmp_path):
         "conv_bn": ["cb"],
         "dwsep": [],
         "conv_bn_act": [],
+        "traced_chain": [],
         "pooled_block": [],
     }
     assert isinstance(model.cb, FusedConvBN)

@@ -241,6 +241,7 @@ def test_the_auto_path_trains_on_and_the_table_says_why(monkeypatch, capsys, tmp
     assert isinstance(model.dense, Conv2d) and model.dense.uses_triton
     assert isinstance(model.crb, FusedConvReLUBN) and not model.dw.uses_triton
     line = "kernels: 1 convolutions in Triton, 0 conv-BN-activation chains, "
+    line += "0 conv-BN-activation links in forward, "
     assert line + "0 conv-pool-BN-activation blocks, 1 conv+ReLU+BN" in out
     y = model(torch.randn(2, 3, 8, 8))
     y.sum().backward()

@@ -158,6 +158,7 @@ def test_trainer_validates_then_trains_with_triton(tmp_path, capsys):
     assert "validating 3 Triton conv configurations" in out
     assert out.count(" pass") == 3 and "FAIL" not in out
     line = "kernels: 3 convolutions in Triton, 0 conv-BN-activation chains, "
+    line += "0 conv-BN-activation links in forward, "
     assert line + "0 conv-pool-BN-activation blocks fused" in out
     summary = t.fit()
     assert summary["kernels"] == "triton" and summary["epochs"] == 1

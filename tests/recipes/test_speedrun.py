@@ -215,13 +215,16 @@ def test_timed_span_is_whitening_plus_training_plus_final_tta(tiny, monkeypatch)
     assert summary["final_test_acc"] == rows[1]["tta_test_acc"]
 
 
-def test_speedrun94_trains_compiled_with_the_gpu_loader(tiny):
+def test_speedrun94_trains_compiled_with_the_gpu_loader(tiny, capsys):
     recipe = get_recipe("speedrun94").replace(epochs=2, batch_size=16, whiten_bias_epochs=1.0)
     opts = _options(tiny, compile=True, compile_backend="aot_eager")
     t = build_trainer(recipe, opts, tiny)
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
     lr_before = [g["lr"] for g in t.opt.optimizer.param_groups]
     assert t.warm_up() > 0
+    # the first step's loss is shown as soon as it is done (a cold CPU compile is minutes)
+    line = next(x for x in capsys.readouterr().out.splitlines() if "warm-up step 1/" in x)
+    assert 0 < float(line.split("loss=")[1].split()[0]) < 10
     for k, v in t.model.state_dict().items():  # the warm-up left no trace
         assert torch.equal(v, before[k]), k
     optimizer = t.opt.optimizer
