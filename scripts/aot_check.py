@@ -37,7 +37,7 @@ bfloat16 on sm_75 unless ``--dtypes`` asks), channels_last (weights channels_las
 dilation 3 and grouped extras; for each, the forward (with and without bias, and with the
 ReLU + BatchNorm-statistics epilogue), input, weight and bias gradients, and for
 depthwise ones the fused depthwise-separable forward and backward; for every one the
-forward, input and weight gradients with the BatchNorm-and-activation prologue (SiLU);
+forward, input and weight gradients with the BatchNorm-and-activation prologue (GELU);
 and every 1x1 convolution of every model through ``pointwise_conv2d`` (with and without the
 BatchNorm-and-activation prologue, with the statistics epilogue). ``--quick``:
 channels_last and 16-bit dtypes only (sm_75: float16), on sm_75, sm_90 and gfx942 unless
@@ -192,7 +192,7 @@ def pointwise_configs(quick: bool, layout: str | None = None) -> list[tuple]:
 
 
 def record_pointwise(launches, configs, dtypes) -> None:
-    """The pointwise op's launches (forward with and without the SiLU prologue, with the
+    """The pointwise op's launches (forward with and without the GELU prologue, with the
     statistics epilogue; input and weight gradients with the prologue)."""
     from fastcifar.kernels import pointwise
     from fastcifar.kernels.launch import ACTIVATIONS
@@ -206,8 +206,9 @@ def record_pointwise(launches, configs, dtypes) -> None:
             pro = torch.empty((xs[1], 3), device="meta")
             y, _, _ = pointwise.launch_forward(x, w, None, None, 0, True)
             dy = torch.empty_like(y)
-            # SiLU: the prologue with the most instructions (ReLU's is a subset of its code)
-            for act in (ACTIVATIONS["silu"],):
+            # GELU: the prologue with the most instructions (erf, and exp in its gradient;
+            # SiLU's exp and ReLU's max are less)
+            for act in (ACTIVATIONS["gelu"],):
                 pointwise.launch_forward(x, w, None, pro, act, True)
                 pointwise.launch_grad_input(dy, w, x, pro, act)
                 pointwise.launch_grad_weight(dy, x, pro, act, w.shape)
@@ -221,6 +222,7 @@ def record(configs, dtypes, target: str | None = None, pointwise_cfgs=()) -> lis
     """Every launch the launchers make for these configurations on ``target`` (its tile
     entries), on ``meta`` tensors; channels_last configurations get channels_last weights."""
     from fastcifar.kernels import conv_launch, dwsep, launch
+    from fastcifar.kernels.launch import ACTIVATIONS
 
     def meta(shape, dtype, cl=False):
         t = torch.empty(shape, dtype=dtype, device="meta")
@@ -241,7 +243,7 @@ def record(configs, dtypes, target: str | None = None, pointwise_cfgs=()) -> lis
                 conv_launch.launch_grad_weight(dy, x, ws, s, p, d, g)
                 conv_launch.launch_grad_bias(dy)
                 # with the BatchNorm-and-activation prologue (a chain's consumer)
-                pro = (meta((xs[1], 3), torch.float32), 3)  # SiLU: the longest
+                pro = (meta((xs[1], 3), torch.float32), ACTIVATIONS["gelu"])  # the longest
                 conv_launch.launch_forward(x, w, None, s, p, d, g, stats=True, prologue=pro)
                 conv_launch.launch_grad_input(dy, w, xs, fmt, s, p, d, g, prologue=pro, x=x)
                 conv_launch.launch_grad_weight(dy, x, ws, s, p, d, g, prologue=pro)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from fastcifar.kernels.launch import (
+    ACTIVATIONS,
     acc_dtype,
     cdiv,
     empty_output,
@@ -27,6 +28,8 @@ from fastcifar.kernels.launch import (
     tiles,
     tl_acc,
 )
+
+_GELU = ACTIVATIONS["gelu"]  # its prologue takes smaller tiles (launch.fused_dot_tiles)
 
 __all__ = [
     "DOT_MIN_PER_GROUP",
@@ -160,7 +163,7 @@ def launch_forward(
     fam = family(cin, cout, groups, stride)
     pro, has_prologue, act = _prologue_args(prologue, w)
     dot = _dot_kernels(fam)
-    t = fused_dot_tiles(tiles(x.dtype, fam), prologue=has_prologue) if dot else tiles(x.dtype, fam)
+    t = fused_dot_tiles(tiles(x.dtype, fam), has_prologue and dot, gelu=not dot and act == _GELU)
     y = empty_output(x, cout, stride, padding, dilation, ksize)
     ho, wo = y.shape[2], y.shape[3]
     programs = cdiv(n * ho * wo, t.block_p)
@@ -222,7 +225,7 @@ def launch_pool_forward(
             f"stride {stride}; leave the max pool to PyTorch"
         )
     pro, has_prologue, act = _prologue_args(prologue, w)
-    t = fused_dot_tiles(tiles(x.dtype, fam), prologue=has_prologue, pool=True)
+    t = fused_dot_tiles(tiles(x.dtype, fam), has_prologue, pool=True, gelu=act == _GELU)
     ho, wo = (
         out_size(h, stride, padding, dilation, ksize),
         out_size(wd, stride, padding, dilation, ksize),
@@ -271,7 +274,7 @@ def launch_grad_input(
     # stride-2 tile (32 x 8): at 64 x 8 x 4 warps ptxas (triton 3.6, the GPU machines'
     # stack) spilled 12 bytes on sm_90 in float16 (72 registers); 32 x 8 compiles in 62.
     t = tiles(dy.dtype, "depthwise_strided" if has_prologue and fam == "depthwise" else fam)
-    t = fused_dot_tiles(t, unpool=True) if unpool is not None else t
+    t = fused_dot_tiles(t, unpool=unpool is not None, gelu=not _dot_kernels(fam) and act == _GELU)
     dx = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=x_format)
     programs = cdiv(n * h * wd, t.block_p)
     # the prologue's per program and input channel (sum dz, sum dz * (x - center)); without

@@ -7,16 +7,14 @@ Tile sizes live here and nowhere else (``Tiles``):
   depthwise-separable kernel uses, and what ``scripts/aot_check.py`` compiles for
   sm_80/sm_90 (why each size: the comment at ``GPU_TILES``). 4 warps and 3 pipeline
   stages everywhere (triton's defaults, written out so the AOT compile uses them).
-* ``INTERPRETER_TILES`` is what ``TRITON_INTERPRET=1`` uses by default: the interpreter
-  runs each program in Python, so fewer, larger programs are much faster there.
+* ``INTERPRETER_TILES``, ``TRITON_INTERPRET=1``'s default: fewer, larger programs (each
+  runs in Python) are much faster there.
   ``gpu_tiles()`` makes the interpreter run ``GPU_TILES`` instead, so the exact GPU
   configuration is executed and tested on a CPU (tiny shapes).
-* float64 (gradcheck only) uses broadcast multiply-add instead of ``tl.dot`` and
-  smaller channel blocks, to bound registers.
+* float64 (gradcheck only): broadcast multiply-add, not ``tl.dot``, smaller blocks.
 
-``launch(kernel, grid, *args, **meta)`` is how every launcher starts a kernel. Inside
-``record_launches()`` it records the call instead of running it: the AOT check calls
-the real launchers with ``meta`` tensors and compiles exactly what they would launch.
+``launch(kernel, grid, *args, **meta)`` starts every kernel; inside ``record_launches()``
+it records the call instead: the AOT check compiles exactly what the launchers launch.
 """
 
 from __future__ import annotations
@@ -61,13 +59,12 @@ __all__ = [
 
 # The activations a BatchNorm-and-activation prologue applies (pointwise_conv2d,
 # conv2d_prologue_stats), by name, and their code in the kernels (_stencil.activation).
-ACTIVATIONS = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3}
+ACTIVATIONS = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3, "gelu": 4}
 # Streaming multiprocessors assumed when no CUDA device says otherwise (H100 SXM: 132);
 # weight-gradient splits aim at >= 2 programs per SM.
 DEFAULT_SM_COUNT = 132
 PROGRAMS_PER_SM = 2
-# Every int32 offset a kernel computes must stay below this; larger tensors are refused.
-MAX_INT32_ELEMENTS = 2**31
+MAX_INT32_ELEMENTS = 2**31  # every int32 offset a kernel computes stays below it
 
 
 @dataclass(frozen=True)
@@ -82,11 +79,10 @@ class Tiles:
         of the weight-gradient tile. The kernels' ``BLOCK_N``.
     block_k: channels a ``tl.dot`` kernel reduces per step (``tl.dot``'s K, at least 16):
         the other side's channels; the weight-gradient tile's input channels. The
-        kernels' ``BLOCK_K``. Every ``Tiles`` field reaches its kernel under its own name
-        upper-cased.
+        kernels' ``BLOCK_K``. Each field reaches its kernel upper-cased.
     pixels_per_partial: most pixels one weight-gradient program sums into its partial
         (fewer where that leaves the GPU under-filled: ``partial_pixels``).
-    use_dot: ``tl.dot`` for the channel reductions (False: broadcast multiply-add).
+    use_dot: ``tl.dot`` for the channel reductions (False: broadcast multiply-add);
     num_warps, num_stages: triton launch options.
     """
 
@@ -277,18 +273,24 @@ def tiles(dtype: torch.dtype, family: str = "dense") -> Tiles:
     return base
 
 
-def fused_dot_tiles(t: Tiles, prologue=False, pool=False, unpool=False) -> Tiles:
-    """``t`` for a ``tl.dot`` convolution kernel whose fused work keeps more registers live
-    (AOT compiles, 16-bit, triton 3.8; benchmarks/RESULTS.md): ``prologue`` (a forward's
-    BatchNorm-and-activation prologue) one pipeline stage: 16-60 bytes spilled at 3 (sm_86,
-    sm_89, sm_100), 8-16 at 2, none at 1; ``pool`` (a forward's 2x2 max pool epilogue) at
-    most 16 output channels: 8 bytes (sm_80), 116 (sm_75) at 64 x 32; ``unpool`` (an input
-    gradient un-pooling as it loads) one stage and at most 32 pixels: 16 bytes (sm_100) at
-    64 x 32 x 3, 8 (sm_86) at 64 x 16 x 1. The latency one stage leaves unhidden is untimed."""
+def fused_dot_tiles(t: Tiles, prologue=False, pool=False, unpool=False, gelu=False) -> Tiles:
+    """``t`` for a convolution kernel whose fused work keeps more registers live (AOT
+    compiles, 16-bit, triton 3.8; benchmarks/RESULTS.md): ``prologue`` (a ``tl.dot``
+    forward's BatchNorm-and-activation prologue) one pipeline stage: 16-60 bytes spilled at
+    3 (sm_86, sm_89, sm_100), 8-16 at 2, none at 1; ``pool`` (a forward's 2x2 max pool
+    epilogue) at most 16 output channels: 8 bytes (sm_80), 116 (sm_75) at 64 x 32;
+    ``unpool`` (an input gradient un-pooling as it loads) one stage and at most 32 pixels:
+    16 bytes (sm_100) at 64 x 32 x 3, 8 (sm_86) at 64 x 16 x 1; ``gelu`` (its prologue's
+    erf, and exp in the gradient) half the pixels, or half the channels at 16 pixels: the
+    grouped forward spilled 8-56 bytes (sm_80, sm_90, sm_100), the depthwise input gradient
+    16 (sm_86, sm_89, sm_100), and with ``pool`` on sm_75 alone 132 (64 x 16). The latency
+    one stage leaves unhidden is untimed."""
     if prologue or unpool:
         t = replace(t, num_stages=1)
     if pool:
         t = replace(t, block_n=min(t.block_n, 16))
+    if gelu and (not pool or current_target() == "sm_75"):
+        t = replace(t, block_p=t.block_p // 2) if t.block_p > 16 else replace(t, block_c=8)
     return replace(t, block_p=min(t.block_p, 32)) if unpool else t
 
 

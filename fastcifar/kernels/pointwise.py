@@ -341,7 +341,7 @@ def pointwise_conv2d(
             biased variance v: center m, scale ``weight / sqrt(v + eps)``, shift its bias.
             (Centring in the kernel keeps the scale's gradient a sum of dz (x - m): float32
             would cancel the uncentred sum of dz x against m sum dz.)
-        activation: applied after the prologue's affine map: identity, relu, relu6 or silu.
+        activation: applied after the prologue's affine map: identity, relu, relu6, silu or gelu.
         stats: also return the output's per-channel batch mean and biased variance over
             (N, H, W), float32 (float64 for float64 input), as a training BatchNorm
             uses them.

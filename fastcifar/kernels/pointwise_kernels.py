@@ -14,7 +14,7 @@ The prologue: ``a = act((x - center[c]) * scale[c] + shift[c])`` per input chann
 ``shift`` its bias: a (CIN, 3) tensor), computed in
 ``ACC`` and cast back to the input's dtype before the ``tl.dot`` (what PyTorch's
 BatchNorm -> activation -> convolution computes, whose normalised tensor is in the
-input's dtype too). ``ACT``: 0 identity, 1 ReLU, 2 ReLU6, 3 SiLU (``launch.ACTIVATIONS``).
+input's dtype too). ``ACT``: 0 identity, 1 ReLU, 2 ReLU6, 3 SiLU, 4 GELU (``launch.ACTIVATIONS``).
 The prologue and its backward are ``_stencil``'s (``apply_prologue``,
 ``prologue_backward``), shared with the depthwise and grouped kernels.
 The backward recomputes ``a`` from the raw ``x`` (it is never saved) and produces, as

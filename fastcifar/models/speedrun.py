@@ -81,7 +81,11 @@ def _block(cin: int, cout: int, act: type[nn.Module], bn_momentum: float) -> nn.
 class GlobalMaxPool(nn.Module):
     """(N, C, H, W) -> (N, C, 1, 1): each channel's maximum over the whole map, any size.
     ``amax`` (not ``AdaptiveMaxPool2d``): the 2026 record found inductor lowers it to one
-    fused reduction whose backward avoids the adaptive pool's atomic gradient kernel."""
+    fused reduction whose backward avoids the adaptive pool's atomic gradient kernel.
+    ``GLOBAL_MAX``: what ``fastcifar.nn.pool_chain`` reads to take the last block's
+    BatchNorm and activation through its prologue."""
+
+    GLOBAL_MAX = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.amax(dim=(2, 3), keepdim=True)
@@ -90,8 +94,8 @@ class GlobalMaxPool(nn.Module):
 class SpeedrunNet(CifarNet):
     """The record's network; see the module docstring.
 
-    ``CHAIN``: the blocks in the order ``forward`` calls them, each taking the previous
-    one's output alone (``fastcifar.nn.pool_chain`` links them).
+    ``CHAIN``: the blocks and the head's pool in the order ``forward`` calls them, each
+    taking the previous one's output alone (``fastcifar.nn.pool_chain`` links them).
 
     Args:
         widths: channels of the three blocks.
@@ -103,7 +107,7 @@ class SpeedrunNet(CifarNet):
             the 2x2 map of a 24 px one (the 2026 record's progressive resolution).
     """
 
-    CHAIN = ("block1", "block2", "block3")
+    CHAIN = ("block1", "block2", "block3", "pool")
 
     def __init__(
         self,

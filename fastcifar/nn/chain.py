@@ -52,6 +52,7 @@ from fastcifar.nn.pending import Pending, gated, pooled_activation
 
 __all__ = [
     "ACTIVATION_NAMES",
+    "activation_name",
     "FusedConvBNAct",
     "Pending",
     "bn_prologue",
@@ -61,7 +62,20 @@ __all__ = [
 ]
 
 # The activations a chain may hold, by module type: their names are pointwise_conv2d's.
-ACTIVATION_NAMES: dict[type, str] = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu"}
+ACTIVATION_NAMES: dict[type, str] = {
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    nn.SiLU: "silu",
+    nn.GELU: "gelu",  # approximate="none" only (activation_name)
+}
+
+
+def activation_name(m: nn.Module) -> str | None:
+    """The kernels' name of activation module ``m`` (``ACTIVATION_NAMES``; a GELU only
+    when exact, ``approximate="none"``), or None when they do not compute it."""
+    if isinstance(m, nn.GELU) and m.approximate != "none":
+        return None
+    return ACTIVATION_NAMES.get(type(m))
 
 
 def is_pointwise(conv: nn.Module) -> bool:
@@ -90,7 +104,7 @@ def _activation_of(m: nn.Module) -> str | None:
         return None
     if not plain_conv(m[0]) or not plain_bn(m[1], m[0].out_channels):
         return None
-    return "identity" if len(m) == 2 else ACTIVATION_NAMES.get(type(m[2]))
+    return "identity" if len(m) == 2 else activation_name(m[2])
 
 
 def is_chain_end(m: nn.Module) -> bool:
@@ -194,7 +208,7 @@ class FusedConvBNAct(nn.Sequential):
     chain_end = True  # is_chain_module
 
     def forward(self, x):
-        activation = "identity" if len(self) == 2 else ACTIVATION_NAMES[type(self[2])]
+        activation = "identity" if len(self) == 2 else activation_name(self[2])
         return link_end(self[0], self[1], activation, x, self.gives_pending)
 
 

@@ -7,13 +7,14 @@ activated tensor, and recomputes the affine map in its backward.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 
 from fastcifar.kernels.conv_bn import prologue_grad
 
-__all__ = ["Pending", "gated", "pooled_activation"]
+__all__ = ["Pending", "gated", "global_max", "pooled_activation"]
 
 
 class Pending(NamedTuple):
@@ -41,6 +42,7 @@ _ACTIVATE = {
     "relu": torch.relu,
     "relu6": lambda t: torch.clamp(t, 0, 6),
     "silu": torch.nn.functional.silu,
+    "gelu": torch.nn.functional.gelu,  # exact (erf), nn.GELU()'s default
 }
 
 
@@ -49,12 +51,18 @@ def _silu_grad(z: torch.Tensor) -> torch.Tensor:
     return s * (1 + z * (1 - s))
 
 
+def _gelu_grad(z: torch.Tensor) -> torch.Tensor:
+    # Phi(z) + z phi(z), the standard normal's CDF and density
+    return 0.5 * (1 + torch.erf(z * 0.5**0.5)) + z * torch.exp(-0.5 * z * z) * (2 * math.pi) ** -0.5
+
+
 # act'(z) of each activation (0 at ReLU's and ReLU6's kinks, as PyTorch takes them)
 _ACTIVATE_GRAD = {
     "identity": torch.ones_like,
     "relu": lambda z: (z > 0).to(z.dtype),
     "relu6": lambda z: ((z > 0) & (z < 6)).to(z.dtype),
     "silu": _silu_grad,
+    "gelu": _gelu_grad,
 }
 
 
@@ -135,6 +143,45 @@ class _Gated(torch.autograd.Function):
         dgate = (g * a).sum((2, 3), keepdim=True).to(gate.dtype)
         dx, dpro = _prologue_backward(raw, prologue, ctx.activation, g * gate.to(a.dtype))
         return dx, dpro, None, dgate
+
+
+class _GlobalMax(torch.autograd.Function):
+    """The (N, C, 1, 1) spatial maximum of ``act((raw - center) * scale + shift)`` rounded
+    to ``raw``'s dtype (the tensor the unfused block would have written), without writing
+    it; saves ``raw``, the prologue, the maxima and their first positions ((N, C) int64).
+
+    The gradient goes where PyTorch's would: ``first_only`` (``max_pool2d``'s rule) to the
+    first maximum in row-major order; else (``amax``'s) split evenly among the equal
+    maxima, found again on the recomputed tensor (the first position always counted, so a
+    recompute that rounds differently cannot lose the gradient)."""
+
+    @staticmethod
+    def forward(ctx, raw, prologue, activation, first_only):
+        a = _ACTIVATE[activation](_affine(raw, prologue)).to(raw.dtype).flatten(2)
+        out, first = a.max(-1, keepdim=True)  # the first maximum's position
+        ctx.save_for_backward(raw, prologue, out, first)
+        ctx.activation, ctx.first_only = activation, first_only
+        return out.unsqueeze(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raw, prologue, out, first = ctx.saved_tensors
+        acc = torch.float64 if raw.dtype == torch.float64 else torch.float32
+        positions = torch.arange(raw.shape[2] * raw.shape[3], device=raw.device)
+        hit = positions == first
+        if not ctx.first_only:
+            a = _ACTIVATE[ctx.activation](_affine(raw, prologue)).to(raw.dtype).flatten(2)
+            hit = hit | (a == out)
+        share = hit.to(acc) / hit.sum(-1, keepdim=True)
+        grad_a = (grad.to(acc).flatten(2) * share).view(raw.shape)
+        return (*_prologue_backward(raw, prologue, ctx.activation, grad_a), None, None)
+
+
+def global_max(x: Pending, first_only: bool) -> torch.Tensor:
+    """(N, C, 1, 1) spatial maximum of ``x`` applied, in its raw dtype (``_GlobalMax``):
+    ``first_only`` gives the gradient to the first maximum (``max_pool2d``), else splits it
+    among equal maxima (``amax``)."""
+    return _GlobalMax.apply(x.raw, x.prologue, x.activation, first_only)
 
 
 def pooled_activation(x: Pending) -> torch.Tensor:

@@ -13,8 +13,8 @@ and any model written the same way) runs as two kernels a direction:
 
 So a block's pre-pool output, its gradient and its normalised, activated tensors are never
 written. The BatchNorms may be ``nn.BatchNorm2d`` or a subclass that keeps its forward
-(the speed run's ``FrozenScaleBatchNorm``); activations those of ``chain.ACTIVATION_NAMES``
-(ReLU, ReLU6, SiLU: the record's GELU blocks stay on PyTorch). Children, parameters,
+(the speed run's ``FrozenScaleBatchNorm``); activations those of ``chain.activation_name``
+(ReLU, ReLU6, SiLU, the exact GELU of the record's blocks). Children, parameters,
 buffers and state-dict keys stay as they are; eval mode uses the running statistics.
 """
 
@@ -24,7 +24,7 @@ from torch import nn
 
 from fastcifar.kernels.conv_bn import conv2d_prologue_stats
 from fastcifar.kernels.conv_pool import conv2d_pool_stats
-from fastcifar.nn.chain import ACTIVATION_NAMES, Pending
+from fastcifar.nn.chain import Pending, activation_name
 from fastcifar.nn.modules import (
     _autocast_args,
     bn_prologue,
@@ -32,6 +32,7 @@ from fastcifar.nn.modules import (
     plain_bn,
     plain_conv,
 )
+from fastcifar.nn.pending import global_max
 
 __all__ = [
     "PooledBlock",
@@ -77,8 +78,8 @@ def is_pooled_block(m: nn.Module) -> bool:
         and conv2.in_channels == conv1.out_channels
         and plain_bn(bn1, conv1.out_channels)
         and plain_bn(bn2, conv2.out_channels)
-        and type(act1) in ACTIVATION_NAMES
-        and type(act2) in ACTIVATION_NAMES
+        and activation_name(act1) is not None
+        and activation_name(act2) is not None
     )
 
 
@@ -111,10 +112,8 @@ class PooledBlock(nn.Sequential):
         folded = _fold(bn1, y, mean, var)
         y, w2, b2 = _autocast_args(y, conv2.weight, conv2.bias)
         args2 = (conv2.stride[0], conv2.padding[0], conv2.dilation[0], 1)
-        z, mean, var = conv2d_prologue_stats(
-            y, w2, b2, folded, ACTIVATION_NAMES[type(act1)], *args2
-        )
-        out = Pending(z, _fold(bn2, z, mean, var), ACTIVATION_NAMES[type(act2)])
+        z, mean, var = conv2d_prologue_stats(y, w2, b2, folded, activation_name(act1), *args2)
+        out = Pending(z, _fold(bn2, z, mean, var), activation_name(act2))
         return out if self.gives_pending else out.materialise()
 
 
@@ -123,12 +122,47 @@ def _fold(bn: nn.BatchNorm2d, y, mean, var):
     return bn_prologue(bn, mean, var, y.numel() // y.shape[1])
 
 
+def _max_rule(m: nn.Module) -> str | None:
+    """How ``m`` pools a whole map when it does: "amax" for a module declaring
+    ``GLOBAL_MAX = True`` (its forward is ``x.amax((2, 3), keepdim=True)``: the speed run's
+    ``GlobalMaxPool``), "first" for ``nn.MaxPool2d(3)`` (stride 3, no padding, dilation or
+    ceil mode: global on the 3x3 map a 32 px speed run leaves); else None."""
+    cls = m.__dict__.get("_unfused_class", type(m))  # a converted pool: its own class
+    if getattr(cls, "GLOBAL_MAX", False):
+        return "amax"
+    if cls is nn.MaxPool2d and not (m.ceil_mode or m.return_indices):
+        k, s = m.kernel_size, m.stride
+        if k in (3, (3, 3)) and s in (3, (3, 3)) and m.padding in (0, (0, 0)):
+            return "first" if m.dilation in (1, (1, 1)) else None
+    return None
+
+
+class _PendingMax:
+    """Mixed into a global max pool's class by ``fuse_pooled_blocks``: given a
+    ``Pending`` whose map it pools whole, it reads the raw tensor through the prologue
+    (``pending.global_max``: the activated tensor is neither written nor saved); anything
+    else takes the pool's own forward (a ``Pending`` materialised first)."""
+
+    def forward(self, x):
+        if not isinstance(x, Pending):
+            return super().forward(x)
+        rule = _max_rule(self)
+        if rule == "first" and tuple(x.raw.shape[2:]) != (3, 3):
+            return super().forward(x.materialise())  # not the whole map: a window pool
+        return global_max(x, first_only=rule == "first")
+
+
+def _take_pending(pool: nn.Module) -> None:
+    cls = pool.__dict__.setdefault("_unfused_class", type(pool))
+    pool.__class__ = type(f"Chained{cls.__name__}", (_PendingMax, cls), {})
+
+
 def fuse_pooled_blocks(model: nn.Module, only: set[str] | None = None) -> list[str]:
     """Convert every ``is_pooled_block`` of ``model`` (or those named in ``only``) in
     place to ``PooledBlock``; where a module's ``CHAIN`` (names of its children in the
     order its forward calls them, each taking the previous one's output alone) puts a
-    converted block right before another, the first hands the second a ``Pending``.
-    Returns the names converted."""
+    converted block right before another, or before a global max pool (``_max_rule``), the
+    first hands the second a ``Pending``. Returns the names converted."""
     names = [n for n in find_pooled_blocks(model) if only is None or n in only]
     for name in names:
         model.get_submodule(name).__class__ = PooledBlock
@@ -136,8 +170,12 @@ def fuse_pooled_blocks(model: nn.Module, only: set[str] | None = None) -> list[s
         chain = getattr(type(parent), "CHAIN", ())
         prefix = f"{parent_name}." if parent_name else ""
         for a, b in zip(chain, chain[1:], strict=False):
-            if f"{prefix}{a}" in names and f"{prefix}{b}" in names:
-                first, second = getattr(parent, a), getattr(parent, b)
+            second = getattr(parent, b)
+            head = _max_rule(second) is not None and not isinstance(second, _PendingMax)
+            if f"{prefix}{a}" in names and (f"{prefix}{b}" in names or head):
+                first = getattr(parent, a)
+                if head:
+                    _take_pending(second)
                 first.gives_pending = True
                 first.__dict__["_link_consumer"] = second
                 second.__dict__["_link_producer"] = first
@@ -145,12 +183,13 @@ def fuse_pooled_blocks(model: nn.Module, only: set[str] | None = None) -> list[s
 
 
 def revert_pooled_block(m: nn.Module) -> None:
-    """Put a ``PooledBlock`` back on PyTorch (``nn.Sequential``), and the blocks linked to
-    it with it (a block handed a ``Pending`` cannot run alone on PyTorch)."""
-    if type(m) is not PooledBlock:
+    """Put a ``PooledBlock`` back on PyTorch (``nn.Sequential``), and the blocks or the
+    global max pool linked to it with it (a module handed a ``Pending`` cannot run alone
+    on PyTorch)."""
+    if type(m) is not PooledBlock and not isinstance(m, _PendingMax):
         return
     partners = [m.__dict__.pop(k, None) for k in ("_link_consumer", "_link_producer")]
-    m.__class__ = nn.Sequential
+    m.__class__ = m.__dict__.pop("_unfused_class", nn.Sequential)
     m.__dict__.pop("gives_pending", None)
     for partner in partners:
         if partner is not None:

@@ -14,11 +14,12 @@ an ``nn.Sequential`` or in a block's ``CHAIN``. Users' models are often written 
 ``find_traced_links`` traces each module's ``forward`` with ``torch.fx``, its children as
 leaves, in training and in eval mode. A producer is a *run* (a ``plain_conv`` node whose
 only user is a ``plain_bn`` node whose only user is, optionally, an activation: a module
-of ``chain.ACTIVATION_NAMES`` or ``F.relu``, ``torch.relu``, ``F.relu6``, ``F.silu``,
-``.relu()``) or a ``Sequential`` unit (``chain.is_chain_end``); its value's only user is
-the consumer: a convolution the prologue kernels take (a 1x1, or a KxK of
-``config_supported``) or a unit, over the producer's channels. A link between two units is
-``find_links``' (kind ``conv_bn_act``); here at least one end is a bare convolution.
+of ``chain.ACTIVATION_NAMES`` or ``F.relu``, ``torch.relu``, ``F.relu6``, ``F.silu``, the
+exact ``F.gelu``, ``.relu()``) or a ``Sequential`` unit (``chain.is_chain_end``); its
+value's only user is the consumer: a convolution the prologue kernels take (a 1x1, or a
+KxK of ``config_supported``) or a unit, over the producer's channels. A link between two
+units is ``find_links``' (kind ``conv_bn_act``); here at least one end is a bare
+convolution.
 
 Converted (``fuse_traced_links``), children, parameters and state-dict keys unchanged: a
 bare convolution at either end becomes ``LinkedConv2d`` (its class swapped); a producing
@@ -47,6 +48,7 @@ from fastcifar.errors import first_line
 from fastcifar.nn.chain import (
     ACTIVATION_NAMES,
     FusedConvBNAct,
+    activation_name,
     is_chain_end,
     is_chain_module,
     is_pointwise,
@@ -63,7 +65,13 @@ __all__ = [
 ]
 
 # activations called as functions or tensor methods, by target: chain's names
-_ACTIVATION_CALLS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.silu: "silu"}
+_ACTIVATION_CALLS = {
+    F.relu: "relu",
+    torch.relu: "relu",
+    F.relu6: "relu6",
+    F.silu: "silu",
+    F.gelu: "gelu",
+}
 _ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu"}
 _ACTIVATION_MODULES = {name: cls for cls, name in ACTIVATION_NAMES.items()}
 
@@ -129,8 +137,12 @@ def _activation(node: fx.Node | None, arg: fx.Node, modules: dict) -> str | None
     if node is None or not node.args or node.args[0] is not arg:
         return None
     if node.op == "call_module":
-        return ACTIVATION_NAMES.get(type(modules[node.target]))
+        return activation_name(modules[node.target])
     if node.op == "call_function":
+        if node.target is F.gelu:  # the exact GELU only, not approximate="tanh"
+            given = node.args[1] if len(node.args) > 1 else node.kwargs.get("approximate")
+            if given not in (None, "none"):
+                return None
         return _ACTIVATION_CALLS.get(node.target)
     if node.op == "call_method":
         return _ACTIVATION_METHODS.get(node.target)

@@ -156,7 +156,7 @@ def prologue_reference(x, w, b, prologue, s, p, d, g, activation):
     return reference(a.to(x.dtype), w, b, s, p, d, g, relu=False)
 
 
-@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("activation", ["relu", "silu", "gelu"])
 @pytest.mark.parametrize("cfg", PROLOGUE_CONFIGS, ids=str)
 def test_prologue_matches_pytorch_in_float64_border_included(cfg, activation):
     from fastcifar.kernels.conv_bn import conv2d_prologue_stats

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from fastcifar.kernels import check_supported, conv2d_relu_stats, depthwise_separable_conv2d
 from fastcifar.kernels.launch import (
+    ACTIVATIONS,
     GPU_TILES,
     TARGET_TILES,
     compile_target,
@@ -231,12 +232,14 @@ def test_int32_offsets_are_guarded_by_shape(input_shape, weight_shape, what):
     check_supported((2**15 - 1, 64, 32, 32), (64, 64, 3, 3), torch.bfloat16, "cuda", padding=1)
 
 
-@pytest.mark.parametrize("cfg", [DEPTHWISE, DENSE, GROUPS_OF_8], ids=str)
-def test_prologue_at_gpu_tiles_matches_float64(cfg):
+@pytest.mark.parametrize(
+    "cfg, activation", [(DEPTHWISE, "gelu"), (DENSE, "silu"), (GROUPS_OF_8, "gelu")], ids=str
+)
+def test_prologue_at_gpu_tiles_matches_float64(cfg, activation):
     """The BatchNorm-and-activation prologue through the depthwise kernels (the input
-    gradient at the stride-2 tile, 32 x 8) and the ``tl.dot`` kernels (dense, groups of 8)
-    at their GPU tiles: several pixel and channel blocks, SiLU, float32 against PyTorch's
-    float64 composition."""
+    gradient at the stride-2 tile, 32 x 8, halved for GELU's) and the ``tl.dot`` kernels
+    (dense, groups of 8) at their GPU tiles: several pixel and channel blocks, SiLU and
+    GELU, float32 against PyTorch's float64 composition."""
     from fastcifar.kernels import conv_launch
     from fastcifar.kernels.conv_bn import conv2d_prologue_stats
     from tests.kernels.test_conv_bn import prologue_reference
@@ -255,23 +258,27 @@ def test_prologue_at_gpu_tiles_matches_float64(cfg):
     )
 
     def ours(x, w, b, pro, *_):
-        return conv2d_prologue_stats(x, w, b, pro, "silu", *args)
+        return conv2d_prologue_stats(x, w, b, pro, activation, *args)
 
     def theirs(x, w, b, pro, *_):
-        return prologue_reference(x, w, b, pro, *args, "silu")
+        return prologue_reference(x, w, b, pro, *args, activation)
 
     got = run_stats(ours, [x, w, b, pro], (), None)
     want = run_stats(theirs, [t.double() for t in (x, w, b, pro)], (), None)
     names = ("y", "mean", "var", "grad x", "grad weight", "grad bias", "grad prologue")
     for name, a, r in zip(names, got, want, strict=True):
         assert rel(a.double(), r) < 1e-5, f"{name}: {rel(a.double(), r):.2e}"
+    act = ACTIVATIONS[activation]
     with record_launches() as launches:
-        conv_launch.launch_grad_input(x, w, x.shape, torch.channels_last, *args, (pro, 3), x)
-        conv_launch.launch_forward(x, w, None, *args, stats=True, prologue=(pro, 3))
+        conv_launch.launch_grad_input(x, w, x.shape, torch.channels_last, *args, (pro, act), x)
+        conv_launch.launch_forward(x, w, None, *args, stats=True, prologue=(pro, act))
     grad, forward = launches
     family = conv_launch.family(c, w.shape[0], args[3], args[0])
     expected = "depthwise_strided" if family == "depthwise" else family
-    assert grad.meta["PROLOGUE"] and grad.meta["BLOCK_P"] == GPU_TILES[expected].block_p
+    # GELU's prologue halves an elementwise kernel's pixels (launch.fused_dot_tiles)
+    halved = activation == "gelu" and family == "depthwise"
+    want = GPU_TILES[expected].block_p // (2 if halved else 1)
+    assert grad.meta["PROLOGUE"] and grad.meta["BLOCK_P"] == want
     # a tl.dot forward with the prologue runs one pipeline stage (launch.fused_dot_tiles)
     stages = 1 if family in ("dense", "grouped_dot") else GPU_TILES[family].num_stages
     assert forward.meta["PROLOGUE"] and forward.meta["num_stages"] == stages

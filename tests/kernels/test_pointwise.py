@@ -11,7 +11,13 @@ from fastcifar.kernels.launch import ACTIVATIONS, gpu_tiles
 from fastcifar.kernels.pointwise import pointwise_conv2d
 from tests.kernel_helpers import DEVICE, low_precision_bound, rel
 
-TORCH_ACT = {"identity": lambda t: t, "relu": F.relu, "relu6": F.relu6, "silu": F.silu}
+TORCH_ACT = {
+    "identity": lambda t: t,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "silu": F.silu,
+    "gelu": F.gelu,
+}
 
 
 def reference(x, w, b, prologue, activation, stats=True):
@@ -107,5 +113,5 @@ def test_bad_input_is_named():
         pointwise_conv2d(x, torch.randn(5, 4, 3, 3))
     with pytest.raises(ValueError, match=r"floating \(4, 3\) tensor of center, scale"):
         pointwise_conv2d(x, w, b, pro[:, :2])
-    with pytest.raises(ValueError, match="activation 'gelu'"):
-        pointwise_conv2d(x, w, b, pro, "gelu")
+    with pytest.raises(ValueError, match="activation 'hardswish'"):
+        pointwise_conv2d(x, w, b, pro, "hardswish")

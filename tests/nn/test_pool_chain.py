@@ -38,13 +38,15 @@ def step(model, x):
     return [out, x.grad, *grads, *stats]
 
 
-@pytest.mark.parametrize("size", [24])  # 24 -> 23 -> 11 -> 5 -> 2: odd pre-pool sizes
-def test_blocks_equal_pytorchs_in_float64_training_and_eval(size):
-    torch_net = small_net()
+# odd pre-pool sizes: 24 -> 23 -> 11 -> 5 -> 2 and 28 -> 27 -> 13 -> 6 -> 3; the record's
+# exact GELU (speedrun94) and the SiLU of the later records
+@pytest.mark.parametrize("size, act", [(24, nn.SiLU), (28, nn.GELU)], ids=["24-silu", "28-gelu"])
+def test_blocks_equal_pytorchs_in_float64_training_and_eval(size, act):
+    torch_net = small_net(act)
     ours = copy.deepcopy(torch_net)
     assert fuse_pooled_blocks(ours) == ["block1", "block2", "block3"]
     assert ours.block1.gives_pending and ours.block2.gives_pending
-    assert not ours.block3.gives_pending  # its output goes to the head's pool
+    assert ours.block3.gives_pending  # the head's global max pool reads it raw
     x = torch.randn(1, 3, size, size, dtype=torch.float64, device=DEVICE)
     for a, b in zip(step(ours, x), step(torch_net, x), strict=True):
         assert a.shape == b.shape
@@ -71,10 +73,45 @@ def test_kernels_triton_converts_the_blocks_and_reverts_them_together():
 
 
 def test_what_is_not_a_pooled_block():
-    assert find_pooled_blocks(small_net(act=nn.GELU)) == {}  # the record's GELU blocks
+    tanh_gelu = small_net(act=lambda: nn.GELU(approximate="tanh"))
+    assert find_pooled_blocks(tanh_gelu) == {}  # the kernels compute the exact GELU only
     net = small_net()
     net.block2[1] = nn.MaxPool2d(2, ceil_mode=True)
     assert sorted(find_pooled_blocks(net)) == ["block1", "block3"]
     fuse_pooled_blocks(net)
-    # block2 stays on PyTorch, so neither neighbour hands it (or gets from it) a Pending
-    assert not net.block1.gives_pending and not net.block3.gives_pending
+    # block2 stays on PyTorch, so neither neighbour hands it (or gets from it) a Pending;
+    # block3 still hands one to the head's pool
+    assert not net.block1.gives_pending and net.block3.gives_pending
+
+
+@pytest.mark.parametrize("global_max_pool", [True, False], ids=["amax", "maxpool3"])
+def test_the_heads_max_sends_the_gradient_where_pytorch_does_ties_included(global_max_pool):
+    # the last block's Pending into the head's pool: GlobalMaxPool's amax splits a tie's
+    # gradient evenly, MaxPool2d(3) (on a 3x3 map) gives it to the first maximum
+    from fastcifar.nn.pending import Pending
+
+    net = small_net(global_max_pool=global_max_pool)
+    fuse_pooled_blocks(net)
+    pool = net.pool
+    assert type(pool).__name__.startswith("Chained") and net.block3.gives_pending
+    raw = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    raw[0, 0] = 0.25  # a whole channel tied
+    raw[1, 2, 0, 1] = raw[1, 2, 2, 2] = raw[1, 2].max() + 1  # two tied maxima
+    prologue = torch.tensor([[0.1, 1.5, 0.2]] * 3, dtype=torch.float64)
+    raw_ours, pro_ours = raw.clone().requires_grad_(), prologue.clone().requires_grad_()
+    raw_ref, pro_ref = raw.clone().requires_grad_(), prologue.clone().requires_grad_()
+    out = pool(Pending(raw_ours, pro_ours, "gelu"))
+    ref = pool.__dict__["_unfused_class"].forward(
+        pool, Pending(raw_ref, pro_ref, "gelu").materialise()
+    )
+    grad = torch.randn(ref.shape, dtype=torch.float64)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(raw_ours.grad, raw_ref.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(pro_ours.grad, pro_ref.grad, rtol=0, atol=1e-12)
+    revert_all(net)
+    assert (
+        type(net.pool).__name__ in ("GlobalMaxPool", "MaxPool2d")
+        and "_unfused_class" not in net.pool.__dict__
+    )
