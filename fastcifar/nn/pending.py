@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 
 from fastcifar.kernels.conv_bn import prologue_grad
+from fastcifar.kernels.launch import memory_format
 
 __all__ = ["Pending", "gated", "global_max", "pooled_activation"]
 
@@ -174,6 +175,7 @@ class _GlobalMax(torch.autograd.Function):
             hit = hit | (a == out)
         share = hit.to(acc) / hit.sum(-1, keepdim=True)
         grad_a = (grad.to(acc).flatten(2) * share).view(raw.shape)
+        grad_a = grad_a.contiguous(memory_format=memory_format(raw))  # raw's gradient's layout
         return (*_prologue_backward(raw, prologue, ctx.activation, grad_a), None, None)
 
 

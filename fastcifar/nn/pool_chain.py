@@ -152,9 +152,15 @@ class _PendingMax:
         return global_max(x, first_only=rule == "first")
 
 
+_PENDING_MAX_CLASSES: dict[type, type] = {}
+
+
 def _take_pending(pool: nn.Module) -> None:
+    # the pool's class with _PendingMax's forward, one class per pool class
     cls = pool.__dict__.setdefault("_unfused_class", type(pool))
-    pool.__class__ = type(f"Chained{cls.__name__}", (_PendingMax, cls), {})
+    if cls not in _PENDING_MAX_CLASSES:
+        _PENDING_MAX_CLASSES[cls] = type(f"Chained{cls.__name__}", (_PendingMax, cls), {})
+    pool.__class__ = _PENDING_MAX_CLASSES[cls]
 
 
 def fuse_pooled_blocks(model: nn.Module, only: set[str] | None = None) -> list[str]:

@@ -38,6 +38,7 @@ not take, or feeding more than one user.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import NamedTuple
 
 import torch
@@ -106,9 +107,9 @@ class _Link(NamedTuple):
     producer: _End
     consumer: _End
 
-    @property
-    def name(self) -> str:
-        return f"{self.producer.conv}>{self.consumer.conv}"
+    def name(self, prefix: str) -> str:
+        """``"producer conv>consumer conv"``, qualified under the owner's name ``prefix``."""
+        return ">".join(f"{prefix}.{e.conv}" if prefix else e.conv for e in self)
 
     @property
     def rewrites(self) -> bool:  # a producing run: its BatchNorm and activation calls go
@@ -208,6 +209,9 @@ def _links_in(module: nn.Module, graph: fx.Graph) -> tuple[list[_Link], list[str
     """The links of one traced graph, and a note on each run that feeds no link but would
     (its value goes to a convolution the kernels do not take, or to more than one user)."""
     modules = dict(module.named_modules())
+    # a module called twice in the forward cannot be an end: its other call would hand
+    # (or be handed) a Pending where the forward expects a tensor
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     links, notes, producers, consumers = [], [], set(), set()
     for node in graph.nodes:
         producer = _end(node, modules)
@@ -224,6 +228,9 @@ def _links_in(module: nn.Module, graph: fx.Graph) -> tuple[list[_Link], list[str
         if _channels(consumer, modules)[0] != _channels(producer, modules)[1]:
             continue
         if producer.module in producers or consumer.module in consumers:
+            continue
+        if calls[producer.module] > 1 or calls[consumer.module] > 1:
+            notes.append(f"{producer.module} -> {consumer.module}: a module called twice")
             continue
         links.append(_Link(producer, consumer._replace(out=consumer.node, bn=None, removed=())))
         producers.add(producer.module)
@@ -258,19 +265,12 @@ def _walk(model: nn.Module):
         yield name, module, graph, links, notes
 
 
-def _qualify(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
 def find_traced_links(model: nn.Module) -> list[str]:
     """Every link ``fuse_traced_links`` converts, as ``"producer conv>consumer conv"``
     (qualified names of their convolutions)."""
     found = []
     for prefix, _, _, links, _ in _walk(model):
-        found += [
-            f"{_qualify(prefix, lk.producer.conv)}>{_qualify(prefix, lk.consumer.conv)}"
-            for lk in links
-        ]
+        found += [lk.name(prefix) for lk in links]
     return found
 
 
@@ -293,8 +293,7 @@ def traced_units(model: nn.Module) -> dict[str, nn.Module]:
                     mods.append(owner.get_submodule(end.bn))
                     if len(end.removed) == 2:
                         mods.append(_ACTIVATION_MODULES[end.activation]())
-            name = f"{_qualify(prefix, lk.producer.conv)}>{_qualify(prefix, lk.consumer.conv)}"
-            units[name] = nn.Sequential(*mods)
+            units[lk.name(prefix)] = nn.Sequential(*mods)
     return units
 
 
@@ -315,12 +314,7 @@ def fuse_traced_links(model: nn.Module, only: set[str] | None = None) -> list[st
     """
     converted = []
     for prefix, owner, graph, links, _ in _walk(model):
-        chosen = [
-            lk
-            for lk in links
-            if only is None
-            or f"{_qualify(prefix, lk.producer.conv)}>{_qualify(prefix, lk.consumer.conv)}" in only
-        ]
+        chosen = [lk for lk in links if only is None or lk.name(prefix) in only]
         ends = []
         for lk in chosen:
             p, c = (owner.get_submodule(e.module) for e in lk)
@@ -333,9 +327,7 @@ def fuse_traced_links(model: nn.Module, only: set[str] | None = None) -> list[st
                 p.__dict__["_link_activation"] = lk.producer.activation
             p.__dict__["_link_consumer"], c.__dict__["_link_producer"] = c, p
             ends += [p, c]
-            converted.append(
-                f"{_qualify(prefix, lk.producer.conv)}>{_qualify(prefix, lk.consumer.conv)}"
-            )
+            converted.append(lk.name(prefix))
         if any(lk.rewrites for lk in chosen):
             _rewrite(owner, graph, [lk for lk in chosen if lk.rewrites], ends)
     return converted

@@ -97,6 +97,8 @@ def test_the_heads_max_sends_the_gradient_where_pytorch_does_ties_included(globa
     raw = torch.randn(2, 3, 3, 3, dtype=torch.float64)
     raw[0, 0] = 0.25  # a whole channel tied
     raw[1, 2, 0, 1] = raw[1, 2, 2, 2] = raw[1, 2].max() + 1  # two tied maxima
+    if global_max_pool:  # the recipes' layout: the gradient keeps it
+        raw = raw.contiguous(memory_format=torch.channels_last)
     prologue = torch.tensor([[0.1, 1.5, 0.2]] * 3, dtype=torch.float64)
     raw_ours, pro_ours = raw.clone().requires_grad_(), prologue.clone().requires_grad_()
     raw_ref, pro_ref = raw.clone().requires_grad_(), prologue.clone().requires_grad_()
@@ -109,6 +111,7 @@ def test_the_heads_max_sends_the_gradient_where_pytorch_does_ties_included(globa
     out.backward(grad)
     ref.backward(grad)
     torch.testing.assert_close(raw_ours.grad, raw_ref.grad, rtol=0, atol=1e-12)
+    assert raw_ours.grad.stride() == raw.stride()
     torch.testing.assert_close(pro_ours.grad, pro_ref.grad, rtol=0, atol=1e-12)
     revert_all(net)
     assert (

@@ -97,6 +97,14 @@ def test_what_is_not_converted_is_said():
     assert "differs in training and eval" in traced_link_notes(Branchy(4))[0]
     assert find_traced_links(Branchy(4)) == []
 
+    class Twice(KuangliuBlock):  # conv2 also takes a plain tensor: no Pending for it
+        def forward(self, x):
+            out = self.conv2(F.relu(self.bn1(self.conv1(x))))
+            return self.conv2(out)
+
+    assert traced_link_notes(Twice(4)) == ["conv1 -> conv2: a module called twice"]
+    assert find_traced_links(Twice(4)) == []
+
 
 @pytest.mark.parametrize(
     "make, channels",
