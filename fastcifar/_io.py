@@ -35,8 +35,12 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def cache_dir() -> Path:
-    """The cache directory: ``$FASTCIFAR_CACHE``, else ``$XDG_CACHE_HOME/fastcifar``, else
-    ``~/.cache/fastcifar`` (not created here)."""
+    """The cache directory.
+
+    Returns:
+        ``$FASTCIFAR_CACHE``, else ``$XDG_CACHE_HOME/fastcifar``, else
+        ``~/.cache/fastcifar``, with ``~`` expanded; not created here.
+    """
     if os.environ.get("FASTCIFAR_CACHE"):
         return Path(os.environ["FASTCIFAR_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -140,7 +140,7 @@ def conv_configs(quick: bool, layout: str | None = None) -> list[tuple]:
     ``fusable`` where a model's depthwise-separable block lets the fused op launch."""
     from fastcifar.kernels.validate import collect_conv_configs
     from fastcifar.models import MODELS
-    from fastcifar.nn.modules import is_depthwise_separable
+    from fastcifar.nn.dwsep import is_depthwise_separable
 
     found, fusable = set(), set()
     for name in MODELS:

@@ -211,7 +211,16 @@ def crop4_flip_train(mean: Stats, std: Stats) -> A.Compose:
 
 
 def eval_transform(mean: Stats, std: Stats) -> A.Compose:
-    """Normalise only: the test pipeline of every seed."""
+    """Normalise only: the test pipeline of every seed.
+
+    Args:
+        mean: per-channel means, 3 values in [0, 1] units.
+        std: per-channel standard deviations, 3 values in [0, 1] units.
+
+    Returns:
+        A ``Compose`` taking a uint8 HWC image (``image=``) and giving a float32 CHW
+        tensor, ``(x / 255 - mean) / std``.
+    """
     return A.Compose([_normalize(mean, std), ToTensorV2()])
 
 

@@ -29,6 +29,12 @@ class AugmentedDataset(Dataset):
     """uint8 HWC images plus labels, passed through an albumentations ``Compose``.
 
     ``__getitem__`` returns (float32 CHW tensor, int label).
+
+    Args:
+        images: uint8 (N, 32, 32, 3), HWC, RGB.
+        labels: integer (N,), class indices 0..9.
+        transform: an albumentations ``Compose`` ending in ``ToTensorV2`` (its
+            ``set_random_seed`` reseeds it each epoch).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
@@ -98,6 +104,10 @@ class EpochLoader:
     ``drop_last`` drops any. A last partial global batch is split as evenly as it goes
     (``torch.tensor_split``); one smaller than the number of ranks is dropped, since a rank
     cannot take an empty step.
+
+    Args:
+        config: how the batches are delivered (batch size, device, dtype, layout, seed,
+            rank and world size).
     """
 
     dataset: object
@@ -212,7 +222,17 @@ class EvalLoader:
     """Test-set batches: uint8 images normalised on ``device``, in a fixed order.
 
     Normalisation is ``(x / 255 - mean) / std`` per channel, the same arithmetic as
-    albumentations' ``Normalize(max_pixel_value=255)``.
+    albumentations' ``Normalize(max_pixel_value=255)``. Iterating yields (images, labels):
+    float32 (B, 3, 32, 32) on ``device`` (channels_last when asked) and int64 (B,).
+
+    Args:
+        images: uint8 (N, 32, 32, 3), HWC, RGB; copied to ``device`` once.
+        labels: integer (N,), class indices 0..9.
+        mean: per-channel means, 3 values in [0, 1] units.
+        std: per-channel standard deviations, 3 values in [0, 1] units.
+        batch_size: images per batch (the last batch may be smaller).
+        device: where the batches are delivered.
+        channels_last: deliver the images in channels_last memory format.
     """
 
     def __init__(

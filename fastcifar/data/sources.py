@@ -44,8 +44,15 @@ _CACHE_VERSION = 1
 
 
 def resolve_source(data: str | os.PathLike | None) -> Path:
-    """The data source: ``data`` if given, else ``$FASTCIFAR_DATA``, else ``<cache>/data``
-    (where ``--download`` puts the official set)."""
+    """The data source, not yet checked for existence (``load_cifar10`` does).
+
+    Args:
+        data: a path as ``--data`` takes it, or None.
+
+    Returns:
+        ``data`` if given, else ``$FASTCIFAR_DATA``, else ``<cache>/data`` (where
+        ``--download`` puts the official set), with ``~`` expanded.
+    """
     if data:
         return Path(data).expanduser()
     if os.environ.get("FASTCIFAR_DATA"):
@@ -195,6 +202,15 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     Computed exactly from per-channel 256-bin histograms, so it needs no float copy of
     the data set. For the official training set this gives the familiar
     (0.4914, 0.4822, 0.4465) / (0.2470, 0.2435, 0.2616).
+
+    Args:
+        images: uint8 (N, H, W, C).
+
+    Returns:
+        (means, stds): C floats each, in [0, 1] units.
+
+    Raises:
+        ValueError: ``images`` not uint8 or not four-dimensional.
     """
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"expected uint8 (N, H, W, C) images, got {images.dtype} {images.shape}")

@@ -46,5 +46,10 @@ __all__ = [
 
 
 def triton_available() -> bool:
-    """True when the ``triton`` package can be imported on this machine."""
+    """Whether the ``triton`` package can be imported on this machine (it is not imported).
+
+    Returns:
+        True when ``importlib`` finds ``triton``; whether its kernels can run on a device
+        is ``kernels_can_run``'s question.
+    """
     return importlib.util.find_spec("triton") is not None

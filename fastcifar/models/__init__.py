@@ -28,7 +28,18 @@ from fastcifar.recipes.zoo import ZOO_ACCURACY
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a model name builds and what the seed says about it."""
+    """What a model name builds and what the seed says about it.
+
+    Args:
+        build: a callable with no arguments returning a new ``CifarNet``, its parameters
+            initialised, on the CPU, float32.
+        params: the seed's exact trainable parameter count (checked by the tests).
+        outputs: ``"log_probs"`` (the model ends in ``log_softmax``; the loss is
+            ``nll_loss``) or ``"logits"``.
+        cam_layer: the qualified name of the module Grad-CAM targets by default (the
+            last convolutional block).
+        source: the seed or reference the model reproduces, in words.
+    """
 
     build: Callable[[], CifarNet]
     params: int  # exact trainable parameter count of the seed

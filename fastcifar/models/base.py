@@ -12,8 +12,14 @@ from torch import nn
 
 
 class CifarNet(nn.Module):
-    """An ``nn.Module`` taking float (N, 3, 32, 32) images and returning (N, 10), with the
-    engine's two hooks."""
+    """An ``nn.Module`` taking float (N, 3, H, W) images (H = W = 32, or the speed run's
+    progressive resolutions) and returning (N, 10) logits or log-probabilities
+    (``ModelInfo.outputs`` says which), with the engine's two hooks.
+
+    Args:
+        *args: the subclass's own constructor arguments (``nn.Module`` takes none).
+        **kwargs: the same, by name.
+    """
 
     def init_from_data(
         self, images, n: int, seed: int, mean: Sequence[float], std: Sequence[float]

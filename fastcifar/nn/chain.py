@@ -42,7 +42,7 @@ from torch import nn
 from fastcifar.kernels.conv_bn import conv2d_prologue_stats, conv2d_relu_stats
 from fastcifar.kernels.pointwise import pointwise_conv2d
 from fastcifar.nn.modules import (
-    _autocast_args,
+    autocast_args,
     bn_prologue,
     config_supported,
     plain_bn,
@@ -192,7 +192,7 @@ def find_links(model: nn.Module) -> list[tuple[str, str]]:
 
 
 class FusedConvBNAct(nn.Sequential):
-    """``Sequential(conv, BatchNorm2d[, ReLU | ReLU6 | SiLU])`` at one or both ends of a
+    """``Sequential(conv, BatchNorm2d[, ReLU | ReLU6 | SiLU | GELU])`` at one or both ends of a
     chain: the convolution in Triton with the batch statistics in its epilogue; as a
     producer (``gives_pending``) it returns a ``Pending`` instead of the normalised,
     activated tensor; as a consumer (``takes_pending``) its convolution applies the
@@ -200,7 +200,13 @@ class FusedConvBNAct(nn.Sequential):
 
     Input (N, CIN, H, W) tensor, NCHW or channels_last, or a ``Pending``; output (N, COUT,
     HO, WO) or a ``Pending``. Same children, parameters, buffers and state-dict keys as the
-    block it replaces; BatchNorm semantics as PyTorch's (training and eval).
+    block it replaces; BatchNorm semantics as PyTorch's (training and eval). Built by
+    converting a block in place (``fuse_conv_bn_act``), not constructed directly.
+
+    Args:
+        *args: the block's children, as ``nn.Sequential`` takes them: a convolution the
+            kernels support, ``nn.BatchNorm2d``, optionally ``nn.ReLU``, ``nn.ReLU6``,
+            ``nn.SiLU`` or the exact ``nn.GELU``.
     """
 
     gives_pending = False
@@ -208,6 +214,16 @@ class FusedConvBNAct(nn.Sequential):
     chain_end = True  # is_chain_module
 
     def forward(self, x):
+        """The block's output, or what its consumer applies as it loads.
+
+        Args:
+            x: (N, CIN, H, W) tensor, NCHW or channels_last, float32, float16, bfloat16 or
+                float64; or, at a consumer end, the producer's ``Pending``.
+
+        Returns:
+            (N, COUT, HO, WO) in the input's memory format; at a producer end a
+            ``Pending`` (the raw convolution output and its (COUT, 3) float32 prologue).
+        """
         activation = "identity" if len(self) == 2 else activation_name(self[2])
         return link_end(self[0], self[1], activation, x, self.gives_pending)
 
@@ -235,7 +251,7 @@ def link_end(
     prologue = None
     if isinstance(x, Pending):  # its convolution takes the prologue (is_chain_end)
         x, prologue = x.raw, x
-    x, weight, bias = _autocast_args(x, conv.weight, conv.bias)
+    x, weight, bias = autocast_args(x, conv.weight, conv.bias)
     pro = (prologue.prologue, prologue.activation) if prologue else ()
     args = (conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
     if _pointwise_shape(conv):

@@ -26,7 +26,6 @@ from torch import nn
 from fastcifar.kernels import conv2d as triton_conv2d
 from fastcifar.kernels.conv import GROUPED_KERNEL_SIZES, MAX_CIN_PER_GROUP
 from fastcifar.kernels.conv_bn import conv2d_relu_stats
-from fastcifar.kernels.dwsep import depthwise_separable_conv2d
 
 
 def config_supported(conv: nn.Conv2d) -> bool:
@@ -53,7 +52,7 @@ def config_supported(conv: nn.Conv2d) -> bool:
     return fits and s in (1, 2) and d in (1, 2, 3) and 0 <= p <= d * (k - 1) // 2
 
 
-def _autocast_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+def autocast_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     """Cast to the autocast dtype when autocast is on (the kernels take one dtype)."""
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
@@ -74,6 +73,11 @@ class Conv2d(nn.Conv2d):
     autocast dtype first (the kernels take one dtype). The Triton path needs a CUDA
     device, or ``TRITON_INTERPRET=1`` on a CPU; elsewhere the kernels raise
     ``NotImplementedError`` naming the device.
+
+    Args:
+        *args: ``nn.Conv2d``'s (in_channels, out_channels, kernel_size, stride, padding,
+            dilation, groups, bias, padding_mode, device, dtype), with its defaults.
+        **kwargs: the same, by name.
     """
 
     def __init__(self, *args, **kwargs):
@@ -81,9 +85,23 @@ class Conv2d(nn.Conv2d):
         self.uses_triton = config_supported(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution of ``x``.
+
+        Args:
+            x: (N, CIN, H, W), NCHW or channels_last; float32, float16, bfloat16 or float64.
+
+        Returns:
+            (N, COUT, HO, WO) in ``x``'s memory format and dtype (the autocast dtype under
+            autocast).
+
+        Raises:
+            NotImplementedError: the Triton path on a device with neither CUDA nor the
+                interpreter (``TRITON_INTERPRET=1``), or an input or output of 2**31
+                elements or more (the kernels' int32 offsets); the message says which.
+        """
         if not self.uses_triton:
             return super().forward(x)
-        x, weight, bias = _autocast_args(x, self.weight, self.bias)
+        x, weight, bias = autocast_args(x, self.weight, self.bias)
         return triton_conv2d(
             x, weight, bias, self.stride[0], self.padding[0], self.dilation[0], self.groups
         )
@@ -202,12 +220,26 @@ class FusedConvReLUBN(nn.Sequential):
     Same children, parameters, buffers and state-dict keys as the block it replaces; same
     training-mode semantics as PyTorch's BatchNorm2d (biased variance to normalise,
     unbiased variance into ``running_var``, ``momentum`` or the cumulative average when
-    it is None). Input (N, CIN, H, W), NCHW or channels_last.
+    it is None). Input (N, CIN, H, W), NCHW or channels_last. Built by converting a block
+    in place (``fuse_conv_relu_bn``), not constructed directly.
+
+    Args:
+        *args: the block's children, as ``nn.Sequential`` takes them: a convolution the
+            kernels support, ``nn.ReLU`` (``FusedConvReLUBN`` only), ``nn.BatchNorm2d``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output, BatchNorm in training or eval mode as ``self.training`` says.
+
+        Args:
+            x: (N, CIN, H, W), NCHW or channels_last; float32, float16, bfloat16 or float64.
+
+        Returns:
+            (N, COUT, HO, WO) in ``x``'s memory format and dtype (the autocast dtype under
+            autocast). In training the BatchNorm's running statistics are updated.
+        """
         conv, bn = self[0], self[-1]
-        x, weight, bias = _autocast_args(x, conv.weight, conv.bias)
+        x, weight, bias = autocast_args(x, conv.weight, conv.bias)
         args = (conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
         y, mean, var = conv2d_relu_stats(x, weight, bias, *args, relu=len(self) == 3)
         center, scale, shift = bn_prologue(bn, mean, var, y.numel() // y.shape[1]).unbind(1)
@@ -222,7 +254,13 @@ class FusedConvBN(FusedConvReLUBN):
     same kernel, then ``y * scale + shift``. PyTorch's block writes the conv output and
     reads it back once to take the statistics; here that read is gone: one read of the
     output tensor per block and step (docs/DESIGN.md, "Fusions for the model zoo"). Same
-    children, parameters, state-dict keys and BatchNorm semantics as the block."""
+    children, parameters, state-dict keys and BatchNorm semantics as the block. Built by
+    converting a block in place (``fuse_conv_bn``).
+
+    Args:
+        *args: the block's children: a convolution the kernels support, then
+            ``nn.BatchNorm2d``.
+    """
 
 
 def _conv_then(m: nn.Module, *after: type) -> bool:
@@ -253,7 +291,7 @@ def fuse_conv_bn(model: nn.Module, only: set[str] | None = None) -> list[str]:
     Returns:
         The qualified names converted.
     """
-    return _convert_blocks(model, is_conv_bn, FusedConvBN, only)
+    return convert_blocks(model, is_conv_bn, FusedConvBN, only)
 
 
 def is_conv_relu_bn(m: nn.Module) -> bool:
@@ -273,10 +311,10 @@ def fuse_conv_relu_bn(model: nn.Module, only: set[str] | None = None) -> list[st
     Returns:
         The qualified names converted.
     """
-    return _convert_blocks(model, is_conv_relu_bn, FusedConvReLUBN, only)
+    return convert_blocks(model, is_conv_relu_bn, FusedConvReLUBN, only)
 
 
-def _convert_blocks(model: nn.Module, test, cls: type, only: set[str] | None) -> list[str]:
+def convert_blocks(model: nn.Module, test, cls: type, only: set[str] | None) -> list[str]:
     """Give every block of ``model`` that passes ``test`` (and is named in ``only``, when
     given) the class ``cls`` in place; returns their qualified names."""
     converted = []
@@ -287,70 +325,17 @@ def _convert_blocks(model: nn.Module, test, cls: type, only: set[str] | None) ->
     return converted
 
 
-class FusedDepthwiseSeparable(nn.Sequential):
-    """``Sequential(depthwise 3x3 conv, [ReLU], pointwise 1x1 conv)``, both bias-free,
-    computed by ``fastcifar.kernels.depthwise_separable_conv2d``: the depthwise output is
-    never written to memory. Same children, parameters and state-dict keys as the block it
-    replaces. Input (N, C, H, W), NCHW or channels_last; output (N, COUT, HO, WO)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dw, pw = self[0], self[-1]
-        x, w_dw, _ = _autocast_args(x, dw.weight, None)
-        _, w_pw, _ = _autocast_args(x, pw.weight, None)
-        relu = len(self) == 3
-        return depthwise_separable_conv2d(
-            x, w_dw, w_pw, dw.stride[0], dw.padding[0], dw.dilation[0], relu
-        )
-
-
-def is_depthwise_separable(m: nn.Module) -> bool:
-    """Whether ``m`` is a bias-free ``Sequential(depthwise 3x3, [ReLU], pointwise 1x1)`` the
-    fused depthwise-separable kernel covers."""
-    if type(m) is not nn.Sequential or len(m) not in (2, 3):
-        return False
-    dw, pw = m[0], m[-1]
-    return (
-        plain_conv(dw)
-        and config_supported(dw)
-        and dw.kernel_size == (3, 3)
-        and dw.groups == dw.in_channels == dw.out_channels
-        and dw.bias is None
-        and plain_conv(pw)
-        and pw.kernel_size == (1, 1)
-        and pw.stride == (1, 1)
-        and pw.groups == 1
-        and pw.bias is None
-        and pw.in_channels == dw.out_channels
-        and (len(m) == 2 or type(m[1]) is nn.ReLU)
-    )
-
-
-def fuse_depthwise_separable(model: nn.Module, only: set[str] | None = None) -> list[str]:
-    """Turn every bias-free ``Sequential(depthwise 3x3, [ReLU], pointwise 1x1)`` of
-    ``model`` into a ``FusedDepthwiseSeparable`` in place (``is_depthwise_separable``).
-
-    Args:
-        model: any module; its ``nn.Sequential`` blocks at any depth are candidates.
-        only: qualified names of the blocks to convert; None: every supported one.
-
-    Returns:
-        The qualified names converted.
-    """
-    return _convert_blocks(model, is_depthwise_separable, FusedDepthwiseSeparable, only)
-
-
 __all__ = [
     "Conv2d",
     "FusedConvBN",
     "FusedConvReLUBN",
-    "FusedDepthwiseSeparable",
+    "autocast_args",
     "bn_prologue",
     "config_supported",
+    "convert_blocks",
     "fuse_conv_bn",
     "fuse_conv_relu_bn",
-    "fuse_depthwise_separable",
     "is_conv_bn",
     "is_conv_relu_bn",
-    "is_depthwise_separable",
     "swap_convolutions",
 ]

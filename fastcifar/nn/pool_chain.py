@@ -26,7 +26,7 @@ from fastcifar.kernels.conv_bn import conv2d_prologue_stats
 from fastcifar.kernels.conv_pool import conv2d_pool_stats
 from fastcifar.nn.chain import Pending, activation_name
 from fastcifar.nn.modules import (
-    _autocast_args,
+    autocast_args,
     bn_prologue,
     config_supported,
     plain_bn,
@@ -106,11 +106,11 @@ class PooledBlock(nn.Sequential):
         prologue, activation = None, "identity"
         if isinstance(x, Pending):  # the previous block's BatchNorm and activation
             x, prologue, activation = x.raw, x.prologue, x.activation
-        x, w1, b1 = _autocast_args(x, conv1.weight, conv1.bias)
+        x, w1, b1 = autocast_args(x, conv1.weight, conv1.bias)
         args1 = (conv1.stride[0], conv1.padding[0], conv1.dilation[0], 1)
         y, mean, var = conv2d_pool_stats(x, w1, b1, prologue, activation, *args1)
         folded = _fold(bn1, y, mean, var)
-        y, w2, b2 = _autocast_args(y, conv2.weight, conv2.bias)
+        y, w2, b2 = autocast_args(y, conv2.weight, conv2.bias)
         args2 = (conv2.stride[0], conv2.padding[0], conv2.dilation[0], 1)
         z, mean, var = conv2d_prologue_stats(y, w2, b2, folded, activation_name(act1), *args2)
         out = Pending(z, _fold(bn2, z, mean, var), activation_name(act2))

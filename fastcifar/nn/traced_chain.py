@@ -197,8 +197,11 @@ def _trace(module: nn.Module) -> tuple[fx.Graph | None, str]:
 
 def _candidate(module: nn.Module) -> bool:
     # a module worth tracing: a bare convolution and a BatchNorm among its children, or a
-    # unit and a bare convolution, not converted already
+    # unit and a bare convolution, not converted already: by this kind, or by another (a
+    # converted module's class is fastcifar.nn's own: the pooled blocks, the fused units)
     if is_chain_module(module) or "_link_ends" in module.__dict__ or is_chain_end(module):
+        return False
+    if type(module).__module__.startswith("fastcifar.nn."):
         return False
     kids = list(module.children())
     has_conv = any(_takes_prologue(k) for k in kids)

@@ -36,7 +36,22 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 @dataclass(frozen=True)
 class Recipe:
-    """A training recipe. Units: lr per optimizer step; step_size in epochs."""
+    """A training recipe: every hyper-parameter of a run, each field with its help text,
+    choices and bounds in its ``option()`` metadata (the command line's flags are built
+    from them). Units: lr per optimizer step; step_size and the schedules' epochs in epochs;
+    weight decay as the optimizer takes it. Frozen; ``replace`` gives a changed copy.
+
+    Args:
+        name: the recipe's name, as ``--recipe`` takes it.
+        model: a name of ``fastcifar.models.MODELS``.
+        augmentation: a name of ``fastcifar.data.AUGMENTATIONS``.
+        **fields: every other field by name (their defaults and meaning: the fields'
+            ``option()`` help, or ``python -m fastcifar.train --help``).
+
+    Raises:
+        FastCifarError: from ``validate``, not from construction: a field out of its
+            bounds or choices, with the valid ones.
+    """
 
     name: str = option(help="the recipe's name (--recipe)")
     model: str = option(help="model name (fastcifar.models.MODELS)", choices=MODEL_NAMES)
@@ -204,6 +219,11 @@ class Recipe:
         return res[min(epoch, len(res) - 1)] if res else None
 
     def replace(self, **changes) -> Recipe:
+        """A copy with ``changes`` (field name -> value) applied; not validated.
+
+        Raises:
+            TypeError: a name that is not a field.
+        """
         return dataclasses.replace(self, **changes)
 
 
@@ -256,5 +276,10 @@ def get_recipe(name: str) -> Recipe:
 
 
 def overridable_fields() -> list[dataclasses.Field]:
-    """The Recipe fields a command-line flag may override (all but ``name``)."""
+    """The Recipe fields a command-line flag may override.
+
+    Returns:
+        ``dataclasses.fields(Recipe)`` without ``name`` and ``expected_accuracy`` (a
+        recipe's identity and its reference's claim), in declaration order.
+    """
     return [f for f in dataclasses.fields(Recipe) if f.name not in ("name", "expected_accuracy")]

@@ -106,7 +106,7 @@ class CudaAutocast(TorchFunctionMode):
     dtype)`` would cast them (``autocast_casts``), on whatever device they are; the
     function then runs with no autocast. fastcifar's modules, which cast their
     convolution's arguments themselves when autocast is on for the input's device
-    (``fastcifar.nn.modules._autocast_args``), cast to ``dtype`` as under CUDA's. For the
+    (``fastcifar.nn.modules.autocast_args``), cast to ``dtype`` as under CUDA's. For the
     eager counts on CPU (fake) tensors."""
 
     def __init__(self, dtype: torch.dtype):
@@ -115,14 +115,14 @@ class CudaAutocast(TorchFunctionMode):
         self._modules = contextlib.ExitStack()
 
     def __enter__(self):
-        from fastcifar.nn import chain, modules, pool_chain
+        from fastcifar.nn import chain, dwsep, modules, pool_chain
 
         def cast(x, weight, bias):
             bias = bias.to(self.dtype) if bias is not None else None
             return x.to(self.dtype), weight.to(self.dtype), bias
 
-        for module in (modules, chain, pool_chain):
-            self._modules.enter_context(mock.patch.object(module, "_autocast_args", cast))
+        for module in (modules, dwsep, chain, pool_chain):
+            self._modules.enter_context(mock.patch.object(module, "autocast_args", cast))
         return super().__enter__()
 
     def __exit__(self, *exc):

@@ -12,7 +12,8 @@ from torch import nn
 
 from fastcifar.engine.runtime import resolve_kernels
 from fastcifar.nn import autotune
-from fastcifar.nn.modules import Conv2d, FusedConvBN, FusedConvReLUBN, FusedDepthwiseSeparable
+from fastcifar.nn.dwsep import FusedDepthwiseSeparable
+from fastcifar.nn.modules import Conv2d, FusedConvBN, FusedConvReLUBN
 
 
 class Net(nn.Module):
@@ -201,7 +202,7 @@ def test_fused_depthwise_separable_module_matches_the_unfused_block(relu, monkey
     x = torch.randn(2, 4, 6, 6, requires_grad=True)
     ref = block(x)
     (gx_ref,) = torch.autograd.grad(ref.sum(), x)
-    from fastcifar.nn.modules import fuse_depthwise_separable
+    from fastcifar.nn.dwsep import fuse_depthwise_separable
 
     assert fuse_depthwise_separable(block) == [""]
     out = block(x)

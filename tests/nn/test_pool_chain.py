@@ -13,6 +13,7 @@ from torch import nn
 from fastcifar.models.speedrun import SpeedrunNet
 from fastcifar.nn.fusion import convert, revert_all, runs_triton
 from fastcifar.nn.pool_chain import PooledBlock, find_pooled_blocks, fuse_pooled_blocks
+from fastcifar.nn.traced_chain import traced_link_notes
 from tests.kernel_helpers import DEVICE
 
 
@@ -60,8 +61,10 @@ def test_blocks_equal_pytorchs_in_float64_training_and_eval(size, act):
 def test_kernels_triton_converts_the_blocks_and_reverts_them_together():
     net = small_net()
     keys = list(net.state_dict())
-    done = convert(net, kinds=("pooled_block", "conv_bn_act", "conv"))
+    done = convert(net, kinds=("pooled_block", "conv_bn_act", "traced_chain", "conv"))
     assert done["pooled_block"] == ["block1", "block2", "block3"]
+    # a converted block is not traced again, nor named as a module left unlinked
+    assert done["traced_chain"] == [] and traced_link_notes(net) == []
     # the blocks' convolutions run in their blocks' kernels, not swapped one by one; the
     # whitening convolution (2x2) is not a kernel configuration
     assert not any(n.startswith("block") for n in done["conv"])
