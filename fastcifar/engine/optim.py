@@ -25,6 +25,14 @@ def criterion(loss: str, label_smoothing: float = 0.0):
       log-probabilities (log_softmax of log-probabilities is the identity);
     * ``cross_entropy``: ``F.cross_entropy`` on logits (the ResNets, the speed run).
 
+    Args:
+        loss: ``"nll"`` or ``"cross_entropy"``.
+        label_smoothing: the smoothing factor in [0, 1).
+
+    Returns:
+        ``f(output, labels)``: output (N, 10) any float dtype, labels (N,) int64; a float32
+        scalar, the mean over the batch.
+
     Raises:
         ValueError: an unknown loss name (recipes validate it before this).
     """
@@ -38,7 +46,14 @@ def criterion(loss: str, label_smoothing: float = 0.0):
 
 
 def l1_penalty(model: nn.Module) -> torch.Tensor:
-    """Sum over parameter tensors of mean(|p|), the EVA seeds' "L1" (BN affine included)."""
+    """The EVA seeds' "L1" penalty (BatchNorm's affine parameters included).
+
+    Args:
+        model: its trainable parameters are summed over.
+
+    Returns:
+        A scalar tensor: the sum over parameter tensors of mean(|p|), differentiable.
+    """
     return sum(p.abs().mean() for p in model.parameters() if p.requires_grad)
 
 
@@ -72,6 +87,13 @@ def muon_param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
     SGD groups use Nesterov momentum ``sgd_momentum`` and L2 weight decay
     ``weight_decay / lr`` of the group, the record's parametrisation (a decay per step
     proportional to the scheduled lr, whatever the group's lr). Empty groups are left out.
+
+    Args:
+        model: the network; its parameters are grouped by shape and name.
+        recipe: the lrs, momenta and weight decays above.
+
+    Returns:
+        The groups as ``Muon`` takes them (``muon=True`` on the filters' group).
     """
     r, named = recipe, _muon_roles(model)
     bias_lr, head_lr = r.bias_lr or r.lr, r.head_lr or r.lr
@@ -114,7 +136,14 @@ def muon_param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
 def newton_schulz_dtype(device: torch.device | str | None) -> torch.dtype:
     """Muon's Newton-Schulz dtype on ``device``: bfloat16 (the records') on a GPU and on a
     CPU with bfloat16 instructions; float32 on other CPUs, which emulate bfloat16 (5-9x
-    slower than float32, ``runtime.cpu_has_native_bf16``), the ``--amp`` rule."""
+    slower than float32, ``runtime.cpu_has_native_bf16``), the ``--amp`` rule.
+
+    Args:
+        device: where the model's parameters are; None counts as a GPU.
+
+    Returns:
+        ``torch.bfloat16`` or ``torch.float32``.
+    """
     from fastcifar.engine.runtime import cpu_has_native_bf16
 
     cpu = device is not None and torch.device(device).type == "cpu"
@@ -131,7 +160,18 @@ def make_optimizer(
     (momentum, 0.999)), SGD (momentum, Nesterov where set), or ``muon`` (``Muon`` on the
     convolution filters and SGD on the rest, ``muon_param_groups``; its Newton-Schulz
     iteration in ``newton_schulz_dtype`` of the model's device, compiled with
-    ``compile_backend`` when given, as the record does)."""
+    ``compile_backend`` when given, as the record does).
+
+    Args:
+        model: the network, its parameters on their device.
+        recipe: the optimizer's name and hyper-parameters.
+        compile_backend: a ``torch.compile`` backend for Muon's Newton-Schulz, or None.
+        steps_per_epoch: optimizer steps an epoch (Muon's renormalisation schedule
+            counts the decay's steps with it); None: one.
+
+    Returns:
+        ``torch.optim.Adam``, ``torch.optim.SGD`` or ``Muon``.
+    """
     r = recipe
     if r.optimizer == "muon":
         device = next(model.parameters()).device
@@ -158,22 +198,46 @@ def make_optimizer(
 
 
 def total_steps(recipe: Recipe, steps_per_epoch: int) -> int:
-    """Optimizer steps of a run: ``epochs - 1`` full epochs and ``ceil(last_epoch_fraction
-    * steps_per_epoch)`` steps of the last one."""
+    """Optimizer steps of a run.
+
+    Args:
+        recipe: its ``epochs`` and ``last_epoch_fraction``.
+        steps_per_epoch: optimizer steps of a full epoch.
+
+    Returns:
+        ``epochs - 1`` full epochs and ``ceil(last_epoch_fraction * steps_per_epoch)``
+        steps (at least one) of the last.
+    """
     last = math.ceil(recipe.last_epoch_fraction * steps_per_epoch - 1e-9)
     return (recipe.epochs - 1) * steps_per_epoch + max(1, last)
 
 
 def decay_steps(recipe: Recipe, steps_per_epoch: int) -> int:
-    """Steps of the ``linear`` schedule's decay: ``ceil(decay_epochs * steps)`` (as the
-    2026 record counts them), or the whole run when ``decay_epochs`` is 0."""
+    """Steps of the ``linear`` schedule's decay.
+
+    Args:
+        recipe: its ``decay_epochs`` (0: the whole run).
+        steps_per_epoch: optimizer steps of a full epoch.
+
+    Returns:
+        ``ceil(decay_epochs * steps_per_epoch)`` (as the 2026 record counts them), at
+        least 1, or ``total_steps`` when ``decay_epochs`` is 0.
+    """
     if not recipe.decay_epochs:
         return total_steps(recipe, steps_per_epoch)
     return max(1, math.ceil(recipe.decay_epochs * steps_per_epoch - 1e-9))
 
 
 def whiten_bias_steps(recipe: Recipe, steps_per_epoch: int) -> int:
-    """Steps during which the whitening bias trains (``ceil(whiten_bias_epochs * steps)``)."""
+    """Steps during which the whitening bias trains.
+
+    Args:
+        recipe: its ``whiten_bias_epochs``.
+        steps_per_epoch: optimizer steps of a full epoch.
+
+    Returns:
+        ``ceil(whiten_bias_epochs * steps_per_epoch)`` (0: it never trains).
+    """
     return math.ceil(recipe.whiten_bias_epochs * steps_per_epoch - 1e-9)
 
 
@@ -181,7 +245,15 @@ def onecycle_pct_start(pct_start: float, total: int) -> float:
     """``pct_start`` where OneCycleLR can use it, else the middle of the run: its warm-up
     phase ends at step ``pct_start * total - 1``, which must lie strictly between 0 and
     the last step (``total - 1``), or PyTorch divides by zero (a 4-step run at 0.25) or
-    anneals backwards. Only runs of a handful of steps are moved (they warn anyway)."""
+    anneals backwards. Only runs of a handful of steps are moved (they warn anyway).
+
+    Args:
+        pct_start: the recipe's fraction of the run spent warming up.
+        total: the run's optimizer steps.
+
+    Returns:
+        ``pct_start``, or ``(1 + (total - 1) / 2) / total`` where it cannot be used.
+    """
     up = pct_start * total - 1
     if total >= 3 and not 0 < up < total - 1:
         return (1 + (total - 1) / 2) / total
@@ -192,7 +264,12 @@ def onecycle_pct_start(pct_start: float, total: int) -> float:
 class Schedule:
     """A learning-rate scheduler and when the engine steps it: ``"step"`` after every
     optimizer step (OneCycleLR), ``"epoch"`` after every epoch (StepLR), ``"metric"``
-    after every epoch with the test accuracy (ReduceLROnPlateau), ``"never"`` (none)."""
+    after every epoch with the test accuracy (ReduceLROnPlateau), ``"never"`` (none).
+
+    Args:
+        scheduler: a ``torch.optim.lr_scheduler`` scheduler, or None with ``"never"``.
+        when: ``"step"``, ``"epoch"``, ``"metric"`` or ``"never"``.
+    """
 
     scheduler: object | None
     when: str
@@ -222,7 +299,16 @@ def make_schedule(
     ``linear`` (per step: ``lr x max(lr_floor, 1 - step / decay_steps)``, no warm-up, the
     records'; a group named ``whiten_bias`` decays to 0 over ``whiten_bias_steps``), cosine
     annealing to 0 over the epochs (per epoch), StepLR (per epoch), ReduceLROnPlateau on
-    the test accuracy (per epoch), or a constant lr."""
+    the test accuracy (per epoch), or a constant lr.
+
+    Args:
+        optimizer: the run's optimizer; each group's ``lr`` is its peak.
+        recipe: ``scheduler`` and its hyper-parameters.
+        steps_per_epoch: optimizer steps of a full epoch.
+
+    Returns:
+        The scheduler and when the engine steps it.
+    """
     r = recipe
     if r.scheduler == "onecycle":
         return Schedule(
