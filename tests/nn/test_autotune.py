@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from torch import nn
 
@@ -189,26 +188,6 @@ def test_table_is_printed_and_returned_for_config_json(tmp_path, monkeypatch, ca
 
 def test_auto_on_a_cpu_is_pytorch_without_timing():
     assert resolve_kernels("auto", torch.device("cpu")) == "torch"
-
-
-@pytest.mark.parametrize("relu", [False, True])
-def test_fused_depthwise_separable_module_matches_the_unfused_block(relu, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    torch.manual_seed(0)
-    layers = [nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)]
-    layers += [nn.ReLU()] if relu else []
-    layers += [nn.Conv2d(4, 6, 1, bias=False)]
-    block = nn.Sequential(*layers)
-    x = torch.randn(2, 4, 6, 6, requires_grad=True)
-    ref = block(x)
-    (gx_ref,) = torch.autograd.grad(ref.sum(), x)
-    from fastcifar.nn.dwsep import fuse_depthwise_separable
-
-    assert fuse_depthwise_separable(block) == [""]
-    out = block(x)
-    (gx,) = torch.autograd.grad(out.sum(), x)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(gx, gx_ref, atol=1e-5, rtol=1e-5)
 
 
 def test_block_runners_run_forward_and_backward_on_the_cpu(monkeypatch):
