@@ -306,8 +306,7 @@ def make_schedule(
         recipe: ``scheduler`` and its hyper-parameters.
         steps_per_epoch: optimizer steps of a full epoch.
 
-    Returns:
-        The scheduler and when the engine steps it.
+    Returns: the scheduler and when the engine steps it.
     """
     r = recipe
     if r.scheduler == "onecycle":

@@ -106,6 +106,23 @@ def test_the_loss_and_optimizer_are_their_own_rows():
     assert _rows(count)["optimizer"].bytes == 3 * params
 
 
+def test_a_speed_runs_count_does_not_depend_on_the_counting_hosts_cpu(monkeypatch):
+    # Muon's Newton-Schulz runs in bfloat16 on a GPU; a host CPU without bfloat16
+    # instructions picks float32 for itself, and a speed run's committed count once
+    # differed by 96.5 MB a step between two hosts
+    from fastcifar.recipes import get_recipe
+    from fastcifar.roofline.run import recipe_setup
+
+    optimizer_bytes = {}
+    for host_bf16 in (True, False):
+        monkeypatch.setattr("fastcifar.engine.runtime.cpu_has_native_bf16", lambda v=host_bf16: v)
+        setup = recipe_setup(get_recipe("speedrun94"), batch_size=2)
+        assert setup.optimizer(setup.model).ns_dtype == torch.bfloat16
+        count = count_step(setup, ["eager"])["eager"]
+        optimizer_bytes[host_bf16] = _rows(count)["optimizer"].bytes
+    assert optimizer_bytes[True] == optimizer_bytes[False] > 0
+
+
 def test_compile_moves_fewer_bytes_than_eager_on_a_chain_and_the_same_on_a_lone_conv():
     chain = count_step(_setup(_conv_bn_relu()), ["eager", "compile"])
     assert chain["compile"].bytes < chain["eager"].bytes
