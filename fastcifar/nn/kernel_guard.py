@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from fastcifar.errors import first_line
+from fastcifar.kernels.launch import acc_dtype
 from fastcifar.kernels.validate import ConvConfig, error_bound, relative_error
 from fastcifar.nn.fusion import fused_copy, revert_to_torch, runs_triton
 
@@ -51,7 +52,7 @@ def run_block(
     with torch.autocast(x.device.type, dtype=dtype, enabled=low):
         y = block(x)
     params = [p for p in block.parameters() if p.requires_grad]
-    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(y.dtype)
     gy = torch.ones_like(y, dtype=acc)
     if seed is not None:
         gen = torch.Generator().manual_seed(seed)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 
 from fastcifar.kernels.conv_bn import prologue_grad
-from fastcifar.kernels.launch import memory_format
+from fastcifar.kernels.launch import acc_dtype, memory_format
 
 __all__ = ["Pending", "gated", "global_max", "pooled_activation"]
 
@@ -69,9 +69,14 @@ _ACTIVATE_GRAD = {
 
 def _affine(raw: torch.Tensor, prologue: torch.Tensor) -> torch.Tensor:
     # (raw - center) * scale + shift in float32 (float64 for float64 raw)
-    acc = torch.float64 if raw.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(raw.dtype)
     center, scale, shift = (prologue[:, i].view(1, -1, 1, 1).to(acc) for i in range(3))
     return (raw.to(acc) - center) * scale + shift
+
+
+def _activated(raw: torch.Tensor, prologue: torch.Tensor, activation: str) -> torch.Tensor:
+    # act((raw - center) * scale + shift), in the accumulation dtype (not yet rounded)
+    return _ACTIVATE[activation](_affine(raw, prologue))
 
 
 def _prologue_backward(raw, prologue, activation, grad_a) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +100,7 @@ class _Materialise(torch.autograd.Function):
     def forward(ctx, raw, prologue, activation):
         ctx.save_for_backward(raw, prologue)
         ctx.activation = activation
-        return _ACTIVATE[activation](_affine(raw, prologue)).to(raw.dtype)
+        return _activated(raw, prologue, activation).to(raw.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -112,14 +117,12 @@ class _PooledActivation(torch.autograd.Function):
     def forward(ctx, raw, prologue, activation):
         ctx.save_for_backward(raw, prologue)
         ctx.activation = activation
-        return (
-            _ACTIVATE[activation](_affine(raw, prologue)).mean((2, 3), keepdim=True).to(raw.dtype)
-        )
+        return _activated(raw, prologue, activation).mean((2, 3), keepdim=True).to(raw.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         raw, prologue = ctx.saved_tensors
-        acc = torch.float64 if raw.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(raw.dtype)
         grad_a = (grad.to(acc) / (raw.shape[2] * raw.shape[3])).expand(raw.shape)
         return (*_prologue_backward(raw, prologue, ctx.activation, grad_a), None)
 
@@ -133,13 +136,13 @@ class _Gated(torch.autograd.Function):
     def forward(ctx, raw, prologue, activation, gate):
         ctx.save_for_backward(raw, prologue, gate)
         ctx.activation = activation
-        a = _ACTIVATE[activation](_affine(raw, prologue))
+        a = _activated(raw, prologue, activation)
         return (a * gate.to(a.dtype)).to(raw.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         raw, prologue, gate = ctx.saved_tensors
-        a = _ACTIVATE[ctx.activation](_affine(raw, prologue))
+        a = _activated(raw, prologue, ctx.activation)
         g = grad.to(a.dtype)
         dgate = (g * a).sum((2, 3), keepdim=True).to(gate.dtype)
         dx, dpro = _prologue_backward(raw, prologue, ctx.activation, g * gate.to(a.dtype))
@@ -158,7 +161,7 @@ class _GlobalMax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, raw, prologue, activation, first_only):
-        a = _ACTIVATE[activation](_affine(raw, prologue)).to(raw.dtype).flatten(2)
+        a = _activated(raw, prologue, activation).to(raw.dtype).flatten(2)
         out, first = a.max(-1, keepdim=True)  # the first maximum's position
         ctx.save_for_backward(raw, prologue, out, first)
         ctx.activation, ctx.first_only = activation, first_only
@@ -167,11 +170,11 @@ class _GlobalMax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         raw, prologue, out, first = ctx.saved_tensors
-        acc = torch.float64 if raw.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(raw.dtype)
         positions = torch.arange(raw.shape[2] * raw.shape[3], device=raw.device)
         hit = positions == first
         if not ctx.first_only:
-            a = _ACTIVATE[ctx.activation](_affine(raw, prologue)).to(raw.dtype).flatten(2)
+            a = _activated(raw, prologue, ctx.activation).to(raw.dtype).flatten(2)
             hit = hit | (a == out)
         share = hit.to(acc) / hit.sum(-1, keepdim=True)
         grad_a = (grad.to(acc).flatten(2) * share).view(raw.shape)
