@@ -5,11 +5,12 @@ what the compiled code says about speed.
                                 [--dtypes bf16,fp16] [--kernels REGEX] [--markdown F] [--json F]
 
 The launchers of ``fastcifar.kernels`` are called with ``meta`` tensors inside
-``fastcifar.kernels.launch.record_launches()`` and ``launch.compile_target(name)``: they
-compute their grids, tile sizes and launch options exactly as on that target, and each
-launch is recorded instead of run. Each distinct launch is then specialised as triton's
-own launcher does (``create_function_from_signature`` + ``JITFunction._pack_args``: int
-and pointer arguments divisible by 16, ints equal to 1 made constant) and compiled with
+``fastcifar.kernels.launch.record_launches()`` and
+``fastcifar.kernels.tiles.compile_target(name)``: they compute their grids, tile sizes and
+launch options exactly as on that target, and each launch is recorded instead of run.
+Each distinct launch is then specialised as triton's own launcher does
+(``create_function_from_signature`` + ``JITFunction._pack_args``: int and pointer
+arguments divisible by 16, ints equal to 1 made constant) and compiled with
 ``triton.compile(ASTSource(...), target=GPUTarget(...))``: NVIDIA targets down to a cubin
 by the ptxas inside the triton wheel, AMD targets down to an hsaco by its LLVM.
 
@@ -221,14 +222,14 @@ def record_pointwise(launches, configs, dtypes) -> None:
 def record(configs, dtypes, target: str | None = None, pointwise_cfgs=()) -> list:
     """Every launch the launchers make for these configurations on ``target`` (its tile
     entries), on ``meta`` tensors; channels_last configurations get channels_last weights."""
-    from fastcifar.kernels import conv_launch, dwsep, launch
+    from fastcifar.kernels import conv_launch, conv_launch_bwd, dwsep, launch, tiles
     from fastcifar.kernels.launch import ACTIVATIONS
 
     def meta(shape, dtype, cl=False):
         t = torch.empty(shape, dtype=dtype, device="meta")
         return t.contiguous(memory_format=torch.channels_last) if cl else t
 
-    with launch.record_launches() as launches, launch.compile_target(target):
+    with launch.record_launches() as launches, tiles.compile_target(target):
         for dtype in dtypes:
             for xs, ws, s, p, d, g, cl, fusable in configs:
                 first = len(launches)
@@ -239,14 +240,14 @@ def record(configs, dtypes, target: str | None = None, pointwise_cfgs=()) -> lis
                 conv_launch.launch_forward(x, w, None, s, p, d, g)
                 conv_launch.launch_forward(x, w, b, s, p, d, g, relu=True, stats=True)
                 dy = torch.empty_like(y)
-                conv_launch.launch_grad_input(dy, w, xs, fmt, s, p, d, g)
-                conv_launch.launch_grad_weight(dy, x, ws, s, p, d, g)
-                conv_launch.launch_grad_bias(dy)
+                conv_launch_bwd.launch_grad_input(dy, w, xs, fmt, s, p, d, g)
+                conv_launch_bwd.launch_grad_weight(dy, x, ws, s, p, d, g)
+                conv_launch_bwd.launch_grad_bias(dy)
                 # with the BatchNorm-and-activation prologue (a chain's consumer)
                 pro = (meta((xs[1], 3), torch.float32), ACTIVATIONS["gelu"])  # the longest
                 conv_launch.launch_forward(x, w, None, s, p, d, g, stats=True, prologue=pro)
-                conv_launch.launch_grad_input(dy, w, xs, fmt, s, p, d, g, prologue=pro, x=x)
-                conv_launch.launch_grad_weight(dy, x, ws, s, p, d, g, prologue=pro)
+                conv_launch_bwd.launch_grad_input(dy, w, xs, fmt, s, p, d, g, prologue=pro, x=x)
+                conv_launch_bwd.launch_grad_weight(dy, x, ws, s, p, d, g, prologue=pro)
                 dot = conv_launch.family(xs[1], ws[0], g, s) in ("dense", "grouped_dot")
                 if dot and s == 1 and min(y.shape[2:]) >= 2:
                     # the 2x2 max pool in the epilogue, un-pooled on the gradients' load
@@ -254,10 +255,10 @@ def record(configs, dtypes, target: str | None = None, pointwise_cfgs=()) -> lis
                     yp, _, _, idx = conv_launch.launch_pool_forward(x, w, b, s, p, d, g, pro)
                     unpool = (idx, y.shape[2], y.shape[3])
                     dyp = torch.empty_like(yp)
-                    conv_launch.launch_grad_input(
+                    conv_launch_bwd.launch_grad_input(
                         dyp, w, xs, fmt, s, p, d, g, prologue=pro, x=x, unpool=unpool
                     )
-                    conv_launch.launch_grad_weight(dyp, x, ws, s, p, d, g, pro, unpool)
+                    conv_launch_bwd.launch_grad_weight(dyp, x, ws, s, p, d, g, pro, unpool)
                 if fusable:  # the fused depthwise-separable op, C -> C
                     wp = meta((ws[0], ws[0], 1, 1), dtype, cl)
                     for relu in (False, True):

@@ -35,8 +35,8 @@ import os
 import torch
 from torch import Tensor
 
-from fastcifar.kernels.conv_launch import (
-    launch_forward,
+from fastcifar.kernels.conv_launch import launch_forward
+from fastcifar.kernels.conv_launch_bwd import (
     launch_grad_bias,
     launch_grad_input,
     launch_grad_weight,

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from fastcifar.kernels.conv import _grad_bias_op, conv_grads, prepare_args
-from fastcifar.kernels.conv_launch import launch_forward, launch_grad_input, launch_grad_weight
+from fastcifar.kernels.conv_launch import launch_forward
+from fastcifar.kernels.conv_launch_bwd import launch_grad_input, launch_grad_weight
 from fastcifar.kernels.flops import register_conv_flops
 from fastcifar.kernels.launch import ACTIVATIONS, acc_dtype, empty_output, memory_format
 

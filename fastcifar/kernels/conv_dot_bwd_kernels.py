@@ -7,9 +7,9 @@ was followed by a 2x2 max pool run in its forward's epilogue, ``conv_pool``; the
 read the pooled gradient and the packed window positions and expand them as they load,
 ``_pool.unpool_load``, so the pre-pool gradient is never written).
 
-Private: the launchers in ``fastcifar.kernels.conv_launch`` call these. Conventions as
+Private: the launchers in ``fastcifar.kernels.conv_launch`` (``_bwd``) call these. Conventions as
 ``conv_dot_kernels``' (its docstring): any strides, accumulation in ``ACC``, ``P`` the
-flattened pixel, ``BLOCK_P``/``BLOCK_N``/``BLOCK_K`` ``launch.Tiles``' fields. With
+flattened pixel, ``BLOCK_P``/``BLOCK_N``/``BLOCK_K`` ``tiles.Tiles``' fields. With
 ``UNPOOL``, ``HO``/``WO`` are the convolution's output size and ``dy`` (its strides
 given) is the pooled gradient (N, COUT, HP, WP); ``idx`` its packed positions. Weight
 gradients are deterministic: each program sums over its own fixed range of pixels and

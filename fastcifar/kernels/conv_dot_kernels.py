@@ -11,7 +11,7 @@ as they load it, the input gradient runs its backward as its epilogue (``_stenci
 ``apply_prologue`` and ``prologue_backward``). Their input and weight gradients are
 ``conv_dot_bwd_kernels``; the elementwise family is ``conv_grouped_kernels``.
 
-Private: the launchers in ``fastcifar.kernels.conv_launch`` call these. Every tensor is
+Private: the launchers in ``fastcifar.kernels.conv_launch`` (``_bwd``) call these. Every tensor is
 addressed through its four strides (n, c, h, w), so NCHW, channels_last and stride-0
 (expanded) gradients all work without copies. Accumulation is float32 (float64 for
 float64 inputs); results are cast to the output's dtype on store.
@@ -19,7 +19,7 @@ float64 inputs); results are cast to the output's dtype on store.
 Index conventions: ``P`` is the flattened (n, oh, ow) output pixel (or (n, ih, iw) input
 pixel for the input gradient); ``STRIDE``, ``PADDING``, ``DILATION`` the convolution's;
 ``kh, kw`` the taps of the ``KSIZE`` x ``KSIZE`` window; ``CIN_PG``/``COUT_PG`` channels
-per group (CIN and COUT when dense). Block names are ``launch.Tiles``' fields: ``BLOCK_P``
+per group (CIN and COUT when dense). Block names are ``tiles.Tiles``' fields: ``BLOCK_P``
 pixels, ``BLOCK_N`` channels a dot kernel produces (its N), ``BLOCK_K`` channels it
 reduces per step (its K). Gradients are ``dy``/``dx`` with strides
 ``stride_dy*``/``stride_dx*``. Weight gradients are deterministic: each program sums over

@@ -5,7 +5,7 @@ where a ``tl.dot`` tile would be mostly zeros (``conv_dot_kernels`` has the othe
 family), and the bias gradient of both. The previous BatchNorm and activation run as a
 prologue, as in ``conv_dot_kernels``.
 
-Private: the launchers in ``fastcifar.kernels.conv_launch`` call these. Index, block and
+Private: the launchers in ``fastcifar.kernels.conv_launch`` (``_bwd``) call these. Index, block and
 stride conventions as ``conv_dot_kernels``'; ``BLOCK_C`` is the channels of an
 elementwise program. Weight and bias gradients are deterministic per-program partials.
 """

@@ -28,12 +28,8 @@ from torch import Tensor
 
 from fastcifar.kernels.conv import _grad_bias_op, prepare_args
 from fastcifar.kernels.conv_bn import check_prologue, combine_stats, fold_stats_grad, prologue_grad
-from fastcifar.kernels.conv_launch import (
-    empty_pooled_output,
-    launch_grad_input,
-    launch_grad_weight,
-    launch_pool_forward,
-)
+from fastcifar.kernels.conv_launch import empty_pooled_output, launch_pool_forward
+from fastcifar.kernels.conv_launch_bwd import launch_grad_input, launch_grad_weight
 from fastcifar.kernels.flops import register_pooled_conv_flops
 from fastcifar.kernels.launch import ACTIVATIONS, acc_dtype, cdiv, memory_format, out_size
 

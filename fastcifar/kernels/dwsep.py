@@ -38,9 +38,9 @@ from fastcifar.kernels.launch import (
     memory_format,
     partial_pixels,
     strides,
-    tiles,
     tl_acc,
 )
+from fastcifar.kernels.tiles import tiles
 
 __all__ = ["depthwise_separable_conv2d"]
 
@@ -68,7 +68,7 @@ def _wp_strides(w: Tensor) -> tuple[int, int]:
 
 def _meta(t, x: Tensor, stride, padding, dilation, relu) -> dict:
     """The constexprs every dwsep kernel takes: the convolution, the ReLU, the tile and
-    the target's launch options (``t``: ``launch.Tiles``)."""
+    the target's launch options (``t``: ``tiles.Tiles``)."""
     return dict(
         STRIDE=stride,
         PADDING=padding,

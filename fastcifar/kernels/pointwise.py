@@ -47,9 +47,9 @@ from fastcifar.kernels.launch import (
     memory_format,
     partial_pixels,
     strides,
-    tiles,
     tl_acc,
 )
+from fastcifar.kernels.tiles import tiles
 
 __all__ = ["ACTIVATIONS", "pointwise_conv2d"]
 

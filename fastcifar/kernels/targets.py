@@ -3,7 +3,7 @@ an occupancy estimate needs and the dtypes each trains in.
 
 One ``Target`` per architecture family users train on: NVIDIA Turing to Blackwell
 (``sm_75`` ... ``sm_120``) and AMD Instinct CDNA2/CDNA3 (``gfx90a``, ``gfx942``).
-``scripts/aot_check.py`` compiles every kernel for them without a GPU; ``launch.tiles``
+``scripts/aot_check.py`` compiles every kernel for them without a GPU; ``tiles.tiles``
 picks a target's own tile entry where one exists (``target_of`` names the target of a
 device).
 

@@ -24,20 +24,18 @@ timing itself runs on a CPU.
 
 from __future__ import annotations
 
-import copy
-import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastcifar.errors import FastCifarError, first_line
 from fastcifar.kernels.validate import ConvConfig, collect_conv_configs
 from fastcifar.nn.autotune_cache import DispatchCache, default_cache, environment_key
-from fastcifar.nn.fusion import FUSIONS, convert, fused_copy, summary_line
-from fastcifar.nn.kernel_guard import is_triton_failure, run_block, trial_step, validate_block
+from fastcifar.nn.autotune_timing import Runner, Timer, block_runner, conv_runner, cuda_timer
+from fastcifar.nn.fusion import FUSIONS, convert, summary_line
+from fastcifar.nn.kernel_guard import is_triton_failure, trial_step, validate_block
 from fastcifar.nn.modules import own_forward_convs
 from fastcifar.nn.traced_chain import traced_link_notes
 
@@ -54,16 +52,6 @@ __all__ = [
 
 
 @dataclass
-class Runner:
-    """One side of one comparison: ``fn()`` runs forward + backward once."""
-
-    kind: str  # a kind of fastcifar.nn.fusion.FUSIONS
-    side: str  # triton | torch
-    config: str
-    fn: Callable[[], None]
-
-
-@dataclass
 class Decision:
     kind: str
     config: str  # ConvConfig.describe() of the (first) convolution
@@ -72,75 +60,6 @@ class Decision:
     torch_ms: float | None = None
     choice: str = "torch"
     cached: bool = False
-
-
-Timer = Callable[[Runner], float]
-
-
-def cuda_timer(runner: Runner, warmup: int = 3, reps: int = 10) -> float:
-    """Median milliseconds of ``runner.fn()`` over ``reps`` calls, each timed with CUDA
-    events after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        runner.fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        runner.fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-# ---------------------------------------------------------------------- runners
-
-
-def _inputs(cfg: ConvConfig, device, requires_grad: bool = True) -> torch.Tensor:
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    x = torch.randn(cfg.input_shape, device=device, dtype=cfg.dtype)
-    return x.contiguous(memory_format=fmt).requires_grad_(requires_grad)
-
-
-def _conv_runner(cfg: ConvConfig, side: str, device) -> Runner:
-    from fastcifar.kernels import conv2d as triton_conv2d
-
-    state = {}
-
-    def fn():
-        if not state:  # built at the first call: a fake timer never allocates
-            state["x"] = _inputs(cfg, device)
-            state["w"] = torch.randn(
-                cfg.weight_shape, device=device, dtype=cfg.dtype, requires_grad=True
-            )
-            state["b"] = (
-                torch.zeros(cfg.weight_shape[0], device=device, dtype=cfg.dtype, requires_grad=True)
-                if cfg.bias
-                else None
-            )
-        conv = triton_conv2d if side == "triton" else F.conv2d
-        y = conv(
-            state["x"], state["w"], state["b"], cfg.stride, cfg.padding, cfg.dilation, cfg.groups
-        )
-        y.backward(torch.ones_like(y))
-
-    return Runner("conv", side, cfg.describe(), fn)
-
-
-def _block_runner(kind: str, block: nn.Module, cfg: ConvConfig, side: str, device) -> Runner:
-    state = {}
-
-    def fn():
-        if not state:
-            copied = copy.deepcopy(block) if side == "torch" else fused_copy(kind, block)
-            copied = copied.to(device).train()
-            if cfg.channels_last:
-                copied = copied.to(memory_format=torch.channels_last)
-            state["block"], state["x"] = copied, _inputs(cfg, device)
-        # as training runs it: float32 parameters, 16-bit compute under autocast
-        run_block(state["block"], state["x"], cfg.dtype)
-
-    return Runner(kind, side, cfg.describe(), fn)
 
 
 # ---------------------------------------------------------------------- decisions
@@ -217,9 +136,9 @@ def _measure(kind, block, cfg, device, timer) -> tuple[dict | None, str]:
     """Time Triton against PyTorch for one configuration or block: ({"triton_ms",
     "torch_ms"}, "") or (None, why not): a Triton side that fails to compile or launch."""
     if kind == "conv":
-        runners = [_conv_runner(cfg, side, device) for side in ("triton", "torch")]
+        runners = [conv_runner(cfg, side, device) for side in ("triton", "torch")]
     else:
-        runners = [_block_runner(kind, block, cfg, s, device) for s in ("triton", "torch")]
+        runners = [block_runner(kind, block, cfg, s, device) for s in ("triton", "torch")]
     try:
         triton_ms = timer(runners[0])
     except Exception as exc:

@@ -239,7 +239,8 @@ def fastcifar_op_costs(target: str | None) -> Callable:
     from torch._library.custom_ops import OPDEFS
     from torch.utils._pytree import tree_map
 
-    from fastcifar.kernels.launch import compile_target, record_launches
+    from fastcifar.kernels.launch import record_launches
+    from fastcifar.kernels.tiles import compile_target
 
     def cost(func, args, kwargs, size) -> list[int]:
         opdef = OPDEFS[func._schema.name]
@@ -266,7 +267,8 @@ def fastcifar_op_costs(target: str | None) -> Callable:
 def _triton_recorded(target: str | None) -> Iterator[None]:
     """fastcifar's custom operators runnable on the CPU with their launches recorded
     (nothing computes: their outputs are uninitialised, which a count does not read)."""
-    from fastcifar.kernels.launch import compile_target, record_launches
+    from fastcifar.kernels.launch import record_launches
+    from fastcifar.kernels.tiles import compile_target
 
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"

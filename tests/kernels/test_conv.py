@@ -140,17 +140,17 @@ def test_expanded_stride0_gradient():
     ],
 )
 def test_which_kernels_a_configuration_takes(cin, cout, groups, kernel):
-    from fastcifar.kernels import conv_launch as conv
+    from fastcifar.kernels import conv_launch, conv_launch_bwd
     from fastcifar.kernels.launch import record_launches
 
     x = torch.empty(8, cin, 8, 8, device="meta")
     w = torch.empty(cout, cin // groups, 3, 3, device="meta")
     with record_launches() as launches:
-        y, _, _ = conv.launch_forward(x, w, None, 1, 1, 1, groups)
-        conv.launch_grad_input(
+        y, _, _ = conv_launch.launch_forward(x, w, None, 1, 1, 1, groups)
+        conv_launch_bwd.launch_grad_input(
             torch.empty_like(y), w, x.shape, torch.contiguous_format, 1, 1, 1, groups
         )
-        conv.launch_grad_weight(torch.empty_like(y), x, w.shape, 1, 1, 1, groups)
+        conv_launch_bwd.launch_grad_weight(torch.empty_like(y), x, w.shape, 1, 1, 1, groups)
     names = [la.kernel.__name__ for la in launches]
     suffix = "_dot_kernel" if kernel == "dot" else "_grouped_kernel"
     assert all(name.endswith(suffix) for name in names), names

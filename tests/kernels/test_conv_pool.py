@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastcifar.kernels import launch
+from fastcifar.kernels import tiles
 from fastcifar.kernels.conv_pool import conv2d_pool_stats
 from tests.kernel_helpers import DEVICE, conv_inputs, low_precision_bound, rel
 
@@ -103,7 +103,7 @@ def test_the_gpu_tiles_compute_the_same():
     cfg = (2, 16, 64, 12, 12, 1, 1, 1, 1)
     tensors = inputs(cfg, torch.float32, True, prologue=True)
     args = ("silu", *cfg[5:])
-    with launch.gpu_tiles():
+    with tiles.gpu_tiles():
         ours = run(conv2d_pool_stats, tensors, args)
     exact = run(reference, [t.double() if t is not None else None for t in tensors], args)
     for name, a, r in zip(NAMES, ours, exact, strict=False):

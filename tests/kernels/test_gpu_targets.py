@@ -12,7 +12,7 @@ import torch
 from fastcifar.data.factory import resolve_loader
 from fastcifar.engine.runtime import amp_dtype
 from fastcifar.errors import FastCifarError
-from fastcifar.kernels import launch
+from fastcifar.kernels import tiles
 from fastcifar.kernels.targets import TARGETS, target_of
 from fastcifar.nn import autotune_cache
 
@@ -111,10 +111,10 @@ def test_rocm_loader_choice_never_picks_dali(monkeypatch):
 
 
 def test_a_targets_own_tile_entry_is_used_there_and_only_there(monkeypatch):
-    special = launch.Tiles(block_p=32, block_c=8, block_n=16, block_k=16, pixels_per_partial=1024)
-    monkeypatch.setitem(launch.TARGET_TILES, "sm_75", {"grouped": special})
-    with launch.compile_target("sm_75"):
-        assert launch.tiles(torch.float16, "grouped") == special
-        assert launch.tiles(torch.float16, "dense") == launch.GPU_TILES["dense"]
-    with launch.compile_target("sm_90"):
-        assert launch.tiles(torch.float16, "grouped") == launch.GPU_TILES["grouped"]
+    special = tiles.Tiles(block_p=32, block_c=8, block_n=16, block_k=16, pixels_per_partial=1024)
+    monkeypatch.setitem(tiles.TARGET_TILES, "sm_75", {"grouped": special})
+    with tiles.compile_target("sm_75"):
+        assert tiles.tiles(torch.float16, "grouped") == special
+        assert tiles.tiles(torch.float16, "dense") == tiles.GPU_TILES["dense"]
+    with tiles.compile_target("sm_90"):
+        assert tiles.tiles(torch.float16, "grouped") == tiles.GPU_TILES["grouped"]

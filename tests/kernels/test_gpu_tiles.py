@@ -12,16 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from fastcifar.kernels import check_supported, conv2d_relu_stats, depthwise_separable_conv2d
-from fastcifar.kernels.launch import (
-    ACTIVATIONS,
-    GPU_TILES,
-    TARGET_TILES,
-    compile_target,
-    gpu_tiles,
-    partial_pixels,
-    record_launches,
-    tiles,
-)
+from fastcifar.kernels.launch import ACTIVATIONS, partial_pixels, record_launches
+from fastcifar.kernels.tiles import GPU_TILES, TARGET_TILES, compile_target, gpu_tiles, tiles
 from tests.kernel_helpers import conv_inputs, low_precision_bound, rel
 from tests.kernels.test_conv import check, make
 
@@ -94,7 +86,7 @@ def test_depthwise_separable(dtype, relu):
     check_depthwise_separable(dtype, relu)
 
 
-# the configurations that run each kernel family (launch.FAMILIES)
+# the configurations that run each kernel family (tiles.FAMILIES)
 FAMILY_CONFIGS = {
     "dense": (DENSE,),
     "depthwise": (DEPTHWISE,),
@@ -137,7 +129,7 @@ def _targets_whose_tiles_run() -> set[str]:
 
 @pytest.mark.parametrize("target", sorted(TARGET_TILES))
 def test_each_targets_own_tiles_compute_the_same(target):
-    # a target's tile entries (launch.TARGET_TILES) are the ones its launches take, and they
+    # a target's tile entries (tiles.TARGET_TILES) are the ones its launches take, and they
     # run under the interpreter too: the configurations of every family whose tiles it runs
     # differently from GPU_TILES (once for targets that share them)
     with compile_target(target):
@@ -205,12 +197,12 @@ def test_weight_gradient_split_fills_the_gpu():
 
 
 def test_launches_record_the_gpu_configuration():
-    from fastcifar.kernels import conv_launch as conv
+    from fastcifar.kernels.conv_launch_bwd import launch_grad_weight
 
     x = torch.empty(512, 32, 8, 8, device="meta").contiguous(memory_format=torch.channels_last)
     w = torch.empty(32, 1, 3, 3, device="meta")
     with record_launches() as launches:
-        conv.launch_grad_weight(torch.empty_like(x), x, w.shape, 1, 1, 1, 32)
+        launch_grad_weight(torch.empty_like(x), x, w.shape, 1, 1, 1, 32)
     (la,) = launches
     t = GPU_TILES["reduce"]
     assert la.meta["BLOCK_P"] == t.block_p and la.meta["BLOCK_C"] == t.block_c
@@ -240,7 +232,7 @@ def test_prologue_at_gpu_tiles_matches_float64(cfg, activation):
     gradient at the stride-2 tile, 32 x 8, halved for GELU's) and the ``tl.dot`` kernels
     (dense, groups of 8) at their GPU tiles: several pixel and channel blocks, SiLU and
     GELU, float32 against PyTorch's float64 composition."""
-    from fastcifar.kernels import conv_launch
+    from fastcifar.kernels import conv_launch, conv_launch_bwd
     from fastcifar.kernels.conv_bn import conv2d_prologue_stats
     from tests.kernels.test_conv_bn import prologue_reference
     from tests.kernels.test_conv_bn import run as run_stats
@@ -270,15 +262,15 @@ def test_prologue_at_gpu_tiles_matches_float64(cfg, activation):
         assert rel(a.double(), r) < 1e-5, f"{name}: {rel(a.double(), r):.2e}"
     act = ACTIVATIONS[activation]
     with record_launches() as launches:
-        conv_launch.launch_grad_input(x, w, x.shape, torch.channels_last, *args, (pro, act), x)
+        conv_launch_bwd.launch_grad_input(x, w, x.shape, torch.channels_last, *args, (pro, act), x)
         conv_launch.launch_forward(x, w, None, *args, stats=True, prologue=(pro, act))
     grad, forward = launches
     family = conv_launch.family(c, w.shape[0], args[3], args[0])
     expected = "depthwise_strided" if family == "depthwise" else family
-    # GELU's prologue halves an elementwise kernel's pixels (launch.fused_dot_tiles)
+    # GELU's prologue halves an elementwise kernel's pixels (tiles.fused_dot_tiles)
     halved = activation == "gelu" and family == "depthwise"
     want = GPU_TILES[expected].block_p // (2 if halved else 1)
     assert grad.meta["PROLOGUE"] and grad.meta["BLOCK_P"] == want
-    # a tl.dot forward with the prologue runs one pipeline stage (launch.fused_dot_tiles)
+    # a tl.dot forward with the prologue runs one pipeline stage (tiles.fused_dot_tiles)
     stages = 1 if family in ("dense", "grouped_dot") else GPU_TILES[family].num_stages
     assert forward.meta["PROLOGUE"] and forward.meta["num_stages"] == stages

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastcifar.kernels.interpreter import round_bfloat16_to_nearest_even, to_bfloat16_bits
-from fastcifar.kernels.launch import interpreted
+from fastcifar.kernels.tiles import interpreted
 
 # a tie (1 + 2^-8 lies halfway between two bfloat16 values: to the even one), a tie that
 # rounds up (1 + 3 * 2^-8), a carry into the exponent, the largest float32 (to infinity),

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastcifar.kernels.launch import ACTIVATIONS, gpu_tiles
+from fastcifar.kernels.launch import ACTIVATIONS
 from fastcifar.kernels.pointwise import pointwise_conv2d
+from fastcifar.kernels.tiles import gpu_tiles
 from tests.kernel_helpers import DEVICE, low_precision_bound, rel
 
 TORCH_ACT = {

@@ -200,10 +200,10 @@ def test_block_runners_run_forward_and_backward_on_the_cpu(monkeypatch):
     assert {kind for kind, *_ in blocks} == {"conv_relu_bn", "conv_bn", "dwsep"}
     for kind, _, block, cfg in blocks:
         for side in ("triton", "torch"):
-            autotune._block_runner(kind, block, cfg, side, "cpu").fn()
+            autotune.block_runner(kind, block, cfg, side, "cpu").fn()
     cfg = next(iter(configs))
     for side in ("triton", "torch"):
-        autotune._conv_runner(cfg, side, "cpu").fn()
+        autotune.conv_runner(cfg, side, "cpu").fn()
     assert type(model.crb) is nn.Sequential  # the model itself is left as it was
 
 

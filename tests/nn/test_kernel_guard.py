@@ -44,10 +44,10 @@ class Net(nn.Module):
 def _fail_kernel(monkeypatch, name: str, exc: Exception) -> list[str]:
     """Make every launch of the kernel called ``name`` raise ``exc`` (as triton raises a
     compile or launch failure); returns the names of the kernels launched."""
-    from fastcifar.kernels import conv_launch, dwsep
+    from fastcifar.kernels import conv_launch, conv_launch_bwd, dwsep
 
     seen = []
-    for module in (conv_launch, dwsep):
+    for module in (conv_launch, conv_launch_bwd, dwsep):
         real = module.launch
 
         def fake(kernel, grid, *args, _real=real, **meta):

@@ -1,0 +1,98 @@
+"""The timing half of measured kernel dispatch (``fastcifar.nn.autotune``): a ``Runner`` is
+one side of one comparison (forward + backward of a convolution or a fused unit, Triton
+or PyTorch), and a timer turns it into milliseconds (``cuda_timer``: CUDA events, median
+of 10 after 3 warm-ups; tests pass a fake one).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastcifar.kernels.validate import ConvConfig
+from fastcifar.nn.fusion import fused_copy
+from fastcifar.nn.kernel_guard import run_block
+
+__all__ = ["Runner", "Timer", "block_runner", "conv_runner", "cuda_timer"]
+
+
+@dataclass
+class Runner:
+    """One side of one comparison: ``fn()`` runs forward + backward once."""
+
+    kind: str  # a kind of fastcifar.nn.fusion.FUSIONS
+    side: str  # triton | torch
+    config: str
+    fn: Callable[[], None]
+
+
+Timer = Callable[[Runner], float]
+
+
+def cuda_timer(runner: Runner, warmup: int = 3, reps: int = 10) -> float:
+    """Median milliseconds of ``runner.fn()`` over ``reps`` calls, each timed with CUDA
+    events after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        runner.fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        runner.fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _inputs(cfg: ConvConfig, device, requires_grad: bool = True) -> torch.Tensor:
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    x = torch.randn(cfg.input_shape, device=device, dtype=cfg.dtype)
+    return x.contiguous(memory_format=fmt).requires_grad_(requires_grad)
+
+
+def conv_runner(cfg: ConvConfig, side: str, device) -> Runner:
+    from fastcifar.kernels import conv2d as triton_conv2d
+
+    state = {}
+
+    def fn():
+        if not state:  # built at the first call: a fake timer never allocates
+            state["x"] = _inputs(cfg, device)
+            state["w"] = torch.randn(
+                cfg.weight_shape, device=device, dtype=cfg.dtype, requires_grad=True
+            )
+            state["b"] = (
+                torch.zeros(cfg.weight_shape[0], device=device, dtype=cfg.dtype, requires_grad=True)
+                if cfg.bias
+                else None
+            )
+        conv = triton_conv2d if side == "triton" else F.conv2d
+        y = conv(
+            state["x"], state["w"], state["b"], cfg.stride, cfg.padding, cfg.dilation, cfg.groups
+        )
+        y.backward(torch.ones_like(y))
+
+    return Runner("conv", side, cfg.describe(), fn)
+
+
+def block_runner(kind: str, block: nn.Module, cfg: ConvConfig, side: str, device) -> Runner:
+    state = {}
+
+    def fn():
+        if not state:
+            copied = copy.deepcopy(block) if side == "torch" else fused_copy(kind, block)
+            copied = copied.to(device).train()
+            if cfg.channels_last:
+                copied = copied.to(memory_format=torch.channels_last)
+            state["block"], state["x"] = copied, _inputs(cfg, device)
+        # as training runs it: float32 parameters, 16-bit compute under autocast
+        run_block(state["block"], state["x"], cfg.dtype)
+
+    return Runner(kind, side, cfg.describe(), fn)
