@@ -21,6 +21,10 @@ __all__ = ["atomic_replace", "atomic_write", "cache_dir"]
 def atomic_replace(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on ``path`` with ``.tmp`` appended, then rename it onto ``path``.
 
+    Args:
+        path: the file to (re)write.
+        write: called with the temporary path ``<path>.tmp``; writes the whole new content.
+
     Raises:
         OSError: what ``write`` or the rename raise (the previous ``path`` is untouched).
     """
@@ -30,7 +34,15 @@ def atomic_replace(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename.
+
+    Args:
+        path: the file to (re)write.
+        text: its whole new content, written as UTF-8.
+
+    Raises:
+        OSError: as ``atomic_replace`` (the previous ``path`` is untouched).
+    """
     atomic_replace(path, lambda tmp: tmp.write_text(text))
 
 

@@ -38,7 +38,15 @@ SYNONYMS = {
 
 def prog_name(module: str, script: str | None = None) -> str:
     """``script`` when this process was started as that console script, else
-    ``python -m module``."""
+    ``python -m module``.
+
+    Args:
+        module: the command's module, e.g. ``"fastcifar.train"``.
+        script: the console script's name, e.g. ``"fastcifar-train"``, or None.
+
+    Returns:
+        The program name ``--help`` and error messages show.
+    """
     if script and os.path.basename(sys.argv[0]) == script:
         return script
     return f"python -m {module}"
@@ -79,12 +87,23 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def help_columns() -> int:
-    """The width ``--help`` wraps at: the terminal's, between 80 and 110 columns."""
+    """The width ``--help`` wraps at: the terminal's, between 80 and 110 columns.
+
+    Returns:
+        The column count (80 to 110).
+    """
     return min(110, max(80, shutil.get_terminal_size((100, 24)).columns))
 
 
 def first_sentence(text: str) -> str:
-    """The first sentence of a docstring (its lines joined), for one-line listings."""
+    """The first sentence of a docstring (its lines joined), for one-line listings.
+
+    Args:
+        text: a docstring (or any text).
+
+    Returns:
+        Up to and including its first full stop, its lines joined by spaces.
+    """
     joined = " ".join(text.replace("``", "").split())  # reStructuredText's literals: plain
     end = joined.find(". ")
     return joined if end < 0 else joined[: end + 1]
@@ -92,7 +111,11 @@ def first_sentence(text: str) -> str:
 
 def process_age_s() -> float:
     """Seconds since this process started (Linux: ``/proc``), so that a command's wall time
-    includes the interpreter's start and ``import torch``; 0.0 where it cannot be read."""
+    includes the interpreter's start and ``import torch``; 0.0 where it cannot be read.
+
+    Returns:
+        Seconds (float) since the process started, or 0.0.
+    """
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
@@ -108,7 +131,12 @@ def interpret_triton_on_cpu(device: str) -> None:
     them), and a kernel interpreted later cannot call them ("Cannot call @triton.jit'd
     outside of the scope of a kernel"); torch 2.14's ``torch.utils.flop_counter``, which
     ``fastcifar.kernels`` imports, imports triton. A command that may run the kernels on
-    the CPU calls this before importing them; once triton is imported it does nothing."""
+    the CPU calls this before importing them; once triton is imported it does nothing.
+
+    Args:
+        device: the ``--device`` value: ``"auto"`` (the CPU when CUDA is absent), ``"cpu"``,
+        ``"cuda"``, ``"cuda:1"``, ...
+    """
     if "triton" in sys.modules:
         return
     import torch

@@ -22,7 +22,14 @@ class Interrupted(KeyboardInterrupt):
 
 def first_line(exc: BaseException) -> str:
     """``"TypeName: first line of the message"``, at most 300 characters: how a caught
-    exception is named in one line of a log or an error."""
+    exception is named in one line of a log or an error.
+
+    Args:
+        exc: any exception.
+
+    Returns:
+        Its type name and the first line of its message, cut at 300 characters.
+    """
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
@@ -30,7 +37,16 @@ def first_line(exc: BaseException) -> str:
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run ``main(argv)``, turning a FastCifarError into one line on stderr and exit code 2,
     and Ctrl-C into exit code 130 with ``Interrupted``'s message (what was kept, how to
-    continue) on lines of its own, below any progress bar."""
+    continue) on lines of its own, below any progress bar.
+
+    Args:
+        main: a command's ``main(argv)``, returning an exit code or None (0).
+        argv: the arguments without the program name; None reads ``sys.argv``.
+
+    Returns:
+        The process exit code: ``main``'s (None as 0), 2 after a ``FastCifarError``, 130
+        after Ctrl-C.
+    """
     try:
         code = main(argv)
     except FastCifarError as exc:

@@ -47,7 +47,13 @@ LOADER_CHOICES = ("auto", "gpu", "dali", "albumentations")
 class Registry:
     """The keys of ``module.attr`` (a dict), imported at the first membership test or
     iteration: the names of a set whose members need torch (``Registry("fastcifar.models",
-    "MODELS")``), listed in that one place."""
+    "MODELS")``), listed in that one place.
+
+    Attributes:
+        module: the module to import, e.g. ``"fastcifar.models"``.
+        attr: the dict in that module whose keys are the names.
+        also: further registries whose names count as members too.
+    """
 
     module: str
     attr: str
@@ -82,7 +88,23 @@ def option(
     """A dataclass field with its command-line help in its metadata: the one place a
     ``Recipe`` or ``RunOptions`` field is described. ``choices``: a tuple or a
     ``Registry``; bounds: ``min``/``max`` inclusive, ``above``/``below`` exclusive
-    (``check_fields`` checks them); ``flag=False``: no command-line flag."""
+    (``check_fields`` checks them); ``flag=False``: no command-line flag.
+
+    Args:
+        default: the field's default (``dataclasses.MISSING``: required).
+        help: the flag's help text (one sentence, with units).
+        choices: the valid values: a tuple, or a ``Registry`` of names; None for any.
+        metavar: the value's name in ``--help``.
+        flag: False for a field with no command-line flag.
+        min: inclusive lower bound, or None.
+        max: inclusive upper bound, or None.
+        above: exclusive lower bound, or None.
+        below: exclusive upper bound, or None.
+
+    Returns:
+        A ``dataclasses.field`` whose metadata holds the help, choices, metavar, flag and
+        bounds.
+    """
     bounds = {"min": min, "max": max, "above": above, "below": below}
     metadata = {
         "help": help,
@@ -95,7 +117,14 @@ def option(
 
 
 def flag_name(name: str) -> str:
-    """The command-line flag of field ``name``: ``batch_size`` -> ``--batch-size``."""
+    """The command-line flag of field ``name``: ``batch_size`` -> ``--batch-size``.
+
+    Args:
+        name: a dataclass field name in snake_case.
+
+    Returns:
+        Its flag, ``--`` and the name with dashes.
+    """
     return "--" + name.replace("_", "-")
 
 
@@ -115,6 +144,10 @@ def check_fields(obj, registries: bool = True) -> None:
     (``check_field``); ``registries=False`` leaves out the choices a ``Registry`` names
     (checking them imports their modules, and so torch).
 
+    Args:
+        obj: a dataclass instance (a ``Recipe``, ``RunOptions``, ...).
+        registries: also check the choices that a ``Registry`` names.
+
     Raises:
         FastCifarError: one line naming the flag, the value and the valid choices or
             range (a NaN fails any bound).
@@ -125,6 +158,11 @@ def check_fields(obj, registries: bool = True) -> None:
 
 def check_field(f: dataclasses.Field, value, registries: bool = True) -> None:
     """Check ``value`` against the choices and bounds in field ``f``'s metadata.
+
+    Args:
+        f: the dataclass field, whose metadata holds ``choices`` and ``bounds``.
+        value: the value to check; None passes (not given).
+        registries: also check the choices that a ``Registry`` names.
 
     Raises:
         FastCifarError: as ``check_fields``.
@@ -154,7 +192,15 @@ def check_field(f: dataclasses.Field, value, registries: bool = True) -> None:
 
 def field_type(f: dataclasses.Field):
     """The type of dataclass field ``f`` (its annotation is a string under ``from
-    __future__ import annotations``), ``X`` for ``X | None``."""
+    __future__ import annotations``), ``X`` for ``X | None``.
+
+    Args:
+        f: a dataclass field.
+
+    Returns:
+        The resolved type (``int``, ``float``, ``str``, ``bool``, ...), the ``X`` of
+        ``X | None``.
+    """
     hints = typing.get_type_hints(type("H", (), {"__annotations__": {"x": f.type}}))
     t = hints["x"]
     if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
@@ -177,7 +223,16 @@ def add_field_flags(
     attribute name for a field name; ``checked``: argparse itself refuses values outside a
     tuple of choices (a closed set of run options); otherwise ``check_fields`` does, after
     parsing, in one line. A ``Registry``'s names are not listed (that would import torch):
-    its metavar is NAME."""
+    its metavar is NAME.
+
+    Args:
+        group: an argparse parser or argument group.
+        cls: the dataclass whose flag fields become flags.
+        shown: an instance whose values ``--help`` shows as defaults, or None.
+        dest: maps a field name to the argparse destination attribute.
+        checked: let argparse refuse values outside a tuple of choices.
+        only: the field names to add, or None for every flag field.
+    """
     for f in dataclasses.fields(cls):
         if not f.metadata.get("flag") or (only is not None and f.name not in only):
             continue
@@ -209,7 +264,15 @@ TIMINGS = {
 
 @dataclass
 class RunOptions:
-    """How (not what) a run trains. Saved in config.json next to the recipe."""
+    """How (not what) a run trains. Saved in config.json next to the recipe.
+
+    Attributes:
+        data, download, train_subset, test_subset, out, device, amp, amp_dtype, compile,
+        channels_last, workers, compile_backend, kernels, loader, timing,
+        progress_every, tensorboard, roofline_gpu, world_size, sync_bn: one a flag
+        (``--data`` ...); each field's meaning, units, choices and bounds are its
+        ``option()`` help beside it, the one place ``--help`` reads them from.
+    """
 
     data: str | None = option(
         None,

@@ -19,6 +19,17 @@ from fastcifar.errors import FastCifarError, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fastcifar.validate``: the Triton convolutions against PyTorch on every distinct convolution configuration of a model, forward and backward.
+
+    Args:
+        argv: the command-line arguments (``--help`` lists them); None reads ``sys.argv``.
+
+    Returns:
+        0 when every configuration matched within its dtype's bound, 1 otherwise.
+
+    Raises:
+        FastCifarError: ``--batch`` below 1, or an unknown model.
+    """
     p = CommandParser(
         prog=prog_name("fastcifar.validate"),
         description="Validate the Triton convolutions on every distinct conv configuration "

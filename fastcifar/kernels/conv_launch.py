@@ -64,7 +64,17 @@ def family(cin: int, cout: int, groups: int, stride: int = 1) -> str:
     ``grouped_dot`` (at least ``DOT_MIN_PER_GROUP`` channels a group, in and out) run the
     ``tl.dot`` kernels; ``depthwise`` (one input channel per group; at stride 2
     ``depthwise_strided``, smaller tiles) and ``grouped`` (narrower groups) the
-    elementwise ones."""
+    elementwise ones.
+
+    Args:
+        cin: input channels.
+        cout: output channels.
+        groups: the convolution's groups.
+        stride: its stride.
+
+    Returns:
+        One of ``dense``, ``grouped_dot``, ``depthwise``, ``depthwise_strided``, ``grouped``.
+    """
     if groups == 1:
         return "dense"
     if cin == groups:
@@ -75,7 +85,17 @@ def family(cin: int, cout: int, groups: int, stride: int = 1) -> str:
 def channel_span(block: int, per_group: int, other_per_group: int, other_total: int) -> int:
     """Channels of the other side (``other_per_group`` a group, ``other_total`` in all) that
     a block of ``block`` consecutive channels (``per_group`` a group, starting at a
-    multiple of ``block``) is connected to: the groups it touches times their width."""
+    multiple of ``block``) is connected to: the groups it touches times their width.
+
+    Args:
+        block: channels of a program's block (a power of two).
+        per_group: channels a group on the block's side.
+        other_per_group: channels a group on the other side.
+        other_total: channels on the other side in all.
+
+    Returns:
+        The number of other-side channels the block reads (at most ``other_total``).
+    """
     if block % per_group == 0:
         touched = block // per_group
     elif per_group % block == 0:
@@ -92,7 +112,15 @@ def _dot_kernels(fam: str) -> bool:
 def span_align(per_group: int, groups: int) -> int:
     """A power of two (at most 16) dividing the first channel of every program's reduced
     span in the ``tl.dot`` kernels, a multiple of ``per_group`` (0 when dense): the
-    ``SPAN_ALIGN`` hint that lets the compiler prove 16-byte aligned channel loads."""
+    ``SPAN_ALIGN`` hint that lets the compiler prove 16-byte aligned channel loads.
+
+    Args:
+        per_group: channels a group of the reduced side.
+        groups: the convolution's groups.
+
+    Returns:
+        16 when dense, else the largest power of two (at most 16) dividing ``per_group``.
+    """
     return 16 if groups == 1 else min(16, per_group & -per_group)
 
 
@@ -151,7 +179,25 @@ def launch_forward(
     BatchNorm partials (programs, COUT, 2): (sum, sum of squared deviations), else None;
     and the pixels per program (every program's count but the last's). ``prologue``:
     (the (CIN, 3) center, scale and shift, activation code) applied to ``x`` as it is read,
-    or None."""
+    or None.
+
+    Args:
+        x: input (N, CIN, H, W), float32, float16, bfloat16 or float64, any strides.
+        w: weight (COUT, CIN / groups, K, K), ``x``'s dtype.
+        b: bias (COUT,), or None.
+        stride: the convolution's stride.
+        padding: zero padding on each side, in pixels.
+        dilation: spacing between kernel taps.
+        groups: the convolution's groups.
+        relu: apply ReLU to the output.
+        stats: also return the BatchNorm partials of the (ReLU'd) output.
+        prologue: (the (CIN, 3) accumulator-dtype tensor of center, scale and shift, an
+        ``launch.ACTIVATIONS`` code), or None.
+
+    Returns:
+        (output (N, COUT, HO, WO) in ``x``'s dtype and memory format, the partials or None,
+        pixels per program).
+    """
     n, cin, h, wd = x.shape
     cout, ksize = w.shape[0], w.shape[-1]
     fam = family(cin, cout, groups, stride)
@@ -188,7 +234,19 @@ def empty_pooled_output(
 ) -> Tensor:
     """The uninitialised (N, COUT, HO // 2, WO // 2) output of a ``kernel`` x ``kernel``
     convolution of ``x`` followed by a 2x2, stride-2 max pool (floor, as
-    ``nn.MaxPool2d(2)``), in ``x``'s dtype, device and memory format."""
+    ``nn.MaxPool2d(2)``), in ``x``'s dtype, device and memory format.
+
+    Args:
+        x: the input (N, CIN, H, W).
+        cout: output channels.
+        stride: the convolution's stride.
+        padding: zero padding on each side, in pixels.
+        dilation: spacing between kernel taps.
+        kernel: the kernel's height and width.
+
+    Returns:
+        An uninitialised (N, COUT, HO // 2, WO // 2) tensor.
+    """
     n, _, h, w = x.shape
     hp = out_size(h, stride, padding, dilation, kernel) // 2
     wp = out_size(w, stride, padding, dilation, kernel) // 2
@@ -214,6 +272,20 @@ def launch_pool_forward(
     format, its BatchNorm partials (programs, COUT, 2), pooled pixels per program, the
     packed window positions (N * HP * WP, cdiv(COUT, 4)) uint8). ``prologue`` as
     ``launch_forward``'s.
+
+    Args:
+        x: input (N, CIN, H, W), any strides.
+        w: weight (COUT, CIN / groups, K, K).
+        b: bias (COUT,), or None.
+        stride: the convolution's stride (1).
+        padding: zero padding on each side, in pixels.
+        dilation: spacing between kernel taps.
+        groups: the convolution's groups (dense or at least 8 channels a group).
+        prologue: as ``launch_forward``'s.
+
+    Returns:
+        (pooled output, partials, pooled pixels per program, window positions) as above; a
+        position is 2 bits (which of the window's four pixels won) packed four channels a byte.
 
     Raises:
         NotImplementedError: a depthwise or narrow-grouped convolution (not the ``tl.dot``

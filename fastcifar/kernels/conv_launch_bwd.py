@@ -44,7 +44,25 @@ def launch_grad_input(
     ``prologue`` (as ``launch_forward``'s; ``x`` the raw input): (the raw input's direct
     gradient, (CIN, 2) sums of (dz, dz * (x - center))), the prologue's backward in the
     epilogue. ``unpool``: (the packed window positions, HO, WO) when ``dy`` is the
-    gradient of the convolution's pooled output (``launch_pool_forward``), else None."""
+    gradient of the convolution's pooled output (``launch_pool_forward``), else None.
+
+    Args:
+        dy: the output gradient (N, COUT, HO, WO), or of the pooled output with ``unpool``.
+        w: the weight (COUT, CIN / groups, K, K).
+        x_shape: the input's shape (N, CIN, H, W).
+        x_format: the input's memory format, given to the gradient.
+        stride: the convolution's stride.
+        padding: zero padding on each side, in pixels.
+        dilation: spacing between kernel taps.
+        groups: the convolution's groups.
+        prologue: as ``launch_forward``'s, or None.
+        x: the raw input (before the prologue), when ``prologue`` is given.
+        unpool: (positions, HO, WO) from ``launch_pool_forward``, or None.
+
+    Returns:
+        The input gradient (N, CIN, H, W) in ``dy``'s dtype; with ``prologue`` the pair
+        (that gradient, the (CIN, 2) accumulator-dtype sums).
+    """
     n, cin, h, wd = x_shape
     cout = dy.shape[1]
     fam = family(cin, cout, groups, stride)
@@ -104,7 +122,22 @@ def launch_grad_weight(
 ):
     """The weight gradient (COUT, CIN / groups, K, K): per-program partials summed in a
     fixed order (deterministic). ``prologue`` as ``launch_forward``'s (``x`` raw);
-    ``unpool`` as ``launch_grad_input``'s."""
+    ``unpool`` as ``launch_grad_input``'s.
+
+    Args:
+        dy: the output gradient (N, COUT, HO, WO), or of the pooled output with ``unpool``.
+        x: the input (N, CIN, H, W) (raw when ``prologue`` is given).
+        w_shape: the weight's shape (COUT, CIN / groups, K, K).
+        stride: the convolution's stride.
+        padding: zero padding on each side, in pixels.
+        dilation: spacing between kernel taps.
+        groups: the convolution's groups.
+        prologue: as ``launch_forward``'s, or None.
+        unpool: as ``launch_grad_input``'s, or None.
+
+    Returns:
+        The weight gradient (COUT, CIN / groups, K, K) in ``x``'s dtype.
+    """
     n, cin, h, wd = x.shape
     cout, cin_pg, ksize = w_shape[0], w_shape[1], w_shape[-1]
     cout_pg, taps = cout // groups, ksize * ksize
@@ -143,7 +176,14 @@ def launch_grad_weight(
 
 def launch_grad_bias(dy: Tensor) -> Tensor:
     """The bias gradient (C,) of output gradient ``dy`` (N, C, HO, WO): per-program
-    partial sums over the pixels, summed in a fixed order (deterministic)."""
+    partial sums over the pixels, summed in a fixed order (deterministic).
+
+    Args:
+        dy: the output gradient (N, C, HO, WO), any strides.
+
+    Returns:
+        The bias gradient (C,) in ``dy``'s dtype.
+    """
     t = tiles(dy.dtype, "reduce")
     n, c, ho, wo = dy.shape
     total = n * ho * wo

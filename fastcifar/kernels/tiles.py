@@ -44,19 +44,22 @@ __all__ = [
 class Tiles:
     """Block sizes and launch options of the convolution kernels.
 
-    block_p: output pixels (flattened n, oh, ow) per program; the input gradient's
-        programs take input pixels. Also the pixel step of the weight-gradient loop.
-    block_c: channels per program of the elementwise (grouped/depthwise) kernels.
-    block_n: channels a ``tl.dot`` kernel's program produces (``tl.dot``'s N): output
-        channels in the forward, input channels in the input gradient, output channels
-        of the weight-gradient tile. The kernels' ``BLOCK_N``.
-    block_k: channels a ``tl.dot`` kernel reduces per step (``tl.dot``'s K, at least 16):
-        the other side's channels; the weight-gradient tile's input channels. The
-        kernels' ``BLOCK_K``. Each field reaches its kernel upper-cased.
-    pixels_per_partial: most pixels one weight-gradient program sums into its partial
-        (fewer where that leaves the GPU under-filled: ``partial_pixels``).
-    use_dot: ``tl.dot`` for the channel reductions (False: broadcast multiply-add);
-    num_warps, num_stages: triton launch options.
+    Attributes:
+        block_p: output pixels (flattened n, oh, ow) per program; the input gradient's
+            programs take input pixels. Also the pixel step of the weight-gradient loop.
+        block_c: channels per program of the elementwise (grouped/depthwise) kernels.
+        block_n: channels a ``tl.dot`` kernel's program produces (``tl.dot``'s N): output
+            channels in the forward, input channels in the input gradient, output channels
+            of the weight-gradient tile. The kernels' ``BLOCK_N``.
+        block_k: channels a ``tl.dot`` kernel reduces per step (``tl.dot``'s K, at least 16):
+            the other side's channels; the weight-gradient tile's input channels. The
+            kernels' ``BLOCK_K``. Each field reaches its kernel upper-cased.
+        pixels_per_partial: most pixels one weight-gradient program sums into its partial
+            (fewer where that leaves the GPU under-filled: ``partial_pixels``).
+        use_dot: ``tl.dot`` for the channel reductions (False: broadcast multiply-add).
+        num_warps: warps per program (a triton launch option).
+        num_stages: software-pipelining stages of the kernels' loops (a triton launch
+            option).
     """
 
     block_p: int
@@ -179,13 +182,21 @@ _compile_target: str | None = None
 
 
 def interpreted() -> bool:
-    """True when triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    """True when triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``).
+
+    Returns:
+        True under ``TRITON_INTERPRET=1``.
+    """
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @contextlib.contextmanager
 def gpu_tiles() -> Iterator[None]:
-    """Run ``GPU_TILES`` under the interpreter too (tests of the GPU configuration)."""
+    """Run ``GPU_TILES`` under the interpreter too (tests of the GPU configuration).
+
+    Yields:
+        None; on leaving, the previous choice is restored.
+    """
     global _force_gpu_tiles
     old, _force_gpu_tiles = _force_gpu_tiles, True
     try:
@@ -197,7 +208,15 @@ def gpu_tiles() -> Iterator[None]:
 @contextlib.contextmanager
 def compile_target(name: str | None) -> Iterator[None]:
     """Launch (or record) with target ``name``'s tiles (``TARGET_TILES``) whatever GPU is
-    present: the AOT check records each target's launches this way."""
+    present: the AOT check records each target's launches this way.
+
+    Args:
+        name: a target of ``fastcifar.kernels.targets.TARGETS`` (``"sm_90"``, ``"gfx942"``,
+        ...), or None for the present device's.
+
+    Yields:
+        None; on leaving, the previous target is restored.
+    """
     global _compile_target
     old, _compile_target = _compile_target, name
     try:
@@ -215,7 +234,11 @@ def _device_target(index: int) -> str | None:
 
 def current_target() -> str | None:
     """The target whose tiles a launch uses: ``compile_target``'s, else the current CUDA
-    device's (``sm_90``, ``gfx942``, ...), else None (CPU, interpreter)."""
+    device's (``sm_90``, ``gfx942``, ...), else None (CPU, interpreter).
+
+    Returns:
+        The target's name, or None.
+    """
     if _compile_target is not None:
         return _compile_target
     if interpreted() or not torch.cuda.is_available():
@@ -232,6 +255,16 @@ def tiles(dtype: torch.dtype, family: str = "dense") -> Tiles:
     float64 takes broadcast multiply-add with 16 x 8 channel blocks. bfloat16 under the
     interpreter does too: triton's interpreter mis-reads bfloat16 in ``tl.dot`` (seen
     with triton 3.9: relative error 6e9); float16 and float32 keep ``tl.dot`` there.
+
+    Args:
+        dtype: the launch's input dtype (float32, float16, bfloat16 or float64).
+        family: a kernel family of ``FAMILIES``.
+
+    Returns:
+        The ``Tiles`` the launch takes.
+
+    Raises:
+        ValueError: ``family`` is not one of ``FAMILIES``.
     """
     if family not in GPU_TILES:
         raise ValueError(f"unknown kernel family {family!r}: one of {', '.join(FAMILIES)}")
@@ -257,7 +290,18 @@ def fused_dot_tiles(t: Tiles, prologue=False, pool=False, unpool=False, gelu=Fal
     erf, and exp in the gradient) half the pixels, or half the channels at 16 pixels: the
     grouped forward spilled 8-56 bytes (sm_80, sm_90, sm_100), the depthwise input gradient
     16 (sm_86, sm_89, sm_100), and with ``pool`` on sm_75 alone 132 (64 x 16). The latency
-    one stage leaves unhidden is untimed."""
+    one stage leaves unhidden is untimed.
+
+    Args:
+        t: the family's tiles (``tiles()``).
+        prologue: the kernel applies the BatchNorm-and-activation prologue on ``tl.dot``.
+        pool: the forward pools 2x2 in its epilogue.
+        unpool: the input gradient un-pools as it loads.
+        gelu: the prologue's activation is the exact GELU.
+
+    Returns:
+        ``t`` with fewer stages, pixels or channels as above (``t`` itself when none applies).
+    """
     if prologue or unpool:
         t = replace(t, num_stages=1)
     if pool:
