@@ -19,7 +19,8 @@ from fastcifar.errors import FastCifarError, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fastcifar.validate``: the Triton convolutions against PyTorch on every distinct convolution configuration of a model, forward and backward.
+    """``python -m fastcifar.validate``: the Triton convolutions against PyTorch on every
+    distinct convolution configuration of a model, forward and backward.
 
     Args:
         argv: the command-line arguments (``--help`` lists them); None reads ``sys.argv``.

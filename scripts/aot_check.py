@@ -195,7 +195,7 @@ def pointwise_configs(quick: bool, layout: str | None = None) -> list[tuple]:
 def record_pointwise(launches, configs, dtypes) -> None:
     """The pointwise op's launches (forward with and without the GELU prologue, with the
     statistics epilogue; input and weight gradients with the prologue)."""
-    from fastcifar.kernels import pointwise
+    from fastcifar.kernels import pointwise_launch
     from fastcifar.kernels.launch import ACTIVATIONS
 
     for dtype in dtypes:
@@ -205,14 +205,14 @@ def record_pointwise(launches, configs, dtypes) -> None:
             x = x.contiguous(memory_format=torch.channels_last) if cl else x
             w = torch.empty((cout, xs[1], 1, 1), dtype=dtype, device="meta")
             pro = torch.empty((xs[1], 3), device="meta")
-            y, _, _ = pointwise.launch_forward(x, w, None, None, 0, True)
+            y, _, _ = pointwise_launch.launch_forward(x, w, None, None, 0, True)
             dy = torch.empty_like(y)
             # GELU: the prologue with the most instructions (erf, and exp in its gradient;
             # SiLU's exp and ReLU's max are less)
             for act in (ACTIVATIONS["gelu"],):
-                pointwise.launch_forward(x, w, None, pro, act, True)
-                pointwise.launch_grad_input(dy, w, x, pro, act)
-                pointwise.launch_grad_weight(dy, x, pro, act, w.shape)
+                pointwise_launch.launch_forward(x, w, None, pro, act, True)
+                pointwise_launch.launch_grad_input(dy, w, x, pro, act)
+                pointwise_launch.launch_grad_weight(dy, x, pro, act, w.shape)
             label = f"1x1 {xs[1]}->{cout} {xs[2]}x{xs[3]} {'cl' if cl else 'nchw'}"
             wide = cl and xs[1] % 16 == 0 and cout % 16 == 0
             for la in launches[first:]:

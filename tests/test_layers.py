@@ -166,16 +166,25 @@ def test_no_import_cycle():
 
 # Sizes a newcomer can read in one sitting (docs/DESIGN.md, "Layers"): no module of
 # fastcifar/ over 400 lines, no function over 60, the Trainer (the loop alone) under 300.
-# A ``@triton.jit`` kernel counts its body's logical lines (statements and comment lines,
-# without its signature and docstring): the Triton tutorials' convention of one pointer
-# argument a line with its shape in a comment, and the formatter's one argument a line in
-# a long helper call, lengthen a kernel on the page without giving it more to read.
+# A function counts its physical lines without its docstring: the Args/Returns/Raises
+# sections every public function carries (test_docs) lengthen it without giving it more
+# code to read; a module counts every line, its docstrings too. A ``@triton.jit`` kernel
+# counts its body's logical lines (statements and comment lines, without its signature
+# and docstring): the Triton tutorials' convention of one pointer argument a line with
+# its shape in a comment, and the formatter's one argument a line in a long helper call,
+# lengthen a kernel on the page without giving it more to read.
 MAX_FUNCTION, MAX_MODULE, MAX_TRAINER = 60, 400, 300
 MAX_FMT_SKIP = 15  # the formatter formats; a few aligned tables of numbers are kept so
 
 
 def _length(node: ast.AST) -> int:
     return node.end_lineno - node.lineno + 1
+
+
+def _docstring_lines(node: ast.FunctionDef) -> int:
+    first = node.body[0]
+    is_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+    return _length(first) if is_doc and isinstance(first.value.value, str) else 0
 
 
 def _is_triton_kernel(node: ast.FunctionDef) -> bool:
@@ -197,12 +206,14 @@ def _logical_body_lines(source: str, node: ast.FunctionDef) -> int:
 
 def function_lengths(source: str) -> dict[str, int]:
     """{function name: its length as the size rule counts it} for every function of
-    ``source``: physical lines, or a Triton kernel's logical body lines."""
+    ``source``: physical lines without the docstring, or a Triton kernel's logical body
+    lines."""
     out = {}
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             jit = _is_triton_kernel(node)
-            out[node.name] = _logical_body_lines(source, node) if jit else _length(node)
+            plain = _length(node) - _docstring_lines(node)
+            out[node.name] = _logical_body_lines(source, node) if jit else plain
     return out
 
 
@@ -231,8 +242,10 @@ def test_the_size_rule_counts_a_kernels_body_and_a_functions_lines():
     kernel = "@triton.jit\ndef k(\n" + "    a,\n" * 70 + '):\n    """doc"""\n    x = f(\n'
     kernel += "        1,\n" * 30 + "    )\n    # a comment\n    return x\n"
     plain = "def g(\n" + "    a,\n" * 70 + "):\n    return a\n"
+    documented = 'def h(a):\n    """Doc.\n\n    Args:\n        a: one.\n    """\n    return a\n'
     assert function_lengths(kernel) == {"k": 3}  # the call, the comment, the return
     assert function_lengths(plain) == {"g": 73}
+    assert function_lengths(documented) == {"h": 2}  # the signature and the return
 
 
 def test_the_formatter_formats():

@@ -73,6 +73,9 @@ def _pair(v, name: str) -> int:
 def kernels_can_run(device: torch.device) -> bool:
     """Whether the Triton kernels can launch on ``device``.
 
+    Args:
+        device: a torch device.
+
     Returns:
         True for a CUDA (or ROCm) device, or the CPU when ``TRITON_INTERPRET=1`` was set
         before the first kernel launch.
@@ -182,6 +185,14 @@ def is_supported(input: Tensor, weight: Tensor, stride=1, padding=0, dilation=1,
     """Whether ``conv2d`` accepts these tensors and arguments, as ``check_supported``
     decides, with input and weight of one dtype.
 
+    Args:
+        input: (N, CIN, H, W).
+        weight: (COUT, CIN / groups, KH, KW).
+        stride: int or pair.
+        padding: int or pair.
+        dilation: int or pair.
+        groups: the convolution's groups.
+
     Returns:
         True when ``conv2d(input, weight, None, stride, padding, dilation, groups)`` would
         run (no exception raised).
@@ -284,7 +295,18 @@ def conv_grads(ctx, grad: Tensor, input: Tensor, weight: Tensor):
     """(grad input, grad weight, grad bias) of a 3x3 convolution for ``grad`` of its
     output, as ``ctx.needs_input_grad`` asks; ``ctx`` carries ``args`` (stride, padding,
     dilation, groups), ``has_bias`` and ``channels_last``. Shared by every op built on the
-    convolution."""
+    convolution.
+
+    Args:
+        ctx: the autograd context of the op's forward.
+        grad: the output's gradient (N, COUT, HO, WO).
+        input: the saved input (N, CIN, H, W).
+        weight: the saved weight (COUT, CIN / groups, K, K).
+
+    Returns:
+        (grad input or None, grad weight or None, grad bias or None), each in its tensor's
+        dtype.
+    """
     gi = gw = gb = None
     if ctx.needs_input_grad[0]:
         gi = _grad_input_op(grad, weight, list(input.shape), ctx.channels_last, *ctx.args)
@@ -305,6 +327,18 @@ _conv2d_op.register_autograd(_backward, setup_context=_setup_context)
 
 def prepare_args(input, weight, bias, stride, padding, dilation, groups) -> tuple[int, int, int]:
     """Check a call of a convolution op and return (stride, padding, dilation) as ints.
+
+    Args:
+        input: (N, CIN, H, W).
+        weight: (COUT, CIN / groups, K, K).
+        bias: (COUT,) or None.
+        stride: int or pair of equal ints.
+        padding: int or pair of equal ints.
+        dilation: int or pair of equal ints.
+        groups: the convolution's groups.
+
+    Returns:
+        (stride, padding, dilation) as ints.
 
     Raises:
         NotImplementedError: an unsupported configuration (named).

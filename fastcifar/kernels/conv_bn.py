@@ -29,7 +29,18 @@ __all__ = ["conv2d_prologue_stats", "conv2d_relu_stats"]
 
 
 def combine_stats(part: Tensor, pixels: int, block: int) -> tuple[Tensor, Tensor]:
-    """Mean and biased variance per channel from (programs, C, 2) partials."""
+    """Mean and biased variance per channel from (programs, C, 2) partials.
+
+    Args:
+        part: the kernel's partials (programs, C, 2): each program's (sum, sum of squared
+        deviations from its own mean), accumulator dtype.
+        pixels: pixels in all (N * HO * WO).
+        block: pixels per program (every program's but the last's).
+
+    Returns:
+        (mean (C,), biased variance (C,)), the partials' dtype, combined by Chan et al.'s
+        parallel variance formula.
+    """
     programs = part.shape[0]
     counts = torch.full((programs,), float(block), dtype=part.dtype, device=part.device)
     counts[-1] = pixels - block * (programs - 1)
@@ -96,7 +107,18 @@ def fold_stats_grad(
 ) -> Tensor:
     """The gradient reaching ``y`` (N, C, HO, WO) from an op that returns y and its batch
     mean and biased variance per channel: ``gy + gmean / M + 2 gvar (y - mean) / M`` with
-    M = N HO WO pixels, in float32 (float64 for float64 ``y``)."""
+    M = N HO WO pixels, in float32 (float64 for float64 ``y``).
+
+    Args:
+        gy: the gradient of y (N, C, HO, WO), or None.
+        gmean: the gradient of the mean (C,), or None.
+        gvar: the gradient of the variance (C,), or None.
+        y: the op's output (N, C, HO, WO).
+        mean: its batch mean (C,).
+
+    Returns:
+        The total gradient of y (N, C, HO, WO), float32 (float64 for float64 ``y``).
+    """
     pixels = y.shape[0] * y.shape[2] * y.shape[3]
     acc = acc_dtype(y.dtype)
     g = gy.to(acc) if gy is not None else torch.zeros_like(y, dtype=acc)
@@ -124,6 +146,21 @@ def conv2d_relu_stats(
     """(y, mean, var): y = relu(conv2d(...)) (or without the ReLU), and y's per-channel
     batch mean and biased variance over (N, HO, WO), as training BatchNorm uses them.
 
+    Args:
+        input: (N, CIN, H, W), float32, float16, bfloat16 or float64, CUDA (or the CPU under
+        the interpreter), any memory format.
+        weight: (COUT, CIN / groups, 3, 3), ``input``'s dtype.
+        bias: (COUT,) or None.
+        stride: int or pair of equal ints.
+        padding: int or pair of equal ints.
+        dilation: int or pair of equal ints.
+        groups: the convolution's groups.
+        relu: apply ReLU before the statistics.
+
+    Returns:
+        (y (N, COUT, HO, WO) in ``input``'s dtype and memory format, mean (COUT,) and biased
+        variance (COUT,) in float32, float64 for float64 input).
+
     Raises:
         NotImplementedError / ValueError: as ``fastcifar.kernels.conv2d``.
     """
@@ -136,7 +173,15 @@ def conv2d_relu_stats(
 
 def prologue_grad(prologue: Tensor, red: Tensor) -> Tensor:
     """The (CIN, 3) prologue's gradient from the (CIN, 2) sums (sum dz, sum dz (x -
-    center)): (-scale sum dz, sum dz (x - center), sum dz)."""
+    center)): (-scale sum dz, sum dz (x - center), sum dz).
+
+    Args:
+        prologue: the (CIN, 3) center, scale, shift.
+        red: the (CIN, 2) sums (sum dz, sum dz * (x - center)).
+
+    Returns:
+        The (CIN, 3) gradient of (center, scale, shift), ``red``'s dtype.
+    """
     sums = red.to(prologue.dtype)
     return torch.stack((-prologue[:, 1] * sums[:, 0], sums[:, 1], sums[:, 0]), dim=1)
 
@@ -146,7 +191,18 @@ def check_prologue(
 ) -> None:
     """Raise ``ValueError`` unless ``prologue`` is None or a floating (C, 3) and
     ``activation`` is one of ``launch.ACTIVATIONS`` (checked in that order); ``prefix``
-    starts the message."""
+    starts the message.
+
+    Args:
+        prologue: the (C, 3) center, scale, shift, or None.
+        channels: C, the input's channels.
+        prefix: the op's name, starting the message.
+        activation: the prologue's activation name.
+
+    Raises:
+        ValueError: ``activation`` is not in ``launch.ACTIVATIONS``, or ``prologue`` is not
+        a floating (C, 3) tensor.
+    """
     bad_shape = prologue is not None and (
         tuple(prologue.shape) != (channels, 3) or not prologue.is_floating_point()
     )
@@ -289,6 +345,21 @@ def conv2d_prologue_stats(
     applied as the kernel reads the input; the padded border reads as zero after it.
     The backward recomputes it from the raw input and takes the sums of dz and
     dz * (x - center) in the input gradient's epilogue.
+
+    Args:
+        input: the raw input (N, CIN, H, W), as ``conv2d_relu_stats``'.
+        weight: (COUT, CIN / groups, K, K), ``input``'s dtype.
+        bias: (COUT,) or None.
+        prologue: (CIN, 3) center, scale, shift, float32 (float64 for float64 input).
+        activation: ``"identity"``, ``"relu"``, ``"relu6"``, ``"silu"`` or ``"gelu"``.
+        stride: int or pair of equal ints.
+        padding: int or pair of equal ints.
+        dilation: int or pair of equal ints.
+        groups: the convolution's groups.
+
+    Returns:
+        (y (N, COUT, HO, WO) in ``input``'s dtype and memory format, mean (COUT,), biased
+        variance (COUT,)), as ``conv2d_relu_stats``.
 
     Raises:
         NotImplementedError / ValueError: as ``fastcifar.kernels.conv2d``; a prologue not

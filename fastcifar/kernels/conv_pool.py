@@ -192,6 +192,21 @@ def conv2d_pool_stats(
     ``conv2d_prologue_stats``'s), and y's per-channel batch mean and biased variance over
     (N, HO // 2, WO // 2), as training BatchNorm uses them. See the module docstring.
 
+    Args:
+        input: (N, CIN, H, W), as ``conv2d_relu_stats``'.
+        weight: (COUT, CIN / groups, K, K); dense or at least 8 channels a group.
+        bias: (COUT,) or None.
+        prologue: (CIN, 3) center, scale, shift, or None.
+        activation: the prologue's activation name.
+        stride: 1.
+        padding: int or pair of equal ints.
+        dilation: int or pair of equal ints.
+        groups: the convolution's groups.
+
+    Returns:
+        (y (N, COUT, HO // 2, WO // 2) in ``input``'s dtype and memory format, mean (COUT,),
+        biased variance (COUT,)).
+
     Raises:
         NotImplementedError: as ``fastcifar.kernels.conv2d``; a depthwise or
             narrow-grouped convolution (the pool runs in the ``tl.dot`` kernels only); a

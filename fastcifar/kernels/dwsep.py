@@ -84,6 +84,20 @@ def _meta(t, x: Tensor, stride, padding, dilation, relu) -> dict:
 
 
 def launch_forward(x, wd, wp, stride, padding, dilation, relu):
+    """Launch the fused forward: depthwise 3x3, optional ReLU, 1x1, one kernel.
+
+    Args:
+        x: input (N, C, H, W), any strides.
+        wd: depthwise weight (C, 1, 3, 3).
+        wp: pointwise weight (COUT, C, 1, 1).
+        stride: the depthwise convolution's stride.
+        padding: its zero padding, in pixels.
+        dilation: its tap spacing.
+        relu: ReLU between the two convolutions.
+
+    Returns:
+        y (N, COUT, HO, WO) in ``x``'s dtype and memory format.
+    """
     t = tiles(x.dtype, "dwsep")
     n, c, h, w = x.shape
     cout = wp.shape[0]
@@ -97,6 +111,22 @@ def launch_forward(x, wd, wp, stride, padding, dilation, relu):
 
 
 def launch_backward(dy, x, wd, wp, stride, padding, dilation, relu):
+    """Launch the fused backward: the weights' gradients (one kernel, per-program partials summed in
+    a fixed order) and the input's (another), both recomputing the depthwise output.
+
+    Args:
+        dy: the output gradient (N, COUT, HO, WO).
+        x: the input (N, C, H, W).
+        wd: depthwise weight (C, 1, 3, 3).
+        wp: pointwise weight (COUT, C, 1, 1).
+        stride: the depthwise convolution's stride.
+        padding: its zero padding, in pixels.
+        dilation: its tap spacing.
+        relu: ReLU between the two convolutions.
+
+    Returns:
+        (dx (N, C, H, W), grad of wd (C, 1, 3, 3), grad of wp (COUT, C, 1, 1)), ``x``'s dtype.
+    """
     k = _k(backward=True)
     n, c, h, w = x.shape
     cout, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
@@ -198,6 +228,18 @@ def depthwise_separable_conv2d(
     relu: bool = False,
 ) -> Tensor:
     """Fused depthwise 3x3 -> optional ReLU -> pointwise 1x1 (module docstring).
+
+    Args:
+        input: (N, C, H, W), float32, float16, bfloat16 or float64, any memory format.
+        w_dw: depthwise weight (C, 1, 3, 3), ``input``'s dtype.
+        w_pw: pointwise weight (COUT, C, 1, 1), ``input``'s dtype.
+        stride: the depthwise convolution's stride.
+        padding: its zero padding, in pixels.
+        dilation: its tap spacing.
+        relu: ReLU between the two convolutions.
+
+    Returns:
+        (N, COUT, HO, WO) in ``input``'s dtype and memory format.
 
     Raises:
         NotImplementedError: an unsupported configuration, named.

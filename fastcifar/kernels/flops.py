@@ -47,6 +47,11 @@ def register_conv_flops(op: torch._ops.OpOverloadPacket, input: str, weight: str
     KW) or its shape), producing its argument ``grad`` (a gradient operator: the output's
     gradient, (N, COUT, HO, WO)) or else its first output.
 
+    Args:
+        op: the ``torch.ops.fastcifar`` op packet.
+        input: the name of its input argument.
+        weight: the name of its weight argument.
+
     Raises:
         ValueError: ``op`` has no argument of one of those names.
         RuntimeError: ``op`` already has a formula (torch refuses a second one).
@@ -67,6 +72,10 @@ def register_pooled_conv_flops(op: torch._ops.OpOverloadPacket, weight: str) -> 
     ``stride``, ``padding``, ``dilation`` (ints) give (N, COUT, HO, WO); the pool's
     comparisons are elementwise and not counted.
 
+    Args:
+        op: the ``torch.ops.fastcifar`` op packet.
+        weight: the name of its weight argument.
+
     Raises:
         ValueError: ``op`` lacks one of those arguments.
         RuntimeError: ``op`` already has a formula.
@@ -85,7 +94,14 @@ def register_pooled_conv_flops(op: torch._ops.OpOverloadPacket, weight: str) -> 
 
 def register_no_flops(op: torch._ops.OpOverloadPacket) -> None:
     """Register ``op`` as doing no counted FLOPs (elementwise or a reduction: bound by
-    bytes), so a FLOP counter knows it, rather than not knowing it."""
+    bytes), so a FLOP counter knows it, rather than not knowing it.
+
+    Args:
+        op: the ``torch.ops.fastcifar`` op packet.
+
+    Raises:
+        RuntimeError: ``op`` already has a formula.
+    """
 
     @register_flop_formula(op)
     def formula(*args, out_shape=None, **kwargs) -> int:
@@ -99,6 +115,11 @@ def dwsep_flops(op: torch._ops.OpOverloadPacket, depthwise: int, pointwise: int)
     for the backward, which recomputes the depthwise output and computes the input's
     gradient through both convolutions and both weights' gradients. The output (or the
     ``grad`` argument) gives N, HO and WO.
+
+    Args:
+        op: the ``torch.ops.fastcifar`` op packet.
+        depthwise: passes of the depthwise convolution it counts.
+        pointwise: passes of the 1x1 convolution it counts.
 
     Raises:
         RuntimeError: ``op`` already has a formula.

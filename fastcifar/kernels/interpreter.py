@@ -30,7 +30,14 @@ _installed = False
 
 def to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
     """float32 ``values`` (any shape) rounded to bfloat16, nearest with ties to even, as
-    their uint16 bit patterns; NaN stays a (quiet) NaN, overflow rounds to infinity."""
+    their uint16 bit patterns; NaN stays a (quiet) NaN, overflow rounds to infinity.
+
+    Args:
+        values: a float32 array.
+
+    Returns:
+        A uint16 array of ``values``' shape.
+    """
     bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
     # add just under half of the dropped part's unit, plus the kept part's lowest bit
     # (ties go to the even neighbour); a carry into the exponent is the right rounding

@@ -30,13 +30,19 @@ __all__ = ["TARGETS", "Target", "target_of"]
 class Target:
     """One compile target.
 
-    name: ``sm_<cc>`` or the AMD ``gfx`` name; backend: ``cuda`` or ``hip``; arch: what
-    ``triton.backends.compiler.GPUTarget`` takes (an int for CUDA, the gfx name for HIP);
-    warp_size: 32 (NVIDIA) or 64 (CDNA wavefronts); regs: 32-bit registers per SM
-    (NVIDIA); warps: resident warps per SM (NVIDIA) or wavefronts per SIMD (AMD);
-    blocks: resident blocks per SM; smem: shared memory (LDS) bytes per SM (CU);
-    dtypes: what training runs in there (``fastcifar.engine.runtime.amp_dtype``'s policy);
-    gpus: examples.
+    Attributes:
+        name: ``sm_<cc>`` or the AMD ``gfx`` name.
+        backend: ``cuda`` or ``hip``.
+        arch: what ``triton.backends.compiler.GPUTarget`` takes (an int for CUDA, the gfx
+            name for HIP).
+        warp_size: 32 (NVIDIA) or 64 (CDNA wavefronts).
+        regs: 32-bit registers per SM (NVIDIA).
+        warps: resident warps per SM (NVIDIA) or wavefronts per SIMD (AMD).
+        blocks: resident blocks per SM.
+        smem: shared memory (LDS) bytes per SM (CU).
+        dtypes: what training runs in there (``fastcifar.engine.runtime.amp_dtype``'s
+            policy).
+        gpus: examples.
     """
 
     name: str
@@ -79,7 +85,14 @@ def target_of(device: torch.device | str) -> str | None:
     """The ``TARGETS`` name of a CUDA/ROCm ``device`` (``sm_<major><minor>``, or the gfx
     name from ``gcnArchName`` under ROCm, its feature suffix such as ``:sramecc+`` cut),
     or None for a CPU. A GPU of an unlisted architecture gets its own name all the same
-    (and the default tiles)."""
+    (and the default tiles).
+
+    Args:
+        device: a torch device or its string (``"cuda:0"``, ``"cpu"``).
+
+    Returns:
+        The target's name, or None.
+    """
     device = torch.device(device)
     if device.type != "cuda":
         return None

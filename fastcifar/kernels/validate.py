@@ -33,7 +33,19 @@ PARTS = ("out", "grad_in", "grad_w", "grad_b")
 
 @dataclass(frozen=True)
 class ConvConfig:
-    """One convolution configuration as a layer of a model meets it."""
+    """One convolution configuration as a layer of a model meets it.
+
+    Attributes:
+        input_shape: the input's (N, CIN, H, W).
+        weight_shape: the weight's (COUT, CIN / groups, KH, KW).
+        stride: the convolution's stride.
+        padding: zero padding on each side, in pixels.
+        dilation: spacing between kernel taps.
+        groups: the convolution's groups.
+        bias: the layer has a bias.
+        dtype: the compute dtype (under autocast, the autocast dtype).
+        channels_last: the input is channels_last.
+    """
 
     input_shape: tuple[int, int, int, int]  # (N, CIN, H, W)
     weight_shape: tuple[int, int, int, int]  # (COUT, CIN / groups, K, K)
@@ -67,6 +79,20 @@ class ConvConfig:
 
 @dataclass
 class ValidationResult:
+    """One configuration's check: the Triton kernels' and PyTorch's errors against a float64
+    reference, and the verdict.
+
+    Attributes:
+        config: the configuration checked.
+        layers: the model's layers that have it.
+        errors: norm-wise relative error of the Triton kernels per part of ``PARTS``
+            (``"out"``, ``"grad_in"``, ``"grad_w"``, ``"grad_b"``).
+        torch_errors: PyTorch's own, same keys, same inputs.
+        bounds: the bound each error was held to (``error_bound``).
+        passed: every error within its bound.
+        message: the first failure in one line, or an empty string.
+    """
+
     config: ConvConfig
     layers: list[str]
     errors: dict[str, float] = field(default_factory=dict)  # ours, vs float64
@@ -83,6 +109,15 @@ def collect_conv_configs(
     (``fastcifar.nn.Conv2d`` included), seen in one forward pass of ``example``.
 
     ``dtype`` is the compute dtype to record (default: the input's).
+
+    Args:
+        model: any ``nn.Module``; its parameters' device is used.
+        example: an input batch (N, 3, H, W) for one forward pass.
+        dtype: the compute dtype to record, or None for the input's.
+
+    Returns:
+        Each distinct ``ConvConfig`` with the names of the layers that have it, in the order
+        met.
     """
     found: dict[ConvConfig, list[str]] = {}
     hooks = []
@@ -134,7 +169,15 @@ def collect_conv_configs(
 
 
 def relative_error(a: torch.Tensor, ref: torch.Tensor) -> float:
-    """Norm-wise relative error of ``a`` against ``ref`` (computed in float64)."""
+    """Norm-wise relative error of ``a`` against ``ref`` (computed in float64).
+
+    Args:
+        a: the result to judge, any dtype.
+        ref: the reference, same shape (float64).
+
+    Returns:
+        ``||a - ref|| / ||ref||`` (Frobenius norms), a Python float.
+    """
     ref = ref.double()
     return ((a.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
@@ -142,7 +185,15 @@ def relative_error(a: torch.Tensor, ref: torch.Tensor) -> float:
 def error_bound(dtype: torch.dtype, torch_error: float) -> float:
     """The largest relative error accepted from our kernels in ``dtype`` (module
     docstring): a fixed tolerance in float32/float64; in 16-bit 3x PyTorch's own error
-    ``torch_error`` on the same inputs, or 4 units of roundoff, whichever is larger."""
+    ``torch_error`` on the same inputs, or 4 units of roundoff, whichever is larger.
+
+    Args:
+        dtype: the compute dtype.
+        torch_error: PyTorch's relative error on the same inputs.
+
+    Returns:
+        The bound, a relative error.
+    """
     if dtype in TOLERANCE:
         return TOLERANCE[dtype]
     return max(3 * torch_error, 4 * UNIT_ROUNDOFF[dtype])
@@ -159,7 +210,16 @@ def _forward_backward(fn, x, w, b, cfg: ConvConfig, gy=None):
 
 
 def validate_config(cfg: ConvConfig, device: torch.device, seed: int = 0) -> ValidationResult:
-    """Run one configuration through Triton, PyTorch (same dtype) and a float64 reference."""
+    """Run one configuration through Triton, PyTorch (same dtype) and a float64 reference.
+
+    Args:
+        cfg: the configuration.
+        device: where to run both sides (CUDA, or the CPU under the interpreter).
+        seed: the random inputs' seed.
+
+    Returns:
+        The ``ValidationResult`` (its ``layers`` empty).
+    """
     gen = torch.Generator().manual_seed(seed)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     x = torch.randn(cfg.input_shape, generator=gen).to(device, cfg.dtype)
@@ -188,6 +248,15 @@ def validate_config(cfg: ConvConfig, device: torch.device, seed: int = 0) -> Val
 
 
 def validate_configs(configs: dict[ConvConfig, list[str]], device) -> list[ValidationResult]:
+    """``validate_config`` for each configuration, with the layers that have it.
+
+    Args:
+        configs: ``collect_conv_configs``' result.
+        device: where to run both sides.
+
+    Returns:
+        One ``ValidationResult`` per configuration, in order.
+    """
     results = []
     for cfg, layers in configs.items():
         r = validate_config(cfg, torch.device(device))
@@ -197,7 +266,14 @@ def validate_configs(configs: dict[ConvConfig, list[str]], device) -> list[Valid
 
 
 def format_table(results: list[ValidationResult]) -> str:
-    """A plain-text table: layers, configuration, relative errors (ours / PyTorch's), verdict."""
+    """A plain-text table: layers, configuration, relative errors (ours / PyTorch's), verdict.
+
+    Args:
+        results: ``validate_configs``' results.
+
+    Returns:
+        The table, one line a configuration after a header line.
+    """
     head = f"{'layer':<24} {'configuration':<44} " + " ".join(f"{p:>17}" for p in PARTS)
     lines = [head, "-" * len(head)]
     for r in results:
