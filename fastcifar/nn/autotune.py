@@ -53,6 +53,21 @@ __all__ = [
 
 @dataclass
 class Decision:
+    """What ``--kernels auto`` chose for one convolution configuration or fused unit, and the
+    timings it chose by.
+
+    Attributes:
+        kind: a kind of ``fastcifar.nn.fusion.FUSIONS`` (``conv`` for a single convolution).
+        config: ``ConvConfig.describe()`` of the (first) convolution.
+        layers: the convolution layers, or the units, that have it.
+        triton_ms: forward + backward with the Triton kernels, milliseconds; None when not
+        timed (failed validation or launch).
+        torch_ms: the same with PyTorch (cuDNN; for a unit its unfused modules), milliseconds.
+        choice: ``"triton"`` or ``"torch"``, followed by the reason in brackets where
+            Triton failed (validation, a launch, the first training step).
+        cached: read from the cache rather than measured in this run.
+    """
+
     kind: str
     config: str  # ConvConfig.describe() of the (first) convolution
     layers: list[str] = field(default_factory=list)  # conv layers, or the blocks
@@ -96,7 +111,23 @@ def decide(
     validated on ``device`` first (``validate``, ``fastcifar.nn.kernel_guard.validate_block``);
     one that fails, or a Triton side that fails to compile or launch while it is timed,
     stays on PyTorch with one ``report`` line and its reason in the table. The cache is
-    saved."""
+    saved.
+
+    Args:
+        model: the model, on ``device``; not modified.
+        example: an input batch (N, 3, 32, 32) on ``device``.
+        dtype: the compute dtype (the autocast dtype, or float32).
+        device: the CUDA device timed on.
+        timer: ``runner -> milliseconds`` (``cuda_timer``; tests pass a fake).
+        cache: the decisions' cache (``default_cache()`` when None).
+        env: the cache's environment key (``environment_key(device)`` when None).
+        exclude: configurations that failed validation.
+        validate: ``(kind, unit, cfg, device) -> "" or the failure``.
+        report: where the one-line notes go.
+
+    Returns:
+        One ``Decision`` per configuration and unit, in the order met.
+    """
     cache = cache if cache is not None else default_cache()
     env = env or environment_key(device)
     configs = collect_conv_configs(model, example, dtype)
@@ -151,7 +182,15 @@ def _measure(kind, block, cfg, device, timer) -> tuple[dict | None, str]:
 def apply(model: nn.Module, decisions: list[Decision]) -> dict[str, list[str]]:
     """Convert what won, kind by kind in ``FUSIONS``' order: fused units first (their
     convolutions run inside the fused kernels), then single Triton convolutions outside
-    them. Returns the names changed per kind."""
+    them. Returns the names changed per kind.
+
+    Args:
+        model: the model, converted in place.
+        decisions: ``decide``'s result.
+
+    Returns:
+        {kind: qualified names converted}.
+    """
     wins = {
         kind.name: {
             n for d in decisions if d.kind == kind.name and d.choice == "triton" for n in d.layers
@@ -163,7 +202,12 @@ def apply(model: nn.Module, decisions: list[Decision]) -> dict[str, list[str]]:
 
 def mark_reverted(decisions: list[Decision], reverted: dict[str, str]) -> None:
     """Record in ``decisions`` the layers ``kernel_guard.trial_step`` put back on PyTorch
-    ({name: error}) in the choice of their decision."""
+    ({name: error}) in the choice of their decision.
+
+    Args:
+        decisions: the decisions, updated in place.
+        reverted: ``trial_step``'s {qualified name: error}.
+    """
     for d in decisions:
         gone = [n for n in d.layers if n in reverted]
         if not gone or d.choice != "triton":
@@ -175,7 +219,14 @@ def mark_reverted(decisions: list[Decision], reverted: dict[str, str]) -> None:
 
 
 def format_table(decisions: list[Decision]) -> str:
-    """One line per decision: kind, configuration, Triton ms, PyTorch ms, choice, layers."""
+    """One line per decision: kind, configuration, Triton ms, PyTorch ms, choice, layers.
+
+    Args:
+        decisions: ``decide``'s result.
+
+    Returns:
+        The table, one line a decision after a header line.
+    """
     head = f"{'kind':<13} {'configuration':<44} {'triton ms':>10} {'torch ms':>10}  choice"
     lines = [head, "-" * len(head)]
     for d in decisions:
@@ -190,7 +241,14 @@ def format_table(decisions: list[Decision]) -> str:
 
 
 def as_records(decisions: list[Decision]) -> list[dict]:
-    """The decisions as JSON-ready dicts (config.json's ``kernel_dispatch``)."""
+    """The decisions as JSON-ready dicts (config.json's ``kernel_dispatch``).
+
+    Args:
+        decisions: the decisions.
+
+    Returns:
+        One dict per decision, its fields by name.
+    """
     return [asdict(d) for d in decisions]
 
 
@@ -220,6 +278,21 @@ def choose_kernels(
     * ``auto`` (CUDA): validated and timed against PyTorch per configuration and unit
       (``decide``, with ``timer``, ``cache`` and ``env`` as there), the winners
       converted, a trial step of a copy putting back what fails (``trial_step``).
+
+    Args:
+        kernels: ``"torch"``, ``"triton"`` or ``"auto"``, as ``--kernels`` resolved.
+        model: the model, on ``device``; converted in place.
+        batch: the training batch size (the example's N).
+        device: the training device.
+        channels_last: the run trains channels_last.
+        dtype: the compute dtype (the autocast dtype, or float32).
+        timer: as ``decide``'s (None: ``cuda_timer``).
+        cache: as ``decide``'s.
+        env: as ``decide``'s.
+        validate: as ``decide``'s (None: ``kernel_guard.validate_block``).
+
+    Returns:
+        The decisions as records (``as_records``) for ``auto``; an empty list otherwise.
 
     Raises:
         FastCifarError: ``triton`` and a configuration or unit fails validation.

@@ -21,7 +21,15 @@ def environment_key(device: torch.device) -> str:
     versions and the kernels' sources (``kernels_digest``): what a cached timing is valid
     for. Under PyTorch's ROCm build the device is
     "cuda" too; its architecture is ``gcnArchName`` (gfx942, ...), its driver the HIP
-    runtime."""
+    runtime.
+
+    Args:
+        device: the CUDA (or ROCm) device.
+
+    Returns:
+        The key, one line: ``"<GPU name> (<arch>) | <driver> | torch <v> | triton <v> |
+        kernels <digest>"``.
+    """
     import triton
 
     from fastcifar.kernels.targets import target_of
@@ -42,7 +50,11 @@ def environment_key(device: torch.device) -> str:
 
 def kernels_digest() -> str:
     """12 hex digits of a hash of fastcifar.kernels' sources: a change to a kernel or its
-    tiles measures again, as a new driver or version does."""
+    tiles measures again, as a new driver or version does.
+
+    Returns:
+        The first 12 hex digits of the SHA-256 of the kernels' source files.
+    """
     import hashlib
 
     import fastcifar.kernels as pkg
@@ -54,7 +66,12 @@ def kernels_digest() -> str:
 
 
 class DispatchCache:
-    """Timings per (environment, kind, configuration) in a JSON file, written atomically."""
+    """Timings per (environment, kind, configuration) in a JSON file, written atomically.
+
+    Args:
+        path: the JSON file; read if it exists (an unreadable one counts as empty), written
+        by ``save``.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -76,4 +93,10 @@ class DispatchCache:
 
 
 def default_cache() -> DispatchCache:
+    """The cache of this machine's decisions, ``<cache>/kernel_dispatch.json``
+    (``fastcifar._io.cache_dir``).
+
+    Returns:
+        A ``DispatchCache`` on that file.
+    """
     return DispatchCache(cache_dir() / "kernel_dispatch.json")

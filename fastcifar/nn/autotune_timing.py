@@ -24,7 +24,14 @@ __all__ = ["Runner", "Timer", "block_runner", "conv_runner", "cuda_timer"]
 
 @dataclass
 class Runner:
-    """One side of one comparison: ``fn()`` runs forward + backward once."""
+    """One side of one comparison: ``fn()`` runs forward + backward once.
+
+    Attributes:
+        kind: a kind of ``fastcifar.nn.fusion.FUSIONS``, or ``conv``.
+        side: ``"triton"`` or ``"torch"``.
+        config: ``ConvConfig.describe()`` of the (first) convolution.
+        fn: runs forward + backward once; its tensors are made at the first call.
+    """
 
     kind: str  # a kind of fastcifar.nn.fusion.FUSIONS
     side: str  # triton | torch
@@ -37,7 +44,16 @@ Timer = Callable[[Runner], float]
 
 def cuda_timer(runner: Runner, warmup: int = 3, reps: int = 10) -> float:
     """Median milliseconds of ``runner.fn()`` over ``reps`` calls, each timed with CUDA
-    events after ``warmup`` untimed calls."""
+    events after ``warmup`` untimed calls.
+
+    Args:
+        runner: the side to time.
+        warmup: untimed calls first.
+        reps: timed calls.
+
+    Returns:
+        The median, in milliseconds.
+    """
     for _ in range(warmup):
         runner.fn()
     times = []
@@ -58,6 +74,17 @@ def _inputs(cfg: ConvConfig, device, requires_grad: bool = True) -> torch.Tensor
 
 
 def conv_runner(cfg: ConvConfig, side: str, device) -> Runner:
+    """One convolution configuration's forward + backward on one side: ``fastcifar.kernels.conv2d``
+    or ``F.conv2d``, on random inputs of the configuration's shapes, dtype and layout.
+
+    Args:
+        cfg: the configuration.
+        side: ``"triton"`` or ``"torch"``.
+        device: where it runs.
+
+    Returns:
+        The ``Runner``.
+    """
     from fastcifar.kernels import conv2d as triton_conv2d
 
     state = {}
@@ -83,6 +110,19 @@ def conv_runner(cfg: ConvConfig, side: str, device) -> Runner:
 
 
 def block_runner(kind: str, block: nn.Module, cfg: ConvConfig, side: str, device) -> Runner:
+    """One fused unit's forward + backward on one side, as training runs it (float32 parameters,
+    16-bit compute under autocast): the converted copy (``fused_copy``) or a plain deep copy.
+
+    Args:
+        kind: the unit's kind of ``FUSIONS``.
+        block: the unit, unfused (as ``find`` gives it).
+        cfg: its first convolution's configuration (input shape, dtype, layout).
+        side: ``"triton"`` or ``"torch"``.
+        device: where it runs.
+
+    Returns:
+        The ``Runner``.
+    """
     state = {}
 
     def fn():

@@ -72,7 +72,14 @@ ACTIVATION_NAMES: dict[type, str] = {
 
 def activation_name(m: nn.Module) -> str | None:
     """The kernels' name of activation module ``m`` (``ACTIVATION_NAMES``; a GELU only
-    when exact, ``approximate="none"``), or None when they do not compute it."""
+    when exact, ``approximate="none"``), or None when they do not compute it.
+
+    Args:
+        m: any module.
+
+    Returns:
+        ``"identity"``, ``"relu"``, ``"relu6"``, ``"silu"``, ``"gelu"``, or None.
+    """
     if isinstance(m, nn.GELU) and m.approximate != "none":
         return None
     return ACTIVATION_NAMES.get(type(m))
@@ -80,7 +87,14 @@ def activation_name(m: nn.Module) -> str | None:
 
 def is_pointwise(conv: nn.Module) -> bool:
     """Whether ``conv`` is a 1x1, stride-1, unpadded, ungrouped ``nn.Conv2d``: what
-    ``pointwise_conv2d`` computes."""
+    ``pointwise_conv2d`` computes.
+
+    Args:
+        conv: any module.
+
+    Returns:
+        True for such a convolution.
+    """
     return plain_conv(conv) and _pointwise_shape(conv)
 
 
@@ -112,14 +126,28 @@ def is_chain_end(m: nn.Module) -> bool:
     kernels take with both the statistics epilogue and the BatchNorm-and-activation
     prologue, so that it can end a link on either side: a 1x1 (``pointwise_conv2d``) or
     any KxK the convolution kernels take (dense 3x3, grouped, depthwise:
-    ``conv2d_relu_stats``, ``conv2d_prologue_stats``)."""
+    ``conv2d_relu_stats``, ``conv2d_prologue_stats``).
+
+    Args:
+        m: any module.
+
+    Returns:
+        True for such a Sequential.
+    """
     return _activation_of(m) is not None and (is_pointwise(m[0]) or config_supported(m[0]))
 
 
 def is_gate(m: nn.Module) -> bool:
     """A squeeze-excitation gate that a chain feeds: its class says ``POOLED_GATE = True``,
     promising ``forward(x) == x * self.gate(adaptive_avg_pool2d(x, 1))`` with ``gate``
-    (N, C, 1, 1) -> (N, C, 1, 1) (``fastcifar.models.mobile.SqueezeExcitation``)."""
+    (N, C, 1, 1) -> (N, C, 1, 1) (``fastcifar.models.mobile.SqueezeExcitation``).
+
+    Args:
+        m: any module.
+
+    Returns:
+        True for such a gate.
+    """
     return bool(getattr(type(m), "POOLED_GATE", False)) and callable(getattr(m, "gate", None))
 
 
@@ -151,7 +179,14 @@ def _pending_gate_class(cls: type) -> type:
 
 def is_chain_module(m: nn.Module) -> bool:
     """Whether ``m`` is a converted end of a link: a ``FusedConvBNAct``, a gate taking a
-    ``Pending`` or a ``traced_chain.LinkedConv2d`` (their classes say ``chain_end``)."""
+    ``Pending`` or a ``traced_chain.LinkedConv2d`` (their classes say ``chain_end``).
+
+    Args:
+        m: any module.
+
+    Returns:
+        True for a converted chain end.
+    """
     return getattr(type(m), "chain_end", False)
 
 
@@ -174,7 +209,14 @@ def _candidate_pairs(model: nn.Module):
 def find_links(model: nn.Module) -> list[tuple[str, str]]:
     """(producer, consumer) qualified names of every chain of ``model`` that
     ``fuse_conv_bn_act`` converts; a module is in at most one link as producer and one as
-    consumer."""
+    consumer.
+
+    Args:
+        model: any model.
+
+    Returns:
+        The links, in module order.
+    """
     links, producers, consumers = [], set(), set()
     for parent_name, a, b in _candidate_pairs(model):
         prefix = f"{parent_name}." if parent_name else ""
@@ -306,7 +348,11 @@ def revert_link_end(m: nn.Module) -> None:
     """Put a chain module back on PyTorch (its class before the conversion), and with it
     every module linked to it, end to end (a consumer reverted alone would receive a
     ``Pending``), and the module whose forward was rewritten around it
-    (``_link_owner``: ``fastcifar.nn.traced_chain``) with all of that module's links."""
+    (``_link_owner``: ``fastcifar.nn.traced_chain``) with all of that module's links.
+
+    Args:
+        m: a chain module of a converted model (``is_chain_module``), reverted in place.
+    """
     if not is_chain_module(m):
         return
     partners = [m.__dict__.pop(k, None) for k in ("_link_consumer", "_link_producer")]

@@ -47,7 +47,14 @@ class FusedDepthwiseSeparable(nn.Sequential):
 
 def is_depthwise_separable(m: nn.Module) -> bool:
     """Whether ``m`` is a bias-free ``Sequential(depthwise 3x3, [ReLU], pointwise 1x1)`` the
-    fused depthwise-separable kernel covers."""
+    fused depthwise-separable kernel covers.
+
+    Args:
+        m: any module.
+
+    Returns:
+        True for such a Sequential (its ``FusedDepthwiseSeparable`` conversion too).
+    """
     if type(m) is not nn.Sequential or len(m) not in (2, 3):
         return False
     dw, pw = m[0], m[-1]

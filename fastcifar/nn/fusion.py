@@ -80,17 +80,18 @@ __all__ = [
 class FusionKind:
     """One kind of unit the Triton kernels take.
 
-    name: the key in the dispatch table, its cache and config.json.
-    label: how the console summary counts converted units.
-    find: ``model -> {unit name: module running the unit unfused}`` (a chain's unit is
-        ``Sequential(producer, consumer)`` over the model's own modules).
-    first_conv: unit name -> qualified name of its first convolution, whose
-        configuration (``ConvConfig``) keys the unit's timing and validation.
-    convert: ``(model, names or None for all) -> names converted``, in place.
-    is_fused: whether a module is this kind's converted module, running Triton.
-    revert: put such a module back on PyTorch in place (keys and parameters unchanged).
-    triton: whether ``--kernels triton`` converts it (the others wait for ``auto``'s
-        GPU timings: opt-in until a GPU shows them faster).
+    Attributes:
+        name: the key in the dispatch table, its cache and config.json.
+        label: how the console summary counts converted units.
+        find: ``model -> {unit name: module running the unit unfused}`` (a chain's unit is
+            ``Sequential(producer, consumer)`` over the model's own modules).
+        first_conv: unit name -> qualified name of its first convolution, whose
+            configuration (``ConvConfig``) keys the unit's timing and validation.
+        convert: ``(model, names or None for all) -> names converted``, in place.
+        is_fused: whether a module is this kind's converted module, running Triton.
+        revert: put such a module back on PyTorch in place (keys and parameters unchanged).
+        triton: whether ``--kernels triton`` converts it (the others wait for ``auto``'s
+            GPU timings: opt-in until a GPU shows them faster).
     """
 
     name: str
@@ -221,6 +222,12 @@ _BY_NAME = {kind.name: kind for kind in FUSIONS}
 def get_kind(name: str) -> FusionKind:
     """The kind called ``name``.
 
+    Args:
+        name: a kind's name.
+
+    Returns:
+        Its ``FusionKind``.
+
     Raises:
         KeyError: an unknown kind, naming the known ones.
     """
@@ -234,7 +241,16 @@ def convert(
 ) -> dict[str, list[str]]:
     """Convert ``model`` in place, kind by kind in table order: every unit of the kinds
     named in ``kinds`` (default: all), or only the units named in ``only[kind]``.
-    Returns {kind: names converted} for every kind of the table."""
+    Returns {kind: names converted} for every kind of the table.
+
+    Args:
+        model: the model, converted in place.
+        only: {kind: unit names} to convert, or None for every unit.
+        kinds: the kinds to convert, or None for all.
+
+    Returns:
+        {kind: qualified names converted}, every kind of the table a key.
+    """
     done = {}
     for kind in FUSIONS:
         wanted = kinds is None or kind.name in kinds
@@ -245,20 +261,39 @@ def convert(
 
 def fused_copy(kind: str, unit: nn.Module) -> nn.Module:
     """A converted deep copy of one unit (as ``find`` gives it), wrapped in a
-    ``Sequential``: what the dispatch validates and times against the unit itself."""
+    ``Sequential``: what the dispatch validates and times against the unit itself.
+
+    Args:
+        kind: a kind's name.
+        unit: one unit of that kind; not modified.
+
+    Returns:
+        ``Sequential(converted copy)``.
+    """
     wrapper = nn.Sequential(copy.deepcopy(unit))
     get_kind(kind).convert(wrapper, None)
     return wrapper
 
 
 def runs_triton(m: nn.Module) -> bool:
-    """Whether module ``m`` itself runs Triton kernels (a converted module of any kind)."""
+    """Whether module ``m`` itself runs Triton kernels (a converted module of any kind).
+
+    Args:
+        m: any module.
+
+    Returns:
+        True for a converted module.
+    """
     return any(kind.is_fused(m) for kind in FUSIONS)
 
 
 def revert_to_torch(m: nn.Module) -> None:
     """Put a converted module back on PyTorch in place (a chain's modules go back
-    together); anything else is left as it is."""
+    together); anything else is left as it is.
+
+    Args:
+        m: any module, reverted in place.
+    """
     for kind in FUSIONS:
         if kind.is_fused(m):
             kind.revert(m)
@@ -266,7 +301,11 @@ def revert_to_torch(m: nn.Module) -> None:
 
 
 def revert_all(model: nn.Module) -> None:
-    """Put every converted module of ``model`` back on PyTorch, in place."""
+    """Put every converted module of ``model`` back on PyTorch, in place.
+
+    Args:
+        model: the model, reverted in place.
+    """
     for m in list(model.modules()):
         revert_to_torch(m)
 
@@ -274,7 +313,16 @@ def revert_all(model: nn.Module) -> None:
 def summary_line(counts: dict[str, int], own_forward: list[str] = ()) -> str:
     """The console's line for {kind: units converted}: convolutions first, then each
     fused kind ``counts`` has; then the convolutions left on PyTorch because their class
-    has a forward of its own (``own_forward``: ``modules.own_forward_convs``), and why."""
+    has a forward of its own (``own_forward``: ``modules.own_forward_convs``), and why.
+
+    Args:
+        counts: {kind: units converted}.
+        own_forward: qualified names of convolutions left on PyTorch for their own forward.
+
+    Returns:
+        One line, e.g. ``"kernels: 12 convolutions in Triton, 4 conv-BN-activation chains
+        fused; the rest PyTorch's"``.
+    """
     fused = [
         f"{counts[k.name]} {k.label}" for k in FUSIONS if k.name != "conv" and k.name in counts
     ]

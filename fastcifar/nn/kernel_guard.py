@@ -35,7 +35,14 @@ __all__ = ["is_triton_failure", "run_block", "trial_step", "validate_block"]
 def is_triton_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is a Triton compile or launch failure: an exception of the triton
     package (``OutOfResources`` for shared memory or registers, ``CompilationError``, ...)
-    or the driver error triton raises at launch (``RuntimeError('Triton Error [CUDA]: ...')``)."""
+    or the driver error triton raises at launch (``RuntimeError('Triton Error [CUDA]: ...')``).
+
+    Args:
+        exc: any exception.
+
+    Returns:
+        True for a Triton compile or launch failure.
+    """
     mod = type(exc).__module__ or ""
     return mod.startswith("triton") or "Triton Error" in str(exc)
 
@@ -46,7 +53,17 @@ def run_block(
     """Forward + backward of ``block`` on ``x`` as training runs it (float32 parameters,
     ``dtype`` compute under autocast when it is 16-bit); returns the output, the input's
     gradient and every parameter's gradient. The output's gradient is all ones, or
-    standard normal from ``seed`` (a BatchNorm output's sum has no gradient at all)."""
+    standard normal from ``seed`` (a BatchNorm output's sum has no gradient at all).
+
+    Args:
+        block: the module to run, in training mode.
+        x: its input (N, C, H, W); a detached copy requiring grad is used.
+        dtype: the compute dtype.
+        seed: the output gradient's random seed, or None for ones.
+
+    Returns:
+        [output, input gradient, each parameter's gradient (zeros where None)].
+    """
     x = x.detach().requires_grad_()
     low = dtype in (torch.float16, torch.bfloat16)
     with torch.autocast(x.device.type, dtype=dtype, enabled=low):
@@ -78,6 +95,15 @@ def validate_block(kind: str, block: nn.Module, cfg: ConvConfig, device) -> str:
     Bounds (norm-wise relative error): float32 1e-5; 16-bit at most 3x PyTorch's own error
     in that dtype or 4 units of roundoff, whichever is larger (``fastcifar.kernels.validate``'s
     rule). A kernel that raises fails with its error's first line.
+
+    Args:
+        kind: the unit's kind of ``FUSIONS``.
+        block: the unit, unfused; not modified.
+        cfg: its first convolution's configuration (input shape, dtype, layout).
+        device: where it runs.
+
+    Returns:
+        ``""`` when within bounds, else the failure in one line.
     """
     device = torch.device(device)
     gen = torch.Generator().manual_seed(0)
@@ -124,6 +150,15 @@ def trial_step(
     it was (BatchNorm statistics included).
 
     Returns {qualified name: the error} of what was put back.
+
+    Args:
+        model: the converted model; what fails is reverted in place.
+        example: an input batch (N, 3, 32, 32) on the model's device.
+        dtype: the compute dtype.
+        report: where the one-line notes go.
+
+    Returns:
+        {qualified name: the error} of what was put back (empty when the step ran).
 
     Raises:
         Exception: the step's own error when no Triton layer fails alone (then the fault

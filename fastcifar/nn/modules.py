@@ -53,7 +53,16 @@ def config_supported(conv: nn.Conv2d) -> bool:
 
 
 def autocast_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    """Cast to the autocast dtype when autocast is on (the kernels take one dtype)."""
+    """Cast to the autocast dtype when autocast is on (the kernels take one dtype).
+
+    Args:
+        x: the input.
+        weight: the weight.
+        bias: the bias, or None.
+
+    Returns:
+        (x, weight, bias) in the autocast dtype, or unchanged when autocast is off.
+    """
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
@@ -121,7 +130,14 @@ def plain_conv(module: nn.Module) -> bool:
     """Whether ``module`` computes exactly ``nn.Conv2d``'s convolution: an ``nn.Conv2d``,
     or a subclass overriding neither ``forward`` nor ``_conv_forward`` (one that only
     initialises its weight its own way, as the speed run's ``DiracConv``), and not
-    already fastcifar's ``Conv2d``."""
+    already fastcifar's ``Conv2d``.
+
+    Args:
+        module: any module.
+
+    Returns:
+        True for such a convolution.
+    """
     cls = type(module)
     return (
         isinstance(module, nn.Conv2d)
@@ -134,7 +150,15 @@ def plain_conv(module: nn.Module) -> bool:
 def plain_bn(module: nn.Module, channels: int) -> bool:
     """Whether ``module`` computes exactly ``nn.BatchNorm2d``'s normalisation over
     ``channels`` channels: a BatchNorm2d, or a subclass keeping its forward (the speed
-    run's ``FrozenScaleBatchNorm``, which only freezes its weight)."""
+    run's ``FrozenScaleBatchNorm``, which only freezes its weight).
+
+    Args:
+        module: any module.
+        channels: the channels it must normalise.
+
+    Returns:
+        True for such a BatchNorm.
+    """
     return (
         isinstance(module, nn.BatchNorm2d)
         and type(module).forward is nn.BatchNorm2d.forward
@@ -145,7 +169,14 @@ def plain_bn(module: nn.Module, channels: int) -> bool:
 def own_forward_convs(model: nn.Module) -> list[str]:
     """The qualified names of ``model``'s ``nn.Conv2d`` subclasses with a ``forward`` (or
     ``_conv_forward``) of their own: the kernels cannot know what it computes, so they
-    stay on PyTorch."""
+    stay on PyTorch.
+
+    Args:
+        model: any model.
+
+    Returns:
+        Their qualified names, in module order.
+    """
     return [
         name
         for name, m in model.named_modules()
@@ -276,7 +307,14 @@ def _conv_then(m: nn.Module, *after: type) -> bool:
 
 
 def is_conv_bn(m: nn.Module) -> bool:
-    """Whether ``m`` is a ``Sequential(Conv2d, BatchNorm2d)`` the fused kernel covers."""
+    """Whether ``m`` is a ``Sequential(Conv2d, BatchNorm2d)`` the fused kernel covers.
+
+    Args:
+        m: any module.
+
+    Returns:
+        True for such a Sequential.
+    """
     return _conv_then(m, nn.BatchNorm2d)
 
 
@@ -295,7 +333,14 @@ def fuse_conv_bn(model: nn.Module, only: set[str] | None = None) -> list[str]:
 
 
 def is_conv_relu_bn(m: nn.Module) -> bool:
-    """Whether ``m`` is a ``Sequential(Conv2d, ReLU, BatchNorm2d)`` the fused kernel covers."""
+    """Whether ``m`` is a ``Sequential(Conv2d, ReLU, BatchNorm2d)`` the fused kernel covers.
+
+    Args:
+        m: any module.
+
+    Returns:
+        True for such a Sequential.
+    """
     return _conv_then(m, nn.ReLU, nn.BatchNorm2d)
 
 
@@ -316,7 +361,17 @@ def fuse_conv_relu_bn(model: nn.Module, only: set[str] | None = None) -> list[st
 
 def convert_blocks(model: nn.Module, test, cls: type, only: set[str] | None) -> list[str]:
     """Give every block of ``model`` that passes ``test`` (and is named in ``only``, when
-    given) the class ``cls`` in place; returns their qualified names."""
+    given) the class ``cls`` in place; returns their qualified names.
+
+    Args:
+        model: the model, converted in place.
+        test: ``module -> bool``, the blocks to convert.
+        cls: the fused class each such block gets.
+        only: qualified names to convert, or None for all.
+
+    Returns:
+        The qualified names converted.
+    """
     converted = []
     for name, m in model.named_modules():
         if test(m) and (only is None or name in only):

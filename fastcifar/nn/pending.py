@@ -21,11 +21,12 @@ __all__ = ["Pending", "gated", "global_max", "pooled_activation"]
 class Pending(NamedTuple):
     """A BatchNorm and activation not yet applied: ``act((raw - center) * scale + shift)``.
 
-    raw: (N, C, H, W) the producing convolution's output, its dtype and layout;
-    prologue: (C, 3) float32 (float64 for float64 ``raw``): per channel the center (the
-    batch mean, or the running mean in eval), the scale (BatchNorm's weight over the
-    deviation) and the shift (its bias); activation: a name of
-    ``fastcifar.kernels.launch.ACTIVATIONS``.
+    Attributes:
+        raw: (N, C, H, W) the producing convolution's output, its dtype and layout.
+        prologue: (C, 3) float32 (float64 for float64 ``raw``): per channel the center (the
+            batch mean, or the running mean in eval), the scale (BatchNorm's weight over the
+            deviation) and the shift (its bias).
+        activation: a name of ``fastcifar.kernels.launch.ACTIVATIONS``.
     """
 
     raw: torch.Tensor
@@ -185,15 +186,38 @@ class _GlobalMax(torch.autograd.Function):
 def global_max(x: Pending, first_only: bool) -> torch.Tensor:
     """(N, C, 1, 1) spatial maximum of ``x`` applied, in its raw dtype (``_GlobalMax``):
     ``first_only`` gives the gradient to the first maximum (``max_pool2d``), else splits it
-    among equal maxima (``amax``)."""
+    among equal maxima (``amax``).
+
+    Args:
+        x: the pending tensor, raw (N, C, H, W).
+        first_only: ``max_pool2d``'s tie rule (True) or ``amax``'s (False).
+
+    Returns:
+        (N, C, 1, 1) in ``x.raw``'s dtype.
+    """
     return _GlobalMax.apply(x.raw, x.prologue, x.activation, first_only)
 
 
 def pooled_activation(x: Pending) -> torch.Tensor:
-    """(N, C, 1, 1) spatial mean of ``x`` applied, in its raw dtype (``_PooledActivation``)."""
+    """(N, C, 1, 1) spatial mean of ``x`` applied, in its raw dtype (``_PooledActivation``).
+
+    Args:
+        x: the pending tensor, raw (N, C, H, W).
+
+    Returns:
+        (N, C, 1, 1) in ``x.raw``'s dtype.
+    """
     return _PooledActivation.apply(x.raw, x.prologue, x.activation)
 
 
 def gated(x: Pending, gate: torch.Tensor) -> torch.Tensor:
-    """``x`` applied and multiplied by the (N, C, 1, 1) ``gate``, rounded once (``_Gated``)."""
+    """``x`` applied and multiplied by the (N, C, 1, 1) ``gate``, rounded once (``_Gated``).
+
+    Args:
+        x: the pending tensor, raw (N, C, H, W).
+        gate: (N, C, 1, 1).
+
+    Returns:
+        (N, C, H, W) in ``x.raw``'s dtype and layout.
+    """
     return _Gated.apply(x.raw, x.prologue, x.activation, gate)

@@ -58,7 +58,14 @@ def is_pooled_block(m: nn.Module) -> bool:
     """Whether ``m`` is ``Sequential(conv3x3, MaxPool2d(2), BN, act, conv3x3, BN, act)``
     (or its converted ``PooledBlock``) that the kernels take: stride-1 dense 3x3
     convolutions, a 2x2 stride-2 max pool without padding, dilation or ceil mode,
-    BatchNorms as ``plain_bn``, activations of ``ACTIVATION_NAMES``."""
+    BatchNorms as ``plain_bn``, activations of ``ACTIVATION_NAMES``.
+
+    Args:
+        m: any module.
+
+    Returns:
+        True for such a block.
+    """
     if type(m) not in (nn.Sequential, PooledBlock) or len(m) != 7:
         return False
     conv1, pool, bn1, act1, conv2, bn2, act2 = m
@@ -84,7 +91,14 @@ def is_pooled_block(m: nn.Module) -> bool:
 
 
 def find_pooled_blocks(model: nn.Module) -> dict[str, nn.Module]:
-    """{qualified name: block} of every ``is_pooled_block`` module of ``model``."""
+    """{qualified name: block} of every ``is_pooled_block`` module of ``model``.
+
+    Args:
+        model: any model.
+
+    Returns:
+        {qualified name: block}, in module order.
+    """
     return {name: m for name, m in model.named_modules() if is_pooled_block(m)}
 
 
@@ -168,7 +182,15 @@ def fuse_pooled_blocks(model: nn.Module, only: set[str] | None = None) -> list[s
     place to ``PooledBlock``; where a module's ``CHAIN`` (names of its children in the
     order its forward calls them, each taking the previous one's output alone) puts a
     converted block right before another, or before a global max pool (``_max_rule``), the
-    first hands the second a ``Pending``. Returns the names converted."""
+    first hands the second a ``Pending``. Returns the names converted.
+
+    Args:
+        model: the model, converted in place.
+        only: qualified names to convert, or None for all.
+
+    Returns:
+        The qualified names converted.
+    """
     names = [n for n in find_pooled_blocks(model) if only is None or n in only]
     for name in names:
         model.get_submodule(name).__class__ = PooledBlock
@@ -191,7 +213,11 @@ def fuse_pooled_blocks(model: nn.Module, only: set[str] | None = None) -> list[s
 def revert_pooled_block(m: nn.Module) -> None:
     """Put a ``PooledBlock`` back on PyTorch (``nn.Sequential``), and the blocks or the
     global max pool linked to it with it (a module handed a ``Pending`` cannot run alone
-    on PyTorch)."""
+    on PyTorch).
+
+    Args:
+        m: a ``PooledBlock``, reverted in place.
+    """
     if type(m) is not PooledBlock and not isinstance(m, _PendingMax):
         return
     partners = [m.__dict__.pop(k, None) for k in ("_link_consumer", "_link_producer")]

@@ -270,7 +270,14 @@ def _walk(model: nn.Module):
 
 def find_traced_links(model: nn.Module) -> list[str]:
     """Every link ``fuse_traced_links`` converts, as ``"producer conv>consumer conv"``
-    (qualified names of their convolutions)."""
+    (qualified names of their convolutions).
+
+    Args:
+        model: any model.
+
+    Returns:
+        The links' names, in module order.
+    """
     found = []
     for prefix, _, _, links, _ in _walk(model):
         found += [lk.name(prefix) for lk in links]
@@ -278,14 +285,28 @@ def find_traced_links(model: nn.Module) -> list[str]:
 
 
 def traced_link_notes(model: nn.Module) -> list[str]:
-    """One line a module on what the traced links leave unconverted, and why."""
+    """One line a module on what the traced links leave unconverted, and why.
+
+    Args:
+        model: any model.
+
+    Returns:
+        The notes, one line each.
+    """
     return [note for *_, notes in _walk(model) for note in notes]
 
 
 def traced_units(model: nn.Module) -> dict[str, nn.Module]:
     """{link name: ``Sequential`` of the link's own modules, unfused} (a run's activation
     called as a function is a new module of its type): what ``--kernels auto`` validates
-    and times."""
+    and times.
+
+    Args:
+        model: any model; not modified.
+
+    Returns:
+        {link name: Sequential}.
+    """
     units = {}
     for prefix, owner, _, links, _ in _walk(model):
         for lk in links:
