@@ -79,6 +79,13 @@ def s7_train(mean: Stats, std: Stats) -> A.Compose:
 
     The hole comes after Normalize and is filled with the channel *means* as numbers, so in
     normalised units it holds (0.491, 0.482, 0.447), as the seed's did (docs/SEEDS.md section 1).
+
+    Args:
+        mean: the data set's per-channel mean, [0, 1] units.
+        std: its per-channel standard deviation, [0, 1] units.
+
+    Returns:
+        The pipeline: uint8 HWC image in, normalised float32 HWC out.
     """
     return A.Compose(
         [
@@ -98,6 +105,13 @@ def attention_train(mean: Stats, std: Stats) -> A.Compose:
     The seed README lists the rotation; the function its run called had none (docs/SEEDS.md
     section 2): the README's pipeline is followed. The pad and the cutout come after
     Normalize and fill with the channel means' raw values (pad) and 0 (cutout), as the seed.
+
+    Args:
+        mean: the data set's per-channel mean, [0, 1] units.
+        std: its per-channel standard deviation, [0, 1] units.
+
+    Returns:
+        The pipeline: uint8 HWC image in, normalised float32 HWC out.
     """
     return A.Compose(
         [
@@ -123,6 +137,13 @@ def c1c2c3c40_train(mean: Stats, std: Stats) -> A.Compose:
 
     The seed filled the hole with the fractional means on the uint8 image, which cast to 0:
     the hole was black, so it is filled with 0 before Normalize here (docs/SEEDS.md section 3).
+
+    Args:
+        mean: the data set's per-channel mean, [0, 1] units.
+        std: its per-channel standard deviation, [0, 1] units.
+
+    Returns:
+        The pipeline: uint8 HWC image in, normalised float32 HWC out.
     """
     return A.Compose(
         [
@@ -142,6 +163,13 @@ def resnet18_train(mean: Stats, std: Stats) -> A.Compose:
     which albumentations assumes lie in [0, 1]; here they run on the uint8 image as
     intended, then Normalize. The cutout is the seed's pad-to-64, one 16x16 hole of 0,
     centre-crop-32: it may fall partly or wholly outside the image (docs/SEEDS.md section 4).
+
+    Args:
+        mean: the data set's per-channel mean, [0, 1] units.
+        std: its per-channel standard deviation, [0, 1] units.
+
+    Returns:
+        The pipeline: uint8 HWC image in, normalised float32 HWC out.
     """
     return A.Compose(
         [
@@ -164,6 +192,13 @@ def resnet18_ln_train(mean: Stats, std: Stats) -> A.Compose:
 
     The hole is filled with mean x 255 on the uint8 image before Normalize, i.e. with the
     data set's mean colour (docs/SEEDS.md section 5, the run-time recipe).
+
+    Args:
+        mean: the data set's per-channel mean, [0, 1] units.
+        std: its per-channel standard deviation, [0, 1] units.
+
+    Returns:
+        The pipeline: uint8 HWC image in, normalised float32 HWC out.
     """
     return A.Compose(
         [
@@ -183,7 +218,15 @@ def resnet18_ln_train(mean: Stats, std: Stats) -> A.Compose:
 
 
 def flip_translate_train(mean: Stats, std: Stats) -> A.Compose:
-    """Flip and reflect-pad-2 random-crop translate, the speed-run recipes' augmentation."""
+    """Flip and reflect-pad-2 random-crop translate, the speed-run recipes' augmentation.
+
+    Args:
+        mean: the data set's per-channel mean, [0, 1] units.
+        std: its per-channel standard deviation, [0, 1] units.
+
+    Returns:
+        The pipeline: uint8 HWC image in, normalised float32 HWC out.
+    """
     return A.Compose(
         [
             A.HorizontalFlip(p=0.5),
@@ -198,7 +241,15 @@ def flip_translate_train(mean: Stats, std: Stats) -> A.Compose:
 def crop4_flip_train(mean: Stats, std: Stats) -> A.Compose:
     """kuangliu/pytorch-cifar's: torchvision ``RandomCrop(32, padding=4)`` (zero padding:
     black borders before normalisation) and ``RandomHorizontalFlip``, for the model zoo's
-    reference recipes."""
+    reference recipes.
+
+    Args:
+        mean: the data set's per-channel mean, [0, 1] units.
+        std: its per-channel standard deviation, [0, 1] units.
+
+    Returns:
+        The pipeline: uint8 HWC image in, normalised float32 HWC out.
+    """
     return A.Compose(
         [
             A.PadIfNeeded(40, 40, border_mode=cv2.BORDER_CONSTANT, fill=0),
@@ -239,6 +290,14 @@ AUGMENTATIONS: dict[str, Builder] = {
 def build_augmentation(name: str, mean: Stats, std: Stats) -> A.Compose:
     """The named training pipeline for a data set with per-channel ``mean`` and ``std``
     (in [0, 1] units).
+
+    Args:
+        name: a key of ``AUGMENTATIONS``.
+        mean: the data set's per-channel mean, [0, 1] units.
+        std: its per-channel standard deviation, [0, 1] units.
+
+    Returns:
+        The albumentations pipeline: uint8 HWC image in, normalised float32 HWC out.
 
     Raises:
         FastCifarError: unknown name (the message lists the valid ones).

@@ -57,6 +57,11 @@ DALI_AUGMENTATIONS = (
 
 
 def dali_available() -> bool:
+    """Whether NVIDIA DALI (``nvidia.dali``) can be imported here.
+
+    Returns:
+        True when it can.
+    """
     try:
         import nvidia.dali  # noqa: F401
     except ImportError:
@@ -171,7 +176,17 @@ def _to_gray(x, coin):
 
 def build_graph(name: str, images, mean: Sequence[float], std: Sequence[float]):
     """The DALI operators of augmentation ``name`` on uint8 HWC ``images``; returns float
-    CHW normalised output."""
+    CHW normalised output.
+
+    Args:
+        name: a name of ``DALI_AUGMENTATIONS``.
+        images: the DALI data node of uint8 (32, 32, 3) images.
+        mean: per-channel mean, [0, 1] units.
+        std: per-channel standard deviation, [0, 1] units.
+
+    Returns:
+        The DALI node of float (3, 32, 32) normalised images.
+    """
     from nvidia.dali import fn, types
 
     m255 = [255.0 * v for v in mean]
@@ -241,6 +256,11 @@ class DaliLoader(EpochLoader):
     name in ``DALI_AUGMENTATIONS``).
 
     Runs on the GPU when the device is CUDA, else CPU-only (``device_id=None``).
+
+    Args:
+        images: uint8 (N, 32, 32, 3), host memory.
+        labels: int64 (N,).
+        config: the batch size, device, dtype, layout, workers, augmentation and seed.
 
     Raises:
         FastCifarError: DALI is not installed, or it lacks the augmentation.

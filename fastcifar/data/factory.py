@@ -25,6 +25,14 @@ def resolve_loader(name: str, augmentation: str, device: torch.device) -> tuple[
     the gpu loader implements (the alternating flip) always gets it, on a CPU too.
     ``gpu`` and ``dali`` also run on the CPU (``dali`` CPU-only, ``device_id=None``).
 
+    Args:
+        name: the ``--loader`` value: ``auto``, ``gpu``, ``dali`` or ``albumentations``.
+        augmentation: the recipe's augmentation name.
+        device: the training device.
+
+    Returns:
+        (backend, why): the backend's name and the reason it was chosen, one phrase.
+
     Raises:
         FastCifarError: an unknown name, a backend that lacks the augmentation, or
             ``dali`` without DALI installed.
@@ -78,6 +86,16 @@ def make_train_loader(
     (N, 32, 32, 3) and int64 labels (N,), configured by ``config``: batches of normalised
     images on the device in its dtype (channels_last when asked) and labels, reshuffled
     every epoch; this rank's shard of every step under data-parallel training.
+
+    Args:
+        backend: ``gpu``, ``dali`` or ``albumentations``.
+        images: uint8 (N, 32, 32, 3), host memory.
+        labels: int64 (N,).
+        config: the loader's batch size, device, dtype, layout, workers, augmentation, seed
+        and data-parallel rank.
+
+    Returns:
+        The ``EpochLoader``.
 
     Raises:
         FastCifarError: the (global) batch is larger than the training set (with

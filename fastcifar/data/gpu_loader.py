@@ -31,11 +31,24 @@ from fastcifar.data.loaders import EpochLoader, LoaderConfig
 
 @dataclass(frozen=True)
 class GpuAugmentation:
-    flip: str = "random"  # random (p = 0.5 per image and epoch) | alternating | none
-    translate: int = 0  # pixels of reflect padding before the random 32x32 crop
-    cutout: int = 0  # side of the square hole (0: none)
-    brightness: float = 0.0  # add U(-b, b) per image (normalised units)
-    contrast: float = 0.0  # then multiply by U(1 - c, 1 + c) per image
+    """What the gpu loader does to a batch for one augmentation name, in this order: flip,
+    translate, cutout, then brightness and contrast jitter.
+
+    Attributes:
+        flip: ``"random"`` (p = 0.5 per image and epoch), ``"alternating"`` (a random half
+            in even epochs, the other half in odd ones: ``alternating_flip_mask``) or
+            ``"none"``.
+        translate: pixels of reflect padding before the random 32x32 crop (0: none).
+        cutout: side of the square hole, in pixels (0: none).
+        brightness: add U(-b, b) per image, in normalised units (0: none).
+        contrast: then multiply by U(1 - c, 1 + c) per image (0: none).
+    """
+
+    flip: str = "random"
+    translate: int = 0
+    cutout: int = 0
+    brightness: float = 0.0
+    contrast: float = 0.0
 
 
 #: augmentation name -> what the gpu backend does for it
@@ -55,7 +68,15 @@ GPU_AUGMENTATIONS: dict[str, GpuAugmentation] = {
 
 def alternating_flip_mask(base: torch.Tensor, epoch: int) -> torch.Tensor:
     """Which images to flip in ``epoch``: the run's random half ``base`` (bool (N,)) in
-    even epochs, its complement in odd ones."""
+    even epochs, its complement in odd ones.
+
+    Args:
+        base: bool (N,), the run's random half.
+        epoch: the epoch, from 0.
+
+    Returns:
+        bool (N,).
+    """
     return base ^ bool(epoch % 2)
 
 
@@ -65,24 +86,61 @@ def alternating_flip_mask(base: torch.Tensor, epoch: int) -> torch.Tensor:
 
 
 def flip_params(n: int, device, gen: torch.Generator) -> torch.Tensor:
-    """bool (n,): flip with probability 0.5."""
+    """bool (n,): flip with probability 0.5.
+
+    Args:
+        n: images in the batch.
+        device: where to draw.
+        gen: the loader's generator on ``device``.
+
+    Returns:
+        bool (n,).
+    """
     return torch.rand(n, device=device, generator=gen) < 0.5
 
 
 def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Flip the images of (B, C, H, W) where ``mask`` (bool (B,)) is set."""
+    """Flip the images of (B, C, H, W) where ``mask`` (bool (B,)) is set.
+
+    Args:
+        x: images (B, C, H, W).
+        mask: bool (B,).
+
+    Returns:
+        (B, C, H, W), ``x``'s dtype.
+    """
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 def translate_params(n: int, pad: int, device, gen) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dy, dx) int64 (n,): crop offsets in [0, 2 pad] of the padded image."""
+    """(dy, dx) int64 (n,): crop offsets in [0, 2 pad] of the padded image.
+
+    Args:
+        n: images in the batch.
+        pad: reflect padding, in pixels.
+        device: where to draw.
+        gen: the loader's generator on ``device``.
+
+    Returns:
+        (dy, dx).
+    """
     dy = torch.randint(0, 2 * pad + 1, (n,), device=device, generator=gen)
     dx = torch.randint(0, 2 * pad + 1, (n,), device=device, generator=gen)
     return dy, dx
 
 
 def apply_translate(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor):
-    """Reflect-pad (B, C, H, W) by ``pad`` and crop image i back at offset (dy[i], dx[i])."""
+    """Reflect-pad (B, C, H, W) by ``pad`` and crop image i back at offset (dy[i], dx[i]).
+
+    Args:
+        x: images (B, C, H, W).
+        pad: reflect padding, in pixels (0: ``x`` unchanged).
+        dy: int64 (B,) row offsets in [0, 2 pad].
+        dx: int64 (B,) column offsets in [0, 2 pad].
+
+    Returns:
+        (B, C, H, W), ``x``'s dtype.
+    """
     if pad == 0:
         return x
     b, c, h, w = x.shape
@@ -95,7 +153,18 @@ def apply_translate(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tenso
 
 
 def cutout_params(n: int, h: int, w: int, device, gen) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cy, cx) int64 (n,): hole centres, uniform over the image."""
+    """(cy, cx) int64 (n,): hole centres, uniform over the image.
+
+    Args:
+        n: images in the batch.
+        h: image height, in pixels.
+        w: image width, in pixels.
+        device: where to draw.
+        gen: the loader's generator on ``device``.
+
+    Returns:
+        (cy, cx).
+    """
     cy = torch.randint(0, h, (n,), device=device, generator=gen)
     cx = torch.randint(0, w, (n,), device=device, generator=gen)
     return cy, cx
@@ -103,7 +172,18 @@ def cutout_params(n: int, h: int, w: int, device, gen) -> tuple[torch.Tensor, to
 
 def apply_cutout(x, size: int, fill: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor):
     """One ``size`` x ``size`` hole per image centred at (cy, cx), clipped at the border,
-    filled with ``fill`` (C,)."""
+    filled with ``fill`` (C,).
+
+    Args:
+        x: images (B, C, H, W).
+        size: the hole's side, in pixels.
+        fill: (C,) the fill value per channel (normalised units).
+        cy: int64 (B,) centre rows.
+        cx: int64 (B,) centre columns.
+
+    Returns:
+        (B, C, H, W), ``x``'s dtype.
+    """
     _, _, h, w = x.shape
     cy, cx = cy.view(-1, 1, 1), cx.view(-1, 1, 1)
     ys = torch.arange(h, device=x.device).view(1, h, 1)
@@ -114,7 +194,18 @@ def apply_cutout(x, size: int, fill: torch.Tensor, cy: torch.Tensor, cx: torch.T
 
 
 def jitter_params(n: int, brightness: float, contrast: float, device, gen):
-    """(shift, scale) float (n, 1, 1, 1): U(-brightness, brightness), U(1 - c, 1 + c)."""
+    """(shift, scale) float (n, 1, 1, 1): U(-brightness, brightness), U(1 - c, 1 + c).
+
+    Args:
+        n: images in the batch.
+        brightness: the shift's half-range, normalised units.
+        contrast: the scale's half-range around 1.
+        device: where to draw.
+        gen: the loader's generator on ``device``.
+
+    Returns:
+        (shift, scale).
+    """
     shift = (torch.rand(n, 1, 1, 1, device=device, generator=gen) * 2 - 1) * brightness
     scale = (torch.rand(n, 1, 1, 1, device=device, generator=gen) * 2 - 1) * contrast + 1
     return shift, scale

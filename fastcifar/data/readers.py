@@ -60,6 +60,15 @@ class CifarArrays:
 
 
 def download_cifar10(path: Path) -> None:
+    """Download the official CIFAR-10 python batches into ``path`` with torchvision
+    (``CIFAR10(download=True)``), printing one line first.
+
+    Args:
+        path: the folder to download into; made if missing.
+
+    Raises:
+        FastCifarError: the download failed (the message names the error and the fix).
+    """
     from torchvision.datasets import CIFAR10
 
     path.mkdir(parents=True, exist_ok=True)
@@ -81,7 +90,19 @@ def read_batches(path: Path) -> CifarArrays:
     here: it verifies every file against the official MD5 sums and answers any other
     batches directory (a re-pickled or partial copy, the tests' small batches) with
     "Dataset not found or corrupted" without naming the file, where this reader names
-    the file and the fix in one line."""
+    the file and the fix in one line.
+
+    Args:
+        path: the folder holding ``data_batch_1`` ... ``test_batch``, or their parent
+        (``find_batches_dir``).
+
+    Returns:
+        The arrays: uint8 (N, 32, 32, 3) images, int64 (N,) labels, train and test.
+
+    Raises:
+        FastCifarError: a batch missing, unreadable, or with labels that do not match its
+        images (the message names the file and the fix).
+    """
     batches = find_batches_dir(path)
     assert batches is not None
     names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -117,6 +138,15 @@ def read_batches(path: Path) -> CifarArrays:
 
 
 def find_batches_dir(path: Path) -> Path | None:
+    """The CIFAR-10 python batches folder at ``path``: ``path`` itself or its ``cifar-10-batches-
+    py`` subfolder.
+
+    Args:
+        path: any path.
+
+    Returns:
+        The folder holding ``data_batch_1``, or None.
+    """
     if not path.is_dir():
         return None
     if (path / "data_batch_1").is_file():
@@ -127,7 +157,14 @@ def find_batches_dir(path: Path) -> Path | None:
 
 
 def find_tree_root(path: Path) -> Path | None:
-    """The folder that holds train/ or test/: ``path`` itself or its only subfolder."""
+    """The folder that holds train/ or test/: ``path`` itself or its only subfolder.
+
+    Args:
+        path: any path.
+
+    Returns:
+        That folder, or None.
+    """
     if not path.is_dir():
         return None
     if any((path / s).is_dir() for s in SPLITS):
@@ -139,6 +176,19 @@ def find_tree_root(path: Path) -> Path | None:
 
 
 def read_tree(path: Path) -> CifarArrays:
+    """An image-folder tree: ``train/<class>/*.png|jpg`` and ``test/<class>/...``, classes in sorted
+    order.
+
+    Args:
+        path: the tree, or a folder whose only subfolder is it (``find_tree_root``).
+
+    Returns:
+        The arrays: uint8 (N, 32, 32, 3) images, int64 (N,) labels, train and test.
+
+    Raises:
+        FastCifarError: a split or class folder missing or empty, or an image that does not
+        decode to 32x32 RGB.
+    """
     root = find_tree_root(path)
     assert root is not None
     out = {}
@@ -166,6 +216,18 @@ def read_tree(path: Path) -> CifarArrays:
 
 
 def read_archive(path: Path) -> CifarArrays:
+    """A tar archive (any compression tar reads) of an image-folder tree, read without unpacking it.
+
+    Args:
+        path: the archive.
+
+    Returns:
+        The arrays: uint8 (N, 32, 32, 3) images, int64 (N,) labels, train and test.
+
+    Raises:
+        FastCifarError: a split without class folders of images, an image that does not
+        decode to 32x32 RGB, or a truncated or corrupt archive.
+    """
     members: dict[str, dict[str, list[tuple[str, bytes]]]] = {s: {} for s in SPLITS}
     try:
         with tarfile.open(path, mode="r|*") as tar:
@@ -252,6 +314,14 @@ def _decode_iter(items: list[tuple[str, int, bytes]]) -> Iterator[tuple[str, int
 
 
 def is_tar(path: Path) -> bool:
+    """Whether ``path`` is a tar archive (of any compression).
+
+    Args:
+        path: any path.
+
+    Returns:
+        True for a readable tar archive.
+    """
     try:
         return tarfile.is_tarfile(path)
     except OSError:

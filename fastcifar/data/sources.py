@@ -91,6 +91,10 @@ def load_cifar10(
         cache: directory for the decoded arrays (default: ``cache_dir()``).
         verbose: print one line when decoding (it takes seconds) or loading the cache.
 
+    Returns:
+        The arrays: uint8 (N, 32, 32, 3) images, int64 (N,) labels, train and test, and the
+        source's path.
+
     Raises:
         FastCifarError: the path does not exist, is no known kind of source, misses a
             class or split, holds an image that does not decode or is not 32x32 RGB, or
@@ -234,6 +238,15 @@ def stratified_subset(
     Each class gets ``n // K`` samples (``K`` classes) and the first ``n % K`` classes one
     more; within a class the samples are drawn at random with ``seed``.
 
+    Args:
+        labels: int64 (N,) labels.
+        n: samples to take.
+        seed: the draw's seed.
+        flag: the flag the message names.
+
+    Returns:
+        int64 (n,) indices, sorted.
+
     Raises:
         FastCifarError: ``n`` is below 1 or above the number of samples.
     """
@@ -258,6 +271,13 @@ def eval_split(arrays, test_subset: int | None) -> tuple[np.ndarray, np.ndarray]
     """The evaluation images (N, 32, 32, 3) uint8 and labels (N,) of ``arrays``
     (``CifarArrays``): all of them, or ``test_subset`` of them, class-balanced with seed 0
     (the same subset for training's per-epoch evaluation and for ``fastcifar.evaluate``).
+
+    Args:
+        arrays: the data set.
+        test_subset: images to keep, or None for all.
+
+    Returns:
+        (images, labels).
 
     Raises:
         FastCifarError: ``test_subset`` out of range (named as ``--test-subset``).

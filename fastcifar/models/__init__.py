@@ -111,6 +111,12 @@ SEED_MODELS = ("s7", "s7_mixed", "attention", "c1c2c3c40", "resnet18", "resnet18
 def create_model(name: str) -> CifarNet:
     """A freshly initialised model by name.
 
+    Args:
+        name: a key of ``MODELS``.
+
+    Returns:
+        The model, on the CPU, in float32 and training mode.
+
     Raises:
         FastCifarError: unknown name (the message lists the valid ones).
     """
@@ -121,6 +127,9 @@ def create_model(name: str) -> CifarNet:
 
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters of ``model``, each tensor counted once (shared ones once).
+
+    Args:
+        model: any module.
 
     Returns:
         The number of elements of the parameters with ``requires_grad``.

@@ -35,7 +35,19 @@ def conv_bn(
 ) -> nn.Sequential:
     """A bias-free KxK convolution ('same' padding), its BatchNorm and, when given, its
     activation (a module without parameters: the state-dict keys are the same either
-    way)."""
+    way).
+
+    Args:
+        cin: input channels.
+        cout: output channels.
+        k: kernel side.
+        stride: the convolution's stride.
+        groups: its groups.
+        act: the activation module, or None.
+
+    Returns:
+        ``Sequential(conv, BatchNorm2d[, act])``.
+    """
     conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False)
     return nn.Sequential(conv, nn.BatchNorm2d(cout), *([act] if act is not None else []))
 
@@ -45,7 +57,14 @@ class InvertedResidual(nn.Module):
     at stride 1 the input is added (through a 1x1 projection when the widths differ).
 
     ``CHAIN``: the children the forward calls one on the other's output alone, in order
-    (``fastcifar.nn.chain`` fuses depthwise -> BatchNorm -> ReLU into project's prologue)."""
+    (``fastcifar.nn.chain`` fuses depthwise -> BatchNorm -> ReLU into project's prologue).
+
+    Args:
+        cin: input channels.
+        cout: output channels.
+        expansion: the expanded width over ``cin``.
+        stride: the depthwise convolution's stride.
+    """
 
     CHAIN = ("expand", "depthwise", "project")
 
@@ -64,7 +83,11 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(CifarNet):
-    """MobileNetV2 for 32x32 inputs; see the module docstring. Grad-CAM: ``head``."""
+    """MobileNetV2 for 32x32 inputs; see the module docstring. Grad-CAM: ``head``.
+
+    Args:
+        num_classes: the classifier's outputs.
+    """
 
     # (expansion, output channels, blocks, first block's stride)
     STAGES = (
@@ -98,7 +121,12 @@ class SqueezeExcitation(nn.Module):
     """Per-channel gates from the globally pooled features: 1x1 -> SiLU -> 1x1 -> sigmoid
     (Hu et al., CVPR 2018), both convolutions with bias. ``POOLED_GATE``: the forward is
     ``x * self.gate(adaptive_avg_pool2d(x, 1))``, so a conv-BN-activation chain can feed
-    it (``fastcifar.nn.chain``)."""
+    it (``fastcifar.nn.chain``).
+
+    Args:
+        channels: the gated channels.
+        squeezed: the bottleneck's width.
+    """
 
     POOLED_GATE = True
 
@@ -119,7 +147,15 @@ class MBConv(nn.Module):
     """EfficientNet's block: [1x1 expand -> SiLU] -> KxK depthwise -> SiLU -> squeeze-
     excitation -> 1x1 project; the input added when stride and widths allow. ``CHAIN``:
     expand -> depthwise and depthwise -> squeeze-excitation are links; the project takes
-    the gated tensor, which no prologue can compute (a per-image gate), so it is not."""
+    the gated tensor, which no prologue can compute (a per-image gate), so it is not.
+
+    Args:
+        cin: input channels.
+        cout: output channels.
+        k: the depthwise kernel's side.
+        stride: its stride.
+        expansion: the expanded width over ``cin`` (1: no expand convolution).
+    """
 
     CHAIN = ("expand", "depthwise", "se", "project")
 
@@ -139,7 +175,12 @@ class MBConv(nn.Module):
 
 
 class EfficientNetB0(CifarNet):
-    """EfficientNet-B0 for 32x32 inputs; see the module docstring. Grad-CAM: ``blocks``."""
+    """EfficientNet-B0 for 32x32 inputs; see the module docstring. Grad-CAM: ``blocks``.
+
+    Args:
+        num_classes: the classifier's outputs.
+        dropout: the dropout probability before the classifier.
+    """
 
     # (expansion, output channels, blocks, kernel, first block's stride)
     STAGES = (

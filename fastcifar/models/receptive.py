@@ -43,16 +43,28 @@ from torch.utils._pytree import tree_flatten
 
 @dataclass
 class RFRow:
-    """One convolution or pooling on the path of the input."""
+    """One convolution or pooling on the path of the input.
 
-    layer: str  # qualified module name (or the function for functional ops)
-    op: str  # conv2d | avg_pool2d | max_pool2d | adaptive_pool
+    Attributes:
+        layer: the qualified module name (or the function, for functional ops).
+        op: ``conv2d``, ``avg_pool2d``, ``max_pool2d`` or ``adaptive_pool``.
+        kernel: its kernel's side, in pixels.
+        stride: its stride.
+        dilation: its tap spacing.
+        padding: its padding, in pixels.
+        jump_in: input pixels between neighbouring positions of this layer's input.
+        receptive_field: the receptive field after this layer, in input pixels.
+        output_size: the side of its output, in pixels.
+    """
+
+    layer: str
+    op: str
     kernel: int
     stride: int
     dilation: int
     padding: int
     jump_in: int
-    receptive_field: int  # after this layer, input pixels
+    receptive_field: int
     output_size: int
 
 
@@ -127,7 +139,15 @@ class _Tracer(TorchFunctionMode):
 
 def receptive_field_table(model: nn.Module, input_size: int = 32) -> list[RFRow]:
     """Trace ``model`` on one (1, 3, input_size, input_size) image; one row per convolution
-    or pooling in execution order. The model's training mode is restored afterwards."""
+    or pooling in execution order. The model's training mode is restored afterwards.
+
+    Args:
+        model: any model taking (N, 3, H, W) images.
+        input_size: the image side, in pixels.
+
+    Returns:
+        The rows, in execution order.
+    """
     names: list[str] = []
     hooks = []
 
@@ -159,6 +179,15 @@ def receptive_field_table(model: nn.Module, input_size: int = 32) -> list[RFRow]
 
 
 def format_rf_table(rows: list[RFRow]) -> str:
+    """The rows as a plain-text table: layer, op, kernel, stride, dilation, padding, jump, receptive
+    field and output size.
+
+    Args:
+        rows: ``receptive_field_table``'s rows.
+
+    Returns:
+        The table, one line a row after a header line.
+    """
     head = (
         f"{'layer':<22} {'op':<13} {'kernel':>6} {'stride':>6} {'dilation':>8} "
         f"{'padding':>7} {'jump':>5} {'RF':>5} {'out':>5}"

@@ -24,16 +24,39 @@ Norm = Callable[[int], nn.Module]
 
 
 def batch_norm(c: int) -> nn.Module:
+    """BatchNorm2d(C), the default ``Norm`` of ``ResNet18``.
+
+    Args:
+        c: channels.
+
+    Returns:
+        The module.
+    """
     return nn.BatchNorm2d(c)
 
 
 def layer_norm(c: int) -> nn.Module:
-    """GroupNorm(1, C): per-sample normalisation over (C, H, W) with a per-channel affine."""
+    """GroupNorm(1, C): per-sample normalisation over (C, H, W) with a per-channel affine.
+
+    Args:
+        c: channels.
+
+    Returns:
+        The module.
+    """
     return nn.GroupNorm(1, c)
 
 
 class BasicBlock(nn.Module):
-    """conv3x3 -> norm -> ReLU -> conv3x3 -> norm, plus the shortcut, then ReLU."""
+    """conv3x3 -> norm -> ReLU -> conv3x3 -> norm, plus the shortcut, then ReLU.
+
+    Args:
+        cin: input channels.
+        cout: output channels.
+        stride: the first convolution's stride (the shortcut a 1x1 projection when it or the
+        width changes).
+        norm: channels -> normalisation module.
+    """
 
     def __init__(self, cin: int, cout: int, stride: int, norm: Norm):
         super().__init__()
@@ -54,7 +77,13 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(CifarNet):
-    """kuangliu-style CIFAR ResNet18; ``strides`` are the four stages' first-block strides."""
+    """kuangliu-style CIFAR ResNet18; ``strides`` are the four stages' first-block strides.
+
+    Args:
+        norm: channels -> normalisation module (``batch_norm`` or ``layer_norm``).
+        strides: the four stages' first-block strides.
+        pool: the final average pool's side, in pixels.
+    """
 
     def __init__(
         self,

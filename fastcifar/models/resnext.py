@@ -33,7 +33,15 @@ class GroupedBottleneck(nn.Module):
     """1x1 (cin -> mid) -> grouped 3x3 (``groups``, ``stride``) -> 1x1 (mid -> cout), with
     BatchNorm after each and ReLU after the first two; the shortcut added, then ReLU.
     ``CHAIN``: the children the forward calls one on the other's output alone
-    (``fastcifar.nn.chain`` fuses grouped -> BatchNorm -> ReLU into restore's prologue)."""
+    (``fastcifar.nn.chain`` fuses grouped -> BatchNorm -> ReLU into restore's prologue).
+
+    Args:
+        cin: input channels.
+        mid: the grouped convolution's width.
+        cout: output channels.
+        groups: the grouped convolution's groups.
+        stride: its stride.
+    """
 
     CHAIN = ("reduce", "grouped", "restore")
 
@@ -57,7 +65,13 @@ def _stage(blocks: list[GroupedBottleneck]) -> nn.Sequential:
 
 class ResNeXt29(CifarNet):
     """ResNeXt-29 (``cardinality`` x ``width`` d); see the module docstring. Grad-CAM:
-    ``layer3``."""
+    ``layer3``.
+
+    Args:
+        cardinality: groups of the grouped convolutions.
+        width: channels a group in the first stage.
+        num_classes: the classifier's outputs.
+    """
 
     def __init__(self, cardinality: int = 32, width: int = 4, num_classes: int = 10):
         super().__init__()
@@ -84,7 +98,15 @@ class ResNeXt29(CifarNet):
 class RegNetX(CifarNet):
     """RegNetX of the given stage ``depths``, ``widths`` and ``strides`` with groups of
     ``group_width`` channels (defaults: 200MF); see the module docstring. Grad-CAM:
-    ``layer4``."""
+    ``layer4``.
+
+    Args:
+        depths: blocks per stage.
+        widths: channels per stage.
+        strides: each stage's first-block stride.
+        group_width: channels a group.
+        num_classes: the classifier's outputs.
+    """
 
     def __init__(
         self,

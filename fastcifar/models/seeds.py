@@ -18,7 +18,20 @@ from fastcifar.models.base import CifarNet
 
 
 def crb(cin: int, cout: int, k: int = 3, s: int = 1, p: int = 0, d: int = 1, g: int = 1):
-    """Conv2d(bias=False) -> ReLU -> BatchNorm2d, the seeds' basic block."""
+    """Conv2d(bias=False) -> ReLU -> BatchNorm2d, the seeds' basic block.
+
+    Args:
+        cin: input channels.
+        cout: output channels.
+        k: kernel side.
+        s: stride.
+        p: padding, in pixels.
+        d: dilation.
+        g: groups.
+
+    Returns:
+        ``Sequential(Conv2d, ReLU, BatchNorm2d)``.
+    """
     return nn.Sequential(
         nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, bias=False),
         nn.ReLU(),
@@ -27,7 +40,20 @@ def crb(cin: int, cout: int, k: int = 3, s: int = 1, p: int = 0, d: int = 1, g: 
 
 
 def conv(cin: int, cout: int, k: int = 1, s: int = 1, p: int = 0, d: int = 1, g: int = 1):
-    """A bare bias-free Conv2d (pointwise and transition layers with no norm or activation)."""
+    """A bare bias-free Conv2d (pointwise and transition layers with no norm or activation).
+
+    Args:
+        cin: input channels.
+        cout: output channels.
+        k: kernel side.
+        s: stride.
+        p: padding, in pixels.
+        d: dilation.
+        g: groups.
+
+    Returns:
+        The ``nn.Conv2d``.
+    """
     return nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, bias=False)
 
 
@@ -121,6 +147,10 @@ class Ultimus(nn.Module):
     Separate bias-free 1x1 projections K, Q, V (48 -> 8) and Out (8 -> 48);
     AM = softmax(Q K^T / sqrt(8)) over the last axis ((N, 8, 8)); Z = AM V; Out(Z).
     No residual and no norm, as in the seed.
+
+    Args:
+        dim: the vector's width.
+        inner: the projections' width.
     """
 
     def __init__(self, dim: int = 48, inner: int = 8):
@@ -180,6 +210,9 @@ class C1C2C3C40(CifarNet):
     Depthwise-separable inverted-bottleneck blocks with identity or 1x1-projection skips,
     stride-2 and dilated (d=2, p=0) transitions without activation, Dropout 0.1 after
     blocks 2, 4 and 7, GAP(4) then Linear(132, 10) with bias.
+
+    Args:
+        dropout: the dropout probability after blocks 2, 4 and 7.
     """
 
     def __init__(self, dropout: float = 0.1):

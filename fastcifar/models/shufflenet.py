@@ -23,7 +23,15 @@ __all__ = ["ShuffleNetV2"]
 
 def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
     """(N, g * c, H, W) -> channels interleaved: channel i * g + j of the output is channel
-    j * c + i of the input."""
+    j * c + i of the input.
+
+    Args:
+        x: (N, g * c, H, W).
+        groups: g.
+
+    Returns:
+        (N, g * c, H, W), ``x``'s dtype.
+    """
     n, channels, h, w = x.shape
     return x.view(n, groups, channels // groups, h, w).transpose(1, 2).reshape(n, channels, h, w)
 
@@ -41,7 +49,11 @@ def _branch(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 class BasicUnit(nn.Module):
     """Half the channels pass; the other half go through ``_branch``; concatenated and
-    shuffled."""
+    shuffled.
+
+    Args:
+        channels: input and output channels (even).
+    """
 
     def __init__(self, channels: int):
         super().__init__()
@@ -54,7 +66,12 @@ class BasicUnit(nn.Module):
 
 class DownUnit(nn.Module):
     """Both branches see the whole input at stride 2: a 3x3 depthwise -> BN -> 1x1 -> BN
-    -> ReLU, and ``_branch``; concatenated and shuffled."""
+    -> ReLU, and ``_branch``; concatenated and shuffled.
+
+    Args:
+        cin: input channels.
+        cout: output channels (even).
+    """
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
@@ -67,7 +84,14 @@ class DownUnit(nn.Module):
 
 
 class ShuffleNetV2(CifarNet):
-    """ShuffleNetV2 1x for 32x32 inputs; see the module docstring. Grad-CAM: ``head``."""
+    """ShuffleNetV2 1x for 32x32 inputs; see the module docstring. Grad-CAM: ``head``.
+
+    Args:
+        widths: output channels of the three stages.
+        blocks: ``BasicUnit``s per stage, after its ``DownUnit``.
+        head: the last 1x1 convolution's width.
+        num_classes: the classifier's outputs.
+    """
 
     def __init__(
         self, widths=(116, 232, 464), blocks=(3, 7, 3), head: int = 1024, num_classes: int = 10

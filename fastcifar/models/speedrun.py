@@ -41,13 +41,29 @@ def whitening_indices(num_images: int, n: int, seed: int) -> torch.Tensor:
     """Which ``n`` of ``num_images`` training images the whitening is computed from: a
     sample drawn with ``seed`` (int64 (min(n, num_images),), on the CPU). The record takes
     the first 5,000 of the official training set, whose order mixes the classes; sources
-    stored class by class (image trees, the JPEG copy) would whiten from one class."""
+    stored class by class (image trees, the JPEG copy) would whiten from one class.
+
+    Args:
+        num_images: training images.
+        n: images to take.
+        seed: the draw's seed.
+
+    Returns:
+        The indices.
+    """
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(num_images, generator=gen)[:n]
 
 
 class FrozenScaleBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d whose weight stays 1 (not trained); the bias trains."""
+    """BatchNorm2d whose weight stays 1 (not trained); the bias trains.
+
+    Args:
+        channels: channels.
+        momentum: running statistics' update weight (PyTorch's convention: the new batch's
+        share).
+        eps: added to the variance.
+    """
 
     def __init__(self, channels: int, momentum: float = 0.4, eps: float = 1e-12):
         super().__init__(channels, eps=eps, momentum=momentum)
@@ -55,7 +71,12 @@ class FrozenScaleBatchNorm(nn.BatchNorm2d):
 
 
 class DiracConv(nn.Conv2d):
-    """3x3 convolution, padding 1, no bias; the first C_in filters start as the identity."""
+    """3x3 convolution, padding 1, no bias; the first C_in filters start as the identity.
+
+    Args:
+        cin: input channels.
+        cout: output channels.
+    """
 
     def __init__(self, cin: int, cout: int):
         super().__init__(cin, cout, 3, padding=1, bias=False)
