@@ -1,7 +1,7 @@
 """Seed sweeps on Ray: ``python -m fastcifar.sweep --recipe speedrun94 --seeds 25``.
 
 Runs seeds 1..N of a recipe as independent fastcifar runs, each a Ray Tune trial
-(``fastcifar.engine.cluster.train_trial``, one GPU each where there are GPUs, else
+(``fastcifar.engine.trials.train_trial``, one GPU each where there are GPUs, else
 ``--cpus-per-run`` CPUs), over every GPU of this machine (a local Ray; ``--gpus all``, a
 count, or a comma-separated list of CUDA device indices) or of every node of a Ray
 cluster (``--address auto`` or ``HOST:PORT``). Every run is a normal run directory
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from fastcifar.cli import CommandParser, prog_name
-from fastcifar.engine import cluster
+from fastcifar.engine import cluster, trials
 from fastcifar.errors import FastCifarError, Interrupted, first_line, run_cli
 from fastcifar.recipes import RECIPES
 from fastcifar.seedstats import load_runs, one_line, summarise, write_report
@@ -154,12 +154,12 @@ def _run(args, recipe, options, out: Path, todo: list[int], gpus) -> dict[int, s
         from ray import tune
 
         resources = cluster.trial_resources(ray, None, args.cpus_per_run)
-        spec = cluster.TrialSpec(recipe, options, str(out), by_seed=True)
+        spec = trials.TrialSpec(recipe, options, str(out), by_seed=True)
         trainable = tune.with_resources(
-            tune.with_parameters(cluster.train_trial, spec=spec), resources
+            tune.with_parameters(trials.train_trial, spec=spec), resources
         )
         path = cluster.experiment_path(out, args.storage)
-        lines = cluster.trial_lines(
+        lines = trials.trial_lines(
             "sweep", lambda t: f"seed {t.config['seed']}", lambda t: recipe.epochs
         )
         tuner = tune.Tuner(
@@ -175,7 +175,7 @@ def _run(args, recipe, options, out: Path, todo: list[int], gpus) -> dict[int, s
             ),
         )
         grid = tuner.fit()
-        ended = cluster.ended_trials(grid, path)
+        ended = trials.ended_trials(grid, path)
         if any(status not in ("TERMINATED", "ERROR") for _, _, status in ended):
             raise Interrupted(
                 f"interrupted: the finished runs and every run's last epoch are kept in {out}; "

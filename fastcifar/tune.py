@@ -3,7 +3,7 @@
 
 Searches any recipe field (``fastcifar.recipes.space``: loguniform, uniform, choice and
 grid, inline or from a YAML/JSON file), every trial a normal fastcifar run
-(``fastcifar.engine.cluster.train_trial``) whose test accuracy after each epoch goes to
+(``fastcifar.engine.trials.train_trial``) whose test accuracy after each epoch goes to
 Ray Tune with a checkpoint. ASHA (``ray.tune.schedulers.ASHAScheduler``) stops the
 trials that trail after ``--grace-period`` epochs; ``--scheduler fifo`` runs every trial
 to the end. Trials are drawn at random (Ray's ``BasicVariantGenerator``; grid terms are
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from fastcifar.cli import CommandParser, prog_name
-from fastcifar.engine import cluster
+from fastcifar.engine import cluster, trials
 from fastcifar.errors import FastCifarError, Interrupted, run_cli
 from fastcifar.recipes import RECIPES
 from fastcifar.recipes.space import USAGE, space_from_argument
@@ -169,8 +169,8 @@ def _run(ray, args, out: Path, study: dict, space, recipe, options) -> int:
     from fastcifar.evaluation.study import collect, write_study
 
     resources = cluster.trial_resources(ray, args.gpus_per_trial, args.cpus_per_trial)
-    spec = cluster.TrialSpec(recipe, options, str(out))
-    trainable = tune.with_resources(tune.with_parameters(cluster.train_trial, spec=spec), resources)
+    spec = trials.TrialSpec(recipe, options, str(out))
+    trainable = tune.with_resources(tune.with_parameters(trials.train_trial, spec=spec), resources)
     path = cluster.experiment_path(out, args.storage)
     out.mkdir(parents=True, exist_ok=True)
     study["ray"] = str(path)
@@ -186,9 +186,9 @@ def _run(ray, args, out: Path, study: dict, space, recipe, options) -> int:
     else:
         tuner = _new_tuner(args, trainable, path, space, recipe)
     grid = tuner.fit()
-    trials = collect(cluster.ended_trials(grid, path), recipe, space, args.scheduler)
-    unfinished = [t for t in trials if t["stopped"] == "interrupted"]
-    best = write_study(out, trials, recipe.name, space, study["flags"], args.scheduler)
+    ended = collect(trials.ended_trials(grid, path), recipe, space, args.scheduler)
+    unfinished = [t for t in ended if t["stopped"] == "interrupted"]
+    best = write_study(out, ended, recipe.name, space, study["flags"], args.scheduler)
     if unfinished:
         raise Interrupted(
             f"interrupted: {len(unfinished)} trial(s) unfinished, the study's state is "
@@ -197,7 +197,7 @@ def _run(ray, args, out: Path, study: dict, space, recipe, options) -> int:
         )
     if best is None:
         raise FastCifarError(f"no trial reported an epoch: see the logs under {out / 'trials'}")
-    print(f"tune: {len(trials)} trials; table {out / 'tune.md'}, figure {out / 'tune.png'}")
+    print(f"tune: {len(ended)} trials; table {out / 'tune.md'}, figure {out / 'tune.png'}")
     print(
         f"best: trial {best['trial']}, final test accuracy {best['final_acc']:.2f} %; train "
         f"it alone with:\n  {best['command']}"
@@ -227,7 +227,7 @@ def _new_tuner(args, trainable, path: Path, space, recipe):
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
-            callbacks=[cluster.trial_lines("tune", _label, _planned(recipe))],
+            callbacks=[trials.trial_lines("tune", _label, _planned(recipe))],
         ),
     )
 

@@ -181,7 +181,7 @@ def _length(node: ast.AST) -> int:
     return node.end_lineno - node.lineno + 1
 
 
-def _docstring_lines(node: ast.FunctionDef) -> int:
+def _docstring_lines(node: ast.FunctionDef | ast.ClassDef) -> int:
     first = node.body[0]
     is_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
     return _length(first) if is_doc and isinstance(first.value.value, str) else 0
@@ -235,7 +235,7 @@ def test_functions_and_modules_stay_short():
         for n in ast.parse(trainer.read_text()).body
         if isinstance(n, ast.ClassDef) and n.name == "Trainer"
     )
-    assert _length(cls) < MAX_TRAINER
+    assert _length(cls) - _docstring_lines(cls) < MAX_TRAINER
 
 
 def test_the_size_rule_counts_a_kernels_body_and_a_functions_lines():

@@ -99,7 +99,16 @@ class Lookahead:
 
 def make_lookahead(model: nn.Module, recipe: Recipe, steps_per_epoch: int) -> Lookahead | None:
     """The recipe's ``Lookahead`` (starting ``lookahead_start`` steps before the linear
-    decay's end), or None when ``lookahead_start`` is 0."""
+    decay's end), or None when ``lookahead_start`` is 0.
+
+    Args:
+        model: the trained model (its parameters are the fast weights).
+        recipe: the recipe (``lookahead_start``, ``epochs``, the schedule).
+        steps_per_epoch: optimizer steps an epoch.
+
+    Returns:
+        The ``Lookahead``, or None.
+    """
     if not recipe.lookahead_start:
         return None
     start = decay_steps(recipe, steps_per_epoch) - recipe.lookahead_start
@@ -107,7 +116,15 @@ def make_lookahead(model: nn.Module, recipe: Recipe, steps_per_epoch: int) -> Lo
 
 
 def make_ema(model: nn.Module, decay: float) -> EMA | None:
-    """An ``EMA`` of ``model`` with ``decay``, or None when ``decay`` is 0."""
+    """An ``EMA`` of ``model`` with ``decay``, or None when ``decay`` is 0.
+
+    Args:
+        model: the trained model.
+        decay: the EMA's decay per step, in [0, 1).
+
+    Returns:
+        The ``EMA``, or None.
+    """
     if not decay:
         return None
     return EMA(model, decay)

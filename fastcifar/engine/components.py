@@ -42,13 +42,30 @@ __all__ = ["Components", "build_components"]
 @dataclass
 class Components:
     """What a run is built from (``build_components``): where it computes, its data and
-    loaders, its model (Triton kernels swapped in when chosen) and its loss."""
+    loaders, its model (Triton kernels swapped in when chosen) and its loss.
+
+    Attributes:
+        device: where the run computes.
+        amp_dtype: the autocast dtype, or None (float32).
+        channels_last: the model and batches are channels_last.
+        arrays: the data set (uint8 images, int64 labels).
+        train_images: the training images after ``--train-subset``, uint8 (N, 32, 32, 3).
+        mean: per-channel mean of the training images, [0, 1] units.
+        std: their per-channel standard deviation, [0, 1] units.
+        loader_name: the training loader's backend.
+        train_loader: the training loader.
+        test_loader: the test loader, or None.
+        model: the model on ``device``.
+        kernels: what ``--kernels`` resolved to: ``torch``, ``triton`` or ``auto``.
+        criterion: ``(logits or log-probabilities (N, 10), labels (N,)) -> loss`` (scalar).
+        kernel_dispatch: ``--kernels auto``'s decisions as records (empty otherwise).
+    """
 
     device: torch.device
-    amp_dtype: torch.dtype | None  # None: float32
+    amp_dtype: torch.dtype | None
     channels_last: bool
     arrays: CifarArrays
-    train_images: np.ndarray  # uint8 (N, 32, 32, 3), the training images after --train-subset
+    train_images: np.ndarray
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     loader_name: str
@@ -56,8 +73,8 @@ class Components:
     test_loader: EvalLoader | None
     model: CifarNet
     kernels: str
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> loss
-    kernel_dispatch: list[dict]  # --kernels auto on CUDA: fastcifar.nn.autotune's decisions
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    kernel_dispatch: list[dict]
 
     def facts(self, compiled: bool, world_size: int) -> dict:
         """What the run ran on, for summary.json: loader, device, AMP dtype, compiled or
@@ -94,6 +111,15 @@ def build_components(
     torchrun (``world``, ``fastcifar.engine.distributed``) each rank computes on GPU
     ``local_rank`` (or the CPU), its training loader is sharded and holds its share of the
     recipe's global batch; every rank validates its own GPU's kernels.
+
+    Args:
+        recipe: what to train.
+        options: how to train it.
+        with_test: build the test loader too.
+        world: this process's place under torchrun.
+
+    Returns:
+        The ``Components``.
 
     Raises:
         FastCifarError: bad data, a loader or kernel choice that cannot run here, a kernel

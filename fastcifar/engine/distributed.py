@@ -39,7 +39,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class World:
-    """This process's place: ``rank`` of ``size`` processes, ``local_rank`` on its node."""
+    """This process's place: ``rank`` of ``size`` processes, ``local_rank`` on its node.
+
+    Attributes:
+        rank: this process's rank, from 0.
+        size: processes in all.
+        local_rank: its rank on its node (its GPU's index).
+    """
 
     rank: int = 0
     size: int = 1
@@ -59,6 +65,11 @@ SINGLE = World()  # a plain ``python -m fastcifar.train``: rank 0 of 1
 
 
 def launched_by_torchrun() -> bool:
+    """Whether torchrun started this process as one of several (``WORLD_SIZE`` above 1).
+
+    Returns:
+        True under a multi-process torchrun.
+    """
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -68,6 +79,9 @@ def init_from_env(device: str = "auto") -> World:
     Args:
         device: the ``--device`` flag: ``cpu`` trains on the CPU with gloo even where
             GPUs exist; otherwise CUDA (NCCL) when present, else gloo.
+
+    Returns:
+        This process's ``World`` (``SINGLE`` without torchrun).
 
     Raises:
         FastCifarError: more processes on a node than GPUs there.
@@ -92,6 +106,13 @@ def init_from_env(device: str = "auto") -> World:
 def per_rank_batch(batch_size: int, world: World) -> int:
     """Images per rank per step.
 
+    Args:
+        batch_size: the global batch.
+        world: the processes.
+
+    Returns:
+        ``batch_size // world.size``.
+
     Raises:
         FastCifarError: the global batch does not divide among the processes.
     """
@@ -105,7 +126,15 @@ def per_rank_batch(batch_size: int, world: World) -> int:
 
 def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """Sum (or average, ``op="mean"``) ``tensor`` over all ranks, in place; a no-op in a
-    single process."""
+    single process.
+
+    Args:
+        tensor: the same shape on every rank; reduced in place.
+        op: ``"sum"`` or ``"mean"``.
+
+    Returns:
+        ``tensor``.
+    """
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, dist.ReduceOp.SUM)
         if op == "mean":
@@ -115,14 +144,25 @@ def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
 
 def broadcast_buffers(module: torch.nn.Module) -> None:
     """Rank 0's buffers (BatchNorm running statistics) to every rank, so evaluation and
-    checkpoints agree across ranks; a no-op in a single process."""
+    checkpoints agree across ranks; a no-op in a single process.
+
+    Args:
+        module: the model; its buffers are overwritten in place.
+    """
     if dist.is_initialized() and dist.get_world_size() > 1:
         for b in module.buffers():
             dist.broadcast(b, 0)
 
 
 def broadcast_object(obj):
-    """Rank 0's ``obj`` (any picklable value) on every rank; ``obj`` in a single process."""
+    """Rank 0's ``obj`` (any picklable value) on every rank; ``obj`` in a single process.
+
+    Args:
+        obj: the value (meaningful on rank 0).
+
+    Returns:
+        Rank 0's value.
+    """
     if dist.is_initialized() and dist.get_world_size() > 1:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
@@ -134,6 +174,13 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """--sync-bn: ``model`` with BatchNorm statistics over the global batch (PyTorch's
     SyncBatchNorm; CUDA only). Off by default: the record holders train with per-GPU
     statistics.
+
+    Args:
+        model: the model.
+        device: the training device.
+
+    Returns:
+        The model with its BatchNorms converted.
 
     Raises:
         FastCifarError: ``device`` is not a CUDA GPU.
@@ -147,11 +194,13 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def barrier() -> None:
+    """Wait until every rank gets here; a no-op in a single process."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
 
 def shutdown() -> None:
+    """Leave the process group (torchrun's processes end cleanly); a no-op in a single process."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -159,7 +208,16 @@ def shutdown() -> None:
 def data_parallel(model: nn.Module, device: torch.device, find_unused: bool) -> nn.Module:
     """``model`` in DistributedDataParallel on this rank's ``device`` (gradients averaged
     during the backward). ``find_unused``: some parameter stops receiving a gradient
-    mid-run (the speed run's whitening bias), which DDP must then expect."""
+    mid-run (the speed run's whitening bias), which DDP must then expect.
+
+    Args:
+        model: the model on ``device``.
+        device: this rank's device.
+        find_unused: some parameter stops receiving a gradient mid-run.
+
+    Returns:
+        The DDP-wrapped model.
+    """
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(

@@ -29,11 +29,19 @@ __all__ = [
 
 
 class EpochLogger(Protocol):
+    """What hears of every finished epoch (on rank 0): ``on_epoch_end(row, is_best)`` with
+    the epoch's metrics row (``metrics.jsonl``'s) and whether its accuracy is the best so
+    far."""
+
     def on_epoch_end(self, row: dict, is_best: bool) -> None: ...
 
 
 class ConsoleLogger:
-    """One line per epoch on standard output: lr, losses, accuracies, images/s, seconds."""
+    """One line per epoch on standard output: lr, losses, accuracies, images/s, seconds.
+
+    Args:
+        epochs: the run's epochs (shown as ``epoch k/epochs``).
+    """
 
     def __init__(self, epochs: int):
         self.epochs = epochs
@@ -51,7 +59,11 @@ class ConsoleLogger:
 
 class TensorBoardLogger:
     """Every number of the row as a TensorBoard scalar (x axis: the epoch) in ``log_dir``;
-    says where when it starts."""
+    says where when it starts.
+
+    Args:
+        log_dir: the event files' folder; made if missing.
+    """
 
     def __init__(self, log_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
@@ -67,7 +79,16 @@ class TensorBoardLogger:
 
 
 def default_loggers(epochs: int, run_dir: Path, tensorboard: bool) -> list[EpochLogger]:
-    """The console, and TensorBoard in ``run_dir/tensorboard`` when asked."""
+    """The console, and TensorBoard in ``run_dir/tensorboard`` when asked.
+
+    Args:
+        epochs: the run's epochs.
+        run_dir: the run directory.
+        tensorboard: also log to TensorBoard.
+
+    Returns:
+        The loggers.
+    """
     loggers: list[EpochLogger] = [ConsoleLogger(epochs)]
     if tensorboard:
         loggers.append(TensorBoardLogger(Path(run_dir) / "tensorboard"))
@@ -79,7 +100,16 @@ def progress_bar(steps: int, description: str, every_s: float = 30.0):
     at most once a second, removed when the epoch ends); otherwise (a log file) a
     ``ProgressLines``, one line every ``every_s`` seconds. Both take ``due()`` (whether
     the next ``update`` shows values: post them first), ``update(n)``,
-    ``set_postfix(**values)`` and ``close()``."""
+    ``set_postfix(**values)`` and ``close()``.
+
+    Args:
+        steps: the epoch's steps.
+        description: the bar's or line's prefix, e.g. ``"epoch 3/24"``.
+        every_s: seconds between lines in a log (0: none).
+
+    Returns:
+        A ``TerminalBar`` or a ``ProgressLines``.
+    """
     if not sys.stderr.isatty():
         return ProgressLines(steps, description, every_s)
     return TerminalBar(steps, description)
@@ -89,7 +119,12 @@ class TerminalBar:
     """A tqdm bar on standard error for one epoch, refreshed at most once a second and
     removed when the epoch ends; ``due()`` says when fresh values are worth posting (once
     a second), so the loop reads its running loss back from the device that often, not at
-    every step."""
+    every step.
+
+    Args:
+        steps: the epoch's steps.
+        description: the bar's prefix.
+    """
 
     REFRESH_S = 1.0
 
@@ -124,7 +159,13 @@ class ProgressLines:
     left``; the time left is extrapolated from the epoch so far. Values not yet set (the
     first steps, before the loop posts any) are left out, not shown as an empty field.
     Lines go to the standard output of the moment it is made: a library that redirects
-    ``sys.stdout`` meanwhile (torch-lr-finder's prints, quieted) does not swallow them."""
+    ``sys.stdout`` meanwhile (torch-lr-finder's prints, quieted) does not swallow them.
+
+    Args:
+        steps: the epoch's steps.
+        description: each line's prefix.
+        every_s: seconds between lines (0: never).
+    """
 
     def __init__(self, steps: int, description: str, every_s: float):
         self.steps, self.description, self.every_s = steps, description, every_s
@@ -162,7 +203,17 @@ class ProgressLines:
 def running_values(losses: torch.Tensor, correct: torch.Tensor, seen: int, start: float) -> dict:
     """The progress's running values of an epoch so far: mean train loss over the steps
     in ``losses``, accuracy (percent of the ``seen`` images ``correct``), images per second
-    since ``start`` (``time.perf_counter()``), as text. One read back from the device."""
+    since ``start`` (``time.perf_counter()``), as text. One read back from the device.
+
+    Args:
+        losses: the epoch's per-step losses so far, on the device (float32 (steps,)).
+        correct: correct predictions so far, a device scalar.
+        seen: images seen so far.
+        start: the epoch's start, ``time.perf_counter()`` seconds.
+
+    Returns:
+        ``{"loss": ..., "acc": ..., "img_s": ...}``, each formatted text.
+    """
     loss_sum, right = torch.stack([losses.sum(), correct.to(losses.dtype)]).tolist()
     return {
         "loss": f"{loss_sum / max(len(losses), 1):.3f}",

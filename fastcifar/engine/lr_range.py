@@ -33,7 +33,14 @@ __all__ = ["RangeTest", "range_test", "with_found_lr"]
 @dataclass
 class RangeTest:
     """A range test's record: the lr of each step, the smoothed loss after it, and the
-    suggestion (``suggested_lr``) with whether the loss diverged before ``end_lr``."""
+    suggestion (``suggested_lr``) with whether the loss diverged before ``end_lr``.
+
+    Attributes:
+        lrs: the learning rate of each step.
+        losses: the smoothed loss after each step.
+        suggested_lr: the suggestion.
+        diverged: the loss diverged before ``end_lr``.
+    """
 
     lrs: list[float]
     losses: list[float]
@@ -99,6 +106,21 @@ def range_test(
     ``MIN_ITERS`` steps and in one line each case of ``warnings`` (``reference_lr``: the
     recipe's lr, to warn when the suggestion is far from it).
 
+    Args:
+        model: the model on ``device``; restored afterwards.
+        optimizer: its optimizer; restored afterwards.
+        criterion: ``(outputs, labels) -> loss``.
+        loader: the training loader.
+        device: where it runs.
+        start_lr: the first step's lr.
+        end_lr: the last step's lr.
+        num_iter: steps.
+        plot: where to save the loss-against-lr plot (PNG), or None.
+        reference_lr: the recipe's lr, or None.
+
+    Returns:
+        The ``RangeTest``.
+
     Raises:
         FastCifarError: the loss never gave a usable suggestion (too few steps).
     """
@@ -133,7 +155,16 @@ def range_test(
 def warnings(result: RangeTest, skip_start: int, reference_lr: float | None) -> list[str]:
     """One line each: the suggestion is the first point the rule considers; it is more
     than ``FAR_FROM_RECIPE`` times above or below ``reference_lr`` (the recipe's); the
-    range ended before the loss diverged (the curve may not have reached its minimum)."""
+    range ended before the loss diverged (the curve may not have reached its minimum).
+
+    Args:
+        result: the range test's record.
+        skip_start: points left out at the start.
+        reference_lr: the recipe's lr, or None.
+
+    Returns:
+        The warning lines (empty when none applies).
+    """
     out = []
     if result.suggested_lr <= result.lrs[skip_start]:
         out.append(
@@ -161,7 +192,15 @@ def _times(value: float, reference: float) -> str:
 
 def before_minimum(losses: list[float], skip_start: int) -> int:
     """``skip_end`` for torch-lr-finder's ``plot``: the points after the smoothed loss's
-    minimum (from ``skip_start`` on), which the suggestion rule leaves out."""
+    minimum (from ``skip_start`` on), which the suggestion rule leaves out.
+
+    Args:
+        losses: the smoothed losses.
+        skip_start: points left out at the start.
+
+    Returns:
+        The number of points after the minimum.
+    """
     tail = losses[skip_start:]
     lowest = skip_start + min(range(len(tail)), key=tail.__getitem__)
     return len(losses) - lowest - 1
@@ -172,6 +211,14 @@ def suggest(finder, skip_start: int, path: Path | None) -> float:
     smoothed loss) over the curve from ``skip_start`` up to the loss's minimum
     (``before_minimum``); the loss-against-lr plot with the whole curve (the part left
     out in grey), the suggestion as a red dot and the rule in its title, saved to ``path``.
+
+    Args:
+        finder: torch-lr-finder's ``LRFinder`` after its ``range_test``.
+        skip_start: points left out at the start.
+        path: where to save the plot (PNG), or None.
+
+    Returns:
+        The suggested lr.
 
     Raises:
         FastCifarError: no suggestion (fewer than two points before the minimum).
@@ -210,6 +257,13 @@ def with_found_lr(recipe: Recipe, components: Components) -> Recipe:
     (``lr_find``, as seed 003 did); the train command calls it before the ``Trainer``
     exists. Model and optimizer come back as they were. Under torchrun every rank tests
     on its own shard and all take rank 0's answer.
+
+    Args:
+        recipe: the recipe (its ``lr_find`` and ``lr_find_iters``).
+        components: the run's model, criterion and training loader.
+
+    Returns:
+        The recipe with ``lr`` replaced by the suggestion.
 
     Raises:
         FastCifarError: the test gave no suggestion.

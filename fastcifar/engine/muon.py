@@ -52,6 +52,16 @@ def newton_schulz(
     Zero rows or columns stay zero, so zero-padded matrices of different sizes can share
     one batch (``Muon(batched=True)``). With coefficients (1.5, -0.5, 0) it is the classical
     cubic Newton-Schulz iteration, which converges to ``U V^T`` of the SVD.
+
+    Args:
+        g: a matrix (m, n) or a batch of them (..., m, n), any floating dtype.
+        steps: iterations.
+        coefficients: (a, b, c) of each step ``x <- a x + (b G + c G^2) x``, ``G = x x^T``.
+        dtype: the iteration's dtype.
+        eps: added to the norm before dividing.
+
+    Returns:
+        The orthogonalised matrices.
     """
     a, b, c = coefficients
     x = g.to(dtype)
@@ -80,7 +90,14 @@ def fused_sgd(params: list[torch.Tensor]) -> bool | None:
     """True where PyTorch has a fused SGD kernel for ``params`` (floating, dense, one
     device among ``torch.utils._foreach_utils._get_fused_kernels_supported_devices()``:
     CUDA and the CPU in torch 2.11-2.14); None (PyTorch's default, foreach or a loop)
-    elsewhere."""
+    elsewhere.
+
+    Args:
+        params: the parameters one SGD optimizer updates.
+
+    Returns:
+        True, or None.
+    """
     first = params[0].device
     ok = all(p.device == first and p.is_floating_point() and not p.is_sparse for p in params)
     return True if ok and first.type in _fused_devices() else None

@@ -47,12 +47,25 @@ __all__ = [
 
 
 def atomic_save(obj, path: Path) -> None:
-    """``torch.save(obj)`` to ``path`` through a temporary file and an atomic rename."""
+    """``torch.save(obj)`` to ``path`` through a temporary file and an atomic rename.
+
+    Args:
+        obj: what ``torch.save`` takes.
+        path: the file to (re)write.
+    """
     atomic_replace(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: Path, map_location, fix: str) -> dict:
     """The checkpoint at ``path``, unpickled weights-only onto ``map_location``.
+
+    Args:
+        path: the checkpoint file.
+        map_location: as ``torch.load``'s (a device).
+        fix: what the user should do instead (ends the message).
+
+    Returns:
+        The checkpoint dict.
 
     Raises:
         FastCifarError: the file is missing, truncated, corrupt, or holds objects that
@@ -79,6 +92,13 @@ def prepare_run_dir(out: Path, resume: bool) -> RunLock:
     """Create ``out``, prove it writable and lock it for this process (``RunLock``), then
     check that a new run does not start over an old one. Keep the returned lock for the
     life of the run: the directory is free again when it is released or the process ends.
+
+    Args:
+        out: the run directory; made if missing.
+        resume: this run continues the one there.
+
+    Returns:
+        The held ``RunLock``.
 
     Raises:
         FastCifarError: it cannot be written, a live run holds it (the message names the
@@ -108,7 +128,20 @@ def prepare_run_dir(out: Path, resume: bool) -> RunLock:
 @dataclass
 class RunState:
     """Where a run stands, saved in every checkpoint: completed epochs, best accuracy,
-    the per-epoch metrics rows, every step's lr and loss, the device-timed seconds."""
+    the per-epoch metrics rows, every step's lr and loss, the device-timed seconds.
+
+    Attributes:
+        epoch: completed epochs.
+        best_acc: the best test accuracy so far, percent.
+        metrics: one row per epoch (``metrics.jsonl``'s).
+        lrs: every step's learning rate.
+        step_losses: every step's training loss.
+        train_time_s: the training loops' device-timed seconds.
+        whiten_time_s: the whitening initialisation's seconds.
+        augment_time_s: the prebuilt augmentation's seconds.
+        tta_time_s: the final test-time augmentation's seconds.
+        compile_time_s: the compile warm-up's seconds (outside both timing contracts).
+    """
 
     epoch: int = 0  # completed epochs
     best_acc: float = -1.0
@@ -126,7 +159,19 @@ def checkpoint(weights: dict, training: dict, state: RunState, recipe: Recipe, m
     """A checkpoint (last.pt, best.pt): ``weights``, the evaluated model's state dict (the
     EMA's when used), saved as "model"; ``training``, everything a step changes
     (``train_model``, ``optimizer``, ``scheduler``, ``scaler``, ``ema``); the run's state,
-    its recipe and the normalisation statistics (``mean``, ``std``, [0, 1] units)."""
+    its recipe and the normalisation statistics (``mean``, ``std``, [0, 1] units).
+
+    Args:
+        weights: the evaluated model's state dict.
+        training: the training state dicts by name.
+        state: the run's state.
+        recipe: its recipe.
+        mean: per-channel mean, [0, 1] units.
+        std: per-channel standard deviation, [0, 1] units.
+
+    Returns:
+        The checkpoint dict, as ``torch.save`` writes it.
+    """
     return {
         "model": weights,
         **training,
@@ -142,6 +187,13 @@ def load_last(run_dir: Path, device: torch.device) -> tuple[dict, RunState] | No
     when there is none yet (the run stopped before its first epoch ended: it starts from
     the beginning, with its own config).
 
+    Args:
+        run_dir: the run directory.
+        device: where to load the tensors.
+
+    Returns:
+        (checkpoint, state), or None.
+
     Raises:
         FastCifarError: a last.pt that is not a checkpoint.
     """
@@ -155,7 +207,14 @@ def load_last(run_dir: Path, device: torch.device) -> tuple[dict, RunState] | No
 def save_epoch(run_dir: Path, checkpoint: dict, state: RunState, is_best: bool) -> None:
     """An epoch's files, each written atomically: ``checkpoint`` to last.pt (and best.pt
     when ``is_best``), and from ``state`` metrics.jsonl, lr.json (every step's learning
-    rate) and losses.json (every step's loss)."""
+    rate) and losses.json (every step's loss).
+
+    Args:
+        run_dir: the run directory.
+        checkpoint: ``checkpoint()``'s dict.
+        state: the run's state.
+        is_best: this epoch has the best accuracy so far.
+    """
     atomic_save(checkpoint, run_dir / "last.pt")
     if is_best:
         atomic_save(checkpoint, run_dir / "best.pt")
@@ -171,7 +230,16 @@ def summarise(recipe: Recipe, state: RunState, **facts) -> dict:
     contracts of ``options.TIMINGS``: ``timed_span_s`` = whitening + prebuilt augmentation +
     training loops + final TTA, ``record_span_s`` = the same without the TTA; compile
     warm-up apart) and
-    ``facts`` about what the run ran on (device, amp, loader, kernels, versions, ...)."""
+    ``facts`` about what the run ran on (device, amp, loader, kernels, versions, ...).
+
+    Args:
+        recipe: the run's recipe.
+        state: its final state.
+        **facts: device, amp, loader, kernels, versions, ... as summary.json keys.
+
+    Returns:
+        summary.json's dict.
+    """
     m = state.metrics
     best = max(m, key=lambda row: row["test_acc"])
     prepare = state.whiten_time_s + state.augment_time_s  # both contracts charge them
@@ -202,7 +270,14 @@ def write_config(
     run_dir: Path, recipe: Recipe, options: RunOptions, kernel_dispatch: list[dict] | None = None
 ) -> None:
     """``config.json``: the recipe, the run options, the command line and, with
-    ``--kernels auto`` on CUDA, the measured kernel choices (``fastcifar.nn.autotune``)."""
+    ``--kernels auto`` on CUDA, the measured kernel choices (``fastcifar.nn.autotune``).
+
+    Args:
+        run_dir: the run directory.
+        recipe: the recipe.
+        options: the run options.
+        kernel_dispatch: ``--kernels auto``'s records, or None.
+    """
     config = {"recipe": asdict(recipe), "run": asdict(options), "argv": sys.argv[1:]}
     if kernel_dispatch:
         config["kernel_dispatch"] = kernel_dispatch
@@ -211,6 +286,12 @@ def write_config(
 
 def read_config(run_dir: Path) -> tuple[Recipe, RunOptions]:
     """The recipe and options a run was started with.
+
+    Args:
+        run_dir: the run directory.
+
+    Returns:
+        (recipe, options).
 
     Raises:
         FastCifarError: the directory holds no readable config.json.
@@ -235,7 +316,15 @@ def speedrun_line(summary: dict, cuda: bool) -> str:
     """A speed run's closing line from its ``summary.json`` contents: the timed span under
     each contract of ``options.TIMINGS`` (the run's own first), its parts in seconds,
     how they were timed (CUDA events when ``cuda``, else the wall clock), and the final
-    test accuracy."""
+    test accuracy.
+
+    Args:
+        summary: summary.json's dict.
+        cuda: the run was timed with CUDA events.
+
+    Returns:
+        The line.
+    """
     first = summary.get("timing", "fastcifar")
     spans = "; ".join(
         f"{summary[key]:.2f} s under --timing {name} ({what})"

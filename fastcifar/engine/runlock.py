@@ -38,6 +38,9 @@ class RunLock:
     Use ``acquire(fix)`` (or ``with RunLock(d).acquire(fix):``); ``release()`` or the end
     of the process frees it. Another process is refused; the holding process must not take
     it twice (its second ``release`` would drop the first).
+
+    Args:
+        run_dir: the run directory; the lock file is ``run_dir/.lock``.
     """
 
     def __init__(self, run_dir: Path):

@@ -27,6 +27,12 @@ assert ("auto", *AMP_DTYPES) == AMP_DTYPE_CHOICES, "fastcifar.options lists the 
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when available, else CPU.
 
+    Args:
+        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns:
+        The device.
+
     Raises:
         FastCifarError: CUDA asked for but not available, or an unknown device string.
     """
@@ -48,6 +54,10 @@ def cpu_has_native_bf16() -> bool:
 
     Without them PyTorch emulates bfloat16 on the CPU, which was measured 5-9x slower
     than float32 for the s7 model on an AVX2-only machine.
+
+    Returns:
+        True with such instructions (read from ``/proc/cpuinfo``; False where it cannot be
+        read).
     """
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -64,6 +74,13 @@ def amp_dtype(device: torch.device, requested: str = "auto") -> torch.dtype | No
     AVX512-BF16 or AMX), float16 with a gradient scaler on older GPUs (T4 sm_75, V100
     sm_70), and float32 on a CPU without native bfloat16. ``bfloat16``/``float16`` force
     that dtype (bfloat16 on sm_75 runs, emulated in float32 arithmetic, and slowly).
+
+    Args:
+        device: the training device.
+        requested: ``auto``, ``bfloat16`` or ``float16``.
+
+    Returns:
+        ``torch.bfloat16``, ``torch.float16`` or None.
     """
     if requested != "auto":
         return AMP_DTYPES[requested]
@@ -86,6 +103,13 @@ def resolve_kernels(name: str, device: torch.device) -> str:
     then measured, Triton against cuDNN: ``fastcifar.nn.autotune``) and is PyTorch elsewhere,
     without timing (the interpreter is for tests); ``triton`` forces our kernels (on a CPU
     it turns on the Triton interpreter: slow, for tests); ``torch`` forces PyTorch's.
+
+    Args:
+        name: ``auto``, ``triton`` or ``torch``.
+        device: the training device.
+
+    Returns:
+        ``auto``, ``triton`` or ``torch``.
 
     Raises:
         FastCifarError: an unknown name, or Triton asked for where it cannot run.
@@ -112,6 +136,12 @@ def resolve_kernels(name: str, device: torch.device) -> str:
 
 
 def versions() -> dict[str, str]:
+    """The versions a run records in summary.json: Python, torch, torchvision, numpy,
+    albumentations, triton and CUDA (those present).
+
+    Returns:
+        {package: version}.
+    """
     import torchvision
 
     out = {
@@ -138,6 +168,15 @@ def versions() -> dict[str, str]:
 
 
 def device_name(device: torch.device) -> str:
+    """The device's name as a run records it: the GPU's name on CUDA, the CPU's model name
+    otherwise.
+
+    Args:
+        device: the training device.
+
+    Returns:
+        The name.
+    """
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
@@ -182,7 +221,11 @@ class CompiledForward:
 
 class Timer:
     """Seconds between construction and ``stop()``: CUDA events on a GPU (what the GPU
-    spent, queued work included), the wall clock elsewhere."""
+    spent, queued work included), the wall clock elsewhere.
+
+    Args:
+        device: where the timed work runs.
+    """
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -204,7 +247,16 @@ class Timer:
 def copy_bandwidth_gb_s(device="cuda", nbytes: int = 2**30, reps: int = 20) -> float:
     """Measured device-to-device copy bandwidth in GB/s (bytes read + bytes written per
     second) of ``nbytes`` uint8 buffers, after 3 warm-up copies, timed with CUDA events:
-    the reference the kernel benchmarks express their bandwidth against."""
+    the reference the kernel benchmarks express their bandwidth against.
+
+    Args:
+        device: the CUDA device.
+        nbytes: bytes a buffer.
+        reps: timed copies.
+
+    Returns:
+        The bandwidth, GB/s (10^9 bytes a second).
+    """
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     for _ in range(3):

@@ -73,6 +73,15 @@ class Trainer:
     for a bad source) and runs the LR range test when the recipe asks for one
     (``fastcifar.engine.lr_range.with_found_lr``) first. ``resume`` continues from
     ``run_dir/last.pt``; ``loggers`` (``fastcifar.engine.loggers``) hear of every epoch on rank 0.
+
+    Args:
+        recipe: what to train.
+        components: the device, data, loaders, model and loss.
+        options: how to train (compile, timing, progress, ...).
+        run_dir: the run directory, locked by the caller.
+        resume: continue from ``run_dir/last.pt``.
+        world: this process's place under torchrun.
+        loggers: the epoch loggers, or None for ``default_loggers``.
     """
 
     def __init__(

@@ -35,6 +35,13 @@ def tta_views(x: torch.Tensor, mode: str) -> list[tuple[torch.Tensor, float]]:
     """The views of ``x`` (N, C, H, W) that ``mode`` averages, each with its weight (the
     weights sum to 1).
 
+    Args:
+        x: images (N, C, H, W).
+        mode: a mode of ``TTA_MODES``.
+
+    Returns:
+        (view, weight) pairs, each view (N, C, H, W).
+
     Raises:
         ValueError: an unknown mode.
     """
@@ -80,6 +87,16 @@ def tta_logits(
     single-view softmax confidence is lowest over the whole of ``x`` get the views; the
     rest keep their single-view logits. Runs without host synchronisation (``topk`` and
     ``index_copy`` on the device).
+
+    Args:
+        forward: ``images -> logits``.
+        x: images (N, C, H, W) on the model's device.
+        mode: a mode of ``TTA_MODES``.
+        uncertain_fraction: the share of images that get the views, in (0, 1].
+        batch_size: images a forward call, or None for all.
+
+    Returns:
+        float32 logits (N, classes).
 
     Raises:
         ValueError: an unknown mode.

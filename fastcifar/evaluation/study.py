@@ -36,7 +36,7 @@ def _why(status: str, error, epochs_run: int, planned: int, scheduler_stops: boo
 def collect(ended: list, recipe, space, scheduler: str = "asha") -> list[dict]:
     """One dict per trial of a study of ``recipe`` over ``space`` (a tuple of
     ``fastcifar.recipes.space.Dimension``); ``ended``: (Ray's Trial, its Result, its saved
-    status) for each trial (``fastcifar.engine.cluster.ended_trials``)."""
+    status) for each trial (``fastcifar.engine.trials.ended_trials``)."""
     out = []
     for trial, result, status in ended:
         metrics = result.metrics or {}

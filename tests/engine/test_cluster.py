@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastcifar.engine import cluster
+from fastcifar.engine import cluster, trials
 from fastcifar.errors import FastCifarError
 from fastcifar.options import RunOptions
 from fastcifar.recipes import get_recipe
@@ -33,8 +33,8 @@ def test_run_directories_are_named_by_trial_or_seed_and_data_made_absolute(tmp_p
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tree").mkdir()
     recipe = get_recipe("s7")
-    spec = cluster.TrialSpec(recipe, RunOptions(data="tree"), str(tmp_path / "study"))
+    spec = trials.TrialSpec(recipe, RunOptions(data="tree"), str(tmp_path / "study"))
     assert spec.options.data == str(tmp_path / "tree")  # trials run in Ray's directories
     assert spec.run_dir({"lr": 0.1}, "ab_00001") == tmp_path / "study/trials/trial-ab_00001"
-    sweep = cluster.TrialSpec(recipe, RunOptions(), str(tmp_path / "sweep"), by_seed=True)
+    sweep = trials.TrialSpec(recipe, RunOptions(), str(tmp_path / "sweep"), by_seed=True)
     assert sweep.run_dir({"seed": 3}, "ab_00002") == tmp_path / "sweep/seed-3"
