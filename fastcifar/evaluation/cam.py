@@ -16,7 +16,14 @@ __all__ = ["eager_float32_copy", "grad_cam", "overlay"]
 
 def eager_float32_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` that Grad-CAM can hook: the eager module behind
-    torch.compile, float32, contiguous memory, PyTorch's convolutions (not Triton's)."""
+    torch.compile, float32, contiguous memory, PyTorch's convolutions (not Triton's).
+
+    Args:
+        model: the trained model (compiled or not, any dtype and layout); not modified.
+
+    Returns:
+        The copy, on the model's device, in the model's train or eval mode.
+    """
     import copy
 
     from fastcifar.nn.fusion import revert_all
@@ -31,6 +38,15 @@ def grad_cam(model: nn.Module, images: torch.Tensor, targets, layer: str) -> np.
     """Grad-CAM maps (K, H, W) in [0, 1] for ``targets`` (class per image) at ``layer``.
 
     Runs on an eager float32 copy with gradients on; ``model`` is left as it was.
+
+    Args:
+        model: the trained model; not modified.
+        images: normalised float (K, 3, H, W) on the model's device.
+        targets: the class each map explains, one per image.
+        layer: the qualified name of the module whose activations are weighted.
+
+    Returns:
+        float32 (K, H, W) maps.
 
     Raises:
         FastCifarError: ``layer`` is not a module of the model (the message lists some).
@@ -56,6 +72,16 @@ def grad_cam(model: nn.Module, images: torch.Tensor, targets, layer: str) -> np.
 
 
 def overlay(images: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """The Grad-CAM maps laid over their images in the jet colour scale (pytorch-grad-cam's
+    ``show_cam_on_image``).
+
+    Args:
+        images: uint8 (K, H, W, 3).
+        maps: float (K, H, W) in [0, 1].
+
+    Returns:
+        uint8 (K, H, W, 3).
+    """
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     return np.stack(

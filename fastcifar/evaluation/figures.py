@@ -23,7 +23,11 @@ __all__ = [
 
 
 def plt_agg():
-    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    """matplotlib.pyplot on the Agg backend (no display needed).
+
+    Returns:
+        The ``matplotlib.pyplot`` module.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,7 +50,19 @@ def image_grid(
 
     The geometry is fixed in inches (a 1.6-inch image per cell, its title lines above
     it), so no layout engine runs: matplotlib's constrained layout took 1-3 s a grid on
-    a 2-core CPU, most of an evaluation's figure time."""
+    a 2-core CPU, most of an evaluation's figure time.
+
+    Args:
+        images: uint8 (K, H, W, 3).
+        titles: one per image.
+        path: the PNG to write.
+        cols: images a row.
+        title: the figure's title, or None.
+        colorbar: the colour scale's label, or None for none.
+
+    Returns:
+        The matplotlib figure, still open.
+    """
     plt = plt_agg()
     rows = max(1, -(-len(images) // cols))
     lines = max((t.count("\n") + 1 for t in titles), default=1)
@@ -92,6 +108,13 @@ def image_grid(
 
 
 def plot_confusion(cm: np.ndarray, path: Path):
+    """The confusion matrix as a PNG: counts in blue shades, each cell's count written in it, rows
+    the actual class, columns the predicted one.
+
+    Args:
+        cm: int (10, 10) counts (``metrics.confusion_matrix``).
+        path: the PNG to write.
+    """
     plt = plt_agg()
     fig, ax = plt.subplots(figsize=(7, 6))
     ax.imshow(cm, cmap="Blues")
@@ -117,7 +140,14 @@ def plot_curves(
 
     ``step_losses`` (every optimizer step's training loss, losses.json): drawn as a thin
     line at fractional epochs behind the per-epoch points, so that a short run (one epoch:
-    every newcomer's first report) shows how its loss fell, not a lone dot."""
+    every newcomer's first report) shows how its loss fell, not a lone dot.
+
+    Args:
+        metrics: the per-epoch rows (metrics.jsonl's).
+        path: the PNG to write.
+        title: the figure's title.
+        step_losses: every step's training loss, or None.
+    """
     plt = plt_agg()
     epochs = [m["epoch"] for m in metrics]
     best = max(metrics, key=lambda m: m["test_acc"])
@@ -164,6 +194,12 @@ def plot_curves(
 
 
 def plot_lr(lrs: list[float], path: Path):
+    """The learning rate of every optimizer step (lr.json) as a PNG.
+
+    Args:
+        lrs: one learning rate a step.
+        path: the PNG to write.
+    """
     plt = plt_agg()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(range(1, len(lrs) + 1), lrs, "o-" if len(lrs) < 20 else "-", markersize=3)
@@ -179,7 +215,16 @@ def plot_lr(lrs: list[float], path: Path):
 
 
 def denormalize(x: torch.Tensor, mean, std) -> np.ndarray:
-    """Normalised float (K, 3, H, W) -> uint8 (K, H, W, 3) for display."""
+    """Normalised float (K, 3, H, W) -> uint8 (K, H, W, 3) for display.
+
+    Args:
+        x: normalised float (K, 3, H, W), any device.
+        mean: per-channel mean, [0, 1] units.
+        std: per-channel standard deviation, [0, 1] units.
+
+    Returns:
+        uint8 (K, H, W, 3) on the CPU.
+    """
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     img = (x.float().cpu() * s + m).clamp(0, 1)
@@ -192,6 +237,17 @@ def augmented_samples(augmentation: str, arrays, mean, std, per_class: int = 5, 
     trains with it: the albumentations pipeline (``fastcifar.data.augment``, also what the
     DALI loader is checked against) when it has one, else the gpu loader's batched tensor
     operations (``fastcifar.data.gpu_loader.GPU_AUGMENTATIONS``), run here on the CPU.
+
+    Args:
+        augmentation: the recipe's augmentation name.
+        arrays: the data set (``CifarArrays``).
+        mean: per-channel mean, [0, 1] units.
+        std: per-channel standard deviation, [0, 1] units.
+        per_class: images of each class.
+        seed: the augmentation's random seed.
+
+    Returns:
+        (images, titles) as above, titles the class names.
 
     Raises:
         FastCifarError: ``augmentation`` is in neither table (the message lists both).

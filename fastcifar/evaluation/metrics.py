@@ -18,7 +18,17 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(predicted class (N,), true labels (N,)) over a loader, with the recipe's test-time
     augmentation (``fastcifar.engine.tta``: ``none``, ``flip``, ``flip_translate``) as the training
-    run's final evaluation."""
+    run's final evaluation.
+
+    Args:
+        model: the model, on the loader's device.
+        loader: an ``EvalLoader`` of (images, labels) batches.
+        tta: the test-time augmentation.
+        tta_fraction: the share of the least confident images that get it, in (0, 1].
+
+    Returns:
+        int64 arrays (predicted, labels).
+    """
     xs, labels = [], []
     for x, y in loader:
         xs.append(x.float())
@@ -28,12 +38,31 @@ def predict(
 
 
 def confusion_matrix(preds: np.ndarray, labels: np.ndarray, k: int = 10) -> np.ndarray:
-    """(k, k) counts: row = actual class, column = predicted class."""
+    """(k, k) counts: row = actual class, column = predicted class.
+
+    Args:
+        preds: int (N,) predicted classes.
+        labels: int (N,) true classes.
+        k: classes.
+
+    Returns:
+        int64 (k, k).
+    """
     return np.bincount(labels * k + preds, minlength=k * k).reshape(k, k)
 
 
 def misclassified(preds: np.ndarray, labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Indices of the first ``n`` misclassified images in a fixed shuffled order."""
+    """Indices of the first ``n`` misclassified images in a fixed shuffled order.
+
+    Args:
+        preds: int (N,) predicted classes.
+        labels: int (N,) true classes.
+        n: at most this many.
+        seed: the shuffle's seed.
+
+    Returns:
+        int64 indices into ``preds``.
+    """
     order = np.random.default_rng(seed).permutation(len(labels))
     wrong = order[preds[order] != labels[order]]
     return wrong[:n]

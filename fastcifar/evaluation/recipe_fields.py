@@ -76,7 +76,14 @@ def recipe_fields_used(recipe) -> tuple[list[str], list[str]]:
     """(the recipe fields this run used, the rest): the fields every run uses, those of
     its optimizer and schedule, TTA's fraction with TTA, the LR range test's length with
     it, whitening's with a whitening net, and any other field away from its no-op value.
-    ``name`` and ``expected_accuracy`` are in the headline, not here."""
+    ``name`` and ``expected_accuracy`` are in the headline, not here.
+
+    Args:
+        recipe: the run's ``Recipe``.
+
+    Returns:
+        (used, rest): field names, in the recipe's field order.
+    """
     used = list(ALWAYS) + list(BY_OPTIMIZER.get(recipe.optimizer, ()))
     used += BY_SCHEDULER.get(recipe.scheduler, ())
     used += [name for name, idle in WHEN_SET if getattr(recipe, name) != idle]
@@ -92,12 +99,26 @@ def recipe_fields_used(recipe) -> tuple[list[str], list[str]]:
 
 
 def flag(name: str) -> str:
-    """A recipe field as the flag that sets it: ``batch_size`` -> ``--batch-size``."""
+    """A recipe field as the flag that sets it: ``batch_size`` -> ``--batch-size``.
+
+    Args:
+        name: a recipe field name.
+
+    Returns:
+        Its flag.
+    """
     return "--" + name.replace("_", "-")
 
 
 def value(value) -> str:
-    """A recipe value for people: on/off, 0.0125, 10,000, 1e-06."""
+    """A recipe value for people: on/off, 0.0125, 10,000, 1e-06.
+
+    Args:
+        value: a recipe field's value (bool, int, float, str, tuple or None).
+
+    Returns:
+        The value as text.
+    """
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, int):

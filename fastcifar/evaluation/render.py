@@ -53,6 +53,15 @@ def _commands(escaped: str) -> str:
 
 
 def render_html(r: Report) -> str:
+    """The report as one self-contained HTML page (its figures linked relatively, beside it in the
+    run directory).
+
+    Args:
+        r: the report's content.
+
+    Returns:
+        The HTML text.
+    """
     e = html.escape
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
@@ -103,6 +112,14 @@ def _md_table(header: list[str], rows: list) -> list[str]:
 
 
 def render_markdown(r: Report) -> str:
+    """The report as Markdown (GitHub's flavour: tables, relative image links).
+
+    Args:
+        r: the report's content.
+
+    Returns:
+        The Markdown text.
+    """
     md = [f"# {r.title}", "", f"**{r.headline}**", "", r.comparison]
     if r.banner:
         md += ["", f"> **{r.banner}**"]
@@ -145,6 +162,11 @@ def render_markdown(r: Report) -> str:
 
 
 def write_report(run_dir: Path, report: Report) -> None:
-    """report.html and report.md beside the figures (relative links)."""
+    """report.html and report.md beside the figures (relative links).
+
+    Args:
+        run_dir: the run directory (the figures' folder).
+        report: the report's content.
+    """
     (run_dir / "report.html").write_text(render_html(report))
     (run_dir / "report.md").write_text(render_markdown(report))

@@ -32,21 +32,37 @@ SEED_RECIPES = seeds.NAMES  # the course models' recipes: their accuracy is the 
 
 @dataclass
 class Report:
-    """What the report says; each renderer lays it out."""
+    """What the report says; each renderer (``fastcifar.evaluation.render``) lays it out.
+
+    Attributes:
+        title: the page's title.
+        headline: the accuracy in one sentence.
+        comparison: against the seed's (or the reference's) reported accuracy.
+        banner: why the run is not comparable with the seed, or None.
+        facts: (name, value) rows: device, times, data, kernels, ...
+        epoch_header: the per-epoch table's column names.
+        epoch_rows: its rows, as text.
+        per_class: (class, accuracy) rows.
+        figures: (title, file name in the run directory, caption) of each figure.
+        recipe_used: (flag, value) of the recipe fields this run used.
+        recipe_rest: (flag, value) of the others.
+        versions: (package, version) rows.
+        roofline: "Where the time goes": (what it is, figure file, table header, top layers'
+            rows), or None.
+    """
 
     title: str
     headline: str
-    comparison: str  # against the seed's reported accuracy
-    banner: str | None  # not comparable with the seed: why
+    comparison: str
+    banner: str | None
     facts: list[tuple[str, str]]
     epoch_header: list[str]
     epoch_rows: list[list[str]]
     per_class: list[tuple[str, str]]
-    figures: list[tuple[str, str, str]]  # (title, file, caption)
+    figures: list[tuple[str, str, str]]
     recipe_used: list[tuple[str, str]]
     recipe_rest: list[tuple[str, str]]
     versions: list[tuple[str, str]] = field(default_factory=list)
-    # "Where the time goes": (what it is, figure file, table header, top layers) or None
     roofline: tuple[str, str, list[str], list[list[str]]] | None = None
 
 
@@ -142,7 +158,14 @@ def _headline(recipe, summary: dict, result: dict, model_source: str) -> tuple[s
 
 def reference_name(recipe) -> str:
     """What a recipe's reported accuracy comes from: "the seed" for the course models'
-    recipes, "the reference" for the others (the speed records, the model zoo's source)."""
+    recipes, "the reference" for the others (the speed records, the model zoo's source).
+
+    Args:
+        recipe: the run's ``Recipe``.
+
+    Returns:
+        ``"the seed"`` or ``"the reference"``.
+    """
     return "the seed" if recipe.name in SEED_RECIPES else "the reference"
 
 
@@ -157,7 +180,15 @@ def reevaluation_note(summary: dict, result: dict) -> str | None:
     """When the evaluation's accuracy (the checkpoint re-evaluated in float32, eager, by
     ``fastcifar.evaluate``: the per-class table, the confusion matrix) differs from the
     training's own last evaluation (in its AMP dtype, compiled when it was) by 0.01
-    percentage points or more, a sentence naming both; else None (one number)."""
+    percentage points or more, a sentence naming both; else None (one number).
+
+    Args:
+        summary: summary.json's dict.
+        result: eval.json's ``result``.
+
+    Returns:
+        The sentence, or None.
+    """
     final = summary.get("final_test_acc")
     if final is None or abs(final - result["test_acc"]) < 0.005:
         return None
@@ -211,7 +242,14 @@ def wall_time(summary: dict) -> tuple[str, str]:
     """("wall time", the command's real seconds and their parts) when the train command
     recorded them (``summary["wall"]``: start-up from the process's start, compile
     warm-up, the epochs with their evaluations, the evaluation and report); for a run
-    without them, ("epochs", the epochs' seconds with their evaluations)."""
+    without them, ("epochs", the epochs' seconds with their evaluations).
+
+    Args:
+        summary: summary.json's dict.
+
+    Returns:
+        (label, value) for the report's facts.
+    """
     wall = summary.get("wall")
     if not wall:
         return (
@@ -327,7 +365,19 @@ def build_report(
 ) -> Report:
     """The report's content from eval.json's ``result``, the ``metrics`` rows, summary.json
     (``summary``; empty while the run has not finished) and the seed the model comes from
-    (``model_source``)."""
+    (``model_source``).
+
+    Args:
+        run_dir: the run directory.
+        recipe: the run's ``Recipe``.
+        result: eval.json's ``result``.
+        metrics: the per-epoch rows.
+        summary: summary.json's dict, or empty.
+        model_source: the seed or reference the model comes from.
+
+    Returns:
+        The ``Report``.
+    """
     headline, comparison = _headline(recipe, summary, result, model_source)
     used, rest = recipe_fields_used(recipe)
     per_class = [(c, percent(a, 1)) for c, a in result["per_class_acc"].items()]

@@ -36,7 +36,18 @@ def _why(status: str, error, epochs_run: int, planned: int, scheduler_stops: boo
 def collect(ended: list, recipe, space, scheduler: str = "asha") -> list[dict]:
     """One dict per trial of a study of ``recipe`` over ``space`` (a tuple of
     ``fastcifar.recipes.space.Dimension``); ``ended``: (Ray's Trial, its Result, its saved
-    status) for each trial (``fastcifar.engine.trials.ended_trials``)."""
+    status) for each trial (``fastcifar.engine.trials.ended_trials``).
+
+    Args:
+        ended: ``ended_trials``' triples.
+        recipe: the study's recipe.
+        space: the searched dimensions.
+        scheduler: ``"asha"`` or ``"fifo"`` (how an early stop is named).
+
+    Returns:
+        The trials' dicts: id, searched config, planned and run epochs, per-epoch test
+        accuracy (percent), best and final accuracy, seconds, node, how it stopped.
+    """
     out = []
     for trial, result, status in ended:
         metrics = result.metrics or {}
@@ -63,7 +74,16 @@ def collect(ended: list, recipe, space, scheduler: str = "asha") -> list[dict]:
 
 def train_command(recipe_name: str, flags: list[str], config: dict) -> str:
     """``python -m fastcifar.train`` with the study's flags and ``config``'s values
-    (floats in full: the command trains the trial's very configuration)."""
+    (floats in full: the command trains the trial's very configuration).
+
+    Args:
+        recipe_name: the study's recipe.
+        flags: the study's own flags.
+        config: the trial's searched values.
+
+    Returns:
+        The command, shell-quoted.
+    """
     searched = []
     for name, value in config.items():
         flag = "--" + name.replace("_", "-")
@@ -83,6 +103,15 @@ def _best(trials: list[dict]) -> dict | None:
 
 
 def num(x, fmt: str) -> str:
+    """``x`` formatted with ``fmt``, or ``"-"`` for None (a table cell).
+
+    Args:
+        x: a number or None.
+        fmt: a format spec, e.g. ``".2f"``.
+
+    Returns:
+        The cell's text.
+    """
     return "-" if x is None else format(x, fmt)
 
 
@@ -91,7 +120,14 @@ def _value(x) -> str:
 
 
 def format_markdown(study: dict) -> str:
-    """tune.md: the study in a line, every trial's row, and the best command."""
+    """tune.md: the study in a line, every trial's row, and the best command.
+
+    Args:
+        study: tune.json's dict.
+
+    Returns:
+        The Markdown text.
+    """
     fields = [s.split("=")[0] for s in study["space"]]
     lines = [
         f"# {study['recipe']}: {len(study['trials'])} trials",
@@ -123,7 +159,12 @@ def format_markdown(study: dict) -> str:
 
 def plot_study(study: dict, path: Path) -> None:
     """tune.png: each trial's test accuracy per epoch (an x where ASHA stopped it), then
-    the final accuracy against each searched field (log axis for a log-uniform one)."""
+    the final accuracy against each searched field (log axis for a log-uniform one).
+
+    Args:
+        study: tune.json's dict.
+        path: the PNG to write.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,7 +212,19 @@ def write_study(
     out: Path, trials: list[dict], recipe_name: str, space, flags: list[str], scheduler: str
 ) -> dict | None:
     """tune.json, tune.md and tune.png in ``out``; returns the best trial (with its
-    ``command``), None when no trial reported an epoch."""
+    ``command``), None when no trial reported an epoch.
+
+    Args:
+        out: the study's folder.
+        trials: ``collect``'s dicts.
+        recipe_name: the study's recipe.
+        space: the searched dimensions.
+        flags: the study's own flags.
+        scheduler: ``"asha"`` or ``"fifo"``.
+
+    Returns:
+        The best trial's dict, or None.
+    """
     best = _best(trials)
     if best is not None:
         best = {**best, "command": train_command(recipe_name, flags, best["config"])}

@@ -230,6 +230,12 @@ class Recipe:
 def parse_resolutions(text: str) -> tuple[int, ...]:
     """``--res-schedule`` as integers (pixels; empty: none).
 
+    Args:
+        text: comma-separated pixel sizes, e.g. ``"16,24,32"``.
+
+    Returns:
+        The sizes.
+
     Raises:
         FastCifarError: an entry that is not a whole number from 8 to 32.
     """
@@ -252,6 +258,13 @@ def register(recipe: Recipe, doc: str) -> Recipe:
     models and augmentations need their torch modules), and every registered recipe is in
     tests/recipes/test_recipes.py.
 
+    Args:
+        recipe: the recipe.
+        doc: its description (what it follows, and why).
+
+    Returns:
+        ``recipe``.
+
     Raises:
         FastCifarError: a field out of its bounds or a closed set of choices.
     """
@@ -266,6 +279,12 @@ DEFAULT_RECIPE = "s7"
 
 def get_recipe(name: str) -> Recipe:
     """The named recipe.
+
+    Args:
+        name: a key of ``RECIPES``.
+
+    Returns:
+        The ``Recipe``.
 
     Raises:
         FastCifarError: unknown name (the message lists the valid ones).

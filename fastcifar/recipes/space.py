@@ -46,13 +46,19 @@ _TERM = re.compile(r"^\s*([A-Za-z][\w-]*)\s*=\s*([a-z]+)\s*\((.*)\)\s*$")
 
 @dataclass(frozen=True)
 class Dimension:
-    """One searched field: ``field`` (a Recipe field name), ``distribution`` (a key of
-    ``DISTRIBUTIONS``) and its ``args`` (the bounds, or the values, typed as the field)."""
+    """One searched field of a study.
+
+    Attributes:
+        field: a Recipe field name.
+        distribution: a key of ``DISTRIBUTIONS``.
+        args: its arguments: the bounds, or the values, typed as the field.
+        integer: the field is an int, so a range draws whole numbers.
+    """
 
     field: str
     distribution: str
     args: tuple
-    integer: bool = False  # the field is an int: a range draws whole numbers
+    integer: bool = False
 
     def __str__(self) -> str:
         return f"{self.field}={self.distribution}({','.join(map(str, self.args))})"
@@ -106,6 +112,14 @@ def _check_value(f: dataclasses.Field, value) -> None:
 def make_dimension(name: str, distribution: str, args: list) -> Dimension:
     """One checked ``Dimension``.
 
+    Args:
+        name: a Recipe field name.
+        distribution: a key of ``DISTRIBUTIONS``.
+        args: its arguments, as given.
+
+    Returns:
+        The ``Dimension``.
+
     Raises:
         FastCifarError: an unknown field or distribution, the wrong number or type of
             arguments, or a value the field's bounds or choices refuse.
@@ -133,6 +147,12 @@ def make_dimension(name: str, distribution: str, args: list) -> Dimension:
 def parse_space(text: str) -> tuple[Dimension, ...]:
     """The command-line form: ``field=distribution(a,b,...)`` terms separated by spaces.
 
+    Args:
+        text: the terms, e.g. ``"lr=loguniform(0.01,0.5) batch_size=choice(256,512)"``.
+
+    Returns:
+        The dimensions, in order.
+
     Raises:
         FastCifarError: a term that does not parse, a field given twice, or any error of
             ``make_dimension``.
@@ -158,6 +178,12 @@ def parse_space(text: str) -> tuple[Dimension, ...]:
 def read_space(path: Path) -> tuple[Dimension, ...]:
     """A YAML (``.yaml``/``.yml``) or JSON file's space: a mapping of field to
     ``"distribution(a,b)"`` or to ``{distribution: [a, b]}``.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The dimensions, in the file's order.
 
     Raises:
         FastCifarError: an unreadable file, not a mapping, or any error of ``parse_space``.
@@ -196,7 +222,18 @@ def read_space(path: Path) -> tuple[Dimension, ...]:
 
 
 def space_from_argument(text: str) -> tuple[Dimension, ...]:
-    """``--space``'s value: a YAML/JSON file when it names one, else the inline form."""
+    """``--space``'s value: a YAML/JSON file when it names one, else the inline form.
+
+    Args:
+        text: ``--space``'s value.
+
+    Returns:
+        The dimensions.
+
+    Raises:
+        FastCifarError: a path that names no file, or any error of ``read_space`` or
+        ``parse_space``.
+    """
     if text.strip().endswith((".yaml", ".yml", ".json")):
         if not Path(text.strip()).is_file():
             raise FastCifarError(

@@ -51,7 +51,14 @@ FAST = dict(
 
 
 def reference_doc(model: str) -> str:
-    """The reference recipe's description: its source and reported accuracy."""
+    """The reference recipe's description: its source and reported accuracy.
+
+    Args:
+        model: a zoo model's name.
+
+    Returns:
+        The description.
+    """
     reported = ZOO_ACCURACY[model]
     claim = f"its README reports {reported} %" if reported else "its README reports none"
     return f"""{model} as {ZOO_SOURCE} trains it: {claim}.
@@ -62,7 +69,14 @@ def reference_doc(model: str) -> str:
 
 
 def fast_doc(model: str) -> str:
-    """The ``_fast`` variant's description: each change against the reference, and why."""
+    """The ``_fast`` variant's description: each change against the reference, and why.
+
+    Args:
+        model: a zoo model's name.
+
+    Returns:
+        The description.
+    """
     return f"""{model} for speed, designed to train it in minutes on one GPU (not measured
     yet); no accuracy is claimed until it is measured. Run with ``--amp --compile``
     (bfloat16 and channels_last where the GPU has them).
