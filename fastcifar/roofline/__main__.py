@@ -29,6 +29,12 @@ PATH_NAMES = ("eager", "compile", "fastcifar")
 
 
 def build_parser() -> CommandParser:
+    """``python -m fastcifar.roofline``'s flags: what to count (``--model`` or ``--recipe``), the
+    batch, dtype and layout, the paths, the GPU, the outputs.
+
+    Returns:
+        The parser.
+    """
     from fastcifar.roofline.gpus import GPUS
 
     p = CommandParser(
@@ -108,6 +114,19 @@ def _paths(text: str) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fastcifar.roofline``: count one training step on each asked path, print the
+    costliest layers and the totals, and write the JSON, CSV and figure asked for.
+
+    Args:
+        argv: the command-line arguments (``--help`` lists them); None reads ``sys.argv``.
+
+    Returns:
+        0, or 1 when a path failed to count (its error printed, the others still counted).
+
+    Raises:
+        FastCifarError: a batch below 2, an unknown model, recipe or GPU, or a torch whose
+        Inductor internals the compile paths do not support.
+    """
     args = build_parser().parse_args(argv)
     recipe = _recipe(args)
     paths = _paths(args.paths)

@@ -72,7 +72,17 @@ def autocast_casts(func, leaves: list, spec, dtype: torch.dtype) -> dict[int, to
     """{leaf index: dtype}: the inputs of ``func`` (its arguments flattened to ``leaves``
     with pytree ``spec``) that CUDA's autocast to ``dtype`` casts, and to what. Found by
     one call on fake CUDA tensors; remembered for the same function, dtypes and other
-    arguments."""
+    arguments.
+
+    Args:
+        func: a torch function or operator.
+        leaves: its arguments, flattened.
+        spec: their pytree spec.
+        dtype: the autocast dtype.
+
+    Returns:
+        {leaf index: dtype it is cast to}.
+    """
     if not any(isinstance(t, torch.Tensor) and t.dtype in _FLOATING for t in leaves):
         return {}
     key = (func, dtype, spec, tuple(_key(v) for v in leaves))
@@ -107,7 +117,11 @@ class CudaAutocast(TorchFunctionMode):
     function then runs with no autocast. fastcifar's modules, which cast their
     convolution's arguments themselves when autocast is on for the input's device
     (``fastcifar.nn.modules.autocast_args``), cast to ``dtype`` as under CUDA's. For the
-    eager counts on CPU (fake) tensors."""
+    eager counts on CPU (fake) tensors.
+
+    Args:
+        dtype: the autocast dtype (bfloat16 or float16).
+    """
 
     def __init__(self, dtype: torch.dtype):
         super().__init__()
@@ -175,7 +189,16 @@ def cast_graph(gm: torch.fx.GraphModule, example_inputs, dtype: torch.dtype) -> 
     """Writes CUDA's autocast casts into ``gm`` (a Dynamo graph; ``example_inputs`` its
     inputs): the graph is run once on fake CUDA tensors under ``torch.autocast("cuda",
     dtype)`` (``fake_cuda``), and before each call a ``.to(dtype)`` is inserted on each
-    input autocast cast there. Returns how many casts were written."""
+    input autocast cast there. Returns how many casts were written.
+
+    Args:
+        gm: the Dynamo graph, changed in place.
+        example_inputs: its inputs.
+        dtype: the autocast dtype.
+
+    Returns:
+        The number of casts written.
+    """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)

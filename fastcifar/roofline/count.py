@@ -116,7 +116,16 @@ def _eager(setup: StepSetup, autocast: str = "cuda") -> _Ledger:
 def count_call(setup: StepSetup, fn: Callable[[nn.Module], object], name: str) -> StepCount:
     """The eager count of ``fn(model)`` once (an evaluation forward, the whitening's
     initialisation) on a fake copy of ``setup.model``, under no_grad and the setup's
-    autocast; tensors ``fn`` makes inside are fake too. ``name`` becomes the path."""
+    autocast; tensors ``fn`` makes inside are fake too. ``name`` becomes the path.
+
+    Args:
+        setup: the step's setup.
+        fn: ``model -> anything``, the call to count.
+        name: the count's path name.
+
+    Returns:
+        The ``StepCount``.
+    """
     mode, model, ledger, recorder = _fake_counting(setup)
     root = type(model).__name__
     with (

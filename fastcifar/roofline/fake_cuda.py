@@ -37,7 +37,14 @@ DEVICE = torch.device("cuda", 0)
 
 def check_torch(version: str | None = None) -> None:
     """Raises ``FastCifarError`` unless ``version`` (default torch's) is one of
-    ``SUPPORTED_TORCH``."""
+    ``SUPPORTED_TORCH``.
+
+    Args:
+        version: a torch version string, or None for the running torch's.
+
+    Raises:
+        FastCifarError: an unsupported version (the message names the supported ones).
+    """
     version = version or torch.__version__
     if ".".join(version.split(".")[:2]) not in SUPPORTED_TORCH:
         raise FastCifarError(
@@ -49,7 +56,14 @@ def check_torch(version: str | None = None) -> None:
 
 def require_cuda(gpu: Gpu) -> None:
     """Raises ``FastCifarError`` unless this torch is one of ``SUPPORTED_TORCH`` and
-    ``gpu`` has a CUDA profile (what ``fake_cuda`` needs)."""
+    ``gpu`` has a CUDA profile (what ``fake_cuda`` needs).
+
+    Args:
+        gpu: the GPU the compile paths would lower for.
+
+    Raises:
+        FastCifarError: an unsupported torch, or a GPU without a CUDA profile.
+    """
     check_torch()
     if gpu.cuda is None:
         raise FastCifarError(
@@ -122,6 +136,12 @@ def fake_cuda(gpu: Gpu) -> Iterator[None]:
     Inductor's lowering and for autocast. Tensors on it must be fake
     (``fake_cuda_tensor``); nothing may run on it.
 
+    Args:
+        gpu: the GPU ``cuda:0`` stands for.
+
+    Yields:
+        None; on leaving, torch's CUDA queries answer as before.
+
     Raises:
         FastCifarError: a torch not in ``SUPPORTED_TORCH``, or a GPU with no CUDA profile.
     """
@@ -172,7 +192,16 @@ def fake_cuda(gpu: Gpu) -> Iterator[None]:
 
 def fake_cuda_tensor(t: torch.Tensor, mode, device: torch.device = DEVICE) -> torch.Tensor:
     """A ``FakeTensor`` of ``mode`` on ``device`` (default ``cuda:0``) with ``t``'s sizes,
-    strides and dtype (sizes that are symbolic are taken at their value)."""
+    strides and dtype (sizes that are symbolic are taken at their value).
+
+    Args:
+        t: any tensor (real, meta or fake).
+        mode: the ``FakeTensorMode`` the new tensor belongs to.
+        device: its device.
+
+    Returns:
+        The fake tensor.
+    """
     from torch._subclasses.fake_tensor import FakeTensor
 
     sizes = [int(s) for s in t.shape]

@@ -30,7 +30,16 @@ def plot_roofline(rows: list[dict], gpu: Gpu, path: Path) -> Path:
     """Draw ``rows`` (``result.row`` dicts, one per path, one model) into ``path`` (PNG,
     120 dpi): left, each path's lower-bound milliseconds per step on ``gpu`` stacked by
     kind; right, each kind's arithmetic intensity per path against ``gpu``'s ridge point.
-    Returns ``path``."""
+    Returns ``path``.
+
+    Args:
+        rows: ``result.row`` dicts.
+        gpu: the GPU modelled.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+    """
     plt = plt_agg()
     fig, (bars, ax) = plt.subplots(1, 2, figsize=(12, 5.6), width_ratios=(3, 2))
     _bars_by_kind(bars, rows, gpu, plt)

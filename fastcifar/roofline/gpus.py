@@ -28,11 +28,17 @@ __all__ = [
 @dataclass(frozen=True)
 class CudaProfile:
     """What Inductor asks a CUDA device when it lowers a graph for it
-    (``torch.cuda.get_device_properties``), for a GPU that is not there: ``sm_count``
-    streaming multiprocessors, compute ``capability`` (major, minor), ``smem_optin`` the
-    shared memory one block may opt in to (bytes), ``l2_bytes``, ``memory_bytes``. SM
-    counts and memory: the GPU's data sheet or architecture whitepaper; shared memory: the
-    CUDA C++ Programming Guide's table of compute capabilities."""
+    (``torch.cuda.get_device_properties``), for a GPU that is not there. SM counts and
+    memory: the GPU's data sheet or architecture whitepaper; shared memory: the CUDA C++
+    Programming Guide's table of compute capabilities.
+
+    Attributes:
+        sm_count: streaming multiprocessors.
+        capability: compute capability (major, minor).
+        smem_optin: the shared memory one block may opt in to, bytes.
+        l2_bytes: L2 cache, bytes.
+        memory_bytes: device memory, bytes.
+    """
 
     sm_count: int
     capability: tuple[int, int]
@@ -43,8 +49,21 @@ class CudaProfile:
 
 @dataclass(frozen=True)
 class Gpu:
-    """One GPU: ``bandwidth`` in bytes/s, ``peak_flops`` in FLOP/s (dense 16-bit tensor
-    core, FP32 accumulate), ``source`` the data sheet both come from."""
+    """One GPU of the table.
+
+    Attributes:
+        key: the table's key and ``--gpu``'s value (``h100``, ``a100-40gb``, ...).
+        name: its product name.
+        bandwidth: memory bandwidth, bytes/s.
+        peak_flops: dense 16-bit tensor-core peak with FP32 accumulate, FLOP/s.
+        source: the data sheet both come from.
+        note: what a reader of the table should know (a variant, a missing dtype), or "".
+        attainable: the fraction of ``bandwidth`` a copy kernel reaches, where measured;
+            None where not.
+        attainable_source: where that fraction was measured, or "".
+        cuda: its ``CudaProfile``; None for a GPU that is not CUDA (the compile paths lower
+            for CUDA).
+    """
 
     key: str
     name: str
@@ -54,7 +73,7 @@ class Gpu:
     note: str = ""
     attainable: float | None = None
     attainable_source: str = ""
-    cuda: CudaProfile | None = None  # None: not a CUDA GPU (the compile paths lower for CUDA)
+    cuda: CudaProfile | None = None
 
     @property
     def target(self) -> str | None:
@@ -166,6 +185,12 @@ GPUS: dict[str, Gpu] = {
 def get_gpu(key: str) -> Gpu:
     """The table's entry for ``key`` (``h100``, ``a100``, ...).
 
+    Args:
+        key: a key of ``GPUS``, any case.
+
+    Returns:
+        The ``Gpu``.
+
     Raises:
         ValueError: an unknown key, naming the known ones.
     """
@@ -179,7 +204,14 @@ def gpu_for_device(name: str) -> Gpu | None:
     """The table's entry for a device as ``torch.cuda.get_device_name`` names it ("NVIDIA
     H100 80GB HBM3", "AMD Instinct MI300X", "NVIDIA A100-SXM4-40GB"), or None (a CPU, a
     GPU the table lacks). The key whose every word the name has wins, the longest first
-    (``a100-40gb`` over ``a100``)."""
+    (``a100-40gb`` over ``a100``).
+
+    Args:
+        name: the device's name.
+
+    Returns:
+        The ``Gpu``, or None.
+    """
     words = re.findall(r"[a-z0-9]+", name.lower())
     pairs = {a + b for a, b in zip(words, words[1:], strict=False)}  # "rtx 4090": rtx4090
     names = set(words) | pairs
@@ -191,11 +223,28 @@ def lower_bound_s(flops: float, nbytes: float, gpu: Gpu) -> float:
     """Seconds a kernel of ``flops`` FLOPs moving ``nbytes`` bytes needs at least on
     ``gpu``: max(flops / peak, bytes / bandwidth), the roofline (Williams, Waterman and
     Patterson, "Roofline: an insightful visual performance model for multicore
-    architectures", CACM 52(4), 2009)."""
+    architectures", CACM 52(4), 2009).
+
+    Args:
+        flops: floating-point operations.
+        nbytes: bytes read + written.
+        gpu: the GPU.
+
+    Returns:
+        Seconds.
+    """
     return max(flops / gpu.peak_flops, nbytes / gpu.bandwidth)
 
 
 def sum_lower_bound_s(kernels, gpu: Gpu) -> float:
     """The sum of ``lower_bound_s`` over ``kernels``, (FLOPs, bytes) pairs: a step's floor
-    from its layers (each layer's kernels are of one sort)."""
+    from its layers (each layer's kernels are of one sort).
+
+    Args:
+        kernels: (FLOPs, bytes) pairs.
+        gpu: the GPU.
+
+    Returns:
+        Seconds.
+    """
     return sum(lower_bound_s(flops, nbytes, gpu) for flops, nbytes in kernels)

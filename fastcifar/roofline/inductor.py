@@ -235,7 +235,15 @@ def _meta_like(t, size: Callable) -> torch.Tensor:
 def fastcifar_op_costs(target: str | None) -> Callable:
     """A function costing one fastcifar custom-operator call: its launcher run on meta
     tensors, launches recorded (``target``'s tiles), each launch its distinct tensor
-    arguments once, the PyTorch operators it runs by the eager rules."""
+    arguments once, the PyTorch operators it runs by the eager rules.
+
+    Args:
+        target: the GPU target whose tiles the launchers take (``"sm_90"``), or None.
+
+    Returns:
+        ``(op, args, kwargs, size) -> [bytes, ...]``, one entry per kernel the call
+        launches (``size`` turns a symbolic size into an int).
+    """
     from torch._library.custom_ops import OPDEFS
     from torch.utils._pytree import tree_map
 

@@ -95,7 +95,17 @@ _OP_WORDS = (
 
 
 def conv_kind(in_channels: int, out_channels: int, groups: int, kernel: tuple[int, ...]) -> str:
-    """``depthwise`` (one input channel a group), ``grouped``, ``1x1`` or ``dense``."""
+    """``depthwise`` (one input channel a group), ``grouped``, ``1x1`` or ``dense``.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        groups: the convolution's groups.
+        kernel: its kernel's sides.
+
+    Returns:
+        The kind.
+    """
     if groups > 1 and groups == in_channels:
         return "depthwise"
     if groups > 1:
@@ -104,7 +114,14 @@ def conv_kind(in_channels: int, out_channels: int, groups: int, kernel: tuple[in
 
 
 def module_kind(module: nn.Module) -> str | None:
-    """The kind of a leaf module of a known type; None for containers and others."""
+    """The kind of a leaf module of a known type; None for containers and others.
+
+    Args:
+        module: any module.
+
+    Returns:
+        The kind, or None.
+    """
     if isinstance(module, nn.Conv2d):
         return conv_kind(module.in_channels, module.out_channels, module.groups, module.kernel_size)
     for types, kind in _MODULE_KINDS:
@@ -115,7 +132,14 @@ def module_kind(module: nn.Module) -> str | None:
 
 def fused_kind(module: nn.Module) -> str | None:
     """The kind of the compiler's kernels inside one of fastcifar's fused modules (None
-    for any other module)."""
+    for any other module).
+
+    Args:
+        module: any module.
+
+    Returns:
+        The kind, or None.
+    """
     return _FUSED_KINDS.get(type(module).__name__)
 
 
@@ -123,7 +147,15 @@ def kernel_kind(op_kinds: list[str], layer_kind: str | None) -> str:
     """The kind of one compiled kernel from the kinds of the operators fused into it
     (``op_kind`` of each) and its layer's kind (a module's, when it has one): a kernel
     that both normalises and activates is ``batchnorm+act`` on any path; otherwise the
-    layer's kind, else the operators' most common named kind."""
+    layer's kind, else the operators' most common named kind.
+
+    Args:
+        op_kinds: the kinds of the operators fused into the kernel.
+        layer_kind: its layer's kind, or None.
+
+    Returns:
+        The kind.
+    """
     named = [k for k in op_kinds if k != "other"]
     if "batchnorm" in named and "activation" in named:
         return "batchnorm+act"
@@ -134,7 +166,16 @@ def kernel_kind(op_kinds: list[str], layer_kind: str | None) -> str:
 
 def op_kind(name: str, weight_shape: tuple[int, ...] | None = None, groups: int = 1) -> str:
     """The kind of operator ``name`` (``convolution``, ``relu_``, ``fastcifar::conv2d``);
-    convolutions need their weight's shape (COUT, CIN / groups, KH, KW) and groups."""
+    convolutions need their weight's shape (COUT, CIN / groups, KH, KW) and groups.
+
+    Args:
+        name: the operator's name.
+        weight_shape: a convolution's weight shape, or None.
+        groups: a convolution's groups.
+
+    Returns:
+        The kind.
+    """
     base = name.split("::")[-1]
     if "conv" in base and weight_shape is not None:
         cin = weight_shape[1] * groups

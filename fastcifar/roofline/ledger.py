@@ -38,10 +38,15 @@ _PHASE_KINDS = {LOSS: "loss", "optimizer": "optimizer", "ema": "optimizer"}
 class Layer:
     """One row: a (module path, kind) pair of one training step at the whole batch.
 
-    ``flops``: floating-point operations (multiply-add = 2); ``bytes``: compulsory
-    traffic, read + written; ``kernels``: GPU kernels launched for it; ``shape``: its
-    first input's shape (N x C x H x W) and, for convolutions and linear layers, the
-    weight's."""
+    Attributes:
+        name: the module's qualified name (the path).
+        kind: its kind (``fastcifar.roofline.kinds``).
+        shape: its first input's shape (N x C x H x W) and, for convolutions and linear
+            layers, the weight's.
+        flops: floating-point operations (multiply-add = 2).
+        bytes: compulsory traffic, read + written.
+        kernels: GPU kernels launched for it.
+    """
 
     name: str
     kind: str
@@ -53,15 +58,25 @@ class Layer:
 
 @dataclass
 class StepCount:
-    """One path's count of one training step of ``model`` at ``batch_size``."""
+    """One path's count of one training step of ``model`` at ``batch_size``.
+
+    Attributes:
+        model: the model's name.
+        path: one of ``PATHS`` (or a part's name, ``count_call``'s: ``whiten``, ``inference``).
+        batch_size: images a step.
+        dtype: ``bfloat16``, ``float16`` or ``float32``.
+        channels_last: the step's layout.
+        layers: its rows.
+        lowered_for: on the compile paths, the GPU whose fake ``cuda:0`` Inductor lowered
+            for (``"h100"``), or ``"cpu"``; ``""`` on the eager path.
+    """
 
     model: str
     path: str
     batch_size: int
-    dtype: str  # bfloat16, float16 or float32
+    dtype: str
     channels_last: bool
     layers: list[Layer] = field(default_factory=list)
-    # compile paths: the GPU whose fake cuda:0 Inductor lowered for ("h100"), or "cpu"
     lowered_for: str = ""
 
     @property
@@ -221,12 +236,26 @@ class _EagerCounter(TorchDispatchMode):
 
 def fused_kinds(model: nn.Module) -> dict[str, str]:
     """{qualified name: kind of the compiler's kernels inside it} of ``model``'s fused
-    modules (``kinds.fused_kind``)."""
+    modules (``kinds.fused_kind``).
+
+    Args:
+        model: any model.
+
+    Returns:
+        {qualified name: kind}.
+    """
     return {name: k for name, m in model.named_modules() if (k := fused_kind(m)) is not None}
 
 
 def module_kinds(model: nn.Module) -> dict[str, str]:
-    """{qualified name: kind} of ``model``'s leaf modules of known type."""
+    """{qualified name: kind} of ``model``'s leaf modules of known type.
+
+    Args:
+        model: any model.
+
+    Returns:
+        {qualified name: kind}.
+    """
     kinds = {}
     for name, module in model.named_modules():
         kind = module_kind(module)
@@ -237,9 +266,18 @@ def module_kinds(model: nn.Module) -> dict[str, str]:
 
 @dataclass
 class StepSetup:
-    """What a step is made of: the model (real, on the CPU), its name, the loss
-    (``fastcifar.engine.optim.criterion``), the optimizer factory (model -> optimizer), an
-    optional EMA factory, the batch, the autocast dtype (None: float32) and the layout."""
+    """What a step is made of.
+
+    Attributes:
+        model: the model (real, on the CPU).
+        name: its name.
+        loss: ``(outputs, labels) -> loss`` (``fastcifar.engine.optim.criterion``).
+        optimizer: ``model -> optimizer``.
+        batch_size: images a step.
+        amp_dtype: the autocast dtype, or None (float32).
+        channels_last: the step's layout.
+        ema: ``model -> EMA``, or None.
+    """
 
     model: nn.Module
     name: str

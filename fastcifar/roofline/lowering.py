@@ -184,6 +184,18 @@ def compiled_count(
     max-pool backward taken out of its table (``MAXPOOL_BACKWARD``: what torch's lowering
     costs).
 
+    Args:
+        setup: the step's setup.
+        model: the model to compile (converted when ``triton``).
+        target: the GPU target whose tiles fastcifar's launchers take, or None.
+        triton: the fastcifar path (fastcifar's custom operators costed by their launches).
+        gpu: the GPU lowered for, or None.
+        progress: hears one line a graph.
+        maxpool_decomposition: keep Inductor's max-pool backward decomposition.
+
+    Returns:
+        The ledger of the step's kernels by layer.
+
     Raises:
         FastCifarError: a torch whose Inductor internals are untested (``fake_cuda``), or
             a GPU with no CUDA profile.

@@ -34,7 +34,16 @@ FULL = 32  # CIFAR-10's resolution
 
 def step_flops(model_name: str, res: int, batch: int = COUNT_BATCH) -> int:
     """FLOPs of one training step of ``model_name`` on ``batch`` 32 px images downsampled
-    to ``res`` px (float32, on the CPU: the count does not depend on the device)."""
+    to ``res`` px (float32, on the CPU: the count does not depend on the device).
+
+    Args:
+        model_name: a key of ``fastcifar.models.MODELS``.
+        res: the resolution, pixels.
+        batch: images a step.
+
+    Returns:
+        FLOPs (``torch.utils.flop_counter``'s count).
+    """
     from fastcifar.models import create_model
 
     torch.manual_seed(0)
@@ -53,7 +62,14 @@ def run_flops(recipe) -> dict:
     resolution, and the same steps at 32 px.
 
     Returns a dict: steps, per resolution (px -> steps, FLOPs per step), the run's FLOPs,
-    the 32 px run's and their ratio."""
+    the 32 px run's and their ratio.
+
+    Args:
+        recipe: the recipe (its ``res_schedule``, epochs and batch).
+
+    Returns:
+        The dict.
+    """
     spe = steps_per_epoch(recipe.batch_size, recipe.drop_last)
     steps = total_steps(recipe, spe)
     per_res: dict[int, dict] = {}
@@ -79,6 +95,15 @@ def run_flops(recipe) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fastcifar.roofline.progressive``: print a recipe's FLOPs by resolution and its
+    run's fraction of the same run at 32 px.
+
+    Args:
+        argv: the command-line arguments; None reads ``sys.argv``.
+
+    Returns:
+        0.
+    """
     from fastcifar.recipes import get_recipe
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

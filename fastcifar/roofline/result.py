@@ -33,12 +33,30 @@ CIFAR10_TRAIN = 50_000
 
 
 def steps_per_epoch(batch_size: int, drop_last: bool = False, images: int = CIFAR10_TRAIN) -> int:
-    """Optimizer steps in one epoch of ``images`` training images."""
+    """Optimizer steps in one epoch of ``images`` training images.
+
+    Args:
+        batch_size: images a step.
+        drop_last: the last partial batch is dropped.
+        images: training images.
+
+    Returns:
+        Steps.
+    """
     return images // batch_size if drop_last else math.ceil(images / batch_size)
 
 
 def row(count: StepCount, gpu: Gpu, steps: int) -> dict:
-    """The JSON row of one path's count on ``gpu`` with ``steps`` steps an epoch."""
+    """The JSON row of one path's count on ``gpu`` with ``steps`` steps an epoch.
+
+    Args:
+        count: the path's count.
+        gpu: the GPU modelled.
+        steps: optimizer steps an epoch.
+
+    Returns:
+        The row: totals per step, per image and per epoch, the lower bound, and each layer's.
+    """
     layers = []
     for layer in count.layers:
         seconds = lower_bound_s(layer.flops, layer.bytes, gpu)
@@ -106,7 +124,15 @@ def _costliest(r: dict, top: int) -> list[str]:
 
 def format_table(rows: list[dict], top: int = 10) -> str:
     """The ``top`` costliest layers of each row's path (by lower-bound time), then every
-    path's totals: GFLOP, MB and lower-bound ms per step, per image, per epoch."""
+    path's totals: GFLOP, MB and lower-bound ms per step, per image, per epoch.
+
+    Args:
+        rows: ``row`` dicts.
+        top: layers shown per path.
+
+    Returns:
+        The table.
+    """
     lines = []
     for r in rows:
         lines += _costliest(r, top)
@@ -125,7 +151,14 @@ def format_table(rows: list[dict], top: int = 10) -> str:
 
 
 def verdict(rows: list[dict]) -> str:
-    """One line: which path moves fewest bytes, and by how much against each other."""
+    """One line: which path moves fewest bytes, and by how much against each other.
+
+    Args:
+        rows: ``row`` dicts of one model.
+
+    Returns:
+        The line.
+    """
     if len(rows) < 2:
         r = rows[0]
         return f"{r['path']} moves {r['bytes_per_image'] / 1e6:.2f} MB per image per step"

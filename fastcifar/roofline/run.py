@@ -34,7 +34,17 @@ def recipe_setup(
     recipe, batch_size: int | None = None, amp_dtype=torch.bfloat16, channels_last: bool = True
 ) -> StepSetup:
     """One training step of ``recipe``: its model (freshly initialised: values do not
-    change a count), loss, optimizer and EMA, at ``batch_size`` (default the recipe's)."""
+    change a count), loss, optimizer and EMA, at ``batch_size`` (default the recipe's).
+
+    Args:
+        recipe: the recipe.
+        batch_size: images a step, or None for the recipe's.
+        amp_dtype: the autocast dtype, or None (float32).
+        channels_last: the step's layout.
+
+    Returns:
+        The ``StepSetup``.
+    """
     torch.manual_seed(recipe.seed)
     return StepSetup(
         create_model(recipe.model),
@@ -52,7 +62,15 @@ def cuda_optimizer(model: torch.nn.Module, recipe) -> torch.optim.Optimizer:
     """The recipe's optimizer as a CUDA run builds it, whatever this host's CPU: Muon's
     Newton-Schulz in ``newton_schulz_dtype("cuda")`` (bfloat16), not in the dtype the
     counting host's CPU would take (float32 where it lacks bfloat16 instructions: counted
-    so, a speed run's step moved 96.5-176.9 MB more on one host than on another)."""
+    so, a speed run's step moved 96.5-176.9 MB more on one host than on another).
+
+    Args:
+        model: the model.
+        recipe: the recipe (its optimizer and hyper-parameters).
+
+    Returns:
+        The optimizer.
+    """
     optimizer = make_optimizer(model, recipe)
     if isinstance(optimizer, Muon):
         optimizer.ns_dtype = newton_schulz_dtype("cuda")
@@ -60,7 +78,14 @@ def cuda_optimizer(model: torch.nn.Module, recipe) -> torch.optim.Optimizer:
 
 
 def run_path(options) -> str:
-    """The roofline path a run with ``options`` (``RunOptions``) took."""
+    """The roofline path a run with ``options`` (``RunOptions``) took.
+
+    Args:
+        options: the run's ``RunOptions``.
+
+    Returns:
+        ``"fastcifar"`` or ``"compile"`` (a compiled run), else ``"eager"``.
+    """
     if options.compile and options.compile_backend == "inductor":
         return "fastcifar" if options.kernels == "triton" else "compile"
     return "eager"
@@ -69,7 +94,11 @@ def run_path(options) -> str:
 def cache_dir() -> Path:
     """Where compile-path counts are kept between runs: ``roofline/`` in the project's
     cache directory (``fastcifar._io.cache_dir``: ``$FASTCIFAR_CACHE``, else
-    ``$XDG_CACHE_HOME/fastcifar``, else ``~/.cache/fastcifar``)."""
+    ``$XDG_CACHE_HOME/fastcifar``, else ``~/.cache/fastcifar``).
+
+    Returns:
+        The folder (not made here).
+    """
     return _io.cache_dir() / "roofline"
 
 
@@ -99,7 +128,15 @@ def report_target(options, device: str) -> tuple[Gpu | None, str]:
     ``options.roofline_gpu`` names (the compile paths would cost an Inductor compile on the
     CPU for a GPU the run never used), or no GPU at all when it names none. An asked GPU
     wins over the run's own. A GPU without a CUDA profile (the MI300X) gets the eager
-    path: the compile paths lower for CUDA only."""
+    path: the compile paths lower for CUDA only.
+
+    Args:
+        options: the run's ``RunOptions``.
+        device: the device summary.json names.
+
+    Returns:
+        (GPU or None, path).
+    """
     on_gpu = bool(device) and not device.lower().startswith("cpu")
     gpu, path = None, "eager"
     if options.roofline_gpu:
@@ -117,7 +154,17 @@ def count_run(run_dir: Path, recipe, options, device: str = "") -> dict | None:
     into ``run_dir``; returns the JSON row, or None (nothing to model: any earlier
     roofline.json and roofline.png are removed). A compile path's count (an Inductor
     compile on the CPU, a minute or two) is kept in ``cache_dir()`` and reused by later
-    runs of the same recipe, batch, dtype, layout and torch."""
+    runs of the same recipe, batch, dtype, layout and torch.
+
+    Args:
+        run_dir: the run directory.
+        recipe: the run's recipe.
+        options: its ``RunOptions``.
+        device: the device summary.json names.
+
+    Returns:
+        The JSON row, or None.
+    """
     from fastcifar.roofline.figure import plot_roofline
     from fastcifar.roofline.result import row, steps_per_epoch
 

@@ -29,7 +29,14 @@ __all__ = ["saved_activations", "saved_bytes"]
 def saved_activations(batch: int) -> Iterator[dict[int, int]]:
     """Within it, every tensor autograd saves whose first dimension is ``batch`` (an
     activation) is recorded in the yielded ``{storage id: bytes}``, each storage once at
-    its full size; ``sum(d.values())`` is the activation memory kept for the backward."""
+    its full size; ``sum(d.values())`` is the activation memory kept for the backward.
+
+    Args:
+        batch: the batch size that marks an activation.
+
+    Yields:
+        The dict, filled as autograd saves.
+    """
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
@@ -47,7 +54,15 @@ def saved_bytes(setup: StepSetup, fastcifar: bool = False) -> int:
     its batch, dtype and layout (the loss included); with ``fastcifar`` the model is
     converted as ``--kernels triton`` converts it first. Each storage counts once, at its
     full size. Activations are the saved tensors whose first dimension is the batch;
-    parameters, their autocast copies and per-channel statistics are left out."""
+    parameters, their autocast copies and per-channel statistics are left out.
+
+    Args:
+        setup: the step's setup.
+        fastcifar: convert the model as ``--kernels triton`` does first.
+
+    Returns:
+        Bytes.
+    """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     model = copy.deepcopy(setup.model)
@@ -71,7 +86,15 @@ def saved_bytes(setup: StepSetup, fastcifar: bool = False) -> int:
 def saved_summary(setup: StepSetup, paths) -> tuple[dict[str, int], str]:
     """({path: bytes saved for the backward}, one console line) for the eager and
     fastcifar paths among ``paths`` (the compile path's saved set is the partitioner's:
-    not counted)."""
+    not counted).
+
+    Args:
+        setup: the step's setup.
+        paths: the paths asked for.
+
+    Returns:
+        ({path: bytes}, the line).
+    """
     saved = {
         p: saved_bytes(setup, fastcifar=p == "fastcifar")
         for p in paths

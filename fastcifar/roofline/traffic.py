@@ -149,14 +149,29 @@ def _name(func) -> str:
 
 
 def is_free(func) -> bool:
-    """Whether ``func`` (an OpOverload) moves no bytes: a view, metadata or allocation."""
+    """Whether ``func`` (an OpOverload) moves no bytes: a view, metadata or allocation.
+
+    Args:
+        func: an ``OpOverload``.
+
+    Returns:
+        True when it moves no bytes.
+    """
     return func.namespace in _FREE_NAMESPACES or _name(func) in _FREE
 
 
 def tensor_bytes(t: torch.Tensor, sizes: Callable[[object], int] = int) -> int:
     """Bytes of the elements ``t`` addresses: an expanded (stride-0) dimension once.
     ``sizes`` turns a (symbolic) size into an int (the compile path evaluates its symbolic
-    batch with it)."""
+    batch with it).
+
+    Args:
+        t: any tensor (real, meta or fake).
+        sizes: turns a size into an int.
+
+    Returns:
+        Bytes.
+    """
     n = 1
     for size, stride in zip(t.shape, t.stride(), strict=True):
         if stride != 0:

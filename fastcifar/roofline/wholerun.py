@@ -33,8 +33,14 @@ VIEWS = {"none": 1, "flip": 2, "flip_translate": 6}
 
 @dataclass(frozen=True)
 class Record:
-    """A published time to 94 % on CIFAR-10 (``seconds``, on ``gpu``) and where it is
-    written."""
+    """A published time to 94 % on CIFAR-10.
+
+    Attributes:
+        method: the method's name.
+        seconds: the published time, seconds.
+        gpu: a key of ``fastcifar.roofline.gpus.GPUS``.
+        source: where it is written.
+    """
 
     method: str
     seconds: float
@@ -138,7 +144,19 @@ def whole_run(
     backward was decomposed (``maxpool_decomposition``); and ``records``
     (``record_floors``: each published time of the method the recipe follows against
     this floor on each GPU it may have run on, flagged when suspect, with the layers
-    carrying the most floor above ``baseline``'s)."""
+    carrying the most floor above ``baseline``'s).
+
+    Args:
+        recipe: the recipe.
+        setup: its step's setup.
+        step: the step's count on this path.
+        gpu: the GPU modelled.
+        baseline: another path's count, the excess layers' reference, or None.
+        maxpool_decomposition: as ``compiled_count``'s.
+
+    Returns:
+        The dict.
+    """
     spe = steps_per_epoch(setup.batch_size, recipe.drop_last)
     steps = total_steps(recipe, spe)
     scale = 1.0
@@ -216,7 +234,17 @@ def record_floors(recipe, parts: list[tuple[StepCount, float]], baseline=None) -
     run)) on each GPU the record may have used
     (``RECORD_GPUS``: an "A100" is 40GB or 80GB). A floor above ``SUSPECT`` of the time
     on any of them is ``suspect`` (a real run reaches 60-80 % of its floor), with
-    ``excess_layers``: the layers carrying the most floor above ``baseline``'s."""
+    ``excess_layers``: the layers carrying the most floor above ``baseline``'s.
+
+    Args:
+        recipe: the recipe.
+        parts: (count, times run) pairs, the training step's first.
+        baseline: another path's training-step count, or None.
+
+    Returns:
+        One dict per record: its time, the floor and their ratio on each GPU it may have
+        run on, ``suspect`` and ``excess_layers``.
+    """
     from fastcifar.roofline.gpus import get_gpu
 
     out = []
