@@ -135,7 +135,7 @@ def interpret_triton_on_cpu(device: str) -> None:
 
     Args:
         device: the ``--device`` value: ``"auto"`` (the CPU when CUDA is absent), ``"cpu"``,
-        ``"cuda"``, ``"cuda:1"``, ...
+            ``"cuda"``, ``"cuda:1"``, ...
     """
     if "triton" in sys.modules:
         return

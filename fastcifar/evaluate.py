@@ -60,6 +60,17 @@ from fastcifar.roofline.run import count_run
 def load_model(run_dir: Path, checkpoint: str = "last.pt", device="cpu") -> tuple[nn.Module, dict]:
     """The run's model as an eager float32 module in eval mode, and the checkpoint dict.
 
+    Args:
+        run_dir: the run directory.
+        checkpoint: the checkpoint's file name in it (``last.pt`` or ``best.pt``).
+        device: where to load the model.
+
+    Returns:
+        (model, checkpoint dict).
+
+    Raises:
+        FastCifarError: the checkpoint is missing, does not load, or does not fit its model.
+
     Raises:
         FastCifarError: no such checkpoint, or it does not load.
     """
@@ -103,6 +114,19 @@ def evaluate_run(
     "wall time" and the train command's closing line both read: one measurement. ``roofline_gpu``:
     the GPU the report's roofline models, over the run's ``--roofline-gpu`` (None: the
     run's; "": none).
+
+    Args:
+        run_dir: the run directory.
+        n_misclassified: misclassified images shown.
+        cam_layers: the layers Grad-CAM explains, or None for the model's own.
+        device: where the evaluation runs.
+        tensorboard: also write the figures to TensorBoard (None: as the run did).
+        data: the data source, or None for the run's.
+        wall: the train command's wall-clock parts, or None.
+        roofline_gpu: the GPU the report's roofline models, or None.
+
+    Returns:
+        eval.json's dict.
 
     Raises:
         FastCifarError: not a run directory, no checkpoint, an unknown CAM layer.
@@ -256,7 +280,11 @@ def _training_figures(run_dir, recipe, arrays, mean, std) -> list[dict]:
 
 
 def build_parser() -> CommandParser:
-    """The command's parser: the run directory and what to show."""
+    """The command's parser: the run directory and what to show.
+
+    Returns:
+        The parser.
+    """
     p = CommandParser(
         prog=prog_name("fastcifar.evaluate"),
         description="Evaluate a run directory: accuracy, confusion matrix, misclassified "
@@ -295,6 +323,18 @@ def build_parser() -> CommandParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fastcifar.evaluate RUN_DIR``: the evaluation files and the report of a run.
+
+    Args:
+        argv: the command-line arguments (``--help`` lists them); None reads ``sys.argv``.
+
+    Returns:
+        0.
+
+    Raises:
+        FastCifarError: no run directory there, a checkpoint that does not load, or data
+            that cannot be read.
+    """
     args = build_parser().parse_args(argv)
     layers = (
         [x.strip() for x in args.cam_layers.split(",") if x.strip()] if args.cam_layers else None

@@ -27,7 +27,11 @@ RECIPE_FLAGS = ("batch_size",)
 
 def build_parser() -> CommandParser:
     """The command's parser: the recipe, the run and recipe flags it shares with the
-    train command, and the range's start, end and length."""
+    train command, and the range's start, end and length.
+
+    Returns:
+        The parser.
+    """
     p = CommandParser(
         prog=prog_name("fastcifar.lr_find"),
         description="LR range test (Smith, 2017): train with a learning rate growing "
@@ -70,6 +74,19 @@ def build_parser() -> CommandParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fastcifar.lr_find``: the LR range test of a recipe's model, its suggestion and
+    the loss-against-lr plot.
+
+    Args:
+        argv: the command-line arguments (``--help`` lists them); None reads ``sys.argv``.
+
+    Returns:
+        0.
+
+    Raises:
+        FastCifarError: ``--start-lr`` not positive or not below ``--end-lr``, ``--num-iter``
+            below 2, or the test gave no suggestion.
+    """
     args = build_parser().parse_args(argv)
     if args.num_iter < 2:
         raise FastCifarError(f"--num-iter {args.num_iter} is below 2: pass 2 or more")

@@ -266,12 +266,30 @@ TIMINGS = {
 class RunOptions:
     """How (not what) a run trains. Saved in config.json next to the recipe.
 
+    Each field is one flag (``train_subset`` is ``--train-subset``); its full meaning,
+    units, choices and bounds are its ``option()`` help below, which ``--help`` prints.
+
     Attributes:
-        data, download, train_subset, test_subset, out, device, amp, amp_dtype, compile,
-        channels_last, workers, compile_backend, kernels, loader, timing,
-        progress_every, tensorboard, roofline_gpu, world_size, sync_bn: one a flag
-        (``--data`` ...); each field's meaning, units, choices and bounds are its
-        ``option()`` help beside it, the one place ``--help`` reads them from.
+        data: the CIFAR-10 source (directory, image tree or tar), or None for the default.
+        download: fetch the official set when the source holds none.
+        train_subset: class-balanced training images to use, or None for all.
+        test_subset: class-balanced test images to use, or None for all.
+        out: the run directory, or None for ``runs/<recipe>-<date>-<time>``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        amp: mixed precision (autocast).
+        amp_dtype: ``auto``, ``bfloat16`` or ``float16``.
+        compile: ``torch.compile`` the model.
+        channels_last: the memory format, or None for the device's default.
+        workers: the loader's worker processes, or None (the cores, at most 8).
+        compile_backend: ``torch.compile``'s backend.
+        kernels: ``auto``, ``triton`` or ``torch``.
+        loader: ``auto``, ``gpu``, ``dali`` or ``albumentations``.
+        timing: ``fastcifar`` or ``record``, the timing contract reported first.
+        progress_every: seconds between progress lines in a log (0: none).
+        tensorboard: also log to TensorBoard.
+        roofline_gpu: the GPU the report's roofline models, or None.
+        world_size: processes (GPUs) of a torchrun run.
+        sync_bn: BatchNorm statistics over the global batch.
     """
 
     data: str | None = option(

@@ -29,7 +29,14 @@ __all__ = ["describe", "format_markdown", "load_runs", "one_line", "summarise", 
 
 def describe(values: list[float]) -> dict:
     """{n, mean, std, ci95_low, ci95_high} of ``values``: sample standard deviation, and
-    the 95 % t-interval of the mean (both 0-width for a single value)."""
+    the 95 % t-interval of the mean (both 0-width for a single value).
+
+    Args:
+        values: the samples (at least one).
+
+    Returns:
+        The dict.
+    """
     from scipy.stats import t
 
     n = len(values)
@@ -41,7 +48,14 @@ def describe(values: list[float]) -> dict:
 
 def load_runs(sweep_dir: Path) -> list[dict]:
     """{run, seed, accuracy, seconds, device, node} of each finished run under ``sweep_dir``
-    (a directory holding summary.json and config.json), sorted by directory name."""
+    (a directory holding summary.json and config.json), sorted by directory name.
+
+    Args:
+        sweep_dir: the sweep's folder.
+
+    Returns:
+        One dict per finished run, by seed.
+    """
     runs = []
     for summary_path in sorted(Path(sweep_dir).glob("*/summary.json")):
         summary = json.loads(summary_path.read_text())
@@ -58,7 +72,7 @@ def load_runs(sweep_dir: Path) -> list[dict]:
                 "fastcifar_seconds": fastcifar,
                 "record_seconds": record,
                 "device": summary["device"],
-                # the Ray node that ran it (fastcifar.engine.cluster writes ray.json)
+                # the Ray node that ran it (fastcifar.engine.trials writes ray.json)
                 "node": _node(summary_path.parent),
             }
         )
@@ -75,7 +89,15 @@ def _node(run_dir: Path) -> str | None:
 
 def summarise(runs: list[dict], target: float) -> dict:
     """Accuracy and seconds described over ``runs``, and the fraction at or above
-    ``target`` percent."""
+    ``target`` percent.
+
+    Args:
+        runs: ``load_runs``' dicts.
+        target: the accuracy to reach, percent.
+
+    Returns:
+        sweep.json's dict.
+    """
     accuracy = describe([r["accuracy"] for r in runs])
     reached = sum(r["accuracy"] >= target for r in runs)
     return {
@@ -94,6 +116,16 @@ def summarise(runs: list[dict], target: float) -> dict:
 
 
 def format_markdown(stats: dict, title: str) -> str:
+    """sweep.md: the sweep in a sentence, accuracy and seconds with their 95 % intervals, and every
+    run's row.
+
+    Args:
+        stats: ``summarise``'s dict.
+        title: the page's title.
+
+    Returns:
+        The Markdown text.
+    """
     a = stats["accuracy"]
     lines = [
         f"# {title}",
@@ -135,7 +167,15 @@ def _contracts(stats: dict) -> list[tuple[str, str, dict]]:
 
 
 def one_line(stats: dict, sweep_dir: Path) -> str:
-    """The report in one console line."""
+    """The report in one console line.
+
+    Args:
+        stats: ``summarise``'s dict.
+        sweep_dir: the sweep's folder (named in the line).
+
+    Returns:
+        The line.
+    """
     a, s, n = stats["accuracy"], stats["seconds"], stats["accuracy"]["n"]
     return (
         f"{n} runs: accuracy {a['mean']:.2f} +- {a['std']:.2f} % (95 % interval "
@@ -146,7 +186,13 @@ def one_line(stats: dict, sweep_dir: Path) -> str:
 
 
 def write_report(sweep_dir: Path, stats: dict, title: str) -> None:
-    """``sweep.json`` (``stats``) and ``sweep.md`` (``format_markdown``) in ``sweep_dir``."""
+    """``sweep.json`` (``stats``) and ``sweep.md`` (``format_markdown``) in ``sweep_dir``.
+
+    Args:
+        sweep_dir: the sweep's folder.
+        stats: ``summarise``'s dict.
+        title: sweep.md's title.
+    """
     from fastcifar.engine.rundir import atomic_write
 
     atomic_write(sweep_dir / "sweep.json", json.dumps(stats, indent=2) + "\n")
@@ -154,6 +200,18 @@ def write_report(sweep_dir: Path, stats: dict, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fastcifar.seedstats SWEEP_DIR``: the statistics of a seed sweep's finished runs,
+    written as sweep.json and sweep.md.
+
+    Args:
+        argv: the command-line arguments (``--help`` lists them); None reads ``sys.argv``.
+
+    Returns:
+        0.
+
+    Raises:
+        FastCifarError: the folder holds no finished run.
+    """
     p = CommandParser(
         prog=prog_name("fastcifar.seedstats"),
         description="Mean, deviation and 95 %% interval over the finished runs under DIR.",

@@ -30,7 +30,15 @@ def _dotted_name(info) -> str:
 def layer_summary(model, input_size: int = 32) -> str:
     """One row per leaf layer (name as in the receptive-field table, type, output shape for
     one (1, 3, input_size, input_size) image, kernel, trainable parameters, multiply-adds),
-    from torchinfo's per-layer statistics, then the totals in their units."""
+    from torchinfo's per-layer statistics, then the totals in their units.
+
+    Args:
+        model: any model taking (N, 3, H, W) images.
+        input_size: the image side, pixels.
+
+    Returns:
+        The table (torchinfo's), as text.
+    """
     from torchinfo import summary
 
     stats = summary(
@@ -61,6 +69,17 @@ def layer_summary(model, input_size: int = 32) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fastcifar.summary``: a model's layers, parameters and receptive field.
+
+    Args:
+        argv: the command-line arguments (``--help`` lists them); None reads ``sys.argv``.
+
+    Returns:
+        0.
+
+    Raises:
+        FastCifarError: an unknown model.
+    """
     p = CommandParser(
         prog=prog_name("fastcifar.summary"),
         description="Print a model's layer summary and receptive-field table.",

@@ -42,6 +42,15 @@ def gpu_list(spec: str | None) -> list[str | None]:
     ``all`` (default): every visible GPU, or the CPU where there is none; ``none``: the
     CPU; ``N`` (a number): the first N GPUs; ``0,2`` (a comma list): those devices.
 
+    Args:
+        spec: ``--gpus``: ``all``, a count, ``0,2``, or None.
+
+    Returns:
+        The indices as strings, or ``[None]``.
+
+    Raises:
+        FastCifarError: a spec that does not parse or asks for more GPUs than are visible.
+
     Raises:
         FastCifarError: a count or index the machine does not have.
     """
@@ -71,11 +80,25 @@ def gpu_list(spec: str | None) -> list[str | None]:
 
 def pending_seeds(out: Path, seeds: int) -> list[int]:
     """The seeds of 1..``seeds`` whose run under ``out`` has not finished (no
-    ``seed-K/summary.json``)."""
+    ``seed-K/summary.json``).
+
+    Args:
+        out: the sweep's folder.
+        seeds: the sweep's seeds, 1 to ``seeds``.
+
+    Returns:
+        The pending seeds, ascending.
+    """
     return [k for k in range(1, seeds + 1) if not (out / f"seed-{k}" / "summary.json").exists()]
 
 
 def build_parser() -> CommandParser:
+    """The command's parser: the recipe, the seeds, where the runs go (GPUs, Ray) and the training
+    flags the runs share.
+
+    Returns:
+        The parser.
+    """
     p = CommandParser(
         prog=prog_name("fastcifar.sweep"),
         description="Run seeds 1..N of a recipe on Ray (every GPU here, or every node of a "
@@ -104,6 +127,19 @@ def build_parser() -> CommandParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fastcifar.sweep``: one run of a recipe per seed on Ray, then its statistics
+    (``fastcifar.seedstats``).
+
+    Args:
+        argv: the command-line arguments (``--help`` lists them); None reads ``sys.argv``.
+
+    Returns:
+        0 when every seed's run finished, 1 when some failed (named).
+
+    Raises:
+        FastCifarError: ``--seed`` given, ``--seeds`` below 1, ``--cpus-per-run`` not
+            positive, or no run finished.
+    """
     args, extra = build_parser().parse_known_args(argv)
     if args.seeds < 1:
         raise FastCifarError(f"--seeds {args.seeds} is below 1: pass 1 or more")

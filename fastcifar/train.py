@@ -45,7 +45,15 @@ if TYPE_CHECKING:
 
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
     """The command. ``started``: its start on the ``time.perf_counter()`` clock (the
-    console script passes the process's start); default the call's own start."""
+    console script passes the process's start); default the call's own start.
+
+    Args:
+        argv: the command-line arguments (``--help`` lists them); None reads ``sys.argv``.
+        started: see above; None takes the process's age (``cli.process_age_s``).
+
+    Returns:
+        0, or 130 after Ctrl-C on a rank other than 0.
+    """
     started = time.perf_counter() if started is None else started
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe")
@@ -299,7 +307,11 @@ def _print_result(summary: dict, recipe, run_dir: Path, device) -> None:
 
 def cli() -> int:
     """The ``fastcifar-train`` console script: bad input ends in one line, exit 2; its wall
-    time counts from the process's start."""
+    time counts from the process's start.
+
+    Returns:
+        The exit code.
+    """
     started = time.perf_counter() - process_age_s()
     return run_cli(lambda argv: main(argv, started))
 

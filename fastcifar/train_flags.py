@@ -32,6 +32,13 @@ def run_options(args: argparse.Namespace, **fixed) -> RunOptions:
     """The ``RunOptions`` the flags give (fields not given keep their defaults), with
     ``fixed`` fields set.
 
+    Args:
+        args: the parsed flags.
+        **fixed: fields the command sets itself.
+
+    Returns:
+        The ``RunOptions``.
+
     Raises:
         FastCifarError: a value out of its bounds (``options.check_fields``).
     """
@@ -47,7 +54,14 @@ def run_options(args: argparse.Namespace, **fixed) -> RunOptions:
 
 def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     """The command's parser; each recipe-field flag's help ends with ``recipe``'s value
-    (the default recipe's when ``recipe`` is None or unknown)."""
+    (the default recipe's when ``recipe`` is None or unknown).
+
+    Args:
+        recipe: the recipe whose values the help shows, or None.
+
+    Returns:
+        The parser.
+    """
     shown = RECIPES.get(recipe or DEFAULT_RECIPE, RECIPES[DEFAULT_RECIPE])
     columns = help_columns()
     indent = max(map(len, RECIPES)) + 4
@@ -100,6 +114,14 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
 
 
 def recipe_overrides(args: argparse.Namespace) -> dict:
+    """The recipe fields the flags set, by field name (flags not given are left out).
+
+    Args:
+        args: the parsed flags.
+
+    Returns:
+        {field: value}.
+    """
     return {
         f.name: getattr(args, f"r_{f.name}")
         for f in overridable_fields()
@@ -113,6 +135,14 @@ def recipe_and_options(
     """The recipe (its fields overridden) and the ``RunOptions`` that this command's flags
     in ``argv`` give, for ``command``, which runs many trainings of them (``fastcifar.sweep``,
     ``fastcifar.tune``: ``command`` its module) and owns the run directories.
+
+    Args:
+        recipe_name: the recipe.
+        argv: the training flags the runs share.
+        command: the command's module (``fastcifar.sweep``, ``fastcifar.tune``).
+
+    Returns:
+        (recipe, options).
 
     Raises:
         FastCifarError: a flag that is the command's own (``--out``, ``--resume``,

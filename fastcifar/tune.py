@@ -58,6 +58,12 @@ SETTINGS = (
 
 
 def build_parser() -> CommandParser:
+    """The command's parser: the recipe, the search space, the searcher and scheduler, where the
+    trials run (Ray) and the training flags they share.
+
+    Returns:
+        The parser.
+    """
     p = CommandParser(
         prog=prog_name("fastcifar.tune"),
         description="Search a recipe's hyper-parameters with Ray Tune (ASHA by default). "
@@ -151,6 +157,19 @@ def _study(args, extra: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fastcifar.tune``: a hyper-parameter search of a recipe on Ray Tune, then its
+    table, figure and best command.
+
+    Args:
+        argv: the command-line arguments (``--help`` lists them); None reads ``sys.argv``.
+
+    Returns:
+        0.
+
+    Raises:
+        FastCifarError: a space optuna cannot draw, a bad space or flag, no trial reported
+            an epoch; ``Interrupted`` after Ctrl-C with the study's state saved.
+    """
     args, extra = build_parser().parse_known_args(argv)
     _check(args, extra)
     out, study, space, recipe, options = _study(args, extra)

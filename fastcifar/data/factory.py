@@ -92,7 +92,7 @@ def make_train_loader(
         images: uint8 (N, 32, 32, 3), host memory.
         labels: int64 (N,).
         config: the loader's batch size, device, dtype, layout, workers, augmentation, seed
-        and data-parallel rank.
+            and data-parallel rank.
 
     Returns:
         The ``EpochLoader``.

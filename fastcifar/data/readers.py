@@ -94,14 +94,14 @@ def read_batches(path: Path) -> CifarArrays:
 
     Args:
         path: the folder holding ``data_batch_1`` ... ``test_batch``, or their parent
-        (``find_batches_dir``).
+            (``find_batches_dir``).
 
     Returns:
         The arrays: uint8 (N, 32, 32, 3) images, int64 (N,) labels, train and test.
 
     Raises:
         FastCifarError: a batch missing, unreadable, or with labels that do not match its
-        images (the message names the file and the fix).
+            images (the message names the file and the fix).
     """
     batches = find_batches_dir(path)
     assert batches is not None
@@ -187,7 +187,7 @@ def read_tree(path: Path) -> CifarArrays:
 
     Raises:
         FastCifarError: a split or class folder missing or empty, or an image that does not
-        decode to 32x32 RGB.
+            decode to 32x32 RGB.
     """
     root = find_tree_root(path)
     assert root is not None
@@ -226,7 +226,7 @@ def read_archive(path: Path) -> CifarArrays:
 
     Raises:
         FastCifarError: a split without class folders of images, an image that does not
-        decode to 32x32 RGB, or a truncated or corrupt archive.
+            decode to 32x32 RGB, or a truncated or corrupt archive.
     """
     members: dict[str, dict[str, list[tuple[str, bytes]]]] = {s: {} for s in SPLITS}
     try:

@@ -33,7 +33,7 @@ def combine_stats(part: Tensor, pixels: int, block: int) -> tuple[Tensor, Tensor
 
     Args:
         part: the kernel's partials (programs, C, 2): each program's (sum, sum of squared
-        deviations from its own mean), accumulator dtype.
+            deviations from its own mean), accumulator dtype.
         pixels: pixels in all (N * HO * WO).
         block: pixels per program (every program's but the last's).
 
@@ -148,7 +148,7 @@ def conv2d_relu_stats(
 
     Args:
         input: (N, CIN, H, W), float32, float16, bfloat16 or float64, CUDA (or the CPU under
-        the interpreter), any memory format.
+            the interpreter), any memory format.
         weight: (COUT, CIN / groups, 3, 3), ``input``'s dtype.
         bias: (COUT,) or None.
         stride: int or pair of equal ints.
@@ -201,7 +201,7 @@ def check_prologue(
 
     Raises:
         ValueError: ``activation`` is not in ``launch.ACTIVATIONS``, or ``prologue`` is not
-        a floating (C, 3) tensor.
+            a floating (C, 3) tensor.
     """
     bad_shape = prologue is not None and (
         tuple(prologue.shape) != (channels, 3) or not prologue.is_floating_point()

@@ -192,7 +192,7 @@ def launch_forward(
         relu: apply ReLU to the output.
         stats: also return the BatchNorm partials of the (ReLU'd) output.
         prologue: (the (CIN, 3) accumulator-dtype tensor of center, scale and shift, an
-        ``launch.ACTIVATIONS`` code), or None.
+            ``launch.ACTIVATIONS`` code), or None.
 
     Returns:
         (output (N, COUT, HO, WO) in ``x``'s dtype and memory format, the partials or None,

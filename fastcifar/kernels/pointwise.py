@@ -156,7 +156,7 @@ def check_pointwise(
     Raises:
         ValueError: mismatched shapes or dtypes, a bad prologue or activation.
         NotImplementedError: a device that cannot run Triton, an unsupported dtype or shape,
-        a tensor past the kernels' int32 offsets.
+            a tensor past the kernels' int32 offsets.
     """
     prefix = "fastcifar.kernels.pointwise_conv2d:"
     if input.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[2:]) != (1, 1):

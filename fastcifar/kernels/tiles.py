@@ -212,7 +212,7 @@ def compile_target(name: str | None) -> Iterator[None]:
 
     Args:
         name: a target of ``fastcifar.kernels.targets.TARGETS`` (``"sm_90"``, ``"gfx942"``,
-        ...), or None for the present device's.
+            ...), or None for the present device's.
 
     Yields:
         None; on leaving, the previous target is restored.

@@ -54,7 +54,7 @@ class BasicBlock(nn.Module):
         cin: input channels.
         cout: output channels.
         stride: the first convolution's stride (the shortcut a 1x1 projection when it or the
-        width changes).
+            width changes).
         norm: channels -> normalisation module.
     """
 

@@ -61,7 +61,7 @@ class FrozenScaleBatchNorm(nn.BatchNorm2d):
     Args:
         channels: channels.
         momentum: running statistics' update weight (PyTorch's convention: the new batch's
-        share).
+            share).
         eps: added to the variance.
     """
 

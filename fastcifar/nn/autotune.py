@@ -61,7 +61,7 @@ class Decision:
         config: ``ConvConfig.describe()`` of the (first) convolution.
         layers: the convolution layers, or the units, that have it.
         triton_ms: forward + backward with the Triton kernels, milliseconds; None when not
-        timed (failed validation or launch).
+            timed (failed validation or launch).
         torch_ms: the same with PyTorch (cuDNN; for a unit its unfused modules), milliseconds.
         choice: ``"triton"`` or ``"torch"``, followed by the reason in brackets where
             Triton failed (validation, a launch, the first training step).

@@ -70,7 +70,7 @@ class DispatchCache:
 
     Args:
         path: the JSON file; read if it exists (an unreadable one counts as empty), written
-        by ``save``.
+            by ``save``.
     """
 
     def __init__(self, path: Path):

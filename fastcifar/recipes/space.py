@@ -232,7 +232,7 @@ def space_from_argument(text: str) -> tuple[Dimension, ...]:
 
     Raises:
         FastCifarError: a path that names no file, or any error of ``read_space`` or
-        ``parse_space``.
+            ``parse_space``.
     """
     if text.strip().endswith((".yaml", ".yml", ".json")):
         if not Path(text.strip()).is_file():

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Raises:
         FastCifarError: a batch below 2, an unknown model, recipe or GPU, or a torch whose
-        Inductor internals the compile paths do not support.
+            Inductor internals the compile paths do not support.
     """
     args = build_parser().parse_args(argv)
     recipe = _recipe(args)
