@@ -168,8 +168,8 @@ def versions() -> dict[str, str]:
 
 
 def device_name(device: torch.device) -> str:
-    """The device's name as a run records it: the GPU's name on CUDA, the CPU's model name
-    otherwise.
+    """The device's name as a run records it: the GPU's name on CUDA, ``cpu (<processor>,
+    <N> cores)`` otherwise.
 
     Args:
         device: the training device.
