@@ -13,8 +13,9 @@ recorded and the next stage runs:
 3. ``validation``: ``python -m fastcifar.validate`` for every model, in the dtype the GPU
    trains in (bfloat16; float16 on sm_75 and older);
 4. ``kernel_bench``: ``benchmarks/bench_conv.py``, ``bench_dwsep.py``,
-   ``bench_pointwise.py`` and ``bench_conv_bn.py`` (ours vs cuDNN vs torch.compile, each
-   op at the zoo's and the seeds' layer shapes: ms, GB/s, fraction of the copy bandwidth);
+   ``bench_pointwise.py``, ``bench_conv_bn.py`` and ``bench_conv_pool.py`` (ours vs
+   cuDNN vs torch.compile, each op at the zoo's, the seeds' and the speed run's layer
+   shapes: ms, GB/s, fraction of the copy bandwidth);
 5. ``loader_bench``: ``benchmarks/bench_loaders.py`` (images/s per backend and recipe,
    alone and inside a training step);
 6. ``epoch_bench``: ``benchmarks/bench_epoch_throughput.py`` for s7 and resnet18, the
@@ -186,6 +187,7 @@ def stages(
                     "benchmarks/bench_dwsep.py",
                     "benchmarks/bench_pointwise.py",
                     "benchmarks/bench_conv_bn.py",
+                    "benchmarks/bench_conv_pool.py",
                     f"--benchmark-json={out / 'kernel_bench.json'}",
                 ]
             ],
