@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from fastcifar.kernels import conv2d
 from fastcifar.kernels.validate import ConvConfig, collect_conv_configs
 from fastcifar.models import ZOO_MODELS, create_model
+from fastcifar.nn.conv_bn import fuse_conv_relu_bn
 from fastcifar.nn.fusion import FUSIONS, convert
-from fastcifar.nn.modules import fuse_conv_relu_bn, swap_convolutions
+from fastcifar.nn.modules import swap_convolutions
 
 pytestmark = pytest.mark.cuda
 BATCH = 512

@@ -57,6 +57,11 @@ class CommandParser(argparse.ArgumentParser):
     as argparse does."""
 
     def error(self, message: str):
+        """Exit 2 with the usage line, the error and, for an unknown flag, the nearest known one.
+
+        Args:
+            message: argparse's error message.
+        """
         lines = [f"usage: {self.prog} [options] (--help lists them)", f"error: {message}"]
         suggestion = self.suggest(message)
         if suggestion:
@@ -64,10 +69,22 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(2, "\n".join(lines) + "\n")
 
     def flags(self) -> list[str]:
+        """The parser's long flags.
+
+        Returns:
+            Every ``--flag`` it takes.
+        """
         return [s for s in self._option_string_actions if s.startswith("--")]
 
     def suggest(self, message: str) -> str | None:
-        """'did you mean --lr?' for the first unknown flag in argparse's ``message``."""
+        """'did you mean --lr?' for the first unknown flag in argparse's ``message``.
+
+        Args:
+            message: argparse's error message.
+
+        Returns:
+            The suggestion, or None.
+        """
         unknown = (
             re.findall(r"(--[\w-]+)", message.split(":", 1)[-1])
             if ("unrecognized arguments" in message or "ambiguous option" in message)

@@ -15,6 +15,11 @@ class FastCifarError(Exception):
     """Bad input from the user: the message says what is wrong and how to fix it."""
 
 
+class TrainingDiverged(FastCifarError):
+    """The training loss became NaN or infinite (``fastcifar.engine.trainer``): the
+    message names the epoch and step, the checkpoint kept and the fix."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) where a command knows what was kept: the message says what was
     saved and the exact command that continues (one or more lines)."""

@@ -60,10 +60,19 @@ class Registry:
     also: tuple[Registry, ...] = ()  # further registries whose names are valid too
 
     def table(self) -> dict:
-        """``module.attr`` itself (the module imported now)."""
+        """``module.attr`` itself (the module imported now).
+
+        Returns:
+            The dict.
+        """
         return getattr(importlib.import_module(self.module), self.attr)
 
     def names(self) -> tuple[str, ...]:
+        """The registry's names, then those of ``also``, each once.
+
+        Returns:
+            The names.
+        """
         own = tuple(self.table())
         return tuple(dict.fromkeys(own + tuple(n for r in self.also for n in r.names())))
 

@@ -1,8 +1,8 @@
 """Public functions and classes say what they take, return and raise (docs/DESIGN.md,
 "Sizes and format"): Google-style sections, checked on every module-level name of
-fastcifar/ that does not start with an underscore, in every module whose own name does
-not (``_stencil``, ``_window``, ``_pool`` and ``_io`` are the kernels' and the package's
-private helpers).
+fastcifar/ that does not start with an underscore, and every such method of those
+classes, in every module whose own name does not (``_stencil``, ``_window``, ``_pool``
+and ``_io`` are the kernels' and the package's private helpers).
 
 The rule, per definition:
 
@@ -48,7 +48,7 @@ def missing_sections(node: ast.FunctionDef | ast.ClassDef) -> list[str]:
     doc = ast.get_docstring(node)
     if not doc:
         return ["docstring"]
-    if any("jit" in ast.unparse(d) for d in node.decorator_list):
+    if any("jit" in ast.unparse(d) for d in node.decorator_list) or _is_property(node):
         return []
     if isinstance(node, ast.ClassDef):
         init = next((n for n in node.body if getattr(n, "name", "") == "__init__"), None)
@@ -69,13 +69,23 @@ def missing_sections(node: ast.FunctionDef | ast.ClassDef) -> list[str]:
     return [s for s, want in wanted.items() if want and s not in doc]
 
 
+def _is_property(node: ast.AST) -> bool:
+    return any(ast.unparse(d) == "property" for d in getattr(node, "decorator_list", ()))
+
+
 def public_definitions():
+    """(path, node) of every public function, class and public method of a public class
+    (a property needs a docstring only: it reads as an attribute)."""
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.stem.startswith("_") and not path.stem.startswith("__"):
             continue
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name[0] != "_":
                 yield path.relative_to(PACKAGE.parent), node
+                methods = node.body if isinstance(node, ast.ClassDef) else []
+                for m in methods:
+                    if isinstance(m, ast.FunctionDef) and m.name[0] != "_":
+                        yield path.relative_to(PACKAGE.parent), m
 
 
 def test_public_definitions_document_their_arguments_results_and_errors():
@@ -107,3 +117,5 @@ def test_the_rule_sees_each_missing_section():
     assert missing_sections(_first(fields)) == ["Args or Attributes"]
     kernel = '@triton.jit\ndef k(x_ptr, N):\n    """Doc."""\n    return\n'
     assert missing_sections(_first(kernel)) == []
+    prop = '@property\ndef p(self):\n    """The value."""\n    return 1\n'
+    assert missing_sections(_first(prop)) == []

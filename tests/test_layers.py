@@ -235,7 +235,9 @@ def test_functions_and_modules_stay_short():
         for n in ast.parse(trainer.read_text()).body
         if isinstance(n, ast.ClassDef) and n.name == "Trainer"
     )
-    assert _length(cls) - _docstring_lines(cls) < MAX_TRAINER
+    methods = [n for n in cls.body if isinstance(n, ast.FunctionDef)]
+    docstrings = _docstring_lines(cls) + sum(_docstring_lines(m) for m in methods)
+    assert _length(cls) - docstrings < MAX_TRAINER
 
 
 def test_the_size_rule_counts_a_kernels_body_and_a_functions_lines():

@@ -235,7 +235,11 @@ class GpuLoader(EpochLoader):
 
     def base_flips(self) -> torch.Tensor:
         """The alternating flip's random half (bool (N,), per image index), drawn from the
-        seed alone, so it is the same in every epoch and after a resume."""
+        seed alone, so it is the same in every epoch and after a resume.
+
+        Returns:
+            bool (N,).
+        """
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.seed * 7_919 + 17)
         return torch.rand(len(self.images), device=self.device, generator=gen) < 0.5
@@ -245,7 +249,11 @@ class GpuLoader(EpochLoader):
         every epoch's before its timed loop); iterating one of those epochs then yields
         them (the same batches as building them in the loop) and frees them. Memory: the
         epochs' images in ``dtype`` on the device (9 epochs of CIFAR-10 in bfloat16:
-        2.8 GB)."""
+        2.8 GB).
+
+        Args:
+            epochs: the epochs to build, e.g. ``range(0, 9)``.
+        """
         for epoch in epochs:
             self.set_epoch(epoch)
             self._built[epoch] = list(self._augmented())

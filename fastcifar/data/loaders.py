@@ -49,6 +49,11 @@ class AugmentedDataset(Dataset):
         return self.transform(image=self.images[i])["image"], int(self.labels[i])
 
     def reseed(self, seed: int) -> None:
+        """Seed the albumentations pipeline (``set_random_seed``) for a new epoch.
+
+        Args:
+            seed: the epoch's seed.
+        """
         self.transform.set_random_seed(seed & _MASK)
 
 
@@ -130,6 +135,12 @@ class EpochLoader:
     world_size = property(lambda self: self.config.world_size)
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch the next iteration yields: its order and augmentation draw from (seed, epoch)
+        alone, so a resumed run sees the same batches.
+
+        Args:
+            epoch: the epoch, from 0.
+        """
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -142,7 +153,11 @@ class EpochLoader:
     def last_step_size(self) -> int:
         """Images this rank takes in the epoch's last step: ``batch_size``, or fewer where a
         last partial global batch is kept (split as ``global_batches`` splits it). A
-        compiled run warms up on that shape too, or its first epoch recompiles there."""
+        compiled run warms up on that shape too, or its first epoch recompiles there.
+
+        Returns:
+            Images, at most ``batch_size``.
+        """
         rest = len(self.dataset) % (self.batch_size * self.world_size)
         if self.drop_last or rest < self.world_size:
             return self.batch_size
@@ -150,7 +165,14 @@ class EpochLoader:
 
     def global_batches(self, order):
         """(global batch indices, this rank's slice of them) for every step of the epoch;
-        ``order`` is the epoch's permutation (a tensor or an array)."""
+        ``order`` is the epoch's permutation (a tensor or an array).
+
+        Args:
+            order: the epoch's permutation of the training images, (N,).
+
+        Yields:
+            (the global batch's indices, this rank's slice of them), one pair a step.
+        """
         batch = self.batch_size * self.world_size
         for i in range(len(self)):
             g = order[i * batch : (i + 1) * batch]
@@ -163,7 +185,14 @@ class EpochLoader:
                 yield g, slice(start, start + sizes[self.rank])
 
     def epoch_seed(self, salt: int = 0) -> int:
-        """A seed for this epoch (``salt`` separates a loader's streams), below 2**31."""
+        """A seed for this epoch (``salt`` separates a loader's streams), below 2**31.
+
+        Args:
+            salt: separates a loader's streams.
+
+        Returns:
+            The seed, in [0, 2**31 - 1).
+        """
         return (self.seed * 1_000_003 + self.epoch * 7919 + salt) % (2**31 - 1)
 
 

@@ -56,6 +56,7 @@ class CifarArrays:
 
     @property
     def classes(self) -> tuple[str, ...]:
+        """The ten class names, in label order (``CLASSES``)."""
         return CLASSES
 
 

@@ -41,7 +41,11 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Move the average towards ``model``'s current weights (integer buffers copied)."""
+        """Move the average towards ``model``'s current weights (integer buffers copied).
+
+        Args:
+            model: the trained model (its parameters and buffers in the average's order).
+        """
         n = self.num_updates
         weight = 1.0 - torch.clamp((1.0 + n) / (10.0 + n), max=self.decay)  # device tensor
         for avg, cur in zip(self._tensors(self.module), self._tensors(model), strict=True):
@@ -52,9 +56,19 @@ class EMA:
         self.num_updates += 1
 
     def state_dict(self) -> dict:
+        """What a checkpoint keeps of the average.
+
+        Returns:
+            ``{"module": the averaged module's state dict, "num_updates": int}``.
+        """
         return {"module": self.module.state_dict(), "num_updates": self.num_updates}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the average from a checkpoint.
+
+        Args:
+            state: ``state_dict()``'s dict.
+        """
         self.module.load_state_dict(state["module"])
         self.num_updates.copy_(state["num_updates"])
 
@@ -82,7 +96,11 @@ class Lookahead:
 
     @torch.no_grad()
     def after_step(self, steps_done: int) -> None:
-        """Called after optimizer step ``steps_done`` (from 1) of the run."""
+        """Called after optimizer step ``steps_done`` (from 1) of the run.
+
+        Args:
+            steps_done: optimizer steps done in the run, from 1.
+        """
         if steps_done == self.start:
             self.average = [t.detach().clone() for t in self._weights]
         elif self.average is not None and (steps_done - self.start) % self.every == 0:
@@ -91,9 +109,19 @@ class Lookahead:
                 w.copy_(a)
 
     def state_dict(self) -> list[torch.Tensor] | None:
+        """What a checkpoint keeps: the slow weights.
+
+        Returns:
+            The slow weights (one tensor per weight), or None before the lookahead starts.
+        """
         return self.average
 
     def load_state_dict(self, average: list[torch.Tensor] | None) -> None:
+        """Restore the slow weights from a checkpoint.
+
+        Args:
+            average: ``state_dict()``'s value.
+        """
         self.average = None if average is None else [a.clone() for a in average]
 
 

@@ -79,7 +79,15 @@ class Components:
     def facts(self, compiled: bool, world_size: int) -> dict:
         """What the run ran on, for summary.json: loader, device, AMP dtype, compiled or
         not, kernels, layout, the images trained and tested on, ranks, the data's source
-        and the versions."""
+        and the versions.
+
+        Args:
+            compiled: the model is compiled.
+            world_size: processes.
+
+        Returns:
+            The facts, as summary.json keys.
+        """
         return dict(
             loader=self.loader_name,
             device=device_name(self.device),

@@ -53,6 +53,7 @@ class World:
 
     @property
     def distributed(self) -> bool:
+        """More than one process."""
         return self.size > 1
 
     @property

@@ -33,7 +33,13 @@ class EpochLogger(Protocol):
     the epoch's metrics row (``metrics.jsonl``'s) and whether its accuracy is the best so
     far."""
 
-    def on_epoch_end(self, row: dict, is_best: bool) -> None: ...
+    def on_epoch_end(self, row: dict, is_best: bool) -> None:
+        """Hear of a finished epoch.
+
+        Args:
+            row: the epoch's metrics row (``metrics.jsonl``'s).
+            is_best: its test accuracy is the best so far.
+        """
 
 
 class ConsoleLogger:
@@ -47,6 +53,12 @@ class ConsoleLogger:
         self.epochs = epochs
 
     def on_epoch_end(self, row: dict, is_best: bool) -> None:
+        """Print the epoch's line.
+
+        Args:
+            row: the epoch's metrics row.
+            is_best: its test accuracy is the best so far (the line says so).
+        """
         print(
             f"epoch {row['epoch']}/{self.epochs}  lr {row['lr']:.4g}  "
             f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%  "
@@ -72,6 +84,12 @@ class TensorBoardLogger:
         print(f"tensorboard: logging to {log_dir} (view: tensorboard --logdir {log_dir})")
 
     def on_epoch_end(self, row: dict, is_best: bool) -> None:
+        """Write every number of the row as a scalar at the epoch, and flush.
+
+        Args:
+            row: the epoch's metrics row.
+            is_best: unused (the interface's).
+        """
         for key, value in row.items():
             if key != "epoch":
                 self.writer.add_scalar(key, value, row["epoch"])
@@ -137,6 +155,11 @@ class TerminalBar:
         self.last = time.perf_counter() - self.REFRESH_S  # the first step posts at once
 
     def due(self) -> bool:
+        """Whether fresh values are worth posting now (at most once a second).
+
+        Returns:
+            True when a second has passed since the last post.
+        """
         now = time.perf_counter()
         if now - self.last < self.REFRESH_S:
             return False
@@ -144,12 +167,23 @@ class TerminalBar:
         return True
 
     def set_postfix(self, **values) -> None:
+        """Show ``values`` after the bar.
+
+        Args:
+            **values: name -> text.
+        """
         self.bar.set_postfix(**values, refresh=False)
 
     def update(self, n: int = 1) -> None:
+        """Advance the bar.
+
+        Args:
+            n: steps done since the last update.
+        """
         self.bar.update(n)
 
     def close(self) -> None:
+        """Remove the bar from the terminal."""
         self.bar.close()
 
 
@@ -174,14 +208,29 @@ class ProgressLines:
         self.stream = sys.stdout
 
     def set_postfix(self, **values) -> None:
+        """The values the next line shows.
+
+        Args:
+            **values: name -> text.
+        """
         self.values = values
 
     def due(self) -> bool:
-        """Whether the next ``update(1)`` prints a line (post the values first)."""
+        """Whether the next ``update(1)`` prints a line (post the values first).
+
+        Returns:
+            True when the next step's update prints.
+        """
         now = time.perf_counter()
         return self.every_s > 0 and now - self.last >= self.every_s and self.done + 1 < self.steps
 
     def update(self, n: int = 1) -> None:
+        """Advance by ``n`` steps; print a line when ``every_s`` seconds have passed since the last
+        one (none at the epoch's last step).
+
+        Args:
+            n: steps done since the last update.
+        """
         self.done += n
         now = time.perf_counter()
         if self.every_s > 0 and now - self.last >= self.every_s and self.done < self.steps:
@@ -189,7 +238,14 @@ class ProgressLines:
             print(self.line(now), file=self.stream, flush=True)
 
     def line(self, now: float) -> str:
-        """The progress line at time ``now`` (``time.perf_counter()`` seconds)."""
+        """The progress line at time ``now`` (``time.perf_counter()`` seconds).
+
+        Args:
+            now: the time, ``time.perf_counter()`` seconds.
+
+        Returns:
+            The line, without its newline.
+        """
         left = (now - self.start) / max(self.done, 1) * (self.steps - self.done)
         values = " ".join(f"{k}={v}" for k, v in self.values.items() if v not in ("", None))
         done = f"{self.description}: {self.done}/{self.steps} batches"
@@ -197,6 +253,7 @@ class ProgressLines:
         return ", ".join(p for p in parts if p)
 
     def close(self) -> None:
+        """End the epoch's progress: nothing to do (a log's lines need no clean-up)."""
         pass
 
 

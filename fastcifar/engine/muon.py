@@ -181,6 +181,15 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One optimizer step: Muon's orthogonalised momentum on the matrix parameters, Nesterov SGD
+        on the others.
+
+        Args:
+            closure: re-evaluates the loss, or None.
+
+        Returns:
+            The closure's loss, or None.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -275,19 +275,39 @@ class Schedule:
     when: str
 
     def after_step(self) -> None:
+        """After an optimizer step: step the scheduler when it steps per step (``when`` is
+        ``"step"``).
+
+        """
         if self.when == "step":
             self.scheduler.step()
 
     def after_epoch(self, test_acc: float) -> None:
+        """After an epoch: step the scheduler when it steps per epoch, or on the test accuracy when
+        it steps on a metric (``ReduceLROnPlateau``).
+
+        Args:
+            test_acc: the epoch's test accuracy, percent.
+        """
         if self.when == "epoch":
             self.scheduler.step()
         elif self.when == "metric":
             self.scheduler.step(test_acc)
 
     def state_dict(self) -> dict | None:
+        """What a checkpoint keeps of the schedule.
+
+        Returns:
+            The scheduler's state dict, or None without a scheduler.
+        """
         return self.scheduler.state_dict() if self.scheduler is not None else None
 
     def load_state_dict(self, state: dict | None) -> None:
+        """Restore the schedule from a checkpoint.
+
+        Args:
+            state: ``state_dict()``'s value.
+        """
         if self.scheduler is not None and state is not None:
             self.scheduler.load_state_dict(state)
 

@@ -51,7 +51,13 @@ class Optimization:
     def step(self, loss: torch.Tensor, model: nn.Module, step: int) -> None:
         """Backward of ``loss`` (scaled when float16), optimizer step ``step`` of the run
         (from 0), the EMA's update towards ``model``, the schedule's per-step advance and
-        the lookahead's (which reads ``step``)."""
+        the lookahead's (which reads ``step``).
+
+        Args:
+            loss: the step's loss, a scalar.
+            model: the trained model (the EMA follows it).
+            step: the optimizer step of the run, from 0.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -63,12 +69,23 @@ class Optimization:
             self.lookahead.after_step(step + 1)
 
     def evaluated(self, model: nn.Module) -> nn.Module:
-        """The weights evaluated and saved as "model": the EMA's when there is one."""
+        """The weights evaluated and saved as "model": the EMA's when there is one.
+
+        Args:
+            model: the trained model.
+
+        Returns:
+            The module to evaluate.
+        """
         return self.ema.module if self.ema is not None else model
 
     def state_dict(self) -> dict:
         """The checkpoint's "ema", "optimizer", "scheduler", "scaler" and "lookahead"
-        entries."""
+        entries.
+
+        Returns:
+            The dict (None for what the run does not have).
+        """
         return {
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
@@ -78,6 +95,11 @@ class Optimization:
         }
 
     def load_state_dict(self, saved: dict) -> None:
+        """Restore the optimizer, schedule, scaler, EMA and lookahead from a checkpoint.
+
+        Args:
+            saved: the checkpoint (``state_dict()``'s entries).
+        """
         if self.ema is not None:
             self.ema.load_state_dict(saved["ema"])
         self.optimizer.load_state_dict(saved["optimizer"])

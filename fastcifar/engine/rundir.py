@@ -29,6 +29,7 @@ from fastcifar.engine.runlock import RunLock
 from fastcifar.errors import FastCifarError
 from fastcifar.options import TIMINGS, RunOptions  # RunOptions re-exported: config.json's "run"
 from fastcifar.recipes import Recipe
+from fastcifar.units import plural
 
 __all__ = [
     "RunOptions",
@@ -36,13 +37,16 @@ __all__ = [
     "atomic_save",
     "atomic_write",
     "checkpoint",
+    "diverged_note",
     "load_last",
     "load_checkpoint",
+    "nothing_to_resume",
     "prepare_run_dir",
     "read_config",
     "save_epoch",
     "summarise",
     "write_config",
+    "write_summary",
 ]
 
 
@@ -266,6 +270,25 @@ def summarise(recipe: Recipe, state: RunState, **facts) -> dict:
     }
 
 
+def write_summary(run_dir: Path, recipe: Recipe, state: RunState, facts: dict, write: bool) -> dict:
+    """summary.json: ``summarise``'s dict, written atomically into ``run_dir``.
+
+    Args:
+        run_dir: the run directory.
+        recipe: the run's recipe.
+        state: its final state.
+        facts: what the run ran on and how it was timed (summary.json keys).
+        write: write the file (rank 0); other ranks only compute it.
+
+    Returns:
+        summary.json's dict.
+    """
+    summary = summarise(recipe, state, **facts)
+    if write:
+        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def write_config(
     run_dir: Path, recipe: Recipe, options: RunOptions, kernel_dispatch: list[dict] | None = None
 ) -> None:
@@ -338,4 +361,39 @@ def speedrun_line(summary: dict, cuda: bool) -> str:
         f"{'CUDA events' if cuda else 'the wall clock'}; compile "
         f"warm-up {summary['compile_time_s']:.1f} s and per-epoch evaluation excluded); "
         f"final test accuracy {summary['final_test_acc']:.2f}%"
+    )
+
+
+def diverged_note(epochs_done: int, run_dir: Path, amp_dtype) -> str:
+    """A diverged run's error, after its loss: the checkpoint kept, and the fix.
+
+    Args:
+        epochs_done: epochs finished before the loss diverged.
+        run_dir: the run directory.
+        amp_dtype: the autocast dtype, or None (float32).
+
+    Returns:
+        The text, one line.
+    """
+    kept = (
+        f"the last good checkpoint ({plural(epochs_done, 'epoch')}) is kept in "
+        f"{run_dir / 'last.pt'}"
+        if epochs_done
+        else "no epoch had finished, so no checkpoint was written"
+    )
+    return f"{kept}; {'lower --lr or try --no-amp' if amp_dtype else 'lower --lr'}"
+
+
+def nothing_to_resume(run_dir: Path) -> str:
+    """What a resume says when the run stopped before its first epoch ended.
+
+    Args:
+        run_dir: the run directory.
+
+    Returns:
+        The line.
+    """
+    return (
+        f"resume: {run_dir} has no checkpoint yet (it stopped before its first "
+        "epoch ended): training it from the beginning"
     )

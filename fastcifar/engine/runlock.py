@@ -53,6 +53,9 @@ class RunLock:
         Args:
             fix: what the user should do when the directory is held (ends the message).
 
+        Returns:
+            ``self``, holding the lock.
+
         Raises:
             FastCifarError: a live process holds the directory (the message names it), or
                 the directory cannot be written.
@@ -91,6 +94,7 @@ class RunLock:
         return self
 
     def release(self) -> None:
+        """Free the directory (closing the lock file drops the lock); a no-op when not held."""
         if self._file is not None:
             self._file.close()  # closing the file drops the lock
             self._file = None

@@ -237,6 +237,11 @@ class Timer:
             self.t0 = time.perf_counter()
 
     def stop(self) -> float:
+        """The seconds since construction (on CUDA: records the end event and waits for it).
+
+        Returns:
+            Seconds.
+        """
         if self.cuda:
             self.end.record()
             self.end.synchronize()

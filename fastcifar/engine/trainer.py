@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -40,11 +39,12 @@ from fastcifar.engine.optimization import Optimization
 from fastcifar.engine.rundir import (
     RunOptions,
     RunState,
-    atomic_write,
     checkpoint,
+    diverged_note,
     load_last,
+    nothing_to_resume,
     save_epoch,
-    summarise,
+    write_summary,
 )
 from fastcifar.engine.runtime import CompiledForward, Timer
 from fastcifar.engine.tta import tta_logits
@@ -54,15 +54,10 @@ from fastcifar.engine.warmup import (
     prebuild,
     warm_up_variants,
 )
-from fastcifar.errors import FastCifarError
+from fastcifar.errors import TrainingDiverged
 from fastcifar.recipes import Recipe
-from fastcifar.units import plural
 
 __all__ = ["RunOptions", "RunState", "Trainer", "TrainingDiverged"]
-
-
-class TrainingDiverged(FastCifarError):
-    """The loss became NaN or inf."""
 
 
 class Trainer:
@@ -112,7 +107,7 @@ class Trainer:
             self._restore(last[0])
             self.state = last[1]
         elif resume:
-            print(_nothing_to_resume(self.run_dir))
+            print(nothing_to_resume(self.run_dir))
         self._compile(options)
 
     def _compile(self, options: RunOptions) -> None:
@@ -163,7 +158,11 @@ class Trainer:
 
     def save_epoch(self, is_best: bool) -> None:
         """The epoch's checkpoint and records into the run directory (rank 0; before the
-        loggers hear of it, so a logged epoch is saved)."""
+        loggers hear of it, so a logged epoch is saved).
+
+        Args:
+            is_best: this epoch's test accuracy is the best so far (best.pt written too).
+        """
         weights = self.opt.evaluated(self.model).state_dict()
         c = self.components
         ckpt = checkpoint(weights, self._training_state(), self.state, self.recipe, c.mean, c.std)
@@ -184,8 +183,17 @@ class Trainer:
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, step: int, res: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Optimizer step ``step`` of the run (from 0) on a batch, at ``res`` pixels (None:
-        the batch's own); returns (mean criterion loss, model output)."""
+        """One optimizer step of the run on a batch.
+
+        Args:
+            x: normalised images (B, 3, H, W) on the device.
+            y: int64 labels (B,).
+            step: the optimizer step of the run, from 0.
+            res: the resolution to train at, pixels (None: the batch's own).
+
+        Returns:
+            (mean criterion loss, a scalar; the model's output (B, 10)).
+        """
         self.model.set_whiten_bias_trainable(step < self.whiten_bias_steps)
         with self._autocast():
             loss, out = self.forward_loss(x, y, res)
@@ -202,7 +210,14 @@ class Trainer:
         partial batch) and, where the recipe times it, the final TTA, so torch.compile
         builds the timed span's graphs before it; then restore model, optimizer, schedule,
         scaler and EMA exactly. The untimed per-epoch evaluation compiles at its first call.
-        Prints the first step's loss when it is done. Returns the seconds it took."""
+        Prints the first step's loss when it is done.
+
+        Args:
+            steps: the least number of warm-up steps.
+
+        Returns:
+            Seconds (wall clock).
+        """
         saved, start = copy.deepcopy(self._training_state()), time.perf_counter()
         self.model.train()
         self._seed_epoch(self.state.epoch)
@@ -224,9 +239,18 @@ class Trainer:
         return time.perf_counter() - start
 
     def train_epoch(self, epoch: int) -> dict:
-        """One epoch (``--last-epoch-fraction`` shortens the last); returns its training
-        metrics (lr at its start, mean loss, accuracy percent, seconds, images/s) over all
-        ranks. Raises TrainingDiverged on a NaN or inf loss."""
+        """One epoch (``--last-epoch-fraction`` shortens the last).
+
+        Args:
+            epoch: the epoch, from 0.
+
+        Returns:
+            Its training metrics over all ranks: lr at its start, mean loss, accuracy
+            (percent), seconds, images/s.
+
+        Raises:
+            TrainingDiverged: a NaN or infinite loss (the last good checkpoint is kept).
+        """
         self.model.train()
         self._seed_epoch(epoch)
         loader, device = self.components.train_loader, self.components.device
@@ -274,14 +298,21 @@ class Trainer:
             step = int(bad[0])
             raise TrainingDiverged(
                 f"loss became {float(losses[step])} at epoch {epoch + 1}, step {step + 1}: "
-                + _what_was_kept(self.state.epoch, self.run_dir, self.components.amp_dtype)
+                + diverged_note(self.state.epoch, self.run_dir, self.components.amp_dtype)
             )
 
     @torch.no_grad()
     def evaluate(self, tta: bool = False) -> dict:
         """Test loss (mean per image) and accuracy (percent) of the evaluated weights (the
         EMA's when used): single view, or with ``tta`` the recipe's TTA (``tta``,
-        ``tta_fraction``; ``fastcifar.engine.tta``) over the whole test set."""
+        ``tta_fraction``; ``fastcifar.engine.tta``) over the whole test set.
+
+        Args:
+            tta: apply the recipe's test-time augmentation.
+
+        Returns:
+            ``{"test_loss": ..., "test_acc": ...}``.
+        """
         self.model.eval()
         broadcast_buffers(self.model)  # rank 0's BatchNorm statistics everywhere
         ema = self.opt.ema
@@ -325,7 +356,9 @@ class Trainer:
         session = time.perf_counter() - run_start
         # this call's wall-clock parts (seconds), for the command's "wall time"
         self.session_wall = {"compile_s": compile_s, "epochs_s": session - compile_s}
-        return self._write_summary(session)
+        facts = self.components.facts(self.forward.compiled is not None, self.world.size)
+        facts.update(last_session_time_s=session, timing=self.options.timing)
+        return write_summary(self.run_dir, self.recipe, self.state, facts, self.world.is_main)
 
     def _fit_epoch(self, epoch: int) -> None:
         """Train epoch ``epoch``, evaluate (the recipe's TTA after the last, timed), step an
@@ -359,35 +392,3 @@ class Trainer:
             self.save_epoch(is_best)
             for logger in self.loggers:
                 logger.on_epoch_end(row, is_best)
-
-    def _write_summary(self, session_time: float) -> dict:
-        """summary.json (rank 0) from the run's state and what it ran on (``summarise``)."""
-        facts = self.components.facts(self.forward.compiled is not None, self.world.size)
-        summary = summarise(
-            self.recipe,
-            self.state,
-            last_session_time_s=session_time,
-            timing=self.options.timing,
-            **facts,
-        )
-        if self.world.is_main:
-            atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        return summary
-
-
-def _what_was_kept(epochs_done: int, run_dir: Path, amp_dtype) -> str:
-    """A diverged run's error, after its loss: the checkpoint kept, and the fix."""
-    kept = (
-        f"the last good checkpoint ({plural(epochs_done, 'epoch')}) is kept in "
-        f"{run_dir / 'last.pt'}"
-        if epochs_done
-        else "no epoch had finished, so no checkpoint was written"
-    )
-    return f"{kept}; {'lower --lr or try --no-amp' if amp_dtype else 'lower --lr'}"
-
-
-def _nothing_to_resume(run_dir: Path) -> str:
-    return (
-        f"resume: {run_dir} has no checkpoint yet (it stopped before its first "
-        "epoch ended): training it from the beginning"
-    )

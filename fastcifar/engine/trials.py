@@ -69,6 +69,15 @@ class TrialSpec:
             )
 
     def run_dir(self, config: dict, trial_id: str) -> Path:
+        """A trial's run directory.
+
+        Args:
+            config: the trial's recipe fields.
+            trial_id: Ray's trial id.
+
+        Returns:
+            ``<study>/seed-<seed>`` for a sweep, else ``<study>/trials/trial-<id>``.
+        """
         if self.by_seed:
             return Path(self.study) / f"seed-{config['seed']}"
         return Path(self.study) / "trials" / f"trial-{trial_id}"

@@ -73,6 +73,7 @@ class Tiles:
 
     @property
     def launch_options(self) -> dict[str, int]:
+        """``num_warps`` and ``num_stages``, as a launch takes them."""
         return {"num_warps": self.num_warps, "num_stages": self.num_stages}
 
 

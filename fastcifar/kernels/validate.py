@@ -58,6 +58,11 @@ class ConvConfig:
     channels_last: bool
 
     def describe(self) -> str:
+        """One line for tables and cache keys, e.g. ``dense 64->128 16x16 s1 p1 d1 bfloat16 cl``.
+
+        Returns:
+            The line.
+        """
         n, cin, h, w = self.input_shape
         kind = (
             "dense"

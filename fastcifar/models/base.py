@@ -28,9 +28,24 @@ class CifarNet(nn.Module):
         ``n`` of the training ``images`` (uint8 (N, 32, 32, 3) in host memory, or uint8
         (N, 3, 32, 32) on the device); ``mean``, ``std`` per channel in [0, 1] units.
         Returns whether there was anything to initialise (the engine times it then).
-        Default: nothing."""
+        Default: nothing.
+
+        Args:
+            images: the training images.
+            n: images to sample.
+            seed: the sample's seed.
+            mean: per-channel mean, [0, 1] units.
+            std: per-channel standard deviation, [0, 1] units.
+
+        Returns:
+            True when something was initialised.
+        """
         return False
 
     def set_whiten_bias_trainable(self, trains: bool) -> None:
         """Let the whitening layer's bias train or freeze it (no gradient at all). Default:
-        there is no whitening layer."""
+        there is no whitening layer.
+
+        Args:
+            trains: True to train the bias, False to freeze it.
+        """

@@ -78,6 +78,14 @@ class InvertedResidual(nn.Module):
         self.shortcut = conv_bn(cin, cout) if stride == 1 and cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block.
+
+        Args:
+            x: (N, CIN, H, W).
+
+        Returns:
+            (N, COUT, H / stride, W / stride).
+        """
         out = self.project(self.depthwise(self.expand(x)))
         return out + self.shortcut(x) if self.stride == 1 else out
 
@@ -113,6 +121,14 @@ class MobileNetV2(CifarNet):
         self.classifier = nn.Linear(1280, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network.
+
+        Args:
+            x: normalised images (N, 3, 32, 32).
+
+        Returns:
+            Logits (N, num_classes).
+        """
         out = self.head(self.blocks(self.stem(x)))
         return self.classifier(F.avg_pool2d(out, 4).flatten(1))
 
@@ -136,10 +152,25 @@ class SqueezeExcitation(nn.Module):
         self.expand = nn.Conv2d(squeezed, channels, 1)
 
     def gate(self, pooled: torch.Tensor) -> torch.Tensor:
-        """(N, C, 1, 1) gates in (0, 1) from the (N, C, 1, 1) pooled features."""
+        """(N, C, 1, 1) gates in (0, 1) from the (N, C, 1, 1) pooled features.
+
+        Args:
+            pooled: (N, C, 1, 1).
+
+        Returns:
+            (N, C, 1, 1).
+        """
         return self.expand(F.silu(self.reduce(pooled))).sigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` times its gates.
+
+        Args:
+            x: (N, C, H, W).
+
+        Returns:
+            (N, C, H, W).
+        """
         return x * self.gate(F.adaptive_avg_pool2d(x, 1))
 
 
@@ -169,6 +200,14 @@ class MBConv(nn.Module):
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block.
+
+        Args:
+            x: (N, CIN, H, W).
+
+        Returns:
+            (N, COUT, H / stride, W / stride).
+        """
         out = self.expand(x) if self.expand is not None else x
         out = self.project(self.se(self.depthwise(out)))
         return out + x if self.residual else out
@@ -206,5 +245,13 @@ class EfficientNetB0(CifarNet):
         self.classifier = nn.Linear(320, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network.
+
+        Args:
+            x: normalised images (N, 3, 32, 32).
+
+        Returns:
+            Logits (N, num_classes).
+        """
         out = self.blocks(F.silu(self.stem(x)))
         return self.classifier(self.dropout(F.adaptive_avg_pool2d(out, 1).flatten(1)))

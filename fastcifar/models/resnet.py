@@ -71,6 +71,14 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block.
+
+        Args:
+            x: (N, CIN, H, W).
+
+        Returns:
+            (N, COUT, H / stride, W / stride).
+        """
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
@@ -107,6 +115,14 @@ class ResNet18(CifarNet):
         self.linear = nn.Linear(512, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network.
+
+        Args:
+            x: normalised images (N, 3, 32, 32).
+
+        Returns:
+            Logits (N, 10).
+        """
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = F.avg_pool2d(out, self.pool).flatten(1)

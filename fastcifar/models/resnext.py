@@ -55,6 +55,14 @@ class GroupedBottleneck(nn.Module):
             self.shortcut = conv_bn(cin, cout, 1, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block.
+
+        Args:
+            x: (N, CIN, H, W).
+
+        Returns:
+            (N, COUT, H / stride, W / stride).
+        """
         out = self.grouped(self.reduce(x))
         return F.relu(self.restore(out) + self.shortcut(x))
 
@@ -91,6 +99,14 @@ class ResNeXt29(CifarNet):
         self.classifier = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network.
+
+        Args:
+            x: normalised images (N, 3, 32, 32).
+
+        Returns:
+            Logits (N, num_classes).
+        """
         out = self.layer3(self.layer2(self.layer1(self.stem(x))))
         return self.classifier(F.avg_pool2d(out, 8).flatten(1))
 
@@ -133,5 +149,13 @@ class RegNetX(CifarNet):
         self.classifier = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network.
+
+        Args:
+            x: normalised images (N, 3, 32, 32).
+
+        Returns:
+            Logits (N, num_classes).
+        """
         out = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
         return self.classifier(F.adaptive_avg_pool2d(out, 1).flatten(1))

@@ -101,12 +101,28 @@ class S7(CifarNet):
         self.head = _GapHead(16, 6)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every block before the head.
+
+        Args:
+            x: normalised images (N, 3, 32, 32).
+
+        Returns:
+            The features the head pools.
+        """
         for name, layer in self.named_children():
             if name != "head":
                 x = layer(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network.
+
+        Args:
+            x: normalised images (N, 3, 32, 32).
+
+        Returns:
+            Log-probabilities (N, 10).
+        """
         return self.head(self.features(x))
 
 
@@ -160,6 +176,14 @@ class Ultimus(nn.Module):
         self.scale = 1.0 / math.sqrt(inner)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention block.
+
+        Args:
+            x: (N, dim) vectors.
+
+        Returns:
+            (N, dim).
+        """
         k = self.k(x).flatten(2)  # (N, 8, 1)
         q = self.q(x).flatten(2)
         v = self.v(x).flatten(2)
@@ -187,6 +211,14 @@ class AttentionNet(CifarNet):
         self.fc1 = conv(48, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network.
+
+        Args:
+            x: normalised images (N, 3, 32, 32).
+
+        Returns:
+            Log-probabilities (N, 10).
+        """
         x = self.convblock3(self.convblock2(self.convblock1(x)))
         x = self.ultimus(self.gap(x))
         return F.log_softmax(self.fc1(x).flatten(1), dim=-1)
@@ -231,6 +263,14 @@ class C1C2C3C40(CifarNet):
         self.linear = nn.Linear(132, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network.
+
+        Args:
+            x: normalised images (N, 3, 32, 32).
+
+        Returns:
+            Log-probabilities (N, 10).
+        """
         x1 = self.convblock1(x)
         x3 = self.convblock2(x1) + x1
         x4 = self.convblock3(x3)

@@ -60,6 +60,14 @@ class BasicUnit(nn.Module):
         self.branch = _branch(channels // 2, channels // 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The unit.
+
+        Args:
+            x: (N, C, H, W).
+
+        Returns:
+            (N, C, H, W).
+        """
         passed, transformed = x.chunk(2, dim=1)
         return channel_shuffle(torch.cat([passed, self.branch(transformed)], 1))
 
@@ -80,6 +88,14 @@ class DownUnit(nn.Module):
         self.right = _branch(cin, half, 2)  # its first 1x1 takes all of cin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The unit.
+
+        Args:
+            x: (N, CIN, H, W).
+
+        Returns:
+            (N, COUT, H / 2, W / 2).
+        """
         return channel_shuffle(torch.cat([self.left(x), self.right(x)], 1))
 
 
@@ -109,5 +125,13 @@ class ShuffleNetV2(CifarNet):
         self.classifier = nn.Linear(head, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network.
+
+        Args:
+            x: normalised images (N, 3, 32, 32).
+
+        Returns:
+            Logits (N, num_classes).
+        """
         out = self.head(self.layer3(self.layer2(self.layer1(self.stem(x)))))
         return self.classifier(F.avg_pool2d(out, 4).flatten(1))

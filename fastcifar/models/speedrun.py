@@ -82,6 +82,10 @@ class DiracConv(nn.Conv2d):
         super().__init__(cin, cout, 3, padding=1, bias=False)
 
     def reset_parameters(self) -> None:
+        """PyTorch's initialisation, then the first ``min(C_in, C_out)`` filters set to the identity
+        (``nn.init.dirac_``).
+
+        """
         super().reset_parameters()
         with torch.no_grad():
             nn.init.dirac_(self.weight[: min(self.in_channels, self.out_channels)])
@@ -109,6 +113,14 @@ class GlobalMaxPool(nn.Module):
     GLOBAL_MAX = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The spatial maximum per channel.
+
+        Args:
+            x: (N, C, H, W).
+
+        Returns:
+            (N, C, 1, 1).
+        """
         return x.amax(dim=(2, 3), keepdim=True)
 
 
@@ -157,7 +169,18 @@ class SpeedrunNet(CifarNet):
         """The whitening filters (``init_whitening``) from a seeded sample of ``n`` of the
         training ``images`` (``whitening_indices``): uint8 (N, 32, 32, 3) in host memory,
         or uint8 (N, 3, 32, 32) on the device (a loader's resident copy, sampled there).
-        Returns True."""
+        Returns True.
+
+        Args:
+            images: the training images.
+            n: images to sample.
+            seed: the sample's seed.
+            mean: per-channel mean, [0, 1] units.
+            std: per-channel standard deviation, [0, 1] units.
+
+        Returns:
+            True.
+        """
         idx = whitening_indices(len(images), n, seed)
         if isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[1] == 3:
             sample = images[idx.to(images.device)].permute(0, 2, 3, 1)
@@ -168,7 +191,11 @@ class SpeedrunNet(CifarNet):
 
     def set_whiten_bias_trainable(self, trains: bool) -> None:
         """The bias trains for the recipe's first ``whiten_bias_epochs``, then is frozen
-        (no gradient at all, as the record detaches it)."""
+        (no gradient at all, as the record detaches it).
+
+        Args:
+            trains: True to train the bias, False to freeze it.
+        """
         if self.whiten.bias.requires_grad != trains:
             self.whiten.bias.requires_grad_(trains)
 
@@ -199,6 +226,14 @@ class SpeedrunNet(CifarNet):
         self.whiten.weight.copy_(weight.to(self.whiten.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network: whitening, the blocks, the global pool and the scaled linear head.
+
+        Args:
+            x: normalised images (N, 3, H, W), H = W = 32 or a progressive resolution.
+
+        Returns:
+            Logits (N, 10).
+        """
         x = self.act(self.whiten(x))
         x = self.block3(self.block2(self.block1(x)))
         return self.head(self.pool(x).flatten(1)) * self.scale

@@ -1,7 +1,9 @@
 """Layer 2: putting the kernels into a model.
 
-- ``modules``: drop-in modules (``Conv2d``, ``FusedConvReLUBN``, ``FusedConvBN``) and
-  the converters that swap them in;
+- ``modules``: the drop-in ``Conv2d`` and ``swap_convolutions``, and what the fused kinds
+  share;
+- ``conv_bn``: conv -> [ReLU] -> BatchNorm in one kernel (``FusedConvReLUBN``,
+  ``FusedConvBN``);
 - ``dwsep``: depthwise 3x3 -> [ReLU] -> 1x1 in one kernel (``FusedDepthwiseSeparable``);
 - ``chain``: conv -> BatchNorm -> activation -> conv chains (``FusedConvBNAct``);
   ``pending``: what a chain's producer hands on; ``pool_chain``: the speed run's
@@ -14,16 +16,9 @@ The names below are README's documented Python API.
 """
 
 from fastcifar.nn.chain import FusedConvBNAct, fuse_conv_bn_act
+from fastcifar.nn.conv_bn import FusedConvBN, FusedConvReLUBN, fuse_conv_bn, fuse_conv_relu_bn
 from fastcifar.nn.dwsep import FusedDepthwiseSeparable, fuse_depthwise_separable
-from fastcifar.nn.modules import (
-    Conv2d,
-    FusedConvBN,
-    FusedConvReLUBN,
-    config_supported,
-    fuse_conv_bn,
-    fuse_conv_relu_bn,
-    swap_convolutions,
-)
+from fastcifar.nn.modules import Conv2d, config_supported, swap_convolutions
 
 __all__ = [
     "Conv2d",

@@ -81,13 +81,33 @@ class DispatchCache:
             self.data = {}  # a missing or damaged cache is only a cost, never an error
 
     def get(self, env: str, kind: str, config: str) -> dict | None:
+        """A cached timing.
+
+        Args:
+            env: the environment key (``environment_key``).
+            kind: the unit's kind.
+            config: ``ConvConfig.describe()``.
+
+        Returns:
+            ``{"triton_ms": ..., "torch_ms": ...}``, or None.
+        """
         return self.data.get(env, {}).get(f"{kind} {config}")
 
     def put(self, env: str, kind: str, config: str, triton_ms: float, torch_ms: float) -> None:
+        """Keep a timing (``save`` writes it).
+
+        Args:
+            env: the environment key.
+            kind: the unit's kind.
+            config: ``ConvConfig.describe()``.
+            triton_ms: the Triton side, milliseconds.
+            torch_ms: the PyTorch side, milliseconds.
+        """
         entry = {"triton_ms": triton_ms, "torch_ms": torch_ms}
         self.data.setdefault(env, {})[f"{kind} {config}"] = entry
 
     def save(self) -> None:
+        """Write the file atomically (its folder made if missing)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
 

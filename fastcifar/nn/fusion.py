@@ -38,23 +38,20 @@ from dataclasses import dataclass
 from torch import nn
 
 from fastcifar.nn.chain import find_links, fuse_conv_bn_act, is_chain_module, revert_link_end
+from fastcifar.nn.conv_bn import (
+    FusedConvBN,
+    FusedConvReLUBN,
+    fuse_conv_bn,
+    fuse_conv_relu_bn,
+    is_conv_bn,
+    is_conv_relu_bn,
+)
 from fastcifar.nn.dwsep import (
     FusedDepthwiseSeparable,
     fuse_depthwise_separable,
     is_depthwise_separable,
 )
-from fastcifar.nn.modules import (
-    Conv2d,
-    FusedConvBN,
-    FusedConvReLUBN,
-    config_supported,
-    fuse_conv_bn,
-    fuse_conv_relu_bn,
-    is_conv_bn,
-    is_conv_relu_bn,
-    plain_conv,
-    swap_convolutions,
-)
+from fastcifar.nn.modules import Conv2d, config_supported, plain_conv, swap_convolutions
 from fastcifar.nn.pool_chain import (
     PooledBlock,
     find_pooled_blocks,

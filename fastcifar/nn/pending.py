@@ -35,7 +35,11 @@ class Pending(NamedTuple):
 
     def materialise(self) -> torch.Tensor:
         """The normalised, activated tensor, in ``raw``'s dtype (what an unfused chain
-        would have passed on)."""
+        would have passed on).
+
+        Returns:
+            (N, C, H, W) in ``raw``'s dtype and layout.
+        """
         return _Materialise.apply(self.raw, self.prologue, self.activation)
 
 

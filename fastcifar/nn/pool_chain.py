@@ -116,6 +116,14 @@ class PooledBlock(nn.Sequential):
     gives_pending = False
 
     def forward(self, x):
+        """The block through the pooled kernels.
+
+        Args:
+            x: (N, CIN, H, W), or a ``Pending`` handed on by the block before.
+
+        Returns:
+            (N, COUT, H / 2, W / 2): a ``Pending`` when the next module takes one, else the tensor.
+        """
         conv1, _, bn1, act1, conv2, bn2, act2 = self
         prologue, activation = None, "identity"
         if isinstance(x, Pending):  # the previous block's BatchNorm and activation

@@ -86,6 +86,15 @@ class LinkedConv2d(nn.Conv2d):
     chain_end = True  # chain.is_chain_module
 
     def forward(self, x):
+        """The convolution through the chain's kernels.
+
+        Args:
+            x: (N, CIN, H, W), or a ``Pending`` handed on by the producer.
+
+        Returns:
+            The output (N, COUT, HO, WO): a ``Pending`` (its BatchNorm and activation not yet
+                applied) when this convolution produces a link.
+        """
         bn = self.__dict__.get("_link_bn")
         activation = self.__dict__.get("_link_activation", "identity")
         return link_end(self, bn, activation, x, gives_pending=bn is not None)

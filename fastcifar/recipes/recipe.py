@@ -197,6 +197,9 @@ class Recipe:
         (``options.check_fields``), and that an NLL loss meets a model that returns
         log-probabilities; return self.
 
+        Returns:
+            ``self``.
+
         Raises:
             FastCifarError: a value out of range or an unknown name, with the valid choices.
         """
@@ -210,16 +213,33 @@ class Recipe:
         return self
 
     def resolutions(self) -> tuple[int, ...]:
-        """``res_schedule`` as pixels (``parse_resolutions``)."""
+        """``res_schedule`` as pixels (``parse_resolutions``).
+
+        Returns:
+            The sizes, in pixels (empty: none).
+        """
         return parse_resolutions(self.res_schedule)
 
     def resolution(self, epoch: int) -> int | None:
-        """Epoch ``epoch``'s (from 0) training resolution in pixels, or None (the data's)."""
+        """Epoch ``epoch``'s (from 0) training resolution in pixels, or None (the data's).
+
+        Args:
+            epoch: the epoch, from 0.
+
+        Returns:
+            Pixels, or None.
+        """
         res = self.resolutions()
         return res[min(epoch, len(res) - 1)] if res else None
 
     def replace(self, **changes) -> Recipe:
         """A copy with ``changes`` (field name -> value) applied; not validated.
+
+        Args:
+            **changes: field name -> value.
+
+        Returns:
+            The new ``Recipe``.
 
         Raises:
             TypeError: a name that is not a field.

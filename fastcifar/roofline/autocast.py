@@ -129,13 +129,13 @@ class CudaAutocast(TorchFunctionMode):
         self._modules = contextlib.ExitStack()
 
     def __enter__(self):
-        from fastcifar.nn import chain, dwsep, modules, pool_chain
+        from fastcifar.nn import chain, conv_bn, dwsep, modules, pool_chain
 
         def cast(x, weight, bias):
             bias = bias.to(self.dtype) if bias is not None else None
             return x.to(self.dtype), weight.to(self.dtype), bias
 
-        for module in (modules, dwsep, chain, pool_chain):
+        for module in (modules, conv_bn, dwsep, chain, pool_chain):
             self._modules.enter_context(mock.patch.object(module, "autocast_args", cast))
         return super().__enter__()
 

@@ -81,14 +81,20 @@ class StepCount:
 
     @property
     def flops(self) -> int:
+        """The step's FLOPs, summed over the layers."""
         return sum(layer.flops for layer in self.layers)
 
     @property
     def bytes(self) -> int:
+        """The step's compulsory bytes, summed over the layers."""
         return sum(layer.bytes for layer in self.layers)
 
     def by_kind(self) -> dict[str, tuple[int, int]]:
-        """{kind: (flops, bytes)} summed over the layers."""
+        """{kind: (flops, bytes)} summed over the layers.
+
+        Returns:
+            The dict, kinds in first-seen order.
+        """
         out: dict[str, tuple[int, int]] = {}
         for layer in self.layers:
             f, b = out.get(layer.kind, (0, 0))
@@ -289,6 +295,15 @@ class StepSetup:
     ema: Callable[[nn.Module], object] | None = None
 
     def example(self, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch of the step's layout.
+
+        Args:
+            batch: images.
+            device: where to make it, or None for the CPU.
+
+        Returns:
+            (images (batch, 3, 32, 32) float32, labels (batch,) int64).
+        """
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
         return x, torch.randint(0, 10, (batch,), device=device)
@@ -296,7 +311,14 @@ class StepSetup:
     def autocast(self, device: str = "cuda"):
         """The autocast of the step's forward: CUDA's policy (``autocast.CudaAutocast``,
         what a GPU user's ``torch.autocast("cuda")`` casts) on the CPU's fake tensors, or
-        the CPU's own (``device="cpu"``, the tests' control); nothing without a dtype."""
+        the CPU's own (``device="cpu"``, the tests' control); nothing without a dtype.
+
+        Args:
+            device: ``"cuda"`` (CUDA's policy) or ``"cpu"``.
+
+        Returns:
+            The context manager.
+        """
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         if device == "cpu":
@@ -307,4 +329,5 @@ class StepSetup:
 
     @property
     def dtype_name(self) -> str:
+        """The step's compute dtype's name (``bfloat16``, ``float16`` or ``float32``)."""
         return str(self.amp_dtype or torch.float32).removeprefix("torch.")

@@ -12,7 +12,7 @@ from torch import nn
 
 from fastcifar.kernels.conv_bn import conv2d_relu_stats
 from fastcifar.models import create_model
-from fastcifar.nn.modules import FusedConvBN, FusedConvReLUBN, fuse_conv_relu_bn
+from fastcifar.nn.conv_bn import FusedConvBN, FusedConvReLUBN, fuse_conv_relu_bn
 from tests.kernel_helpers import DEVICE, conv_inputs, rel
 
 # (N, CIN, COUT, H, W, stride, padding, dilation, groups)

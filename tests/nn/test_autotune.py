@@ -11,8 +11,9 @@ from torch import nn
 
 from fastcifar.engine.runtime import resolve_kernels
 from fastcifar.nn import autotune
+from fastcifar.nn.conv_bn import FusedConvBN, FusedConvReLUBN
 from fastcifar.nn.dwsep import FusedDepthwiseSeparable
-from fastcifar.nn.modules import Conv2d, FusedConvBN, FusedConvReLUBN
+from fastcifar.nn.modules import Conv2d
 
 
 class Net(nn.Module):

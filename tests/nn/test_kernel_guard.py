@@ -16,8 +16,9 @@ from triton.runtime.errors import OutOfResources
 
 from fastcifar.kernels.validate import collect_conv_configs
 from fastcifar.nn import autotune, kernel_guard
+from fastcifar.nn.conv_bn import FusedConvReLUBN
 from fastcifar.nn.fusion import runs_triton
-from fastcifar.nn.modules import Conv2d, FusedConvReLUBN, swap_convolutions
+from fastcifar.nn.modules import Conv2d, swap_convolutions
 
 
 @pytest.fixture(autouse=True)
@@ -156,7 +157,7 @@ def test_validate_block_passes_the_real_fused_kernel_and_catches_wrong_numbers(m
     assert kind == "conv_relu_bn"
     assert kernel_guard.validate_block(kind, block, cfg, "cpu") == ""
 
-    import fastcifar.nn.modules as fnn
+    import fastcifar.nn.conv_bn as fnn
 
     real = fnn.conv2d_relu_stats
 
