@@ -215,7 +215,8 @@ class GpuLoader(EpochLoader):
     """Device-resident CIFAR-10 with batched augmentation; see the module docstring.
 
     Args:
-        images: uint8 (N, 32, 32, 3). labels: int64 (N,).
+        images: uint8 (N, 32, 32, 3).
+        labels: int64 (N,).
         config: ``LoaderConfig``; its ``augmentation`` is a name in ``GPU_AUGMENTATIONS``
             (``workers`` is unused: every step is a few batched tensor operations).
     """

@@ -204,7 +204,8 @@ def pointwise_conv2d(
 
     Args:
         input: (N, CIN, H, W), NCHW or channels_last.
-        weight: (COUT, CIN, 1, 1), input's dtype; bias (COUT,) or None, likewise.
+        weight: (COUT, CIN, 1, 1), input's dtype.
+        bias: (COUT,) or None, input's dtype.
         prologue: (CIN, 3) per input channel: center, scale, shift (made contiguous), or
             None (a plain 1x1 convolution). For a training BatchNorm with batch mean m and
             biased variance v: center m, scale ``weight / sqrt(v + eps)``, shift its bias.
