@@ -12,6 +12,8 @@ The rule, per definition:
   documented where the caller knows them; this rule cannot see them);
 * a class whose constructor takes arguments, or a dataclass with fields, has ``Args:``
   or ``Attributes:``;
+* an ``Args:`` section names every parameter and nothing else (a stale name after a
+  rename fails);
 * a ``@triton.jit`` kernel needs a docstring: its arguments are documented at the
   signature, one pointer a line with its shape in a comment, as the Triton tutorials
   write them.
@@ -20,6 +22,7 @@ The rule, per definition:
 from __future__ import annotations
 
 import ast
+import re
 
 from tests.test_layers import PACKAGE
 
@@ -97,6 +100,47 @@ def test_public_definitions_document_their_arguments_results_and_errors():
     assert not lacking, "docstring sections missing:\n" + "\n".join(lacking)
 
 
+# an Args entry: "name: ...", "*args: ...", "mean, std: ...", "x (N, C, H, W): ..."
+_ENTRY = re.compile(r"^(\*{0,2}\w+(?:, \*{0,2}\w+)*)(?: \([^)]*\))?:")
+
+
+def args_mismatch(node: ast.FunctionDef | ast.ClassDef) -> tuple[list[str], list[str]]:
+    """(names the ``Args:`` section gives that are no parameter, parameters it leaves out)
+    of a function, or of a class's ``__init__``; ([], []) without an ``Args:`` section."""
+    doc = ast.get_docstring(node) or ""
+    lines = doc.split("\n")
+    if "Args:" not in lines:
+        return [], []
+    named = []
+    for line in lines[lines.index("Args:") + 1 :]:
+        if not line.strip():
+            break
+        entry = _ENTRY.match(line[4:]) if line[:4] == "    " and line[4] != " " else None
+        named += [n.strip().lstrip("*") for n in entry.group(1).split(",")] if entry else []
+    fn = node
+    if isinstance(node, ast.ClassDef):
+        fn = next((n for n in node.body if getattr(n, "name", "") == "__init__"), None)
+        if fn is None:
+            return [], []
+    a = fn.args
+    params = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
+    params = params[1:] if params[:1] in (["self"], ["cls"]) else params  # a method's own
+    params += [x.arg for x in (a.vararg, a.kwarg) if x is not None]
+    return [n for n in named if n not in params], [p for p in params if p not in named]
+
+
+def test_args_sections_name_the_parameters():
+    wrong = []
+    for path, node in public_definitions():
+        extra, missing = args_mismatch(node)
+        if extra or missing:
+            wrong.append(
+                f"{path}:{node.lineno} {node.name}: not parameters {extra}, "
+                f"not documented {missing}"
+            )
+    assert not wrong, "Args sections that do not match the signature:\n" + "\n".join(wrong)
+
+
 def _first(source: str):
     return ast.parse(source).body[0]
 
@@ -119,3 +163,5 @@ def test_the_rule_sees_each_missing_section():
     assert missing_sections(_first(kernel)) == []
     prop = '@property\ndef p(self):\n    """The value."""\n    return 1\n'
     assert missing_sections(_first(prop)) == []
+    stale = 'def f(x, y):\n    """Doc.\n\n    Args:\n        x: one.\n        z: gone.\n    """\n'
+    assert args_mismatch(_first(stale)) == (["z"], ["y"])
