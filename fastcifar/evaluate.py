@@ -35,7 +35,7 @@ from torch import nn
 
 from fastcifar.cli import CommandParser, prog_name
 from fastcifar.data import CLASSES, EvalLoader, eval_split, load_cifar10
-from fastcifar.engine.rundir import atomic_write, load_checkpoint, read_config
+from fastcifar.engine.rundir import load_checkpoint, read_config, write_summary
 from fastcifar.engine.runlock import RunLock
 from fastcifar.errors import FastCifarError, run_cli
 from fastcifar.evaluation.cam import grad_cam, overlay
@@ -174,7 +174,7 @@ def _record_wall(run_dir: Path, summary: dict, wall: dict | None, evaluation_s: 
     ``summary`` and summary.json: measured once, read by the report and the console."""
     if wall is not None and summary:
         summary["wall"] = {**wall, "evaluation_s": evaluation_s}
-        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_summary(run_dir, summary)
 
 
 def _count_roofline(run_dir: Path, recipe, options, device: str, gpu: str | None) -> None:

@@ -99,7 +99,7 @@ def _train(
     args: argparse.Namespace, overrides: dict, world: distributed.World, started: float
 ) -> int:
     from fastcifar.engine import distributed
-    from fastcifar.engine.rundir import atomic_write
+    from fastcifar.engine.rundir import write_summary
 
     run = _resumed_run(args, overrides, world) if args.resume else _new_run(args, overrides, world)
     if run is None:
@@ -126,7 +126,7 @@ def _train(
             summary = json.loads((run.run_dir / "summary.json").read_text())
         else:
             summary["wall"] = {**wall, "evaluation_s": 0.0}
-            atomic_write(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            write_summary(run.run_dir, summary)
         _print_result(summary, trainer.recipe, run.run_dir, c.device)
     return 0
 

@@ -270,23 +270,15 @@ def summarise(recipe: Recipe, state: RunState, **facts) -> dict:
     }
 
 
-def write_summary(run_dir: Path, recipe: Recipe, state: RunState, facts: dict, write: bool) -> dict:
-    """summary.json: ``summarise``'s dict, written atomically into ``run_dir``.
+def write_summary(run_dir: Path, summary: dict) -> None:
+    """Write summary.json (``summarise``'s dict, with what the commands add to it)
+    atomically into ``run_dir``: the one writer of the file.
 
     Args:
         run_dir: the run directory.
-        recipe: the run's recipe.
-        state: its final state.
-        facts: what the run ran on and how it was timed (summary.json keys).
-        write: write the file (rank 0); other ranks only compute it.
-
-    Returns:
-        summary.json's dict.
+        summary: its contents.
     """
-    summary = summarise(recipe, state, **facts)
-    if write:
-        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def write_config(

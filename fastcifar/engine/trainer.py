@@ -44,6 +44,7 @@ from fastcifar.engine.rundir import (
     load_last,
     nothing_to_resume,
     save_epoch,
+    summarise,
     write_summary,
 )
 from fastcifar.engine.runtime import CompiledForward, Timer
@@ -358,7 +359,10 @@ class Trainer:
         self.session_wall = {"compile_s": compile_s, "epochs_s": session - compile_s}
         facts = self.components.facts(self.forward.compiled is not None, self.world.size)
         facts.update(last_session_time_s=session, timing=self.options.timing)
-        return write_summary(self.run_dir, self.recipe, self.state, facts, self.world.is_main)
+        summary = summarise(self.recipe, self.state, **facts)
+        if self.world.is_main:
+            write_summary(self.run_dir, summary)
+        return summary
 
     def _fit_epoch(self, epoch: int) -> None:
         """Train epoch ``epoch``, evaluate (the recipe's TTA after the last, timed), step an
